@@ -52,8 +52,13 @@ class NativeWal:
 def read_metadata(wal_dir: str) -> dict[str, object] | None:
     """Parses <wal_dir>/metadata.json read-only; None when absent or invalid."""
 
-def scan_segment(path: str, verify: bool = True, is_last: bool = False) -> dict[str, object]:
-    """Read-only scan of one segment file: entries, id range, corrupt regions, torn tail."""
+def scan_segment(path: str, is_last: bool = False, above_id: int = 0) -> dict[str, object]:
+    """Read-only scan of one segment file, verifying every CRC.
+
+    Keys: header, header_ok, file_len, entries, first_id, last_id, data_end,
+    payload_bytes, traces, logs, metrics, entries_above_id, damages (a list of
+    (kind, offset, length) with kind "corrupt" or "torn_tail").
+    """
 
 def read_segment(path: str, offset: int, limit: int) -> tuple[list[Entry], int]:
     """Read-only: up to `limit` valid entries from `offset`; returns (entries, next offset)."""

@@ -219,11 +219,10 @@ fn read_metadata<'py>(py: Python<'py>, wal_dir: PathBuf) -> PyResult<Option<Boun
 
 /// Read-only scan of one segment file, verifying every CRC.
 #[pyfunction]
-#[pyo3(signature = (path, verify = true, is_last = false))]
-fn scan_segment<'py>(py: Python<'py>, path: PathBuf, verify: bool, is_last: bool) -> PyResult<Bound<'py, PyDict>> {
-    let _ = verify; // every scan verifies; the flag is kept for call-site clarity
+#[pyo3(signature = (path, is_last = false, above_id = 0))]
+fn scan_segment<'py>(py: Python<'py>, path: PathBuf, is_last: bool, above_id: u64) -> PyResult<Bound<'py, PyDict>> {
     let r = py
-        .detach(|| inspect::scan_segment_file(&path, is_last))
+        .detach(|| inspect::scan_segment_file(&path, is_last, above_id))
         .map_err(|e| crate::errors::to_py_err(EngineError::io(format!("reading {}", path.display()), e)))?;
     let d = PyDict::new(py);
     let header = match r.header {
@@ -240,6 +239,7 @@ fn scan_segment<'py>(py: Python<'py>, path: PathBuf, verify: bool, is_last: bool
     d.set_item("last_id", r.last_id)?;
     d.set_item("data_end", r.data_end)?;
     d.set_item("payload_bytes", r.payload_bytes)?;
+    d.set_item("entries_above_id", r.entries_above)?;
     d.set_item("traces", r.by_kind[0])?;
     d.set_item("logs", r.by_kind[1])?;
     d.set_item("metrics", r.by_kind[2])?;

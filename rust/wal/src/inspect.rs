@@ -23,11 +23,13 @@ pub struct SegmentReport {
     pub damages: Vec<Damage>,
     /// Entries by kind: traces, logs, metrics.
     pub by_kind: [u64; 3],
+    /// Entries with an id above the `above_id` asked for (e.g. the processed watermark).
+    pub entries_above: u64,
 }
 
 /// Scans one segment file, verifying every CRC. `is_last` decides whether
 /// undecodable trailing bytes count as a torn tail or as corruption.
-pub fn scan_segment_file(path: &Path, is_last: bool) -> io::Result<SegmentReport> {
+pub fn scan_segment_file(path: &Path, is_last: bool, above_id: u64) -> io::Result<SegmentReport> {
     let image = std::fs::read(path)?;
     let header = decode_segment_header(&image);
     let prev = match header {
@@ -36,9 +38,11 @@ pub fn scan_segment_file(path: &Path, is_last: bool) -> io::Result<SegmentReport
     };
     let mut payload_bytes = 0u64;
     let mut by_kind = [0u64; 3];
+    let mut entries_above = 0;
     let scan = scan_records(&image, SEGMENT_HEADER_LEN, prev, is_last, |h, _| {
         payload_bytes += h.len as u64;
         by_kind[(h.kind - 1) as usize] += 1;
+        entries_above += u64::from(h.id > above_id);
     });
     Ok(SegmentReport {
         header,
@@ -50,6 +54,7 @@ pub fn scan_segment_file(path: &Path, is_last: bool) -> io::Result<SegmentReport
         payload_bytes,
         damages: scan.damages,
         by_kind,
+        entries_above,
     })
 }
 
