@@ -66,7 +66,7 @@ pub fn read_segment_entries(path: &Path, offset: u64, limit: usize) -> io::Resul
     let mut reader = SegmentReader::open(path, start, len, 0)?;
     let mut out = Vec::new();
     while out.len() < limit {
-        match reader.next()? {
+        match reader.next_step()? {
             Step::End => break,
             Step::Damaged { .. } => continue,
             Step::Record { header, payload, .. } => out.push(Entry {

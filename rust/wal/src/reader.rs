@@ -76,7 +76,7 @@ impl SegmentReader {
     }
 
     /// The next record (CRC verified), damage, or the end of the range.
-    pub fn next(&mut self) -> io::Result<Step<'_>> {
+    pub fn next_step(&mut self) -> io::Result<Step<'_>> {
         if self.pos + RECORD_HEADER_LEN as u64 > self.end || !self.fill(self.pos, RECORD_HEADER_LEN)? {
             return Ok(Step::End);
         }

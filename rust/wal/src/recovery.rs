@@ -142,7 +142,7 @@ struct Progress {
 impl Progress {
     fn tick(&mut self) {
         self.seen += 1;
-        if self.seen % 4096 == 0 && self.last_log.elapsed() >= PROGRESS_EVERY {
+        if self.seen.is_multiple_of(4096) && self.last_log.elapsed() >= PROGRESS_EVERY {
             self.last_log = Instant::now();
             match self.expected {
                 Some(m) => log::info!("WAL replay: {}/{m} entries", self.seen),

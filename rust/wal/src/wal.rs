@@ -1099,7 +1099,7 @@ impl Inner {
         // The checkpoint saying these are processed is durable: now they may go.
         let doomed: Vec<SegmentInfo> = table
             .into_iter()
-            .filter(|s| s.sealed && s.last_id.map_or(true, |l| l <= watermark))
+            .filter(|s| s.sealed && s.last_id.is_none_or(|l| l <= watermark))
             .collect();
         if doomed.is_empty() {
             return Ok(());
@@ -1145,7 +1145,7 @@ impl Inner {
                 Err(e) => return Err(WalError::io(format!("reading {}", seg.path.display()), e)),
             };
             loop {
-                let step = reader.next().map_err(io_err(format!("reading {}", seg.path.display())))?;
+                let step = reader.next_step().map_err(io_err(format!("reading {}", seg.path.display())))?;
                 match step {
                     Step::End => break,
                     Step::Damaged { offset, next } => {
