@@ -27,8 +27,9 @@ build: $(STAMP) ## build the Rust extension (release) into the venv
 	rm -f python/signaldb/_native*.so
 	cd $(CURDIR) && $(VENV)/bin/maturin develop --release -q
 
-test-rust: ## cargo test (the WAL engine and bindings)
-	cargo test --workspace --release -q
+test-rust: ## cargo test and clippy (the WAL engine and bindings)
+	cargo test --workspace --release
+	cargo clippy --workspace --tests --release -q -- -D warnings
 
 test-python: build ## pytest
 	$(PY) -m pytest -q
