@@ -53,12 +53,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp"));
-    {
+    let written = (|| {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    })();
+    if let Err(e) = written.and_then(|_| fs::rename(&tmp, path)) {
+        // Do not leave a partial temp file taking space on a full disk.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     fsync_dir(dir)
 }
 
@@ -77,19 +81,26 @@ pub fn write_zeros_at(file: &File, offset: u64, len: u64) -> io::Result<()> {
 }
 
 /// `pwritev` of `bufs` at `offset`, looping over short writes and the iovec limit.
-pub fn write_all_vectored_at(file: &File, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
+/// `max_per_call` caps the bytes one system call is asked for (usize::MAX
+/// normally; fault-injection tests lower it to force short writes).
+pub fn write_all_vectored_at(file: &File, bufs: &[&[u8]], mut offset: u64, max_per_call: usize) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     const IOV_MAX: usize = 1024;
     let mut idx = 0; // first buffer not fully written
     let mut skip = 0; // bytes of bufs[idx] already written
     while idx < bufs.len() {
         let end = (idx + IOV_MAX).min(bufs.len());
-        let iov: Vec<libc::iovec> = (idx..end)
-            .map(|i| {
-                let b = if i == idx { &bufs[i][skip..] } else { bufs[i] };
-                libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }
-            })
-            .collect();
+        let mut budget = max_per_call;
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(end - idx);
+        for (i, buf) in bufs.iter().enumerate().take(end).skip(idx) {
+            let b = if i == idx { &buf[skip..] } else { buf };
+            let n = b.len().min(budget);
+            iov.push(libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: n });
+            budget -= n;
+            if budget == 0 {
+                break;
+            }
+        }
         // SAFETY: every iovec points into a live slice borrowed for this call.
         let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), iov.len() as i32, offset as i64) };
         if n < 0 {

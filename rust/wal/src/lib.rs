@@ -24,6 +24,7 @@
 //! file's size over its checksums. `docs/wal-format.md` documents the bytes.
 
 pub mod error;
+pub mod faults;
 pub mod format;
 pub mod fsutil;
 pub mod inspect;
@@ -37,6 +38,7 @@ pub mod stats;
 pub mod wal;
 
 pub use error::{Result, WalError};
+pub use faults::{FaultAction, FaultInjector, FaultPoint};
 pub use format::Kind;
 pub use reader::Entry;
 pub use wal::{Config, SyncMode, Wal, WalStats};

@@ -89,11 +89,9 @@ pub fn prepare_spare(seg_dir: &Path, len: u64) -> io::Result<Spare> {
     Ok(Spare { path, file, len })
 }
 
-/// Turns a spare into segment `index` starting at `base_id` (steps 2 and 3 above).
-pub fn activate_spare(seg_dir: &Path, spare: Spare, index: u64, base_id: u64) -> io::Result<ActiveSegment> {
-    let path = seg_dir.join(segment_file_name(index));
-    fs::rename(&spare.path, &path)?;
-    fsutil::fsync_dir(seg_dir)?;
+/// Step 3 above: a spare already renamed to segment `index` (and its
+/// directory fsynced) gets its header and becomes the active segment.
+pub fn start_segment(spare: Spare, index: u64, base_id: u64) -> io::Result<ActiveSegment> {
     spare.file.write_all_at(&encode_segment_header(base_id), 0)?;
     Ok(ActiveSegment {
         index,

@@ -45,6 +45,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{is_out_of_space, Result, WalError};
+use crate::faults::{FaultAction, FaultInjector, FaultPoint};
 use crate::format::{encode_record, Kind, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::fsutil;
 use crate::metadata::{self, Metadata, SegmentMeta};
@@ -84,6 +85,8 @@ pub struct Config {
     pub max_buffer_entries: usize,
     pub flush_interval: Duration,
     pub sync_mode: SyncMode,
+    /// Failpoints for fault-injection tests; None in production.
+    pub faults: Option<Arc<FaultInjector>>,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             max_buffer_entries: 1000,
             flush_interval: Duration::from_secs(10),
             sync_mode: SyncMode::Immediate,
+            faults: None,
         }
     }
 }
@@ -761,7 +765,7 @@ impl Inner {
     /// fdatasync with timing; on failure poisons the WAL (never retried).
     fn sync_file(&self, file: &File) -> bool {
         let t = Instant::now();
-        let r = fsutil::fdatasync(file);
+        let r = self.fault_err(FaultPoint::SegmentSync).and_then(|_| fsutil::fdatasync(file));
         let took = t.elapsed();
         self.stats.record_fsync(took);
         self.last_fsync_nanos.store(took.as_nanos() as u64, Relaxed);
@@ -823,7 +827,7 @@ impl Inner {
             }
             let bufs: Vec<&[u8]> = group[i..end].iter().map(|r| r.bytes.as_slice()).collect();
             let start = active.write_offset;
-            if let Err(e) = fsutil::write_all_vectored_at(&active.file, &bufs, start) {
+            if let Err(e) = self.write_run(&active.file, &bufs, start) {
                 let rolled_back = self.roll_back(active, start, run_bytes);
                 let err = if is_out_of_space(&e) && rolled_back {
                     WalError::Full(format!("no space left on the WAL disk ({e})"))
@@ -841,6 +845,57 @@ impl Inner {
             i = end;
         }
         true
+    }
+
+    /// One run of records into the segment (the `SegmentWrite` failpoint sits here).
+    fn write_run(&self, file: &File, bufs: &[&[u8]], start: u64) -> std::io::Result<()> {
+        match self.fault(FaultPoint::SegmentWrite) {
+            None => fsutil::write_all_vectored_at(file, bufs, start, usize::MAX),
+            Some(FaultAction::Error(errno)) => Err(std::io::Error::from_raw_os_error(errno)),
+            Some(FaultAction::ShortWrites { max_bytes }) => fsutil::write_all_vectored_at(file, bufs, start, max_bytes),
+            Some(FaultAction::PartialThenError { bytes, errno }) => {
+                fsutil::write_all_vectored_at(file, bufs, start, bytes)?;
+                Err(std::io::Error::from_raw_os_error(errno))
+            }
+        }
+    }
+
+    /// The failpoint check: `Some` when a test armed `point`.
+    fn fault(&self, point: FaultPoint) -> Option<FaultAction> {
+        self.cfg.faults.as_ref()?.check(point)
+    }
+
+    /// An armed failpoint as an I/O error (points that only fail, never write partially).
+    fn fault_err(&self, point: FaultPoint) -> std::io::Result<()> {
+        match self.fault(point) {
+            Some(FaultAction::Error(errno) | FaultAction::PartialThenError { errno, .. }) => {
+                Err(std::io::Error::from_raw_os_error(errno))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// fsync of the segments directory; a failure poisons the WAL (never retried).
+    fn sync_seg_dir(&self) -> Result<()> {
+        let r = self.fault_err(FaultPoint::DirSync).and_then(|_| fsutil::fsync_dir(&self.seg_dir));
+        r.map_err(|e| {
+            let why = format!("fsync of directory {} failed: {e}", self.seg_dir.display());
+            self.poison(why.clone());
+            WalError::Poisoned(why)
+        })
+    }
+
+    /// Writes a zero-filled spare segment file (the `SegmentPreallocate` failpoint sits here).
+    fn preallocate(&self) -> Result<Spare> {
+        self.fault_err(FaultPoint::SegmentPreallocate)
+            .and_then(|_| segment::prepare_spare(&self.seg_dir, self.cfg.max_segment_size))
+            .map_err(|e| {
+                if is_out_of_space(&e) {
+                    WalError::Full(format!("no space for a new segment ({e})"))
+                } else {
+                    WalError::io("preallocating a WAL segment", e)
+                }
+            })
     }
 
     /// Erases a failed write so no half record stays behind; false if that failed too.
@@ -900,16 +955,18 @@ impl Inner {
     fn create_segment(&self, index: u64, base_id: u64) -> Result<ActiveSegment> {
         let spare = match lock(&self.spare).take() {
             Some(s) => s,
-            None => segment::prepare_spare(&self.seg_dir, self.cfg.max_segment_size).map_err(|e| {
-                if is_out_of_space(&e) {
-                    WalError::Full(format!("no space for a new segment ({e})"))
-                } else {
-                    WalError::io("preallocating a WAL segment", e)
-                }
-            })?,
+            None => self.preallocate()?,
         };
-        let seg = segment::activate_spare(&self.seg_dir, spare, index, base_id)
-            .map_err(io_err(format!("creating segment {index}")))?;
+        // rename → fsync(dir) → header: the new name is durable before anything is acknowledged in it.
+        let path = self.seg_dir.join(crate::format::segment_file_name(index));
+        let renamed = self.fault_err(FaultPoint::SegmentRename).and_then(|_| std::fs::rename(&spare.path, &path));
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_file(&spare.path);
+            return Err(WalError::io(format!("creating segment {}", path.display()), e));
+        }
+        self.sync_seg_dir()?;
+        let seg = segment::start_segment(spare, index, base_id)
+            .map_err(io_err(format!("writing the header of {}", path.display())))?;
         self.stats.segments_created.fetch_add(1, Relaxed);
         Ok(seg)
     }
@@ -1054,7 +1111,7 @@ impl Inner {
         if lock(&self.spare).is_some() {
             return;
         }
-        match segment::prepare_spare(&self.seg_dir, self.cfg.max_segment_size) {
+        match self.preallocate() {
             Ok(s) => {
                 let mut slot = lock(&self.spare);
                 if slot.is_none() {
@@ -1090,7 +1147,8 @@ impl Inner {
             last_flush: self.stats.last_flush_rfc3339(),
             ..Default::default()
         };
-        metadata::store(&self.dir, &meta).map_err(|e| {
+        let stored = self.fault_err(FaultPoint::MetadataWrite).and_then(|_| metadata::store(&self.dir, &meta));
+        stored.map_err(|e| {
             lock(&self.processed).dirty = true;
             WalError::io(format!("writing {}", self.dir.join(metadata::METADATA_FILE).display()), e)
         })?;
@@ -1113,7 +1171,7 @@ impl Inner {
                 log::debug!("WAL deleted processed segment {}", s.name());
             }
         }
-        fsutil::fsync_dir(&self.seg_dir).map_err(io_err(format!("syncing {}", self.seg_dir.display())))
+        self.sync_seg_dir()
     }
 
     fn read_unprocessed(&self, after_id: u64, limit: usize, max_bytes: usize, use_cursor: bool) -> Result<Vec<Entry>> {

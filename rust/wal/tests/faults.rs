@@ -1,0 +1,209 @@
+//! Fault injection: for each failure the engine can meet, what was
+//! acknowledged before survives, nothing half-written becomes visible, and the
+//! behaviour is the one docs/wal-format.md ("Failures and what they mean")
+//! states: fsync errors are fail-stop; ENOSPC is WalError::Full and the WAL
+//! recovers once space is back.
+
+use std::sync::Arc;
+
+use signaldb_wal::{Config, FaultAction, FaultInjector, FaultPoint, Kind, SyncMode, Wal, WalError};
+
+const EIO: i32 = libc::EIO;
+const ENOSPC: i32 = libc::ENOSPC;
+
+fn open(dir: &std::path::Path, seg: u64, faults: &Arc<FaultInjector>) -> Wal {
+    let cfg = Config { max_segment_size: seg, faults: Some(Arc::clone(faults)), ..Config::default() };
+    Wal::open(dir, cfg).unwrap()
+}
+
+fn reopen_clean(dir: &std::path::Path, seg: u64) -> Wal {
+    Wal::open(dir, Config { max_segment_size: seg, ..Config::default() }).unwrap()
+}
+
+fn entries(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
+    wal.read_unprocessed(0, usize::MAX, usize::MAX).unwrap().into_iter().map(|e| (e.id, e.payload)).collect()
+}
+
+fn append_n(wal: &Wal, n: usize, size: usize) -> Vec<(u64, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let p = vec![b'a' + (i % 26) as u8; size];
+            (wal.append(&p, Kind::Traces).unwrap(), p)
+        })
+        .collect()
+}
+
+/// After reopening: exactly `expected`, and no torn tail or corruption left behind.
+fn assert_clean_reopen(dir: &std::path::Path, seg: u64, expected: &[(u64, Vec<u8>)]) -> Wal {
+    let wal = reopen_clean(dir, seg);
+    assert_eq!(entries(&wal), expected);
+    let s = wal.stats();
+    assert_eq!((s.torn_tails_truncated, s.corrupt_entries), (0, 0), "nothing half-written is left");
+    wal
+}
+
+#[test]
+fn eio_on_write_is_fail_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = open(dir.path(), 1 << 20, &faults);
+    let acked = append_n(&wal, 3, 100);
+    faults.arm(FaultPoint::SegmentWrite, FaultAction::PartialThenError { bytes: 40, errno: EIO }, 0, Some(1));
+    assert!(matches!(wal.append(b"doomed", Kind::Traces), Err(WalError::Poisoned(_))));
+    assert!(matches!(wal.append(b"after", Kind::Traces), Err(WalError::Poisoned(_))));
+    assert!(wal.stats().poisoned.is_some());
+    drop(wal);
+    assert_clean_reopen(dir.path(), 1 << 20, &acked);
+}
+
+#[test]
+fn eio_on_fsync_is_fail_stop_and_never_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = open(dir.path(), 1 << 20, &faults);
+    let acked = append_n(&wal, 3, 100);
+    faults.arm(FaultPoint::SegmentSync, FaultAction::Error(EIO), 0, Some(1));
+    let err = wal.append(b"unsynced", Kind::Traces).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned(_)), "{err}");
+    let syncs = faults.hits(FaultPoint::SegmentSync);
+    assert!(matches!(wal.append(b"later", Kind::Traces), Err(WalError::Poisoned(_))));
+    assert!(matches!(wal.flush(), Err(WalError::Poisoned(_))));
+    assert_eq!(faults.hits(FaultPoint::SegmentSync), syncs, "a failed fsync is never retried");
+    drop(wal);
+    // The unsynced record reached the page cache intact; it may be replayed, it is never torn.
+    let wal = reopen_clean(dir.path(), 1 << 20);
+    let got = entries(&wal);
+    assert_eq!(&got[..3], &acked[..]);
+    assert!(got.len() <= 4);
+}
+
+#[test]
+fn enospc_in_the_middle_of_a_record_rolls_back_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = open(dir.path(), 1 << 20, &faults);
+    let mut acked = append_n(&wal, 3, 100);
+    faults.arm(FaultPoint::SegmentWrite, FaultAction::PartialThenError { bytes: 300, errno: ENOSPC }, 0, Some(1));
+    let err = wal.append(&[7u8; 500], Kind::Logs).unwrap_err();
+    assert!(matches!(err, WalError::Full(_)), "{err}");
+    assert_eq!(entries(&wal), acked, "the rolled-back record is not visible");
+    // Space is back: appends go on, after the failed id.
+    let id = wal.append(b"after", Kind::Logs).unwrap();
+    assert_eq!(id, 5);
+    acked.push((id, b"after".to_vec()));
+    drop(wal);
+    let wal = assert_clean_reopen(dir.path(), 1 << 20, &acked);
+    // The failed id is a gap: it does not pin the watermark.
+    wal.mark_processed(&acked.iter().map(|e| e.0).collect::<Vec<_>>()).unwrap();
+    assert_eq!(wal.stats().unprocessed_entries, 0);
+}
+
+#[test]
+fn enospc_on_a_batch_fails_the_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = open(dir.path(), 1 << 20, &faults);
+    let acked = append_n(&wal, 2, 10);
+    faults.arm(FaultPoint::SegmentWrite, FaultAction::PartialThenError { bytes: 1000, errno: ENOSPC }, 0, Some(1));
+    let batch: Vec<Vec<u8>> = (0..50).map(|i| vec![i as u8; 100]).collect();
+    let err = wal.append_batch(batch.iter().map(|b| b.as_slice()), Kind::Metrics).unwrap_err();
+    assert!(matches!(err, WalError::Full(_)));
+    drop(wal);
+    assert_clean_reopen(dir.path(), 1 << 20, &acked);
+}
+
+#[test]
+fn short_writes_are_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = open(dir.path(), 4096, &faults);
+    faults.arm(FaultPoint::SegmentWrite, FaultAction::ShortWrites { max_bytes: 7 }, 0, None);
+    let mut acked = append_n(&wal, 30, 333);
+    let batch: Vec<Vec<u8>> = (0..20).map(|i| vec![i as u8; i * 11]).collect();
+    let first = wal.append_batch(batch.iter().map(|b| b.as_slice()), Kind::Logs).unwrap();
+    acked.extend(batch.into_iter().enumerate().map(|(i, b)| (first + i as u64, b)));
+    assert!(faults.hits(FaultPoint::SegmentWrite) > 0);
+    drop(wal);
+    assert_clean_reopen(dir.path(), 4096, &acked);
+}
+
+#[test]
+fn failing_rename_at_rotation_fails_the_append_and_the_next_rotation_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = open(dir.path(), 4096, &faults);
+    let mut acked = append_n(&wal, 12, 300); // 12 x 328 B: the next one needs a new segment
+    faults.arm(FaultPoint::SegmentRename, FaultAction::Error(EIO), 0, Some(1));
+    let err = wal.append(&[1u8; 300], Kind::Traces).unwrap_err();
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    assert!(wal.stats().poisoned.is_none(), "a failed rename is not an fsync failure");
+    acked.extend(append_n(&wal, 5, 300));
+    drop(wal);
+    assert_clean_reopen(dir.path(), 4096, &acked);
+}
+
+#[test]
+fn failing_directory_fsync_is_fail_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = open(dir.path(), 4096, &faults);
+    let acked = append_n(&wal, 12, 300);
+    faults.arm(FaultPoint::DirSync, FaultAction::Error(EIO), 0, Some(1));
+    assert!(matches!(wal.append(&[1u8; 300], Kind::Traces), Err(WalError::Poisoned(_))));
+    assert!(matches!(wal.append(b"x", Kind::Traces), Err(WalError::Poisoned(_))));
+    drop(wal);
+    assert_clean_reopen(dir.path(), 4096, &acked);
+}
+
+#[test]
+fn no_space_for_a_new_segment_is_wal_full_until_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = open(dir.path(), 4096, &faults);
+    // From here on no segment file can be preallocated (neither ahead of time nor at rotation).
+    faults.arm(FaultPoint::SegmentPreallocate, FaultAction::Error(ENOSPC), 0, None);
+    let mut acked = append_n(&wal, 12, 300);
+    for _ in 0..3 {
+        assert!(matches!(wal.append(&[2u8; 300], Kind::Traces), Err(WalError::Full(_))));
+    }
+    faults.clear();
+    acked.extend(append_n(&wal, 20, 300));
+    drop(wal);
+    let wal = assert_clean_reopen(dir.path(), 4096, &acked);
+    assert!(wal.stats().total_segments >= 2);
+}
+
+#[test]
+fn failing_checkpoint_keeps_segments_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = open(dir.path(), 4096, &faults);
+    let acked = append_n(&wal, 100, 200);
+    let ids: Vec<u64> = acked.iter().map(|e| e.0).collect();
+    wal.mark_processed(&ids).unwrap();
+    faults.arm(FaultPoint::MetadataWrite, FaultAction::Error(ENOSPC), 0, Some(1));
+    assert!(wal.flush().is_err(), "flush reports the failed checkpoint");
+    assert!(wal.stats().total_segments > 1, "no segment is deleted without a durable checkpoint");
+    assert!(wal.stats().poisoned.is_none());
+    wal.flush().unwrap();
+    assert_eq!(wal.stats().total_segments, 1);
+    drop(wal);
+    assert_clean_reopen(dir.path(), 4096, &[]);
+}
+
+#[test]
+fn batched_mode_fsync_failure_poisons_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let cfg = Config {
+        sync_mode: SyncMode::Batched,
+        flush_interval: std::time::Duration::from_secs(3600),
+        faults: Some(Arc::clone(&faults)),
+        ..Config::default()
+    };
+    let wal = Wal::open(dir.path(), cfg).unwrap();
+    append_n(&wal, 5, 50);
+    faults.arm(FaultPoint::SegmentSync, FaultAction::Error(EIO), 0, Some(1));
+    assert!(matches!(wal.flush(), Err(WalError::Poisoned(_))));
+    assert!(matches!(wal.append(b"x", Kind::Traces), Err(WalError::Poisoned(_))));
+}
