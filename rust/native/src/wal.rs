@@ -101,6 +101,7 @@ impl NativeWal {
             max_buffer_entries,
             flush_interval: Duration::from_secs_f64(flush_interval_secs),
             sync_mode: sync_mode.parse::<SyncMode>().map_err(crate::errors::to_py_err)?,
+            faults: None,
         };
         let wal = without_gil(py, move || Wal::open(path, cfg))?;
         Ok(NativeWal { wal })
