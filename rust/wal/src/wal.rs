@@ -57,6 +57,7 @@ use crate::stats::{self, Stats};
 
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(200);
+const SPARE_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 /// An fsync slower than this is logged (etcd warns at one second too).
 const SLOW_FSYNC: Duration = Duration::from_secs(1);
 
@@ -166,10 +167,27 @@ struct Queue {
     leader_gathering: bool,
 }
 
+/// `[start, end)` index ranges of the append calls in a group, in order.
+fn call_bounds(group: &[Queued]) -> Vec<(usize, usize)> {
+    let mut bounds: Vec<(usize, usize)> = Vec::new();
+    for (i, r) in group.iter().enumerate() {
+        match bounds.last_mut() {
+            Some(last) if !r.starts_call => last.1 = i + 1,
+            _ => bounds.push((i, i + 1)),
+        }
+    }
+    bounds
+}
+
 impl Queue {
-    /// Takes up to `max` records, oldest first; returns them and how many callers they serve.
+    /// Takes up to `max` records, oldest first, never splitting an append
+    /// call (a batch larger than `max` is a group of its own); returns them
+    /// and how many callers they serve.
     fn take(&mut self, max: usize) -> (Vec<Queued>, usize) {
-        let n = self.items.len().min(max);
+        let mut n = self.items.len().min(max.max(1));
+        while n < self.items.len() && !self.items[n].starts_call {
+            n += 1;
+        }
         let group: Vec<Queued> = self.items.drain(..n).collect();
         let callers = group.iter().filter(|r| r.starts_call).count();
         self.callers -= callers;
@@ -258,6 +276,10 @@ struct Inner {
     done_id: AtomicU64,
     synced_id: AtomicU64,
     has_failures: AtomicBool,
+    /// The last spare preallocation failed (logged once per episode).
+    spare_failing: AtomicBool,
+    /// When the housekeeper may try preallocating again after a failure.
+    spare_retry_at: Mutex<Instant>,
     processed: Mutex<Processed>,
     checkpoint_lock: Mutex<Instant>,
     house: Mutex<HouseState>,
@@ -344,6 +366,8 @@ impl Wal {
             done_id: AtomicU64::new(written_id),
             synced_id: AtomicU64::new(written_id),
             has_failures: AtomicBool::new(false),
+            spare_failing: AtomicBool::new(false),
+            spare_retry_at: Mutex::new(Instant::now()),
             processed: Mutex::new(rec.processed),
             checkpoint_lock: Mutex::new(Instant::now()),
             house: Mutex::new(HouseState::default()),
@@ -803,29 +827,31 @@ impl Inner {
     /// Writes `group` (in id order) to the active segment, rotating as needed.
     /// Returns false when something failed (failures recorded, or poisoned).
     fn write_group(&self, io: &mut Io, group: Vec<Queued>) -> bool {
-        let mut i = 0;
-        while i < group.len() {
-            // Make room: rotate when the next record does not fit a segment that has records.
-            let need = group[i].bytes.len() as u64;
+        let calls = call_bounds(&group);
+        let bytes_of = |a: usize, b: usize| group[a..b].iter().map(|r| r.bytes.len() as u64).sum::<u64>();
+        let max = self.cfg.max_segment_size;
+        let mut c = 0;
+        while c < calls.len() {
+            // A call's records never span segments, so a failed rotation fails
+            // whole calls: an append_batch is all or nothing. A call bigger than
+            // a segment gets a fresh segment to itself (it grows past the preallocation).
+            let (first, _) = calls[c];
             let active = io.active.as_ref().expect("active segment");
-            if active.has_records() && active.write_offset + need > self.cfg.max_segment_size {
-                if let Err(e) = self.rotate(io, group[i].id) {
-                    return self.fail_records(&group[i..], e);
+            if active.has_records() && active.write_offset + bytes_of(calls[c].0, calls[c].1) > max {
+                if let Err(e) = self.rotate(io, group[first].id) {
+                    return self.fail_records(&group[first..], e);
                 }
             }
-            // The run of records that fits (at least one: an oversized entry gets the segment alone).
+            // The run: this call and the following ones that still fit, in one pwritev.
             let active = io.active.as_mut().unwrap();
-            let mut end = i;
-            let mut run_bytes = 0u64;
-            while end < group.len() {
-                let len = group[end].bytes.len() as u64;
-                if end > i && active.write_offset + run_bytes + len > self.cfg.max_segment_size {
-                    break;
-                }
-                run_bytes += len;
-                end += 1;
+            let mut run_bytes = bytes_of(calls[c].0, calls[c].1);
+            let mut next = c + 1;
+            while next < calls.len() && active.write_offset + run_bytes + bytes_of(calls[next].0, calls[next].1) <= max {
+                run_bytes += bytes_of(calls[next].0, calls[next].1);
+                next += 1;
             }
-            let bufs: Vec<&[u8]> = group[i..end].iter().map(|r| r.bytes.as_slice()).collect();
+            let last = calls[next - 1].1;
+            let bufs: Vec<&[u8]> = group[first..last].iter().map(|r| r.bytes.as_slice()).collect();
             let start = active.write_offset;
             if let Err(e) = self.write_run(&active.file, &bufs, start) {
                 let rolled_back = self.roll_back(active, start, run_bytes);
@@ -836,13 +862,13 @@ impl Inner {
                     self.poison(why.clone());
                     WalError::Poisoned(why)
                 };
-                return self.fail_records(&group[i..], err);
+                return self.fail_records(&group[first..], err);
             }
             active.write_offset += run_bytes;
-            active.first_id.get_or_insert(group[i].id);
-            active.last_id = Some(group[end - 1].id);
-            io.written_id = group[end - 1].id;
-            i = end;
+            active.first_id.get_or_insert(group[first].id);
+            active.last_id = Some(group[last - 1].id);
+            io.written_id = group[last - 1].id;
+            c = next;
         }
         true
     }
@@ -1108,11 +1134,14 @@ impl Inner {
     }
 
     fn prepare_spare(&self) {
-        if lock(&self.spare).is_some() {
+        if lock(&self.spare).is_some() || Instant::now() < *lock(&self.spare_retry_at) {
             return;
         }
         match self.preallocate() {
             Ok(s) => {
+                if self.spare_failing.swap(false, Relaxed) {
+                    log::info!("WAL preallocates segments again in {}", self.seg_dir.display());
+                }
                 let mut slot = lock(&self.spare);
                 if slot.is_none() {
                     *slot = Some(s);
@@ -1122,7 +1151,14 @@ impl Inner {
                     let _ = std::fs::remove_file(&s.path);
                 }
             }
-            Err(e) => log::warn!("WAL could not preallocate the next segment (will retry at rotation): {e}"),
+            Err(e) => {
+                // On a full disk, do not write and delete a segment's worth of zeros per append.
+                *lock(&self.spare_retry_at) = Instant::now() + SPARE_RETRY_BACKOFF;
+                if !self.spare_failing.swap(true, Relaxed) {
+                    log::warn!("WAL could not preallocate the next segment (will retry at rotation): {e}");
+                }
+                return;
+            }
         }
     }
 

@@ -207,3 +207,41 @@ fn batched_mode_fsync_failure_poisons_flush() {
     assert!(matches!(wal.flush(), Err(WalError::Poisoned(_))));
     assert!(matches!(wal.append(b"x", Kind::Traces), Err(WalError::Poisoned(_))));
 }
+
+#[test]
+fn a_batch_that_cannot_get_its_segment_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = open(dir.path(), 4096, &faults);
+    faults.arm(FaultPoint::SegmentPreallocate, FaultAction::Error(ENOSPC), 0, None);
+    let mut acked = append_n(&wal, 10, 300); // 3.3 KiB used: part of the batch below would fit
+    let batch: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8; 200]).collect();
+    let err = wal.append_batch(batch.iter().map(|b| b.as_slice()), Kind::Logs).unwrap_err();
+    assert!(matches!(err, WalError::Full(_)));
+    assert_eq!(entries(&wal), acked, "no prefix of the failed batch is visible");
+    faults.clear();
+    let first = wal.append_batch(batch.iter().map(|b| b.as_slice()), Kind::Logs).unwrap();
+    acked.extend(batch.into_iter().enumerate().map(|(i, b)| (first + i as u64, b)));
+    drop(wal);
+    assert_clean_reopen(dir.path(), 4096, &acked);
+}
+
+#[test]
+fn a_batch_larger_than_the_group_cap_stays_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let cfg = Config {
+        max_segment_size: 1 << 20,
+        max_buffer_entries: 10,
+        faults: Some(Arc::clone(&faults)),
+        ..Config::default()
+    };
+    let wal = Wal::open(dir.path(), cfg).unwrap();
+    let acked = append_n(&wal, 2, 10);
+    // The second write of the WAL fails: with the batch split into groups of 10, a prefix would survive.
+    faults.arm(FaultPoint::SegmentWrite, FaultAction::Error(ENOSPC), 0, Some(1));
+    let batch: Vec<Vec<u8>> = (0..35).map(|i| vec![i as u8; 20]).collect();
+    assert!(wal.append_batch(batch.iter().map(|b| b.as_slice()), Kind::Logs).is_err());
+    drop(wal);
+    assert_clean_reopen(dir.path(), 1 << 20, &acked);
+}

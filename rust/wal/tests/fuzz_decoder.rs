@@ -1,0 +1,1066 @@
+//! Fuzzing the segment decoder: arbitrary and mutated segment images go
+//! through every path that decodes records (`scan::scan_records`,
+//! `inspect::scan_segment_file`, `inspect::read_segment_entries` and a full
+//! `Wal::open` + `read_unprocessed` + append + reopen), and every record that
+//! comes back is checked against an independent oracle:
+//!
+//! - nothing panics; `Wal::open` fails only with `UnsupportedFormat`, and only
+//!   for a segment header of another format version;
+//! - ids strictly increase, and a CRC32C recomputed here (a table-driven
+//!   implementation of its own, not the `crc32c` crate) over the record's
+//!   bytes matches its crc field: never an entry with a bad CRC;
+//! - for generated segments, every record returned has the payload, kind and
+//!   timestamp written under its id: never a wrong payload; and when the
+//!   damage was done in place (no bytes moved or copied), every record left
+//!   intact is returned: no loss;
+//! - scan results are self-consistent (records, damages and zero fill tile
+//!   the segment), and what recovery counted is exactly what
+//!   `read_unprocessed` delivers, before and after an append and a reopen.
+//!
+//! This file is both a test and the harness of the cargo-fuzz targets in
+//! `fuzz/` (they include it with `#[path]`), so the two run the same checks.
+//! As a test it replays the committed corpus in `fuzz/corpus/` and runs a
+//! seeded loop of `SIGNALDB_FUZZ_ITERS` inputs (default 20,000; half
+//! arbitrary, half mutated; one in `SIGNALDB_FUZZ_OPEN_EVERY`, default 16,
+//! also through `Wal::open`). `SIGNALDB_FUZZ_SEED` picks another sequence.
+
+#![allow(dead_code)] // the fuzz targets use a part each
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use signaldb_wal::format::{
+    decode_segment_header, encode_record, encode_segment_header, HeaderState, Kind, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use signaldb_wal::inspect::{read_segment_entries, scan_segment_file};
+use signaldb_wal::metadata::{self, Metadata};
+use signaldb_wal::scan::{scan_records, DamageKind, RecordScan};
+use signaldb_wal::{Config, Wal, WalError};
+
+// ---------------------------------------------------------------------------
+// An independent CRC32C (Castagnoli, reflected 0x82F63B78), byte at a time.
+
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { 0x82F6_3B78 ^ (c >> 1) } else { c >> 1 };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+pub fn crc32c_reference(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c = CRC_TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+// ---------------------------------------------------------------------------
+// Counters, printed by the seeded runs.
+
+pub static INPUTS: AtomicU64 = AtomicU64::new(0);
+pub static WAL_OPENS: AtomicU64 = AtomicU64::new(0);
+pub static RECORDS_CHECKED: AtomicU64 = AtomicU64::new(0);
+pub static DAMAGES_SEEN: AtomicU64 = AtomicU64::new(0);
+pub static INTACT_CHECKED: AtomicU64 = AtomicU64::new(0);
+
+// ---------------------------------------------------------------------------
+// Input bytes as a stream of decisions (zeros once exhausted, so any input
+// decodes to a bounded test case).
+
+pub struct Source<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Source<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Source { data, pos: 0 }
+    }
+
+    pub fn u8(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+
+    pub fn u64(&mut self) -> u64 {
+        (self.u32() as u64) | ((self.u32() as u64) << 32)
+    }
+
+    /// A number in `0..n` (0 when n is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        let v = if n <= 256 { self.u8() as usize } else if n <= 65536 { self.u16() as usize } else { self.u32() as usize };
+        v % n
+    }
+
+    /// `n` bytes: what is left of the input, then a pattern seeded by it.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let avail = self.data.len().saturating_sub(self.pos).min(n);
+        let mut out = self.data[self.pos.min(self.data.len())..][..avail].to_vec();
+        self.pos += avail;
+        let mut x = (n as u32).wrapping_mul(2_654_435_761) ^ self.pos as u32;
+        while out.len() < n {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            out.push(x as u8);
+        }
+        out
+    }
+
+    pub fn rest(&mut self) -> &'a [u8] {
+        let r = &self.data[self.pos.min(self.data.len())..];
+        self.pos = self.data.len();
+        r
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The oracle's view of a record.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rec {
+    pub id: u64,
+    pub kind: u8,
+    pub timestamp_ns: i64,
+    pub payload: Vec<u8>,
+}
+
+/// A segment image as written, before any damage.
+pub struct Generated {
+    pub image: Vec<u8>,
+    /// Every record written, by id.
+    pub records: BTreeMap<u64, Rec>,
+    /// `(id, start, end)` of each record in `image`, in file order.
+    pub spans: Vec<(u64, usize, usize)>,
+}
+
+fn u32_at(buf: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(buf[o..o + 4].try_into().unwrap())
+}
+
+fn u64_at(buf: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(buf[o..o + 8].try_into().unwrap())
+}
+
+/// The id before the first record a segment may hold, as recovery and
+/// `scan_segment_file` derive it from the header.
+pub fn prev_id_of(image: &[u8]) -> u64 {
+    match decode_segment_header(image) {
+        HeaderState::Valid(h) => h.base_id.saturating_sub(1),
+        _ => 0,
+    }
+}
+
+/// Checks the record at `offset` of `image` independently of the crate and
+/// returns it: header plausible, within the image, CRC32C matching.
+fn check_record_bytes(image: &[u8], offset: usize, what: &str) -> Rec {
+    assert!(offset + RECORD_HEADER_LEN <= image.len(), "{what}: record header at {offset} beyond {}", image.len());
+    let len = u32_at(image, offset + 4) as usize;
+    let end = offset + RECORD_HEADER_LEN + len;
+    assert!(end <= image.len(), "{what}: record at {offset} of {len} bytes ends beyond {}", image.len());
+    let stored = u32_at(image, offset);
+    let computed = crc32c_reference(&image[offset + 4..end]);
+    assert_eq!(stored, computed, "{what}: record at offset {offset} returned with a bad CRC");
+    let id = u64_at(image, offset + 8);
+    let kind = image[offset + 24];
+    assert!(id != 0, "{what}: record with id 0 at {offset}");
+    assert!((1..=3).contains(&kind), "{what}: record of kind {kind} at {offset}");
+    assert_eq!(image[offset + 25..offset + 28], [0, 0, 0], "{what}: reserved bytes at {offset}");
+    RECORD_CHECKS.fetch_add(1, Relaxed);
+    Rec { id, kind, timestamp_ns: u64_at(image, offset + 16) as i64, payload: image[offset + RECORD_HEADER_LEN..end].to_vec() }
+}
+
+static RECORD_CHECKS: AtomicU64 = AtomicU64::new(0);
+
+/// A record returned under an id the generator wrote must be that record.
+fn check_against_origin(rec: &Rec, origin: Option<&BTreeMap<u64, Rec>>, what: &str) {
+    let Some(origin) = origin else { return };
+    match origin.get(&rec.id) {
+        Some(want) => assert!(
+            want == rec,
+            "{what}: WRONG PAYLOAD for id {}: got kind {} ts {} payload {:?}, wrote kind {} ts {} payload {:?} \
+             (its CRC matched, so either the decoder or a CRC32C collision forged by the mutations)",
+            rec.id,
+            rec.kind,
+            rec.timestamp_ns,
+            rec.payload,
+            want.kind,
+            want.timestamp_ns,
+            want.payload
+        ),
+        None => panic!(
+            "{what}: returned id {} that was never written (payload {:?}; its CRC matched: a collision?)",
+            rec.id, rec.payload
+        ),
+    }
+}
+
+/// `scan_records` over `image`, every returned record checked; the records and
+/// the scan, after checking that records, damages and zero fill tile the image.
+pub fn checked_scan(
+    image: &[u8],
+    prev_id: u64,
+    is_last: bool,
+    origin: Option<&BTreeMap<u64, Rec>>,
+) -> (Vec<(usize, Rec)>, RecordScan) {
+    let mut seen = Vec::new();
+    let scan = scan_records(image, SEGMENT_HEADER_LEN, prev_id, is_last, |h, off| seen.push((*h, off)));
+    let what = format!("scan_records(prev_id={prev_id}, is_last={is_last})");
+    let mut out = Vec::with_capacity(seen.len());
+    let mut last_id = prev_id;
+    let mut last_end = SEGMENT_HEADER_LEN;
+    for (h, off) in seen {
+        assert!(off >= last_end, "{what}: record at {off} overlaps the previous one ending at {last_end}");
+        let rec = check_record_bytes(image, off, &what);
+        assert_eq!((h.id, h.kind, h.timestamp_ns, h.len as usize), (rec.id, rec.kind, rec.timestamp_ns, rec.payload.len()));
+        assert!(rec.id > last_id, "{what}: id {} after {last_id}: ids must strictly increase", rec.id);
+        check_against_origin(&rec, origin, &what);
+        last_id = rec.id;
+        last_end = off + RECORD_HEADER_LEN + rec.payload.len();
+        out.push((off, rec));
+    }
+    RECORDS_CHECKED.fetch_add(out.len() as u64, Relaxed);
+    assert_eq!(scan.records, out.len() as u64, "{what}: record count");
+    assert_eq!(scan.first_id, out.first().map(|r| r.1.id), "{what}: first_id");
+    assert_eq!(scan.last_id, out.last().map(|r| r.1.id), "{what}: last_id");
+    let want_end = out.last().map_or(SEGMENT_HEADER_LEN.min(image.len()), |(o, r)| o + RECORD_HEADER_LEN + r.payload.len());
+    assert_eq!(scan.data_end, want_end, "{what}: data_end");
+
+    // Records and damages, in offset order, do not overlap; whatever lies
+    // outside both is zero (the decision table's "end of data").
+    DAMAGES_SEEN.fetch_add(scan.damages.len() as u64, Relaxed);
+    let mut regions: Vec<(usize, usize, &str)> =
+        out.iter().map(|(o, r)| (*o, o + RECORD_HEADER_LEN + r.payload.len(), "record")).collect();
+    for (i, d) in scan.damages.iter().enumerate() {
+        assert!(d.len > 0, "{what}: empty damage {d:?}");
+        assert!(d.offset >= SEGMENT_HEADER_LEN && d.offset + d.len <= image.len(), "{what}: damage {d:?} out of bounds");
+        if d.kind == DamageKind::TornTail {
+            assert!(is_last, "{what}: torn tail in a segment that is not the last");
+            assert_eq!(i + 1, scan.damages.len(), "{what}: torn tail is not the last damage");
+        }
+        regions.push((d.offset, d.offset + d.len, "damage"));
+    }
+    regions.sort_unstable();
+    let mut cursor = SEGMENT_HEADER_LEN;
+    for &(start, end, kind) in &regions {
+        assert!(start >= cursor, "{what}: {kind} [{start}, {end}) overlaps what ends at {cursor}");
+        if let Some(i) = image.get(cursor..start).and_then(|gap| gap.iter().position(|&b| b != 0)) {
+            panic!("{what}: non-zero byte at {} is neither in a record nor in a damage", cursor + i);
+        }
+        cursor = end;
+    }
+    if let Some(i) = image.get(cursor..).and_then(|tail| tail.iter().position(|&b| b != 0)) {
+        panic!("{what}: non-zero byte at {} after the last record/damage", cursor + i);
+    }
+    (out, scan)
+}
+
+/// Writes `image` to a fresh temporary file and checks the file-based readers
+/// against `scan_records` on the same bytes.
+pub fn check_inspect(image: &[u8], origin: Option<&BTreeMap<u64, Rec>>, paging: usize) {
+    let dir = scratch_dir();
+    let path = dir.path().join("000001.wal");
+    fs::write(&path, image).unwrap();
+    let prev = prev_id_of(image);
+
+    for is_last in [false, true] {
+        let (recs, scan) = checked_scan(image, prev, is_last, origin);
+        let report = scan_segment_file(&path, is_last, 0).expect("scan_segment_file");
+        assert_eq!(report.header, decode_segment_header(image));
+        assert_eq!(report.file_len, image.len() as u64);
+        assert_eq!(report.entries, scan.records, "scan_segment_file: entries");
+        assert_eq!((report.first_id, report.last_id), (scan.first_id, scan.last_id));
+        assert_eq!(report.data_end, scan.data_end as u64);
+        assert_eq!(report.damages, scan.damages);
+        assert_eq!(report.payload_bytes, recs.iter().map(|r| r.1.payload.len() as u64).sum::<u64>());
+        assert_eq!(report.by_kind.iter().sum::<u64>(), scan.records);
+    }
+
+    // read_segment_entries (the `dump` tool) starts from prev id 0 whatever the header says.
+    let (want, _) = checked_scan(image, 0, true, origin);
+    let want: Vec<Rec> = want.into_iter().map(|r| r.1).collect();
+    let (got, next) = read_segment_entries(&path, 0, usize::MAX).expect("read_segment_entries");
+    assert!(next <= image.len().max(SEGMENT_HEADER_LEN) as u64);
+    let got: Vec<Rec> =
+        got.into_iter().map(|e| Rec { id: e.id, kind: e.kind, timestamp_ns: e.timestamp_ns, payload: e.payload }).collect();
+    let mut last = 0;
+    for r in &got {
+        assert!(r.id > last, "read_segment_entries: id {} after {last}", r.id);
+        last = r.id;
+        assert_returned_bytes_exist(image, r, "read_segment_entries");
+        check_against_origin(r, origin, "read_segment_entries");
+    }
+    assert_eq!(ids(&got), ids(&want), "read_segment_entries returns other records than scan_records (prev id 0)");
+
+    // Paging as `signaldb-wal dump` does: resume from the returned offset until a page is empty.
+    if paging > 0 {
+        let mut paged = Vec::new();
+        let mut offset = 0;
+        for _ in 0..=want.len() + 1 {
+            let (page, next) = read_segment_entries(&path, offset, paging).expect("read_segment_entries page");
+            if page.is_empty() {
+                break;
+            }
+            assert!(next > offset, "read_segment_entries: paging does not advance");
+            paged.extend(page.into_iter().map(|e| e.id));
+            offset = next;
+        }
+        assert_eq!(paged, ids(&got), "read_segment_entries: pages of {paging} differ from one read");
+    }
+}
+
+fn ids(recs: &[Rec]) -> Vec<u64> {
+    recs.iter().map(|r| r.id).collect()
+}
+
+/// An entry handed out without an offset must exist, encoded with a matching
+/// CRC32C, somewhere in the segment bytes.
+fn assert_returned_bytes_exist(image: &[u8], r: &Rec, what: &str) {
+    let mut enc = Vec::with_capacity(RECORD_HEADER_LEN + r.payload.len());
+    enc.extend_from_slice(&[0; 4]);
+    enc.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
+    enc.extend_from_slice(&r.id.to_le_bytes());
+    enc.extend_from_slice(&r.timestamp_ns.to_le_bytes());
+    enc.push(r.kind);
+    enc.extend_from_slice(&[0; 3]);
+    enc.extend_from_slice(&r.payload);
+    let crc = crc32c_reference(&enc[4..]);
+    enc[..4].copy_from_slice(&crc.to_le_bytes());
+    let found = image.len() >= enc.len() && image.windows(enc.len()).any(|w| w[..12] == enc[..12] && w == &enc[..]);
+    assert!(found, "{what}: entry id {} is not in the segment with a valid CRC (bad CRC or altered bytes)", r.id);
+}
+
+fn verbose() -> bool {
+    std::env::var_os("SIGNALDB_FUZZ_VERBOSE").is_some()
+}
+
+// ---------------------------------------------------------------------------
+// Scratch space: tmpfs when there is one (fsync is free there).
+
+pub fn scratch_dir() -> tempfile::TempDir {
+    let base = std::env::var_os("SIGNALDB_FUZZ_TMPDIR").map(PathBuf::from).unwrap_or_else(|| {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() && tempfile::tempdir_in(shm).is_ok() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        }
+    });
+    tempfile::Builder::new().prefix("walfuzz-").tempdir_in(base).expect("scratch directory")
+}
+
+// ---------------------------------------------------------------------------
+// Full open: recovery, read_unprocessed, append, reopen.
+
+/// What goes into `metadata.json` next to the segment.
+#[derive(Debug)]
+pub enum MetaChoice {
+    None,
+    Raw(Vec<u8>),
+    Valid(Metadata),
+}
+
+pub fn choose_meta(src: &mut Source, max_id: u64) -> MetaChoice {
+    match src.u8() % 8 {
+        0..=3 => MetaChoice::None,
+        4 => {
+            let n = src.below(200);
+            MetaChoice::Raw(src.bytes(n))
+        }
+        5 => {
+            // A real checkpoint with its bytes damaged: must be ignored.
+            let mut bytes = metadata::encode(&meta_near(src, max_id));
+            let at = src.below(bytes.len());
+            bytes[at] ^= 1 << src.below(8);
+            MetaChoice::Raw(bytes)
+        }
+        _ => MetaChoice::Valid(meta_near(src, max_id)),
+    }
+}
+
+fn pick_id(src: &mut Source, max_id: u64) -> u64 {
+    match src.u8() % 8 {
+        0 => 0,
+        1 => src.u64() >> src.below(64),
+        _ => (max_id.min(u64::MAX - 64)).saturating_sub(8) + src.below(16) as u64,
+    }
+}
+
+fn meta_near(src: &mut Source, max_id: u64) -> Metadata {
+    let watermark = pick_id(src, max_id).min(u64::MAX - 2);
+    let next_id = pick_id(src, max_id).max(1).min(u64::MAX - 1);
+    let mut processed_ids: Vec<u64> = (0..src.below(6)).map(|_| pick_id(src, max_id)).collect();
+    processed_ids.sort_unstable();
+    processed_ids.dedup();
+    Metadata { next_id, processed_watermark: watermark, processed_ids, ..Metadata::default() }
+}
+
+fn fuzz_config() -> Config {
+    Config { max_segment_size: 4096, ..Config::default() }
+}
+
+fn read_all(wal: &Wal) -> Vec<Rec> {
+    wal.read_unprocessed(0, usize::MAX, usize::MAX)
+        .expect("read_unprocessed")
+        .into_iter()
+        .map(|e| Rec { id: e.id, kind: e.kind, timestamp_ns: e.timestamp_ns, payload: e.payload })
+        .collect()
+}
+
+/// Opens a WAL directory holding `image` as `segments/000001.wal` and `meta`.
+pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&BTreeMap<u64, Rec>>) {
+    WAL_OPENS.fetch_add(1, Relaxed);
+    let dir = scratch_dir();
+    let seg_dir = dir.path().join("segments");
+    fs::create_dir(&seg_dir).unwrap();
+    let seg_path = seg_dir.join("000001.wal");
+    fs::write(&seg_path, image).unwrap();
+    let meta_bytes = match meta {
+        MetaChoice::None => None,
+        MetaChoice::Raw(b) => Some(b.clone()),
+        MetaChoice::Valid(m) => Some(metadata::encode(m)),
+    };
+    if let Some(b) = &meta_bytes {
+        fs::write(dir.path().join("metadata.json"), b).unwrap();
+    }
+    // What the checkpoint says, if recovery can use it.
+    let loaded = meta_bytes.as_deref().and_then(|b| metadata::decode(b).ok());
+    let (watermark, processed_ids) = loaded.as_ref().map_or((0, vec![]), |m| (m.processed_watermark, m.processed_ids.clone()));
+
+    let header = decode_segment_header(image);
+    if verbose() {
+        let (recs, scan) = checked_scan(image, prev_id_of(image), true, origin);
+        eprintln!("header {header:?}; metadata {meta:?} (usable: {loaded:?})");
+        eprintln!("scan: {:?}", scan);
+        for (o, r) in &recs {
+            eprintln!("  record at {o}: id {} kind {} len {}", r.id, r.kind, r.payload.len());
+        }
+    }
+    let wal = match Wal::open(dir.path(), fuzz_config()) {
+        Ok(w) => w,
+        Err(WalError::UnsupportedFormat { version, .. }) => {
+            assert_eq!(header, HeaderState::UnsupportedVersion(version), "UnsupportedFormat for header {header:?}");
+            assert_eq!(fs::read(&seg_path).unwrap(), image, "refusing to open must change nothing");
+            return;
+        }
+        Err(e) => panic!("Wal::open failed on a damaged segment (must never fail but for UnsupportedFormat): {e}"),
+    };
+    assert!(!matches!(header, HeaderState::UnsupportedVersion(_)), "opened a segment of format {header:?}");
+
+    // What recovery counted (the scan with the header's prev id, as the last
+    // segment) is exactly what a consumer reads, minus what is processed.
+    let (scanned, _) = checked_scan(image, prev_id_of(image), true, origin);
+    let want: Vec<Rec> = scanned
+        .into_iter()
+        .map(|r| r.1)
+        .filter(|r| r.id > watermark && processed_ids.binary_search(&r.id).is_err())
+        .collect();
+    let got = read_all(&wal);
+    for r in &got {
+        assert_returned_bytes_exist(image, r, "read_unprocessed");
+        check_against_origin(r, origin, "read_unprocessed");
+    }
+    assert_eq!(
+        ids(&got),
+        ids(&want),
+        "read_unprocessed after open returns other entries than recovery scanned (watermark {watermark}, processed {processed_ids:?})"
+    );
+    assert_eq!(got, want);
+    let stats = wal.stats();
+    assert_eq!(stats.unprocessed_entries, want.len() as u64, "unprocessed_entries after open: {stats:?}");
+
+    // Quarantined ranges are copies of the original bytes.
+    if let Ok(rd) = fs::read_dir(dir.path().join("quarantine")) {
+        for e in rd {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let Some((off, len)) = name
+                .strip_prefix("000001.wal@")
+                .and_then(|s| s.strip_suffix(".bad"))
+                .and_then(|s| s.split_once('+'))
+                .map(|(o, l)| (o.parse::<usize>().unwrap(), l.parse::<usize>().unwrap()))
+            else {
+                panic!("unexpected quarantine file {name}")
+            };
+            assert_eq!(fs::read(e.path()).unwrap(), image[off..off + len], "quarantine copy {name}");
+        }
+    }
+
+    // An append lands after everything and survives a reopen with the rest.
+    let payload = format!("appended after fuzzed recovery {}", image.len()).into_bytes();
+    let id = wal.append(&payload, Kind::Metrics).expect("append after recovery");
+    let max_seen = got.iter().map(|r| r.id).chain(want.iter().map(|r| r.id)).max().unwrap_or(0);
+    assert!(id > max_seen && id > watermark, "append got id {id}, not above {max_seen} / watermark {watermark}");
+    let after = read_all(&wal);
+    assert_eq!(ids(&after), ids(&got).into_iter().chain([id]).collect::<Vec<_>>(), "read after append");
+    wal.close().expect("close");
+    drop(wal);
+    let wal = Wal::open(dir.path(), fuzz_config()).expect("reopen after append");
+    let again = read_all(&wal);
+    let mut expected = got.clone();
+    expected.push(Rec { id, kind: Kind::Metrics as u8, timestamp_ns: after.last().unwrap().timestamp_ns, payload });
+    assert_eq!(ids(&again), ids(&expected), "entries after append + reopen");
+    assert_eq!(again, expected, "entries after append + reopen");
+    assert_eq!(wal.stats().next_id, id + 1);
+    wal.close().expect("close after reopen");
+}
+
+// ---------------------------------------------------------------------------
+// Target 1: arbitrary bytes.
+//
+// `data` is the segment image for the scan and inspect checks. With
+// `with_wal`, its first byte also selects the checkpoint put next to it.
+
+pub fn fuzz_arbitrary(data: &[u8], with_wal: bool) {
+    INPUTS.fetch_add(1, Relaxed);
+    let prev = prev_id_of(data);
+    for is_last in [false, true] {
+        checked_scan(data, prev, is_last, None);
+    }
+    // Other starting ids exercise the id-ordering rule.
+    if data.len() > 8 {
+        checked_scan(data, u64_at(data, data.len() - 8) >> (data[0] % 64), data[1] & 1 == 1, None);
+    }
+    check_inspect(data, None, 1 + data.first().map_or(0, |&b| b as usize % 3));
+    if with_wal {
+        let mut src = Source::new(data.get(SEGMENT_HEADER_LEN..).unwrap_or(&[]));
+        let max_id = {
+            let (recs, _) = checked_scan(data, prev, true, None);
+            recs.last().map_or(prev, |r| r.1.id)
+        };
+        let meta = choose_meta(&mut src, max_id);
+        check_wal_open(data, &meta, None);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Target 2: valid segments, then damaged.
+
+pub fn generate(src: &mut Source) -> Generated {
+    let n = match src.u8() % 8 {
+        0 => 0,
+        1 => src.below(40),
+        _ => 1 + src.below(12),
+    };
+    let first_id = match src.u8() % 32 {
+        0 => src.u64().max(1),
+        1 => u64::MAX - src.below(64) as u64,
+        _ => 1 + src.below(1000) as u64,
+    };
+    let base_id = match src.u8() % 16 {
+        0 => src.u64(),
+        1 => first_id.saturating_sub(src.below(10) as u64),
+        2 => first_id.saturating_add(src.below(3) as u64),
+        _ => first_id,
+    };
+    let mut image = encode_segment_header(base_id).to_vec();
+    let mut records = BTreeMap::new();
+    let mut spans = Vec::new();
+    let mut id = first_id;
+    for _ in 0..n {
+        let len = match src.u8() % 16 {
+            0 => 0,
+            1..=9 => src.below(64),
+            10..=13 => src.below(512),
+            14 => src.below(4096),
+            _ => RECORD_HEADER_LEN + src.below(8),
+        };
+        let payload = match src.u8() % 4 {
+            0 => vec![0; len],
+            1 => {
+                // Payload bytes that look like record headers: kind and reserved bytes right.
+                let mut p = src.bytes(len);
+                for (i, b) in p.iter_mut().enumerate() {
+                    if i % 7 == 3 {
+                        *b = 0;
+                    }
+                }
+                p
+            }
+            _ => src.bytes(len),
+        };
+        let kind = [Kind::Traces, Kind::Logs, Kind::Metrics][src.below(3)];
+        let ts = src.u64() as i64;
+        let start = image.len();
+        encode_record(&mut image, id, ts, kind, &payload);
+        spans.push((id, start, image.len()));
+        records.insert(id, Rec { id, kind: kind as u8, timestamp_ns: ts, payload });
+        let gap = if src.u8() % 8 == 0 { 1 + src.below(5) as u64 } else { 0 };
+        match id.checked_add(1 + gap) {
+            Some(next) => id = next,
+            None => break,
+        }
+    }
+    let tail = match src.u8() % 4 {
+        0 => 0,
+        1 => src.below(64),
+        2 => 4096usize.saturating_sub(image.len()),
+        _ => src.below(2048),
+    };
+    image.resize(image.len() + tail, 0);
+    Generated { image, records, spans }
+}
+
+/// A position, most often inside a record header.
+fn pick_pos(src: &mut Source, gen: &Generated, len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    match src.u8() % 4 {
+        0 | 1 if !gen.spans.is_empty() => {
+            let (_, start, end) = gen.spans[src.below(gen.spans.len())];
+            let p = if src.u8() % 2 == 0 { start + src.below(RECORD_HEADER_LEN) } else { start + src.below(end - start) };
+            p.min(len - 1)
+        }
+        2 => src.below(SEGMENT_HEADER_LEN.min(len)),
+        _ => src.below(len),
+    }
+}
+
+fn pick_len(src: &mut Source, gen: &Generated) -> usize {
+    match src.u8() % 4 {
+        0 => 1 + src.below(4),
+        1 => 1 + src.below(32),
+        2 if !gen.spans.is_empty() => {
+            let (_, s, e) = gen.spans[src.below(gen.spans.len())];
+            e - s
+        }
+        _ => 1 + src.below(4096),
+    }
+}
+
+/// Damages `image`; returns which bytes were changed in place, or None when
+/// bytes were moved or copied (then intact records may legitimately be shadowed).
+pub fn mutate(src: &mut Source, gen: &Generated, image: &mut Vec<u8>) -> Option<Vec<bool>> {
+    let count = match src.u8() % 8 {
+        0 => 0,
+        1..=4 => 1,
+        5 => 2,
+        6 => 3,
+        _ => 1 + src.below(12),
+    };
+    let mut touched = Some(vec![false; image.len()]);
+    let mark = |t: &mut Option<Vec<bool>>, a: usize, b: usize| {
+        if let Some(t) = t {
+            let n = t.len();
+            t[a.min(n)..b.min(n)].fill(true);
+        }
+    };
+    for _ in 0..count {
+        let len = image.len();
+        match src.u8() % 14 {
+            0 if len > 0 => {
+                let p = pick_pos(src, gen, len);
+                image[p] ^= 1 << src.below(8);
+                mark(&mut touched, p, p + 1);
+            }
+            1 if len > 0 => {
+                let p = pick_pos(src, gen, len);
+                let v = src.u8();
+                if image[p] != v {
+                    image[p] = v;
+                    mark(&mut touched, p, p + 1);
+                }
+            }
+            2 => {
+                // Truncate, most often at or near a record boundary.
+                let cut = match src.u8() % 3 {
+                    0 if !gen.spans.is_empty() => {
+                        let (_, s, e) = gen.spans[src.below(gen.spans.len())];
+                        (if src.u8() % 2 == 0 { s } else { e }).saturating_add(src.below(9)).saturating_sub(4)
+                    }
+                    _ => src.below(len + 1),
+                };
+                image.truncate(cut.min(len));
+            }
+            3 if len > 0 => {
+                let p = pick_pos(src, gen, len);
+                let end = (p + pick_len(src, gen)).min(len);
+                image[p..end].fill(0);
+                mark(&mut touched, p, end);
+            }
+            4 if len > 0 => {
+                let p = pick_pos(src, gen, len);
+                let end = (p + pick_len(src, gen)).min(len);
+                let fill = src.bytes(end - p);
+                image[p..end].copy_from_slice(&fill);
+                mark(&mut touched, p, end);
+            }
+            5 if len > 0 => {
+                let p = pick_pos(src, gen, len);
+                let end = (p + pick_len(src, gen)).min(len);
+                image[p..end].fill(0xff);
+                mark(&mut touched, p, end);
+            }
+            6 if len > 0 => {
+                // Splice: copy a range over another place.
+                let from = pick_pos(src, gen, len);
+                let to = pick_pos(src, gen, len);
+                let n = pick_len(src, gen).min(len - from).min(len - to);
+                image.copy_within(from..from + n, to);
+                touched = None;
+            }
+            7 if len > 0 => {
+                // Duplicate a range (inserted).
+                let from = pick_pos(src, gen, len);
+                let to = pick_pos(src, gen, len + 1);
+                let n = pick_len(src, gen).min(len - from);
+                let dup = image[from..from + n].to_vec();
+                image.splice(to..to, dup);
+                touched = None;
+            }
+            8 if len > 0 => {
+                let p = pick_pos(src, gen, len);
+                let end = (p + pick_len(src, gen)).min(len);
+                image.drain(p..end);
+                touched = None;
+            }
+            9 => {
+                let p = src.below(len + 1);
+                let n = pick_len(src, gen).min(512);
+                let junk = src.bytes(n);
+                image.splice(p..p, junk);
+                touched = None;
+            }
+            10 if gen.spans.len() >= 2 => {
+                // Swap two records (where they still are).
+                let a = src.below(gen.spans.len());
+                let b = src.below(gen.spans.len());
+                let ((_, s1, e1), (_, s2, e2)) = (gen.spans[a.min(b)], gen.spans[a.max(b)]);
+                if a != b && e2 <= image.len() {
+                    let r1 = image[s1..e1].to_vec();
+                    let r2 = image[s2..e2].to_vec();
+                    let mut mid = image[e1..s2].to_vec();
+                    let mut out = image[..s1].to_vec();
+                    out.extend_from_slice(&r2);
+                    out.append(&mut mid);
+                    out.extend_from_slice(&r1);
+                    out.extend_from_slice(&image[e2..]);
+                    *image = out;
+                    touched = None;
+                }
+            }
+            11 if !gen.spans.is_empty() => {
+                // A whole record duplicated at a record boundary (a replayed write).
+                let (_, s, e) = gen.spans[src.below(gen.spans.len())];
+                let (_, at, _) = gen.spans[src.below(gen.spans.len())];
+                if e <= image.len() && at <= image.len() {
+                    let rec = image[s..e].to_vec();
+                    image.splice(at..at, rec);
+                    touched = None;
+                }
+            }
+            12 => {
+                // Garbage after the data (a partly written tail).
+                let n = 1 + src.below(64);
+                let mut junk = src.bytes(n);
+                junk[0] |= 1;
+                let p = gen.spans.last().map_or(SEGMENT_HEADER_LEN, |s| s.2).min(len);
+                let end = (p + n).min(len);
+                let k = end - p;
+                image[p..end].copy_from_slice(&junk[..k]);
+                mark(&mut touched, p, end);
+                if end == len {
+                    image.extend_from_slice(&junk[k..]);
+                }
+            }
+            13 if len > 0 => {
+                // A page's worth of zeros where the data was (lost write-back).
+                let page = 512 << src.below(4);
+                let p = (pick_pos(src, gen, len) / page) * page;
+                let end = (p + page).min(len);
+                image[p..end].fill(0);
+                mark(&mut touched, p, end);
+            }
+            _ => {}
+        }
+    }
+    touched
+}
+
+pub fn fuzz_mutated(data: &[u8], with_wal: bool) {
+    INPUTS.fetch_add(1, Relaxed);
+    let mut src = Source::new(data);
+    let gen = generate(&mut src);
+    let mut image = gen.image.clone();
+    let touched = mutate(&mut src, &gen, &mut image);
+    if verbose() {
+        eprintln!("generated {} bytes, spans {:?}; mutated to {} bytes, in place: {}", gen.image.len(), gen.spans, image.len(), touched.is_some());
+    }
+    let prev = prev_id_of(&image);
+    let (recs, _) = checked_scan(&image, prev, true, Some(&gen.records));
+    let (recs_sealed, _) = checked_scan(&image, prev, false, Some(&gen.records));
+    assert_eq!(ids(&recs.iter().map(|r| r.1.clone()).collect::<Vec<_>>()), ids(&recs_sealed.into_iter().map(|r| r.1).collect::<Vec<_>>()));
+
+    // No loss: with damage done in place, every record left intact comes back.
+    if let Some(touched) = &touched {
+        let returned: Vec<u64> = recs.iter().map(|r| r.1.id).collect();
+        for &(id, s, e) in &gen.spans {
+            if e <= image.len() && !touched[s..e].iter().any(|&t| t) && id > prev {
+                INTACT_CHECKED.fetch_add(1, Relaxed);
+                assert!(
+                    returned.binary_search(&id).is_ok(),
+                    "record {id} at [{s}, {e}) is intact but scan_records did not return it (returned {returned:?})"
+                );
+            }
+        }
+    }
+
+    let paging = 1 + src.below(3);
+    check_inspect(&image, Some(&gen.records), paging);
+    if with_wal {
+        let max_id = gen.records.keys().next_back().copied().unwrap_or(1);
+        let meta = choose_meta(&mut src, max_id);
+        check_wal_open(&image, &meta, Some(&gen.records));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test side: corpus replay and a seeded loop.
+
+/// splitmix64: small, fast, and the same sequence everywhere.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub fn fill(&mut self, out: &mut [u8]) {
+        for chunk in out.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// A random input for `fuzz_mutated`: a decision stream.
+pub fn random_mutated_input(rng: &mut Rng) -> Vec<u8> {
+    let mut v = vec![0u8; rng.below(600)];
+    rng.fill(&mut v);
+    v
+}
+
+/// A random input for `fuzz_arbitrary`: noise, sparse noise in zeros, or a
+/// valid segment header followed by noise, records and zero runs.
+pub fn random_arbitrary_input(rng: &mut Rng) -> Vec<u8> {
+    let len = match rng.below(4) {
+        0 => rng.below(64),
+        1 | 2 => rng.below(1024),
+        _ => rng.below(6000),
+    };
+    let mut v = vec![0u8; len];
+    match rng.below(4) {
+        0 => rng.fill(&mut v),
+        1 => {
+            for _ in 0..rng.below(8) {
+                let i = rng.below(len.max(1));
+                if i < len {
+                    v[i] = rng.next() as u8;
+                }
+            }
+        }
+        _ => {
+            v.clear();
+            let base = if rng.below(4) == 0 { rng.next() } else { 1 + rng.below(5) as u64 };
+            let mut h = encode_segment_header(base);
+            if rng.below(8) == 0 {
+                // Another format version, with a valid header CRC.
+                h[8..12].copy_from_slice(&(rng.next() as u32).to_le_bytes());
+                let crc = crc32c_reference(&h[..28]);
+                h[28..32].copy_from_slice(&crc.to_le_bytes());
+            }
+            v.extend_from_slice(&h);
+            let mut id = base.max(1);
+            while v.len() < len {
+                match rng.below(4) {
+                    0 => {
+                        let mut junk = vec![0u8; rng.below(40)];
+                        rng.fill(&mut junk);
+                        v.extend_from_slice(&junk);
+                    }
+                    1 => v.resize(v.len() + rng.below(100), 0),
+                    _ => {
+                        let mut p = vec![0u8; rng.below(80)];
+                        rng.fill(&mut p);
+                        let k = [Kind::Traces, Kind::Logs, Kind::Metrics][rng.below(3)];
+                        encode_record(&mut v, id, rng.next() as i64, k, &p);
+                        id = id.saturating_add(1 + (rng.below(8) == 0) as u64);
+                    }
+                }
+            }
+            v.truncate(len.max(SEGMENT_HEADER_LEN.min(v.len())));
+        }
+    }
+    v
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+}
+
+fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>().cloned().or(e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "?".into())
+}
+
+/// Runs `iters` seeded inputs through `target` on all cores. The first
+/// failure stops the run, unless `SIGNALDB_FUZZ_KEEP_GOING=1`: then failures
+/// are grouped by message and summed up at the end (for triage).
+fn seeded_run(name: &str, iters: u64, salt: u64, gen: fn(&mut Rng) -> Vec<u8>, target: fn(&[u8], bool)) {
+    let seed = env_u64("SIGNALDB_FUZZ_SEED", 0x5163_4E41_4C44_4221) ^ salt;
+    let open_every = env_u64("SIGNALDB_FUZZ_OPEN_EVERY", 16).max(1);
+    let keep_going = env_u64("SIGNALDB_FUZZ_KEEP_GOING", 0) != 0;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let started = std::time::Instant::now();
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    // message class -> (count, first input index, with_wal, full message)
+    let classes = std::sync::Mutex::new(BTreeMap::<String, (u64, u64, bool, String)>::new());
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (failed, classes) = (&failed, &classes);
+            s.spawn(move || {
+                let mut i = t;
+                while i < iters && !failed.load(Relaxed) {
+                    // Each input has its own seed: a failure names the one to replay.
+                    let input_seed = seed ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
+                    let input = gen(&mut Rng(input_seed));
+                    let with_wal = i % open_every == 0;
+                    let r = std::panic::catch_unwind(|| target(&input, with_wal));
+                    if let Err(e) = r {
+                        let msg = panic_text(&*e);
+                        let saved = std::env::temp_dir().join(format!("signaldb-fuzz-{name}-{i}.bin"));
+                        let _ = fs::write(&saved, &input);
+                        let class: String = msg.lines().next().unwrap_or("").chars().filter(|c| !c.is_ascii_digit()).take(160).collect();
+                        let mut c = classes.lock().unwrap();
+                        let slot = c.entry(class).or_insert((0, i, with_wal, format!("{msg}\n  bytes: {}", saved.display())));
+                        slot.0 += 1;
+                        if !keep_going {
+                            failed.store(true, Relaxed);
+                        }
+                    }
+                    i += threads;
+                }
+            });
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "fuzz {name}: {iters} inputs ({} through Wal::open) in {secs:.1}s = {:.0} inputs/s on {threads} threads",
+        iters.div_ceil(open_every),
+        iters as f64 / secs
+    );
+    let classes = classes.into_inner().unwrap();
+    if !classes.is_empty() {
+        let mut report = String::new();
+        for (class, (count, first, with_wal, msg)) in &classes {
+            report += &format!("\n== {count} x {class}\n   first: input {first} (with_wal={with_wal}): {msg}\n");
+        }
+        panic!("{name}: failing inputs (SIGNALDB_FUZZ_SEED={seed:#x} ^ salt):{report}");
+    }
+}
+
+/// `SIGNALDB_FUZZ_REPLAY=<file>` with `SIGNALDB_FUZZ_TARGET=arbitrary|mutated`
+/// (and `SIGNALDB_FUZZ_WAL=1` to open a WAL too) replays one saved input.
+#[test]
+fn fuzz_replay_one() {
+    let Some(path) = std::env::var_os("SIGNALDB_FUZZ_REPLAY") else { return };
+    let data = fs::read(&path).unwrap();
+    let with_wal = env_u64("SIGNALDB_FUZZ_WAL", 0) != 0;
+    match std::env::var("SIGNALDB_FUZZ_TARGET").as_deref() {
+        Ok("arbitrary") => fuzz_arbitrary(&data, with_wal),
+        _ => fuzz_mutated(&data, with_wal),
+    }
+}
+
+#[test]
+fn reference_crc_agrees_with_the_crate() {
+    let mut rng = Rng(7);
+    for n in [0usize, 1, 3, 28, 100, 4096] {
+        let mut v = vec![0u8; n];
+        rng.fill(&mut v);
+        assert_eq!(crc32c_reference(&v), crc32c::crc32c(&v));
+    }
+    assert_eq!(crc32c_reference(b"123456789"), 0xE306_9283); // the standard check value
+}
+
+/// Committed inputs (`fuzz/corpus/<target>/`, and any reproducers in
+/// `fuzz/regressions/<target>/`) replayed through the same checks.
+#[test]
+fn fuzz_corpus_replay() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let mut replayed = 0;
+    for sub in ["corpus", "regressions"] {
+        for (target, f) in [
+            ("scan_arbitrary", fuzz_arbitrary as fn(&[u8], bool)),
+            ("open_arbitrary", fuzz_arbitrary),
+            ("scan_mutated", fuzz_mutated),
+            ("open_mutated", fuzz_mutated),
+        ] {
+            let with_wal = target.starts_with("open");
+            let Ok(rd) = fs::read_dir(root.join(sub).join(target)) else { continue };
+            let mut files: Vec<PathBuf> = rd.map(|e| e.unwrap().path()).collect();
+            files.sort();
+            for path in files {
+                let data = fs::read(&path).unwrap();
+                let r = std::panic::catch_unwind(|| f(&data, with_wal));
+                assert!(r.is_ok(), "corpus input {} failed", path.display());
+                replayed += 1;
+            }
+        }
+    }
+    eprintln!("fuzz corpus: {replayed} inputs replayed");
+}
+
+#[test]
+fn fuzz_arbitrary_segments_seeded() {
+    let iters = env_u64("SIGNALDB_FUZZ_ITERS", 20_000).div_ceil(2);
+    seeded_run("arbitrary", iters, 1, random_arbitrary_input, fuzz_arbitrary);
+}
+
+#[test]
+fn fuzz_mutated_segments_seeded() {
+    let iters = env_u64("SIGNALDB_FUZZ_ITERS", 20_000) / 2;
+    seeded_run("mutated", iters, 2, random_mutated_input, fuzz_mutated);
+    eprintln!(
+        "fuzz totals so far: {} inputs, {} Wal::open, {} records checked ({} CRCs recomputed), {} damages, {} intact records confirmed",
+        INPUTS.load(Relaxed),
+        WAL_OPENS.load(Relaxed),
+        RECORDS_CHECKED.load(Relaxed),
+        RECORD_CHECKS.load(Relaxed),
+        DAMAGES_SEEN.load(Relaxed),
+        INTACT_CHECKED.load(Relaxed)
+    );
+}
