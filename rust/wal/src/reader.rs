@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::format::{decode_record_header, RecordHeader, RECORD_HEADER_LEN};
-use crate::scan::{resync, valid_record_at};
+use crate::scan::{nonzero_end, resync, valid_record_at};
 
 const READ_CHUNK: usize = 1 << 20;
 
@@ -82,9 +82,6 @@ impl SegmentReader {
         }
         let rel = (self.pos - self.buf_start) as usize;
         let header = decode_record_header(&self.buf[rel..]);
-        if header.id == 0 && header.crc == 0 && header.len == 0 {
-            return Ok(Step::End); // zero fill
-        }
         let rec_len = header.record_len();
         let offset = self.pos;
         if offset + rec_len as u64 <= self.end && self.fill(offset, rec_len)? {
@@ -95,10 +92,15 @@ impl SegmentReader {
                 return Ok(Step::Record { header, offset, payload: &self.buf[rel + RECORD_HEADER_LEN..rel + rec_len] });
             }
         }
-        // Damage appeared after the WAL was opened: find the next valid record.
+        // No valid record here: the zero fill after the data (the end), or
+        // damage, with perhaps valid records after it (find the next one).
         let region_len = (self.end - offset) as usize;
         self.fill(offset, region_len)?;
         let rel = (offset - self.buf_start) as usize;
+        if nonzero_end(&self.buf, rel).is_none() {
+            self.pos = self.end;
+            return Ok(Step::End);
+        }
         let next = resync(&self.buf[rel..], 1, self.prev_id).map(|q| offset + q as u64);
         self.pos = next.unwrap_or(self.end);
         Ok(Step::Damaged { offset, next })

@@ -1,0 +1,152 @@
+//! The two background threads: the flusher (async appends, batched-mode
+//! fsyncs, the flush interval) and the housekeeper (spare segments,
+//! checkpoints, deleting processed segments).
+
+use super::*;
+
+impl Inner {
+    pub(super) fn flusher_loop(&self) {
+        let mut last_sync = Instant::now();
+        let mut st = lock(&self.ack);
+        loop {
+            if st.shutdown {
+                return;
+            }
+            let interval_due = last_sync.elapsed() >= self.cfg.flush_interval;
+            let async_due = st.async_wanted > self.done_id.load(Acquire) && st.poisoned.is_none();
+            let sync_due = st.sync_wanted;
+            if !(async_due || sync_due || interval_due) {
+                let timeout = self.cfg.flush_interval.saturating_sub(last_sync.elapsed());
+                st = self.flusher_cv.wait_timeout(st, timeout).unwrap_or_else(|p| p.into_inner()).0;
+                continue;
+            }
+            st.sync_wanted = false;
+            let target = st.async_wanted;
+            drop(st);
+            match self.cfg.sync_mode {
+                SyncMode::Immediate => {
+                    let pending = lock(&self.queue).next_id - 1;
+                    self.commit_until(if interval_due { pending } else { target });
+                }
+                SyncMode::Batched => {
+                    self.write_queued();
+                    if sync_due || interval_due {
+                        self.sync_written();
+                    }
+                }
+            }
+            if sync_due || interval_due {
+                last_sync = Instant::now();
+            }
+            st = lock(&self.ack);
+        }
+    }
+
+    pub(super) fn wake_housekeeper(&self, f: impl FnOnce(&mut HouseState)) {
+        let mut h = lock(&self.house);
+        f(&mut h);
+        self.house_cv.notify_one();
+    }
+
+    pub(super) fn housekeeper_loop(&self) {
+        loop {
+            let (spare_wanted, checkpoint_wanted) = {
+                let mut h = lock(&self.house);
+                if !h.shutdown && !h.spare_wanted && !h.checkpoint_wanted {
+                    h = self.house_cv.wait_timeout(h, HOUSEKEEPING_TICK).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                if h.shutdown {
+                    return;
+                }
+                (std::mem::take(&mut h.spare_wanted), h.checkpoint_wanted)
+            };
+            if spare_wanted {
+                self.prepare_spare();
+            }
+            let due = lock(&self.checkpoint_lock).elapsed() >= CHECKPOINT_INTERVAL;
+            if checkpoint_wanted && due {
+                lock(&self.house).checkpoint_wanted = false;
+                if let Err(e) = self.checkpoint() {
+                    log::warn!("WAL checkpoint failed (will retry): {e}");
+                    lock(&self.house).checkpoint_wanted = true;
+                }
+            }
+        }
+    }
+
+    pub(super) fn prepare_spare(&self) {
+        if lock(&self.spare).is_some() || Instant::now() < *lock(&self.spare_retry_at) {
+            return;
+        }
+        match self.preallocate() {
+            Ok(s) => {
+                if self.spare_failing.swap(false, Relaxed) {
+                    log::info!("WAL preallocates segments again in {}", self.seg_dir.display());
+                }
+                let mut slot = lock(&self.spare);
+                if slot.is_none() {
+                    *slot = Some(s);
+                } else {
+                    // A rotation prepared its own meanwhile: ours is surplus.
+                    drop(slot);
+                    let _ = std::fs::remove_file(&s.path);
+                }
+            }
+            Err(e) => {
+                // On a full disk, do not write and delete a segment's worth of zeros per append.
+                *lock(&self.spare_retry_at) = Instant::now() + SPARE_RETRY_BACKOFF;
+                if !self.spare_failing.swap(true, Relaxed) {
+                    log::warn!("WAL could not preallocate the next segment (will retry at rotation): {e}");
+                }
+            }
+        }
+    }
+
+    /// Writes metadata.json durably, then deletes sealed segments it shows are processed.
+    pub(super) fn checkpoint(&self) -> Result<()> {
+        let mut last = lock(&self.checkpoint_lock);
+        let next_id = lock(&self.queue).next_id;
+        let (watermark, processed_ids) = {
+            let mut p = lock(&self.processed);
+            p.dirty = false;
+            (p.watermark(), p.above_sorted())
+        };
+        let table: Vec<SegmentInfo> = self.table.read().unwrap().clone();
+        let meta = Metadata {
+            next_id,
+            processed_watermark: watermark,
+            processed_ids,
+            segments: table
+                .iter()
+                .map(|s| SegmentMeta { index: s.index, first_id: s.first_id, last_id: s.last_id })
+                .collect(),
+            last_flush: self.stats.last_flush_rfc3339(),
+            ..Default::default()
+        };
+        let stored = self.fault_err(FaultPoint::MetadataWrite).and_then(|_| metadata::store(&self.dir, &meta));
+        stored.map_err(|e| {
+            lock(&self.processed).dirty = true;
+            WalError::io(format!("writing {}", self.dir.join(metadata::METADATA_FILE).display()), e)
+        })?;
+        self.stats.metadata_writes.fetch_add(1, Relaxed);
+        *last = Instant::now();
+        // The checkpoint saying these are processed is durable: now they may go.
+        let doomed: Vec<SegmentInfo> = table
+            .into_iter()
+            .filter(|s| s.sealed && s.last_id.is_none_or(|l| l <= watermark))
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        self.table.write().unwrap().retain(|s| !doomed.iter().any(|d| d.index == s.index));
+        for s in &doomed {
+            if let Err(e) = std::fs::remove_file(&s.path) {
+                log::warn!("WAL could not delete processed segment {}: {e}", s.path.display());
+            } else {
+                self.stats.segments_deleted.fetch_add(1, Relaxed);
+                log::debug!("WAL deleted processed segment {}", s.name());
+            }
+        }
+        self.sync_seg_dir()
+    }
+}

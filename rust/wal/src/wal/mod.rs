@@ -1,0 +1,691 @@
+//! The engine: appends with group commit, acknowledgement, processed marks,
+//! checkpoints, segment rotation and deletion, and the tail reader.
+//!
+//! # Threads and locks
+//!
+//! Appenders encode their records and queue them (`queue` lock: ids are handed
+//! out in queue order). Whoever holds `io` drains the queue in order and
+//! writes it; so records reach the file in id order.
+//!
+//! In `immediate` mode one appender at a time is the *leader*: it drains up to
+//! `max_buffer_entries` records, writes them with one `pwritev` and one
+//! `fdatasync`, publishes the result and wakes everyone. Appenders that queued
+//! meanwhile wait, and the first to wake leads the next group. A lone writer
+//! leads its own group at once (no timer, no hand-off); under load the groups
+//! grow to whatever arrived during the previous fsync. `append_async` callers
+//! cannot block, so the *flusher* thread leads on their behalf.
+//!
+//! In `batched` mode appenders write their own records (page cache) and
+//! return; the flusher fsyncs when `max_buffer_entries` entries are unsynced
+//! or `flush_interval` has passed.
+//!
+//! The *housekeeper* thread prepares the next segment file ahead of rotation,
+//! writes the checkpoint (`metadata.json`) at most every
+//! `CHECKPOINT_INTERVAL` when processed marks changed, and then deletes sealed
+//! segments whose entries are all processed: after the checkpoint that allows
+//! it is durable.
+//!
+//! Lock order: `io` → `queue`; `io` → `table`; `ack` is never held while
+//! taking another lock except `queue` (for a cheap length check).
+//!
+//! # Durability ordering (immediate mode)
+//!
+//! write(records) → fdatasync(segment) → publish `done_id` → wake waiters.
+//! At rotation: fdatasync(old segment) → rename spare → fsync(dir) → write
+//! header + records → fdatasync(new segment). An fsync error poisons the WAL:
+//! it is never retried, nothing more is acknowledged (fail-stop).
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{is_out_of_space, Result, WalError};
+use crate::faults::{FaultAction, FaultPoint};
+use crate::format::{encode_record, Kind, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::fsutil;
+use crate::metadata::{self, Metadata, SegmentMeta};
+use crate::processed::{Mark, Processed};
+use crate::reader::{Entry, SegmentReader, Step};
+use crate::recovery::{self, QUARANTINE_DIR, SEGMENTS_DIR};
+use crate::segment::{self, ActiveSegment, SegmentInfo, Spare};
+use crate::stats::{self, Stats};
+
+mod background;
+mod commit;
+mod config;
+mod reading;
+mod rotation;
+
+pub use config::{Config, SyncMode};
+
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+const HOUSEKEEPING_TICK: Duration = Duration::from_millis(200);
+const SPARE_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// An fsync slower than this is logged (etcd warns at one second too).
+const SLOW_FSYNC: Duration = Duration::from_secs(1);
+
+/// A point-in-time view for `stats()`.
+#[derive(Clone, Debug)]
+pub struct WalStats {
+    pub unprocessed_entries: u64,
+    pub unprocessed_bytes: u64,
+    pub total_segments: u64,
+    pub disk_usage_bytes: u64,
+    pub last_flush: Option<String>,
+    pub next_id: u64,
+    pub processed_watermark: u64,
+    pub appended_entries: u64,
+    pub appended_bytes: u64,
+    pub processed_entries: u64,
+    pub corrupt_entries: u64,
+    pub corrupt_bytes: u64,
+    pub torn_tails_truncated: u64,
+    pub failed_appends: u64,
+    pub fsync_count: u64,
+    pub fsync_seconds_total: f64,
+    pub fsync_seconds_max: f64,
+    pub fsync_histogram: stats::FsyncHistogram,
+    pub segments_created: u64,
+    pub segments_deleted: u64,
+    pub metadata_writes: u64,
+    pub oldest_unprocessed_timestamp_ns: Option<i64>,
+    pub poisoned: Option<String>,
+    pub sync_mode: SyncMode,
+}
+
+/// An encoded record waiting to be written.
+struct Queued {
+    id: u64,
+    /// First record of an append call (one waiting caller per such record).
+    starts_call: bool,
+    bytes: Vec<u8>,
+}
+
+struct Queue {
+    next_id: u64,
+    items: VecDeque<Queued>,
+    /// Append calls with records in `items`.
+    callers: usize,
+    /// A leader is waiting for more callers to join its group.
+    leader_gathering: bool,
+}
+
+/// `[start, end)` index ranges of the append calls in a group, in order.
+fn call_bounds(group: &[Queued]) -> Vec<(usize, usize)> {
+    let mut bounds: Vec<(usize, usize)> = Vec::new();
+    for (i, r) in group.iter().enumerate() {
+        match bounds.last_mut() {
+            Some(last) if !r.starts_call => last.1 = i + 1,
+            _ => bounds.push((i, i + 1)),
+        }
+    }
+    bounds
+}
+
+impl Queue {
+    /// Takes up to `max` records, oldest first, never splitting an append
+    /// call (a batch larger than `max` is a group of its own); returns them
+    /// and how many callers they serve.
+    fn take(&mut self, max: usize) -> (Vec<Queued>, usize) {
+        let mut n = self.items.len().min(max.max(1));
+        while n < self.items.len() && !self.items[n].starts_call {
+            n += 1;
+        }
+        let group: Vec<Queued> = self.items.drain(..n).collect();
+        let callers = group.iter().filter(|r| r.starts_call).count();
+        self.callers -= callers;
+        (group, callers)
+    }
+}
+
+struct Io {
+    active: Option<ActiveSegment>,
+    /// Highest id written to the OS.
+    written_id: u64,
+}
+
+/// Why an append failed: out of space (retry later) or the WAL stopped.
+#[derive(Clone, Debug)]
+struct Failure {
+    kind: FailKind,
+    detail: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum FailKind {
+    Full,
+    Poisoned,
+    Io,
+}
+
+impl Failure {
+    fn into_error(self) -> WalError {
+        match self.kind {
+            FailKind::Full => WalError::Full(self.detail),
+            FailKind::Poisoned => WalError::Poisoned(self.detail),
+            FailKind::Io => WalError::io("WAL append", std::io::Error::other(self.detail)),
+        }
+    }
+}
+
+#[derive(Default)]
+struct AckState {
+    /// A leader is writing/syncing a group.
+    leader_busy: bool,
+    /// Ids whose append failed (rolled back), with the reason.
+    failures: HashMap<u64, Failure>,
+    poisoned: Option<String>,
+    /// Highest id an async appender waits for (the flusher leads until it is done).
+    async_wanted: u64,
+    /// Batched mode: an fsync is due (buffer threshold reached).
+    sync_wanted: bool,
+    shutdown: bool,
+}
+
+#[derive(Default)]
+struct HouseState {
+    spare_wanted: bool,
+    checkpoint_wanted: bool,
+    shutdown: bool,
+}
+
+/// Where the last `read_unprocessed` stopped, so the next one resumes there.
+#[derive(Clone, Copy)]
+struct Cursor {
+    after_id: u64,
+    segment: u64,
+    offset: u64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    seg_dir: PathBuf,
+    cfg: Config,
+    /// The directory lock; released (dropped) at close.
+    dir_lock: Mutex<Option<File>>,
+    queue: Mutex<Queue>,
+    /// Signalled when a caller queues while a leader is gathering its group.
+    arrivals_cv: Condvar,
+    /// Callers served by the previous group commit: how many to expect back.
+    last_group_callers: AtomicU64,
+    last_fsync_nanos: AtomicU64,
+    io: Mutex<Io>,
+    table: RwLock<Vec<SegmentInfo>>,
+    spare: Mutex<Option<Spare>>,
+    ack: Mutex<AckState>,
+    ack_cv: Condvar,
+    flusher_cv: Condvar,
+    /// Highest id whose fate is decided: acknowledged, or failed (see `failures`).
+    done_id: AtomicU64,
+    synced_id: AtomicU64,
+    has_failures: AtomicBool,
+    /// The last spare preallocation failed (logged once per episode).
+    spare_failing: AtomicBool,
+    /// When the housekeeper may try preallocating again after a failure.
+    spare_retry_at: Mutex<Instant>,
+    processed: Mutex<Processed>,
+    checkpoint_lock: Mutex<Instant>,
+    house: Mutex<HouseState>,
+    house_cv: Condvar,
+    notify_fds: Mutex<Vec<RawFd>>,
+    cursor: Mutex<Option<Cursor>>,
+    stats: Stats,
+    closed: AtomicBool,
+}
+
+/// The write-ahead log. Cheap to share across threads (`&Wal` is enough).
+pub struct Wal {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another thread must not take the WAL down with a second panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> WalError {
+    move |e| WalError::io(context, e)
+}
+
+/// Opens the directory lock, mapping permission problems to `NotWritable`.
+fn take_dir_lock(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let not_writable = |e: std::io::Error| WalError::NotWritable { path: dir.to_path_buf(), source: e };
+    fsutil::ensure_dir_all(dir).map_err(not_writable)?;
+    // access(2) answers for the real uid, so root in a read-only mount is caught too.
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| WalError::InvalidArgument("WAL path contains a NUL byte".into()))?;
+    // SAFETY: c_path is a valid NUL-terminated string.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(not_writable(std::io::Error::last_os_error()));
+    }
+    let file = fsutil::open_rw(&dir.join("LOCK"), true).map_err(not_writable)?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(WalError::InUse { path: dir.to_path_buf() });
+    }
+    Ok(file)
+}
+
+impl Wal {
+    /// Opens (creating if needed) the WAL in `dir` and replays its state.
+    pub fn open(dir: impl AsRef<Path>, cfg: Config) -> Result<Wal> {
+        cfg.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let lock_file = take_dir_lock(&dir)?;
+        let seg_dir = dir.join(SEGMENTS_DIR);
+        let not_writable = |e| WalError::NotWritable { path: seg_dir.clone(), source: e };
+        fsutil::ensure_dir(&seg_dir).map_err(not_writable)?;
+        let stats = Stats::default();
+        let rec = recovery::recover(&dir, cfg.max_segment_size, &stats)?;
+
+        let mut table = rec.segments;
+        let mut active = None;
+        if rec.last_is_appendable {
+            let last = table.last_mut().expect("appendable last segment exists");
+            active = Some(reopen_active(last, cfg.max_segment_size)?);
+        }
+        let written_id = rec.next_id - 1;
+        let inner = Arc::new(Inner {
+            dir: dir.clone(),
+            seg_dir,
+            dir_lock: Mutex::new(Some(lock_file)),
+            queue: Mutex::new(Queue {
+                next_id: rec.next_id,
+                items: VecDeque::new(),
+                callers: 0,
+                leader_gathering: false,
+            }),
+            arrivals_cv: Condvar::new(),
+            last_group_callers: AtomicU64::new(0),
+            last_fsync_nanos: AtomicU64::new(0),
+            io: Mutex::new(Io { active: None, written_id }),
+            table: RwLock::new(Vec::new()),
+            spare: Mutex::new(None),
+            ack: Mutex::new(AckState::default()),
+            ack_cv: Condvar::new(),
+            flusher_cv: Condvar::new(),
+            done_id: AtomicU64::new(written_id),
+            synced_id: AtomicU64::new(written_id),
+            has_failures: AtomicBool::new(false),
+            spare_failing: AtomicBool::new(false),
+            spare_retry_at: Mutex::new(Instant::now()),
+            processed: Mutex::new(rec.processed),
+            checkpoint_lock: Mutex::new(Instant::now()),
+            house: Mutex::new(HouseState::default()),
+            house_cv: Condvar::new(),
+            notify_fds: Mutex::new(Vec::new()),
+            cursor: Mutex::new(None),
+            stats,
+            closed: AtomicBool::new(false),
+            cfg,
+        });
+        if active.is_none() {
+            let index = table.last().map_or(1, |s| s.index + 1);
+            active = Some(inner.create_segment(index, rec.next_id)?);
+            table.push(info_of(active.as_ref().unwrap(), &inner.seg_dir));
+        }
+        lock(&inner.io).active = active;
+        *inner.table.write().unwrap() = table;
+        // Persist what recovery learned (gaps, removed segments) before appending.
+        inner.checkpoint()?;
+
+        let wal = Wal { inner, threads: Mutex::new(Vec::new()) };
+        wal.start_threads()?;
+        Ok(wal)
+    }
+
+    fn start_threads(&self) -> Result<()> {
+        let mut threads = lock(&self.threads);
+        for (name, body) in [("signaldb-wal-flusher", Inner::flusher_loop as fn(&Inner)), ("signaldb-wal-house", Inner::housekeeper_loop)] {
+            let inner = Arc::clone(&self.inner);
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || body(&inner))
+                .map_err(io_err(format!("starting thread {name}")))?;
+            threads.push(handle);
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// Appends one record; returns its id once acknowledged.
+    pub fn append(&self, payload: &[u8], kind: Kind) -> Result<u64> {
+        let id = self.inner.enqueue(std::iter::once(payload), kind)?;
+        self.inner.await_ids(id, id)?;
+        Ok(id)
+    }
+
+    /// Appends records as one group; returns the first id (ids are contiguous).
+    pub fn append_batch<'a>(&self, payloads: impl ExactSizeIterator<Item = &'a [u8]>, kind: Kind) -> Result<u64> {
+        let n = payloads.len() as u64;
+        if n == 0 {
+            return Err(WalError::InvalidArgument("append_batch needs at least one payload".into()));
+        }
+        let first = self.inner.enqueue(payloads, kind)?;
+        self.inner.await_ids(first, first + n - 1)?;
+        Ok(first)
+    }
+
+    /// Queues a record without waiting. The flusher acknowledges it; watch
+    /// `done_id`, `take_failure` and `poisoned`, or register a notify fd.
+    pub fn enqueue(&self, payload: &[u8], kind: Kind) -> Result<u64> {
+        let id = self.inner.enqueue(std::iter::once(payload), kind)?;
+        let mut st = lock(&self.inner.ack);
+        st.async_wanted = st.async_wanted.max(id);
+        self.inner.flusher_cv.notify_one();
+        Ok(id)
+    }
+
+    /// Highest id whose fate is decided: acknowledged unless `take_failure` says otherwise.
+    pub fn done_id(&self) -> u64 {
+        self.inner.done_id.load(Acquire)
+    }
+
+    pub fn has_failures(&self) -> bool {
+        self.inner.has_failures.load(Acquire)
+    }
+
+    /// The reason `id`'s append failed, once (the entry is forgotten after).
+    pub fn take_failure(&self, id: u64) -> Option<WalError> {
+        let mut st = lock(&self.inner.ack);
+        let r = st.failures.remove(&id).map(Failure::into_error);
+        if st.failures.is_empty() {
+            self.inner.has_failures.store(false, Release);
+        }
+        r
+    }
+
+    pub fn poisoned(&self) -> Option<String> {
+        lock(&self.inner.ack).poisoned.clone()
+    }
+
+    /// `fd` gets one byte written after every group commit (async wake-ups).
+    pub fn register_notify_fd(&self, fd: RawFd) {
+        lock(&self.inner.notify_fds).push(fd);
+    }
+
+    pub fn unregister_notify_fd(&self, fd: RawFd) {
+        lock(&self.inner.notify_fds).retain(|&f| f != fd);
+    }
+
+    /// Makes everything appended so far durable, then checkpoints processed
+    /// marks and deletes fully processed segments.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.flush_all()?;
+        self.inner.checkpoint()
+    }
+
+    /// Marks entries processed (idempotent). Unknown ids are an error.
+    pub fn mark_processed(&self, ids: &[u64]) -> Result<()> {
+        self.inner.check_open()?;
+        let next_id = lock(&self.inner.queue).next_id;
+        if let Some(&bad) = ids.iter().find(|&&id| id == 0 || id >= next_id) {
+            return Err(WalError::InvalidArgument(format!(
+                "mark_processed: no WAL entry has id {bad} (ids so far are 1..{next_id})"
+            )));
+        }
+        let mut p = lock(&self.inner.processed);
+        let before = p.watermark();
+        let mut new = 0;
+        for &id in ids {
+            if p.mark(id) == Mark::New {
+                new += 1;
+            }
+        }
+        let advanced = p.watermark() != before;
+        drop(p);
+        self.inner.stats.processed_entries.fetch_add(new, Relaxed);
+        if advanced {
+            self.inner.wake_housekeeper(|h| h.checkpoint_wanted = true);
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` unprocessed entries with ids above `after_id`, oldest
+    /// first, stopping early once `max_bytes` of payload are gathered (at
+    /// least one entry is returned when any exists).
+    pub fn read_unprocessed(&self, after_id: u64, limit: usize, max_bytes: usize) -> Result<Vec<Entry>> {
+        self.inner.check_open()?;
+        self.inner.read_unprocessed(after_id, limit, max_bytes, true)
+    }
+
+    pub fn stats(&self) -> WalStats {
+        self.inner.stats_snapshot()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Acquire)
+    }
+
+    /// Writes and syncs what is queued, checkpoints, stops the threads. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        if self.inner.closed.load(Acquire) {
+            return Ok(());
+        }
+        let result = if lock(&self.inner.ack).poisoned.is_none() { self.inner.flush_all() } else { Ok(()) };
+        if let Err(e) = self.inner.checkpoint() {
+            // Entries are durable in the segments; a missed checkpoint only means a replay.
+            log::warn!("WAL checkpoint at close failed: {e}");
+        }
+        self.inner.closed.store(true, Release);
+        {
+            let mut st = lock(&self.inner.ack);
+            st.shutdown = true;
+            self.inner.ack_cv.notify_all();
+            self.inner.flusher_cv.notify_all();
+        }
+        self.inner.wake_housekeeper(|h| h.shutdown = true);
+        for t in lock(&self.threads).drain(..) {
+            let _ = t.join();
+        }
+        self.inner.notify_async_waiters();
+        if let Some(spare) = lock(&self.inner.spare).take() {
+            let _ = std::fs::remove_file(&spare.path);
+            let _ = fsutil::fsync_dir(&self.inner.seg_dir);
+        }
+        lock(&self.inner.io).active = None; // closes the segment file
+        lock(&self.inner.dir_lock).take(); // releases the flock: the directory may be reopened
+        result
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            log::error!("closing WAL {}: {e}", self.inner.dir.display());
+        }
+    }
+}
+
+fn info_of(a: &ActiveSegment, seg_dir: &Path) -> SegmentInfo {
+    SegmentInfo {
+        index: a.index,
+        path: seg_dir.join(crate::format::segment_file_name(a.index)),
+        first_id: a.first_id,
+        last_id: a.last_id,
+        data_end: a.write_offset,
+        file_len: a.prealloc_len.max(a.write_offset),
+        sealed: false,
+    }
+}
+
+/// Reopens the last segment for appending after recovery.
+fn reopen_active(info: &mut SegmentInfo, max_segment_size: u64) -> Result<ActiveSegment> {
+    let file = fsutil::open_rw(&info.path, false).map_err(io_err(format!("opening {}", info.path.display())))?;
+    if info.file_len < max_segment_size {
+        // Restore the zero-filled preallocation (a torn tail may have cut it, or an old file).
+        fsutil::write_zeros_at(&file, info.file_len, max_segment_size - info.file_len)
+            .and_then(|_| file.sync_all())
+            .map_err(io_err(format!("preallocating {}", info.path.display())))?;
+        info.file_len = max_segment_size;
+    }
+    Ok(ActiveSegment {
+        index: info.index,
+        file: Arc::new(file),
+        write_offset: info.data_end,
+        prealloc_len: info.file_len,
+        first_id: info.first_id,
+        last_id: info.last_id,
+    })
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Acquire) {
+            Err(WalError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn acked_threshold_reached(&self, id: u64) -> bool {
+        self.done_id.load(Acquire) >= id
+    }
+
+    /// Encodes and queues records; returns the first id.
+    fn enqueue<'a>(&self, payloads: impl Iterator<Item = &'a [u8]>, kind: Kind) -> Result<u64> {
+        self.check_open()?;
+        if let Some(p) = &lock(&self.ack).poisoned {
+            return Err(WalError::Poisoned(p.clone()));
+        }
+        let now = stats::unix_nanos_now();
+        let mut q = lock(&self.queue);
+        let first = q.next_id;
+        let mut bytes_total = 0;
+        for payload in payloads {
+            if payload.len() > MAX_PAYLOAD_LEN {
+                // Nothing of this call was queued yet beyond earlier items: drop them.
+                let n = q.next_id - first;
+                for _ in 0..n {
+                    q.items.pop_back();
+                }
+                q.next_id = first;
+                return Err(WalError::InvalidArgument(format!(
+                    "WAL entry of {} bytes exceeds the maximum of {MAX_PAYLOAD_LEN}",
+                    payload.len()
+                )));
+            }
+            let id = q.next_id;
+            let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
+            encode_record(&mut bytes, id, now, kind, payload);
+            bytes_total += payload.len() as u64;
+            q.items.push_back(Queued { id, starts_call: id == first, bytes });
+            q.next_id += 1;
+        }
+        let n = q.next_id - first;
+        if n > 0 {
+            q.callers += 1;
+            if q.leader_gathering {
+                self.arrivals_cv.notify_one();
+            }
+        }
+        drop(q);
+        self.stats.appended_entries.fetch_add(n, Relaxed);
+        self.stats.appended_bytes.fetch_add(bytes_total, Relaxed);
+        Ok(first)
+    }
+
+    /// Waits until ids `first..=last` are decided; errors if any failed.
+    fn await_ids(&self, first: u64, last: u64) -> Result<()> {
+        match self.cfg.sync_mode {
+            SyncMode::Immediate => self.commit_until(last),
+            SyncMode::Batched => {
+                self.write_queued();
+                let st = lock(&self.ack);
+                if st.sync_wanted {
+                    self.flusher_cv.notify_one();
+                }
+            }
+        }
+        self.outcome(first, last)
+    }
+
+    fn outcome(&self, first: u64, last: u64) -> Result<()> {
+        let mut st = lock(&self.ack);
+        let mut failure = None;
+        if self.has_failures.load(Acquire) {
+            for id in first..=last {
+                if let Some(f) = st.failures.remove(&id) {
+                    failure.get_or_insert(f);
+                }
+            }
+            if st.failures.is_empty() {
+                self.has_failures.store(false, Release);
+            }
+        }
+        if let Some(f) = failure {
+            return Err(f.into_error());
+        }
+        if self.done_id.load(Acquire) >= last {
+            return Ok(());
+        }
+        match &st.poisoned {
+            Some(p) => Err(WalError::Poisoned(p.clone())),
+            None if self.closed.load(Acquire) => Err(WalError::Closed),
+            None => Err(WalError::Poisoned("entry was not acknowledged".into())),
+        }
+    }
+
+    fn poison(&self, why: String) {
+        log::error!("WAL {} stops accepting writes (fail-stop): {why}", self.dir.display());
+        let mut st = lock(&self.ack);
+        if st.poisoned.is_none() {
+            st.poisoned = Some(why);
+        }
+        let mut q = lock(&self.queue);
+        q.items.clear();
+        q.callers = 0;
+        drop(q);
+        self.ack_cv.notify_all();
+        self.flusher_cv.notify_all();
+        drop(st);
+        self.notify_async_waiters();
+    }
+
+    /// The failpoint check: `Some` when a test armed `point`.
+    fn fault(&self, point: FaultPoint) -> Option<FaultAction> {
+        self.cfg.faults.as_ref()?.check(point)
+    }
+
+    /// An armed failpoint as an I/O error (points that only fail, never write partially).
+    fn fault_err(&self, point: FaultPoint) -> std::io::Result<()> {
+        match self.fault(point) {
+            Some(FaultAction::Error(errno) | FaultAction::PartialThenError { errno, .. }) => {
+                Err(std::io::Error::from_raw_os_error(errno))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn is_poisoned(&self) -> bool {
+        lock(&self.ack).poisoned.is_some()
+    }
+
+    fn notify_async_waiters(&self) {
+        let fds = lock(&self.notify_fds);
+        for &fd in fds.iter() {
+            // SAFETY: writing one byte from a valid buffer; a full pipe (EAGAIN) already has a wake-up.
+            unsafe { libc::write(fd, [1u8].as_ptr() as *const libc::c_void, 1) };
+        }
+    }
+}
+
+/// The quarantine directory of a WAL.
+pub fn quarantine_dir(dir: &Path) -> PathBuf {
+    dir.join(QUARANTINE_DIR)
+}

@@ -1,0 +1,126 @@
+//! Reading back: the unprocessed tail and the statistics snapshot.
+
+use super::*;
+
+impl Inner {
+    pub(super) fn read_unprocessed(&self, after_id: u64, limit: usize, max_bytes: usize, use_cursor: bool) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let visible = self.done_id.load(Acquire);
+        let watermark = lock(&self.processed).watermark();
+        let start_id = after_id.max(watermark) + 1;
+        let table: Vec<SegmentInfo> = self
+            .table
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|s| s.last_id.is_some_and(|l| l >= start_id))
+            .cloned()
+            .collect();
+        let cursor = if use_cursor { *lock(&self.cursor) } else { None };
+        let mut bytes = 0usize;
+        let mut last_pos = None;
+        'segments: for seg in &table {
+            let resume = cursor.filter(|c| c.segment == seg.index && c.after_id < start_id);
+            let start = resume.map_or(SEGMENT_HEADER_LEN as u64, |c| c.offset);
+            let prev = resume.map_or(0, |c| c.after_id);
+            let mut reader = match SegmentReader::open(&seg.path, start, seg.data_end, prev) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted: all processed
+                Err(e) => return Err(WalError::io(format!("reading {}", seg.path.display()), e)),
+            };
+            loop {
+                let step = reader.next_step().map_err(io_err(format!("reading {}", seg.path.display())))?;
+                match step {
+                    Step::End => break,
+                    Step::Damaged { offset, next } => {
+                        self.stats.corrupt_entries.fetch_add(1, Relaxed);
+                        log::error!(
+                            "WAL corruption in segment {} at offset {offset} found while reading; skipped to {}",
+                            seg.name(),
+                            next.map_or("the end of the segment".into(), |n| format!("offset {n}"))
+                        );
+                    }
+                    Step::Record { header, payload, .. } => {
+                        if header.id > visible {
+                            break 'segments;
+                        }
+                        if header.id < start_id || lock(&self.processed).is_processed(header.id) {
+                            continue;
+                        }
+                        bytes += payload.len();
+                        out.push(Entry {
+                            id: header.id,
+                            kind: header.kind,
+                            timestamp_ns: header.timestamp_ns,
+                            payload: payload.to_vec(),
+                        });
+                        last_pos = Some(Cursor { after_id: header.id, segment: seg.index, offset: reader.position() });
+                        if out.len() >= limit || bytes >= max_bytes {
+                            break 'segments;
+                        }
+                    }
+                }
+            }
+        }
+        if use_cursor {
+            if let Some(c) = last_pos {
+                *lock(&self.cursor) = Some(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Timestamp of the oldest unprocessed entry (one header read).
+    pub(super) fn oldest_unprocessed_timestamp(&self) -> Option<i64> {
+        self.read_unprocessed(0, 1, 0, false).ok()?.first().map(|e| e.timestamp_ns)
+    }
+
+    pub(super) fn stats_snapshot(&self) -> WalStats {
+        let next_id = lock(&self.queue).next_id;
+        let (unprocessed, watermark) = {
+            let p = lock(&self.processed);
+            (p.unprocessed_count(next_id), p.watermark())
+        };
+        let (segments, disk, unprocessed_bytes) = {
+            let table = self.table.read().unwrap();
+            let disk: u64 = table.iter().map(|s| s.file_len.max(s.data_end)).sum();
+            let backlog: u64 = table
+                .iter()
+                .filter(|s| s.last_id.is_some_and(|l| l > watermark))
+                .map(|s| s.data_end.saturating_sub(SEGMENT_HEADER_LEN as u64))
+                .sum();
+            (table.len() as u64, disk, backlog)
+        };
+        let spare = lock(&self.spare).as_ref().map_or(0, |s| s.len);
+        let s = &self.stats;
+        WalStats {
+            unprocessed_entries: unprocessed,
+            unprocessed_bytes,
+            total_segments: segments,
+            disk_usage_bytes: disk + spare,
+            last_flush: s.last_flush_rfc3339(),
+            next_id,
+            processed_watermark: watermark,
+            appended_entries: s.appended_entries.load(Relaxed),
+            appended_bytes: s.appended_bytes.load(Relaxed),
+            processed_entries: s.processed_entries.load(Relaxed),
+            corrupt_entries: s.corrupt_entries.load(Relaxed),
+            corrupt_bytes: s.corrupt_bytes.load(Relaxed),
+            torn_tails_truncated: s.torn_tails_truncated.load(Relaxed),
+            failed_appends: s.failed_appends.load(Relaxed),
+            fsync_count: s.fsync_count.load(Relaxed),
+            fsync_seconds_total: s.fsync_nanos_total.load(Relaxed) as f64 / 1e9,
+            fsync_seconds_max: s.fsync_nanos_max.load(Relaxed) as f64 / 1e9,
+            fsync_histogram: s.fsync_histogram(),
+            segments_created: s.segments_created.load(Relaxed),
+            segments_deleted: s.segments_deleted.load(Relaxed),
+            metadata_writes: s.metadata_writes.load(Relaxed),
+            oldest_unprocessed_timestamp_ns: if unprocessed > 0 { self.oldest_unprocessed_timestamp() } else { None },
+            poisoned: lock(&self.ack).poisoned.clone(),
+            sync_mode: self.cfg.sync_mode,
+        }
+    }
+}

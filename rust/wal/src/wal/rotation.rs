@@ -1,0 +1,75 @@
+//! Sealing the active segment and starting the next one, with the
+//! failpoints around each durable step.
+
+use super::*;
+
+impl Inner {
+    /// fsync of the segments directory; a failure poisons the WAL (never retried).
+    pub(super) fn sync_seg_dir(&self) -> Result<()> {
+        let r = self.fault_err(FaultPoint::DirSync).and_then(|_| fsutil::fsync_dir(&self.seg_dir));
+        r.map_err(|e| {
+            let why = format!("fsync of directory {} failed: {e}", self.seg_dir.display());
+            self.poison(why.clone());
+            WalError::Poisoned(why)
+        })
+    }
+
+    /// Writes a zero-filled spare segment file (the `SegmentPreallocate` failpoint sits here).
+    pub(super) fn preallocate(&self) -> Result<Spare> {
+        self.fault_err(FaultPoint::SegmentPreallocate)
+            .and_then(|_| segment::prepare_spare(&self.seg_dir, self.cfg.max_segment_size))
+            .map_err(|e| {
+                if is_out_of_space(&e) {
+                    WalError::Full(format!("no space for a new segment ({e})"))
+                } else {
+                    WalError::io("preallocating a WAL segment", e)
+                }
+            })
+    }
+
+    /// Seals the active segment (fdatasync) and starts a new one at `base_id`.
+    pub(super) fn rotate(&self, io: &mut Io, base_id: u64) -> Result<()> {
+        let old = io.active.as_ref().expect("active segment");
+        if !self.sync_file(&old.file) {
+            return Err(WalError::Poisoned("fdatasync failed while sealing a segment".into()));
+        }
+        let sealed_last = old.last_id;
+        let sealed_index = old.index;
+        let sealed_end = old.write_offset;
+        let new = self.create_segment(sealed_index + 1, base_id)?;
+        if let Some(last) = sealed_last {
+            self.synced_id.fetch_max(last, AcqRel);
+        }
+        let mut table = self.table.write().unwrap();
+        if let Some(s) = table.iter_mut().find(|s| s.index == sealed_index) {
+            s.sealed = true;
+            s.data_end = sealed_end;
+            s.last_id = sealed_last;
+            s.first_id = io.active.as_ref().unwrap().first_id;
+        }
+        table.push(info_of(&new, &self.seg_dir));
+        drop(table);
+        io.active = Some(new);
+        Ok(())
+    }
+
+    /// Creates segment `index` from the spare (or a fresh preallocation).
+    pub(super) fn create_segment(&self, index: u64, base_id: u64) -> Result<ActiveSegment> {
+        let spare = match lock(&self.spare).take() {
+            Some(s) => s,
+            None => self.preallocate()?,
+        };
+        // rename → fsync(dir) → header: the new name is durable before anything is acknowledged in it.
+        let path = self.seg_dir.join(crate::format::segment_file_name(index));
+        let renamed = self.fault_err(FaultPoint::SegmentRename).and_then(|_| std::fs::rename(&spare.path, &path));
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_file(&spare.path);
+            return Err(WalError::io(format!("creating segment {}", path.display()), e));
+        }
+        self.sync_seg_dir()?;
+        let seg = segment::start_segment(spare, index, base_id)
+            .map_err(io_err(format!("writing the header of {}", path.display())))?;
+        self.stats.segments_created.fetch_add(1, Relaxed);
+        Ok(seg)
+    }
+}
