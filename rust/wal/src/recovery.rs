@@ -267,7 +267,7 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
     }
     let unprocessed = processed.unprocessed_count(next_id);
     log::info!(
-        "WAL replay: {unprocessed}/{unprocessed} entries unprocessed in {} segments of {} (scanned {} entries in {:.3}s)",
+        "WAL replay done: {unprocessed} unprocessed entries in {} segments of {} (scanned {} entries in {:.3}s)",
         segments.len(),
         dir.display(),
         progress.seen,
