@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import operator
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -37,6 +38,8 @@ KINDS: dict[str, int] = {
 _READ_CHUNK_ENTRIES = 1024
 _READ_CHUNK_BYTES = 8 << 20
 _UNBOUNDED_BYTES = 1 << 62
+# append_async frames payloads at least this large off the event loop.
+_ENQUEUE_IN_EXECUTOR_BYTES = 256 << 10
 
 
 def _kind_code(kind: str) -> int:
@@ -67,7 +70,12 @@ class _LoopWaiters:
 
     def park(self, eid: int) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = self._loop.create_future()
-        self._waiting.append((eid, fut))
+        if self._waiting and eid < self._waiting[-1][0]:
+            # Rare: a large payload framed in the executor got its id after later small ones.
+            items = sorted([*self._waiting, (eid, fut)], key=lambda item: item[0])
+            self._waiting = collections.deque(items)
+        else:
+            self._waiting.append((eid, fut))
         # The record may have been acknowledged before we parked: settle now.
         self._resolve()
         return fut
@@ -166,14 +174,25 @@ class Wal:
         """Like ``append`` but awaits acknowledgement without blocking the loop."""
         code = _kind_code(kind)
         data = _as_bytes(payload)
-        waiters = self._waiters_for(asyncio.get_running_loop())
-        eid = self._native.enqueue(data, code)
+        if self.closed:
+            raise WalError("WAL is closed")
+        loop = asyncio.get_running_loop()
+        waiters = self._waiters_for(loop)
+        if len(data) >= _ENQUEUE_IN_EXECUTOR_BYTES:
+            # Framing copies and checksums the payload: for a large one that is
+            # milliseconds, so it runs on the default executor, not the loop.
+            eid = await loop.run_in_executor(None, self._native.enqueue, data, code)
+        else:
+            eid = self._native.enqueue(data, code)
         return await waiters.park(eid)
 
     def _waiters_for(self, loop: asyncio.AbstractEventLoop) -> _LoopWaiters:
         waiters = self._loops.get(loop)
         if waiters is None:
             with self._loops_lock:
+                # Loops that were closed since (asyncio.run per call) give their pipes back.
+                for old in [lp for lp in self._loops if lp.is_closed()]:
+                    self._loops.pop(old).close()
                 waiters = self._loops.get(loop)
                 if waiters is None:
                     waiters = self._loops[loop] = _LoopWaiters(self, loop)
@@ -189,8 +208,10 @@ class Wal:
         """Records that entries were handled by the next stage (idempotent)."""
         if isinstance(ids, int):
             self._native.mark_processed([ids])
+        elif isinstance(ids, (str, bytes, bytearray)):
+            raise TypeError(f"mark_processed takes an int or an iterable of ints, not {type(ids).__name__}")
         else:
-            self._native.mark_processed([int(i) for i in ids])
+            self._native.mark_processed([operator.index(i) for i in ids])
 
     def unprocessed(
         self, after_id: int | None = None, limit: int | None = None

@@ -8,6 +8,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod otlp;
 mod wal;
 
 #[pymodule]
@@ -16,5 +17,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyo3_log::init();
     errors::register(m)?;
     wal::register(m)?;
+    otlp::register(m)?;
     Ok(())
 }

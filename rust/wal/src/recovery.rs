@@ -201,11 +201,7 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
             HeaderState::UnsupportedVersion(version) => {
                 return Err(WalError::UnsupportedFormat { path, version })
             }
-            HeaderState::Zero => {}
-            HeaderState::Damaged => {
-                let d = Damage { kind: DamageKind::Corrupt, offset: 0, len: SEGMENT_HEADER_LEN.min(image.len()) };
-                report_corruption(dir, &seg_name, &image, &d, stats);
-            }
+            HeaderState::Zero | HeaderState::Damaged => {}
         }
         let mut ids_seen = 0u64;
         let scan = scan_records(&image, SEGMENT_HEADER_LEN, prev_id, is_last, |h, _| {
@@ -218,6 +214,25 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
             ids_seen += 1;
             progress.tick();
         });
+        if is_last && !header_sound && scan.records == 0 {
+            // A rotation the crash interrupted: the header (and perhaps a first
+            // record) never fully reached the disk, so nothing in it was
+            // acknowledged. Remove it, as a torn tail: there is never an empty segment.
+            if image.iter().any(|&b| b != 0) {
+                log::warn!(
+                    "WAL torn tail: segment {seg_name} holds no valid header and no complete record \
+                     (a rotation interrupted by a crash); removed"
+                );
+                stats.torn_tails_truncated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            fs::remove_file(&path).map_err(|e| io_err("removing empty segment", &path, e))?;
+            fsutil::fsync_dir(&seg_dir).map_err(|e| io_err("syncing", &seg_dir, e))?;
+            continue;
+        }
+        if header == HeaderState::Damaged {
+            let d = Damage { kind: DamageKind::Corrupt, offset: 0, len: SEGMENT_HEADER_LEN.min(image.len()) };
+            report_corruption(dir, &seg_name, &image, &d, stats);
+        }
         let mut file_len = image.len() as u64;
         for d in &scan.damages {
             match d.kind {
@@ -239,12 +254,14 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
             prev_id = last;
         }
         drop(image);
-        if ids_seen == 0 && !matches!(header, HeaderState::Valid(_)) && scan.damages.is_empty() {
+        if ids_seen == 0 && !header_sound && scan.damages.is_empty() {
             // Created during a rotation that never wrote anything: never keep an empty segment.
             fs::remove_file(&path).map_err(|e| io_err("removing empty segment", &path, e))?;
             fsutil::fsync_dir(&seg_dir).map_err(|e| io_err("syncing", &seg_dir, e))?;
             continue;
         }
+        let known_damage =
+            scan.damages.iter().filter(|d| d.kind == DamageKind::Corrupt).map(|d| d.offset as u64).collect();
         last_is_appendable = is_last && header_sound;
         segments.push(SegmentInfo {
             index,
@@ -254,6 +271,7 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
             data_end: scan.data_end as u64,
             file_len,
             sealed: true,
+            known_damage,
         });
     }
     if let Some(last) = segments.last_mut() {

@@ -41,6 +41,8 @@ pub struct SegmentInfo {
     pub file_len: u64,
     /// Complete and fsynced; no more records go in.
     pub sealed: bool,
+    /// Offsets of damaged ranges recovery already reported (readers skip them quietly).
+    pub known_damage: Vec<u64>,
 }
 
 impl SegmentInfo {

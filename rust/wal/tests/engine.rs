@@ -51,8 +51,8 @@ fn append_reopen_round_trip_across_rotations() {
     assert_eq!(all_entries(&wal), expected);
     let ids: Vec<u64> = expected.iter().map(|e| e.0).collect();
     assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids are contiguous");
-    // Ids keep increasing after reopen.
-    assert_eq!(wal.append(b"next", Kind::Traces).unwrap(), ids.last().unwrap() + 1);
+    // Ids keep increasing after reopen (skipping what the last run reserved but did not use).
+    assert!(wal.append(b"next", Kind::Traces).unwrap() > *ids.last().unwrap());
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn processed_segments_are_deleted_after_checkpoint() {
     wal.close().unwrap();
     let wal = Wal::open(dir.path(), cfg(4096)).unwrap();
     assert!(all_entries(&wal).is_empty());
-    assert_eq!(wal.append(b"x", Kind::Traces).unwrap(), 501, "next id survives deletion of every segment");
+    assert!(wal.append(b"x", Kind::Traces).unwrap() > 500, "ids stay monotonic after every segment is deleted");
 }
 
 #[test]
@@ -110,7 +110,7 @@ fn metadata_is_written_atomically_and_restores_marks() {
     let meta = signaldb_wal::metadata::load(dir.path()).unwrap().unwrap();
     assert_eq!(meta.processed_watermark, 3);
     assert_eq!(meta.processed_ids, vec![7]);
-    assert_eq!(meta.next_id, 11);
+    assert!(meta.next_id >= 11, "next_id is the durable id reservation");
     assert!(!dir.path().join(".metadata.json.tmp").exists());
     let wal = Wal::open(dir.path(), cfg(1 << 20)).unwrap();
     let ids: Vec<u64> = all_entries(&wal).into_iter().map(|e| e.0).collect();
@@ -156,12 +156,12 @@ fn torn_tail_is_truncated_and_appends_land_cleanly() {
     assert_eq!(wal.stats().torn_tails_truncated, 1);
     assert_eq!(all_entries(&wal).len(), 5);
     let id = wal.append(b"short", Kind::Logs).unwrap();
-    assert_eq!(id, 6);
+    assert!(id > 5);
     wal.close().unwrap();
     let wal = Wal::open(dir.path(), cfg(1 << 20)).unwrap();
     let entries = all_entries(&wal);
     assert_eq!(entries.len(), 6);
-    assert_eq!(entries[5], (6, b"short".to_vec()));
+    assert_eq!(entries[5], (id, b"short".to_vec()));
     assert_eq!(wal.stats().torn_tails_truncated, 0, "nothing left to truncate the second time");
     assert_eq!(wal.stats().corrupt_entries, 0);
 }
@@ -194,7 +194,7 @@ fn corruption_in_the_middle_is_quarantined_and_skipped() {
     let wal = Wal::open(dir.path(), cfg(1 << 20)).unwrap();
     wal.mark_processed(&[1, 3, 4, 5]).unwrap();
     assert_eq!(wal.stats().unprocessed_entries, 0);
-    assert_eq!(wal.stats().processed_watermark, 5);
+    assert!(wal.stats().processed_watermark >= 5);
 }
 
 #[test]
@@ -346,4 +346,32 @@ fn unknown_ids_cannot_be_marked() {
     assert!(matches!(wal.mark_processed(&[2]), Err(WalError::InvalidArgument(_))));
     assert!(matches!(wal.mark_processed(&[0]), Err(WalError::InvalidArgument(_))));
     wal.mark_processed(&[1, 1]).unwrap();
+}
+
+#[test]
+fn ids_never_repeat_even_when_acknowledged_records_are_lost() {
+    // Batched mode acknowledges after write(): a power cut may lose such
+    // records. Simulate it by cutting the segment back to the synced part:
+    // the next run must not hand their ids out again.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config { sync_mode: SyncMode::Batched, flush_interval: Duration::from_secs(3600), ..cfg(1 << 20) };
+    let synced_end;
+    let lost_ids: Vec<u64>;
+    {
+        let wal = Wal::open(dir.path(), cfg.clone()).unwrap();
+        wal.append(b"synced", Kind::Traces).unwrap();
+        wal.flush().unwrap();
+        synced_end = SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 6;
+        lost_ids = (0..3).map(|_| wal.append(b"acked, never synced", Kind::Traces).unwrap()).collect();
+        std::mem::forget(wal); // a crash: no close, no flush
+    }
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; 3 * (RECORD_HEADER_LEN + 19)], synced_end as u64).unwrap();
+    drop(f);
+    std::fs::remove_file(dir.path().join("LOCK")).ok(); // the forgotten handle still holds the flock
+    let wal = Wal::open(dir.path(), cfg).unwrap();
+    assert_eq!(all_entries(&wal).len(), 1);
+    let new_id = wal.append(b"new", Kind::Traces).unwrap();
+    assert!(lost_ids.iter().all(|&l| new_id > l), "id {new_id} was already handed out: {lost_ids:?}");
 }

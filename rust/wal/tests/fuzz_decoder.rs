@@ -19,7 +19,7 @@
 //!
 //! This file is both a test and the harness of the cargo-fuzz targets in
 //! `fuzz/` (they include it with `#[path]`), so the two run the same checks.
-//! As a test it replays the committed corpus in `fuzz/corpus/` and runs a
+//! As a test it replays the committed seeds in `fuzz/seeds/` and runs a
 //! seeded loop of `SIGNALDB_FUZZ_ITERS` inputs (default 20,000; half
 //! arbitrary, half mutated; one in `SIGNALDB_FUZZ_OPEN_EVERY`, default 16,
 //! also through `Wal::open`). `SIGNALDB_FUZZ_SEED` picks another sequence.
@@ -77,6 +77,95 @@ pub static DAMAGES_SEEN: AtomicU64 = AtomicU64::new(0);
 pub static INTACT_CHECKED: AtomicU64 = AtomicU64::new(0);
 
 // ---------------------------------------------------------------------------
+// Bugs this fuzzing found that are not fixed yet. While a bug is listed as
+// open, an input showing exactly that bug's symptom (checked against a model
+// of the bug, so anything else still fails) is counted instead of failing;
+// `SIGNALDB_FUZZ_STRICT=1` fails on them too. Set `open: false` (or delete
+// the gate) once the fix lands, and the check becomes strict.
+
+pub struct Bug {
+    pub name: &'static str,
+    pub open: bool,
+    pub what: &'static str,
+}
+
+pub const B1: usize = 0;
+pub const B2: usize = 1;
+pub const B3: usize = 2;
+pub const B4: usize = 3;
+pub const B5: usize = 4;
+pub const B6: usize = 5;
+
+pub const BUGS: [Bug; 6] = [
+    Bug {
+        name: "B1",
+        open: false, // fixed in 34be8b9 ("reader finds records after a zeroed hole")
+        what: "reader.rs SegmentReader::next_step ends the segment at a record header whose crc, len and id are \
+               zero, though valid records follow (recovery skips such a zeroed range as corruption): \
+               read_unprocessed never delivers them, read_segment_entries (dump) never shows them",
+    },
+    Bug {
+        name: "B2",
+        open: true,
+        what: "inspect.rs read_segment_entries restarts with prev id 0 at the offset it returned: paging \
+               (signaldb-wal dump) can return an id lower than the previous page's last, or twice",
+    },
+    Bug {
+        name: "B3",
+        open: true,
+        what: "an id of u64::MAX (record, base id or next_id) overflows `id + 1` in recovery/append: panic \
+               with overflow checks, wrapped ids without",
+    },
+    Bug {
+        name: "B4",
+        open: true,
+        what: "processed.rs unprocessed_count subtracts twice the checkpoint's processed ids that recovery \
+               also finds as gaps (or that a gap-jumped watermark passed): unprocessed_entries too low",
+    },
+    Bug {
+        name: "B5",
+        open: true,
+        what: "recovery trusts a checkpoint whose processed_ids reach its next_id: a new append can get an id \
+               listed as processed and is never delivered",
+    },
+    Bug {
+        name: "B6",
+        open: true,
+        what: "read_unprocessed reads each segment from prev id 0, recovery from the header's base id - 1: with \
+               records below the base id, the reader follows another chain and misses entries recovery counted",
+    },
+];
+
+static BUG_HITS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+fn strict() -> bool {
+    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STRICT.get_or_init(|| std::env::var("SIGNALDB_FUZZ_STRICT").is_ok_and(|v| v != "0" && !v.is_empty()))
+}
+
+/// Whether checks of `bug` are relaxed (it is open and the run is not strict).
+pub fn known_bug_listed(bug: usize) -> bool {
+    BUGS[bug].open && !strict()
+}
+
+/// Counts an input that shows `bug`; false when it must fail instead.
+pub fn known_bug(bug: usize) -> bool {
+    let listed = known_bug_listed(bug);
+    if listed {
+        BUG_HITS[bug].fetch_add(1, Relaxed);
+    }
+    listed
+}
+
+pub fn known_bug_report() -> String {
+    BUGS.iter()
+        .zip(&BUG_HITS)
+        .filter(|(_, n)| n.load(Relaxed) > 0)
+        .map(|(b, n)| format!("\n  {}: {} inputs: {}", b.name, n.load(Relaxed), b.what))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
 // Input bytes as a stream of decisions (zeros once exhausted, so any input
 // decodes to a bounded test case).
 
@@ -113,22 +202,31 @@ impl<'a> Source<'a> {
         if n == 0 {
             return 0;
         }
-        let v = if n <= 256 { self.u8() as usize } else if n <= 65536 { self.u16() as usize } else { self.u32() as usize };
+        let v = if n <= 256 {
+            self.u8() as usize
+        } else if n <= 65536 {
+            self.u16() as usize
+        } else {
+            self.u32() as usize
+        };
         v % n
     }
 
-    /// `n` bytes: what is left of the input, then a pattern seeded by it.
+    /// `n` bytes from a generator seeded by 4 input bytes. The fuzzer steers
+    /// which bytes, but cannot write a chosen string (say, a record whose CRC
+    /// it learned from a comparison) into a segment through them: a record
+    /// that decodes but was never written would be a forgery, not a decoder bug.
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let avail = self.data.len().saturating_sub(self.pos).min(n);
-        let mut out = self.data[self.pos.min(self.data.len())..][..avail].to_vec();
-        self.pos += avail;
-        let mut x = (n as u32).wrapping_mul(2_654_435_761) ^ self.pos as u32;
+        let mut x = (self.u32() as u64) ^ ((n as u64) << 32) ^ 0x2545_F491_4F6C_DD1D;
+        let mut out = Vec::with_capacity(n + 8);
         while out.len() < n {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            out.push(x as u8);
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
         }
+        out.truncate(n);
         out
     }
 
@@ -192,15 +290,34 @@ fn check_record_bytes(image: &[u8], offset: usize, what: &str) -> Rec {
     assert!((1..=3).contains(&kind), "{what}: record of kind {kind} at {offset}");
     assert_eq!(image[offset + 25..offset + 28], [0, 0, 0], "{what}: reserved bytes at {offset}");
     RECORD_CHECKS.fetch_add(1, Relaxed);
-    Rec { id, kind, timestamp_ns: u64_at(image, offset + 16) as i64, payload: image[offset + RECORD_HEADER_LEN..end].to_vec() }
+    Rec {
+        id,
+        kind,
+        timestamp_ns: u64_at(image, offset + 16) as i64,
+        payload: image[offset + RECORD_HEADER_LEN..end].to_vec(),
+    }
 }
 
 static RECORD_CHECKS: AtomicU64 = AtomicU64::new(0);
 
-/// A record returned under an id the generator wrote must be that record.
-fn check_against_origin(rec: &Rec, origin: Option<&BTreeMap<u64, Rec>>, what: &str) {
+/// What a generated segment held before it was damaged.
+pub struct Origin<'a> {
+    pub records: &'a BTreeMap<u64, Rec>,
+    pub image: &'a [u8],
+}
+
+pub static EMBEDDED_RETURNED: AtomicU64 = AtomicU64::new(0);
+
+/// A record returned under an id the generator wrote must be that record,
+/// unless its bytes, CRC and all, were in the original image: a record inside
+/// another's payload, which a reader that resynchronizes cannot tell apart.
+fn check_against_origin(rec: &Rec, origin: Option<&Origin>, what: &str) {
     let Some(origin) = origin else { return };
-    match origin.get(&rec.id) {
+    if origin.records.get(&rec.id) != Some(rec) && encoded_in(origin.image, rec) {
+        EMBEDDED_RETURNED.fetch_add(1, Relaxed);
+        return;
+    }
+    match origin.records.get(&rec.id) {
         Some(want) => assert!(
             want == rec,
             "{what}: WRONG PAYLOAD for id {}: got kind {} ts {} payload {:?}, wrote kind {} ts {} payload {:?} \
@@ -226,18 +343,31 @@ pub fn checked_scan(
     image: &[u8],
     prev_id: u64,
     is_last: bool,
-    origin: Option<&BTreeMap<u64, Rec>>,
+    origin: Option<&Origin>,
+) -> (Vec<(usize, Rec)>, RecordScan) {
+    checked_scan_from(image, SEGMENT_HEADER_LEN, prev_id, is_last, origin)
+}
+
+pub fn checked_scan_from(
+    image: &[u8],
+    start: usize,
+    prev_id: u64,
+    is_last: bool,
+    origin: Option<&Origin>,
 ) -> (Vec<(usize, Rec)>, RecordScan) {
     let mut seen = Vec::new();
-    let scan = scan_records(image, SEGMENT_HEADER_LEN, prev_id, is_last, |h, off| seen.push((*h, off)));
-    let what = format!("scan_records(prev_id={prev_id}, is_last={is_last})");
+    let scan = scan_records(image, start, prev_id, is_last, |h, off| seen.push((*h, off)));
+    let what = format!("scan_records(start={start}, prev_id={prev_id}, is_last={is_last})");
     let mut out = Vec::with_capacity(seen.len());
     let mut last_id = prev_id;
-    let mut last_end = SEGMENT_HEADER_LEN;
+    let mut last_end = start;
     for (h, off) in seen {
         assert!(off >= last_end, "{what}: record at {off} overlaps the previous one ending at {last_end}");
         let rec = check_record_bytes(image, off, &what);
-        assert_eq!((h.id, h.kind, h.timestamp_ns, h.len as usize), (rec.id, rec.kind, rec.timestamp_ns, rec.payload.len()));
+        assert_eq!(
+            (h.id, h.kind, h.timestamp_ns, h.len as usize),
+            (rec.id, rec.kind, rec.timestamp_ns, rec.payload.len())
+        );
         assert!(rec.id > last_id, "{what}: id {} after {last_id}: ids must strictly increase", rec.id);
         check_against_origin(&rec, origin, &what);
         last_id = rec.id;
@@ -248,7 +378,7 @@ pub fn checked_scan(
     assert_eq!(scan.records, out.len() as u64, "{what}: record count");
     assert_eq!(scan.first_id, out.first().map(|r| r.1.id), "{what}: first_id");
     assert_eq!(scan.last_id, out.last().map(|r| r.1.id), "{what}: last_id");
-    let want_end = out.last().map_or(SEGMENT_HEADER_LEN.min(image.len()), |(o, r)| o + RECORD_HEADER_LEN + r.payload.len());
+    let want_end = out.last().map_or(start.min(image.len()), |(o, r)| o + RECORD_HEADER_LEN + r.payload.len());
     assert_eq!(scan.data_end, want_end, "{what}: data_end");
 
     // Records and damages, in offset order, do not overlap; whatever lies
@@ -258,7 +388,7 @@ pub fn checked_scan(
         out.iter().map(|(o, r)| (*o, o + RECORD_HEADER_LEN + r.payload.len(), "record")).collect();
     for (i, d) in scan.damages.iter().enumerate() {
         assert!(d.len > 0, "{what}: empty damage {d:?}");
-        assert!(d.offset >= SEGMENT_HEADER_LEN && d.offset + d.len <= image.len(), "{what}: damage {d:?} out of bounds");
+        assert!(d.offset >= start && d.offset + d.len <= image.len(), "{what}: damage {d:?} out of bounds");
         if d.kind == DamageKind::TornTail {
             assert!(is_last, "{what}: torn tail in a segment that is not the last");
             assert_eq!(i + 1, scan.damages.len(), "{what}: torn tail is not the last damage");
@@ -266,7 +396,7 @@ pub fn checked_scan(
         regions.push((d.offset, d.offset + d.len, "damage"));
     }
     regions.sort_unstable();
-    let mut cursor = SEGMENT_HEADER_LEN;
+    let mut cursor = start;
     for &(start, end, kind) in &regions {
         assert!(start >= cursor, "{what}: {kind} [{start}, {end}) overlaps what ends at {cursor}");
         if let Some(i) = image.get(cursor..start).and_then(|gap| gap.iter().position(|&b| b != 0)) {
@@ -282,12 +412,14 @@ pub fn checked_scan(
 
 /// Writes `image` to a fresh temporary file and checks the file-based readers
 /// against `scan_records` on the same bytes.
-pub fn check_inspect(image: &[u8], origin: Option<&BTreeMap<u64, Rec>>, paging: usize) {
+/// Returns the records `scan_records` finds with the header's prev id.
+pub fn check_inspect(image: &[u8], origin: Option<&Origin>, paging: usize) -> Vec<(usize, Rec)> {
     let dir = scratch_dir();
     let path = dir.path().join("000001.wal");
     fs::write(&path, image).unwrap();
     let prev = prev_id_of(image);
 
+    let mut by_header = Vec::new();
     for is_last in [false, true] {
         let (recs, scan) = checked_scan(image, prev, is_last, origin);
         let report = scan_segment_file(&path, is_last, 0).expect("scan_segment_file");
@@ -299,15 +431,18 @@ pub fn check_inspect(image: &[u8], origin: Option<&BTreeMap<u64, Rec>>, paging: 
         assert_eq!(report.damages, scan.damages);
         assert_eq!(report.payload_bytes, recs.iter().map(|r| r.1.payload.len() as u64).sum::<u64>());
         assert_eq!(report.by_kind.iter().sum::<u64>(), scan.records);
+        if is_last {
+            assert_eq!(ids_at(&recs), ids_at(&by_header), "is_last changes the records found");
+        }
+        by_header = recs;
     }
 
     // read_segment_entries (the `dump` tool) starts from prev id 0 whatever the header says.
-    let (want, _) = checked_scan(image, 0, true, origin);
-    let want: Vec<Rec> = want.into_iter().map(|r| r.1).collect();
+    let scanned = if prev == 0 { by_header.clone() } else { checked_scan(image, 0, true, origin).0 };
+    let want: Vec<Rec> = scanned.iter().map(|r| r.1.clone()).collect();
     let (got, next) = read_segment_entries(&path, 0, usize::MAX).expect("read_segment_entries");
     assert!(next <= image.len().max(SEGMENT_HEADER_LEN) as u64);
-    let got: Vec<Rec> =
-        got.into_iter().map(|e| Rec { id: e.id, kind: e.kind, timestamp_ns: e.timestamp_ns, payload: e.payload }).collect();
+    let got: Vec<Rec> = got.into_iter().map(rec_of).collect();
     let mut last = 0;
     for r in &got {
         assert!(r.id > last, "read_segment_entries: id {} after {last}", r.id);
@@ -315,32 +450,93 @@ pub fn check_inspect(image: &[u8], origin: Option<&BTreeMap<u64, Rec>>, paging: 
         assert_returned_bytes_exist(image, r, "read_segment_entries");
         check_against_origin(r, origin, "read_segment_entries");
     }
-    assert_eq!(ids(&got), ids(&want), "read_segment_entries returns other records than scan_records (prev id 0)");
+    if got != want {
+        let model = b1_reader_stops_at_zero_header(image, SEGMENT_HEADER_LEN, &scanned);
+        assert!(
+            got == model && known_bug(B1),
+            "read_segment_entries returns other records than scan_records (prev id 0): got {:?}, scanned {:?}",
+            ids(&got),
+            ids(&want)
+        );
+    }
 
     // Paging as `signaldb-wal dump` does: resume from the returned offset until a page is empty.
+    // Each page must be what a scan from that offset finds.
     if paging > 0 {
         let mut paged = Vec::new();
-        let mut offset = 0;
-        for _ in 0..=want.len() + 1 {
+        let mut offset = 0u64;
+        for _ in 0..image.len() / RECORD_HEADER_LEN + 2 {
             let (page, next) = read_segment_entries(&path, offset, paging).expect("read_segment_entries page");
+            let page: Vec<Rec> = page.into_iter().map(rec_of).collect();
+            let from = (offset as usize).max(SEGMENT_HEADER_LEN);
+            // Most often the page is the next records of the one read; if not, it must be
+            // what a scan from that offset (prev id 0, as the reader restarts) finds.
+            let at = scanned.partition_point(|(o, _)| *o < from);
+            let slice: Vec<Rec> = scanned[at..].iter().take(paging).map(|r| r.1.clone()).collect();
+            if page != slice {
+                let (rescan, _) = checked_scan_from(image, from, 0, true, origin);
+                let mut model: Vec<Rec> = rescan.iter().map(|r| r.1.clone()).collect();
+                model.truncate(paging);
+                if page != model {
+                    let mut b1 = b1_reader_stops_at_zero_header(image, from, &rescan);
+                    b1.truncate(paging);
+                    assert!(
+                        page == b1 && known_bug(B1),
+                        "read_segment_entries page of {paging} from offset {offset}: got {:?}, a scan from there finds {:?}",
+                        ids(&page),
+                        ids(&model)
+                    );
+                }
+            }
             if page.is_empty() {
                 break;
             }
             assert!(next > offset, "read_segment_entries: paging does not advance");
-            paged.extend(page.into_iter().map(|e| e.id));
+            paged.extend(page);
             offset = next;
         }
-        assert_eq!(paged, ids(&got), "read_segment_entries: pages of {paging} differ from one read");
+        if paged != got {
+            assert!(
+                known_bug(B2),
+                "read_segment_entries: pages of {paging} give {:?}, one read {:?}",
+                ids(&paged),
+                ids(&got)
+            );
+        }
     }
+    by_header
+}
+
+fn rec_of(e: signaldb_wal::Entry) -> Rec {
+    Rec { id: e.id, kind: e.kind, timestamp_ns: e.timestamp_ns, payload: e.payload }
+}
+
+/// Model of bug B1: `SegmentReader` ends at any position it visits whose
+/// record header has crc, length and id all zero, even with valid records
+/// after it. Given the scan from `start`, what such a reader returns.
+fn b1_reader_stops_at_zero_header(image: &[u8], start: usize, scanned: &[(usize, Rec)]) -> Vec<Rec> {
+    let mut pos = start;
+    let mut out = Vec::new();
+    for (o, r) in scanned {
+        if *o != pos && image.get(pos..pos + 16).is_some_and(|h| h.iter().all(|&b| b == 0)) {
+            break;
+        }
+        out.push(r.clone());
+        pos = o + RECORD_HEADER_LEN + r.payload.len();
+    }
+    out
+}
+
+fn ids_at(recs: &[(usize, Rec)]) -> Vec<u64> {
+    recs.iter().map(|r| r.1.id).collect()
 }
 
 fn ids(recs: &[Rec]) -> Vec<u64> {
     recs.iter().map(|r| r.id).collect()
 }
 
-/// An entry handed out without an offset must exist, encoded with a matching
-/// CRC32C, somewhere in the segment bytes.
-fn assert_returned_bytes_exist(image: &[u8], r: &Rec, what: &str) {
+/// Whether `r`, encoded with a valid CRC32C, occurs anywhere in `image`.
+fn encoded_in(image: &[u8], r: &Rec) -> bool {
     let mut enc = Vec::with_capacity(RECORD_HEADER_LEN + r.payload.len());
     enc.extend_from_slice(&[0; 4]);
     enc.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
@@ -351,8 +547,17 @@ fn assert_returned_bytes_exist(image: &[u8], r: &Rec, what: &str) {
     enc.extend_from_slice(&r.payload);
     let crc = crc32c_reference(&enc[4..]);
     enc[..4].copy_from_slice(&crc.to_le_bytes());
-    let found = image.len() >= enc.len() && image.windows(enc.len()).any(|w| w[..12] == enc[..12] && w == &enc[..]);
-    assert!(found, "{what}: entry id {} is not in the segment with a valid CRC (bad CRC or altered bytes)", r.id);
+    image.len() >= enc.len() && image.windows(enc.len()).any(|w| w[..12] == enc[..12] && w == &enc[..])
+}
+
+/// An entry handed out without an offset must exist, encoded with a matching
+/// CRC32C, somewhere in the segment bytes.
+fn assert_returned_bytes_exist(image: &[u8], r: &Rec, what: &str) {
+    assert!(
+        encoded_in(image, r),
+        "{what}: entry id {} is not in the segment with a valid CRC (bad CRC or altered bytes)",
+        r.id
+    );
 }
 
 fn verbose() -> bool {
@@ -394,12 +599,16 @@ pub fn choose_meta(src: &mut Source, max_id: u64) -> MetaChoice {
         }
         5 => {
             // A real checkpoint with its bytes damaged: must be ignored.
-            let mut bytes = metadata::encode(&meta_near(src, max_id));
+            let mut bytes = metadata::encode(&meta_near(src, max_id, true));
             let at = src.below(bytes.len());
             bytes[at] ^= 1 << src.below(8);
             MetaChoice::Raw(bytes)
         }
-        _ => MetaChoice::Valid(meta_near(src, max_id)),
+        6 => MetaChoice::Valid(meta_near(src, max_id, true)),
+        _ => {
+            let consistent = !src.u8().is_multiple_of(4);
+            MetaChoice::Valid(meta_near(src, max_id, consistent))
+        }
     }
 }
 
@@ -407,14 +616,21 @@ fn pick_id(src: &mut Source, max_id: u64) -> u64 {
     match src.u8() % 8 {
         0 => 0,
         1 => src.u64() >> src.below(64),
-        _ => (max_id.min(u64::MAX - 64)).saturating_sub(8) + src.below(16) as u64,
+        _ => max_id.saturating_sub(8).saturating_add(src.below(16) as u64),
     }
 }
 
-fn meta_near(src: &mut Source, max_id: u64) -> Metadata {
-    let watermark = pick_id(src, max_id).min(u64::MAX - 2);
-    let next_id = pick_id(src, max_id).max(1).min(u64::MAX - 1);
+/// A checkpoint around the segment's ids. A consistent one is what the WAL
+/// could have written (watermark < next_id, processed ids between them); an
+/// inconsistent one has a valid checksum over values the WAL never writes.
+fn meta_near(src: &mut Source, max_id: u64, consistent: bool) -> Metadata {
+    let next_id = pick_id(src, max_id).clamp(1, u64::MAX - 1);
+    let mut watermark = pick_id(src, max_id).min(u64::MAX - 2);
     let mut processed_ids: Vec<u64> = (0..src.below(6)).map(|_| pick_id(src, max_id)).collect();
+    if consistent {
+        watermark = watermark.min(next_id - 1);
+        processed_ids.retain(|&id| id > watermark && id < next_id);
+    }
     processed_ids.sort_unstable();
     processed_ids.dedup();
     Metadata { next_id, processed_watermark: watermark, processed_ids, ..Metadata::default() }
@@ -433,7 +649,8 @@ fn read_all(wal: &Wal) -> Vec<Rec> {
 }
 
 /// Opens a WAL directory holding `image` as `segments/000001.wal` and `meta`.
-pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&BTreeMap<u64, Rec>>) {
+/// `scanned`: what `scan_records` finds in `image` with the header's prev id (as `check_inspect` returns).
+pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&Origin>, scanned: &[(usize, Rec)]) {
     WAL_OPENS.fetch_add(1, Relaxed);
     let dir = scratch_dir();
     let seg_dir = dir.path().join("segments");
@@ -450,17 +667,36 @@ pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&BTreeMap<
     }
     // What the checkpoint says, if recovery can use it.
     let loaded = meta_bytes.as_deref().and_then(|b| metadata::decode(b).ok());
-    let (watermark, processed_ids) = loaded.as_ref().map_or((0, vec![]), |m| (m.processed_watermark, m.processed_ids.clone()));
+    let (watermark, processed_ids) =
+        loaded.as_ref().map_or((0, vec![]), |m| (m.processed_watermark, m.processed_ids.clone()));
 
     let header = decode_segment_header(image);
     if verbose() {
-        let (recs, scan) = checked_scan(image, prev_id_of(image), true, origin);
         eprintln!("header {header:?}; metadata {meta:?} (usable: {loaded:?})");
-        eprintln!("scan: {:?}", scan);
-        for (o, r) in &recs {
+        for (o, r) in scanned {
             eprintln!("  record at {o}: id {} kind {} len {}", r.id, r.kind, r.payload.len());
         }
     }
+    // B3: ids reaching u64::MAX overflow `id + 1` in recovery and append.
+    let base_id = match header {
+        HeaderState::Valid(h) => h.base_id,
+        _ => 0,
+    };
+    let last_scanned = scanned.last().map_or(0, |r| r.1.id);
+    let next_id_bound = [
+        loaded.as_ref().map_or(1, |m| m.next_id),
+        last_scanned.saturating_add(1),
+        base_id,
+        watermark.saturating_add(1),
+    ]
+    .into_iter()
+    .max()
+    .unwrap();
+    // (With margin: the engine may reserve ids ahead in blocks.)
+    if next_id_bound >= u64::MAX - (1 << 40) && known_bug(B3) {
+        return;
+    }
+
     let wal = match Wal::open(dir.path(), fuzz_config()) {
         Ok(w) => w,
         Err(WalError::UnsupportedFormat { version, .. }) => {
@@ -474,25 +710,47 @@ pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&BTreeMap<
 
     // What recovery counted (the scan with the header's prev id, as the last
     // segment) is exactly what a consumer reads, minus what is processed.
-    let (scanned, _) = checked_scan(image, prev_id_of(image), true, origin);
-    let want: Vec<Rec> = scanned
-        .into_iter()
-        .map(|r| r.1)
-        .filter(|r| r.id > watermark && processed_ids.binary_search(&r.id).is_err())
-        .collect();
+    let unprocessed = |r: &Rec| r.id > watermark && processed_ids.binary_search(&r.id).is_err();
+    let want: Vec<Rec> = scanned.iter().map(|r| r.1.clone()).filter(unprocessed).collect();
     let got = read_all(&wal);
     for r in &got {
         assert_returned_bytes_exist(image, r, "read_unprocessed");
         check_against_origin(r, origin, "read_unprocessed");
     }
-    assert_eq!(
-        ids(&got),
-        ids(&want),
-        "read_unprocessed after open returns other entries than recovery scanned (watermark {watermark}, processed {processed_ids:?})"
-    );
-    assert_eq!(got, want);
+    let mut reader_stopped_early = false;
+    if got != want {
+        let model: Vec<Rec> = b1_reader_stops_at_zero_header(image, SEGMENT_HEADER_LEN, scanned)
+            .into_iter()
+            .filter(unprocessed)
+            .collect();
+        // B6 model: the reader's chain from prev id 0, minus what lies below the first id recovery found.
+        let first = scanned.first().map_or(u64::MAX, |r| r.1.id);
+        let from_zero: Vec<Rec> = checked_scan(image, 0, true, origin)
+            .0
+            .into_iter()
+            .map(|r| r.1)
+            .filter(|r| unprocessed(r) && r.id >= first)
+            .collect();
+        assert!(
+            (got == model && known_bug(B1)) || (base_id > 1 && got == from_zero && known_bug(B6)),
+            "read_unprocessed after open returns other entries than recovery scanned \
+             (watermark {watermark}, processed {processed_ids:?}): got {:?}, scanned {:?}",
+            ids(&got),
+            ids(&want)
+        );
+        reader_stopped_early = true;
+    }
     let stats = wal.stats();
-    assert_eq!(stats.unprocessed_entries, want.len() as u64, "unprocessed_entries after open: {stats:?}");
+    if stats.unprocessed_entries != want.len() as u64 {
+        // B4: processed ids the segment does not hold are subtracted twice.
+        let stray = processed_ids.iter().any(|p| *p > watermark && scanned.iter().all(|r| r.1.id != *p));
+        assert!(
+            stray && known_bug(B4),
+            "unprocessed_entries after open is {}, but {} entries are unprocessed (watermark {watermark}, processed {processed_ids:?})",
+            stats.unprocessed_entries,
+            want.len()
+        );
+    }
 
     // Quarantined ranges are copies of the original bytes.
     if let Ok(rd) = fs::read_dir(dir.path().join("quarantine")) {
@@ -514,19 +772,29 @@ pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&BTreeMap<
     // An append lands after everything and survives a reopen with the rest.
     let payload = format!("appended after fuzzed recovery {}", image.len()).into_bytes();
     let id = wal.append(&payload, Kind::Metrics).expect("append after recovery");
-    let max_seen = got.iter().map(|r| r.id).chain(want.iter().map(|r| r.id)).max().unwrap_or(0);
+    let max_seen = scanned.iter().map(|r| r.1.id).max().unwrap_or(0);
     assert!(id > max_seen && id > watermark, "append got id {id}, not above {max_seen} / watermark {watermark}");
+    if processed_ids.contains(&id) {
+        // B5: a checkpoint listing ids >= its next_id makes new entries "processed" at birth.
+        assert!(known_bug(B5), "append got id {id}, which the checkpoint lists as processed: {processed_ids:?}");
+        return;
+    }
     let after = read_all(&wal);
-    assert_eq!(ids(&after), ids(&got).into_iter().chain([id]).collect::<Vec<_>>(), "read after append");
+    let last_ts = after.last().map_or(0, |r| r.timestamp_ns);
+    let mut expected = got.clone();
+    expected.push(Rec { id, kind: Kind::Metrics as u8, timestamp_ns: last_ts, payload });
+    if !reader_stopped_early {
+        assert_eq!(ids(&after), ids(&expected), "read after append");
+    }
     wal.close().expect("close");
     drop(wal);
     let wal = Wal::open(dir.path(), fuzz_config()).expect("reopen after append");
     let again = read_all(&wal);
-    let mut expected = got.clone();
-    expected.push(Rec { id, kind: Kind::Metrics as u8, timestamp_ns: after.last().unwrap().timestamp_ns, payload });
-    assert_eq!(ids(&again), ids(&expected), "entries after append + reopen");
-    assert_eq!(again, expected, "entries after append + reopen");
-    assert_eq!(wal.stats().next_id, id + 1);
+    if !reader_stopped_early {
+        assert_eq!(ids(&again), ids(&expected), "entries after append + reopen");
+        assert_eq!(again, expected, "entries after append + reopen");
+    }
+    assert!(wal.stats().next_id > id, "next_id after reopen is not above the appended id {id}");
     wal.close().expect("close after reopen");
 }
 
@@ -538,23 +806,16 @@ pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&BTreeMap<
 
 pub fn fuzz_arbitrary(data: &[u8], with_wal: bool) {
     INPUTS.fetch_add(1, Relaxed);
-    let prev = prev_id_of(data);
-    for is_last in [false, true] {
-        checked_scan(data, prev, is_last, None);
-    }
-    // Other starting ids exercise the id-ordering rule.
+    let scanned = check_inspect(data, None, 1 + data.first().map_or(0, |&b| b as usize % 3));
+    // Another starting id exercises the id-ordering rule.
     if data.len() > 8 {
         checked_scan(data, u64_at(data, data.len() - 8) >> (data[0] % 64), data[1] & 1 == 1, None);
     }
-    check_inspect(data, None, 1 + data.first().map_or(0, |&b| b as usize % 3));
     if with_wal {
         let mut src = Source::new(data.get(SEGMENT_HEADER_LEN..).unwrap_or(&[]));
-        let max_id = {
-            let (recs, _) = checked_scan(data, prev, true, None);
-            recs.last().map_or(prev, |r| r.1.id)
-        };
+        let max_id = scanned.last().map_or(prev_id_of(data), |r| r.1.id);
         let meta = choose_meta(&mut src, max_id);
-        check_wal_open(data, &meta, None);
+        check_wal_open(data, &meta, None, &scanned);
     }
 }
 
@@ -590,9 +851,21 @@ pub fn generate(src: &mut Source) -> Generated {
             14 => src.below(4096),
             _ => RECORD_HEADER_LEN + src.below(8),
         };
-        let payload = match src.u8() % 4 {
+        let payload = match src.u8() % 8 {
             0 => vec![0; len],
             1 => {
+                // A payload holding a whole encoded record (a WAL of WALs): if the outer
+                // header is damaged, the inner one is a valid record in the bytes.
+                let n = src.below(8);
+                let mut p = src.bytes(n);
+                let inner_id = id.saturating_add(src.below(3) as u64).max(1);
+                let n = src.below(24);
+                encode_record(&mut p, inner_id, src.u64() as i64, Kind::Logs, &src.bytes(n));
+                let n = src.below(8);
+                p.extend_from_slice(&src.bytes(n));
+                p
+            }
+            2 => {
                 // Payload bytes that look like record headers: kind and reserved bytes right.
                 let mut p = src.bytes(len);
                 for (i, b) in p.iter_mut().enumerate() {
@@ -610,7 +883,7 @@ pub fn generate(src: &mut Source) -> Generated {
         encode_record(&mut image, id, ts, kind, &payload);
         spans.push((id, start, image.len()));
         records.insert(id, Rec { id, kind: kind as u8, timestamp_ns: ts, payload });
-        let gap = if src.u8() % 8 == 0 { 1 + src.below(5) as u64 } else { 0 };
+        let gap = if src.u8().is_multiple_of(8) { 1 + src.below(5) as u64 } else { 0 };
         match id.checked_add(1 + gap) {
             Some(next) => id = next,
             None => break,
@@ -634,7 +907,11 @@ fn pick_pos(src: &mut Source, gen: &Generated, len: usize) -> usize {
     match src.u8() % 4 {
         0 | 1 if !gen.spans.is_empty() => {
             let (_, start, end) = gen.spans[src.below(gen.spans.len())];
-            let p = if src.u8() % 2 == 0 { start + src.below(RECORD_HEADER_LEN) } else { start + src.below(end - start) };
+            let p = if src.u8().is_multiple_of(2) {
+                start + src.below(RECORD_HEADER_LEN)
+            } else {
+                start + src.below(end - start)
+            };
             p.min(len - 1)
         }
         2 => src.below(SEGMENT_HEADER_LEN.min(len)),
@@ -692,11 +969,13 @@ pub fn mutate(src: &mut Source, gen: &Generated, image: &mut Vec<u8>) -> Option<
                 let cut = match src.u8() % 3 {
                     0 if !gen.spans.is_empty() => {
                         let (_, s, e) = gen.spans[src.below(gen.spans.len())];
-                        (if src.u8() % 2 == 0 { s } else { e }).saturating_add(src.below(9)).saturating_sub(4)
+                        (if src.u8().is_multiple_of(2) { s } else { e }).saturating_add(src.below(9)).saturating_sub(4)
                     }
                     _ => src.below(len + 1),
                 };
                 image.truncate(cut.min(len));
+                // Bytes appended later at these positions are not the original ones.
+                mark(&mut touched, cut.min(len), len);
             }
             3 if len > 0 => {
                 let p = pick_pos(src, gen, len);
@@ -810,15 +1089,24 @@ pub fn fuzz_mutated(data: &[u8], with_wal: bool) {
     let mut image = gen.image.clone();
     let touched = mutate(&mut src, &gen, &mut image);
     if verbose() {
-        eprintln!("generated {} bytes, spans {:?}; mutated to {} bytes, in place: {}", gen.image.len(), gen.spans, image.len(), touched.is_some());
+        eprintln!(
+            "generated {} bytes, spans {:?}; mutated to {} bytes, in place: {}",
+            gen.image.len(),
+            gen.spans,
+            image.len(),
+            touched.is_some()
+        );
+        let _ = fs::write(std::env::temp_dir().join("signaldb-fuzz-last-image.bin"), &image);
     }
     let prev = prev_id_of(&image);
-    let (recs, _) = checked_scan(&image, prev, true, Some(&gen.records));
-    let (recs_sealed, _) = checked_scan(&image, prev, false, Some(&gen.records));
-    assert_eq!(ids(&recs.iter().map(|r| r.1.clone()).collect::<Vec<_>>()), ids(&recs_sealed.into_iter().map(|r| r.1).collect::<Vec<_>>()));
+    let origin = Origin { records: &gen.records, image: &gen.image };
+    let paging = 1 + src.below(3);
+    let recs = check_inspect(&image, Some(&origin), paging);
 
     // No loss: with damage done in place, every record left intact comes back.
-    if let Some(touched) = &touched {
+    // (Unless a record embedded in a payload came back: its id may shadow the real one.)
+    let embedded = recs.iter().any(|(_, r)| gen.records.get(&r.id) != Some(r));
+    if let Some(touched) = touched.as_ref().filter(|_| !embedded) {
         let returned: Vec<u64> = recs.iter().map(|r| r.1.id).collect();
         for &(id, s, e) in &gen.spans {
             if e <= image.len() && !touched[s..e].iter().any(|&t| t) && id > prev {
@@ -831,12 +1119,10 @@ pub fn fuzz_mutated(data: &[u8], with_wal: bool) {
         }
     }
 
-    let paging = 1 + src.below(3);
-    check_inspect(&image, Some(&gen.records), paging);
     if with_wal {
         let max_id = gen.records.keys().next_back().copied().unwrap_or(1);
         let meta = choose_meta(&mut src, max_id);
-        check_wal_open(&image, &meta, Some(&gen.records));
+        check_wal_open(&image, &meta, Some(&origin), &recs);
     }
 }
 
@@ -847,7 +1133,7 @@ pub fn fuzz_mutated(data: &[u8], with_wal: bool) {
 pub struct Rng(u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -856,12 +1142,12 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 
     pub fn fill(&mut self, out: &mut [u8]) {
         for chunk in out.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
+            let v = self.next_u64().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
     }
@@ -889,17 +1175,17 @@ pub fn random_arbitrary_input(rng: &mut Rng) -> Vec<u8> {
             for _ in 0..rng.below(8) {
                 let i = rng.below(len.max(1));
                 if i < len {
-                    v[i] = rng.next() as u8;
+                    v[i] = rng.next_u64() as u8;
                 }
             }
         }
         _ => {
             v.clear();
-            let base = if rng.below(4) == 0 { rng.next() } else { 1 + rng.below(5) as u64 };
+            let base = if rng.below(4) == 0 { rng.next_u64() } else { 1 + rng.below(5) as u64 };
             let mut h = encode_segment_header(base);
             if rng.below(8) == 0 {
                 // Another format version, with a valid header CRC.
-                h[8..12].copy_from_slice(&(rng.next() as u32).to_le_bytes());
+                h[8..12].copy_from_slice(&(rng.next_u64() as u32).to_le_bytes());
                 let crc = crc32c_reference(&h[..28]);
                 h[28..32].copy_from_slice(&crc.to_le_bytes());
             }
@@ -917,7 +1203,7 @@ pub fn random_arbitrary_input(rng: &mut Rng) -> Vec<u8> {
                         let mut p = vec![0u8; rng.below(80)];
                         rng.fill(&mut p);
                         let k = [Kind::Traces, Kind::Logs, Kind::Metrics][rng.below(3)];
-                        encode_record(&mut v, id, rng.next() as i64, k, &p);
+                        encode_record(&mut v, id, rng.next_u64() as i64, k, &p);
                         id = id.saturating_add(1 + (rng.below(8) == 0) as u64);
                     }
                 }
@@ -933,7 +1219,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
-    e.downcast_ref::<String>().cloned().or(e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "?".into())
+    e.downcast_ref::<String>()
+        .cloned()
+        .or(e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Runs `iters` seeded inputs through `target` on all cores. The first
@@ -948,33 +1237,81 @@ fn seeded_run(name: &str, iters: u64, salt: u64, gen: fn(&mut Rng) -> Vec<u8>, t
     let failed = std::sync::atomic::AtomicBool::new(false);
     // message class -> (count, first input index, with_wal, full message)
     let classes = std::sync::Mutex::new(BTreeMap::<String, (u64, u64, bool, String)>::new());
+    // Watchdog: an input that runs for minutes is a hang (a deadlock in
+    // open/close, or a quadratic scan): name it and abort rather than wait for CI's timeout.
+    let hang_secs = env_u64("SIGNALDB_FUZZ_HANG_SECS", 120);
+    let busy: Vec<(AtomicU64, AtomicU64)> =
+        (0..threads).map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0))).collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        for t in 0..threads {
-            let (failed, classes) = (&failed, &classes);
-            s.spawn(move || {
-                let mut i = t;
-                while i < iters && !failed.load(Relaxed) {
-                    // Each input has its own seed: a failure names the one to replay.
-                    let input_seed = seed ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
-                    let input = gen(&mut Rng(input_seed));
-                    let with_wal = i % open_every == 0;
-                    let r = std::panic::catch_unwind(|| target(&input, with_wal));
-                    if let Err(e) = r {
-                        let msg = panic_text(&*e);
+        let (busy, done) = (&busy, &done);
+        s.spawn(move || {
+            while !done.load(Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let now = started.elapsed().as_secs();
+                for (input, since) in busy {
+                    let i = input.load(Relaxed);
+                    if i != u64::MAX && now.saturating_sub(since.load(Relaxed)) > hang_secs {
+                        let input_seed = seed ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
                         let saved = std::env::temp_dir().join(format!("signaldb-fuzz-{name}-{i}.bin"));
-                        let _ = fs::write(&saved, &input);
-                        let class: String = msg.lines().next().unwrap_or("").chars().filter(|c| !c.is_ascii_digit()).take(160).collect();
-                        let mut c = classes.lock().unwrap();
-                        let slot = c.entry(class).or_insert((0, i, with_wal, format!("{msg}\n  bytes: {}", saved.display())));
-                        slot.0 += 1;
-                        if !keep_going {
-                            failed.store(true, Relaxed);
-                        }
+                        let _ = fs::write(&saved, gen(&mut Rng(input_seed)));
+                        eprintln!(
+                            "fuzz {name}: input {i} (with_wal={}) has run for over {hang_secs}s: a hang; bytes saved to {}",
+                            i % open_every == 0,
+                            saved.display()
+                        );
+                        std::process::abort();
                     }
-                    i += threads;
                 }
-            });
+            }
+        });
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (failed, classes) = (&failed, &classes);
+                s.spawn(move || {
+                    let mut i = t;
+                    while i < iters && !failed.load(Relaxed) {
+                        // Each input has its own seed: a failure names the one to replay.
+                        let input_seed = seed ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
+                        let input = gen(&mut Rng(input_seed));
+                        let with_wal = i % open_every == 0;
+                        busy[t as usize].1.store(started.elapsed().as_secs(), Relaxed);
+                        busy[t as usize].0.store(i, Relaxed);
+                        let r = std::panic::catch_unwind(|| target(&input, with_wal));
+                        busy[t as usize].0.store(u64::MAX, Relaxed);
+                        if let Err(e) = r {
+                            let msg = panic_text(&*e);
+                            let saved = std::env::temp_dir().join(format!("signaldb-fuzz-{name}-{i}.bin"));
+                            let _ = fs::write(&saved, &input);
+                            let class: String = msg
+                                .lines()
+                                .next()
+                                .unwrap_or("")
+                                .chars()
+                                .filter(|c| !c.is_ascii_digit())
+                                .take(160)
+                                .collect();
+                            let mut c = classes.lock().unwrap();
+                            let slot = c.entry(class).or_insert((
+                                0,
+                                i,
+                                with_wal,
+                                format!("{msg}\n  bytes: {}", saved.display()),
+                            ));
+                            slot.0 += 1;
+                            if !keep_going {
+                                failed.store(true, Relaxed);
+                            }
+                        }
+                        i += threads;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
         }
+        done.store(true, Relaxed);
     });
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
@@ -1016,13 +1353,13 @@ fn reference_crc_agrees_with_the_crate() {
     assert_eq!(crc32c_reference(b"123456789"), 0xE306_9283); // the standard check value
 }
 
-/// Committed inputs (`fuzz/corpus/<target>/`, and any reproducers in
+/// Committed inputs (`fuzz/seeds/<target>/`, and any reproducers in
 /// `fuzz/regressions/<target>/`) replayed through the same checks.
 #[test]
 fn fuzz_corpus_replay() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
     let mut replayed = 0;
-    for sub in ["corpus", "regressions"] {
+    for sub in ["seeds", "regressions"] {
         for (target, f) in [
             ("scan_arbitrary", fuzz_arbitrary as fn(&[u8], bool)),
             ("open_arbitrary", fuzz_arbitrary),
@@ -1055,12 +1392,133 @@ fn fuzz_mutated_segments_seeded() {
     let iters = env_u64("SIGNALDB_FUZZ_ITERS", 20_000) / 2;
     seeded_run("mutated", iters, 2, random_mutated_input, fuzz_mutated);
     eprintln!(
-        "fuzz totals so far: {} inputs, {} Wal::open, {} records checked ({} CRCs recomputed), {} damages, {} intact records confirmed",
+        "fuzz totals so far: {} inputs, {} Wal::open, {} records checked ({} CRCs recomputed), {} damages, \
+         {} intact records confirmed, {} records embedded in payloads returned; known bugs tripped:{}",
         INPUTS.load(Relaxed),
         WAL_OPENS.load(Relaxed),
         RECORDS_CHECKED.load(Relaxed),
         RECORD_CHECKS.load(Relaxed),
         DAMAGES_SEEN.load(Relaxed),
-        INTACT_CHECKED.load(Relaxed)
+        INTACT_CHECKED.load(Relaxed),
+        EMBEDDED_RETURNED.load(Relaxed),
+        known_bug_report()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Minimal reproducers of the bugs above (found by this fuzzing). A fixed
+// bug's test runs; an open one's is ignored until its fix lands (then drop
+// the `#[ignore]` and set `open: false` in `BUGS`).
+
+fn segment_of(base_id: u64, ids: &[u64]) -> Vec<u8> {
+    let mut image = encode_segment_header(base_id).to_vec();
+    for &id in ids {
+        encode_record(&mut image, id, id as i64, Kind::Logs, format!("payload-{id}").as_bytes());
+    }
+    image.resize(4096, 0);
+    image
+}
+
+fn wal_dir_with(image: &[u8], meta: Option<&Metadata>) -> tempfile::TempDir {
+    let dir = scratch_dir();
+    fs::create_dir(dir.path().join("segments")).unwrap();
+    fs::write(dir.path().join("segments/000001.wal"), image).unwrap();
+    if let Some(m) = meta {
+        metadata::store(dir.path(), m).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn b1_zeroed_record_header_does_not_end_the_segment() {
+    let mut image = segment_of(1, &[1, 2, 3]);
+    let second = SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + "payload-1".len();
+    image[second..second + RECORD_HEADER_LEN].fill(0); // a zeroed hole where record 2's header was
+    let dir = wal_dir_with(&image, None);
+    let (entries, _) = read_segment_entries(&dir.path().join("segments/000001.wal"), 0, usize::MAX).unwrap();
+    assert_eq!(entries.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 3], "read_segment_entries");
+    let wal = Wal::open(dir.path(), fuzz_config()).unwrap();
+    assert_eq!(ids(&read_all(&wal)), [1, 3], "read_unprocessed");
+    assert_eq!(wal.stats().unprocessed_entries, 2);
+}
+
+#[test]
+#[ignore = "B2: open bug found by fuzzing"]
+fn b2_paged_read_segment_entries_never_goes_back() {
+    // Record 2 written twice (a replayed write): the second copy is not valid after 2.
+    let mut image = encode_segment_header(1).to_vec();
+    for id in [1, 2, 2, 3] {
+        encode_record(&mut image, id, 0, Kind::Logs, b"x");
+    }
+    let dir = wal_dir_with(&image, None);
+    let path = dir.path().join("segments/000001.wal");
+    let (all, _) = read_segment_entries(&path, 0, usize::MAX).unwrap();
+    assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
+    let (page1, next) = read_segment_entries(&path, 0, 2).unwrap();
+    let (page2, _) = read_segment_entries(&path, next, 2).unwrap();
+    let paged: Vec<u64> = page1.iter().chain(&page2).map(|e| e.id).collect();
+    assert_eq!(paged, [1, 2, 3], "pages of 2 (today: [1, 2, 2, 3])");
+}
+
+#[test]
+#[ignore = "B3: open bug found by fuzzing"]
+fn b3_id_u64_max_neither_panics_nor_reuses_ids() {
+    let dir = wal_dir_with(&segment_of(5, &[5, u64::MAX]), None);
+    // With overflow checks (debug builds, cargo fuzz) recovery panics at `prev_id + 1`;
+    // without, next_id wraps: nothing is readable and the next append reuses id 5.
+    let wal = Wal::open(dir.path(), fuzz_config()).unwrap();
+    let before = ids(&read_all(&wal));
+    assert!(before.contains(&5), "entry 5 is readable: {before:?}");
+    if let Ok(id) = wal.append(b"new", Kind::Logs) {
+        assert!(!before.contains(&id) && id > 5, "append reused or went below existing ids: {id}");
+    }
+}
+
+#[test]
+#[ignore = "B4: open bug found by fuzzing"]
+fn b4_unprocessed_count_with_processed_ids_that_became_gaps() {
+    // Entry 4 was processed (out of order) and checkpointed; then its record was lost.
+    let meta = Metadata { next_id: 6, processed_watermark: 0, processed_ids: vec![4], ..Metadata::default() };
+    let dir = wal_dir_with(&segment_of(1, &[1, 2, 3, 5]), Some(&meta));
+    let wal = Wal::open(dir.path(), fuzz_config()).unwrap();
+    assert_eq!(ids(&read_all(&wal)), [1, 2, 3, 5]);
+    assert_eq!(wal.stats().unprocessed_entries, 4, "today: 3 (id 4 subtracted as processed and as a gap)");
+    drop(wal);
+    // Same with an id below a watermark that jumps over a gap.
+    let meta = Metadata { next_id: 12, processed_watermark: 0, processed_ids: vec![3], ..Metadata::default() };
+    let dir = wal_dir_with(&segment_of(10, &[10, 11]), Some(&meta));
+    let wal = Wal::open(dir.path(), fuzz_config()).unwrap();
+    assert_eq!(ids(&read_all(&wal)), [10, 11]);
+    assert_eq!(wal.stats().unprocessed_entries, 2, "today: 1");
+}
+
+#[test]
+#[ignore = "B5: open bug found by fuzzing"]
+fn b5_checkpoint_with_processed_ids_beyond_next_id() {
+    // A checkpoint the WAL never writes (processed id 4 >= next_id 3), with a valid checksum.
+    let meta = Metadata { next_id: 3, processed_watermark: 0, processed_ids: vec![4], ..Metadata::default() };
+    let dir = wal_dir_with(&segment_of(1, &[1, 2]), Some(&meta));
+    let wal = Wal::open(dir.path(), fuzz_config()).unwrap();
+    let a = wal.append(b"a", Kind::Logs).unwrap();
+    let b = wal.append(b"b", Kind::Logs).unwrap();
+    assert_eq!(ids(&read_all(&wal)), [1, 2, a, b], "today entry 4 is born processed and never read");
+}
+
+#[test]
+#[ignore = "B6: open bug found by fuzzing"]
+fn b6_reader_follows_the_same_records_as_recovery() {
+    // Header base id 3, but records 1 and 2 before record 4 (never written so by the WAL,
+    // but nothing stops it either), and record 1's payload is itself an encoded record 3.
+    let mut inner = Vec::new();
+    encode_record(&mut inner, 3, 3, Kind::Logs, b"inner");
+    let mut image = encode_segment_header(3).to_vec();
+    encode_record(&mut image, 1, 1, Kind::Logs, &inner);
+    encode_record(&mut image, 2, 2, Kind::Logs, b"two");
+    encode_record(&mut image, 4, 4, Kind::Logs, b"four");
+    image.resize(4096, 0);
+    let dir = wal_dir_with(&image, None);
+    let wal = Wal::open(dir.path(), fuzz_config()).unwrap();
+    // Recovery (prev id 2) finds 3 (inside record 1) and 4; the reader (prev id 0) walks 1, 2, 4.
+    assert_eq!(wal.stats().unprocessed_entries, 2);
+    assert_eq!(ids(&read_all(&wal)), [3, 4], "today: [4], and entry 3 stays unprocessed forever");
 }

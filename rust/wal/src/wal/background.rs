@@ -63,6 +63,13 @@ impl Inner {
             if spare_wanted {
                 self.prepare_spare();
             }
+            // Reserve the next block of ids ahead of need, off the append path.
+            let next_id = lock(&self.queue).next_id;
+            if self.id_reserved.load(Acquire).saturating_sub(next_id) < ID_RESERVATION_BLOCK / 2 {
+                if let Err(e) = self.checkpoint_reserving(next_id + ID_RESERVATION_BLOCK) {
+                    log::warn!("WAL could not reserve ids ahead (will retry): {e}");
+                }
+            }
             let due = lock(&self.checkpoint_lock).elapsed() >= CHECKPOINT_INTERVAL;
             if checkpoint_wanted && due {
                 lock(&self.house).checkpoint_wanted = false;
@@ -104,8 +111,13 @@ impl Inner {
 
     /// Writes metadata.json durably, then deletes sealed segments it shows are processed.
     pub(super) fn checkpoint(&self) -> Result<()> {
+        self.checkpoint_reserving(0)
+    }
+
+    /// A checkpoint that also reserves ids below `reserve` (if above the current reservation).
+    pub(super) fn checkpoint_reserving(&self, reserve: u64) -> Result<()> {
         let mut last = lock(&self.checkpoint_lock);
-        let next_id = lock(&self.queue).next_id;
+        let next_id = self.id_reserved.load(Acquire).max(reserve);
         let (watermark, processed_ids) = {
             let mut p = lock(&self.processed);
             p.dirty = false;
@@ -129,6 +141,7 @@ impl Inner {
             WalError::io(format!("writing {}", self.dir.join(metadata::METADATA_FILE).display()), e)
         })?;
         self.stats.metadata_writes.fetch_add(1, Relaxed);
+        self.id_reserved.fetch_max(next_id, AcqRel);
         *last = Instant::now();
         // The checkpoint saying these are processed is durable: now they may go.
         let doomed: Vec<SegmentInfo> = table

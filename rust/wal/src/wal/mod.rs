@@ -64,6 +64,8 @@ mod rotation;
 pub use config::{Config, SyncMode};
 
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Ids reserved per checkpoint. A restart skips what was reserved but unused.
+const ID_RESERVATION_BLOCK: u64 = 1 << 20;
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(200);
 const SPARE_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 /// An fsync slower than this is logged (etcd warns at one second too).
@@ -230,6 +232,9 @@ struct Inner {
     spare_retry_at: Mutex<Instant>,
     processed: Mutex<Processed>,
     checkpoint_lock: Mutex<Instant>,
+    /// Ids below this are durably reserved (metadata.json's `next_id`): a
+    /// restart continues from here, so ids never repeat.
+    id_reserved: AtomicU64,
     house: Mutex<HouseState>,
     house_cv: Condvar,
     notify_fds: Mutex<Vec<RawFd>>,
@@ -318,6 +323,7 @@ impl Wal {
             spare_retry_at: Mutex::new(Instant::now()),
             processed: Mutex::new(rec.processed),
             checkpoint_lock: Mutex::new(Instant::now()),
+            id_reserved: AtomicU64::new(rec.next_id),
             house: Mutex::new(HouseState::default()),
             house_cv: Condvar::new(),
             notify_fds: Mutex::new(Vec::new()),
@@ -333,8 +339,8 @@ impl Wal {
         }
         lock(&inner.io).active = active;
         *inner.table.write().unwrap() = table;
-        // Persist what recovery learned (gaps, removed segments) before appending.
-        inner.checkpoint()?;
+        // Persist what recovery learned (gaps, removed segments) and reserve ids before appending.
+        inner.checkpoint_reserving(rec.next_id + ID_RESERVATION_BLOCK)?;
 
         let wal = Wal { inner, threads: Mutex::new(Vec::new()) };
         wal.start_threads()?;
@@ -521,6 +527,7 @@ fn info_of(a: &ActiveSegment, seg_dir: &Path) -> SegmentInfo {
         data_end: a.write_offset,
         file_len: a.prealloc_len.max(a.write_offset),
         sealed: false,
+        known_damage: Vec::new(),
     }
 }
 
@@ -553,6 +560,14 @@ impl Inner {
         }
     }
 
+    /// Makes ids below `wanted` (and a block more) durable as reserved.
+    fn reserve_ids(&self, wanted: u64) -> Result<()> {
+        if self.id_reserved.load(Acquire) >= wanted {
+            return Ok(());
+        }
+        self.checkpoint_reserving(wanted + ID_RESERVATION_BLOCK)
+    }
+
     fn acked_threshold_reached(&self, id: u64) -> bool {
         self.done_id.load(Acquire) >= id
     }
@@ -563,23 +578,27 @@ impl Inner {
         if let Some(p) = &lock(&self.ack).poisoned {
             return Err(WalError::Poisoned(p.clone()));
         }
+        let payloads: Vec<&[u8]> = payloads.collect();
+        if let Some(big) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD_LEN) {
+            return Err(WalError::InvalidArgument(format!(
+                "WAL entry of {} bytes exceeds the maximum of {MAX_PAYLOAD_LEN}",
+                big.len()
+            )));
+        }
         let now = stats::unix_nanos_now();
         let mut q = lock(&self.queue);
+        // Hand out only ids below the durable reservation, so that no id is
+        // ever handed out twice, even if acknowledged entries die in a power
+        // cut (batched mode) before their records reach the disk.
+        while q.next_id + payloads.len() as u64 > self.id_reserved.load(Acquire) {
+            let wanted = q.next_id + payloads.len() as u64;
+            drop(q);
+            self.reserve_ids(wanted)?;
+            q = lock(&self.queue);
+        }
         let first = q.next_id;
         let mut bytes_total = 0;
         for payload in payloads {
-            if payload.len() > MAX_PAYLOAD_LEN {
-                // Nothing of this call was queued yet beyond earlier items: drop them.
-                let n = q.next_id - first;
-                for _ in 0..n {
-                    q.items.pop_back();
-                }
-                q.next_id = first;
-                return Err(WalError::InvalidArgument(format!(
-                    "WAL entry of {} bytes exceeds the maximum of {MAX_PAYLOAD_LEN}",
-                    payload.len()
-                )));
-            }
             let id = q.next_id;
             let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
             encode_record(&mut bytes, id, now, kind, payload);

@@ -1,0 +1,230 @@
+//! Arrow column builders shared by the tables: timestamps, hex ids,
+//! attribute maps, lists of structs, and the resource/scope columns every
+//! table repeats on each row.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{MapBuilder, MapFieldNames, StringBuilder};
+use arrow_array::types::TimestampNanosecondType;
+use arrow_array::{
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray, PrimitiveArray,
+    RecordBatch, StructArray, UInt32Array, UInt64Array,
+};
+use arrow_buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_schema::{Field, Fields, Schema};
+
+use crate::common::{hex, render, KeyValue, Resource, Scope};
+use crate::error::{DecodeError, Result};
+
+/// A finished column: name, array, nullable.
+pub type Column = (&'static str, ArrayRef, bool);
+
+/// Builds a record batch from finished columns (the schema follows the arrays).
+pub fn batch(columns: Vec<Column>) -> Result<RecordBatch> {
+    let fields: Vec<Field> =
+        columns.iter().map(|(n, a, nullable)| Field::new(*n, a.data_type().clone(), *nullable)).collect();
+    let arrays = columns.into_iter().map(|(_, a, _)| a).collect();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+pub fn ts_array(v: Vec<i64>) -> ArrayRef {
+    Arc::new(PrimitiveArray::<TimestampNanosecondType>::new(ScalarBuffer::from(v), None).with_timezone("UTC"))
+}
+
+pub fn ts_opt_array(v: Vec<i64>, valid: Vec<bool>) -> ArrayRef {
+    Arc::new(
+        PrimitiveArray::<TimestampNanosecondType>::new(ScalarBuffer::from(v), nulls(valid))
+            .with_timezone("UTC"),
+    )
+}
+
+fn nulls(valid: Vec<bool>) -> Option<NullBuffer> {
+    if valid.iter().all(|&v| v) {
+        None
+    } else {
+        Some(NullBuffer::from(valid))
+    }
+}
+
+pub fn i32_array(v: Vec<i32>) -> ArrayRef {
+    Arc::new(Int32Array::new(ScalarBuffer::from(v), None))
+}
+pub fn i64_array(v: Vec<i64>) -> ArrayRef {
+    Arc::new(Int64Array::new(ScalarBuffer::from(v), None))
+}
+pub fn u32_array(v: Vec<u32>) -> ArrayRef {
+    Arc::new(UInt32Array::new(ScalarBuffer::from(v), None))
+}
+pub fn u64_array(v: Vec<u64>) -> ArrayRef {
+    Arc::new(UInt64Array::new(ScalarBuffer::from(v), None))
+}
+pub fn f64_array(v: Vec<f64>) -> ArrayRef {
+    Arc::new(Float64Array::new(ScalarBuffer::from(v), None))
+}
+pub fn bool_array(v: Vec<bool>) -> ArrayRef {
+    Arc::new(BooleanArray::from(v))
+}
+pub fn f64_opt_array(v: Vec<Option<f64>>) -> ArrayRef {
+    Arc::new(Float64Array::from(v))
+}
+pub fn i64_opt_array(v: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(Int64Array::from(v))
+}
+
+/// `list<T>` from per-row offsets (starting at 0) and the flat child array.
+pub fn list_array(offsets: Vec<i32>, child: ArrayRef, nullable_items: bool) -> Result<ArrayRef> {
+    let field = Arc::new(Field::new("item", child.data_type().clone(), nullable_items));
+    Ok(Arc::new(ListArray::try_new(field, OffsetBuffer::new(ScalarBuffer::from(offsets)), child, None)?))
+}
+
+/// `list<struct<...>>` from per-row offsets and the struct's columns.
+pub fn list_of_struct(offsets: Vec<i32>, columns: Vec<Column>) -> Result<ArrayRef> {
+    let fields: Fields =
+        columns.iter().map(|(n, a, nullable)| Field::new(*n, a.data_type().clone(), *nullable)).collect();
+    let arrays: Vec<ArrayRef> = columns.into_iter().map(|(_, a, _)| a).collect();
+    let child: ArrayRef = Arc::new(StructArray::try_new(fields, arrays, None)?);
+    list_array(offsets, child, false)
+}
+
+/// Appends the end offset of the current row.
+#[inline]
+pub fn push_offset(offsets: &mut Vec<i32>, len: usize) -> Result<()> {
+    let end = i32::try_from(len).map_err(|_| DecodeError::new("too many nested items for one batch"))?;
+    offsets.push(end);
+    Ok(())
+}
+
+/// A new offsets vector: `[0]`.
+pub fn offsets() -> Vec<i32> {
+    vec![0]
+}
+
+/// Lowercase-hex ids; an empty id is null.
+pub struct IdCol(StringBuilder);
+
+impl IdCol {
+    pub fn new() -> Self {
+        IdCol(StringBuilder::new())
+    }
+    #[inline]
+    pub fn push(&mut self, id: &[u8]) {
+        if id.is_empty() {
+            self.0.append_null();
+        } else {
+            let mut buf = [0u8; 32];
+            self.0.append_value(hex(id, &mut buf));
+        }
+    }
+    pub fn finish(mut self) -> ArrayRef {
+        Arc::new(self.0.finish())
+    }
+}
+
+pub struct StrCol(pub StringBuilder);
+
+impl StrCol {
+    pub fn new() -> Self {
+        StrCol(StringBuilder::new())
+    }
+    #[inline]
+    pub fn push(&mut self, s: &str) {
+        self.0.append_value(s);
+    }
+    #[inline]
+    pub fn push_opt(&mut self, s: Option<&str>) {
+        self.0.append_option(s);
+    }
+    pub fn finish(mut self) -> ArrayRef {
+        Arc::new(self.0.finish())
+    }
+}
+
+/// `map<string, string>` attributes: entries `key` (non-null) and `value`
+/// (null only for an empty AnyValue).
+pub struct AttrCol {
+    b: MapBuilder<StringBuilder, StringBuilder>,
+    scratch: String,
+}
+
+impl AttrCol {
+    pub fn new() -> Self {
+        let names = MapFieldNames { entry: "entries".into(), key: "key".into(), value: "value".into() };
+        AttrCol { b: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()), scratch: String::new() }
+    }
+
+    #[inline]
+    pub fn push(&mut self, kvs: &[KeyValue<'_>]) -> Result<()> {
+        for kv in kvs {
+            self.b.keys().append_value(kv.key);
+            let v = render(kv.value, &mut self.scratch)?;
+            self.b.values().append_option(v);
+        }
+        self.b.append(true)?;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> ArrayRef {
+        Arc::new(self.b.finish())
+    }
+}
+
+/// The resource and scope columns repeated on every row of every table.
+pub struct ResourceScopeCols {
+    service_name: StrCol,
+    resource_attributes: AttrCol,
+    resource_dropped: Vec<u32>,
+    resource_schema_url: StrCol,
+    scope_name: StrCol,
+    scope_version: StrCol,
+    scope_attributes: AttrCol,
+    scope_dropped: Vec<u32>,
+    scope_schema_url: StrCol,
+    scratch: String,
+}
+
+impl ResourceScopeCols {
+    pub fn new() -> Self {
+        ResourceScopeCols {
+            service_name: StrCol::new(),
+            resource_attributes: AttrCol::new(),
+            resource_dropped: Vec::new(),
+            resource_schema_url: StrCol::new(),
+            scope_name: StrCol::new(),
+            scope_version: StrCol::new(),
+            scope_attributes: AttrCol::new(),
+            scope_dropped: Vec::new(),
+            scope_schema_url: StrCol::new(),
+            scratch: String::new(),
+        }
+    }
+
+    #[inline]
+    pub fn push(&mut self, res: &Resource<'_>, scope: &Scope<'_>) -> Result<()> {
+        let svc = match res.service_name() {
+            Some(kv) => render(kv.value, &mut self.scratch)?,
+            None => None,
+        };
+        self.service_name.push_opt(svc);
+        self.resource_attributes.push(&res.attributes)?;
+        self.resource_dropped.push(res.dropped_attributes_count);
+        self.resource_schema_url.push(res.schema_url);
+        self.scope_name.push(scope.name);
+        self.scope_version.push(scope.version);
+        self.scope_attributes.push(&scope.attributes)?;
+        self.scope_dropped.push(scope.dropped_attributes_count);
+        self.scope_schema_url.push(scope.schema_url);
+        Ok(())
+    }
+
+    pub fn finish(self, cols: &mut Vec<Column>) {
+        cols.push(("service_name", self.service_name.finish(), true));
+        cols.push(("resource_attributes", self.resource_attributes.finish(), false));
+        cols.push(("resource_dropped_attributes_count", u32_array(self.resource_dropped), false));
+        cols.push(("resource_schema_url", self.resource_schema_url.finish(), false));
+        cols.push(("scope_name", self.scope_name.finish(), false));
+        cols.push(("scope_version", self.scope_version.finish(), false));
+        cols.push(("scope_attributes", self.scope_attributes.finish(), false));
+        cols.push(("scope_dropped_attributes_count", u32_array(self.scope_dropped), false));
+        cols.push(("scope_schema_url", self.scope_schema_url.finish(), false));
+    }
+}

@@ -1,0 +1,466 @@
+//! Views of the messages every signal shares (AnyValue, KeyValue, Resource,
+//! InstrumentationScope), parsed in place, plus the id checks and the
+//! canonical-JSON rendering of AnyValue.
+//!
+//! Protobuf semantics kept: a scalar that appears twice takes its last value;
+//! a singular embedded message that appears twice is merged (its repeated
+//! fields concatenate). One simplification: an AnyValue oneof that appears
+//! twice keeps only the last member (two `array_value`s are not merged).
+
+use crate::error::{Context, DecodeError, Result};
+use crate::wire::{Reader, MAX_DEPTH};
+
+/// An AnyValue, validated all the way down. Arrays and kvlists keep their raw
+/// bytes and are re-walked when rendered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AnyValue<'a> {
+    Empty,
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(&'a [u8]),
+    Array(&'a [u8]),
+    Kvlist(&'a [u8]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyValue<'a> {
+    pub key: &'a str,
+    pub value: AnyValue<'a>,
+}
+
+pub fn parse_any_value(buf: &[u8], depth: u32) -> Result<AnyValue<'_>> {
+    if depth > MAX_DEPTH {
+        return Err(DecodeError::new(format!("AnyValue nested more than {MAX_DEPTH} deep")));
+    }
+    let mut r = Reader::new(buf);
+    let mut v = AnyValue::Empty;
+    while let Some((f, val)) = r.next()? {
+        v = match f {
+            1 => AnyValue::Str(val.string().within("string_value")?),
+            2 => AnyValue::Bool(val.boolean().within("bool_value")?),
+            3 => AnyValue::Int(val.int64().within("int_value")?),
+            4 => AnyValue::Double(val.double().within("double_value")?),
+            5 => {
+                let b = val.bytes().within("array_value")?;
+                validate_array(b, depth + 1).within("array_value")?;
+                AnyValue::Array(b)
+            }
+            6 => {
+                let b = val.bytes().within("kvlist_value")?;
+                validate_kvlist(b, depth + 1).within("kvlist_value")?;
+                AnyValue::Kvlist(b)
+            }
+            7 => AnyValue::Bytes(val.bytes().within("bytes_value")?),
+            _ => continue, // string_value_strindex (profiles only) and unknown fields
+        };
+    }
+    Ok(v)
+}
+
+fn validate_array(buf: &[u8], depth: u32) -> Result<()> {
+    for_each_array_value(buf, depth, |_| Ok(()))
+}
+
+fn validate_kvlist(buf: &[u8], depth: u32) -> Result<()> {
+    for_each_kvlist_value(buf, depth, |_| Ok(()))
+}
+
+/// Calls `f` on each element of an ArrayValue.
+pub fn for_each_array_value<'a>(
+    buf: &'a [u8],
+    depth: u32,
+    mut f: impl FnMut(AnyValue<'a>) -> Result<()>,
+) -> Result<()> {
+    let mut r = Reader::new(buf);
+    let mut i = 0;
+    while let Some((field, val)) = r.next()? {
+        if field == 1 {
+            let b = val.bytes().at("values", i)?;
+            f(parse_any_value(b, depth).at("values", i)?)?;
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` on each entry of a KeyValueList.
+pub fn for_each_kvlist_value<'a>(
+    buf: &'a [u8],
+    depth: u32,
+    mut f: impl FnMut(KeyValue<'a>) -> Result<()>,
+) -> Result<()> {
+    let mut r = Reader::new(buf);
+    let mut i = 0;
+    while let Some((field, val)) = r.next()? {
+        if field == 1 {
+            let b = val.bytes().at("values", i)?;
+            f(parse_key_value(b, depth).at("values", i)?)?;
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+pub fn parse_key_value(buf: &[u8], depth: u32) -> Result<KeyValue<'_>> {
+    let mut r = Reader::new(buf);
+    let mut kv = KeyValue { key: "", value: AnyValue::Empty };
+    while let Some((f, val)) = r.next()? {
+        match f {
+            1 => kv.key = val.string().within("key")?,
+            2 => kv.value = parse_any_value(val.bytes().within("value")?, depth + 1).within("value")?,
+            _ => {}
+        }
+    }
+    Ok(kv)
+}
+
+/// Parses one `repeated KeyValue` element (the `i`th) into `out`.
+#[inline]
+pub fn push_attribute<'a>(
+    out: &mut Vec<KeyValue<'a>>,
+    val: crate::wire::Value<'a>,
+    name: &'static str,
+    i: usize,
+) -> Result<()> {
+    let b = val.bytes().at(name, i)?;
+    out.push(parse_key_value(b, 0).at(name, i)?);
+    Ok(())
+}
+
+/// Resource, merged over every occurrence in its ResourceX message.
+#[derive(Debug, Default)]
+pub struct Resource<'a> {
+    pub attributes: Vec<KeyValue<'a>>,
+    pub dropped_attributes_count: u32,
+    pub schema_url: &'a str,
+}
+
+impl<'a> Resource<'a> {
+    pub fn clear(&mut self) {
+        self.attributes.clear();
+        self.dropped_attributes_count = 0;
+        self.schema_url = "";
+    }
+
+    pub fn merge(&mut self, buf: &'a [u8]) -> Result<()> {
+        let mut r = Reader::new(buf);
+        while let Some((f, val)) = r.next()? {
+            match f {
+                1 => {
+                    let i = self.attributes.len();
+                    push_attribute(&mut self.attributes, val, "attributes", i)?;
+                }
+                2 => self.dropped_attributes_count = val.uint32().within("dropped_attributes_count")?,
+                _ => {} // entity_refs and unknown fields
+            }
+        }
+        Ok(())
+    }
+
+    /// The `service.name` attribute (last one wins), rendered like any attribute value.
+    pub fn service_name(&self) -> Option<&KeyValue<'a>> {
+        self.attributes.iter().rev().find(|kv| kv.key == "service.name")
+    }
+}
+
+/// InstrumentationScope, merged over every occurrence, plus its container's schema_url.
+#[derive(Debug, Default)]
+pub struct Scope<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub attributes: Vec<KeyValue<'a>>,
+    pub dropped_attributes_count: u32,
+    pub schema_url: &'a str,
+}
+
+impl<'a> Scope<'a> {
+    pub fn clear(&mut self) {
+        self.name = "";
+        self.version = "";
+        self.attributes.clear();
+        self.dropped_attributes_count = 0;
+        self.schema_url = "";
+    }
+
+    pub fn merge(&mut self, buf: &'a [u8]) -> Result<()> {
+        let mut r = Reader::new(buf);
+        while let Some((f, val)) = r.next()? {
+            match f {
+                1 => self.name = val.string().within("name")?,
+                2 => self.version = val.string().within("version")?,
+                3 => {
+                    let i = self.attributes.len();
+                    push_attribute(&mut self.attributes, val, "attributes", i)?;
+                }
+                4 => self.dropped_attributes_count = val.uint32().within("dropped_attributes_count")?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A trace id that may be absent (logs, exemplars): empty or 16 bytes.
+pub fn optional_trace_id(b: &[u8]) -> Result<&[u8]> {
+    match b.len() {
+        0 | 16 => Ok(b),
+        n => Err(DecodeError::new(format!("trace id must be 16 bytes or empty, got {n}"))),
+    }
+}
+
+/// A span id that may be absent: empty or 8 bytes.
+pub fn optional_span_id(b: &[u8]) -> Result<&[u8]> {
+    match b.len() {
+        0 | 8 => Ok(b),
+        n => Err(DecodeError::new(format!("span id must be 8 bytes or empty, got {n}"))),
+    }
+}
+
+/// A required id: exactly `len` bytes and not all zero (the OTLP spec calls
+/// both other cases invalid).
+pub fn required_id(b: &[u8], len: usize, what: &str) -> Result<()> {
+    if b.len() != len {
+        return Err(DecodeError::new(format!("{what} must be {len} bytes, got {}", b.len())));
+    }
+    if b.iter().all(|&x| x == 0) {
+        return Err(DecodeError::new(format!("{what} is all zeroes (invalid)")));
+    }
+    Ok(())
+}
+
+/// Nanoseconds since the epoch, as Arrow's signed timestamp.
+#[inline]
+pub fn timestamp(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| DecodeError::new(format!("timestamp {v} ns is beyond year 2262")))
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lowercase hex of an id (at most 16 bytes) into `buf`.
+#[inline]
+pub fn hex<'b>(id: &[u8], buf: &'b mut [u8; 32]) -> &'b str {
+    let n = id.len().min(16);
+    for (i, &b) in id[..n].iter().enumerate() {
+        buf[2 * i] = HEX[(b >> 4) as usize];
+        buf[2 * i + 1] = HEX[(b & 15) as usize];
+    }
+    std::str::from_utf8(&buf[..2 * n]).unwrap_or("")
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (the proto3 JSON form of `bytes`).
+pub fn base64_encode(data: &[u8], out: &mut String) {
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(B64[(n >> 18) as usize & 63] as char);
+        out.push(B64[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 { B64[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 2 { B64[n as usize & 63] as char } else { '=' });
+    }
+}
+
+/// Renders a non-string AnyValue as canonical JSON into `out`:
+/// `true`, `42`, `1.5`, `"NaN"`/`"Infinity"`/`"-Infinity"`, bytes as a base64
+/// string, arrays as `[...]`, kvlists as `{"k":...}` in wire order, an empty
+/// value as `null`; no whitespace, UTF-8 unescaped beyond JSON's rules.
+pub fn write_json(v: AnyValue<'_>, out: &mut String, depth: u32) -> Result<()> {
+    use std::fmt::Write;
+    match v {
+        AnyValue::Empty => out.push_str("null"),
+        AnyValue::Str(s) => write_json_string(s, out),
+        AnyValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        AnyValue::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        AnyValue::Double(d) => write_json_double(d, out),
+        AnyValue::Bytes(b) => {
+            out.push('"');
+            base64_encode(b, out);
+            out.push('"');
+        }
+        AnyValue::Array(b) => {
+            out.push('[');
+            let mut first = true;
+            for_each_array_value(b, depth + 1, |item| {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                write_json(item, out, depth + 1)
+            })?;
+            out.push(']');
+        }
+        AnyValue::Kvlist(b) => {
+            out.push('{');
+            let mut first = true;
+            for_each_kvlist_value(b, depth + 1, |kv| {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                write_json_string(kv.key, out);
+                out.push(':');
+                write_json(kv.value, out, depth + 1)
+            })?;
+            out.push('}');
+        }
+    }
+    Ok(())
+}
+
+/// A double as Python's `json.dumps`/`repr` writes it: the shortest
+/// round-trip digits, fixed notation for exponents -4..=15 (`1.0`, `0.0001`,
+/// `-0.0`), otherwise `1e+16`, `1.5e-07`; non-finite values as the proto3
+/// JSON strings `"NaN"`, `"Infinity"`, `"-Infinity"`.
+pub fn write_json_double(d: f64, out: &mut String) {
+    if d.is_nan() {
+        out.push_str("\"NaN\"");
+        return;
+    }
+    if d.is_infinite() {
+        out.push_str(if d > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
+        return;
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
+    let sci = format!("{d:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (neg, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if neg {
+        out.push('-');
+    }
+    if (-4..16).contains(&exp) {
+        if exp >= 0 {
+            let int_len = exp as usize + 1;
+            if digits.len() <= int_len {
+                out.push_str(&digits);
+                out.extend(std::iter::repeat_n('0', int_len - digits.len()));
+                out.push_str(".0");
+            } else {
+                out.push_str(&digits[..int_len]);
+                out.push('.');
+                out.push_str(&digits[int_len..]);
+            }
+        } else {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            out.push_str(&digits);
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push('e');
+        out.push(if exp < 0 { '-' } else { '+' });
+        let a = exp.unsigned_abs();
+        if a < 10 {
+            out.push('0');
+        }
+        out.push_str(&a.to_string());
+    }
+}
+
+pub fn write_json_string(s: &str, out: &mut String) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: Option<&str> = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0x08 => Some("\\b"),
+            0x0c => Some("\\f"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        match esc {
+            Some(e) => out.push_str(e),
+            None => {
+                const H: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(H[(b >> 4) as usize] as char);
+                out.push(H[(b & 15) as usize] as char);
+            }
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// The map value of an attribute (and the `body` of a log): a string as is,
+/// anything else as canonical JSON, an empty AnyValue as null.
+#[inline]
+pub fn render<'s>(v: AnyValue<'s>, scratch: &'s mut String) -> Result<Option<&'s str>> {
+    match v {
+        AnyValue::Str(s) => Ok(Some(s)),
+        AnyValue::Empty => Ok(None),
+        other => {
+            scratch.clear();
+            write_json(other, scratch, 0)?;
+            Ok(Some(scratch.as_str()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64() {
+        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")] {
+            let mut s = String::new();
+            base64_encode(i.as_bytes(), &mut s);
+            assert_eq!(s, o);
+        }
+    }
+
+    #[test]
+    fn json_strings_and_doubles() {
+        let mut s = String::new();
+        write_json_string("a\"b\\c\n\u{1}é", &mut s);
+        assert_eq!(s, r#""a\"b\\c\n\u0001é""#);
+        for (d, o) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (-0.0, "-0.0"),
+            (0.0, "0.0"),
+            (123.456, "123.456"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.5e-7, "1.5e-07"),
+            (0.0001, "0.0001"),
+            (1e-5, "1e-05"),
+            (-2.5e300, "-2.5e+300"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (f64::NAN, "\"NaN\""),
+            (f64::NEG_INFINITY, "\"-Infinity\""),
+        ] {
+            let mut s = String::new();
+            write_json_double(d, &mut s);
+            assert_eq!(s, o);
+        }
+    }
+
+    #[test]
+    fn hex_ids() {
+        let mut b = [0u8; 32];
+        assert_eq!(hex(&[0xab, 0x01, 0xff], &mut b), "ab01ff");
+    }
+}

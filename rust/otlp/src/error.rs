@@ -1,0 +1,121 @@
+//! The one error type: what is wrong, and where in the message it is.
+
+use std::fmt;
+
+/// One step of the path to the offending field, innermost last once displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Field(&'static str),
+    Index(&'static str, usize),
+    Key(String),
+}
+
+/// Malformed, truncated or invalid input. `Display` names the field path and
+/// the problem, e.g. `resource_spans[0].scope_spans[0].spans[3].span_id:
+/// expected 8 bytes, got 3`.
+///
+/// The path is built while the error travels outwards (`within`, `at`), so the
+/// success path pays nothing for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    msg: String,
+    /// Innermost segment first (pushed while unwinding).
+    path: Vec<Seg>,
+}
+
+impl DecodeError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        DecodeError { msg: msg.into(), path: Vec::new() }
+    }
+
+    /// The problem alone, without the path.
+    pub fn message(&self) -> &str {
+        &self.msg
+    }
+
+    /// The dotted path of the offending field (`""` for the whole message).
+    pub fn path(&self) -> String {
+        let mut out = String::new();
+        for seg in self.path.iter().rev() {
+            match seg {
+                Seg::Field(f) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(f);
+                }
+                Seg::Index(f, i) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(f);
+                    out.push('[');
+                    out.push_str(&i.to_string());
+                    out.push(']');
+                }
+                Seg::Key(k) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(k);
+                }
+            }
+        }
+        out
+    }
+
+    /// Prefixes the path with a singular field.
+    pub(crate) fn within(mut self, field: &'static str) -> Self {
+        self.path.push(Seg::Field(field));
+        self
+    }
+
+    /// Prefixes the path with element `i` of a repeated field.
+    pub(crate) fn at(mut self, field: &'static str, i: usize) -> Self {
+        self.path.push(Seg::Index(field, i));
+        self
+    }
+
+    /// Prefixes the path with a JSON key as written by the client.
+    pub(crate) fn key(mut self, key: &str) -> Self {
+        self.path.push(Seg::Key(key.to_owned()));
+        self
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.msg)
+        } else {
+            write!(f, "{}: {}", self.path(), self.msg)
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl From<arrow_schema::ArrowError> for DecodeError {
+    fn from(e: arrow_schema::ArrowError) -> Self {
+        DecodeError::new(format!("internal error building Arrow arrays: {e}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DecodeError>;
+
+/// `.within(..)` / `.at(..)` on results.
+pub(crate) trait Context<T> {
+    fn within(self, field: &'static str) -> Result<T>;
+    fn at(self, field: &'static str, i: usize) -> Result<T>;
+}
+
+impl<T> Context<T> for Result<T> {
+    #[inline]
+    fn within(self, field: &'static str) -> Result<T> {
+        self.map_err(|e| e.within(field))
+    }
+    #[inline]
+    fn at(self, field: &'static str, i: usize) -> Result<T> {
+        self.map_err(|e| e.at(field, i))
+    }
+}

@@ -1,0 +1,337 @@
+//! The protobuf wire format, read in place: tags, varints, fixed-width and
+//! length-delimited fields, borrowed from the input without copying.
+//!
+//! Every read is bounds-checked and returns an error instead of panicking.
+//! Unknown fields are skipped (groups included, nested at most
+//! `MAX_DEPTH` deep); a known field with the wrong wire type is an error, as
+//! in prost.
+
+use crate::error::{DecodeError, Result};
+
+/// Deepest nesting accepted, for groups and for AnyValue arrays/kvlists.
+pub const MAX_DEPTH: u32 = 64;
+
+/// One field's payload.
+#[derive(Debug, Clone, Copy)]
+pub enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32(u32),
+}
+
+impl<'a> Value<'a> {
+    fn wire_name(&self) -> &'static str {
+        match self {
+            Value::Varint(_) => "varint",
+            Value::Fixed64(_) => "fixed64",
+            Value::Bytes(_) => "length-delimited",
+            Value::Fixed32(_) => "fixed32",
+        }
+    }
+
+    fn mismatch(&self, want: &str) -> DecodeError {
+        DecodeError::new(format!("wrong wire type: expected {want}, got {}", self.wire_name()))
+    }
+
+    #[inline]
+    pub fn varint(self) -> Result<u64> {
+        match self {
+            Value::Varint(v) => Ok(v),
+            other => Err(other.mismatch("varint")),
+        }
+    }
+
+    /// int32 and enums: proto3 truncates the varint to 32 bits.
+    #[inline]
+    pub fn int32(self) -> Result<i32> {
+        Ok(self.varint()? as i32)
+    }
+
+    #[inline]
+    pub fn uint32(self) -> Result<u32> {
+        Ok(self.varint()? as u32)
+    }
+
+    #[inline]
+    pub fn int64(self) -> Result<i64> {
+        Ok(self.varint()? as i64)
+    }
+
+    #[inline]
+    pub fn sint32(self) -> Result<i32> {
+        let v = self.varint()? as u32;
+        Ok(((v >> 1) as i32) ^ -((v & 1) as i32))
+    }
+
+    #[inline]
+    pub fn boolean(self) -> Result<bool> {
+        Ok(self.varint()? != 0)
+    }
+
+    #[inline]
+    pub fn fixed64(self) -> Result<u64> {
+        match self {
+            Value::Fixed64(v) => Ok(v),
+            other => Err(other.mismatch("fixed64")),
+        }
+    }
+
+    #[inline]
+    pub fn double(self) -> Result<f64> {
+        Ok(f64::from_bits(self.fixed64()?))
+    }
+
+    #[inline]
+    pub fn fixed32(self) -> Result<u32> {
+        match self {
+            Value::Fixed32(v) => Ok(v),
+            other => Err(other.mismatch("fixed32")),
+        }
+    }
+
+    #[inline]
+    pub fn bytes(self) -> Result<&'a [u8]> {
+        match self {
+            Value::Bytes(b) => Ok(b),
+            other => Err(other.mismatch("length-delimited")),
+        }
+    }
+
+    /// A `string` field: length-delimited and valid UTF-8.
+    #[inline]
+    pub fn string(self) -> Result<&'a str> {
+        let b = self.bytes()?;
+        std::str::from_utf8(b).map_err(|e| {
+            DecodeError::new(format!("invalid UTF-8 in string field at byte {}", e.valid_up_to()))
+        })
+    }
+
+    /// Appends a `repeated fixed64`/`double` element, packed or not.
+    pub fn push_fixed64s(self, out: &mut Vec<u64>) -> Result<()> {
+        match self {
+            Value::Fixed64(v) => out.push(v),
+            Value::Bytes(b) => {
+                if b.len() % 8 != 0 {
+                    return Err(DecodeError::new(format!(
+                        "packed fixed64 field has {} bytes, not a multiple of 8",
+                        b.len()
+                    )));
+                }
+                out.extend(b.chunks_exact(8).map(|c| {
+                    u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                }));
+            }
+            other => return Err(other.mismatch("fixed64 or packed")),
+        }
+        Ok(())
+    }
+
+    /// Appends a `repeated uint64` element, packed or not.
+    pub fn push_varints(self, out: &mut Vec<u64>) -> Result<()> {
+        match self {
+            Value::Varint(v) => out.push(v),
+            Value::Bytes(b) => {
+                let mut r = Reader::new(b);
+                while !r.at_end() {
+                    out.push(r.varint()?);
+                }
+            }
+            other => return Err(other.mismatch("varint or packed")),
+        }
+        Ok(())
+    }
+}
+
+/// A cursor over one message's bytes.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    #[inline]
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    #[inline]
+    pub fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    #[inline]
+    pub fn varint(&mut self) -> Result<u64> {
+        let buf = self.buf;
+        let mut result: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let Some(&b) = buf.get(self.pos) else {
+                return Err(DecodeError::new("truncated varint"));
+            };
+            self.pos += 1;
+            if shift == 63 && b > 1 {
+                return Err(DecodeError::new("varint overflows 64 bits"));
+            }
+            result |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(result);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(DecodeError::new("varint longer than 10 bytes"));
+            }
+        }
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let left = self.buf.len() - self.pos;
+        if n > left {
+            return Err(DecodeError::new(format!(
+                "truncated: field needs {n} bytes, {left} left"
+            )));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    /// The next field as (field number, value), skipping groups; `None` at
+    /// the end of the message.
+    #[inline]
+    pub fn next(&mut self) -> Result<Option<(u32, Value<'a>)>> {
+        loop {
+            if self.at_end() {
+                return Ok(None);
+            }
+            let (field, wt) = self.tag()?;
+            let v = match wt {
+                0 => Value::Varint(self.varint()?),
+                1 => {
+                    let b = self.take(8)?;
+                    Value::Fixed64(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                }
+                2 => {
+                    let len = self.varint()?;
+                    let len = usize::try_from(len)
+                        .map_err(|_| DecodeError::new("length prefix too large"))?;
+                    Value::Bytes(self.take(len)?)
+                }
+                3 => {
+                    self.skip_group(field, 1)?;
+                    continue;
+                }
+                4 => return Err(DecodeError::new(format!("unexpected end-group tag (field {field})"))),
+                5 => {
+                    let b = self.take(4)?;
+                    Value::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                }
+                _ => return Err(DecodeError::new(format!("invalid wire type {wt} (field {field})"))),
+            };
+            return Ok(Some((field, v)));
+        }
+    }
+
+    #[inline]
+    fn tag(&mut self) -> Result<(u32, u8)> {
+        let key = self.varint()?;
+        if key > u64::from(u32::MAX) {
+            return Err(DecodeError::new("field tag out of range"));
+        }
+        let field = (key >> 3) as u32;
+        if field == 0 {
+            return Err(DecodeError::new("field number 0 is invalid"));
+        }
+        Ok((field, (key & 7) as u8))
+    }
+
+    /// Skips a (deprecated) group up to its matching end-group tag.
+    fn skip_group(&mut self, field: u32, depth: u32) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(DecodeError::new("groups nested too deeply"));
+        }
+        loop {
+            if self.at_end() {
+                return Err(DecodeError::new(format!("unterminated group (field {field})")));
+            }
+            let (f, wt) = self.tag()?;
+            match wt {
+                0 => {
+                    self.varint()?;
+                }
+                1 => {
+                    self.take(8)?;
+                }
+                2 => {
+                    let len = self.varint()?;
+                    let len = usize::try_from(len)
+                        .map_err(|_| DecodeError::new("length prefix too large"))?;
+                    self.take(len)?;
+                }
+                3 => self.skip_group(f, depth + 1)?,
+                4 => {
+                    if f != field {
+                        return Err(DecodeError::new(format!(
+                            "end-group tag for field {f} inside group {field}"
+                        )));
+                    }
+                    return Ok(());
+                }
+                5 => {
+                    self.take(4)?;
+                }
+                _ => return Err(DecodeError::new(format!("invalid wire type {wt} (field {f})"))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints() {
+        let mut r = Reader::new(&[0x96, 0x01]);
+        assert_eq!(r.varint().unwrap(), 150);
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(Reader::new(&max).varint().unwrap(), u64::MAX);
+        let over = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(Reader::new(&over).varint().is_err());
+        assert!(Reader::new(&[0x80]).varint().unwrap_err().to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn fields_and_groups() {
+        // field 1 varint 5, group 2 { field 3 varint 1 }, field 4 "ab"
+        let buf = [0x08, 0x05, 0x13, 0x18, 0x01, 0x14, 0x22, 0x02, b'a', b'b'];
+        let mut r = Reader::new(&buf);
+        let (f, v) = r.next().unwrap().unwrap();
+        assert_eq!((f, v.varint().unwrap()), (1, 5));
+        let (f, v) = r.next().unwrap().unwrap();
+        assert_eq!((f, v.string().unwrap()), (4, "ab"));
+        assert!(r.next().unwrap().is_none());
+    }
+
+    #[test]
+    fn errors() {
+        assert!(Reader::new(&[0x0a, 0x05, b'a']).next().unwrap_err().to_string().contains("truncated"));
+        assert!(Reader::new(&[0x0f]).next().unwrap_err().to_string().contains("wire type 7"));
+        assert!(Reader::new(&[0x00]).next().unwrap_err().to_string().contains("field number 0"));
+        assert!(Reader::new(&[0x13, 0x08]).next().is_err());
+        assert!(Reader::new(&[0x0c]).next().is_err());
+        let bad = [0x0a, 0x01, 0xff];
+        let v = Reader::new(&bad).next().unwrap().unwrap().1;
+        assert!(v.string().unwrap_err().to_string().contains("UTF-8"));
+        assert!(Value::Varint(1).fixed64().unwrap_err().to_string().contains("wrong wire type"));
+    }
+
+    #[test]
+    fn sint32_zigzag() {
+        assert_eq!(Value::Varint(0).sint32().unwrap(), 0);
+        assert_eq!(Value::Varint(1).sint32().unwrap(), -1);
+        assert_eq!(Value::Varint(2).sint32().unwrap(), 1);
+        assert_eq!(Value::Varint(4294967295).sint32().unwrap(), i32::MIN);
+    }
+}
