@@ -62,3 +62,17 @@ def scan_segment(path: str, is_last: bool = False, above_id: int = 0) -> dict[st
 
 def read_segment(path: str, offset: int, limit: int) -> tuple[list[Entry], int]:
     """Read-only: up to `limit` valid entries from `offset`; returns (entries, next offset)."""
+
+# --- OTLP → Arrow (rust/native/src/otlp.rs); the public face is signaldb.otlp ---
+
+class OtlpDecodeError(ValueError): ...
+class OtlpContentTypeError(ValueError): ...
+
+def otlp_convert(
+    kind: str, body: bytes, content_type: str = "application/x-protobuf"
+) -> tuple[list[tuple[str, object, object]], list[tuple[str, int]], int]:
+    """Returns (tables as (name, "arrow_schema" capsule, "arrow_array" capsule), rejected, items)."""
+
+def otlp_count_items(
+    kind: str, body: bytes, content_type: str = "application/x-protobuf"
+) -> tuple[int, list[tuple[str, int]]]: ...
