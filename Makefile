@@ -24,7 +24,6 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv with build and test dependencies
 
 build: $(STAMP) ## build the Rust extension (release) into the venv
-	rm -f python/signaldb/_native*.so
 	cd $(CURDIR) && $(VENV)/bin/maturin develop --release -q
 
 test-rust: ## cargo test and clippy (the WAL engine and bindings)

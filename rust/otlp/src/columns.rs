@@ -102,6 +102,12 @@ pub fn offsets() -> Vec<i32> {
 /// Lowercase-hex ids; an empty id is null.
 pub struct IdCol(StringBuilder);
 
+impl Default for IdCol {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl IdCol {
     pub fn new() -> Self {
         IdCol(StringBuilder::new())
@@ -121,6 +127,12 @@ impl IdCol {
 }
 
 pub struct StrCol(pub StringBuilder);
+
+impl Default for StrCol {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl StrCol {
     pub fn new() -> Self {
@@ -146,6 +158,12 @@ pub struct AttrCol {
     scratch: String,
 }
 
+impl Default for AttrCol {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl AttrCol {
     pub fn new() -> Self {
         let names = MapFieldNames { entry: "entries".into(), key: "key".into(), value: "value".into() };
@@ -169,6 +187,10 @@ impl AttrCol {
 }
 
 /// The resource and scope columns repeated on every row of every table.
+///
+/// Built once per resource/scope group, then spread over the group's rows
+/// with one `take` per column at the end (instead of re-appending the same
+/// attributes on every row).
 pub struct ResourceScopeCols {
     service_name: StrCol,
     resource_attributes: AttrCol,
@@ -180,6 +202,15 @@ pub struct ResourceScopeCols {
     scope_dropped: Vec<u32>,
     scope_schema_url: StrCol,
     scratch: String,
+    groups: u32,
+    last_group: Option<u64>,
+    rows: Vec<u32>,
+}
+
+impl Default for ResourceScopeCols {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ResourceScopeCols {
@@ -195,11 +226,24 @@ impl ResourceScopeCols {
             scope_dropped: Vec::new(),
             scope_schema_url: StrCol::new(),
             scratch: String::new(),
+            groups: 0,
+            last_group: None,
+            rows: Vec::new(),
         }
     }
 
     #[inline]
     pub fn push(&mut self, res: &Resource<'_>, scope: &Scope<'_>) -> Result<()> {
+        if self.last_group != Some(scope.group) {
+            self.add_group(res, scope)?;
+        }
+        self.rows.push(self.groups - 1);
+        Ok(())
+    }
+
+    fn add_group(&mut self, res: &Resource<'_>, scope: &Scope<'_>) -> Result<()> {
+        self.last_group = Some(scope.group);
+        self.groups += 1;
         let svc = match res.service_name() {
             Some(kv) => render(kv.value, &mut self.scratch)?,
             None => None,
@@ -216,15 +260,20 @@ impl ResourceScopeCols {
         Ok(())
     }
 
-    pub fn finish(self, cols: &mut Vec<Column>) {
-        cols.push(("service_name", self.service_name.finish(), true));
-        cols.push(("resource_attributes", self.resource_attributes.finish(), false));
-        cols.push(("resource_dropped_attributes_count", u32_array(self.resource_dropped), false));
-        cols.push(("resource_schema_url", self.resource_schema_url.finish(), false));
-        cols.push(("scope_name", self.scope_name.finish(), false));
-        cols.push(("scope_version", self.scope_version.finish(), false));
-        cols.push(("scope_attributes", self.scope_attributes.finish(), false));
-        cols.push(("scope_dropped_attributes_count", u32_array(self.scope_dropped), false));
-        cols.push(("scope_schema_url", self.scope_schema_url.finish(), false));
+    pub fn finish(self, cols: &mut Vec<Column>) -> Result<()> {
+        let idx = UInt32Array::new(ScalarBuffer::from(self.rows), None);
+        let spread = |a: ArrayRef| -> Result<ArrayRef> {
+            Ok(arrow_select::take::take(a.as_ref(), &idx, None)?)
+        };
+        cols.push(("service_name", spread(self.service_name.finish())?, true));
+        cols.push(("resource_attributes", spread(self.resource_attributes.finish())?, false));
+        cols.push(("resource_dropped_attributes_count", spread(u32_array(self.resource_dropped))?, false));
+        cols.push(("resource_schema_url", spread(self.resource_schema_url.finish())?, false));
+        cols.push(("scope_name", spread(self.scope_name.finish())?, false));
+        cols.push(("scope_version", spread(self.scope_version.finish())?, false));
+        cols.push(("scope_attributes", spread(self.scope_attributes.finish())?, false));
+        cols.push(("scope_dropped_attributes_count", spread(u32_array(self.scope_dropped))?, false));
+        cols.push(("scope_schema_url", spread(self.scope_schema_url.finish())?, false));
+        Ok(())
     }
 }

@@ -31,13 +31,21 @@ pub struct KeyValue<'a> {
 }
 
 pub fn parse_any_value(buf: &[u8], depth: u32) -> Result<AnyValue<'_>> {
+    let mut v = AnyValue::Empty;
+    parse_any_value_into(buf, depth, &mut v)?;
+    Ok(v)
+}
+
+/// Parses into `out` (an out-parameter: returning the enum by value through
+/// a `Result` made the compiler copy it with stalling partial loads).
+#[inline]
+pub fn parse_any_value_into<'a>(buf: &'a [u8], depth: u32, out: &mut AnyValue<'a>) -> Result<()> {
     if depth > MAX_DEPTH {
         return Err(DecodeError::new(format!("AnyValue nested more than {MAX_DEPTH} deep")));
     }
     let mut r = Reader::new(buf);
-    let mut v = AnyValue::Empty;
     while let Some((f, val)) = r.next()? {
-        v = match f {
+        *out = match f {
             1 => AnyValue::Str(val.string().within("string_value")?),
             2 => AnyValue::Bool(val.boolean().within("bool_value")?),
             3 => AnyValue::Int(val.int64().within("int_value")?),
@@ -56,7 +64,7 @@ pub fn parse_any_value(buf: &[u8], depth: u32) -> Result<AnyValue<'_>> {
             _ => continue, // string_value_strindex (profiles only) and unknown fields
         };
     }
-    Ok(v)
+    Ok(())
 }
 
 fn validate_array(buf: &[u8], depth: u32) -> Result<()> {
@@ -104,19 +112,28 @@ pub fn for_each_kvlist_value<'a>(
 }
 
 pub fn parse_key_value(buf: &[u8], depth: u32) -> Result<KeyValue<'_>> {
-    let mut r = Reader::new(buf);
     let mut kv = KeyValue { key: "", value: AnyValue::Empty };
-    while let Some((f, val)) = r.next()? {
-        match f {
-            1 => kv.key = val.string().within("key")?,
-            2 => kv.value = parse_any_value(val.bytes().within("value")?, depth + 1).within("value")?,
-            _ => {}
-        }
-    }
+    parse_key_value_into(buf, depth, &mut kv)?;
     Ok(kv)
 }
 
-/// Parses one `repeated KeyValue` element (the `i`th) into `out`.
+#[inline]
+fn parse_key_value_into<'a>(buf: &'a [u8], depth: u32, kv: &mut KeyValue<'a>) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while let Some((f, val)) = r.next()? {
+        match f {
+            1 => kv.key = val.string().within("key")?,
+            2 => {
+                kv.value = AnyValue::Empty;
+                parse_any_value_into(val.bytes().within("value")?, depth + 1, &mut kv.value).within("value")?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses one `repeated KeyValue` element (the `i`th) onto the end of `out`.
 #[inline]
 pub fn push_attribute<'a>(
     out: &mut Vec<KeyValue<'a>>,
@@ -125,8 +142,9 @@ pub fn push_attribute<'a>(
     i: usize,
 ) -> Result<()> {
     let b = val.bytes().at(name, i)?;
-    out.push(parse_key_value(b, 0).at(name, i)?);
-    Ok(())
+    out.push(KeyValue { key: "", value: AnyValue::Empty });
+    let last = out.len() - 1;
+    parse_key_value_into(b, 0, &mut out[last]).at(name, i)
 }
 
 /// Resource, merged over every occurrence in its ResourceX message.
@@ -168,6 +186,9 @@ impl<'a> Resource<'a> {
 /// InstrumentationScope, merged over every occurrence, plus its container's schema_url.
 #[derive(Debug, Default)]
 pub struct Scope<'a> {
+    /// Changes each time a new ScopeX message starts (lets sinks share the
+    /// resource/scope columns of a group's rows).
+    pub group: u64,
     pub name: &'a str,
     pub version: &'a str,
     pub attributes: Vec<KeyValue<'a>>,
@@ -177,6 +198,7 @@ pub struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     pub fn clear(&mut self) {
+        self.group += 1;
         self.name = "";
         self.version = "";
         self.attributes.clear();

@@ -16,27 +16,33 @@ enum Seg {
 ///
 /// The path is built while the error travels outwards (`within`, `at`), so the
 /// success path pays nothing for it.
+///
+/// Boxed, so that the `Result`s of the hot parsing functions stay small.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError {
+pub struct DecodeError(Box<Inner>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inner {
     msg: String,
     /// Innermost segment first (pushed while unwinding).
     path: Vec<Seg>,
 }
 
 impl DecodeError {
+    #[cold]
     pub fn new(msg: impl Into<String>) -> Self {
-        DecodeError { msg: msg.into(), path: Vec::new() }
+        DecodeError(Box::new(Inner { msg: msg.into(), path: Vec::new() }))
     }
 
     /// The problem alone, without the path.
     pub fn message(&self) -> &str {
-        &self.msg
+        &self.0.msg
     }
 
     /// The dotted path of the offending field (`""` for the whole message).
     pub fn path(&self) -> String {
         let mut out = String::new();
-        for seg in self.path.iter().rev() {
+        for seg in self.0.path.iter().rev() {
             match seg {
                 Seg::Field(f) => {
                     if !out.is_empty() {
@@ -65,30 +71,33 @@ impl DecodeError {
     }
 
     /// Prefixes the path with a singular field.
+    #[cold]
     pub(crate) fn within(mut self, field: &'static str) -> Self {
-        self.path.push(Seg::Field(field));
+        self.0.path.push(Seg::Field(field));
         self
     }
 
     /// Prefixes the path with element `i` of a repeated field.
+    #[cold]
     pub(crate) fn at(mut self, field: &'static str, i: usize) -> Self {
-        self.path.push(Seg::Index(field, i));
+        self.0.path.push(Seg::Index(field, i));
         self
     }
 
     /// Prefixes the path with a JSON key as written by the client.
+    #[cold]
     pub(crate) fn key(mut self, key: &str) -> Self {
-        self.path.push(Seg::Key(key.to_owned()));
+        self.0.path.push(Seg::Key(key.to_owned()));
         self
     }
 }
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.msg)
+        if self.0.path.is_empty() {
+            f.write_str(&self.0.msg)
         } else {
-            write!(f, "{}: {}", self.path(), self.msg)
+            write!(f, "{}: {}", self.path(), self.0.msg)
         }
     }
 }

@@ -172,6 +172,7 @@ impl<'a> LogSink<'a> for Counter {
 }
 
 /// Builds the `logs` table.
+#[derive(Default)]
 pub struct Table {
     rows: usize,
     time: Vec<i64>,
@@ -187,27 +188,6 @@ pub struct Table {
     event_name: StrCol,
     rs: ResourceScopeCols,
     scratch: String,
-}
-
-impl Default for Table {
-    fn default() -> Self {
-        Table {
-            rows: 0,
-            time: Vec::new(),
-            observed_time: Vec::new(),
-            severity_number: Vec::new(),
-            severity_text: StrCol::new(),
-            body: StrCol::new(),
-            log_attributes: AttrCol::new(),
-            dropped_attributes_count: Vec::new(),
-            flags: Vec::new(),
-            trace_id: IdCol::new(),
-            span_id: IdCol::new(),
-            event_name: StrCol::new(),
-            rs: ResourceScopeCols::new(),
-            scratch: String::new(),
-        }
-    }
 }
 
 impl<'a> LogSink<'a> for Table {
@@ -248,7 +228,7 @@ impl Table {
             ("span_id", self.span_id.finish(), true),
             ("event_name", self.event_name.finish(), false),
         ];
-        self.rs.finish(&mut cols);
+        self.rs.finish(&mut cols)?;
         batch(cols)
     }
 }

@@ -555,15 +555,15 @@ impl PointCols {
 
     /// The leading columns; `finish_tail` adds exemplars and resource/scope.
     fn finish_head(&mut self) -> Vec<Column> {
-        use std::mem::replace;
+        use std::mem::take;
         vec![
-            ("metric_name", replace(&mut self.metric_name, StrCol::new()).finish(), false),
-            ("metric_description", replace(&mut self.metric_description, StrCol::new()).finish(), false),
-            ("metric_unit", replace(&mut self.metric_unit, StrCol::new()).finish(), false),
-            ("attributes", replace(&mut self.attributes, AttrCol::new()).finish(), false),
-            ("start_time", ts_array(std::mem::take(&mut self.start_time)), false),
-            ("time", ts_array(std::mem::take(&mut self.time)), false),
-            ("flags", u32_array(std::mem::take(&mut self.flags)), false),
+            ("metric_name", take(&mut self.metric_name).finish(), false),
+            ("metric_description", take(&mut self.metric_description).finish(), false),
+            ("metric_unit", take(&mut self.metric_unit).finish(), false),
+            ("attributes", take(&mut self.attributes).finish(), false),
+            ("start_time", ts_array(take(&mut self.start_time)), false),
+            ("time", ts_array(take(&mut self.time)), false),
+            ("flags", u32_array(take(&mut self.flags)), false),
         ]
     }
 
@@ -580,8 +580,7 @@ impl PointCols {
             ],
         )?;
         cols.push(("exemplars", exemplars, false));
-        self.rs.finish(cols);
-        Ok(())
+        self.rs.finish(cols)
     }
 }
 

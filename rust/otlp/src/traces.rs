@@ -418,7 +418,7 @@ impl Table {
             ("links", links, false),
             ("dropped_links_count", u32_array(self.dropped_links_count), false),
         ];
-        self.rs.finish(&mut cols);
+        self.rs.finish(&mut cols)?;
         batch(cols)
     }
 }

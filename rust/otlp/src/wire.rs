@@ -143,6 +143,10 @@ impl<'a> Value<'a> {
     }
 }
 
+fn in_field(e: DecodeError, field: u32) -> DecodeError {
+    DecodeError::new(format!("{} (field {field})", e.message()))
+}
+
 /// A cursor over one message's bytes.
 pub struct Reader<'a> {
     buf: &'a [u8],
@@ -160,8 +164,20 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<u64> {
+        // fast path: one byte (tags, small lengths)
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64> {
         let buf = self.buf;
         let mut result: u64 = 0;
         let mut shift = 0u32;
@@ -184,7 +200,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let left = self.buf.len() - self.pos;
         if n > left {
@@ -198,8 +214,9 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field as (field number, value), skipping groups; `None` at
-    /// the end of the message.
-    #[inline]
+    /// the end of the message. (Not an `Iterator`: it returns `Result<Option<_>>`.)
+    #[allow(clippy::should_implement_trait)]
+    #[inline(always)]
     pub fn next(&mut self) -> Result<Option<(u32, Value<'a>)>> {
         loop {
             if self.at_end() {
@@ -209,14 +226,14 @@ impl<'a> Reader<'a> {
             let v = match wt {
                 0 => Value::Varint(self.varint()?),
                 1 => {
-                    let b = self.take(8)?;
+                    let b = self.take(8).map_err(|e| in_field(e, field))?;
                     Value::Fixed64(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
                 }
                 2 => {
                     let len = self.varint()?;
                     let len = usize::try_from(len)
                         .map_err(|_| DecodeError::new("length prefix too large"))?;
-                    Value::Bytes(self.take(len)?)
+                    Value::Bytes(self.take(len).map_err(|e| in_field(e, field))?)
                 }
                 3 => {
                     self.skip_group(field, 1)?;
@@ -224,7 +241,7 @@ impl<'a> Reader<'a> {
                 }
                 4 => return Err(DecodeError::new(format!("unexpected end-group tag (field {field})"))),
                 5 => {
-                    let b = self.take(4)?;
+                    let b = self.take(4).map_err(|e| in_field(e, field))?;
                     Value::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 }
                 _ => return Err(DecodeError::new(format!("invalid wire type {wt} (field {field})"))),
@@ -233,7 +250,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn tag(&mut self) -> Result<(u32, u8)> {
         let key = self.varint()?;
         if key > u64::from(u32::MAX) {

@@ -91,6 +91,14 @@ pub fn prepare_spare(seg_dir: &Path, len: u64) -> io::Result<Spare> {
     Ok(Spare { path, file, len })
 }
 
+/// A segment created empty under its final name (no preallocation): for a
+/// call that fills it alone, or when groups are large enough that zero-filling
+/// costs more bandwidth than it saves in latency. The caller fsyncs the directory.
+pub fn create_bare(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().read(true).write(true).create_new(true).mode(fsutil::FILE_MODE).open(path)
+}
+
 /// Step 3 above: a spare already renamed to segment `index` (and its
 /// directory fsynced) gets its header and becomes the active segment.
 pub fn start_segment(spare: Spare, index: u64, base_id: u64) -> io::Result<ActiveSegment> {

@@ -447,8 +447,11 @@ pub fn check_inspect(image: &[u8], origin: Option<&Origin>, paging: usize) -> Ve
     for r in &got {
         assert!(r.id > last, "read_segment_entries: id {} after {last}", r.id);
         last = r.id;
-        assert_returned_bytes_exist(image, r, "read_segment_entries");
-        check_against_origin(r, origin, "read_segment_entries");
+        if got != want {
+            // (When equal, checked_scan has already checked each one at its offset.)
+            assert_returned_bytes_exist(image, r, "read_segment_entries");
+            check_against_origin(r, origin, "read_segment_entries");
+        }
     }
     if got != want {
         let model = b1_reader_stops_at_zero_header(image, SEGMENT_HEADER_LEN, &scanned);
@@ -465,24 +468,26 @@ pub fn check_inspect(image: &[u8], origin: Option<&Origin>, paging: usize) -> Ve
     if paging > 0 {
         let mut paged = Vec::new();
         let mut offset = 0u64;
-        for _ in 0..image.len() / RECORD_HEADER_LEN + 2 {
-            let (page, next) = read_segment_entries(&path, offset, paging).expect("read_segment_entries page");
+        for k in 0..image.len() / RECORD_HEADER_LEN + 2 {
+            // A few small pages, then the rest at once (a bounded cost per input).
+            let size = if k < 8 { paging } else { usize::MAX };
+            let (page, next) = read_segment_entries(&path, offset, size).expect("read_segment_entries page");
             let page: Vec<Rec> = page.into_iter().map(rec_of).collect();
             let from = (offset as usize).max(SEGMENT_HEADER_LEN);
             // Most often the page is the next records of the one read; if not, it must be
             // what a scan from that offset (prev id 0, as the reader restarts) finds.
             let at = scanned.partition_point(|(o, _)| *o < from);
-            let slice: Vec<Rec> = scanned[at..].iter().take(paging).map(|r| r.1.clone()).collect();
+            let slice: Vec<Rec> = scanned[at..].iter().take(size).map(|r| r.1.clone()).collect();
             if page != slice {
                 let (rescan, _) = checked_scan_from(image, from, 0, true, origin);
                 let mut model: Vec<Rec> = rescan.iter().map(|r| r.1.clone()).collect();
-                model.truncate(paging);
+                model.truncate(size);
                 if page != model {
                     let mut b1 = b1_reader_stops_at_zero_header(image, from, &rescan);
-                    b1.truncate(paging);
+                    b1.truncate(size);
                     assert!(
                         page == b1 && known_bug(B1),
-                        "read_segment_entries page of {paging} from offset {offset}: got {:?}, a scan from there finds {:?}",
+                        "read_segment_entries page of {size} from offset {offset}: got {:?}, a scan from there finds {:?}",
                         ids(&page),
                         ids(&model)
                     );
@@ -713,9 +718,14 @@ pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&Origin>, 
     let unprocessed = |r: &Rec| r.id > watermark && processed_ids.binary_search(&r.id).is_err();
     let want: Vec<Rec> = scanned.iter().map(|r| r.1.clone()).filter(unprocessed).collect();
     let got = read_all(&wal);
+    let mut last = 0;
     for r in &got {
-        assert_returned_bytes_exist(image, r, "read_unprocessed");
-        check_against_origin(r, origin, "read_unprocessed");
+        assert!(r.id > last, "read_unprocessed: id {} after {last}", r.id);
+        last = r.id;
+        if got != want {
+            assert_returned_bytes_exist(image, r, "read_unprocessed");
+            check_against_origin(r, origin, "read_unprocessed");
+        }
     }
     let mut reader_stopped_early = false;
     if got != want {
@@ -723,9 +733,11 @@ pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&Origin>, 
             .into_iter()
             .filter(unprocessed)
             .collect();
-        // B6 model: the reader's chain from prev id 0, minus what lies below the first id recovery found.
+        // B6 model: the reader's chain from prev id 0 up to recovery's data end, minus what lies
+        // below the first id recovery found.
         let first = scanned.first().map_or(u64::MAX, |r| r.1.id);
-        let from_zero: Vec<Rec> = checked_scan(image, 0, true, origin)
+        let data_end = scanned.last().map_or(0, |(o, r)| o + RECORD_HEADER_LEN + r.payload.len());
+        let from_zero: Vec<Rec> = checked_scan(&image[..data_end], 0, true, origin)
             .0
             .into_iter()
             .map(|r| r.1)
@@ -780,19 +792,32 @@ pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&Origin>, 
         return;
     }
     let after = read_all(&wal);
-    let last_ts = after.last().map_or(0, |r| r.timestamp_ns);
+    if verbose() {
+        eprintln!("before append {:?}; appended {id}; after {:?}; stats {:?}", ids(&got), ids(&after), wal.stats());
+    }
+    // B6: when the segment holds valid records below its base id, the reader's chain (from
+    // prev id 0) may change with the bytes the append wrote (its CRC, its timestamp).
+    let b6_prone = base_id > 1 && checked_scan(image, 0, true, origin).0.iter().any(|r| r.1.id < base_id);
+    let tolerated = |what: &str, got: &[Rec], want: &[Rec]| {
+        assert!(
+            reader_stopped_early || (b6_prone && known_bug(B6)),
+            "{what}: got {:?}, expected {:?} (the entries read after open, then the one appended)",
+            ids(got),
+            ids(want)
+        );
+    };
     let mut expected = got.clone();
-    expected.push(Rec { id, kind: Kind::Metrics as u8, timestamp_ns: last_ts, payload });
-    if !reader_stopped_early {
-        assert_eq!(ids(&after), ids(&expected), "read after append");
+    let ts = after.iter().find(|r| r.id == id).map_or(0, |r| r.timestamp_ns);
+    expected.push(Rec { id, kind: Kind::Metrics as u8, timestamp_ns: ts, payload });
+    if after != expected {
+        tolerated("read after append", &after, &expected);
     }
     wal.close().expect("close");
     drop(wal);
     let wal = Wal::open(dir.path(), fuzz_config()).expect("reopen after append");
     let again = read_all(&wal);
-    if !reader_stopped_early {
-        assert_eq!(ids(&again), ids(&expected), "entries after append + reopen");
-        assert_eq!(again, expected, "entries after append + reopen");
+    if again != expected {
+        tolerated("entries after append + reopen", &again, &expected);
     }
     assert!(wal.stats().next_id > id, "next_id after reopen is not above the appended id {id}");
     wal.close().expect("close after reopen");

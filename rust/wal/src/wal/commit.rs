@@ -133,7 +133,7 @@ impl Inner {
             let (first, _) = calls[c];
             let active = io.active.as_ref().expect("active segment");
             if active.has_records() && active.write_offset + bytes_of(calls[c].0, calls[c].1) > max {
-                if let Err(e) = self.rotate(io, group[first].id) {
+                if let Err(e) = self.rotate(io, group[first].id, bytes_of(calls[c].0, calls[c].1)) {
                     return self.fail_records(&group[first..], e);
                 }
             }
@@ -160,6 +160,8 @@ impl Inner {
                 return self.fail_records(&group[first..], err);
             }
             active.write_offset += run_bytes;
+            let avg = self.group_bytes_avg.load(Relaxed);
+            self.group_bytes_avg.store((avg * 7 + run_bytes) / 8, Relaxed);
             active.first_id.get_or_insert(group[first].id);
             active.last_id = Some(group[last - 1].id);
             io.written_id = group[last - 1].id;
@@ -226,7 +228,7 @@ impl Inner {
             }
         }
         drop(table);
-        if offset * 2 > self.cfg.max_segment_size && lock(&self.spare).is_none() {
+        if offset * 2 > self.cfg.max_segment_size && self.preallocation_pays() && lock(&self.spare).is_none() {
             self.wake_housekeeper(|h| h.spare_wanted = true);
         }
     }

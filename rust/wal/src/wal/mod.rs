@@ -64,6 +64,8 @@ mod rotation;
 pub use config::{Config, SyncMode};
 
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Bytes per group commit above which segments are not zero-filled ahead (see `preallocation_pays`).
+const LARGE_GROUP_BYTES: u64 = 64 << 10;
 /// Ids reserved per checkpoint. A restart skips what was reserved but unused.
 const ID_RESERVATION_BLOCK: u64 = 1 << 20;
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(200);
@@ -216,6 +218,8 @@ struct Inner {
     /// Callers served by the previous group commit: how many to expect back.
     last_group_callers: AtomicU64,
     last_fsync_nanos: AtomicU64,
+    /// Moving average of bytes per write run: decides whether preallocation pays.
+    group_bytes_avg: AtomicU64,
     io: Mutex<Io>,
     table: RwLock<Vec<SegmentInfo>>,
     spare: Mutex<Option<Spare>>,
@@ -310,6 +314,7 @@ impl Wal {
             arrivals_cv: Condvar::new(),
             last_group_callers: AtomicU64::new(0),
             last_fsync_nanos: AtomicU64::new(0),
+            group_bytes_avg: AtomicU64::new(0),
             io: Mutex::new(Io { active: None, written_id }),
             table: RwLock::new(Vec::new()),
             spare: Mutex::new(None),
@@ -334,7 +339,7 @@ impl Wal {
         });
         if active.is_none() {
             let index = table.last().map_or(1, |s| s.index + 1);
-            active = Some(inner.create_segment(index, rec.next_id)?);
+            active = Some(inner.create_segment(index, rec.next_id, false)?);
             table.push(info_of(active.as_ref().unwrap(), &inner.seg_dir));
         }
         lock(&inner.io).active = active;
