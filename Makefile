@@ -9,17 +9,37 @@ STAMP  := $(VENV)/.deps-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv build test test-rust test-python bench stress lint run clean
+.PHONY: help venv system-deps build test test-rust test-python bench stress run clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Python packages for building, testing and benchmarking (runtime ones come from pyproject.toml).
+DEV_PACKAGES := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" \
+    "pytest-benchmark>=4" "rocksdict>=0.3" "mfusepy>=3.1" "pyarrow>=16" \
+    "opentelemetry-sdk>=1.30" "opentelemetry-proto>=1.30" \
+    "opentelemetry-exporter-otlp-proto-common>=1.30" "protobuf>=5"
+# Debian packages the tests use: fuse3 (power-loss filesystem), eatmydata (its negative control).
+SYSTEM_PACKAGES := fuse3 eatmydata
+SYSTEM_STAMP := $(VENV)/.system-stamp
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" \
-	    "pytest-benchmark>=4" "rocksdict>=0.3"
+	$(PIP) install -q $(DEV_PACKAGES)
 	touch $(STAMP)
+
+$(SYSTEM_STAMP): Makefile | $(STAMP)
+	@if command -v fusermount3 >/dev/null && ls /usr/lib/*/libeatmydata.so* >/dev/null 2>&1; then \
+	    echo "system packages present: $(SYSTEM_PACKAGES)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES); \
+	else \
+	    echo "make: install the Debian packages '$(SYSTEM_PACKAGES)' (as root) for the power-loss tests" >&2; exit 1; \
+	fi
+	touch $(SYSTEM_STAMP)
+
+system-deps: $(SYSTEM_STAMP) ## install the Debian packages the tests need (as root)
 
 venv: $(STAMP) ## create .venv with build and test dependencies
 
@@ -30,15 +50,16 @@ test-rust: ## cargo test and clippy (the WAL engine and bindings)
 	cargo test --workspace --release
 	cargo clippy --workspace --tests --release -q -- -D warnings
 
-test-python: build ## pytest
+test-python: build $(SYSTEM_STAMP) ## pytest
 	$(PY) -m pytest -q
 
 test: build test-rust test-python ## everything CI runs: cargo test + pytest
 
 bench: build ## benchmarks with baselines, one side-by-side table from one run
 	$(PY) benches/run.py
+	$(PY) benches/bench_otlp.py --seconds 2
 
-stress: build ## long soak/stress runs (not part of CI)
+stress: build $(SYSTEM_STAMP) ## long soak/stress runs (not part of CI)
 	SIGNALDB_STRESS=1 $(PY) -m pytest -q -m stress tests
 
 run: ## build and start the pipeline on local storage
