@@ -181,12 +181,16 @@ def cmd_dump(view: WalView, show_all: bool, limit: int | None, payload_mode: str
     processed = set(int(i) for i in meta.get("processed_ids", []))
     printed = 0
     for s in view.segments:
-        offset = 0
+        offset, last_id = 0, 0
         while True:
             entries, offset = _native.read_segment(str(s.path), offset, 1024)
             if not entries:
                 break
             for e in entries:
+                # Each page restarts the id chain at its offset: keep ids increasing, as recovery does.
+                if e.id <= last_id:
+                    continue
+                last_id = e.id
                 done = e.id <= view.watermark or e.id in processed
                 if done and not show_all:
                     continue

@@ -27,6 +27,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Bytes before a record's payload.
 pub const RECORD_HEADER_LEN: usize = 28;
+/// Ids stay below this: `u64::MAX` is never an id, so `id + 1` never overflows.
+pub const MAX_ID: u64 = u64::MAX;
 /// A payload must fit the u32 length field with its header.
 pub const MAX_PAYLOAD_LEN: usize = u32::MAX as usize - RECORD_HEADER_LEN;
 
@@ -115,7 +117,8 @@ pub fn decode_record_header(buf: &[u8]) -> RecordHeader {
 
 /// Whether the header fields are plausible, before paying for a CRC.
 pub fn header_is_plausible(h: &RecordHeader, available: usize) -> bool {
-    h.id != 0 && Kind::from_u8(h.kind).is_some() && h.reserved == [0; 3] && h.record_len() <= available
+    // Ids at or above MAX_ID are never handed out (room for a next id, always).
+    h.id != 0 && h.id < MAX_ID && Kind::from_u8(h.kind).is_some() && h.reserved == [0; 3] && h.record_len() <= available
 }
 
 /// CRC over a complete record in `rec` (header + payload) matches its crc field.
@@ -169,6 +172,10 @@ pub fn decode_segment_header(buf: &[u8]) -> HeaderState {
     let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
     if version != FORMAT_VERSION {
         return HeaderState::UnsupportedVersion(version);
+    }
+    let base_id = u64::from_le_bytes(h[16..24].try_into().unwrap());
+    if base_id == 0 || base_id == MAX_ID {
+        return HeaderState::Damaged;
     }
     HeaderState::Valid(SegmentHeader {
         version,

@@ -96,6 +96,9 @@ pub fn decode(bytes: &[u8]) -> Result<Metadata, LoadError> {
     }
     let meta: Metadata =
         serde_json::from_value(body.clone()).map_err(|e| LoadError::Invalid(format!("bad fields: {e}")))?;
+    if meta.next_id == 0 || meta.processed_watermark == crate::format::MAX_ID {
+        return Err(LoadError::Invalid(format!("next_id {} is out of range", meta.next_id)));
+    }
     if meta.format_version != FORMAT_VERSION {
         return Err(LoadError::Invalid(format!("format version {} is not {FORMAT_VERSION}", meta.format_version)));
     }

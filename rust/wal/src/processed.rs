@@ -53,6 +53,11 @@ impl Processed {
                 return;
             }
         }
+        // A processed mark for an id that turns out not to exist is dropped, so
+        // that `unprocessed_count` does not subtract it twice.
+        if self.above.iter().any(|&id| (start..=end).contains(&id)) {
+            self.above.retain(|&id| !(start..=end).contains(&id));
+        }
         self.gap_ids += end - start + 1;
         self.gaps.insert(start, end);
         self.advance();

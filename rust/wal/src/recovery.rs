@@ -155,7 +155,11 @@ impl Progress {
 /// Recovers `dir` (which exists and is locked by the caller).
 pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recovered> {
     let seg_dir = dir.join(SEGMENTS_DIR);
-    let (meta, metadata_found) = load_metadata(dir)?;
+    let (mut meta, metadata_found) = load_metadata(dir)?;
+    // New ids start above every processed mark, even one a checkpoint put at or
+    // beyond its own reservation: an entry must never be born processed.
+    let highest_mark = meta.processed_ids.iter().copied().max().unwrap_or(0).max(meta.processed_watermark);
+    meta.next_id = meta.next_id.max(highest_mark.saturating_add(1));
     let watermark = meta.processed_watermark;
     let mut processed = Processed::new(watermark, meta.processed_ids.iter().copied());
     let io_err = |what: &str, p: &Path, e| WalError::io(format!("{what} {}", p.display()), e);
@@ -203,6 +207,7 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
             }
             HeaderState::Zero | HeaderState::Damaged => {}
         }
+        let chain_start = prev_id;
         let mut ids_seen = 0u64;
         let scan = scan_records(&image, SEGMENT_HEADER_LEN, prev_id, is_last, |h, _| {
             if h.id > watermark {
@@ -272,6 +277,7 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
             file_len,
             sealed: true,
             known_damage,
+            prev_id: chain_start,
         });
     }
     if let Some(last) = segments.last_mut() {

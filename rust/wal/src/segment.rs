@@ -43,6 +43,9 @@ pub struct SegmentInfo {
     pub sealed: bool,
     /// Offsets of damaged ranges recovery already reported (readers skip them quietly).
     pub known_damage: Vec<u64>,
+    /// The id before this segment's first record, as recovery chained it:
+    /// readers start their id chain here too, so they follow the same records.
+    pub prev_id: u64,
 }
 
 impl SegmentInfo {
@@ -61,6 +64,8 @@ pub struct ActiveSegment {
     pub prealloc_len: u64,
     pub first_id: Option<u64>,
     pub last_id: Option<u64>,
+    /// The id before the first record this segment may hold.
+    pub prev_id: u64,
 }
 
 impl ActiveSegment {
@@ -110,5 +115,6 @@ pub fn start_segment(spare: Spare, index: u64, base_id: u64) -> io::Result<Activ
         prealloc_len: spare.len,
         first_id: None,
         last_id: None,
+        prev_id: base_id.saturating_sub(1),
     })
 }

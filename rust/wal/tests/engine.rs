@@ -367,7 +367,7 @@ fn ids_never_repeat_even_when_acknowledged_records_are_lost() {
     }
     let seg = segment_files(dir.path()).pop().unwrap();
     let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; 3 * (RECORD_HEADER_LEN + 19)], synced_end as u64).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 3 * (RECORD_HEADER_LEN + 19)], synced_end as u64).unwrap();
     drop(f);
     std::fs::remove_file(dir.path().join("LOCK")).ok(); // the forgotten handle still holds the flock
     let wal = Wal::open(dir.path(), cfg).unwrap();

@@ -10,9 +10,11 @@
 //!   implementation of its own, not the `crc32c` crate) over the record's
 //!   bytes matches its crc field: never an entry with a bad CRC;
 //! - for generated segments, every record returned has the payload, kind and
-//!   timestamp written under its id: never a wrong payload; and when the
-//!   damage was done in place (no bytes moved or copied), every record left
-//!   intact is returned: no loss;
+//!   timestamp written under its id: never a wrong payload (the one exception:
+//!   a record whose exact bytes, CRC included, were in the original segment
+//!   inside another record's payload, which a resynchronizing reader cannot
+//!   tell apart; counted and printed); and when the damage was done in place
+//!   (no bytes moved or copied), every record left intact is returned: no loss;
 //! - scan results are self-consistent (records, damages and zero fill tile
 //!   the segment), and what recovery counted is exactly what
 //!   `read_unprocessed` delivers, before and after an append and a reopen.
@@ -22,7 +24,12 @@
 //! As a test it replays the committed seeds in `fuzz/seeds/` and runs a
 //! seeded loop of `SIGNALDB_FUZZ_ITERS` inputs (default 20,000; half
 //! arbitrary, half mutated; one in `SIGNALDB_FUZZ_OPEN_EVERY`, default 16,
-//! also through `Wal::open`). `SIGNALDB_FUZZ_SEED` picks another sequence.
+//! also through `Wal::open`). `SIGNALDB_FUZZ_SEED` picks another sequence,
+//! `SIGNALDB_FUZZ_KEEP_GOING=1` groups every failure instead of stopping at
+//! the first, `SIGNALDB_FUZZ_REPLAY=<file>` replays one input (see
+//! `fuzz/README.md`). Bugs found and not fixed yet are listed in `BUGS`: their
+//! symptom (matched against a model of the bug) is counted, not failed, unless
+//! `SIGNALDB_FUZZ_STRICT=1`; each has a minimal reproducer test at the end.
 
 #![allow(dead_code)] // the fuzz targets use a part each
 
@@ -112,25 +119,25 @@ pub const BUGS: [Bug; 6] = [
     },
     Bug {
         name: "B3",
-        open: true,
+        open: false, // fixed in the commit that closes B3-B6
         what: "an id of u64::MAX (record, base id or next_id) overflows `id + 1` in recovery/append: panic \
                with overflow checks, wrapped ids without",
     },
     Bug {
         name: "B4",
-        open: true,
+        open: false, // fixed in the commit that closes B3-B6
         what: "processed.rs unprocessed_count subtracts twice the checkpoint's processed ids that recovery \
                also finds as gaps (or that a gap-jumped watermark passed): unprocessed_entries too low",
     },
     Bug {
         name: "B5",
-        open: true,
+        open: false, // fixed in the commit that closes B3-B6
         what: "recovery trusts a checkpoint whose processed_ids reach its next_id: a new append can get an id \
                listed as processed and is never delivered",
     },
     Bug {
         name: "B6",
-        open: true,
+        open: false, // fixed in the commit that closes B3-B6
         what: "read_unprocessed reads each segment from prev id 0, recovery from the header's base id - 1: with \
                records below the base id, the reader follows another chain and misses entries recovery counted",
     },
@@ -783,7 +790,12 @@ pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&Origin>, 
 
     // An append lands after everything and survives a reopen with the rest.
     let payload = format!("appended after fuzzed recovery {}", image.len()).into_bytes();
-    let id = wal.append(&payload, Kind::Metrics).expect("append after recovery");
+    let id = match wal.append(&payload, Kind::Metrics) {
+        Ok(id) => id,
+        // B3's fix: a crafted WAL whose ids reach 2^64 refuses appends instead of wrapping.
+        Err(signaldb_wal::WalError::InvalidArgument(m)) if m.contains("ids are exhausted") => return,
+        Err(e) => panic!("append after recovery: {e:?}"),
+    };
     let max_seen = scanned.iter().map(|r| r.1.id).max().unwrap_or(0);
     assert!(id > max_seen && id > watermark, "append got id {id}, not above {max_seen} / watermark {watermark}");
     if processed_ids.contains(&id) {
@@ -799,6 +811,17 @@ pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&Origin>, 
     // prev id 0) may change with the bytes the append wrote (its CRC, its timestamp).
     let b6_prone = base_id > 1 && checked_scan(image, 0, true, origin).0.iter().any(|r| r.1.id < base_id);
     let tolerated = |what: &str, got: &[Rec], want: &[Rec]| {
+        // Still never a record that is not on disk with a valid CRC.
+        let mut on_disk = Vec::new();
+        for e in fs::read_dir(&seg_dir).unwrap() {
+            on_disk.extend(fs::read(e.unwrap().path()).unwrap());
+        }
+        let mut last = 0;
+        for r in got {
+            assert!(r.id > last, "{what}: id {} after {last}", r.id);
+            last = r.id;
+            assert_returned_bytes_exist(&on_disk, r, what);
+        }
         assert!(
             reader_stopped_early || (b6_prone && known_bug(B6)),
             "{what}: got {:?}, expected {:?} (the entries read after open, then the one appended)",
@@ -1134,7 +1157,7 @@ pub fn fuzz_mutated(data: &[u8], with_wal: bool) {
     if let Some(touched) = touched.as_ref().filter(|_| !embedded) {
         let returned: Vec<u64> = recs.iter().map(|r| r.1.id).collect();
         for &(id, s, e) in &gen.spans {
-            if e <= image.len() && !touched[s..e].iter().any(|&t| t) && id > prev {
+            if e <= image.len() && !touched[s..e].iter().any(|&t| t) && id > prev && id < signaldb_wal::format::MAX_ID {
                 INTACT_CHECKED.fetch_add(1, Relaxed);
                 assert!(
                     returned.binary_search(&id).is_ok(),
@@ -1486,7 +1509,6 @@ fn b2_paged_read_segment_entries_never_goes_back() {
 }
 
 #[test]
-#[ignore = "B3: open bug found by fuzzing"]
 fn b3_id_u64_max_neither_panics_nor_reuses_ids() {
     let dir = wal_dir_with(&segment_of(5, &[5, u64::MAX]), None);
     // With overflow checks (debug builds, cargo fuzz) recovery panics at `prev_id + 1`;
@@ -1500,7 +1522,6 @@ fn b3_id_u64_max_neither_panics_nor_reuses_ids() {
 }
 
 #[test]
-#[ignore = "B4: open bug found by fuzzing"]
 fn b4_unprocessed_count_with_processed_ids_that_became_gaps() {
     // Entry 4 was processed (out of order) and checkpointed; then its record was lost.
     let meta = Metadata { next_id: 6, processed_watermark: 0, processed_ids: vec![4], ..Metadata::default() };
@@ -1518,7 +1539,6 @@ fn b4_unprocessed_count_with_processed_ids_that_became_gaps() {
 }
 
 #[test]
-#[ignore = "B5: open bug found by fuzzing"]
 fn b5_checkpoint_with_processed_ids_beyond_next_id() {
     // A checkpoint the WAL never writes (processed id 4 >= next_id 3), with a valid checksum.
     let meta = Metadata { next_id: 3, processed_watermark: 0, processed_ids: vec![4], ..Metadata::default() };
@@ -1530,7 +1550,6 @@ fn b5_checkpoint_with_processed_ids_beyond_next_id() {
 }
 
 #[test]
-#[ignore = "B6: open bug found by fuzzing"]
 fn b6_reader_follows_the_same_records_as_recovery() {
     // Header base id 3, but records 1 and 2 before record 4 (never written so by the WAL,
     // but nothing stops it either), and record 1's payload is itself an encoded record 3.

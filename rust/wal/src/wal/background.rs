@@ -66,7 +66,7 @@ impl Inner {
             // Reserve the next block of ids ahead of need, off the append path.
             let next_id = lock(&self.queue).next_id;
             if self.id_reserved.load(Acquire).saturating_sub(next_id) < ID_RESERVATION_BLOCK / 2 {
-                if let Err(e) = self.checkpoint_reserving(next_id + ID_RESERVATION_BLOCK) {
+                if let Err(e) = self.checkpoint_reserving(next_id.saturating_add(ID_RESERVATION_BLOCK)) {
                     log::warn!("WAL could not reserve ids ahead (will retry): {e}");
                 }
             }

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{is_out_of_space, Result, WalError};
 use crate::faults::{FaultAction, FaultPoint};
-use crate::format::{encode_record, Kind, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{encode_record, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::fsutil;
 use crate::metadata::{self, Metadata, SegmentMeta};
 use crate::processed::{Mark, Processed};
@@ -345,7 +345,7 @@ impl Wal {
         lock(&inner.io).active = active;
         *inner.table.write().unwrap() = table;
         // Persist what recovery learned (gaps, removed segments) and reserve ids before appending.
-        inner.checkpoint_reserving(rec.next_id + ID_RESERVATION_BLOCK)?;
+        inner.checkpoint_reserving(rec.next_id.saturating_add(ID_RESERVATION_BLOCK))?;
 
         let wal = Wal { inner, threads: Mutex::new(Vec::new()) };
         wal.start_threads()?;
@@ -533,6 +533,7 @@ fn info_of(a: &ActiveSegment, seg_dir: &Path) -> SegmentInfo {
         file_len: a.prealloc_len.max(a.write_offset),
         sealed: false,
         known_damage: Vec::new(),
+        prev_id: a.prev_id,
     }
 }
 
@@ -553,6 +554,7 @@ fn reopen_active(info: &mut SegmentInfo, max_segment_size: u64) -> Result<Active
         prealloc_len: info.file_len,
         first_id: info.first_id,
         last_id: info.last_id,
+        prev_id: info.prev_id,
     })
 }
 
@@ -570,7 +572,7 @@ impl Inner {
         if self.id_reserved.load(Acquire) >= wanted {
             return Ok(());
         }
-        self.checkpoint_reserving(wanted + ID_RESERVATION_BLOCK)
+        self.checkpoint_reserving(wanted.saturating_add(ID_RESERVATION_BLOCK))
     }
 
     fn acked_threshold_reached(&self, id: u64) -> bool {
@@ -595,8 +597,11 @@ impl Inner {
         // Hand out only ids below the durable reservation, so that no id is
         // ever handed out twice, even if acknowledged entries die in a power
         // cut (batched mode) before their records reach the disk.
-        while q.next_id + payloads.len() as u64 > self.id_reserved.load(Acquire) {
-            let wanted = q.next_id + payloads.len() as u64;
+        let Some(end) = q.next_id.checked_add(payloads.len() as u64).filter(|&e| e < MAX_ID) else {
+            return Err(WalError::InvalidArgument("WAL ids are exhausted (next id near 2^64)".into()));
+        };
+        while end > self.id_reserved.load(Acquire) {
+            let wanted = end;
             drop(q);
             self.reserve_ids(wanted)?;
             q = lock(&self.queue);

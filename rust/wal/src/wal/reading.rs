@@ -25,7 +25,7 @@ impl Inner {
         'segments: for seg in &table {
             let resume = cursor.filter(|c| c.segment == seg.index && c.after_id < start_id);
             let start = resume.map_or(SEGMENT_HEADER_LEN as u64, |c| c.offset);
-            let prev = resume.map_or(0, |c| c.after_id);
+            let prev = resume.map_or(seg.prev_id, |c| c.after_id);
             let mut reader = match SegmentReader::open(&seg.path, start, seg.data_end, prev) {
                 Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted: all processed
