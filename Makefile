@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.deps-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv system-deps build test test-rust test-python bench stress run clean
+.PHONY: help venv system-deps build test test-rust test-python bench stress fuzz run clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,8 +59,30 @@ bench: build ## benchmarks with baselines, one side-by-side table from one run
 	$(PY) benches/run.py
 	$(PY) benches/bench_otlp.py --seconds 2
 
-stress: build $(SYSTEM_STAMP) ## long soak/stress runs (not part of CI)
+stress: build $(SYSTEM_STAMP) ## long soak/stress runs (not part of CI): pytest stress variants + fuzzing
 	SIGNALDB_STRESS=1 $(PY) -m pytest -q -m stress tests
+	$(MAKE) fuzz
+
+# Fuzzing the WAL segment decoder (cargo-fuzz on the stable toolchain via RUSTC_BOOTSTRAP).
+CARGO_FUZZ     := $(CURDIR)/target/tools/bin/cargo-fuzz
+FUZZ_OUT       := $(CURDIR)/target/fuzz
+FUZZ_RUNS      ?= 1000000
+FUZZ_OPEN_RUNS ?= 100000
+FUZZ_ARGS      ?= -max_len=4096 -timeout=60
+FUZZ_TARGETS   := scan_arbitrary scan_mutated open_arbitrary open_mutated
+
+$(CARGO_FUZZ):
+	cargo install cargo-fuzz --locked --version 0.13.2 --root $(CURDIR)/target/tools
+
+fuzz: $(CARGO_FUZZ) ## fuzz the WAL decoder: FUZZ_RUNS inputs per scan target, FUZZ_OPEN_RUNS per open target, + seeded run
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) fuzz build -s none --target-dir $(FUZZ_OUT)
+	$(MAKE) -f $(firstword $(MAKEFILE_LIST)) -j2 $(addprefix fuzz-,$(FUZZ_TARGETS))
+	SIGNALDB_FUZZ_ITERS=$(FUZZ_RUNS) cargo test --release -p signaldb-wal --test fuzz_decoder -- --nocapture
+
+fuzz-%: $(CARGO_FUZZ)
+	mkdir -p $(FUZZ_OUT)/corpus/$*
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) fuzz run -s none --target-dir $(FUZZ_OUT) $* \
+	    $(FUZZ_OUT)/corpus/$* seeds/$* -- -runs=$(if $(filter open_%,$*),$(FUZZ_OPEN_RUNS),$(FUZZ_RUNS)) $(FUZZ_ARGS)
 
 run: ## build and start the pipeline on local storage
 	@echo "make run: the acceptor/writer pipeline is not built yet (issues 5 and 6); only the WAL exists." >&2
