@@ -109,12 +109,31 @@ class _LoopWaiters:
             else:
                 fut.set_exception(WalError(failure))
 
+    def close_soon(self) -> None:
+        """Closes from any thread: in the loop's own thread, or scheduled into it."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop or self._loop.is_closed():
+            self.close()
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self.close)
+            except RuntimeError:  # the loop closed meanwhile
+                self.close()
+
     def close(self, error: Exception | None = None) -> None:
+        if self._rfd < 0:
+            return
+        if not self._loop.is_closed():
+            self._resolve()  # what close() flushed is acknowledged: settle it first
         self._native.unregister_notify_fd(self._wfd)
         if not self._loop.is_closed():
             self._loop.remove_reader(self._rfd)
         os.close(self._rfd)
         os.close(self._wfd)
+        self._rfd = self._wfd = -1
         for _, fut in self._waiting:
             if not fut.done() and not self._loop.is_closed():
                 fut.set_exception(error or WalError("WAL closed"))
@@ -255,7 +274,7 @@ class Wal:
             with self._loops_lock:
                 loops, self._loops = self._loops, {}
             for waiters in loops.values():
-                waiters.close()
+                waiters.close_soon()
 
     def __enter__(self) -> Wal:
         return self

@@ -1,0 +1,279 @@
+"""Shared fixtures and helpers for the WAL test suite.
+
+Everything here is independent of the engine's internals: the on-disk parser
+below follows docs/wal-format.md, so the tests double as a check that the
+engine writes what the document says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import random
+import re
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+TESTS_DIR = pathlib.Path(__file__).resolve().parent
+HELPERS_DIR = TESTS_DIR / "helpers"
+REPO_DIR = TESTS_DIR.parent
+if str(TESTS_DIR) not in sys.path:  # so `import helpers.x` works in every import mode
+    sys.path.insert(0, str(TESTS_DIR))
+
+KINDS = ("traces", "logs", "metrics")
+KIND_CODES = {"traces": 1, "logs": 2, "metrics": 3}
+KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
+
+STRESS = os.environ.get("SIGNALDB_STRESS", "") not in ("", "0")
+
+STATS_KEYS = {
+    "unprocessed_entries",
+    "total_segments",
+    "disk_usage_bytes",
+    "last_flush",
+    "next_id",
+    "appended_entries",
+    "processed_entries",
+    "corrupt_entries",
+    "torn_tails_truncated",
+    "fsync_count",
+    "fsync_seconds_total",
+    "fsync_seconds_max",
+    "fsync_duration_buckets",
+    "unprocessed_bytes",
+    "poisoned",
+    "sync_mode",
+}
+
+
+def scaled(normal: int, stress: int) -> int:
+    """`normal` in an ordinary run, `stress` under SIGNALDB_STRESS=1 (make stress)."""
+    return stress if STRESS else normal
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stress tests run only under `make stress` (SIGNALDB_STRESS=1) or an explicit `-m stress`.
+
+    They are deselected, not skipped, in an ordinary run so that `make test`
+    stays fast and the summary shows no skips.
+    """
+    markexpr = config.getoption("markexpr", "") or ""
+    if STRESS or "stress" in markexpr:
+        return
+    keep = [it for it in items if it.get_closest_marker("stress") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[it for it in items if it.get_closest_marker("stress")])
+        items[:] = keep
+
+
+# -- payloads ---------------------------------------------------------------
+
+
+def filler(seed: str | int, n: int) -> bytes:
+    """`n` deterministic pseudo-random bytes for `seed` (fast, even for 64 MiB)."""
+    if n <= 0:
+        return b""
+    return random.Random(str(seed)).randbytes(n)
+
+
+def tagged_payload(tag: str, n: int) -> bytes:
+    """A self-describing payload: `tag:` followed by `n` bytes derived from the tag.
+
+    A reader can parse the tag back and recompute the whole payload, so a wrong
+    or garbled payload is always detectable, whatever id it came back under.
+    """
+    return tag.encode() + b":" + filler(tag, n)
+
+
+def parse_tag(payload: bytes) -> str:
+    return payload.split(b":", 1)[0].decode()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+# -- opening and reading ----------------------------------------------------
+
+
+@pytest.fixture
+def wal_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A WAL directory path that does not exist yet (the engine creates it)."""
+    return tmp_path / "wal"
+
+
+@pytest.fixture
+def open_wal() -> Iterator[Callable[..., object]]:
+    """Factory: `open_wal(path, **kwargs)` opens a Wal that is closed at teardown.
+
+    Tests close their WALs themselves; this only makes sure a failing test does
+    not leave a handle (and its directory lock) open for the next one.
+    """
+    from signaldb.wal import Wal
+
+    opened: list[Wal] = []
+
+    def _open(path: os.PathLike[str] | str, **kwargs: object) -> Wal:
+        w = Wal(path, **kwargs)
+        opened.append(w)
+        return w
+
+    yield _open
+    for w in opened:
+        try:
+            w.close()
+        except Exception:  # the test already failed on whatever made close fail
+            pass
+
+
+@dataclass
+class Snapshot:
+    """What a WAL directory holds, read by a fresh handle."""
+
+    entries: list[tuple[int, str, bytes]]
+    stats: dict[str, object]
+    timestamps: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[int]:
+        return [e[0] for e in self.entries]
+
+    @property
+    def by_id(self) -> dict[int, tuple[str, bytes]]:
+        return {i: (k, p) for i, k, p in self.entries}
+
+
+def read_all(path: os.PathLike[str] | str, **kwargs: object) -> Snapshot:
+    """Opens the WAL at `path`, reads every unprocessed entry and the stats, closes."""
+    from signaldb.wal import Wal
+
+    with Wal(path, **kwargs) as w:
+        entries = []
+        timestamps = {}
+        for e in w.unprocessed():
+            entries.append((e.id, e.kind, e.payload))
+            timestamps[e.id] = e.timestamp_ns
+        stats = w.stats()
+    return Snapshot(entries, stats, timestamps)
+
+
+def entries_of(wal: object) -> list[tuple[int, str, bytes]]:
+    """Every unprocessed entry of an open WAL as (id, kind, payload)."""
+    return [(e.id, e.kind, e.payload) for e in wal.unprocessed()]  # type: ignore[attr-defined]
+
+
+def assert_strictly_increasing(ids: list[int], what: str = "ids") -> None:
+    bad = [(a, b) for a, b in zip(ids, ids[1:]) if b <= a]
+    assert not bad, f"{what} not strictly increasing, first offending pairs: {bad[:5]}"
+
+
+# -- the on-disk format (docs/wal-format.md), parsed independently ------------
+
+SEGMENT_RE = re.compile(r"^\d{6,}\.wal$")
+SEGMENT_HEADER_LEN = 32
+RECORD_HEADER_LEN = 28
+MAGIC = b"SIGDBWAL"
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC32C (Castagnoli), pure Python: fine for the few KiB the format tests check."""
+    crc = 0xFFFFFFFF
+    table = _CRC_TABLE
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def segment_files(wal_path: os.PathLike[str] | str) -> list[pathlib.Path]:
+    seg_dir = pathlib.Path(wal_path) / "segments"
+    if not seg_dir.is_dir():
+        return []
+    return sorted((p for p in seg_dir.iterdir() if SEGMENT_RE.match(p.name)), key=lambda p: int(p.stem))
+
+
+@dataclass
+class Record:
+    offset: int
+    length: int
+    id: int
+    timestamp_ns: int
+    kind: int
+    crc: int
+    payload: bytes
+
+    @property
+    def end(self) -> int:
+        return self.offset + RECORD_HEADER_LEN + self.length
+
+
+@dataclass
+class ParsedSegment:
+    magic: bytes
+    version: int
+    flags: int
+    base_id: int
+    header_crc: int
+    header_bytes: bytes
+    records: list[Record]
+    data_end: int
+    size: int
+
+
+def parse_segment(buf: bytes) -> ParsedSegment:
+    """Parses a clean segment image per docs/wal-format.md (no recovery logic).
+
+    Stops at the first all-zero record header or at a record that does not fit.
+    """
+    hdr = buf[:SEGMENT_HEADER_LEN]
+    magic = hdr[:8]
+    version, flags, base_id, _reserved, hcrc = struct.unpack_from("<IIQII", hdr.ljust(32, b"\0"), 8)
+    records = []
+    pos = SEGMENT_HEADER_LEN
+    while pos + RECORD_HEADER_LEN <= len(buf):
+        rh = buf[pos : pos + RECORD_HEADER_LEN]
+        if not any(rh):
+            break
+        crc, length, rid, ts, kind = struct.unpack_from("<IIQqB", rh)
+        end = pos + RECORD_HEADER_LEN + length
+        if end > len(buf):
+            break
+        records.append(Record(pos, length, rid, ts, kind, crc, bytes(buf[pos + RECORD_HEADER_LEN : end])))
+        pos = end
+    return ParsedSegment(magic, version, flags, base_id, hcrc, bytes(hdr), records, pos, len(buf))
+
+
+def parse_segment_file(path: os.PathLike[str] | str) -> ParsedSegment:
+    return parse_segment(pathlib.Path(path).read_bytes())
+
+
+def record_crc_ok(seg_buf: bytes, rec: Record) -> bool:
+    return crc32c(seg_buf[rec.offset + 4 : rec.end]) == rec.crc
+
+
+def dir_size(path: os.PathLike[str] | str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_size
+            except FileNotFoundError:
+                pass
+    return total

@@ -1,0 +1,1 @@
+"""Child-process scripts and the helpers they share with the tests."""
