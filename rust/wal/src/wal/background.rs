@@ -85,7 +85,10 @@ impl Inner {
         if lock(&self.spare).is_some() || Instant::now() < *lock(&self.spare_retry_at) {
             return;
         }
-        match self.preallocate(self.cfg.max_segment_size) {
+        self.spare_in_progress.store(true, Release);
+        let prepared = self.preallocate(self.cfg.max_segment_size);
+        self.spare_in_progress.store(false, Release);
+        match prepared {
             Ok(s) => {
                 if self.spare_failing.swap(false, Relaxed) {
                     log::info!("WAL preallocates segments again in {}", self.seg_dir.display());
