@@ -243,11 +243,14 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
             match d.kind {
                 DamageKind::Corrupt => report_corruption(dir, &seg_name, &image, d, stats),
                 DamageKind::TornTail => {
+                    // Keep a copy: a bit flip in the very last record reads the same as a torn write.
+                    let saved = quarantine(dir, &seg_name, &image, d);
                     log::warn!(
                         "WAL torn tail in segment {seg_name} at offset {}: {} bytes of an unacknowledged \
-                         write erased",
+                         write erased{}",
                         d.offset,
-                        d.len
+                        d.len,
+                        saved.map(|p| format!(" (copy in {})", p.display())).unwrap_or_default()
                     );
                     file_len = erase_torn_tail(&path, d, file_len, max_segment_size)
                         .map_err(|e| io_err("truncating torn tail of", &path, e))?;

@@ -82,13 +82,12 @@ impl Inner {
     }
 
     pub(super) fn prepare_spare(&self) {
+        // A rotation preallocating right now: it will have its segment; do not compete for space.
+        let Ok(_creating) = self.spare_creation.try_lock() else { return };
         if lock(&self.spare).is_some() || Instant::now() < *lock(&self.spare_retry_at) {
             return;
         }
-        self.spare_in_progress.store(true, Release);
-        let prepared = self.preallocate(self.cfg.max_segment_size);
-        self.spare_in_progress.store(false, Release);
-        match prepared {
+        match self.preallocate(self.cfg.max_segment_size) {
             Ok(s) => {
                 if self.spare_failing.swap(false, Relaxed) {
                     log::info!("WAL preallocates segments again in {}", self.seg_dir.display());

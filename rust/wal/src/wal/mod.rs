@@ -232,8 +232,8 @@ struct Inner {
     has_failures: AtomicBool,
     /// The last spare preallocation failed (logged once per episode).
     spare_failing: AtomicBool,
-    /// The housekeeper is writing a spare right now.
-    spare_in_progress: AtomicBool,
+    /// Held while a spare segment is being zero-filled (one at a time).
+    spare_creation: Mutex<()>,
     /// When the housekeeper may try preallocating again after a failure.
     spare_retry_at: Mutex<Instant>,
     processed: Mutex<Processed>,
@@ -327,7 +327,7 @@ impl Wal {
             synced_id: AtomicU64::new(written_id),
             has_failures: AtomicBool::new(false),
             spare_failing: AtomicBool::new(false),
-            spare_in_progress: AtomicBool::new(false),
+            spare_creation: Mutex::new(()),
             spare_retry_at: Mutex::new(Instant::now()),
             processed: Mutex::new(rec.processed),
             checkpoint_lock: Mutex::new(Instant::now()),

@@ -60,22 +60,6 @@ impl Inner {
         Ok(())
     }
 
-    /// The prepared spare; if the housekeeper is writing one right now, waits
-    /// for it (briefly) rather than zero-filling a second file: on a nearly
-    /// full disk the two would compete for the same space.
-    fn take_spare(&self) -> Option<Spare> {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            if let Some(s) = lock(&self.spare).take() {
-                return Some(s);
-            }
-            if !self.spare_in_progress.load(Acquire) || Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
     /// Whether zero-filling segments ahead of time pays at the current load.
     ///
     /// An fdatasync into preallocated blocks skips the inode update (about
@@ -98,10 +82,16 @@ impl Inner {
                 .map_err(|e| self.creation_error(e))?;
             Spare { path: path.clone(), file: created, len: 0 }
         } else {
-            let spare = match self.take_spare() {
+            // One preallocation at a time (the housekeeper's or ours): on a
+            // nearly full disk, two would compete for the same space.
+            let creating = lock(&self.spare_creation);
+            let spare = match lock(&self.spare).take() {
                 Some(s) => s,
-                None => self.preallocate(self.cfg.max_segment_size)?,
+                None => self.preallocate(self.cfg.max_segment_size).inspect_err(|_| {
+                    *lock(&self.spare_retry_at) = Instant::now() + SPARE_RETRY_BACKOFF;
+                })?,
             };
+            drop(creating);
             // rename → fsync(dir) → header: the new name is durable before anything is acknowledged in it.
             let renamed = self.fault_err(FaultPoint::SegmentRename).and_then(|_| std::fs::rename(&spare.path, &path));
             if let Err(e) = renamed {
