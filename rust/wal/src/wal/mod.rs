@@ -51,7 +51,7 @@ use crate::fsutil;
 use crate::metadata::{self, Metadata, SegmentMeta};
 use crate::processed::{Mark, Processed};
 use crate::reader::{Entry, SegmentReader, Step};
-use crate::recovery::{self, QUARANTINE_DIR, SEGMENTS_DIR};
+use crate::recovery::{self, SEGMENTS_DIR};
 use crate::segment::{self, ActiveSegment, SegmentInfo, Spare};
 use crate::stats::{self, Stats};
 
@@ -715,9 +715,4 @@ impl Inner {
             unsafe { libc::write(fd, [1u8].as_ptr() as *const libc::c_void, 1) };
         }
     }
-}
-
-/// The quarantine directory of a WAL.
-pub fn quarantine_dir(dir: &Path) -> PathBuf {
-    dir.join(QUARANTINE_DIR)
 }
