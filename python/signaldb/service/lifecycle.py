@@ -1,0 +1,40 @@
+"""Process lifecycle: run a service until SIGTERM/SIGINT, then stop it in bounded time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from signaldb.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2  # bad configuration: do not restart in a loop
+EXIT_FAILURE = 1
+
+
+async def wait_for_stop_signal() -> str:
+    """Returns the name of the first SIGTERM or SIGINT received."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[str] = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s.name))
+    try:
+        return await received
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run_main(main: Callable[[], Awaitable[int]]) -> int:
+    """Runs ``main`` and maps startup errors to exit codes with one clear line."""
+    try:
+        return asyncio.run(main())
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
