@@ -277,3 +277,50 @@ def dir_size(path: os.PathLike[str] | str) -> int:
             except FileNotFoundError:
                 pass
     return total
+
+
+# --- service fixtures (acceptor and a recording Flight server) --------------------------
+
+
+@pytest.fixture
+def recorder():
+    """A real Flight server on loopback that records what the acceptor forwards."""
+    from helpers.flight_recorder import FlightRecorder
+
+    server = FlightRecorder()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def acceptor_factory(tmp_path, request):
+    """Starts real ``signaldb-acceptor`` processes; stops them (SIGKILL if stuck) after the test
+    and prints their logs when the test failed."""
+    from helpers.acceptor_proc import AcceptorProcess
+
+    started: list[AcceptorProcess] = []
+
+    def make(env: dict[str, str] | None = None, args: list[str] | None = None, start: bool = True,
+             workdir: pathlib.Path | None = None) -> AcceptorProcess:
+        proc = AcceptorProcess(workdir=workdir or tmp_path, env=dict(env or {}), args=list(args or []))
+        started.append(proc)
+        return proc.start() if start else proc
+
+    yield make
+    for proc in started:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for proc in started:
+            print(f"--- acceptor log ({proc.log_path}) ---\n{proc.log_text()[-8000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)

@@ -233,19 +233,22 @@ class Wal:
             self._native.mark_processed([operator.index(i) for i in ids])
 
     def unprocessed(
-        self, after_id: int | None = None, limit: int | None = None
+        self, after_id: int | None = None, limit: int | None = None, max_bytes: int | None = None
     ) -> list[Entry] | Iterator[Entry]:
         """Unprocessed entries, oldest first.
 
         With ``limit`` the result is a list of at most that many entries after
-        ``after_id``: the forwarder's tail, costing what it returns. Without it,
-        a lazy iterator over everything unprocessed, read in bounded chunks.
+        ``after_id``: the forwarder's tail, costing what it returns.
+        ``max_bytes`` also bounds the payload bytes returned (the first entry is
+        returned whatever its size). Without ``limit``, a lazy iterator over
+        everything unprocessed, read in bounded chunks.
         """
         start = 0 if after_id is None else int(after_id)
         if limit is not None:
             if limit < 0:
                 raise ValueError("limit must be >= 0")
-            return self._native.read_unprocessed(start, int(limit), _UNBOUNDED_BYTES)
+            byte_cap = _UNBOUNDED_BYTES if max_bytes is None else max(1, int(max_bytes))
+            return self._native.read_unprocessed(start, int(limit), byte_cap)
         return self._iter_unprocessed(start)
 
     def _iter_unprocessed(self, after_id: int) -> Iterator[Entry]:

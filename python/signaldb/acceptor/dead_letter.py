@@ -1,0 +1,67 @@
+"""Entries a writer refuses as invalid: kept on disk with the reason, out of the way.
+
+A poison entry must never block the entries behind it, and must never be
+silently dropped either. Each one becomes two files in the dead-letter
+directory, written durably (temp file, fsync, rename, fsync dir):
+
+    <entry id>.<kind>.otlp   the WAL payload (encoding byte + request body)
+    <entry id>.<kind>.json   {"entry_id", "kind", "reason", "time", "acceptor_id"}
+
+An operator can inspect them, fix the cause and replay them with any OTLP client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetters:
+    def __init__(self, directory: Path, acceptor_id: str) -> None:
+        self.directory = directory
+        self._acceptor_id = acceptor_id
+        self.count = 0
+
+    def put(self, entry_id: int, kind: str, payload: bytes, reason: str) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stem = f"{entry_id:020d}.{kind}"
+        info = {"entry_id": entry_id, "kind": kind, "reason": reason, "acceptor_id": self._acceptor_id,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        # The payload first: a .json without its .otlp would describe nothing.
+        _write_durably(self.directory / f"{stem}.otlp", payload)
+        _write_durably(self.directory / f"{stem}.json", json.dumps(info, indent=1).encode())
+        _fsync_dir(self.directory)
+        self.count += 1
+        log.error("entry moved to dead-letter directory",
+                  extra={"entry_id": entry_id, "signal": kind, "reason": reason, "dir": str(self.directory)})
+
+    def existing(self) -> int:
+        if not self.directory.is_dir():
+            return 0
+        return sum(1 for p in self.directory.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,329 @@
+"""The background exporter: acceptor WAL → Arrow batches → Flight ``do_put`` → writer.
+
+One *lane* (a thread) per writer endpoint. Every entry belongs to exactly one
+lane, chosen by rendezvous hashing of (endpoint, entry id): stable across
+restarts and retries, so a retried entry goes to the same writer (whose
+dedupe index knows it), and adding a writer moves only ~1/n of the entries.
+
+A lane repeats *rounds*: read its next unprocessed entries from the WAL (at
+most ``batch_entries`` / ``batch_bytes``), convert them to Arrow with the Rust
+core, concatenate the rows per table across entries, send one ``do_put``
+stream per table (see ``signaldb.flight_protocol``) and wait for the writer's
+per-batch acks. Only when every table of a round is acked are its entries
+marked processed. A failed round is retried, whole, to the same writer with
+exponential backoff; the writer drops what it already has. If the writer says
+a batch is invalid, the round is split entry by entry and an entry that is
+refused on its own goes to the dead-letter directory, so one poison entry
+never blocks the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from signaldb import otlp
+from signaldb.acceptor import entry_format
+from signaldb.acceptor.dead_letter import DeadLetters
+from signaldb.acceptor.telemetry import AcceptorMetrics
+from signaldb.flight_protocol import StreamHeader, bearer_header, decode_ack, encode_batch_metadata
+from signaldb.wal import Entry, Wal
+
+log = logging.getLogger(__name__)
+
+# Flight messages stay well under gRPC's practical limits; an entry is never split.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CALL_TIMEOUT_SECS = 60.0
+IDLE_WAIT_SECS = 0.5
+PROBE_INTERVAL_SECS = 5.0
+BACKOFF_START_SECS = 0.1
+BACKOFF_MAX_SECS = 10.0
+
+
+def route(entry_id: int, endpoints: Sequence[str]) -> int:
+    """Index of the endpoint that owns ``entry_id`` (rendezvous hashing)."""
+    if len(endpoints) == 1:
+        return 0
+    key = entry_id.to_bytes(8, "little")
+    return max(range(len(endpoints)), key=lambda i: zlib.crc32(key, zlib.crc32(endpoints[i].encode())))
+
+
+class WriterRefused(Exception):
+    """The writer called a batch invalid: retrying the same bytes cannot help."""
+
+
+@dataclass
+class _Round:
+    entries: list[Entry]
+    tables: dict[str, list[tuple[int, pa.RecordBatch]]] = field(default_factory=dict)
+    rows: int = 0
+
+
+@dataclass
+class LaneState:
+    endpoint: str
+    up: bool = False
+    last_error: str | None = None
+    last_success: float | None = None
+    retrying_entries: int = 0
+
+
+class Lane:
+    def __init__(self, forwarder: Forwarder, index: int, endpoint: str) -> None:
+        self._fw = forwarder
+        self._index = index
+        self.endpoint = endpoint
+        self.state = LaneState(endpoint)
+        self._client: flight.FlightClient | None = None
+        self._last_probe = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"forwarder-{index}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    # -- the loop ------------------------------------------------------------
+
+    def _run(self) -> None:
+        cursor = 0
+        while not self._fw.stopping.is_set():
+            try:
+                entries = self._fw.wal.unprocessed(after_id=cursor, limit=self._fw.batch_entries,
+                                                   max_bytes=self._fw.batch_bytes)
+            except Exception as err:  # a closed or failed WAL: the service is going down
+                if not self._fw.stopping.is_set():
+                    log.error("forwarder cannot read the WAL", extra={"error": str(err)})
+                    self._fw.stopping.wait(1.0)
+                continue
+            assert isinstance(entries, list)
+            if not entries:
+                self._idle()
+                continue
+            mine = [e for e in entries if route(e.id, self._fw.endpoints) == self._index]
+            if mine and not self._deliver_with_retry(mine):
+                return  # stopping
+            cursor = entries[-1].id
+
+    def _idle(self) -> None:
+        if time.monotonic() - self._last_probe > PROBE_INTERVAL_SECS:
+            self._probe()
+        self._fw.wake.wait(IDLE_WAIT_SECS)
+        self._fw.wake.clear()
+
+    def _probe(self) -> None:
+        """Keeps ``up`` honest while there is nothing to send (for /readyz)."""
+        self._last_probe = time.monotonic()
+        try:
+            list(self._connect().list_actions(options=self._options(timeout=5.0)))
+            self._mark_up()
+        except Exception as err:
+            self._mark_down(err)
+
+    def _deliver_with_retry(self, entries: list[Entry]) -> bool:
+        """Delivers ``entries`` (or dead-letters them); False if stopped first."""
+        backoff = BACKOFF_START_SECS
+        while not self._fw.stopping.is_set():
+            try:
+                self._deliver(entries)
+                self.state.retrying_entries = 0
+                return True
+            except Exception as err:  # unreachable writer, timeout, broken stream: all retryable
+                self._mark_down(err)
+                self.state.retrying_entries = len(entries)
+                self._fw.metrics.forward_errors.labels(self.endpoint, type(err).__name__).inc()
+                log.warning("forwarding failed; will retry", extra={
+                    "writer": self.endpoint, "entries": len(entries), "first_entry": entries[0].id,
+                    "error": str(err).splitlines()[0] if str(err) else type(err).__name__,
+                    "retry_in_secs": round(backoff, 2)})
+                self._client = None  # reconnect: the channel may be broken
+                self._fw.stopping.wait(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, BACKOFF_MAX_SECS)
+        return False
+
+    def _deliver(self, pending: list[Entry]) -> None:
+        """One round over ``pending``, removing entries from it as they are finished
+        (acked or dead-lettered), so a retry after a transient error resends only
+        the rest. On a refusal the round is split, so only the refused entry is
+        dead-lettered."""
+        rnd = self._convert(pending)
+        try:
+            self._send(rnd)
+        except WriterRefused as refused:
+            if len(rnd.entries) == 1:
+                self._fw.dead_letter(rnd.entries[0], f"writer {self.endpoint} refused it: {refused}")
+                pending.remove(rnd.entries[0])
+                return
+            log.warning("writer refused a batch; sending its entries one by one",
+                        extra={"writer": self.endpoint, "entries": len(rnd.entries), "error": str(refused)})
+            for entry in list(rnd.entries):
+                single = [entry]
+                self._deliver(single)
+                pending.remove(entry)
+            return
+        self._fw.wal.mark_processed([e.id for e in rnd.entries])
+        self._fw.metrics.forwarded_entries.labels(self.endpoint).inc(len(rnd.entries))
+        pending.clear()
+
+    def _convert(self, entries: list[Entry]) -> _Round:
+        rnd = _Round(entries=[])
+        for entry in list(entries):
+            try:
+                content_type, body = entry_format.decode(entry.payload)
+                result = otlp.convert(entry.kind, bytes(body), content_type)
+            except ValueError as err:  # validated at ingest, so this is a bug or a damaged entry
+                self._fw.dead_letter(entry, f"conversion failed: {err}")
+                entries.remove(entry)
+                continue
+            rnd.entries.append(entry)
+            for table, batch in result.tables.items():
+                if batch.num_rows:
+                    rnd.tables.setdefault(table, []).append((entry.id, batch))
+                    rnd.rows += batch.num_rows
+        return rnd
+
+    def _send(self, rnd: _Round) -> None:
+        started = time.perf_counter()
+        client = self._connect()
+        for table, parts in rnd.tables.items():
+            self._put_table(client, table, parts)
+        if rnd.tables:
+            self._fw.metrics.forward_latency.labels(self.endpoint).observe(time.perf_counter() - started)
+            for table, parts in rnd.tables.items():
+                self._fw.metrics.forwarded_rows.labels(self.endpoint, table).inc(sum(b.num_rows for _, b in parts))
+        self._mark_up()
+
+    def _put_table(self, client: flight.FlightClient, table: str, parts: list[tuple[int, pa.RecordBatch]]) -> None:
+        messages = list(_messages(parts))
+        header = StreamHeader(table=table, acceptor_id=self._fw.acceptor_id)
+        schema = parts[0][1].schema
+        try:
+            writer, reader = client.do_put(header.descriptor(), schema, options=self._options())
+            with writer:
+                for entries, batch in messages:
+                    writer.write_with_metadata(batch, encode_batch_metadata(entries))
+                writer.done_writing()
+                for entries, _ in messages:
+                    ack = reader.read()
+                    if ack is None:
+                        raise flight.FlightServerError(f"writer closed the stream before acking {table}")
+                    acked, _duplicates = decode_ack(ack.to_pybytes())
+                    if sorted(acked) != sorted(eid for eid, _ in entries):
+                        raise flight.FlightServerError(f"writer acked {acked}, expected {[e for e, _ in entries]}")
+        except pa.ArrowInvalid as err:
+            raise WriterRefused(str(err)) from None
+
+    # -- connection and state -------------------------------------------------
+
+    def _connect(self) -> flight.FlightClient:
+        if self._client is None:
+            self._client = flight.FlightClient(self.endpoint, **self._fw.client_kwargs)
+        return self._client
+
+    def _options(self, timeout: float = CALL_TIMEOUT_SECS) -> flight.FlightCallOptions:
+        return flight.FlightCallOptions(timeout=timeout, headers=bearer_header(self._fw.auth_token))
+
+    def _mark_up(self) -> None:
+        if not self.state.up:
+            log.info("writer reachable", extra={"writer": self.endpoint})
+        self.state.up, self.state.last_error, self.state.last_success = True, None, time.time()
+        self._fw.metrics.writer_up.labels(self.endpoint).set(1)
+
+    def _mark_down(self, err: Exception) -> None:
+        if self.state.up or self.state.last_error is None:
+            log.warning("writer unreachable", extra={"writer": self.endpoint, "error": str(err).splitlines()[0]
+                                                     if str(err) else type(err).__name__})
+        self.state.up, self.state.last_error = False, str(err) or type(err).__name__
+        self._fw.metrics.writer_up.labels(self.endpoint).set(0)
+
+
+def _messages(parts: list[tuple[int, pa.RecordBatch]]):
+    """Concatenates per-entry batches into messages of at most MAX_MESSAGE_BYTES (never splitting an entry)."""
+    group: list[tuple[int, pa.RecordBatch]] = []
+    size = 0
+    for eid, batch in parts:
+        if group and size + batch.nbytes > MAX_MESSAGE_BYTES:
+            yield _concat(group)
+            group, size = [], 0
+        group.append((eid, batch))
+        size += batch.nbytes
+    if group:
+        yield _concat(group)
+
+
+def _concat(group: list[tuple[int, pa.RecordBatch]]) -> tuple[list[tuple[int, int]], pa.RecordBatch]:
+    entries = [(eid, b.num_rows) for eid, b in group]
+    batch = group[0][1] if len(group) == 1 else pa.concat_batches([b for _, b in group])
+    return entries, batch
+
+
+class Forwarder:
+    def __init__(
+        self,
+        wal: Wal,
+        acceptor_id: str,
+        endpoints: Sequence[str],
+        metrics: AcceptorMetrics,
+        dead_letters: DeadLetters,
+        batch_entries: int,
+        batch_bytes: int,
+        auth_token: str | None = None,
+        tls_root_certs: bytes | None = None,
+    ) -> None:
+        self.wal = wal
+        self.acceptor_id = acceptor_id
+        self.endpoints = list(endpoints)
+        self.metrics = metrics
+        self._dead_letters = dead_letters
+        self._dead_letter_lock = threading.Lock()
+        self.batch_entries = batch_entries
+        self.batch_bytes = batch_bytes
+        self.auth_token = auth_token
+        self.client_kwargs = {"tls_root_certs": tls_root_certs} if tls_root_certs else {}
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.lanes = [Lane(self, i, ep) for i, ep in enumerate(self.endpoints)]
+
+    def start(self) -> None:
+        for lane in self.lanes:
+            lane.start()
+
+    def notify(self) -> None:
+        """New entries are in the WAL: idle lanes look now instead of at their next poll."""
+        self.wake.set()
+
+    def stop(self, timeout: float) -> None:
+        """Stops after the current round; unacked entries stay unprocessed for the next start."""
+        self.stopping.set()
+        self.wake.set()
+        deadline = time.monotonic() + timeout
+        for lane in self.lanes:
+            lane.join(max(0.0, deadline - time.monotonic()))
+
+    def any_writer_up(self) -> bool:
+        return any(lane.state.up for lane in self.lanes)
+
+    def dead_letter(self, entry: Entry, reason: str) -> None:
+        with self._dead_letter_lock:
+            self._dead_letters.put(entry.id, entry.kind, entry.payload, reason)
+        self.metrics.dead_letters.inc()
+        self.wal.mark_processed(entry.id)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "writers": [
+                {"endpoint": lane.endpoint, "up": lane.state.up, "last_error": lane.state.last_error,
+                 "retrying_entries": lane.state.retrying_entries}
+                for lane in self.lanes
+            ],
+            "dead_letter_entries": self._dead_letters.count,
+        }

@@ -1,0 +1,104 @@
+"""OTLP/gRPC: ``TraceService/Export``, ``LogsService/Export``, ``MetricsService/Export``.
+
+Requests arrive as raw bytes (no Python protobuf decoding: the Rust core
+validates them); grpc itself handles ``grpc-encoding: gzip`` and enforces
+``max_request_bytes`` on the decompressed message (RESOURCE_EXHAUSTED, no
+RetryInfo). Retryable refusals carry RetryInfo twice: the
+``google.rpc.retryinfo-bin`` trailer the Python exporter reads and the
+``grpc-status-details-bin`` Status that Go/.NET/Rust clients read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc import aio
+
+from signaldb import otlp
+from signaldb.acceptor import responses
+from signaldb.acceptor.ingest import Ingest, Refused
+from signaldb.config import Address
+from signaldb.service.security import bearer_ok
+
+log = logging.getLogger(__name__)
+
+SERVICES = {
+    "traces": "opentelemetry.proto.collector.trace.v1.TraceService",
+    "logs": "opentelemetry.proto.collector.logs.v1.LogsService",
+    "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
+}
+_GRPC_STATUS = {
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+}
+
+
+class GrpcReceiver:
+    def __init__(self, addr: Address, ingest: Ingest, auth_token: str | None,
+                 pem_pair: tuple[bytes, bytes] | None) -> None:
+        self._addr = addr
+        self._ingest = ingest
+        self._auth_token = auth_token
+        self._pem_pair = pem_pair
+        self._server: aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        limit = self._ingest.max_request_bytes
+        self._server = aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),  # a second acceptor on the same port must fail, not share it
+        ])
+        for kind, service in SERVICES.items():
+            handler = grpc.unary_unary_rpc_method_handler(self._export_handler(kind))  # raw bytes in and out
+            self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
+        target = str(self._addr)
+        if self._pem_pair is not None:
+            cert, key = self._pem_pair
+            self.port = self._server.add_secure_port(target, grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            self.port = self._server.add_insecure_port(target)
+        await self._server.start()
+        return self.port
+
+    async def stop(self, grace_secs: float) -> None:
+        """Refuses new RPCs at once and gives running ones ``grace_secs`` to finish."""
+        if self._server is not None:
+            await self._server.stop(grace_secs)
+            self._server = None
+
+    def _export_handler(self, kind: str) -> Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]:
+        async def export(request: bytes, context: aio.ServicerContext) -> bytes:
+            try:
+                if not bearer_ok(self._auth_token, _metadata(context, "authorization")):
+                    raise Refused("unauthenticated", "missing or wrong bearer token")
+                accepted = await self._ingest.export(kind, request, otlp.PROTOBUF, "grpc")
+            except Refused as refused:
+                await _abort(context, refused)
+                raise AssertionError("unreachable: abort raises") from None
+            return responses.export_response(kind, accepted.rejected, accepted.message, otlp.PROTOBUF)
+
+        return export
+
+
+def _metadata(context: aio.ServicerContext, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode()
+    return None
+
+
+async def _abort(context: aio.ServicerContext, refused: Refused) -> None:
+    trailers: list[tuple[str, bytes]] = []
+    if refused.retry_after_secs is not None:
+        st = responses.status(refused.category, refused.message, refused.retry_after_secs)
+        trailers = [
+            ("google.rpc.retryinfo-bin", responses.retry_info(refused.retry_after_secs).SerializeToString()),
+            ("grpc-status-details-bin", st.SerializeToString()),
+        ]
+    await context.abort(_GRPC_STATUS[refused.category], refused.message, trailing_metadata=tuple(trailers))

@@ -1,0 +1,158 @@
+"""OTLP/HTTP: ``POST /v1/traces``, ``/v1/logs``, ``/v1/metrics``.
+
+Only transport work happens here: method, auth, content type, body size,
+gzip/deflate. Decompression is streamed with a hard output cap, so a gzip
+bomb costs at most ``max_request_bytes`` of memory before it gets its 413.
+The answer (success or ``google.rpc.Status``) uses the request's encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import zlib
+
+from aiohttp import web
+
+from signaldb import otlp
+from signaldb.acceptor import responses
+from signaldb.acceptor.ingest import Ingest, Refused
+from signaldb.config import Address
+from signaldb.service.security import bearer_ok
+
+log = logging.getLogger(__name__)
+
+PATHS = {"/v1/traces": "traces", "/v1/logs": "logs", "/v1/metrics": "metrics"}
+_HTTP_STATUS = {"invalid": 400, "too_large": 413, "unavailable": 503, "unauthenticated": 401}
+_READ_CHUNK = 256 * 1024
+# Inflating big bodies takes a while; do it off the event loop.
+_INLINE_INFLATE_BYTES = 64 * 1024
+
+
+class HttpReceiver:
+    def __init__(self, addr: Address, ingest: Ingest, auth_token: str | None,
+                 ssl_context: ssl.SSLContext | None, shutdown_grace_secs: float) -> None:
+        self._addr = addr
+        self._grace = shutdown_grace_secs
+        self._ingest = ingest
+        self._auth_token = auth_token
+        self._ssl = ssl_context
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        # We read the body ourselves with our own limit; aiohttp's own cap is set above it.
+        app = web.Application(client_max_size=self._ingest.max_request_bytes + 1)
+        for path in PATHS:
+            app.router.add_route("*", path, self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self._grace)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._addr.host, self._addr.port, ssl_context=self._ssl,
+                           reuse_address=True)
+        await site.start()
+        server = site._server  # the asyncio server: the only place aiohttp exposes port 0's pick
+        assert server is not None and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        """Stops listening, lets in-flight requests finish (up to the shutdown grace)."""
+        if self._runner is not None:
+            # AppRunner.cleanup closes the listener, then waits for running handlers.
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        kind = PATHS[request.path]
+        content_type = _content_type(request.headers.get("Content-Type", ""))
+        answer_type = content_type or otlp.PROTOBUF
+        if request.method != "POST":
+            return _error(405, f"{request.method} is not allowed on {request.path}; use POST", answer_type,
+                          headers={"Allow": "POST"})
+        if not bearer_ok(self._auth_token, request.headers.get("Authorization")):
+            return _error(401, "missing or wrong bearer token", answer_type,
+                          headers={"WWW-Authenticate": 'Bearer realm="signaldb"'})
+        if content_type is None:
+            return _error(415, f"unsupported Content-Type {request.headers.get('Content-Type')!r}; "
+                               f"use {otlp.PROTOBUF} or {otlp.JSON}", answer_type)
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
+            return _error(415, f"unsupported Content-Encoding {encoding!r}; use gzip or deflate", answer_type)
+        try:
+            body = await self._read_body(request, encoding)
+            accepted = await self._ingest.export(kind, body, content_type, "http")
+        except Refused as refused:
+            headers = {"Retry-After": str(refused.retry_after_secs)} if refused.retry_after_secs else None
+            return _error(_HTTP_STATUS[refused.category], refused.message, answer_type, headers=headers,
+                          retry_after=refused.retry_after_secs)
+        body_out = responses.export_response(kind, accepted.rejected, accepted.message, content_type)
+        return web.Response(body=body_out, content_type=content_type)
+
+    async def _read_body(self, request: web.Request, encoding: str) -> bytes:
+        limit = self._ingest.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise Refused("too_large", f"request body is {request.content_length} bytes; the limit is {limit}")
+        raw = bytearray()
+        while chunk := await request.content.read(_READ_CHUNK):
+            raw += chunk
+            if len(raw) > limit:
+                raise Refused("too_large", f"request body is over the limit of {limit} bytes")
+        if encoding in ("identity", ""):
+            return bytes(raw)
+        if len(raw) <= _INLINE_INFLATE_BYTES:
+            return inflate(bytes(raw), encoding, limit)
+        return await asyncio.to_thread(inflate, bytes(raw), encoding, limit)
+
+
+def inflate(data: bytes, encoding: str, limit: int) -> bytes:
+    """Decompresses gzip (all members) or deflate (zlib or raw) with an output cap."""
+    if encoding == "deflate":
+        # "deflate" should be zlib-wrapped (RFC 9110); some clients send raw deflate.
+        wbits = zlib.MAX_WBITS if len(data) >= 2 and (data[0] * 256 + data[1]) % 31 == 0 else -zlib.MAX_WBITS
+    else:
+        wbits = 16 + zlib.MAX_WBITS
+    out = bytearray()
+    rest = data
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            pending = rest
+            while pending:
+                out += inflater.decompress(pending, limit + 1 - len(out))
+                if len(out) > limit:
+                    raise Refused("too_large", f"request body inflates to over the limit of {limit} bytes")
+                pending = inflater.unconsumed_tail
+                if inflater.eof:
+                    break
+            if not inflater.eof:
+                out += inflater.flush()
+                if not inflater.eof:
+                    raise Refused("invalid", f"truncated {encoding} body")
+        except zlib.error as err:
+            raise Refused("invalid", f"malformed {encoding} body: {err}") from None
+        rest = inflater.unused_data
+        # gzip allows several members back to back; anything else after the end is garbage.
+        if not rest or wbits != 16 + zlib.MAX_WBITS:
+            if rest:
+                raise Refused("invalid", f"trailing bytes after the {encoding} stream")
+            return bytes(out)
+
+
+def _content_type(header: str) -> str | None:
+    mime = header.split(";", 1)[0].strip().lower()
+    if mime in (otlp.PROTOBUF, "application/protobuf"):
+        return otlp.PROTOBUF
+    if mime == otlp.JSON:
+        return otlp.JSON
+    return None
+
+
+def _error(status: int, message: str, content_type: str, headers: dict[str, str] | None = None,
+           retry_after: int | None = None) -> web.Response:
+    category = {400: "invalid", 413: "too_large", 503: "unavailable", 401: "unauthenticated"}.get(status, "invalid")
+    st = responses.status(category, message, retry_after)
+    if status in (405, 415):
+        st.code = 3 if status == 415 else 12  # INVALID_ARGUMENT / UNIMPLEMENTED
+    return web.Response(status=status, body=responses.status_body(st, content_type), content_type=content_type,
+                        headers=headers)

@@ -1,0 +1,127 @@
+"""The one export path both receivers call: validate, admit, make durable, answer.
+
+Order matters: the request is validated (fully decoded by the Rust core, the
+same code the forwarder converts with) before anything is written, so nothing
+is written for a refused request; it is admitted against the backlog limit;
+then appended to the WAL and awaited until durable (group commit). Only then
+does the receiver answer. No conversion and no network call happen here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from signaldb import otlp
+from signaldb.acceptor import entry_format
+from signaldb.acceptor.admission import RETRY_AFTER_SECS, Admission
+from signaldb.acceptor.telemetry import AcceptorMetrics
+from signaldb.wal import Wal, WalError, WalFullError
+
+log = logging.getLogger(__name__)
+
+# Validating a large body takes milliseconds: do it off the event loop.
+_INLINE_VALIDATE_BYTES = 256 * 1024
+
+
+class Refused(Exception):
+    """A request the acceptor does not take. ``category`` picks the status:
+    invalid (400 / INVALID_ARGUMENT), too_large (413 / RESOURCE_EXHAUSTED),
+    unavailable (503 / UNAVAILABLE, retryable), unauthenticated (401 / UNAUTHENTICATED)."""
+
+    def __init__(self, category: str, message: str, retry_after_secs: int | None = None) -> None:
+        super().__init__(message)
+        self.category = category
+        self.message = message
+        self.retry_after_secs = retry_after_secs
+
+
+@dataclass(frozen=True)
+class Accepted:
+    entry_id: int
+    items: int
+    rejected: int
+    message: str  # partial-success message, "" when everything was taken
+
+
+class Ingest:
+    def __init__(
+        self,
+        wal: Wal,
+        admission: Admission,
+        metrics: AcceptorMetrics,
+        max_request_bytes: int,
+        on_fatal: Callable[[str], None],
+        on_accepted: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._wal = wal
+        self._admission = admission
+        self._metrics = metrics
+        self.max_request_bytes = max_request_bytes
+        self._on_fatal = on_fatal
+        self._on_accepted = on_accepted  # wakes the forwarder
+        self.accepting = True
+
+    async def export(self, kind: str, body: bytes, content_type: str, transport: str) -> Accepted:
+        """Takes one decompressed OTLP request; returns once it is durable, or raises ``Refused``."""
+        try:
+            accepted = await self._export(kind, body, content_type, transport)
+        except Refused as refused:
+            self._metrics.requests.labels(transport, kind, refused.category).inc()
+            raise
+        self._metrics.requests.labels(transport, kind, "accepted").inc()
+        return accepted
+
+    async def _export(self, kind: str, body: bytes, content_type: str, transport: str) -> Accepted:
+        if not self.accepting:
+            raise Refused("unavailable", "acceptor is shutting down", RETRY_AFTER_SECS)
+        if len(body) > self.max_request_bytes:
+            raise Refused("too_large", f"request body is {len(body)} bytes after decompression; "
+                                       f"the limit is {self.max_request_bytes}")
+        items, rejected = await self._validate(kind, body, content_type)
+        rejected_total = sum(rejected.values())
+        reason = self._admission.refusal()
+        if reason is not None:
+            self._metrics.refused[kind].labels(transport, "backpressure").inc(items)
+            raise Refused("unavailable", f"acceptor is pushing back: {reason}", RETRY_AFTER_SECS)
+
+        started = time.perf_counter()
+        entry_id = await self._append(kind, body, content_type, items, transport)
+        self._metrics.ack_latency.labels(kind).observe(time.perf_counter() - started)
+        self._metrics.accepted[kind].labels(transport).inc(items)
+        self._metrics.request_bytes.labels(kind).inc(len(body))
+        if rejected_total:
+            self._metrics.refused[kind].labels(transport, "invalid_item").inc(rejected_total)
+        message = "; ".join(f"{n} rejected: {why}" for why, n in sorted(rejected.items()))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("accepted", extra={"entry_id": entry_id, "signal": kind, "items": items, "bytes": len(body)})
+        return Accepted(entry_id, items, rejected_total, message)
+
+    async def _validate(self, kind: str, body: bytes, content_type: str) -> tuple[int, dict[str, int]]:
+        try:
+            if len(body) <= _INLINE_VALIDATE_BYTES:
+                return otlp.count_items(kind, body, content_type)
+            return await asyncio.to_thread(otlp.count_items, kind, body, content_type)
+        except otlp.OtlpDecodeError as err:
+            raise Refused("invalid", str(err)) from None
+
+    async def _append(self, kind: str, body: bytes, content_type: str, items: int, transport: str) -> int:
+        try:
+            entry_id = await self._wal.append_async(entry_format.encode(body, content_type), kind)
+        except WalFullError as err:
+            self._admission.note_disk_full()
+            self._metrics.refused[kind].labels(transport, "disk_full").inc(items)
+            log.warning("WAL full: refusing requests until space frees", extra={"error": str(err)})
+            raise Refused("unavailable", f"acceptor disk is full: {err}", RETRY_AFTER_SECS) from None
+        except WalError as err:
+            self._metrics.refused[kind].labels(transport, "wal_error").inc(items)
+            if self._wal.closed or self._wal.stats().get("poisoned"):
+                # Fail-stop: a failed fsync is never retried; the process restarts and replays.
+                self._on_fatal(f"WAL failed: {err}")
+            raise Refused("unavailable", f"acceptor WAL error: {err}", RETRY_AFTER_SECS) from None
+        self._admission.note_append_ok()
+        self._on_accepted()
+        return entry_id

@@ -1,0 +1,63 @@
+"""``signaldb-acceptor``: run the acceptor until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from signaldb.acceptor.service import AcceptorService
+from signaldb.config import Config, add_flags, load
+from signaldb.service.lifecycle import EXIT_FAILURE, run_main, wait_for_stop_signal
+from signaldb.service.logsetup import setup_logging
+
+log = logging.getLogger("signaldb.acceptor")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="signaldb-acceptor",
+        description="Receives OTLP over gRPC and HTTP, makes each request durable in a WAL before "
+                    "answering, and forwards it to signaldb-writer over Arrow Flight.",
+        epilog="Precedence: defaults < TOML (--config / $SIGNALDB_CONFIG) < environment < flags. "
+               "See docs/operations.md.")
+    add_flags(p, "acceptor")
+    return p
+
+
+async def serve(config: Config) -> int:
+    service = AcceptorService(config)
+    try:
+        await service.start()
+    except BaseException:
+        await service.stop()
+        raise
+    stop_signal = asyncio.create_task(wait_for_stop_signal())
+    fatal = asyncio.create_task(service.wait_fatal())
+    done, _ = await asyncio.wait({stop_signal, fatal}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if fatal in done:
+        log.critical("stopping after a fatal error", extra={"error": fatal.result()})
+        code = EXIT_FAILURE
+    else:
+        log.info("stopping", extra={"signal": stop_signal.result()})
+    for task in (stop_signal, fatal):
+        task.cancel()
+    await service.stop()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    async def run() -> int:
+        config = load(args, "acceptor")
+        setup_logging(config.log_level, "acceptor")
+        return await serve(config)
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

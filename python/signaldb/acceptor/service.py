@@ -1,0 +1,164 @@
+"""The acceptor process: wiring and lifecycle.
+
+Start-up order, and why:
+
+1. health endpoints first, so probes see ``/livez`` at once and ``/readyz``
+   says "replaying" while the WAL opens (recovery verifies every unprocessed
+   entry, which can take a while after a crash);
+2. the WAL (replay) in a worker thread, keeping the event loop responsive;
+3. the forwarder, which resends whatever is unprocessed;
+4. the OTLP receivers, last: nothing is acknowledged before the WAL is ready.
+
+Shutdown (SIGTERM/SIGINT) runs it backwards: receivers stop taking new
+requests and finish in-flight ones, the forwarder stops after its current
+round, the WAL is flushed and closed. Anything not yet acknowledged by the
+writer stays in the WAL for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from signaldb.acceptor import identity
+from signaldb.acceptor.admission import Admission
+from signaldb.acceptor.dead_letter import DeadLetters
+from signaldb.acceptor.forwarder import Forwarder
+from signaldb.acceptor.grpc_receiver import GrpcReceiver
+from signaldb.acceptor.http_receiver import HttpReceiver
+from signaldb.acceptor.ingest import Ingest
+from signaldb.acceptor.telemetry import AcceptorMetrics
+from signaldb.config import Config
+from signaldb.service import metrics as service_metrics
+from signaldb.service.health import HealthServer
+from signaldb.service.security import read_pem_pair, server_ssl_context
+from signaldb.wal import Wal
+
+log = logging.getLogger(__name__)
+
+
+class AcceptorService:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.registry = service_metrics.new_registry()
+        self.metrics = AcceptorMetrics(self.registry)
+        self.wal: Wal | None = None
+        self.forwarder: Forwarder | None = None
+        self.admission: Admission | None = None
+        self.ingest: Ingest | None = None
+        self.grpc: GrpcReceiver | None = None
+        self.http: HttpReceiver | None = None
+        self.health = HealthServer(config.acceptor.health_addr, self.registry, self._health, self._not_ready)
+        self.registry.register(service_metrics.WalCollector(lambda: self.wal, "acceptor"))
+        self.state = "starting"
+        self.fatal: str | None = None
+        self._fatal_event = asyncio.Event()
+        self.started_at = time.time()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg, wal_cfg = self.config, self.config.acceptor_wal
+        health_port = await self.health.start()
+        log.info("health endpoints up", extra={"health_port": health_port})
+        self.state = "replaying"
+        wal_cfg.wal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        started = time.monotonic()
+        self.wal = await asyncio.to_thread(
+            Wal, wal_cfg.wal_dir, max_segment_size=wal_cfg.max_segment_size,
+            max_buffer_entries=wal_cfg.max_buffer_entries, flush_interval_secs=wal_cfg.flush_interval_secs,
+            sync_mode=wal_cfg.sync_mode)
+        stats = self.wal.stats()
+        log.info("WAL open", extra={"wal_dir": str(wal_cfg.wal_dir), "unprocessed_entries": stats["unprocessed_entries"],
+                                    "segments": stats["total_segments"],
+                                    "open_secs": round(time.monotonic() - started, 3)})
+        acceptor_id = identity.load_or_create(wal_cfg.wal_dir)
+        dead_letters = DeadLetters(cfg.acceptor.dead_letter_dir, acceptor_id)
+        pem = read_pem_pair(cfg.security)
+        self.forwarder = Forwarder(
+            self.wal, acceptor_id, cfg.acceptor.writer_endpoints, self.metrics, dead_letters,
+            batch_entries=cfg.acceptor.forward_batch_entries, batch_bytes=cfg.acceptor.forward_batch_bytes,
+            auth_token=cfg.security.auth_token, tls_root_certs=pem[0] if pem else None)
+        self.forwarder.start()
+        self.admission = Admission(self.wal, wal_cfg.max_backlog_bytes)
+        self.ingest = Ingest(self.wal, self.admission, self.metrics, cfg.acceptor.max_request_bytes,
+                             on_fatal=self._on_fatal, on_accepted=self.forwarder.notify)
+        self.grpc = GrpcReceiver(cfg.acceptor.grpc_addr, self.ingest, cfg.security.auth_token, pem)
+        self.http = HttpReceiver(cfg.acceptor.http_addr, self.ingest, cfg.security.auth_token,
+                                 server_ssl_context(cfg.security), cfg.acceptor.shutdown_timeout_secs)
+        grpc_port = await self.grpc.start()
+        http_port = await self.http.start()
+        self.state = "running"
+        log.info("listening", extra={"grpc_port": grpc_port, "http_port": http_port, "health_port": health_port,
+                                     "acceptor_id": acceptor_id, "writers": list(cfg.acceptor.writer_endpoints),
+                                     "sync_mode": wal_cfg.sync_mode, "tls": cfg.security.tls,
+                                     "auth": cfg.security.auth_token is not None, "pid": os.getpid()})
+
+    async def stop(self) -> None:
+        """Graceful stop; bounded by ``acceptor.shutdown_timeout_secs`` overall."""
+        self.state = "stopping"
+        grace = self.config.acceptor.shutdown_timeout_secs
+        deadline = time.monotonic() + grace
+        if self.ingest is not None:
+            self.ingest.accepting = False
+        # Receivers: stop listening, let in-flight requests get their (durable) answers.
+        stops = [r.stop(max(0.1, grace / 2)) for r in (self.grpc,) if r is not None]
+        if self.http is not None:
+            stops.append(self.http.stop())
+        await asyncio.gather(*stops, return_exceptions=True)
+        if self.forwarder is not None:
+            await asyncio.to_thread(self.forwarder.stop, max(0.1, deadline - time.monotonic()))
+        if self.wal is not None and not self.wal.closed:
+            try:
+                await asyncio.to_thread(self.wal.flush)
+            except Exception as err:  # a poisoned WAL cannot flush; closing still releases it
+                log.error("WAL flush at shutdown failed", extra={"error": str(err)})
+            await asyncio.to_thread(self.wal.close)
+        await self.health.stop()
+        self.state = "stopped"
+        log.info("stopped", extra={"took_secs": round(grace - (deadline - time.monotonic()), 3)})
+
+    async def wait_fatal(self) -> str:
+        await self._fatal_event.wait()
+        return self.fatal or "fatal error"
+
+    def _on_fatal(self, reason: str) -> None:
+        if self.fatal is None:
+            self.fatal = reason
+            log.critical("fail-stop: %s", reason)
+            self._fatal_event.set()
+
+    # -- health ----------------------------------------------------------------
+
+    def _not_ready(self) -> list[str]:
+        reasons = []
+        if self.state != "running":
+            reasons.append(self.state)
+        if self.fatal:
+            reasons.append(self.fatal)
+        if self.admission is not None:
+            refusal = self.admission.refusal()
+            if refusal:
+                reasons.append(refusal)
+        if self.forwarder is not None and not self.forwarder.any_writer_up():
+            reasons.append("no writer reachable")
+        return reasons
+
+    def _health(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": "ok", "service": "acceptor", "state": self.state,
+                                "uptime_secs": round(time.time() - self.started_at, 1)}
+        if self.wal is not None and not self.wal.closed:
+            stats = self.wal.stats()
+            body["wal"] = {k: v for k, v in stats.items() if k != "fsync_duration_buckets"}
+            if stats.get("poisoned"):
+                body["status"] = "failed"
+        if self.fatal:
+            body["status"] = "failed"
+            body["error"] = self.fatal
+        if self.forwarder is not None:
+            body["forwarder"] = self.forwarder.status()
+        body["ready"] = not self._not_ready()
+        return body

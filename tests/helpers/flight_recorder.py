@@ -1,0 +1,100 @@
+"""A Flight server for tests that speaks the writer's side of
+``signaldb.flight_protocol`` and records what it receives.
+
+It is a real ``pyarrow.flight`` server on loopback (the acceptor talks real
+Flight to it); it just keeps batches in memory instead of writing Parquet.
+Knobs: ``refuse_if`` (a predicate on a batch: refuse it as invalid),
+``fail_next`` (answer N streams with UNAVAILABLE), ``ack_delay``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from test_otlp_reference import plain_rows
+
+from signaldb.flight_protocol import StreamHeader, decode_batch_metadata, encode_ack
+
+
+@dataclass
+class Received:
+    acceptor_id: str
+    table: str
+    entries: list[tuple[int, int]]
+    batch: pa.RecordBatch
+    headers: dict
+
+
+class FlightRecorder(flight.FlightServerBase):
+    def __init__(self, port: int = 0, **kwargs) -> None:
+        super().__init__(f"grpc://127.0.0.1:{port}", **kwargs)
+        self.received: list[Received] = []
+        self.streams = 0
+        self.lock = threading.Lock()
+        self.refuse_if: Callable[[str, pa.RecordBatch], bool] | None = None
+        self.fail_next = 0
+        self.ack_delay = 0.0
+        self.seen: set[tuple[str, str, int]] = set()
+        self.duplicates = 0
+
+    @property
+    def url(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def do_put(self, context, descriptor, reader, writer):
+        header = StreamHeader.from_descriptor(descriptor)
+        with self.lock:
+            self.streams += 1
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise flight.FlightUnavailableError("recorder told to fail this stream")
+        for chunk in reader:
+            batch = chunk.data
+            entries = decode_batch_metadata(chunk.app_metadata.to_pybytes() if chunk.app_metadata else None,
+                                            batch.num_rows)
+            if self.refuse_if is not None and self.refuse_if(header.table, batch):
+                raise pa.ArrowInvalid("recorder refuses this batch")
+            if self.ack_delay:
+                time.sleep(self.ack_delay)
+            dups = []
+            with self.lock:
+                for eid, _ in entries:
+                    key = (header.acceptor_id, header.table, eid)
+                    if key in self.seen:
+                        dups.append(eid)
+                    self.seen.add(key)
+                self.duplicates += len(dups)
+                self.received.append(Received(header.acceptor_id, header.table, entries, batch,
+                                              dict(context.headers if hasattr(context, "headers") else {})))
+            writer.write(pa.py_buffer(encode_ack([e for e, _ in entries], dups)))
+
+    def list_actions(self, context):
+        return []
+
+    # -- what tests look at --------------------------------------------------
+
+    def rows(self, table: str) -> list[dict]:
+        with self.lock:
+            out = []
+            for r in self.received:
+                if r.table == table:
+                    out.extend(plain_rows(r.batch))
+            return out
+
+    def entry_ids(self) -> set[int]:
+        with self.lock:
+            return {eid for r in self.received for eid, _ in r.entries}
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"condition not met within {timeout}s; received {len(self.received)} batches")
