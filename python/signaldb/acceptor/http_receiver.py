@@ -46,7 +46,9 @@ class HttpReceiver:
         app = web.Application(client_max_size=self._ingest.max_request_bytes + 1)
         for path in PATHS:
             app.router.add_route("*", path, self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self._grace)
+        # auto_decompress off: we inflate ourselves, with an output cap (gzip bombs) and raw-deflate support.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self._grace,
+                                     auto_decompress=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._addr.host, self._addr.port, ssl_context=self._ssl,
                            reuse_address=True)

@@ -1,0 +1,210 @@
+"""Acceptor lifecycle and configuration: replay after SIGKILL, graceful SIGTERM under
+load, fail-fast configuration errors, health endpoints, auth and TLS, and grpcio +
+pyarrow.flight busy together in one process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from helpers.flight_recorder import FlightRecorder
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
+from test_acceptor_bad_input import grpc_export, post, trace_request
+from test_acceptor_exporters import make_spans
+from test_acceptor_forwarding import free_port, wait_until
+
+
+def test_sigkill_then_restart_replays_everything_acknowledged(acceptor_factory, tmp_path):
+    port = free_port()
+    env = {"ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{port}"}
+    acceptor = acceptor_factory(env)
+    for i in range(25):
+        assert post(acceptor, "/v1/traces", trace_request(2, f"k{i}"))[0] == 200
+    acceptor.kill()  # SIGKILL: no flush, no close
+
+    recorder = FlightRecorder(port=port)
+    try:
+        again = acceptor_factory(env)
+        recorder.wait_for(lambda: len({r["name"] for r in recorder.rows("traces")}) == 50, timeout=30)
+        assert {f"k{i}-{j}" for i in range(25) for j in range(2)} == {r["name"] for r in recorder.rows("traces")}
+        wait_until(lambda: again.health()["wal"]["unprocessed_entries"] == 0, what="processed after replay")
+        assert again.stop() == 0
+    finally:
+        recorder.shutdown()
+
+
+def test_sigterm_under_load_exits_cleanly_and_keeps_every_ack(recorder, acceptor_factory):
+    port = free_port()
+    env = {"ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{port}", "ACCEPTOR_SHUTDOWN_TIMEOUT_SECS": "10"}
+    acceptor = acceptor_factory(env)
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            name = f"c{n}-{i}"
+            try:
+                status = post(acceptor, "/v1/traces", trace_request(1, name))[0]
+            except OSError:
+                return  # connection refused once the listener is gone
+            if status == 200:
+                acked.append(f"{name}-0")
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    code = acceptor.stop(signal.SIGTERM, timeout=15)
+    took = time.monotonic() - started
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert code == 0 and took < 12, (code, took)
+    assert len(acked) > 20
+    assert any(line.get("msg") == "stopped" for line in acceptor.log_lines())
+
+    late = FlightRecorder(port=port)
+    try:
+        acceptor_factory(env)
+        late.wait_for(lambda: {r["name"] for r in late.rows("traces")} >= set(acked), timeout=60)
+    finally:
+        late.shutdown()
+
+
+def run_acceptor(args: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
+    import os
+    return subprocess.run([sys.executable, "-m", "signaldb.acceptor.main", *args], cwd=cwd,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args,env,toml,key", [
+    ([], {"WAL_SYNC_MODE": "sometimes"}, None, "wal.sync_mode"),
+    ([], {"ACCEPTOR_GRPC_ADDR": "localhost"}, None, "acceptor.grpc_addr"),
+    ([], {"WAL_MAX_SEGMENT_SIZE": "-5"}, None, "wal.max_segment_size"),
+    ([], {"ACCEPTOR_WRITER_ENDPOINTS": "http://x:1"}, None, "acceptor.writer_endpoints"),
+    (["--max-backlog-bytes", "lots"], {}, None, "wal.max_backlog_bytes"),
+    ([], {}, "[wal]\nmax_segment_sise = 5\n", "wal.max_segment_sise"),
+    ([], {}, "[acceptor]\ngrpc_addr = 4317\n", "acceptor.grpc_addr"),
+    ([], {"SIGNALDB_TLS_CERT": "/nonexistent.pem", "SIGNALDB_TLS_KEY": "/nonexistent.key"}, None,
+     "security.tls_cert"),
+])
+def test_invalid_configuration_is_a_startup_error_naming_the_key(tmp_path, args, env, toml, key):
+    if toml is not None:
+        (tmp_path / "signaldb.toml").write_text(toml)
+        args = [*args, "--config", str(tmp_path / "signaldb.toml")]
+    result = run_acceptor(args, env, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"configuration error: {key}:"), result.stderr
+
+
+def test_precedence_defaults_toml_env_flags(tmp_path, recorder, acceptor_factory):
+    (tmp_path / "c.toml").write_text(f'[wal]\nsync_mode = "batched"\nmax_backlog_bytes = 5\n'
+                                     f'[acceptor]\nwriter_endpoints = ["{recorder.url}"]\n')
+    acceptor = acceptor_factory({"WAL_MAX_BACKLOG_BYTES": "7"},
+                                args=["--config", str(tmp_path / "c.toml"), "--max-backlog-bytes", "100000000"])
+    assert acceptor.health()["wal"]["sync_mode"] == "batched"  # from TOML
+    assert post(acceptor, "/v1/traces", trace_request(1))[0] == 200  # flag beat env and TOML (5, 7)
+    time.sleep(0.1)
+    assert post(acceptor, "/v1/traces", trace_request(1))[0] == 200
+
+
+def test_health_endpoints(recorder, acceptor_factory):
+    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url})
+    post(acceptor, "/v1/traces", trace_request(1))
+    health = acceptor.health()
+    assert health["status"] == "ok"
+    for key in ("unprocessed_entries", "total_segments", "disk_usage_bytes", "last_flush"):
+        assert key in health["wal"]
+    assert acceptor.get("/livez")[0] == 200
+    wait_until(lambda: acceptor.get("/readyz")[0] == 200, what="ready")
+    text = acceptor.metrics()
+    for name in ("signaldb_wal_fsync_duration_seconds_bucket", "signaldb_wal_unprocessed_entries",
+                 "signaldb_wal_segments", "signaldb_wal_disk_usage_bytes", "signaldb_wal_corrupt_entries_total",
+                 "signaldb_receiver_accepted_spans_total", "signaldb_receiver_refused_spans_total",
+                 "signaldb_receiver_accepted_log_records_total", "signaldb_receiver_accepted_metric_points_total",
+                 "signaldb_wal_oldest_unprocessed_age_seconds", "signaldb_forward_duration_seconds_bucket",
+                 "signaldb_forward_errors_total"):
+        assert name in text, name
+    assert acceptor.metric("signaldb_wal_fsync_duration_seconds_count") >= 1
+
+
+def test_bearer_token_auth(recorder, acceptor_factory):
+    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "SIGNALDB_AUTH_TOKEN": "s3cret"})
+    assert post(acceptor, "/v1/traces", trace_request(1))[0] == 401
+    assert post(acceptor, "/v1/traces", trace_request(1), headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert post(acceptor, "/v1/traces", trace_request(1), headers={"Authorization": "Bearer s3cret"})[0] == 200
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_export(acceptor, trace_request(1))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    exporter = GrpcSpanExporter(endpoint=f"http://{acceptor.grpc_target}", insecure=True,
+                                headers={"authorization": "Bearer s3cret"})
+    assert exporter.export(make_spans("auth", 1)) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert acceptor.health()["wal"]["appended_entries"] == 2
+
+
+@pytest.fixture
+def tls_pair(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_on_both_receivers(recorder, acceptor_factory, tls_pair):
+    cert, key = tls_pair
+    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
+                                 "SIGNALDB_TLS_CERT": str(cert), "SIGNALDB_TLS_KEY": str(key)})
+    ctx = ssl.create_default_context(cafile=str(cert))
+    req = urllib.request.Request(f"https://127.0.0.1:{acceptor.ports['http_port']}/v1/traces",
+                                 data=trace_request(2), headers={"Content-Type": "application/x-protobuf"})
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+        assert resp.status == 200
+    with pytest.raises(OSError):  # plain HTTP to a TLS port is refused
+        post(acceptor, "/v1/traces", trace_request(1))
+    exporter = GrpcSpanExporter(endpoint=f"https://127.0.0.1:{acceptor.ports['grpc_port']}",
+                                credentials=grpc.ssl_channel_credentials(cert.read_bytes()))
+    assert exporter.export(make_spans("tls", 1)) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    recorder.wait_for(lambda: len(recorder.rows("traces")) == 4)
+
+
+def test_grpc_and_flight_busy_together(recorder, acceptor_factory):
+    """grpcio (the OTLP server) and pyarrow.flight (the forwarder's client) are two
+    gRPC copies in one process; upstream has reported conflicts. Keep both busy."""
+    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "ACCEPTOR_FORWARD_BATCH_ENTRIES": "5"})
+    spans = make_spans("busy", 5)
+    sent = [0] * 4
+    deadline = time.monotonic() + 5
+
+    def client(n: int) -> None:
+        exporter = GrpcSpanExporter(endpoint=f"http://{acceptor.grpc_target}", insecure=True)
+        while time.monotonic() < deadline:
+            assert exporter.export(spans) == SpanExportResult.SUCCESS
+            sent[n] += 1
+        exporter.shutdown()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    total = sum(sent)
+    assert total > 50
+    recorder.wait_for(lambda: len(recorder.entry_ids()) == total, timeout=60)
+    assert recorder.streams >= 10  # many do_puts ran while the OTLP server was busy
+    assert len(recorder.rows("traces")) == total * len(spans)
+    assert acceptor.proc.poll() is None
