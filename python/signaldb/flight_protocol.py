@@ -6,8 +6,9 @@ One ``do_put`` stream carries batches of one table from one acceptor:
   ``{"v": 1, "table": "traces", "acceptor_id": "3f2c..."}``. ``acceptor_id`` is
   the acceptor's stable identity (kept in its WAL directory), so the pair
   (acceptor_id, entry id) names one OTLP request forever.
-- each batch is written with ``app_metadata`` JSON ``{"entries": [[id, rows],
-  ...]}``: the batch's rows come from those acceptor WAL entries, in that order
+- each batch is written with ``app_metadata`` JSON ``{"acceptor_id": "3f2c...",
+  "entries": [[id, rows], ...]}``: the batch's rows come from those acceptor
+  WAL entries (of that acceptor: it must match the descriptor's), in that order
   and with those row counts (they sum to ``num_rows``). A batch may hold many
   entries; an entry's rows of one table are never split across batches of one
   stream, but the rows of one entry land in several tables (metrics).
@@ -74,15 +75,22 @@ class StreamHeader:
         return cls(table=table, acceptor_id=acceptor_id)
 
 
-def encode_batch_metadata(entries: Sequence[tuple[int, int]]) -> bytes:
+def encode_batch_metadata(entries: Sequence[tuple[int, int]], acceptor_id: str | None = None) -> bytes:
     """``entries``: (acceptor entry id, rows of this batch from it), in row order."""
-    return json.dumps({"entries": [[eid, rows] for eid, rows in entries]}, separators=(",", ":")).encode()
+    body: dict[str, object] = {"entries": [[eid, rows] for eid, rows in entries]}
+    if acceptor_id is not None:
+        body["acceptor_id"] = acceptor_id
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode_batch_metadata(raw: bytes | None, num_rows: int) -> list[tuple[int, int]]:
+def decode_batch_metadata(raw: bytes | None, num_rows: int, acceptor_id: str | None = None) -> list[tuple[int, int]]:
+    """Validates a batch's app_metadata; with ``acceptor_id``, a batch naming
+    another acceptor than its stream's descriptor is refused."""
     if raw is None:
         raise ProtocolError("batch without app_metadata (entries and row counts)")
     body = _json_object(raw, "batch app_metadata")
+    if acceptor_id is not None and body.get("acceptor_id", acceptor_id) != acceptor_id:
+        raise ProtocolError(f"batch acceptor_id {body.get('acceptor_id')!r} differs from the stream's {acceptor_id!r}")
     entries = body.get("entries")
     if not isinstance(entries, list) or not entries:
         raise ProtocolError("batch app_metadata needs a non-empty 'entries' list")

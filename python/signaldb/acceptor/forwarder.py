@@ -210,7 +210,7 @@ class Lane:
             writer, reader = client.do_put(header.descriptor(), schema, options=self._options())
             with writer:
                 for entries, batch in messages:
-                    writer.write_with_metadata(batch, encode_batch_metadata(entries))
+                    writer.write_with_metadata(batch, encode_batch_metadata(entries, self._fw.acceptor_id))
                 writer.done_writing()
                 for entries, _ in messages:
                     ack = reader.read()
