@@ -550,3 +550,88 @@ def test_dockerignore_keeps_build_outputs_out_and_sources_in():
         assert not ignored(src), f"COPY {src}: excluded by .dockerignore"
     for path in ("rust/native/src/lib.rs", "python/signaldb/config.py", "deploy/healthcheck.py"):
         assert not ignored(path), path
+
+
+# --- the container's constraints, without a container engine ------------------------------------
+
+
+@pytest.fixture
+def container_dirs():
+    """/data and /tmp stand-ins owned by UID 1000, outside pytest's root-only tmp directory."""
+    import os
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="signaldb-container-"))
+    data, tmp = root / "data", root / "tmp"
+    data.mkdir()
+    tmp.mkdir(mode=0o1777)
+    os.chmod(root, 0o755)
+    os.chown(data, IMAGE_USER, IMAGE_USER)
+    os.chmod(tmp, 0o1777)
+    try:
+        yield data, tmp
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_acceptor_runs_as_uid_1000_on_a_read_only_root(recorder, container_dirs, tmp_path):
+    """What the image promises, emulated: the acceptor as UID 1000 with no capabilities, the whole
+    filesystem read-only except a data directory and a temp directory (a private mount namespace),
+    the image's environment. It must start, accept and forward a request, and stop cleanly."""
+    import json
+    import os
+    import signal
+    import urllib.request
+
+    from test_acceptor_bad_input import trace_request
+
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+        pytest.skip("needs root, unshare and setpriv (util-linux) to emulate the container")
+    data, tmp = container_dirs
+    probe = subprocess.run(["setpriv", f"--reuid={IMAGE_USER}", f"--regid={IMAGE_USER}", "--clear-groups",
+                            sys.executable, "-c", "import signaldb.acceptor.service"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this venv's Python is not usable by UID {IMAGE_USER}: {probe.stderr.decode()[-300:]}")
+
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "VIRTUAL_ENV")}
+    env.update({k: v for k, v in dockerfile_env().items() if not k.startswith("PIP_")})
+    env.update({
+        "HOME": str(tmp), "TMPDIR": str(tmp),
+        "ACCEPTOR_WAL_DIR": str(data / "wal" / "acceptor"),
+        # The image binds 0.0.0.0 on fixed ports; here port 0 avoids clashes with other tests.
+        "ACCEPTOR_GRPC_ADDR": "0.0.0.0:0", "ACCEPTOR_HTTP_ADDR": "0.0.0.0:0", "ACCEPTOR_HEALTH_ADDR": "0.0.0.0:0",
+        "ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
+    })
+    script = (f"mount --bind {data} {data} && mount --bind {tmp} {tmp} && mount -o remount,bind,ro / && "
+              f"exec setpriv --reuid={IMAGE_USER} --regid={IMAGE_USER} --clear-groups "
+              f"--inh-caps=-all --bounding-set=-all {sys.executable} -m signaldb.acceptor.main")
+    log_path = tmp_path / "acceptor.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                                cwd=data, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ports = None
+        deadline = time.monotonic() + 60
+        while ports is None and time.monotonic() < deadline:
+            assert proc.poll() is None, f"acceptor exited {proc.returncode}:\n{log_path.read_text()}"
+            for line in log_path.read_text().splitlines():
+                if '"listening"' in line:
+                    ports = json.loads(line)
+            time.sleep(0.05)
+        assert ports, f"acceptor did not start:\n{log_path.read_text()}"
+        req = urllib.request.Request(f"http://127.0.0.1:{ports['http_port']}/v1/traces", data=trace_request(1, "ro"),
+                                     headers={"Content-Type": "application/x-protobuf"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+        recorder.wait_for(lambda: len(recorder.rows("traces")) == 1, timeout=30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['health_port']}/livez", timeout=10) as resp:
+            assert resp.status == 200
+        proc.send_signal(signal.SIGTERM)  # reaches the acceptor: sh exec'd setpriv, which exec'd Python
+        assert proc.wait(30) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wal = data / "wal" / "acceptor"
+    assert wal.is_dir() and wal.stat().st_uid == IMAGE_USER and (wal.stat().st_mode & 0o777) == 0o700
+    assert "Read-only file system" not in log_path.read_text()
