@@ -20,6 +20,14 @@ import urllib.request
 
 @dataclass
 class AcceptorProcess:
+    """``signaldb-acceptor`` as a subprocess (``WriterProcess`` reuses all of it)."""
+
+    module = "signaldb.acceptor.main"
+    port_keys = ("grpc_port", "http_port", "health_port")
+    addr_env = ("ACCEPTOR_GRPC_ADDR", "ACCEPTOR_HTTP_ADDR", "ACCEPTOR_HEALTH_ADDR")
+    wal_env = "ACCEPTOR_WAL_DIR"
+    name = "acceptor"
+
     workdir: Path
     env: dict[str, str]
     args: list[str] = field(default_factory=list)
@@ -30,13 +38,13 @@ class AcceptorProcess:
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> AcceptorProcess:
         self.starts += 1
-        self.log_path = self.workdir / f"acceptor-{self.starts}.log"
+        self.log_path = self.workdir / f"{self.name}-{self.starts}.log"
         env = {**os.environ, **self.env}
-        for key in ("ACCEPTOR_GRPC_ADDR", "ACCEPTOR_HTTP_ADDR", "ACCEPTOR_HEALTH_ADDR"):
+        for key in self.addr_env:
             env.setdefault(key, "127.0.0.1:0")
-        env.setdefault("ACCEPTOR_WAL_DIR", str(self.workdir / "wal"))
+        env.setdefault(self.wal_env, str(self.workdir / ("wal" if self.name == "acceptor" else f"{self.name}-wal")))
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "signaldb.acceptor.main", *self.args],
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args],
                                      cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:
@@ -47,13 +55,13 @@ class AcceptorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.log_lines():
-                if line.get("msg") == "listening":
-                    self.ports = {k: line[k] for k in ("grpc_port", "http_port", "health_port")}
+                if line.get("msg") == "listening" and all(k in line for k in self.port_keys):
+                    self.ports = {k: line[k] for k in self.port_keys}
                     return
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"acceptor exited with {self.proc.returncode}:\n{self.log_text()}")
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()}")
             time.sleep(0.05)
-        raise AssertionError(f"acceptor did not start within {timeout}s:\n{self.log_text()}")
+        raise AssertionError(f"{self.name} did not start within {timeout}s:\n{self.log_text()}")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
@@ -113,7 +121,7 @@ class AcceptorProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"acceptor did not stop within {timeout}s:\n{self.log_text()}") from None
+            raise AssertionError(f"{self.name} did not stop within {timeout}s:\n{self.log_text()}") from None
 
     def kill(self) -> None:
         assert self.proc is not None
