@@ -26,6 +26,12 @@ DEV_PACKAGES := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>
 SYSTEM_PACKAGES := fuse3 eatmydata openssl prometheus
 SYSTEM_STAMP := $(VENV)/.system-stamp
 
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(DEV_PACKAGES)
+	touch $(STAMP)
+
 $(SYSTEM_STAMP): Makefile | $(STAMP)
 	@if command -v fusermount3 >/dev/null && command -v openssl >/dev/null && command -v promtool >/dev/null \
 	        && ls /usr/lib/*/libeatmydata.so* >/dev/null 2>&1; then \
