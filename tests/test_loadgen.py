@@ -34,7 +34,7 @@ TABLES = {"traces": ["traces"], "logs": ["logs"],
 def loadgen(*args: str, timeout: float = 60) -> tuple[dict, subprocess.CompletedProcess]:
     """Runs ``python -m signaldb.loadgen ... --json`` and returns its report."""
     proc = subprocess.run([sys.executable, "-m", "signaldb.loadgen", *args, "--json"],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
     assert proc.stdout.strip(), f"no report (exit {proc.returncode}):\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc
 
@@ -228,7 +228,8 @@ def test_rate_mode_holds_the_target(sink):
 
 def test_text_report_and_progress_lines(sink):
     proc = subprocess.run([sys.executable, "-m", "signaldb.loadgen", "--endpoint", sink["grpc"], "--duration", "2.5",
-                           "--spans-per-request", "64"], capture_output=True, text=True, timeout=60)
+                           "--spans-per-request", "64"], capture_output=True, text=True, timeout=60,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for needle in ("requests:     ok", "acknowledged: ", " spans in ", "spans/s", "ack latency:  p50", "p99"):
@@ -240,5 +241,6 @@ def test_text_report_and_progress_lines(sink):
 
 def test_bad_arguments_exit_2():
     for args in (["--concurrency", "0"], ["--header", "novalue"], ["--signal", "profiles"], ["--rate", "-1"]):
-        proc = subprocess.run([sys.executable, "-m", "signaldb.loadgen", *args], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "signaldb.loadgen", *args], capture_output=True, text=True,
+                              check=False)
         assert proc.returncode == 2, (args, proc.stderr)

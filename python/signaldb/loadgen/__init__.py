@@ -61,11 +61,11 @@ class Progress:
             width = 24
             done = int(width * (fraction or 0.0))
             bar = "#" * done + "." * (width - done)
-            line = (f"\r[{bar}] {elapsed:5.1f}s  sent {stats.started:,}  ok {stats.ok:,}  "
+            line = (f"\r[{bar}] {elapsed:5.1f}s  sent {stats.sent:,}  ok {stats.ok:,}  "
                     f"{rate:,.0f} {self.item}/s  {p99_text}{extra}")
             self.stream.write(line.ljust(100) + ("\n" if final else ""))
         elif not final:
-            self.stream.write(f"loadgen: {elapsed:6.1f}s sent {stats.started:,} ok {stats.ok:,} "
+            self.stream.write(f"loadgen: {elapsed:6.1f}s sent {stats.sent:,} ok {stats.ok:,} "
                               f"{rate:,.0f} {self.item}/s {p99_text}{extra}\n")
         self.stream.flush()
 

@@ -28,8 +28,15 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from signaldb.loadgen.payload import (HTTP_PATHS, ITEM_NAMES, SERVICES, Prebuilt, Stamper,
-                                      build_requests, parse_partial_success)
+from signaldb.loadgen.payload import (
+    HTTP_PATHS,
+    ITEM_NAMES,
+    SERVICES,
+    Prebuilt,
+    Stamper,
+    build_requests,
+    parse_partial_success,
+)
 
 
 @dataclass
@@ -83,6 +90,7 @@ class Report:
     latency_ms: dict[str, float]
     errors: dict[str, int]
     first_error: str | None
+    cpu_s: float = 0.0  # this process's CPU time over the run (all threads)
 
     @property
     def item(self) -> str:
@@ -105,6 +113,8 @@ class Report:
             f"{self.item}_acknowledged": self.items_acknowledged, f"{self.item}_per_s": round(self.items_per_s, 1),
             "mb_per_s": round(self.bytes_acknowledged / self.elapsed_s / 1e6, 2) if self.elapsed_s > 0 else 0.0,
             "latency_ms": self.latency_ms, "errors": self.errors, "first_error": self.first_error,
+            "cpu_s": round(self.cpu_s, 3),
+            "cpu_us_per_item": round(self.cpu_s / self.items_acknowledged * 1e6, 3) if self.items_acknowledged else None,
         }
         return d
 
@@ -112,17 +122,20 @@ class Report:
         lat = self.latency_ms
         rate = f"{self.rate_target:,.0f} {self.item}/s target" if self.rate_target else "flat out"
         lines = [
-            f"signaldb-loadgen: {self.signal} over {self.transport} to {self.endpoint}, "
-            f"{self.concurrency} streams on {self.channels} channel(s), {rate}, "
-            f"{self.items_per_request} {self.item}/request ({self.request_bytes:,} bytes)",
-            f"requests:     ok {self.requests_ok:,}  refused {self.requests_refused:,}  "
-            f"failed {self.requests_failed:,}  given up {self.requests_given_up:,}",
+            (f"signaldb-loadgen: {self.signal} over {self.transport} to {self.endpoint}, "
+             f"{self.concurrency} streams on {self.channels} channel(s), {rate}, "
+             f"{self.items_per_request} {self.item}/request ({self.request_bytes:,} bytes)"),
+            (f"requests:     ok {self.requests_ok:,}  refused {self.requests_refused:,}  "
+             f"failed {self.requests_failed:,}  given up {self.requests_given_up:,}"),
             f"acknowledged: {self.items_acknowledged:,} {self.item} in {self.elapsed_s:.2f} s = "
             f"{self.items_per_s:,.0f} {self.item}/s ({self.bytes_acknowledged / max(self.elapsed_s, 1e-9) / 1e6:,.1f}"
             f" MB/s)" + (f", {self.items_rejected:,} rejected" if self.items_rejected else ""),
             "ack latency:  " + (f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms  p99 {lat['p99']:.2f} ms  "
                                 f"max {lat['max']:.2f} ms" if lat else "no acknowledged request"),
         ]
+        if self.items_acknowledged:
+            lines.append(f"loadgen cpu:  {self.cpu_s:.2f} s = {self.cpu_s / self.items_acknowledged * 1e6:.2f} us/"
+                         f"{self.item.removesuffix('s')}")
         if self.errors:
             lines.append("errors:       " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.errors.items())))
         if self.first_error:
@@ -148,7 +161,8 @@ class Stats:
     """Counters shared by the streams (one event loop: no locks)."""
 
     def __init__(self) -> None:
-        self.started = 0  # requests taken
+        self.started = 0  # requests taken (some may still wait for the rate limiter)
+        self.sent = 0  # attempts put on the wire (retries included)
         self.ok = 0
         self.refused = 0
         self.failed = 0
@@ -202,16 +216,19 @@ class GrpcTransport:
         from grpc import aio
 
         self._grpc = grpc
-        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 << 20),
+        options: list[tuple[str, object]] = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 << 20),
                    ("grpc.use_local_subchannel_pool", 1)]  # a connection per channel, not one shared
         if cfg.server_name:
             options.append(("grpc.ssl_target_name_override", cfg.server_name))
         compression = grpc.Compression.Gzip if cfg.gzip else None
+        root = None
+        if cfg.ca_file:
+            with open(cfg.ca_file, "rb") as f:
+                root = f.read()
         self.channels = []
         for i in range(cfg.resolved_channels()):
             opts = options + [("signaldb.loadgen.channel", i)]
             if cfg.tls or cfg.ca_file:
-                root = open(cfg.ca_file, "rb").read() if cfg.ca_file else None
                 ch = aio.secure_channel(cfg.endpoint, grpc.ssl_channel_credentials(root), options=opts,
                                         compression=compression)
             else:
@@ -247,6 +264,7 @@ def _grpc_retry_after(trailers) -> float | None:
     """The RetryInfo delay from ``google.rpc.retryinfo-bin`` or the ``grpc-status-details-bin`` Status."""
     if not trailers:
         return None
+    from google.protobuf.message import DecodeError
     from google.rpc import error_details_pb2, status_pb2
 
     for key, value in trailers:
@@ -259,8 +277,8 @@ def _grpc_retry_after(trailers) -> float | None:
                     info = error_details_pb2.RetryInfo()
                     if detail.Unpack(info):
                         return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-        except Exception:  # a malformed hint is no hint
-            continue
+        except DecodeError:  # a malformed hint is no hint
+            pass
     return None
 
 
@@ -306,7 +324,7 @@ class HttpTransport:
                 return Outcome("failed", key=key, message=message)
         except (aiohttp.ClientConnectionError, ConnectionError) as err:
             return Outcome("refused", key="http connection", message=str(err))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+        except (aiohttp.ClientError, TimeoutError) as err:
             return Outcome("failed", key=f"http {type(err).__name__}", message=str(err))
 
     async def close(self) -> None:
@@ -343,6 +361,7 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
     ack_log = open(cfg.ack_log, "w") if cfg.ack_log else None
     remaining = [cfg.requests if cfg.requests is not None else -1]
     t0 = time.monotonic()
+    cpu0 = time.process_time()
     deadline = t0 + cfg.duration if cfg.duration is not None else None
     next_body = [0]
 
@@ -384,6 +403,7 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
                 else:
                     rid = reqs[k].request_id
                     body = bodies[k]
+                stats.sent += 1
                 sent = time.perf_counter()
                 out = await transport.send(n, body)
                 took = time.perf_counter() - sent
@@ -431,6 +451,7 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
         await asyncio.gather(*(stream(n) for n in range(cfg.concurrency)))
     finally:
         elapsed = time.monotonic() - t0
+        cpu = time.process_time() - cpu0
         if tick is not None:
             tick.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -447,7 +468,7 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
         requests_ok=stats.ok, requests_refused=stats.refused, requests_failed=stats.failed,
         requests_given_up=stats.given_up, items_acknowledged=stats.items, items_rejected=stats.rejected,
         bytes_acknowledged=stats.bytes, latency_ms=percentiles(stats.latencies), errors=dict(stats.errors),
-        first_error=stats.first_error)
+        first_error=stats.first_error, cpu_s=cpu)
 
 
 def run(cfg: LoadConfig, progress: ProgressFn | None = None, **kwargs) -> Report:

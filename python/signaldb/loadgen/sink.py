@@ -13,6 +13,7 @@ import contextlib
 import signal
 import sys
 import time
+from typing import Any
 
 from signaldb.loadgen.payload import HTTP_PATHS, SERVICES
 
@@ -24,8 +25,8 @@ class Sink:
         self.http_port = http_port
         self.requests = 0
         self.bytes = 0
-        self._server = None
-        self._runner = None
+        self._server: Any = None
+        self._runner: Any = None
 
     async def start(self) -> None:
         import grpc
