@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -237,6 +238,21 @@ def test_text_report_and_progress_lines(sink):
     assert "loadgen: built 16 requests of 64 spans" in proc.stderr
     assert any(line.startswith("loadgen: ") and "spans/s" in line for line in proc.stderr.splitlines()), proc.stderr
     assert "\r" not in proc.stderr  # not a TTY: plain lines, no bar
+
+
+def test_ctrl_c_stops_sending_and_still_reports(sink):
+    proc = subprocess.Popen([sys.executable, "-m", "signaldb.loadgen", "--endpoint", sink["grpc"], "--duration", "60",
+                             "--spans-per-request", "64", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = proc.stderr.readline()  # "loadgen: built ...": sending starts right after
+    assert first.startswith("loadgen: built"), first
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["requests_ok"] > 0 and report["elapsed_s"] < 30
+    assert "Traceback" not in err
 
 
 def test_bad_arguments_exit_2():

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
     progress = None if args.quiet else Progress(item=ITEM_NAMES[cfg.signal])
     try:
-        report = run(cfg, progress, prebuilt=prebuilt)
+        report = run(cfg, progress, prebuilt=prebuilt, stop_on_sigint=True)  # Ctrl-C: stop, then report
     except KeyboardInterrupt:
         return 130
     print(json.dumps(report.as_dict()) if args.json else report.text(), flush=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import signal
 import time
 from array import array
 from collections.abc import Callable
@@ -338,11 +339,15 @@ ProgressFn = Callable[[Stats, float, float | None, bool], None]
 
 
 async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
-                    prebuilt: list[Prebuilt] | None = None, progress_interval: float = 0.5) -> Report:
+                    prebuilt: list[Prebuilt] | None = None, progress_interval: float = 0.5,
+                    stop_on_sigint: bool = False) -> Report:
     """Runs the load described by ``cfg`` and returns its report.
 
     ``progress(stats, elapsed, fraction_done_or_None, final)`` is called every
-    ``progress_interval`` seconds and once at the end.
+    ``progress_interval`` seconds and once at the end. The run ends at the
+    deadline or request count, once the requests in flight are answered
+    (bounded by ``cfg.timeout``). With ``stop_on_sigint``, a first SIGINT
+    (Ctrl-C) ends it the same way, early; a second one interrupts at once.
     """
     if cfg.duration is None and cfg.requests is None:
         cfg.duration = 10.0
@@ -365,7 +370,11 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
     deadline = t0 + cfg.duration if cfg.duration is not None else None
     next_body = [0]
 
+    stopping = [False]
+
     def take() -> bool:
+        if stopping[0]:
+            return False
         if deadline is not None and time.monotonic() >= deadline:
             return False
         if remaining[0] == 0:
@@ -447,11 +456,20 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
             progress(stats, now - t0, fraction(now), False)  # type: ignore[misc]
 
     tick = asyncio.create_task(ticker()) if progress else None
+    loop = asyncio.get_running_loop()
+    if stop_on_sigint:
+        def on_sigint() -> None:
+            stopping[0] = True
+            loop.remove_signal_handler(signal.SIGINT)  # the next Ctrl-C is a KeyboardInterrupt
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
         await asyncio.gather(*(stream(n) for n in range(cfg.concurrency)))
     finally:
         elapsed = time.monotonic() - t0
         cpu = time.process_time() - cpu0
+        if stop_on_sigint:
+            loop.remove_signal_handler(signal.SIGINT)
         if tick is not None:
             tick.cancel()
             with contextlib.suppress(asyncio.CancelledError):
