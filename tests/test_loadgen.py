@@ -256,7 +256,8 @@ def test_ctrl_c_stops_sending_and_still_reports(sink):
 
 
 def test_bad_arguments_exit_2():
-    for args in (["--concurrency", "0"], ["--header", "novalue"], ["--signal", "profiles"], ["--rate", "-1"]):
+    for args in (["--concurrency", "0"], ["--header", "novalue"], ["--signal", "profiles"], ["--rate", "-1"],
+                 ["--max-retries", "-1"], ["--attributes", "-2"]):
         proc = subprocess.run([sys.executable, "-m", "signaldb.loadgen", *args], capture_output=True, text=True,
                               check=False)
         assert proc.returncode == 2, (args, proc.stderr)

@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "run":
         argv = argv[1:]
     args = run_parser().parse_args(argv)
-    if args.attributes < 0:
-        run_parser().error("--attributes must be >= 0")
+    for name in ("attributes", "max_retries", "max_retry_delay"):
+        if getattr(args, name) < 0:
+            run_parser().error(f"--{name.replace('_', '-')} must be >= 0")
     cfg = config_from_args(args)
     t = time.monotonic()
     prebuilt = build_requests(cfg.signal, cfg.prebuilt, cfg.items_per_request, cfg.attributes, cfg.service, cfg.seed)

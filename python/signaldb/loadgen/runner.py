@@ -353,6 +353,9 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
         cfg.duration = 10.0
     if cfg.transport not in ("grpc", "http"):
         raise ValueError(f"transport must be grpc or http, not {cfg.transport!r}")
+    if cfg.concurrency < 1 or cfg.max_retries < 0 or cfg.max_retry_delay < 0 or (cfg.rate is not None
+                                                                                and cfg.rate <= 0):
+        raise ValueError("need concurrency >= 1, max_retries >= 0, max_retry_delay >= 0 and rate > 0")
     reqs = prebuilt or build_requests(cfg.signal, cfg.prebuilt, cfg.items_per_request, cfg.attributes,
                                       cfg.service, cfg.seed)
     items = reqs[0].items
