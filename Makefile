@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.deps-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv system-deps build test test-rust test-python bench stress fuzz run clean
+.PHONY: help venv system-deps build test test-rust test-python bench bench-loadgen stress fuzz run clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ test: build test-rust test-python ## everything CI runs: cargo test + pytest
 bench: build ## benchmarks with baselines, one side-by-side table from one run
 	$(PY) benches/run.py
 	$(PY) benches/bench_otlp.py --seconds 2
+
+bench-loadgen: build ## the load generator's own ceiling against its trivial sink (spans/s, cpu/span)
+	$(PY) benches/bench_loadgen.py
 
 stress: build $(SYSTEM_STAMP) ## long soak/stress runs (not part of CI): pytest stress variants + fuzzing
 	SIGNALDB_STRESS=1 $(PY) -m pytest -q -m stress tests

@@ -1,0 +1,5 @@
+import sys
+
+from signaldb.loadgen import main
+
+sys.exit(main())
