@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.deps-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv system-deps build test test-rust test-python bench bench-loadgen stress fuzz run clean
+.PHONY: help venv system-deps build test test-rust test-python bench bench-e2e bench-loadgen stress fuzz run clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ test: build test-rust test-python ## everything CI runs: cargo test + pytest
 bench: build ## benchmarks with baselines, one side-by-side table from one run
 	$(PY) benches/run.py
 	$(PY) benches/bench_otlp.py --seconds 2
+
+bench-e2e: build ## end to end into Parquet: durable spans/s, ack p50/p99 at half rate, immediate vs batched
+	$(PY) benches/bench_e2e.py
 
 bench-loadgen: build ## the load generator's own ceiling against its trivial sink (spans/s, cpu/span)
 	$(PY) benches/bench_loadgen.py
