@@ -32,7 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from signaldb.wal import Wal
-from signaldb.writer import parquet, payload, state
+from signaldb.writer import crashpoints, parquet, payload, state
 from signaldb.writer.ledger import Key, Ledger
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.storage import ObjectStore, StoreAborted, put_with_retry
@@ -275,12 +275,14 @@ class Sink:
                 self._state.files[p.path] = state.FileRecord(p.table, p.partition, p.wal_ids)
             if new:
                 self._save_state()  # step 1: the plan is durable before any byte of the file
+        crashpoints.reached("after_plan")
         for p in plans:
             with self._state_lock:
                 if self._state.files[p.path].written:
                     continue
             data, rows = parquet.build(p.table, p.batches)
             put_with_retry(self._store, p.path, data, self._metrics, self._give_up)  # step 2
+            crashpoints.reached("after_put")
             with self._state_lock:
                 self._state.files[p.path].written = True
             self._metrics.files_written.labels(p.table).inc()
@@ -316,6 +318,7 @@ class Sink:
                     del self._state.files[path]
             self._save_state()
         if wal_ids:
+            crashpoints.reached("after_commit")
             self._wal.mark_processed(wal_ids)
 
     def _save_state(self) -> None:

@@ -26,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+from signaldb.writer import crashpoints
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.state import fsync_dir
 
@@ -76,6 +77,7 @@ class LocalStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+        crashpoints.reached("before_rename")
         os.rename(temp, target)
         fsync_dir(target.parent)
 
