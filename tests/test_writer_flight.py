@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import pathlib
+import subprocess
 import threading
 import time
 import urllib.error
@@ -272,6 +273,26 @@ def test_bearer_token_is_required_when_configured(tmp_path: pathlib.Path) -> Non
         with pytest.raises(flight.FlightUnauthenticatedError):
             put(w.client, "logs", "acc-1", [(batch, [(1, batch.num_rows)])], token="wrong")
         assert put(w.client, "logs", "acc-1", [(batch, [(1, batch.num_rows)])], token="s3cret") == [([1], [])]
+        w.settled()
+    finally:
+        w.stop()
+    assert read_table(tmp_path / "data", "logs").num_rows == batch.num_rows
+
+
+def test_flight_serves_tls_when_a_certificate_is_configured(tmp_path: pathlib.Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    w = InProcessWriter(tmp_path, "--file-max-age-secs", "0.1", "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        batch = convert("logs", logs_request(1))["logs"]
+        client = flight.connect(f"grpc+tls://127.0.0.1:{w.service.flight_port}", tls_root_certs=cert.read_bytes())
+        assert put(client, "logs", "acc-1", [(batch, [(1, batch.num_rows)])]) == [([1], [])]
+        client.close()
+        # A plaintext client gets nowhere.
+        with pytest.raises(flight.FlightError):
+            put(w.client, "logs", "acc-1", [(batch, [(2, batch.num_rows)])])
         w.settled()
     finally:
         w.stop()
