@@ -33,7 +33,6 @@ from helpers.writer import (
     stray_files,
     traces_request,
 )
-
 from signaldb import config
 from signaldb.flight_protocol import StreamHeader, encode_batch_metadata
 from signaldb.writer.service import WriterService
@@ -209,7 +208,7 @@ def test_invalid_batches_are_refused_and_the_server_keeps_serving(writer: InProc
     assert put(writer.client, "traces", "acc-1", [(traces, [(1, 4)])]) == [([1], [])]
     writer.settled()
     assert read_table(writer.root, "traces").num_rows == 4
-    status, body = writer.get("/metrics")
+    _, body = writer.get("/metrics")
     assert b'signaldb_writer_refused_batches_total{reason="invalid"} 8.0' in body
 
 

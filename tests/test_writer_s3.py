@@ -66,7 +66,7 @@ class Weed:
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoint = f"http://127.0.0.1:{self.s3}"
 
-    def client(self):  # noqa: ANN201 - boto3 clients are dynamically typed
+    def client(self):
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="test",
                             aws_secret_access_key="test", region_name="us-east-1",
                             config=BotoConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}))

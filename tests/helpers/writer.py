@@ -38,7 +38,6 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
-
 from signaldb import otlp
 from signaldb.flight_protocol import StreamHeader, decode_ack, encode_batch_metadata
 

@@ -47,7 +47,6 @@ class _BearerMiddlewareFactory(flight.ServerMiddlewareFactory):
             value = value.decode("latin-1")
         if not bearer_ok(self._token, value):
             raise flight.FlightUnauthenticatedError("missing or wrong bearer token")
-        return None
 
 
 def _schema_difference(got: pa.Schema, want: pa.Schema) -> str:

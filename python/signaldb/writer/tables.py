@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from signaldb import otlp
 from signaldb.flight_protocol import TABLES
 
-__all__ = ["TABLES", "kind_of", "reference_schema", "split_by_hour", "partition_name"]
+__all__ = ["TABLES", "kind_of", "partition_name", "reference_schema", "split_by_hour"]
 
 _NS_PER_HOUR = 3_600_000_000_000
 
