@@ -224,3 +224,53 @@ def test_a_bad_configuration_exits_2_naming_the_key(tmp_path: pathlib.Path) -> N
                             capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert "storage.url" in result.stderr
+
+
+def _fill_wal(wal_dir: pathlib.Path, entries: int, spans: int = 2) -> pa.Table:
+    """Writes ``entries`` writer WAL entries as ``do_put`` would have (acceptor ids 1..entries);
+    returns their rows. The writer then finds them unprocessed: a crash before any file."""
+    from signaldb.wal import Wal
+    from signaldb.writer import payload
+
+    batches = []
+    with Wal(wal_dir, max_segment_size=4 << 20) as wal:
+        chunk = []
+        for entry in range(1, entries + 1):
+            batch = convert("traces", traces_request(entry, spans=spans))["traces"]
+            batches.append(batch)
+            chunk.append(payload.encode(payload.WalRecord("acc-1", "traces", ((entry, batch.num_rows),), batch)))
+            if len(chunk) == 500 or entry == entries:
+                wal.append_batch(chunk, kind="traces")
+                chunk = []
+    return pa.Table.from_batches(batches)
+
+
+def test_replay_writes_every_unprocessed_entry_and_keeps_dedupe(procs: list[WriterProcess],
+                                                                tmp_path: pathlib.Path) -> None:
+    want = _fill_wal(tmp_path / "wal", 300)
+    w = _writer(procs, tmp_path, "--file-max-age-secs", "0.05").start()
+    wait_settled(w)
+    msgs = {line.get("msg"): line for line in w.log_lines()}
+    assert msgs["replay starting"]["unprocessed_entries"] == 300
+    assert msgs["replay done"]["entries"] == 300
+    client = w.client()
+    assert put_request(client, "traces", traces_request(17, spans=2), 17) == {"traces": [17]}
+    client.close()
+    assert w.stop() == 0
+    assert_same_rows(read_table(tmp_path / "data", "traces"), want, "traces")
+
+
+def test_sigterm_during_replay_exits_zero_and_loses_nothing(procs: list[WriterProcess],
+                                                            tmp_path: pathlib.Path) -> None:
+    want = _fill_wal(tmp_path / "wal", 4000, spans=1)
+    w = _writer(procs, tmp_path, "--file-max-age-secs", "3600", env={"WRITER_SHUTDOWN_TIMEOUT_SECS": "10"})
+    w.start(until="replay starting")
+    assert w.stop(timeout=15) == 0
+    msgs = [line.get("msg") for line in w.log_lines()]
+    assert "listening" not in msgs and "stopped" in msgs
+    # The next start writes whatever the interrupted one did not.
+    w.args = ["--file-max-age-secs", "0.05"]
+    w.start()
+    wait_settled(w, timeout=60)
+    assert w.stop() == 0
+    assert_same_rows(read_table(tmp_path / "data", "traces"), want, "traces")

@@ -232,7 +232,9 @@ class WriterProcess:
     def log_path(self) -> pathlib.Path:
         return self.tmp / f"writer-{self.runs}.log"
 
-    def start(self, timeout: float = 60.0, env: dict[str, str] | None = None) -> WriterProcess:
+    def start(self, timeout: float = 60.0, env: dict[str, str] | None = None, until: str = "listening"
+              ) -> WriterProcess:
+        """Starts the process and waits for the log line ``until`` (``listening`` gives the ports)."""
         self.runs += 1
         cmd = [sys.executable, "-m", "signaldb.writer", "--wal-dir", str(self.tmp / "wal"),
                "--storage-url", self.storage_url, "--flight-addr", "127.0.0.1:0",
@@ -243,12 +245,13 @@ class WriterProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.log_lines():
-                if line.get("msg") == "listening":
-                    self.flight_port, self.health_port = line["flight_port"], line["health_port"]
+                if line.get("msg") == until:
+                    if until == "listening":
+                        self.flight_port, self.health_port = line["flight_port"], line["health_port"]
                     return self
             if self.proc.poll() is not None:
                 raise AssertionError(f"writer exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            time.sleep(0.05)
+            time.sleep(0.01)
         raise AssertionError(f"writer did not start in {timeout} s:\n{self.log_path.read_text()}")
 
     def log_lines(self, run: int | None = None) -> list[dict]:

@@ -95,7 +95,9 @@ class WriterFlightServer(flight.FlightServerBase):
         return flight.FlightUnavailableError(message)
 
     def over_backlog(self) -> bool:
-        return int(self._wal.stats()["unprocessed_bytes"]) > self._max_backlog
+        backlog = self._wal.stats()["unprocessed_bytes"]
+        assert isinstance(backlog, int)
+        return backlog > self._max_backlog
 
     # -- do_put ----------------------------------------------------------------
 

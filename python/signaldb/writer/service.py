@@ -81,7 +81,7 @@ class WriterService:
         log.info("replay starting", extra={"unprocessed_entries": pending, "planned_files": len(saved.files)})
         replayed = self.sink.replay()
         self.replaying = False
-        log.info("replay done", extra={"entries": replayed})
+        log.info("replay done", extra={"entries": replayed, "interrupted": self.stopping})
 
     def _start_flight(self) -> WriterFlightServer:
         addr, security = self.cfg.writer.flight_addr, self.cfg.security
