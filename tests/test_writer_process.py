@@ -274,3 +274,18 @@ def test_sigterm_during_replay_exits_zero_and_loses_nothing(procs: list[WriterPr
     wait_settled(w, timeout=60)
     assert w.stop() == 0
     assert_same_rows(read_table(tmp_path / "data", "traces"), want, "traces")
+
+
+def test_an_unreadable_wal_entry_goes_to_dead_letter_instead_of_a_crash_loop(
+        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    want = _fill_wal(tmp_path / "wal", 3)
+    from signaldb.wal import Wal
+
+    with Wal(tmp_path / "wal") as wal:
+        bad = wal.append(b"SDW9 not a writer payload", kind="traces")
+    w = _writer(procs, tmp_path, "--file-max-age-secs", "0.05").start()
+    wait_settled(w)
+    assert (tmp_path / "wal" / "dead-letter" / f"{bad}.entry").read_bytes() == b"SDW9 not a writer payload"
+    assert [line["wal_id"] for line in w.log_lines() if line.get("level") == "error"] == [bad]
+    assert w.stop() == 0
+    assert_same_rows(read_table(tmp_path / "data", "traces"), want, "traces")

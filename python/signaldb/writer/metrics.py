@@ -30,6 +30,9 @@ class WriterMetrics:
                                       buckets=_PUT_BUCKETS, registry=registry)
         self.put_errors = Counter("signaldb_writer_object_put_errors", "Failed object-store PUTs (retried).",
                                   registry=registry)
+        self.dead_letter_entries = Counter("signaldb_writer_dead_letter_entries",
+                                           "Unreadable writer WAL entries moved to <wal_dir>/dead-letter.",
+                                           registry=registry)
         self.buffered_bytes = Gauge("signaldb_writer_buffered_bytes",
                                     "Arrow bytes waiting in open files.", registry=registry)
         self.open_files = Gauge("signaldb_writer_open_files", "Table/hour buffers not yet written.",

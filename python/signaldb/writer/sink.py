@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -41,6 +42,7 @@ from signaldb.writer.tables import split_by_hour
 log = logging.getLogger(__name__)
 
 _REPLAY_LOG_EVERY_SECS = 5.0
+DEAD_LETTER_DIR = "dead-letter"
 _FAILED_CYCLE_PAUSE_SECS = 1.0
 
 
@@ -159,14 +161,20 @@ class Sink:
                 log.warning("replay interrupted by shutdown", extra={"entries": seen})
                 break
             seen += 1
-            record = payload.decode(entry.payload)
+            try:
+                record = payload.decode(entry.payload)
+                parts = split_by_hour(record.table, record.batch)
+            except Exception as err:  # CRC-valid but unreadable: a bug or version skew, never a crash loop
+                self._dead_letter(entry.id, entry.payload, err)
+                already_done.append(entry.id)
+                continue
             key = (record.acceptor_id, record.table)
             if self._ledger.all_done(key, record.entry_ids):
                 already_done.append(entry.id)  # committed before the crash, not yet marked
                 continue
             self._ledger.add_pending(key, record.entry_ids)
             outstanding, free = set(), []
-            for partition, batch in split_by_hour(record.table, record.batch).items():
+            for partition, batch in parts.items():
                 path = covered.get((entry.id, partition))
                 if path is None:
                     free.append((partition, batch))
@@ -206,6 +214,21 @@ class Sink:
         if complete:
             self._commit(complete)
         return seen
+
+    def _dead_letter(self, wal_id: int, data: bytes, err: Exception) -> None:
+        """Keeps an unreadable entry's payload in ``<wal_dir>/dead-letter/`` before it is marked."""
+        directory = self._wal_dir / DEAD_LETTER_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        target = directory / f"{wal_id}.entry"
+        with open(target, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        state.fsync_dir(directory)
+        state.fsync_dir(self._wal_dir)
+        self._metrics.dead_letter_entries.inc()
+        log.error("unreadable writer WAL entry moved to dead-letter",
+                  extra={"wal_id": wal_id, "path": str(target), "error": repr(err)})
 
     # -- the flusher -----------------------------------------------------------
 
