@@ -56,7 +56,8 @@ def _schema_difference(got: pa.Schema, want: pa.Schema) -> str:
             return f"missing column {field.name!r}"
         other = got.field(field.name)
         if not other.equals(field):
-            return f"column {field.name!r} is {other.type} (nullable={other.nullable}), want {field.type} (nullable={field.nullable})"
+            return (f"column {field.name!r} is {other.type} (nullable={other.nullable}), "
+                    f"want {field.type} (nullable={field.nullable})")
     extra = [n for n in got.names if n not in want.names]
     if extra:
         return f"unexpected columns {extra}"

@@ -197,9 +197,9 @@ class Sink:
             # complete. The next start replays them.
             return seen
         plans = []
-        for path, parts in rewrite.items():
+        for path, planned_parts in rewrite.items():
             rec = self._state.files[path]
-            plan = _plan(rec.table, rec.partition, parts)
+            plan = _plan(rec.table, rec.partition, planned_parts)
             if plan.path != path:  # an entry vanished from the WAL (quarantined as corrupt)
                 log.error("planned file lost entries; rewriting what remains under its name",
                           extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids})
