@@ -289,3 +289,14 @@ def test_an_unreadable_wal_entry_goes_to_dead_letter_instead_of_a_crash_loop(
     assert [line["wal_id"] for line in w.log_lines() if line.get("level") == "error"] == [bad]
     assert w.stop() == 0
     assert_same_rows(read_table(tmp_path / "data", "traces"), want, "traces")
+
+
+def test_an_unwritable_wal_directory_fails_startup_with_one_clear_line(tmp_path: pathlib.Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    result = subprocess.run([sys.executable, "-m", "signaldb.writer", "--wal-dir", str(blocker / "wal"),
+                             "--flight-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    [failure] = [json.loads(line) for line in result.stderr.splitlines() if '"startup failed"' in line]
+    assert "WAL directory not writable" in failure["error"] and str(blocker) in failure["error"]

@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from signaldb.config import add_flags, load
-from signaldb.service.lifecycle import run_main, wait_for_stop_signal
+from signaldb.service.lifecycle import EXIT_FAILURE, run_main, wait_for_stop_signal
 from signaldb.service.logsetup import setup_logging
 from signaldb.writer.service import WriterService
 
@@ -41,8 +41,12 @@ async def _serve(args: argparse.Namespace) -> int:
         if service.sink is not None:
             service.sink.abort_replay()
         await asyncio.gather(start, return_exceptions=True)
-    else:
-        start.result()  # a startup failure propagates
+    elif start.exception() is not None:
+        err = start.exception()
+        log.error("startup failed", extra={"error": str(err)}, exc_info=err)
+        stop.cancel()
+        await service.stop()
+        return EXIT_FAILURE
     signame = await stop
     log.info("stopping", extra={"signal": signame})
     await service.stop()
