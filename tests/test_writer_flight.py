@@ -34,7 +34,7 @@ from helpers.writer import (
     traces_request,
 )
 from signaldb import config
-from signaldb.flight_protocol import StreamHeader, encode_batch_metadata
+from signaldb.flight_protocol import StreamHeader, decode_ack, encode_batch_metadata
 from signaldb.writer.service import WriterService
 
 
@@ -297,3 +297,32 @@ def test_flight_serves_tls_when_a_certificate_is_configured(tmp_path: pathlib.Pa
     finally:
         w.stop()
     assert read_table(tmp_path / "data", "logs").num_rows == batch.num_rows
+
+
+def test_min_unprocessed_bounds_the_dedupe_index(writer: InProcessWriter) -> None:
+    """An acceptor that reports the smallest id it has not marked processed lets the
+    writer forget the done ids below it (optional batch metadata ``min_unprocessed``)."""
+    batches = {e: convert("traces", traces_request(e, spans=2))["traces"] for e in range(1, 9)}
+    for e in range(1, 6):
+        put(writer.client, "traces", "acc-1", [(batches[e], [(e, 2)])])
+    writer.settled()
+
+    def put_with_floor(entry: int, floor: object) -> list[tuple[list[int], list[int]]]:
+        w, r = writer.client.do_put(StreamHeader("traces", "acc-1").descriptor(), batches[entry].schema)
+        try:
+            w.write_with_metadata(batches[entry], json.dumps({"entries": [[entry, 2]], "min_unprocessed": floor})
+                                  .encode())
+            return [decode_ack(r.read().to_pybytes())]
+        finally:
+            w.close()
+
+    assert put_with_floor(7, 6) == [([7], [])]
+    writer.settled()
+    state = json.loads((writer.root.parent / "wal" / "writer-state.json").read_text())
+    assert state["done"] == {"acc-1": {"traces": [[7, 7]]}} and state["floors"] == {"acc-1": 6}
+    assert put(writer.client, "traces", "acc-1", [(batches[3], [(3, 2)])]) == [([3], [3])]
+    assert put(writer.client, "traces", "acc-1", [(batches[6], [(6, 2)])]) == [([6], [])]
+    with pytest.raises(pa.ArrowInvalid, match="min_unprocessed"):
+        put_with_floor(8, "soon")
+    writer.settled()
+    assert read_table(writer.root, "traces").num_rows == 14

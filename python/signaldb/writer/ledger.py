@@ -15,6 +15,12 @@ may still fail, so the caller is told to retry (``Busy``).
 stream of consecutive ids costs one range. Acceptor ids are one sequence over
 all kinds, so a table's ids have gaps where other kinds' entries sit; the
 ranges stay as many as the runs of this table's ids (see docs/operations.md).
+
+An acceptor may say, with each batch, ``min_unprocessed``: the smallest of its
+entry ids it has not marked processed. It never sends a smaller id again, so
+the ledger keeps a *floor* per acceptor, forgets done ids below it and counts
+any id below it as done. With that, the done sets only span the acceptor's
+unprocessed window instead of growing forever.
 """
 
 from __future__ import annotations
@@ -62,6 +68,13 @@ class IdSet:
             self._lo.insert(i + 1, value)
             self._hi.insert(i + 1, value)
 
+    def drop_below(self, floor: int) -> None:
+        """Forgets every value below ``floor``."""
+        i = bisect.bisect_left(self._hi, floor)  # the first range that reaches floor
+        del self._lo[:i], self._hi[:i]
+        if self._lo and self._lo[0] < floor:
+            self._lo[0] = floor
+
     def ranges(self) -> list[list[int]]:
         return [[lo, hi] for lo, hi in zip(self._lo, self._hi, strict=True)]
 
@@ -75,9 +88,10 @@ Key = tuple[str, str]  # (acceptor_id, table)
 class Ledger:
     """Thread-safe: Flight handler threads reserve, the sink thread completes."""
 
-    def __init__(self, done: dict[Key, IdSet] | None = None) -> None:
+    def __init__(self, done: dict[Key, IdSet] | None = None, floors: dict[str, int] | None = None) -> None:
         self._lock = threading.Lock()
         self._done: dict[Key, IdSet] = done or {}
+        self._floors: dict[str, int] = floors or {}
         self._pending: dict[Key, set[int]] = {}
         self._in_flight: dict[Key, set[int]] = {}
 
@@ -86,13 +100,20 @@ class Ledger:
             return self._holds(key, entry_id)
 
     def _holds(self, key: Key, entry_id: int) -> bool:
+        if entry_id < self._floors.get(key[0], 0):
+            return True
         done = self._done.get(key)
         return (done is not None and entry_id in done) or entry_id in self._pending.get(key, ())
 
-    def all_done(self, key: Key, entry_ids: Iterable[int]) -> bool:
+    def raise_floor(self, acceptor_id: str, min_unprocessed: int) -> None:
+        """The acceptor will never resend an id below ``min_unprocessed``."""
         with self._lock:
-            done = self._done.get(key)
-            return done is not None and all(i in done for i in entry_ids)
+            if min_unprocessed <= self._floors.get(acceptor_id, 0):
+                return
+            self._floors[acceptor_id] = min_unprocessed
+            for (acceptor, _), done in self._done.items():
+                if acceptor == acceptor_id:
+                    done.drop_below(min_unprocessed)
 
     def reserve(self, key: Key, entry_ids: Sequence[int]) -> tuple[list[int], list[int]]:
         """Splits ids into (new, duplicates) and marks the new ones in flight.
@@ -129,15 +150,16 @@ class Ledger:
                 pending.discard(i)
                 done.add(i)
 
-    def snapshot(self) -> dict[str, dict[str, list[list[int]]]]:
-        """The done sets as JSON-ready ranges: {acceptor_id: {table: [[lo, hi], ...]}}."""
+    def snapshot(self) -> tuple[dict[str, dict[str, list[list[int]]]], dict[str, int]]:
+        """(done sets as JSON-ready ranges {acceptor_id: {table: [[lo, hi], ...]}}, floors)."""
         with self._lock:
             out: dict[str, dict[str, list[list[int]]]] = {}
             for (acceptor, table), ids in self._done.items():
-                if len(ids._lo):
-                    out.setdefault(acceptor, {})[table] = ids.ranges()
-            return out
+                ranges = ids.ranges()
+                if ranges:
+                    out.setdefault(acceptor, {})[table] = ranges
+            return out, dict(self._floors)
 
     @classmethod
-    def from_snapshot(cls, snapshot: dict[str, dict[str, list[list[int]]]]) -> Ledger:
-        return cls({(a, t): IdSet(r) for a, tables in snapshot.items() for t, r in tables.items()})
+    def from_snapshot(cls, done: dict[str, dict[str, list[list[int]]]], floors: dict[str, int]) -> Ledger:
+        return cls({(a, t): IdSet(r) for a, tables in done.items() for t, r in tables.items()}, dict(floors))

@@ -71,7 +71,7 @@ class WriterService:
                        max_buffer_entries=wcfg.max_buffer_entries,
                        flush_interval_secs=wcfg.flush_interval_secs, sync_mode=wcfg.sync_mode)  # type: ignore[arg-type]
         saved = state.load(wcfg.wal_dir)
-        self.ledger = Ledger.from_snapshot(saved.done)
+        self.ledger = Ledger.from_snapshot(saved.done, saved.floors)
         self.sink = Sink(self.wal, wcfg.wal_dir, open_store(self.cfg.storage_url), self.ledger, saved,
                          self.metrics, self.cfg.writer.file_max_bytes, self.cfg.writer.file_max_age_secs)
         self.sink.start()

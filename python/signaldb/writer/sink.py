@@ -8,14 +8,15 @@ when it holds ``file_max_bytes`` of Arrow data or its oldest rows are
    WAL ids it holds (first-last-hash); save the plans in the state file;
 2. *write*: build each file and put it (retrying until the store takes it);
 3. *commit*: an entry whose every partition is now in a written file is
-   complete: its acceptor ids move to the ledger's done set, the state file is
-   saved, and only then is the entry marked processed in the WAL.
+   complete: its acceptor ids move to the ledger's done set, its writer WAL
+   id joins ``committed``, the state file is saved, and only then is the entry
+   marked processed in the WAL.
 
 Crash anywhere and the restart (``replay``) finds each unprocessed entry's
 partitions in one of three places: a written file (nothing to do), a planned
 file (rewritten whole, same name, same rows: an overwrite, not a duplicate), or
-nowhere (buffered again). An entry whose ids are all done was committed but not
-yet marked: it is marked. A failed plan is retried as it is, never regrouped,
+nowhere (buffered again). An entry in the state's ``committed`` set was
+committed but its mark did not reach disk: it is marked. A failed plan is retried as it is, never regrouped,
 for the same reason.
 """
 
@@ -34,7 +35,7 @@ import pyarrow as pa
 
 from signaldb.wal import Wal
 from signaldb.writer import crashpoints, parquet, payload, state
-from signaldb.writer.ledger import Key, Ledger
+from signaldb.writer.ledger import IdSet, Key, Ledger
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.storage import ObjectStore, StoreAborted, put_with_retry
 from signaldb.writer.tables import split_by_hour
@@ -108,6 +109,7 @@ class Sink:
         self._cond = threading.Condition()  # guards entries, buffers, retry and the flags below
         self._state_lock = threading.Lock()  # guards self._state and its saves
         self._entries: dict[int, _Entry] = {}
+        self._committed = IdSet(saved.committed)  # writer WAL ids fully in Parquet
         self._buffers: dict[tuple[str, str], _Buffer] = {}
         self._retry: list[_Plan] = []  # plans saved in the state file whose write failed
         self._replayed = False
@@ -169,8 +171,10 @@ class Sink:
                 already_done.append(entry.id)
                 continue
             key = (record.acceptor_id, record.table)
-            if self._ledger.all_done(key, record.entry_ids):
-                already_done.append(entry.id)  # committed before the crash, not yet marked
+            with self._state_lock:  # the flusher may be adding to it
+                committed = entry.id in self._committed
+            if committed:
+                already_done.append(entry.id)  # committed before the crash; the mark did not reach disk
                 continue
             self._ledger.add_pending(key, record.entry_ids)
             outstanding, free = set(), []
@@ -331,6 +335,8 @@ class Sink:
         for _, entry in entries:
             self._ledger.complete(entry.key, entry.acceptor_ids)
         with self._state_lock:
+            for wid in wal_ids:
+                self._committed.add(wid)
             with self._cond:
                 for wid in wal_ids:
                     self._entries.pop(wid, None)
@@ -345,7 +351,8 @@ class Sink:
             self._wal.mark_processed(wal_ids)
 
     def _save_state(self) -> None:
-        self._state.done = self._ledger.snapshot()
+        self._state.done, self._state.floors = self._ledger.snapshot()
+        self._state.committed = self._committed.ranges()
         state.save(self._wal_dir, self._state)
 
     # -- introspection ---------------------------------------------------------

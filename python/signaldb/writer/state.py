@@ -5,6 +5,11 @@ It holds what the WAL alone cannot tell after a crash:
 - ``done``: per acceptor and table, the acceptor entry ids whose rows are
   durably in Parquet (ranges), so a resend after the writer WAL entry was
   processed is still recognised as a duplicate;
+- ``committed``: the writer WAL ids whose rows are all durably in Parquet
+  (ranges; the writer's own ids are one dense sequence, so this stays a few
+  ranges). The WAL's processed marks reach disk up to a second late, and not at
+  all if its metadata is lost: a replayed entry found here is only marked;
+- ``floors``: per acceptor, the id below which it never resends (see ``ledger``);
 - ``files``: every Parquet file planned but not yet fully committed, with the
   writer WAL ids and partition it holds. It is saved *before* the file is
   written, so a restart rewrites exactly that file under the same name instead
@@ -37,12 +42,16 @@ class FileRecord:
 @dataclass
 class State:
     done: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)
+    floors: dict[str, int] = field(default_factory=dict)
+    committed: list[list[int]] = field(default_factory=list)
     files: dict[str, FileRecord] = field(default_factory=dict)  # object path -> record
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
             "v": VERSION,
             "done": self.done,
+            "floors": self.floors,
+            "committed": self.committed,
             "files": {path: vars(rec) for path, rec in self.files.items()},
         }
         return json.dumps(body, separators=(",", ":")).encode()
@@ -57,7 +66,8 @@ def load(wal_dir: Path) -> State:
     if body.get("v") != VERSION:
         raise ValueError(f"{path}: unsupported state version {body.get('v')!r}")
     files = {p: FileRecord(**rec) for p, rec in body.get("files", {}).items()}
-    return State(done=body.get("done", {}), files=files)
+    return State(done=body.get("done", {}), floors=body.get("floors", {}), committed=body.get("committed", []),
+                 files=files)
 
 
 def save(wal_dir: Path, state: State) -> None:
