@@ -227,3 +227,33 @@ def test_s3_down_for_a_while_acks_continue_and_files_arrive_once(weed: Weed, s3_
     assert 2 <= len(keys) == written, keys
     assert_same_rows(read_table(local, "traces"), sent.table("traces"), "traces")
     assert [line for line in s3_writer.log_lines() if line.get("msg") == "object store put failed; retrying"]
+
+
+def test_sigterm_while_a_put_hangs_exits_in_time_and_the_next_start_delivers(
+        weed: Weed, s3_writer: WriterProcess, tmp_path: pathlib.Path) -> None:
+    # An endpoint that accepts connections and never answers: each PUT hangs.
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(64)
+        hung = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{blackhole.getsockname()[1]}",
+                "WRITER_SHUTDOWN_TIMEOUT_SECS": "2"}
+        s3_writer.start(env=hung)
+        sent = Sent()
+        client = s3_writer.client()
+        for entry in range(1, 6):
+            put_request(client, "logs", logs_request(entry), entry, sent=sent)
+        client.close()
+        time.sleep(0.5)  # the flusher is now inside a PUT that will not return
+        started = time.monotonic()
+        assert s3_writer.stop(timeout=15) == 0
+        assert time.monotonic() - started < 4
+    assert [line["clean"] for line in s3_writer.log_lines() if line.get("msg") == "stopped"] == [False]
+
+    s3_writer.start()  # the real endpoint again: the planned file is written under its planned name
+    [replay] = [line for line in s3_writer.log_lines() if line.get("msg") == "replay read"]
+    assert replay["files_to_rewrite"] == 1
+    _wait_settled(s3_writer, 30)
+    assert s3_writer.stop() == 0
+    local = tmp_path / "download"
+    weed.download(s3_writer.prefix, local)  # type: ignore[attr-defined]
+    assert_same_rows(read_table(local, "logs"), sent.table("logs"), "logs")
