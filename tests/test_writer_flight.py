@@ -107,6 +107,19 @@ def test_every_table_round_trips_to_parquet(writer: InProcessWriter) -> None:
     assert rows == [(20, 20, "2026-11-24", "01")]
     assert duckdb_rows(writer.root, "metrics_histogram", "SELECT sum(count), sum(bucket_counts[2]) FROM {src}") \
         == [(36, 24)]
+    # Row by row through DuckDB too.
+    want = sent.table("traces")
+    expected = sorted(zip(want.column("trace_id").to_pylist(), want.column("span_id").to_pylist(),
+                          want.column("name").to_pylist(), want.column("service_name").to_pylist(),
+                          want.column("start_time").cast(pa.int64()).to_pylist(),
+                          want.column("duration_ns").to_pylist(), strict=True))
+    assert duckdb_rows(writer.root, "traces", "SELECT trace_id, span_id, name, service_name, epoch_ns(start_time), "
+                       "duration_ns FROM {src} ORDER BY ALL") == expected
+    want = sent.table("metrics_gauge")
+    expected = sorted(zip(want.column("metric_name").to_pylist(), want.column("time").cast(pa.int64()).to_pylist(),
+                          want.column("value").to_pylist(), strict=True))
+    assert duckdb_rows(writer.root, "metrics_gauge",
+                       "SELECT metric_name, epoch_ns(time), value FROM {src} ORDER BY ALL") == expected
     # A log without `time` is placed by its observed_time; none of them is lost.
     assert duckdb_rows(writer.root, "logs", "SELECT count(*), count(*) FILTER (WHERE epoch_ns(time) = 0) FROM {src}") \
         == [(16, 8)]
