@@ -247,12 +247,16 @@ def _fill_wal(wal_dir: pathlib.Path, entries: int, spans: int = 2) -> pa.Table:
 
 def test_replay_writes_every_unprocessed_entry_and_keeps_dedupe(procs: list[WriterProcess],
                                                                 tmp_path: pathlib.Path) -> None:
-    want = _fill_wal(tmp_path / "wal", 300)
-    w = _writer(procs, tmp_path, "--file-max-age-secs", "0.05").start()
+    want = _fill_wal(tmp_path / "wal", 3000, spans=1)
+    w = _writer(procs, tmp_path, "--file-max-age-secs", "0.05").start(until="replay starting")
+    [health_port] = [line["health_port"] for line in w.log_lines() if line.get("msg") == "health listening"]
+    status, body = http_get(f"http://127.0.0.1:{health_port}/readyz")
+    assert (status, json.loads(body)) == (503, {"ready": False, "reasons": ["replaying the writer WAL"]})
+    w.start(until="listening", launch=False)
     wait_settled(w)
     msgs = {line.get("msg"): line for line in w.log_lines()}
-    assert msgs["replay starting"]["unprocessed_entries"] == 300
-    assert msgs["replay done"]["entries"] == 300
+    assert msgs["replay starting"]["unprocessed_entries"] == 3000
+    assert msgs["replay done"]["entries"] == 3000
     client = w.client()
     assert put_request(client, "traces", traces_request(17, spans=2), 17) == {"traces": [17]}
     client.close()

@@ -232,16 +232,19 @@ class WriterProcess:
     def log_path(self) -> pathlib.Path:
         return self.tmp / f"writer-{self.runs}.log"
 
-    def start(self, timeout: float = 60.0, env: dict[str, str] | None = None, until: str = "listening"
-              ) -> WriterProcess:
-        """Starts the process and waits for the log line ``until`` (``listening`` gives the ports)."""
-        self.runs += 1
-        cmd = [sys.executable, "-m", "signaldb.writer", "--wal-dir", str(self.tmp / "wal"),
-               "--storage-url", self.storage_url, "--flight-addr", "127.0.0.1:0",
-               "--health-addr", "127.0.0.1:0", *self.args]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
-                                         env={**self.env, **(env or {})})
+    def start(self, timeout: float = 60.0, env: dict[str, str] | None = None, until: str = "listening",
+              launch: bool = True) -> WriterProcess:
+        """Starts the process and waits for the log line ``until`` (``listening`` gives the ports);
+        ``launch=False`` only waits, for a process already started."""
+        if launch:
+            self.runs += 1
+            cmd = [sys.executable, "-m", "signaldb.writer", "--wal-dir", str(self.tmp / "wal"),
+                   "--storage-url", self.storage_url, "--flight-addr", "127.0.0.1:0",
+                   "--health-addr", "127.0.0.1:0", *self.args]
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
+                                             env={**self.env, **(env or {})})
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.log_lines():

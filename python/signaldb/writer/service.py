@@ -56,6 +56,7 @@ class WriterService:
     async def start(self) -> None:
         self.health = HealthServer(self.cfg.writer.health_addr, self.registry, self._health, self._not_ready)
         await self.health.start()
+        log.info("health listening", extra={"health_port": self.health_port})  # probes work during replay
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._open_and_replay)
         if self.stopping:
