@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from conftest import scaled
 from helpers.writer import (
     Sent,
     WriterProcess,
@@ -144,11 +145,14 @@ def test_a_crash_at_each_step_of_a_file_write_loses_and_duplicates_nothing(
     assert state["files"] == {} and state["done"] == {"acc-1": {"traces": [[1, 4]]}}
 
 
-def test_sigkill_while_writing_then_restart_and_resend(procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("seed", range(scaled(1, 20)))
+def test_sigkill_while_writing_then_restart_and_resend(procs: list[WriterProcess], tmp_path: pathlib.Path,
+                                                       seed: int) -> None:
     """Like an acceptor: send continuously, lose the writer mid-flight, restart it, resend everything
-    that was not acked (and some that was). Every entry ends up in Parquet exactly once."""
+    that was not acked (and some that was). Every entry ends up in Parquet exactly once.
+    (`make stress` runs 20 kill points.)"""
     w = _writer(procs, tmp_path, "--file-max-age-secs", "0.02", "--file-max-bytes", "4096").start()
-    rng = random.Random(7)
+    rng = random.Random(7 + seed)
     batches = {entry: convert("traces", traces_request(entry, spans=3))["traces"] for entry in range(1, 401)}
     acked: list[int] = []
     stop = threading.Event()
