@@ -10,5 +10,8 @@ Modules, in the order data flows through them:
 - ``state``    the durable state file: dedupe index and planned files.
 - ``parquet``  one Parquet file's bytes.
 - ``storage``  file:// and s3:// object stores with retries.
-- ``main``     the service: config, replay, health, shutdown.
+- ``metrics``  the writer's Prometheus metrics.
+- ``service``  the service object: start (health, WAL, replay, Flight) and stop.
+- ``main``     the ``signaldb-writer`` process: config, JSON logs, signals, exit codes.
+- ``crashpoints`` named SIGKILL points for the crash tests (inert unless set).
 """
