@@ -1,0 +1,198 @@
+"""The Flight side of the writer: ``do_put`` per ``signaldb.flight_protocol``.
+
+For each batch of a stream: check the backlog, decode the entries, split them
+into new and duplicate (``Ledger``), append the new rows to the writer WAL as
+one entry, and ack once the append returned (durable in immediate mode).
+pyarrow runs each call on its own thread, so the blocking append is fine here
+and concurrent streams share the WAL's group commit.
+
+Refusals: a broken descriptor, schema or batch raises ``pa.ArrowInvalid``
+(gRPC INVALID_ARGUMENT: the acceptor must not resend it as is); a full WAL,
+a backlog over its limit or an entry in flight elsewhere raise Flight's
+unavailable error (retryable). Nothing of a refused batch is kept, and batches
+acked before it in the same stream stay acked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from signaldb.flight_protocol import ProtocolError, StreamHeader, decode_batch_metadata, encode_ack
+from signaldb.service.security import bearer_ok
+from signaldb.wal import Wal, WalError, WalFullError
+from signaldb.writer import payload
+from signaldb.writer.ledger import Busy, Key, Ledger
+from signaldb.writer.metrics import WriterMetrics
+from signaldb.writer.sink import Sink
+from signaldb.writer.tables import kind_of, reference_schema
+
+log = logging.getLogger(__name__)
+
+
+class _BearerMiddlewareFactory(flight.ServerMiddlewareFactory):
+    """Refuses every call whose ``authorization`` header lacks the configured bearer token."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self._token = token
+
+    def start_call(self, info: flight.CallInfo, headers: dict[str, list[Any]]) -> None:
+        values = headers.get("authorization") or []
+        value = values[0] if values else None
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        if not bearer_ok(self._token, value):
+            raise flight.FlightUnauthenticatedError("missing or wrong bearer token")
+
+
+def _schema_difference(got: pa.Schema, want: pa.Schema) -> str:
+    """A short description of the first difference, for the refusal message."""
+    for field in want:
+        if field.name not in got.names:
+            return f"missing column {field.name!r}"
+        other = got.field(field.name)
+        if not other.equals(field):
+            return (f"column {field.name!r} is {other.type} (nullable={other.nullable}), "
+                    f"want {field.type} (nullable={field.nullable})")
+    extra = [n for n in got.names if n not in want.names]
+    if extra:
+        return f"unexpected columns {extra}"
+    return "columns are in a different order"
+
+
+class WriterFlightServer(flight.FlightServerBase):
+    def __init__(
+        self,
+        location: str,
+        wal: Wal,
+        sink: Sink,
+        ledger: Ledger,
+        metrics: WriterMetrics,
+        max_backlog_bytes: int,
+        auth_token: str | None = None,
+        tls_pair: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        middleware = {"auth": _BearerMiddlewareFactory(auth_token)} if auth_token else None
+        super().__init__(location, tls_certificates=[tls_pair] if tls_pair else None, middleware=middleware)
+        self._wal = wal
+        self._sink = sink
+        self._ledger = ledger
+        self._metrics = metrics
+        self._max_backlog = max_backlog_bytes
+
+    # -- refusals --------------------------------------------------------------
+
+    def _invalid(self, message: str) -> pa.ArrowInvalid:
+        self._metrics.refused_batches.labels("invalid").inc()
+        log.warning("refused invalid Flight batch", extra={"reason": message})
+        return pa.ArrowInvalid(message)
+
+    def _unavailable(self, reason: str, message: str) -> flight.FlightUnavailableError:
+        self._metrics.refused_batches.labels(reason).inc()
+        return flight.FlightUnavailableError(message)
+
+    def over_backlog(self) -> bool:
+        backlog = self._wal.stats()["unprocessed_bytes"]
+        assert isinstance(backlog, int)
+        return backlog > self._max_backlog
+
+    # -- do_put ----------------------------------------------------------------
+
+    def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        try:
+            header = StreamHeader.from_descriptor(descriptor)
+        except ProtocolError as err:
+            raise self._invalid(str(err)) from None
+        want = reference_schema(header.table)
+        if not reader.schema.equals(want):
+            raise self._invalid(f"schema does not match table {header.table!r}: "
+                                f"{_schema_difference(reader.schema, want)}")
+        key: Key = (header.acceptor_id, header.table)
+        while True:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                return
+            if chunk.data is None:
+                raise self._invalid("a batch is required with each app_metadata")
+            raw = chunk.app_metadata.to_pybytes() if chunk.app_metadata is not None else None
+            try:
+                entries = decode_batch_metadata(raw, chunk.data.num_rows)
+            except ProtocolError as err:
+                raise self._invalid(str(err)) from None
+            try:
+                floor = _min_unprocessed(raw)
+            except ProtocolError as err:
+                raise self._invalid(str(err)) from None
+            if floor is not None:
+                self._ledger.raise_floor(header.acceptor_id, floor)
+            ack = self._store(key, entries, chunk.data)
+            writer.write(pa.py_buffer(ack))
+
+    def _store(self, key: Key, entries: list[tuple[int, int]], batch: pa.RecordBatch) -> bytes:
+        """Makes the batch's new entries durable in the WAL; returns the ack."""
+        if self.over_backlog():
+            raise self._unavailable("backlog", "writer WAL backlog over wal.max_backlog_bytes; retry later")
+        ids = [eid for eid, _ in entries]
+        try:
+            new, duplicates = self._ledger.reserve(key, ids)
+        except Busy as err:
+            raise self._unavailable("busy", f"{err}; retry") from None
+        fresh = set(new)
+        kept = tuple((eid, rows) for eid, rows in entries if eid in fresh and rows > 0)
+        kept_ids = [eid for eid, _ in kept]
+        stored = False
+        try:
+            if kept:
+                record = payload.WalRecord(key[0], key[1], kept, _rows_of(entries, fresh, batch))
+                wal_id = self._wal.append(payload.encode(record), kind_of(key[1]))  # durable on return
+                stored = True
+        except WalFullError as err:
+            raise self._unavailable("wal_full", f"writer WAL full: {err}; retry later") from None
+        except WalError as err:
+            self._metrics.refused_batches.labels("wal_error").inc()
+            raise flight.FlightInternalError(f"writer WAL failed: {err}") from None
+        finally:
+            self._ledger.release(key, kept_ids, stored)
+            self._ledger.release(key, [i for i in new if i not in set(kept_ids)], False)
+        if stored:
+            self._sink.add(wal_id, record)
+            self._metrics.rows_received.labels(key[1]).inc(record.batch.num_rows)
+        self._metrics.batches_received.labels(key[1]).inc()
+        if duplicates:
+            self._metrics.duplicate_entries.labels(key[1]).inc(len(duplicates))
+        return encode_ack(ids, duplicates)
+
+
+def _rows_of(entries: list[tuple[int, int]], keep: set[int], batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch's rows that belong to the kept entries (row counts give each entry's slice)."""
+    if all(eid in keep for eid, _ in entries):
+        return batch
+    pieces, offset = [], 0
+    for eid, rows in entries:
+        if eid in keep and rows:
+            pieces.append(batch.slice(offset, rows))
+        offset += rows
+    return pieces[0] if len(pieces) == 1 else pa.concat_batches(pieces)
+
+
+def _min_unprocessed(raw: bytes | None) -> int | None:
+    """The optional ``min_unprocessed`` of a batch's app_metadata (not yet in flight_protocol:
+    the smallest acceptor entry id not marked processed; every smaller id is never resent)."""
+    value = json.loads(raw or b"{}").get("min_unprocessed")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"min_unprocessed must be a non-negative integer; got {value!r}")
+    return value

@@ -1,0 +1,39 @@
+"""The writer's own Prometheus metrics (the WAL's come from ``WalCollector``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_PUT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class WriterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.files_written = Counter("signaldb_writer_files_written", "Parquet files written.",
+                                     ["table"], registry=registry)
+        self.rows_written = Counter("signaldb_writer_rows_written", "Rows written to Parquet.",
+                                    ["table"], registry=registry)
+        self.bytes_written = Counter("signaldb_writer_bytes_written", "Parquet bytes written.",
+                                     ["table"], registry=registry)
+        self.batches_received = Counter("signaldb_writer_batches_received", "Flight batches acked.",
+                                        ["table"], registry=registry)
+        self.rows_received = Counter("signaldb_writer_rows_received", "New rows appended to the writer WAL.",
+                                     ["table"], registry=registry)
+        self.duplicate_entries = Counter("signaldb_writer_duplicate_entries",
+                                         "Acceptor entries acked as duplicates (not written again).",
+                                         ["table"], registry=registry)
+        self.refused_batches = Counter("signaldb_writer_refused_batches",
+                                       "Flight batches refused, by reason (invalid, backlog, wal_full, busy, ...).",
+                                       ["reason"], registry=registry)
+        self.put_duration = Histogram("signaldb_writer_object_put_duration_seconds",
+                                      "Time each successful object-store PUT (or local write) took.",
+                                      buckets=_PUT_BUCKETS, registry=registry)
+        self.put_errors = Counter("signaldb_writer_object_put_errors", "Failed object-store PUTs (retried).",
+                                  registry=registry)
+        self.dead_letter_entries = Counter("signaldb_writer_dead_letter_entries",
+                                           "Unreadable writer WAL entries moved to <wal_dir>/dead-letter.",
+                                           registry=registry)
+        self.buffered_bytes = Gauge("signaldb_writer_buffered_bytes",
+                                    "Arrow bytes waiting in open files.", registry=registry)
+        self.open_files = Gauge("signaldb_writer_open_files", "Table/hour buffers not yet written.",
+                                registry=registry)

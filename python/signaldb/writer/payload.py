@@ -1,0 +1,63 @@
+"""The bytes of one writer WAL entry.
+
+::
+
+    b"SDW1" | header length (u32, little endian) | header JSON | Arrow IPC stream
+
+The header is ``{"acceptor_id": str, "table": str, "entries": [[id, rows], ...]}``:
+the acceptor entries whose rows the batch holds, in row order (duplicates already
+removed, so every listed id is new to this writer). The IPC stream carries the
+schema and exactly one record batch. The WAL's CRC covers all of it; the magic
+guards against reading a payload of some future format as this one.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+MAGIC = b"SDW1"
+_LEN = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class WalRecord:
+    acceptor_id: str
+    table: str
+    entries: tuple[tuple[int, int], ...]  # (acceptor entry id, rows), in row order
+    batch: pa.RecordBatch
+
+    @property
+    def entry_ids(self) -> list[int]:
+        return [eid for eid, _ in self.entries]
+
+
+def encode(record: WalRecord) -> bytes:
+    header = json.dumps(
+        {"acceptor_id": record.acceptor_id, "table": record.table, "entries": [list(e) for e in record.entries]},
+        separators=(",", ":"),
+    ).encode()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, record.batch.schema) as stream:
+        stream.write_batch(record.batch)
+    return b"".join((MAGIC, _LEN.pack(len(header)), header, sink.getvalue().to_pybytes()))
+
+
+def decode(payload: bytes) -> WalRecord:
+    if payload[:4] != MAGIC:
+        raise ValueError(f"not a writer WAL payload (magic {payload[:4]!r})")
+    (length,) = _LEN.unpack_from(payload, 4)
+    start = 4 + _LEN.size
+    header = json.loads(payload[start : start + length])
+    reader = pa.ipc.open_stream(pa.py_buffer(payload)[start + length :])
+    batches = list(reader)
+    batch = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+    return WalRecord(
+        acceptor_id=header["acceptor_id"],
+        table=header["table"],
+        entries=tuple((int(i), int(r)) for i, r in header["entries"]),
+        batch=batch,
+    )

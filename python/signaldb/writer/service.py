@@ -1,0 +1,151 @@
+"""The writer service as an object: start (health, WAL, replay, Flight) and stop.
+
+``main.py`` wraps it in a process; ``signaldb run`` and in-process tests can
+use it directly. Start order matters: the health port comes first so probes
+see ``/readyz`` 503 while the WAL replays; Flight opens only after the replay,
+because the dedupe ledger is complete only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from signaldb.config import Config
+from signaldb.service.health import HealthServer
+from signaldb.service.metrics import WalCollector, new_registry
+from signaldb.service.security import read_pem_pair
+from signaldb.wal import Wal
+from signaldb.writer import state
+from signaldb.writer.ingest import WriterFlightServer
+from signaldb.writer.ledger import Ledger
+from signaldb.writer.metrics import WriterMetrics
+from signaldb.writer.sink import Sink
+from signaldb.writer.storage import open_store
+
+log = logging.getLogger(__name__)
+
+# /health shows these WAL stats (the histogram buckets hold inf, which is not JSON).
+_HEALTH_WAL_KEYS = ("unprocessed_entries", "unprocessed_bytes", "total_segments", "disk_usage_bytes",
+                    "last_flush", "next_id", "appended_entries", "processed_entries", "corrupt_entries",
+                    "poisoned", "poisoned_reason", "sync_mode")
+
+
+class WriterService:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.registry = new_registry()
+        self.metrics = WriterMetrics(self.registry)
+        self.wal: Wal | None = None
+        self.sink: Sink | None = None
+        self.flight: WriterFlightServer | None = None
+        self.health: HealthServer | None = None
+        self.replaying = True
+        self.stopping = False
+        self.registry.register(WalCollector(lambda: self.wal, "writer"))
+
+    @property
+    def flight_port(self) -> int:
+        return self.flight.port if self.flight is not None else 0
+
+    @property
+    def health_port(self) -> int:
+        return self.health.port if self.health is not None else 0
+
+    async def start(self) -> None:
+        self.health = HealthServer(self.cfg.writer.health_addr, self.registry, self._health, self._not_ready)
+        await self.health.start()
+        log.info("health listening", extra={"health_port": self.health_port})  # probes work during replay
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._open_and_replay)
+        if self.stopping:
+            return
+        self.flight = await loop.run_in_executor(None, self._start_flight)
+        log.info("listening", extra={"flight_port": self.flight_port, "health_port": self.health_port,
+                                     "storage": self.cfg.storage_url})
+
+    def _open_and_replay(self) -> None:
+        wcfg = self.cfg.wal_for("writer")
+        log.info("opening writer WAL", extra={"wal_dir": str(wcfg.wal_dir), "storage": self.cfg.storage_url})
+        self.wal = Wal(wcfg.wal_dir, max_segment_size=wcfg.max_segment_size,
+                       max_buffer_entries=wcfg.max_buffer_entries,
+                       flush_interval_secs=wcfg.flush_interval_secs, sync_mode=wcfg.sync_mode)  # type: ignore[arg-type]
+        saved = state.load(wcfg.wal_dir)
+        self.ledger = Ledger.from_snapshot(saved.done, saved.floors)
+        self.sink = Sink(self.wal, wcfg.wal_dir, open_store(self.cfg.storage_url), self.ledger, saved,
+                         self.metrics, self.cfg.writer.file_max_bytes, self.cfg.writer.file_max_age_secs)
+        self.sink.start()
+        if self.stopping:
+            self.sink.abort_replay()
+        pending = self.wal.stats()["unprocessed_entries"]
+        log.info("replay starting", extra={"unprocessed_entries": pending, "planned_files": len(saved.files)})
+        replayed = self.sink.replay()
+        self.replaying = False
+        log.info("replay done", extra={"entries": replayed, "interrupted": self.stopping})
+
+    def _start_flight(self) -> WriterFlightServer:
+        addr, security = self.cfg.writer.flight_addr, self.cfg.security
+        scheme = "grpc+tls" if security.tls else "grpc"
+        assert self.wal is not None and self.sink is not None
+        return WriterFlightServer(f"{scheme}://{addr}", self.wal, self.sink, self.ledger, self.metrics,
+                                  self.cfg.writer_wal.max_backlog_bytes, security.auth_token,
+                                  read_pem_pair(security))
+
+    async def stop(self) -> bool:
+        """Stops accepting, writes out open files, closes the WAL; True when nothing was left behind."""
+        self.stopping = True
+        budget = self.cfg.writer.shutdown_timeout_secs
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        if self.sink is not None:
+            self.sink.abort_replay()
+        if self.flight is not None:
+            # shutdown() waits for running calls; a stream that never ends must not eat the budget.
+            try:
+                await asyncio.wait_for(loop.run_in_executor(None, self.flight.shutdown), budget / 3)
+            except TimeoutError:
+                log.warning("Flight calls still running at shutdown; closing anyway")
+        clean = True
+        if self.sink is not None:
+            clean = await loop.run_in_executor(None, self.sink.close, max(0.1, deadline - loop.time() - 0.5))
+        if self.wal is not None:
+            await loop.run_in_executor(None, self.wal.close)
+        if self.health is not None:
+            await self.health.stop()
+        log.info("stopped", extra={"clean": clean})
+        return clean
+
+    # -- health ------------------------------------------------------------------
+
+    def _wal_stats(self) -> dict[str, Any] | None:
+        wal = self.wal
+        if wal is None or wal.closed:
+            return None
+        return wal.stats()
+
+    def _health(self) -> dict[str, Any]:
+        stats = self._wal_stats()
+        body: dict[str, Any] = {"status": "ok", "replaying": self.replaying}
+        if stats is not None:
+            body["wal"] = {k: stats[k] for k in _HEALTH_WAL_KEYS if k in stats}
+            if stats["poisoned"]:
+                body["status"] = "wal_poisoned"
+        if self.sink is not None:
+            body["writer"] = self.sink.stats()
+        body["storage"] = self.cfg.storage_url
+        return body
+
+    def _not_ready(self) -> list[str]:
+        reasons = []
+        if self.replaying:
+            reasons.append("replaying the writer WAL")
+        if self.stopping:
+            reasons.append("shutting down")
+        stats = self._wal_stats()
+        if stats is not None:
+            if stats["poisoned"]:
+                reasons.append(f"WAL stopped after a failed fsync: {stats.get('poisoned_reason')}")
+            if int(stats["unprocessed_bytes"]) > self.cfg.writer_wal.max_backlog_bytes:
+                reasons.append("WAL backlog over wal.max_backlog_bytes")
+        return reasons

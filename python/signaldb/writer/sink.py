@@ -1,0 +1,368 @@
+"""From writer WAL entries to Parquet files, and back to ``mark_processed``.
+
+Rows wait in one buffer per (table, hour partition). A buffer becomes a file
+when it holds ``file_max_bytes`` of Arrow data or its oldest rows are
+``file_max_age_secs`` old. One flusher thread writes files, in cycles:
+
+1. *plan*: take the due buffers; each becomes a file named after the writer
+   WAL ids it holds (first-last-hash); save the plans in the state file;
+2. *write*: build each file and put it (retrying until the store takes it);
+3. *commit*: an entry whose every partition is now in a written file is
+   complete: its acceptor ids move to the ledger's done set, its writer WAL
+   id joins ``committed``, the state file is saved, and only then is the entry
+   marked processed in the WAL.
+
+Crash anywhere and the restart (``replay``) finds each unprocessed entry's
+partitions in one of three places: a written file (nothing to do), a planned
+file (rewritten whole, same name, same rows: an overwrite, not a duplicate), or
+nowhere (buffered again). An entry in the state's ``committed`` set was
+committed but its mark did not reach disk: it is marked. A failed plan is retried as it is, never regrouped,
+for the same reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from signaldb.wal import Wal
+from signaldb.writer import crashpoints, parquet, payload, state
+from signaldb.writer.ledger import IdSet, Key, Ledger
+from signaldb.writer.metrics import WriterMetrics
+from signaldb.writer.storage import ObjectStore, StoreAborted, put_with_retry
+from signaldb.writer.tables import split_by_hour
+
+log = logging.getLogger(__name__)
+
+_REPLAY_LOG_EVERY_SECS = 5.0
+DEAD_LETTER_DIR = "dead-letter"
+_FAILED_CYCLE_PAUSE_SECS = 1.0
+
+
+@dataclass
+class _Entry:
+    """An unprocessed writer WAL entry."""
+
+    key: Key
+    acceptor_ids: list[int]
+    outstanding: set[str]  # partitions whose rows are not yet in a written file
+
+
+@dataclass
+class _Buffer:
+    table: str
+    partition: str
+    opened: float  # monotonic time of the oldest rows
+    parts: list[tuple[int, pa.RecordBatch]] = field(default_factory=list)  # (wal id, rows)
+    nbytes: int = 0
+
+
+@dataclass
+class _Plan:
+    path: str
+    table: str
+    partition: str
+    wal_ids: list[int]
+    batches: list[pa.RecordBatch]
+
+
+def file_path(table: str, partition: str, wal_ids: list[int]) -> str:
+    """``<table>/date=.../hour=../<first>-<last>-<hash>.parquet``: the same ids always give the same name."""
+    digest = hashlib.sha256(f"{table}/{partition}:{','.join(map(str, wal_ids))}".encode()).hexdigest()[:12]
+    return f"{table}/{partition}/{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
+
+
+def _plan(table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]]) -> _Plan:
+    ordered = sorted(parts, key=lambda p: p[0])  # wal id order: a rewrite holds the same rows
+    wal_ids = [wid for wid, _ in ordered]
+    return _Plan(file_path(table, partition, wal_ids), table, partition, wal_ids, [b for _, b in ordered])
+
+
+class Sink:
+    def __init__(
+        self,
+        wal: Wal,
+        wal_dir: Path,
+        store: ObjectStore,
+        ledger: Ledger,
+        saved: state.State,
+        metrics: WriterMetrics,
+        file_max_bytes: int,
+        file_max_age_secs: float,
+    ) -> None:
+        self._wal = wal
+        self._wal_dir = Path(wal_dir)
+        self._store = store
+        self._ledger = ledger
+        self._state = saved
+        self._metrics = metrics
+        self._max_bytes = file_max_bytes
+        self._max_age = file_max_age_secs
+        self._cond = threading.Condition()  # guards entries, buffers, retry and the flags below
+        self._state_lock = threading.Lock()  # guards self._state and its saves
+        self._entries: dict[int, _Entry] = {}
+        self._committed = IdSet(saved.committed)  # writer WAL ids fully in Parquet
+        self._buffers: dict[tuple[str, str], _Buffer] = {}
+        self._retry: list[_Plan] = []  # plans saved in the state file whose write failed
+        self._replayed = False
+        self._abort_replay = False
+        self._stopping = False
+        self._deadline = float("inf")
+        self._thread = threading.Thread(target=self._run, name="writer-sink", daemon=True)
+
+    # -- feeding ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, wal_id: int, record: payload.WalRecord) -> None:
+        """Buffers a durable writer WAL entry's rows."""
+        parts = split_by_hour(record.table, record.batch)
+        with self._cond:
+            self._entries[wal_id] = _Entry((record.acceptor_id, record.table), record.entry_ids, set(parts))
+            self._buffer(wal_id, record.table, parts.items())
+
+    def _buffer(self, wal_id: int, table: str, parts: Iterable[tuple[str, pa.RecordBatch]]) -> None:
+        now = time.monotonic()
+        for partition, batch in parts:
+            buf = self._buffers.get((table, partition))
+            if buf is None:
+                buf = self._buffers[(table, partition)] = _Buffer(table, partition, now)
+                self._cond.notify()  # the flusher may be sleeping past this buffer's deadline
+            buf.parts.append((wal_id, batch))
+            buf.nbytes += batch.nbytes
+            if buf.nbytes >= self._max_bytes:
+                self._cond.notify()
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self._metrics.open_files.set(len(self._buffers))
+        self._metrics.buffered_bytes.set(sum(b.nbytes for b in self._buffers.values()))
+
+    # -- replay ----------------------------------------------------------------
+
+    def replay(self) -> int:
+        """Re-reads every unprocessed entry (call once, before ingest starts); returns their number."""
+        with self._state_lock:
+            covered = {(wid, rec.partition): path for path, rec in self._state.files.items() for wid in rec.wal_ids}
+        rewrite: dict[str, list[tuple[int, pa.RecordBatch]]] = {}
+        already_done: list[int] = []
+        complete: list[int] = []
+        seen = 0
+        last_log = time.monotonic()
+        for entry in self._wal.unprocessed():
+            if self._abort_replay:  # stopping: what is not re-read stays in the WAL
+                log.warning("replay interrupted by shutdown", extra={"entries": seen})
+                break
+            seen += 1
+            try:
+                record = payload.decode(entry.payload)
+                parts = split_by_hour(record.table, record.batch)
+            except Exception as err:  # CRC-valid but unreadable: a bug or version skew, never a crash loop
+                self._dead_letter(entry.id, entry.payload, err)
+                already_done.append(entry.id)
+                continue
+            key = (record.acceptor_id, record.table)
+            with self._state_lock:  # the flusher may be adding to it
+                committed = entry.id in self._committed
+            if committed:
+                already_done.append(entry.id)  # committed before the crash; the mark did not reach disk
+                continue
+            self._ledger.add_pending(key, record.entry_ids)
+            outstanding, free = set(), []
+            for partition, batch in parts.items():
+                path = covered.get((entry.id, partition))
+                if path is None:
+                    free.append((partition, batch))
+                    outstanding.add(partition)
+                elif not self._state.files[path].written:
+                    rewrite.setdefault(path, []).append((entry.id, batch))
+                    outstanding.add(partition)
+            with self._cond:
+                self._entries[entry.id] = _Entry(key, record.entry_ids, outstanding)
+                self._buffer(entry.id, record.table, free)
+            if not outstanding:
+                complete.append(entry.id)
+            if time.monotonic() - last_log >= _REPLAY_LOG_EVERY_SECS:
+                log.info("replay progress", extra={"entries": seen})
+                last_log = time.monotonic()
+        if already_done:
+            self._wal.mark_processed(already_done)
+        if self._abort_replay:
+            # No rewrites and no pruning of the state file: entries not re-read would look
+            # complete. The next start replays them.
+            return seen
+        plans = []
+        for path, planned_parts in rewrite.items():
+            rec = self._state.files[path]
+            plan = _plan(rec.table, rec.partition, planned_parts)
+            if plan.path != path:  # an entry vanished from the WAL (quarantined as corrupt)
+                log.error("planned file lost entries; rewriting what remains under its name",
+                          extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids})
+                plan.path = path
+            plans.append(plan)
+        log.info("replay read", extra={"entries": seen, "already_committed": len(already_done),
+                                       "files_to_rewrite": len(plans)})
+        with self._cond:
+            self._retry.extend(plans)  # the flusher writes these first, exactly as planned
+            self._replayed = True
+            self._cond.notify()
+        if complete:
+            self._commit(complete)
+        return seen
+
+    def _dead_letter(self, wal_id: int, data: bytes, err: Exception) -> None:
+        """Keeps an unreadable entry's payload in ``<wal_dir>/dead-letter/`` before it is marked."""
+        directory = self._wal_dir / DEAD_LETTER_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        target = directory / f"{wal_id}.entry"
+        with open(target, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        state.fsync_dir(directory)
+        state.fsync_dir(self._wal_dir)
+        self._metrics.dead_letter_entries.inc()
+        log.error("unreadable writer WAL entry moved to dead-letter",
+                  extra={"wal_id": wal_id, "path": str(target), "error": repr(err)})
+
+    # -- the flusher -----------------------------------------------------------
+
+    def abort_replay(self) -> None:
+        self._abort_replay = True
+
+    def close(self, timeout: float) -> bool:
+        """Writes out every buffer within ``timeout`` seconds; True when all of it is committed."""
+        with self._cond:
+            self._stopping = True
+            self._deadline = time.monotonic() + timeout
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, self._deadline - time.monotonic()) + 1.0)
+        with self._cond:
+            return not self._thread.is_alive() and not self._buffers and not self._retry and not self._entries
+
+    def _give_up(self) -> bool:
+        return self._stopping and time.monotonic() >= self._deadline
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                plans = self._next_plans()
+                while not plans and not self._stopping:
+                    self._cond.wait(self._wait_secs())
+                    plans = self._next_plans()
+                if not plans and self._stopping:
+                    return
+            try:
+                self._write(plans)
+            except StoreAborted as err:
+                log.warning("shutdown deadline reached; unwritten rows stay in the WAL for the next start",
+                            extra={"error": str(err)})
+                return
+            except Exception:
+                log.exception("writing Parquet failed; retrying the same files")
+                with self._cond:
+                    self._retry[:0] = plans
+                if self._give_up():
+                    return
+                time.sleep(_FAILED_CYCLE_PAUSE_SECS)
+
+    def _wait_secs(self) -> float:
+        if not self._buffers:
+            return 1.0
+        oldest = min(b.opened for b in self._buffers.values())
+        return max(0.005, min(1.0, oldest + self._max_age - time.monotonic()))
+
+    def _next_plans(self) -> list[_Plan]:
+        """Failed plans first (as they were), then the buffers that are due."""
+        if self._retry:
+            plans, self._retry = self._retry, []
+            return plans
+        now = time.monotonic()
+        due = [k for k, b in self._buffers.items()
+               if self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age]
+        plans = [_plan(*k, self._buffers.pop(k).parts) for k in due]
+        if plans:
+            self._update_gauges()
+        return plans
+
+    def _write(self, plans: list[_Plan]) -> None:
+        with self._state_lock:
+            new = [p for p in plans if p.path not in self._state.files]
+            for p in new:
+                self._state.files[p.path] = state.FileRecord(p.table, p.partition, p.wal_ids)
+            if new:
+                self._save_state()  # step 1: the plan is durable before any byte of the file
+        crashpoints.reached("after_plan")
+        for p in plans:
+            with self._state_lock:
+                if self._state.files[p.path].written:
+                    continue
+            data, rows = parquet.build(p.table, p.batches)
+            put_with_retry(self._store, p.path, data, self._metrics, self._give_up)  # step 2
+            crashpoints.reached("after_put")
+            with self._state_lock:
+                self._state.files[p.path].written = True
+            self._metrics.files_written.labels(p.table).inc()
+            self._metrics.rows_written.labels(p.table).inc(rows)
+            self._metrics.bytes_written.labels(p.table).inc(len(data))
+            log.debug("file written", extra={"path": p.path, "rows": rows, "bytes": len(data)})
+        complete = []
+        with self._cond:
+            for p in plans:
+                for wid in p.wal_ids:
+                    entry = self._entries.get(wid)
+                    if entry is not None and p.partition in entry.outstanding:
+                        entry.outstanding.discard(p.partition)
+                        if not entry.outstanding:
+                            complete.append(wid)
+        self._commit(complete)
+
+    def _commit(self, wal_ids: list[int]) -> None:
+        """Step 3: complete entries become done (state saved), then processed in the WAL."""
+        with self._cond:
+            entries = [(wid, self._entries[wid]) for wid in wal_ids]
+            replayed = self._replayed
+        for _, entry in entries:
+            self._ledger.complete(entry.key, entry.acceptor_ids)
+        with self._state_lock:
+            for wid in wal_ids:
+                self._committed.add(wid)
+            with self._cond:
+                for wid in wal_ids:
+                    self._entries.pop(wid, None)
+                live = set(self._entries)
+            if replayed:  # before that, an entry not yet re-read would look complete
+                for path in [p for p, r in self._state.files.items()
+                             if r.written and not live.intersection(r.wal_ids)]:
+                    del self._state.files[path]
+            self._save_state()
+        if wal_ids:
+            crashpoints.reached("after_commit")
+            self._wal.mark_processed(wal_ids)
+
+    def _save_state(self) -> None:
+        self._state.done, self._state.floors = self._ledger.snapshot()
+        self._state.committed = self._committed.ranges()
+        state.save(self._wal_dir, self._state)
+
+    # -- introspection ---------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            return {
+                "open_files": len(self._buffers),
+                "buffered_bytes": sum(b.nbytes for b in self._buffers.values()),
+                "unprocessed_entries": len(self._entries),
+                "files_to_retry": len(self._retry),
+            }
+

@@ -1,0 +1,149 @@
+"""Where Parquet files go: ``file://PATH`` or ``s3://BUCKET/PREFIX``.
+
+Both stores offer one operation, ``put(path, data)``, that is durable and
+all-or-nothing when it returns, and never leaves a partial object under a
+``.parquet`` name:
+
+- local: write ``.<name>.tmp`` in the target directory (a fixed name, so a
+  crash's leftover is simply overwritten by the retry), fsync, rename, fsync
+  the directory; new directories are fsynced into their parents too;
+- S3: one PUT of the whole object (no multipart, FIELD-NOTES: pyarrow's S3
+  stream completes uploads on error). Endpoint and credentials come from the
+  standard ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` included.
+
+``put_with_retry`` retries any failure with capped exponential backoff for as
+long as the caller's ``give_up()`` says no: the data is in the WAL, so the
+writer waits for the store rather than dropping anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+from signaldb.writer import crashpoints
+from signaldb.writer.metrics import WriterMetrics
+from signaldb.writer.state import fsync_dir
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_START = 0.1
+_BACKOFF_MAX = 5.0
+
+
+class StoreAborted(Exception):
+    """A put was abandoned (shutdown deadline); its data stays in the WAL."""
+
+
+class ObjectStore(Protocol):
+    url: str
+
+    def put(self, path: str, data: bytes) -> None: ...
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        self.url = f"file://{self.root}"
+        self._mkdirs(self.root)
+
+    def _mkdirs(self, directory: Path) -> None:
+        """Creates missing directories, fsyncing each into its parent."""
+        missing = []
+        while not directory.exists():
+            missing.append(directory)
+            directory = directory.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                pass
+            fsync_dir(d.parent)
+
+    def put(self, path: str, data: bytes) -> None:
+        target = self.root / path
+        self._mkdirs(target.parent)
+        temp = target.parent / f".{target.name}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        crashpoints.reached("before_rename")
+        os.rename(temp, target)
+        fsync_dir(target.parent)
+
+
+class S3Store:
+    def __init__(self, url: str) -> None:
+        from obstore.store import S3Store as _S3
+
+        self.url = url
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+        # Short client timeouts and few internal retries: put_with_retry owns the patience.
+        self._store = _S3.from_url(
+            url.rstrip("/"),
+            client_options={"allow_http": endpoint.startswith("http://"), "timeout": timedelta(seconds=60),
+                            "connect_timeout": timedelta(seconds=5)},
+            retry_config={"max_retries": 1, "retry_timeout": timedelta(seconds=30),
+                          "backoff": {"init_backoff": timedelta(milliseconds=100),
+                                      "max_backoff": timedelta(seconds=1), "base": 2}},
+        )
+
+    def put(self, path: str, data: bytes) -> None:
+        import obstore
+
+        obstore.put(self._store, path, data, use_multipart=False)
+
+
+def open_store(url: str) -> ObjectStore:
+    if url.startswith("file://"):
+        return LocalStore(Path(url[len("file://") :]))
+    if url.startswith("s3://"):
+        return S3Store(url)
+    raise ValueError(f"unsupported storage URL {url!r}")
+
+
+def put_with_retry(
+    store: ObjectStore, path: str, data: bytes, metrics: WriterMetrics, give_up: Callable[[], bool]
+) -> None:
+    delay = _BACKOFF_START
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            store.put(path, data)
+        except Exception as err:  # any store error: retry, the WAL still holds the rows
+            failures += 1
+            metrics.put_errors.inc()
+            if failures == 1 or failures % 10 == 0:
+                log.warning("object store put failed; retrying",
+                            extra={"path": path, "store": store.url, "failures": failures, "error": str(err)})
+            if _sleep_unless(give_up, delay):
+                raise StoreAborted(f"gave up writing {path} after {failures} failures: {err}") from err
+            delay = min(delay * 2, _BACKOFF_MAX)
+            continue
+        metrics.put_duration.observe(time.monotonic() - started)
+        if failures:
+            log.info("object store put succeeded after retries", extra={"path": path, "failures": failures})
+        return
+
+
+def _sleep_unless(give_up: Callable[[], bool], seconds: float) -> bool:
+    """Sleeps in short steps; True as soon as ``give_up()`` does (shutdown must not wait 5 s)."""
+    end = time.monotonic() + seconds
+    while True:
+        if give_up():
+            return True
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, 0.05))
