@@ -9,7 +9,9 @@ One ``do_put`` stream carries batches of one table from one acceptor:
 - each batch is written with ``app_metadata`` JSON ``{"acceptor_id": "3f2c...",
   "entries": [[id, rows], ...]}``: the batch's rows come from those acceptor
   WAL entries (of that acceptor: it must match the descriptor's), in that order
-  and with those row counts (they sum to ``num_rows``). A batch may hold many
+  and with those row counts (they sum to ``num_rows``). Optional
+  ``"min_unprocessed": n`` says every entry id below n is done for good (see
+  ``encode_batch_metadata``). A batch may hold many
   entries; an entry's rows of one table are never split across batches of one
   stream, but the rows of one entry land in several tables (metrics).
 - the writer answers each batch, in order, once it is durable in the writer's
@@ -75,11 +77,20 @@ class StreamHeader:
         return cls(table=table, acceptor_id=acceptor_id)
 
 
-def encode_batch_metadata(entries: Sequence[tuple[int, int]], acceptor_id: str | None = None) -> bytes:
-    """``entries``: (acceptor entry id, rows of this batch from it), in row order."""
+def encode_batch_metadata(entries: Sequence[tuple[int, int]], acceptor_id: str | None = None,
+                          min_unprocessed: int | None = None) -> bytes:
+    """``entries``: (acceptor entry id, rows of this batch from it), in row order.
+
+    ``min_unprocessed``: every acceptor entry id below it is processed (acked
+    by a writer, or dead-lettered) and will never be sent again, so the writer
+    may forget the ids below it and treat any of them as a duplicate. It keeps
+    the writer's dedupe index compact: the acceptor's ids are one sequence
+    shared by all signals, so per-table id sets alone would be full of holes."""
     body: dict[str, object] = {"entries": [[eid, rows] for eid, rows in entries]}
     if acceptor_id is not None:
         body["acceptor_id"] = acceptor_id
+    if min_unprocessed is not None:
+        body["min_unprocessed"] = min_unprocessed
     return json.dumps(body, separators=(",", ":")).encode()
 
 

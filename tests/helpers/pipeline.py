@@ -88,6 +88,12 @@ class Pipeline:
             return pa.table({})
         return ds.dataset([str(f) for f in files], format="parquet", partitioning="hive").to_table()
 
+    def rows(self, name: str) -> list[dict]:
+        """Rows as dicts, timestamps as int nanoseconds (datetime would truncate them)."""
+        from test_otlp_reference import plain_rows
+
+        return [row for batch in self.table(name).to_batches() for row in plain_rows(batch)]
+
     def count_by(self, table: str, column: str) -> Counter:
         t = self.table(table)
         return Counter(t.column(column).to_pylist()) if t.num_rows else Counter()

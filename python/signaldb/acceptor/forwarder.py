@@ -204,13 +204,15 @@ class Lane:
 
     def _put_table(self, client: flight.FlightClient, table: str, parts: list[tuple[int, pa.RecordBatch]]) -> None:
         messages = list(_messages(parts))
+        # Every id at or below the watermark is acked or dead-lettered: the writer may forget them.
+        min_unprocessed = int(self._fw.wal.stats()["processed_watermark"]) + 1  # type: ignore[call-overload]
         header = StreamHeader(table=table, acceptor_id=self._fw.acceptor_id)
         schema = parts[0][1].schema
         try:
             writer, reader = client.do_put(header.descriptor(), schema, options=self._options())
             with writer:
                 for entries, batch in messages:
-                    writer.write_with_metadata(batch, encode_batch_metadata(entries, self._fw.acceptor_id))
+                    writer.write_with_metadata(batch, encode_batch_metadata(entries, self._fw.acceptor_id, min_unprocessed))
                 writer.done_writing()
                 for entries, _ in messages:
                     ack = reader.read()

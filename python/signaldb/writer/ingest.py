@@ -85,6 +85,10 @@ class WriterFlightServer(flight.FlightServerBase):
         self._metrics = metrics
         self._max_backlog = max_backlog_bytes
 
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        """Cheap call the acceptors use to probe reachability while idle (no actions are offered)."""
+        return []
+
     # -- refusals --------------------------------------------------------------
 
     def _invalid(self, message: str) -> pa.ArrowInvalid:
