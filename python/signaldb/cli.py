@@ -65,6 +65,7 @@ class Child:
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True, preexec_fn=_die_with_parent)
         threading.Thread(target=self._pump, args=(self.proc,), name=f"{self.name}-log", daemon=True).start()
+        log.info("child started", extra={"child": self.name, "child_pid": self.proc.pid})
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
