@@ -35,17 +35,6 @@ YAML_FILES = sorted([*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])
 EXTRA_ENV = {"SIGNALDB_CONFIG", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
              "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_ALLOW_HTTP"}
 
-# ---------------------------------------------------------------------------------------------
-# WRITER METRICS: PLACEHOLDER. The writer is being built elsewhere; until it lands, the names the
-# alerts use that only the writer exports are checked against this list, copied from DESIGN.md
-# (signaldb_writer_*). REPLACE this with a scrape of a real signaldb-writer's /metrics (as
-# test_alert_metrics_exist_in_a_real_scrape does for the acceptor) once the writer is merged.
-# ---------------------------------------------------------------------------------------------
-WRITER_ONLY_METRICS_PLACEHOLDER = {
-    "signaldb_writer_files_written_total",
-    "signaldb_writer_rows_written_total",
-}
-
 
 def load_docs(path: Path) -> list:
     with open(path) as f:
@@ -416,31 +405,34 @@ def exported_names(text: str) -> set[str]:
     return names
 
 
-def test_alert_metrics_exist_in_a_real_scrape(recorder, acceptor_factory):
-    """Starts a real acceptor, sends one OTLP request through to a Flight server, scrapes /metrics."""
+def test_alert_metrics_exist_in_a_real_scrape(tmp_path):
+    """Starts the real pipeline (writer + acceptor), sends OTLP through to Parquet and
+    scrapes both /metrics: every metric an alert uses must exist in one of them."""
+    from helpers.pipeline import Pipeline
     from test_acceptor_bad_input import post, trace_request
 
-    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url})
-    status, _, _ = post(acceptor, "/v1/traces", trace_request(2, "deploy"))
-    assert status == 200
-    recorder.wait_for(lambda: len(recorder.rows("traces")) == 2, timeout=30)
-    deadline = time.monotonic() + 30  # the forward metrics follow the writer's ack
-    while acceptor.metric("signaldb_forward_entries_total") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    exported = exported_names(acceptor.metrics())
+    pipeline = Pipeline(tmp_path).start()
+    try:
+        acceptor, writer = pipeline.acceptor, pipeline.writer
+        status, _, _ = post(acceptor, "/v1/traces", trace_request(2, "deploy"))
+        assert status == 200
+        deadline = time.monotonic() + 30  # the forward and file metrics follow the writer's work
+        while time.monotonic() < deadline and not (
+                acceptor.metric("signaldb_forward_entries_total") >= 1
+                and writer.metric("signaldb_writer_files_written_total") >= 1):
+            time.sleep(0.05)
+        exported = exported_names(acceptor.metrics()) | exported_names(writer.metrics())
+        used = alert_metric_names()
+        assert any(m.startswith("signaldb_writer_") for m in used), "expected at least one writer alert"
+        missing = sorted(m for m in used if m not in exported)
+        assert not missing, f"alerts.yml uses metrics neither service exports: {missing}"
 
-    used = alert_metric_names()
-    writer_only = {m for m in used if m.startswith("signaldb_writer_")}
-    assert writer_only, "expected at least one writer alert"
-    missing = sorted(m for m in used - writer_only if m not in exported)
-    assert not missing, f"alerts.yml uses metrics the acceptor does not export: {missing}"
-    # PLACEHOLDER until the writer lands: see WRITER_ONLY_METRICS_PLACEHOLDER above.
-    missing_writer = sorted(writer_only - WRITER_ONLY_METRICS_PLACEHOLDER)
-    assert not missing_writer, f"alerts.yml uses writer metrics not in the writer's list: {missing_writer}"
-
-    # The image's HEALTHCHECK script, against the real health port.
-    check = [sys.executable, str(DEPLOY / "healthcheck.py")]
-    assert subprocess.run([*check, acceptor.health_url("/livez")], timeout=30).returncode == 0
+        # The image's HEALTHCHECK script, against the real health ports.
+        check = [sys.executable, str(DEPLOY / "healthcheck.py")]
+        assert subprocess.run([*check, acceptor.health_url("/livez")], timeout=30).returncode == 0
+        assert subprocess.run([*check, writer.health_url("/livez")], timeout=30).returncode == 0
+    finally:
+        pipeline.stop()
 
 
 def test_healthcheck_fails_when_nothing_listens():
