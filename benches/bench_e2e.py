@@ -73,8 +73,7 @@ def run_mode(mode: str, seconds: float, concurrency: int, root: Path) -> dict:
     work.mkdir(parents=True)
     # Files every 2 s: end-to-end latency stays low and the drain tail short; a real
     # deployment would use larger files (writer.file_max_age_secs).
-    p = Pipeline(work, env={"WAL_SYNC_MODE": mode, "WRITER_FILE_MAX_AGE_SECS": "2",
-                            "SIGNALDB_LOG_LEVEL": "warning"})
+    p = Pipeline(work, env={"WAL_SYNC_MODE": mode, "WRITER_FILE_MAX_AGE_SECS": "2"})
     p.start()
     try:
         endpoint = p.acceptor.grpc_target
