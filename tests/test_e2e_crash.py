@@ -148,3 +148,39 @@ def test_writer_away_backlog_builds_readiness_fails_then_catches_up(tmp_path, re
         if rep is not None and rep.failed:
             for proc in (p.writer, p.acceptor):
                 print(f"--- {proc.name} log ---\n{proc.log_text()[-5000:]}")
+
+
+from test_writer_s3 import BUCKET, S3_ENV, weed  # noqa: E402,F401  (the session's SeaweedFS server)
+
+
+def test_object_store_away_for_a_while_nothing_lost_files_arrive_once(weed, tmp_path, request):  # noqa: F811
+    """S3 (a real SeaweedFS) goes away while clients send: acks continue (both WALs hold
+    the data), the writer retries its PUTs, and once S3 is back every acknowledged span
+    is in the bucket exactly once."""
+    http_port = free_port()
+    prefix = f"e2e/{request.node.name}"
+    p = Pipeline(tmp_path, storage_url=f"s3://{BUCKET}/{prefix}",
+                 env={**S3_ENV, "AWS_ENDPOINT_URL": weed.endpoint, "ACCEPTOR_HTTP_ADDR": f"127.0.0.1:{http_port}"})
+    try:
+        p.start()
+        weed.stop()
+        try:
+            with Load(http_port) as load:
+                time.sleep(6.0 if not STRESS else 60.0)
+            assert len(load.acked) > 20 and load.refused == 0, "acks must continue while S3 is away"
+            assert p.writer.metric("signaldb_writer_object_put_errors_total") >= 1
+        finally:
+            weed.start(fresh=True)
+        wait_until(p.drained, timeout=120, what="pipeline drained")
+        p.stop()
+        p.storage_dir = tmp_path / "download"
+        keys = weed.download(prefix, p.storage_dir)
+        assert keys and all(k.endswith(".parquet") for k in keys)
+        p.drained = lambda: True  # already checked; the services are stopped now
+        assert_exactly_once(p, load)
+    finally:
+        p.kill_all()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for proc in (p.writer, p.acceptor):
+                print(f"--- {proc.name} log ---\n{proc.log_text()[-5000:]}")
