@@ -142,9 +142,85 @@ pub fn push_attribute<'a>(
     i: usize,
 ) -> Result<()> {
     let b = val.bytes().at(name, i)?;
+    if let Some(kv) = key_value_fast(b) {
+        out.push(kv);
+        return Ok(());
+    }
     out.push(KeyValue { key: "", value: AnyValue::Empty });
     let last = out.len() - 1;
     parse_key_value_into(b, 0, &mut out[last]).at(name, i)
+}
+
+/// A KeyValue in the layout every SDK writes: `key`, then `value` holding one
+/// scalar member (string, bool, int, double or bytes), nothing else. Reads it
+/// without the general field loop and its per-field dispatch; `None` for any
+/// other layout and for invalid input, which then take the general path
+/// (`parse_key_value_into`, which also builds the error). Where it returns
+/// `Some`, the general path would give the same KeyValue: with exactly one
+/// occurrence of each field, "last one wins" and merging change nothing.
+#[inline(always)]
+fn key_value_fast(buf: &[u8]) -> Option<KeyValue<'_>> {
+    let (key, rest) = length_delimited(buf, 0x0a)?; // field 1, wire type 2
+    let (val, rest) = length_delimited(rest, 0x12)?; // field 2, wire type 2
+    if !rest.is_empty() {
+        return None;
+    }
+    let key = utf8_opt(key)?;
+    let value = match *val.first()? {
+        0x0a => {
+            let (s, rest) = length_delimited(val, 0x0a)?; // string_value
+            if !rest.is_empty() {
+                return None;
+            }
+            AnyValue::Str(utf8_opt(s)?)
+        }
+        0x10 if val.len() == 2 && val[1] < 0x80 => AnyValue::Bool(val[1] != 0), // bool_value
+        0x18 => {
+            // int_value
+            let mut r = Reader::new(&val[1..]);
+            let v = r.varint().ok()?;
+            if !r.at_end() {
+                return None;
+            }
+            AnyValue::Int(v as i64)
+        }
+        0x21 if val.len() == 9 => AnyValue::Double(f64::from_le_bytes(val[1..9].try_into().ok()?)), // double_value
+        0x3a => {
+            let (b, rest) = length_delimited(val, 0x3a)?; // bytes_value
+            if !rest.is_empty() {
+                return None;
+            }
+            AnyValue::Bytes(b)
+        }
+        _ => return None,
+    };
+    Some(KeyValue { key, value })
+}
+
+/// `buf` starting with the one-byte tag `tag` and a length of one or two
+/// bytes: (payload, rest). `None` otherwise or when truncated.
+#[inline(always)]
+fn length_delimited(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    if *buf.first()? != tag {
+        return None;
+    }
+    let b1 = *buf.get(1)?;
+    let (len, start) = if b1 < 0x80 {
+        (b1 as usize, 2)
+    } else {
+        let b2 = *buf.get(2)?;
+        if b2 >= 0x80 {
+            return None;
+        }
+        ((b1 & 0x7f) as usize | (b2 as usize) << 7, 3)
+    };
+    let payload = buf.get(start..start + len)?;
+    Some((payload, &buf[start + len..]))
+}
+
+#[inline(always)]
+fn utf8_opt(b: &[u8]) -> Option<&str> {
+    crate::wire::utf8(b).ok()
 }
 
 /// Resource, merged over every occurrence in its ResourceX message.
@@ -258,17 +334,30 @@ pub fn timestamp(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| DecodeError::new(format!("timestamp {v} ns is beyond year 2262")))
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// The two lowercase hex digits of every byte value.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
 
 /// Lowercase hex of an id (at most 16 bytes) into `buf`.
 #[inline]
 pub fn hex<'b>(id: &[u8], buf: &'b mut [u8; 32]) -> &'b str {
     let n = id.len().min(16);
-    for (i, &b) in id[..n].iter().enumerate() {
-        buf[2 * i] = HEX[(b >> 4) as usize];
-        buf[2 * i + 1] = HEX[(b & 15) as usize];
+    for (pair, &b) in buf.chunks_exact_mut(2).zip(&id[..n]) {
+        pair.copy_from_slice(&HEX_PAIRS[b as usize]);
     }
-    std::str::from_utf8(&buf[..2 * n]).unwrap_or("")
+    let out = &buf[..2 * n];
+    debug_assert!(out.is_ascii());
+    // SAFETY: `out` holds only bytes copied from HEX_PAIRS, all ASCII hex
+    // digits, so it is valid UTF-8 (this skips re-validating our own output).
+    unsafe { std::str::from_utf8_unchecked(out) }
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -480,9 +569,69 @@ mod tests {
         }
     }
 
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn field(tag: u8, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(tag);
+        varint(payload.len() as u64, out);
+        out.extend_from_slice(payload);
+    }
+
+    proptest::proptest! {
+        /// Wherever the KeyValue fast path answers, it agrees with the general parser.
+        #[test]
+        fn key_value_fast_agrees(
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            ascii_key in proptest::prelude::any::<bool>(),
+            kind in 0u8..8,
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            n in proptest::prelude::any::<u64>(),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            mangle in 0u8..4,
+        ) {
+            let key: Vec<u8> = if ascii_key { key.iter().map(|b| b & 0x7f).collect() } else { key };
+            let mut value = Vec::new();
+            match kind {
+                0 => field(0x0a, &payload, &mut value),
+                1 => field(0x0a, &payload.iter().map(|b| b & 0x7f).collect::<Vec<_>>(), &mut value),
+                2 => { value.push(0x10); varint(n % 3, &mut value); }
+                3 => { value.push(0x18); varint(n, &mut value); }
+                4 => { value.push(0x21); value.extend_from_slice(&n.to_le_bytes()); }
+                5 => field(0x3a, &payload, &mut value),
+                6 => value.extend_from_slice(&payload),
+                _ => {}
+            }
+            let mut kv = Vec::new();
+            field(0x0a, &key, &mut kv);
+            field(0x12, &value, &mut kv);
+            match mangle {
+                1 => kv.truncate(cut.index(kv.len() + 1)),
+                2 => kv.extend_from_slice(&payload[..payload.len().min(3)]),
+                3 => { let i = cut.index(kv.len()); kv[i] ^= 0x80; }
+                _ => {}
+            }
+            let general = parse_key_value(&kv, 0);
+            if let Some(fast) = key_value_fast(&kv) {
+                // (compared as text: a NaN double is not equal to itself)
+                proptest::prop_assert_eq!(format!("{:?}", Ok::<_, DecodeError>(fast)), format!("{general:?}"));
+            } else if mangle == 0 && ascii_key && matches!(kind, 1..=5) && key.len() + value.len() < 16000 {
+                proptest::prop_assert!(false, "canonical KeyValue missed the fast path: {kv:?}");
+            }
+        }
+    }
+
     #[test]
     fn hex_ids() {
         let mut b = [0u8; 32];
         assert_eq!(hex(&[0xab, 0x01, 0xff], &mut b), "ab01ff");
+        let all: Vec<u8> = (0..16).map(|i| i * 17).collect();
+        assert_eq!(hex(&all, &mut b), "00112233445566778899aabbccddeeff");
+        assert_eq!(hex(&[], &mut b), "");
     }
 }
