@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use arrow_array::builder::{MapBuilder, MapFieldNames, StringBuilder};
 use arrow_array::types::TimestampNanosecondType;
+use arrow_array::cast::AsArray;
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray, PrimitiveArray,
-    RecordBatch, StructArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray, MapArray,
+    PrimitiveArray, RecordBatch, StructArray, UInt32Array, UInt64Array,
 };
 use arrow_buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
-use arrow_schema::{Field, Fields, Schema};
+use arrow_schema::{DataType, Field, Fields, Schema};
 
 use crate::common::{hex, render, KeyValue, Resource, Scope};
 use crate::error::{DecodeError, Result};
@@ -265,15 +266,47 @@ impl ResourceScopeCols {
         let spread = |a: ArrayRef| -> Result<ArrayRef> {
             Ok(arrow_select::take::take(a.as_ref(), &idx, None)?)
         };
+        let spread_map = |a: ArrayRef| spread_map(&a, &idx);
         cols.push(("service_name", spread(self.service_name.finish())?, true));
-        cols.push(("resource_attributes", spread(self.resource_attributes.finish())?, false));
+        cols.push(("resource_attributes", spread_map(self.resource_attributes.finish())?, false));
         cols.push(("resource_dropped_attributes_count", spread(u32_array(self.resource_dropped))?, false));
         cols.push(("resource_schema_url", spread(self.resource_schema_url.finish())?, false));
         cols.push(("scope_name", spread(self.scope_name.finish())?, false));
         cols.push(("scope_version", spread(self.scope_version.finish())?, false));
-        cols.push(("scope_attributes", spread(self.scope_attributes.finish())?, false));
+        cols.push(("scope_attributes", spread_map(self.scope_attributes.finish())?, false));
         cols.push(("scope_dropped_attributes_count", spread(u32_array(self.scope_dropped))?, false));
         cols.push(("scope_schema_url", spread(self.scope_schema_url.finish())?, false));
         Ok(())
     }
+}
+
+/// `take` for a map column: arrow's `take` copies list/map entries row by row
+/// through `MutableArrayData`; taking the entries' key and value columns with
+/// one index of entries is several times faster.
+fn spread_map(a: &ArrayRef, rows: &UInt32Array) -> Result<ArrayRef> {
+    let map = a.as_map();
+    let DataType::Map(field, ordered) = map.data_type() else {
+        return Err(DecodeError::new("internal error: attribute column is not a map"));
+    };
+    let src = map.value_offsets();
+    let mut entries = Vec::new();
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    offsets.push(0i32);
+    for &g in rows.values() {
+        let g = g as usize;
+        entries.extend(src[g] as u32..src[g + 1] as u32);
+        push_offset(&mut offsets, entries.len())?;
+    }
+    let entries = arrow_select::take::take(map.entries(), &UInt32Array::from(entries), None)?;
+    let nulls = map.nulls().and_then(|n| {
+        let valid: Vec<bool> = rows.values().iter().map(|&g| n.is_valid(g as usize)).collect();
+        NullBuffer::from(valid).into()
+    });
+    Ok(Arc::new(MapArray::try_new(
+        field.clone(),
+        OffsetBuffer::new(ScalarBuffer::from(offsets)),
+        entries.as_struct().clone(),
+        nulls,
+        *ordered,
+    )?))
 }
