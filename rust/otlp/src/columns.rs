@@ -4,17 +4,16 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{MapBuilder, MapFieldNames, StringBuilder};
 use arrow_array::types::TimestampNanosecondType;
 use arrow_array::cast::AsArray;
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray, MapArray,
-    PrimitiveArray, RecordBatch, StructArray, UInt32Array, UInt64Array,
+    PrimitiveArray, RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
 };
-use arrow_buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{Buffer, NullBuffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema};
 
-use crate::common::{hex, render, KeyValue, Resource, Scope};
+use crate::common::{render, write_json, AnyValue, KeyValue, Resource, Scope, HEX_PAIRS};
 use crate::error::{DecodeError, Result};
 
 /// A finished column: name, array, nullable.
@@ -100,34 +99,19 @@ pub fn offsets() -> Vec<i32> {
     vec![0]
 }
 
-/// Lowercase-hex ids; an empty id is null.
-pub struct IdCol(StringBuilder);
-
-impl Default for IdCol {
-    fn default() -> Self {
-        Self::new()
-    }
+/// A `utf8` column being built: one values buffer, the offsets, validity.
+///
+/// Arrow's `StringBuilder` does the same, but its appends are not inlined and
+/// check the offset for overflow each time; here the appends inline, ids and
+/// numbers are written straight into the values buffer, and the overflow check
+/// is made once, in `finish`.
+pub struct StrCol {
+    values: Vec<u8>,
+    /// Starts with 0; one more entry per row. Wraps past `i32::MAX` bytes,
+    /// which `finish` then refuses.
+    offsets: Vec<i32>,
+    nulls: NullBufferBuilder,
 }
-
-impl IdCol {
-    pub fn new() -> Self {
-        IdCol(StringBuilder::new())
-    }
-    #[inline]
-    pub fn push(&mut self, id: &[u8]) {
-        if id.is_empty() {
-            self.0.append_null();
-        } else {
-            let mut buf = [0u8; 32];
-            self.0.append_value(hex(id, &mut buf));
-        }
-    }
-    pub fn finish(mut self) -> ArrayRef {
-        Arc::new(self.0.finish())
-    }
-}
-
-pub struct StrCol(pub StringBuilder);
 
 impl Default for StrCol {
     fn default() -> Self {
@@ -137,25 +121,153 @@ impl Default for StrCol {
 
 impl StrCol {
     pub fn new() -> Self {
-        StrCol(StringBuilder::new())
+        StrCol { values: Vec::new(), offsets: vec![0], nulls: NullBufferBuilder::new(0) }
     }
+
+    /// Room for `rows` more values of `bytes` bytes in all.
+    pub fn reserve(&mut self, rows: usize, bytes: usize) {
+        self.offsets.reserve(rows);
+        self.values.reserve(bytes);
+    }
+
+    /// Values so far.
     #[inline]
-    pub fn push(&mut self, s: &str) {
-        self.0.append_value(s);
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
     }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of values so far.
+    #[inline]
+    pub fn bytes(&self) -> usize {
+        self.values.len()
+    }
+
+    #[inline(always)]
+    fn end_value(&mut self) {
+        self.offsets.push(self.values.len() as i32);
+        self.nulls.append_non_null();
+    }
+
+    #[inline(always)]
+    pub fn push(&mut self, s: &str) {
+        self.values.extend_from_slice(s.as_bytes());
+        self.end_value();
+    }
+
+    #[inline]
+    pub fn push_null(&mut self) {
+        self.offsets.push(self.values.len() as i32);
+        self.nulls.append_null();
+    }
+
     #[inline]
     pub fn push_opt(&mut self, s: Option<&str>) {
-        self.0.append_option(s);
+        match s {
+            Some(s) => self.push(s),
+            None => self.push_null(),
+        }
     }
-    pub fn finish(mut self) -> ArrayRef {
-        Arc::new(self.0.finish())
+
+    /// Lowercase hex of `bytes` as one value.
+    #[inline]
+    pub fn push_hex(&mut self, bytes: &[u8]) {
+        // 16 bytes (a trace id) at a time through a stack buffer: one copy into values
+        for chunk in bytes.chunks(16) {
+            let mut buf = [0u8; 32];
+            for (pair, &b) in buf.chunks_exact_mut(2).zip(chunk) {
+                pair.copy_from_slice(&HEX_PAIRS[b as usize]);
+            }
+            self.values.extend_from_slice(&buf[..2 * chunk.len()]);
+        }
+        self.end_value();
+    }
+
+    /// `v` in decimal as one value (as `{v}` formats it).
+    #[inline]
+    pub fn push_i64(&mut self, v: i64) {
+        let mut buf = [0u8; 20];
+        self.values.extend_from_slice(format_i64(v, &mut buf));
+        self.end_value();
+    }
+
+    pub fn finish(mut self) -> Result<ArrayRef> {
+        if i32::try_from(self.values.len()).is_err() {
+            return Err(DecodeError::new("too many string bytes for one batch"));
+        }
+        let offsets = ScalarBuffer::from(self.offsets);
+        let values = Buffer::from_vec(self.values);
+        let nulls = self.nulls.finish();
+        debug_assert!(StringArray::try_new(OffsetBuffer::new(offsets.clone()), values.clone(), nulls.clone()).is_ok());
+        // SAFETY: the offsets start at 0 and never decrease (each is the
+        // values length after an append), and the last is the values length,
+        // which fits in i32 (checked above) so none has wrapped. Every append
+        // adds a whole `&str` or ASCII we format (hex digits, decimal digits),
+        // so each value is valid UTF-8. (`StringArray::try_new` would
+        // re-validate all of that, UTF-8 included.)
+        let array = unsafe { StringArray::new_unchecked(OffsetBuffer::new_unchecked(offsets), values, nulls) };
+        Ok(Arc::new(array))
+    }
+}
+
+/// `v` in decimal into the end of `buf`, as `format!("{v}")` writes it.
+#[inline]
+pub fn format_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut n = v.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
+/// Lowercase-hex ids; an empty id is null.
+#[derive(Default)]
+pub struct IdCol(StrCol);
+
+impl IdCol {
+    pub fn new() -> Self {
+        IdCol(StrCol::new())
+    }
+
+    /// Room for `rows` more ids of `id_len` bytes.
+    pub fn reserve(&mut self, rows: usize, id_len: usize) {
+        self.0.reserve(rows, rows * 2 * id_len);
+    }
+
+    #[inline]
+    pub fn push(&mut self, id: &[u8]) {
+        if id.is_empty() {
+            self.0.push_null();
+        } else {
+            self.0.push_hex(id);
+        }
+    }
+
+    pub fn finish(self) -> Result<ArrayRef> {
+        self.0.finish()
     }
 }
 
 /// `map<string, string>` attributes: entries `key` (non-null) and `value`
 /// (null only for an empty AnyValue).
 pub struct AttrCol {
-    b: MapBuilder<StringBuilder, StringBuilder>,
+    keys: StrCol,
+    values: StrCol,
+    offsets: Vec<i32>,
     scratch: String,
 }
 
@@ -167,23 +279,49 @@ impl Default for AttrCol {
 
 impl AttrCol {
     pub fn new() -> Self {
-        let names = MapFieldNames { entry: "entries".into(), key: "key".into(), value: "value".into() };
-        AttrCol { b: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()), scratch: String::new() }
+        AttrCol { keys: StrCol::new(), values: StrCol::new(), offsets: offsets(), scratch: String::new() }
+    }
+
+    /// Room for `rows` more maps of `entries` entries and `bytes` bytes of keys and values in all.
+    pub fn reserve(&mut self, rows: usize, entries: usize, bytes: usize) {
+        self.offsets.reserve(rows);
+        self.keys.reserve(entries, bytes / 2);
+        self.values.reserve(entries, bytes / 2);
+    }
+
+    /// (entries, key and value bytes) so far.
+    pub fn size(&self) -> (usize, usize) {
+        (self.keys.len(), self.keys.bytes() + self.values.bytes())
     }
 
     #[inline]
     pub fn push(&mut self, kvs: &[KeyValue<'_>]) -> Result<()> {
         for kv in kvs {
-            self.b.keys().append_value(kv.key);
-            let v = render(kv.value, &mut self.scratch)?;
-            self.b.values().append_option(v);
+            self.keys.push(kv.key);
+            match kv.value {
+                AnyValue::Str(s) => self.values.push(s),
+                AnyValue::Empty => self.values.push_null(),
+                AnyValue::Int(i) => self.values.push_i64(i),
+                AnyValue::Bool(b) => self.values.push(if b { "true" } else { "false" }),
+                other => {
+                    self.scratch.clear();
+                    write_json(other, &mut self.scratch, 0)?;
+                    self.values.push(&self.scratch);
+                }
+            }
         }
-        self.b.append(true)?;
-        Ok(())
+        push_offset(&mut self.offsets, self.keys.len())
     }
 
-    pub fn finish(mut self) -> ArrayRef {
-        Arc::new(self.b.finish())
+    pub fn finish(self) -> Result<ArrayRef> {
+        let fields = Fields::from(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, true),
+        ]);
+        let entries = StructArray::try_new(fields.clone(), vec![self.keys.finish()?, self.values.finish()?], None)?;
+        let field = Arc::new(Field::new("entries", DataType::Struct(fields), false));
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(self.offsets));
+        Ok(Arc::new(MapArray::try_new(field, offsets, entries, None, false)?))
     }
 }
 
@@ -263,18 +401,18 @@ impl ResourceScopeCols {
 
     pub fn finish(self, cols: &mut Vec<Column>) -> Result<()> {
         let idx = UInt32Array::new(ScalarBuffer::from(self.rows), None);
-        let spread = |a: ArrayRef| -> Result<ArrayRef> {
-            Ok(arrow_select::take::take(a.as_ref(), &idx, None)?)
+        let spread = |a: Result<ArrayRef>| -> Result<ArrayRef> {
+            Ok(arrow_select::take::take(a?.as_ref(), &idx, None)?)
         };
-        let spread_map = |a: ArrayRef| spread_map(&a, &idx);
+        let spread_map = |a: Result<ArrayRef>| spread_map(&a?, &idx);
         cols.push(("service_name", spread(self.service_name.finish())?, true));
         cols.push(("resource_attributes", spread_map(self.resource_attributes.finish())?, false));
-        cols.push(("resource_dropped_attributes_count", spread(u32_array(self.resource_dropped))?, false));
+        cols.push(("resource_dropped_attributes_count", spread(Ok(u32_array(self.resource_dropped)))?, false));
         cols.push(("resource_schema_url", spread(self.resource_schema_url.finish())?, false));
         cols.push(("scope_name", spread(self.scope_name.finish())?, false));
         cols.push(("scope_version", spread(self.scope_version.finish())?, false));
         cols.push(("scope_attributes", spread_map(self.scope_attributes.finish())?, false));
-        cols.push(("scope_dropped_attributes_count", spread(u32_array(self.scope_dropped))?, false));
+        cols.push(("scope_dropped_attributes_count", spread(Ok(u32_array(self.scope_dropped)))?, false));
         cols.push(("scope_schema_url", spread(self.scope_schema_url.finish())?, false));
         Ok(())
     }
@@ -309,4 +447,37 @@ fn spread_map(a: &ArrayRef, rows: &UInt32Array) -> Result<ArrayRef> {
         nulls,
         *ordered,
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal() {
+        let mut buf = [0u8; 20];
+        for v in [0, 1, -1, 9, 10, -10, 123456789, i64::MAX, i64::MIN, i64::MIN + 1] {
+            assert_eq!(format_i64(v, &mut buf), v.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn strings_ids_and_nulls() {
+        let mut c = StrCol::new();
+        c.push("a");
+        c.push_null();
+        c.push_hex(&(0..16).map(|i| i * 17).collect::<Vec<u8>>());
+        c.push_hex(&[0xab, 0x01, 0xff]);
+        c.push_i64(-42);
+        c.push_opt(Some("é"));
+        c.push_hex(&[]);
+        let a = c.finish().unwrap();
+        let a = a.as_string::<i32>();
+        let got: Vec<Option<&str>> = a.iter().collect();
+        assert_eq!(
+            got,
+            [Some("a"), None, Some("00112233445566778899aabbccddeeff"), Some("ab01ff"), Some("-42"), Some("é"), Some("")]
+        );
+        assert!(StrCol::new().finish().unwrap().is_empty());
+    }
 }

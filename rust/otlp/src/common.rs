@@ -335,7 +335,7 @@ pub fn timestamp(v: u64) -> Result<i64> {
 }
 
 /// The two lowercase hex digits of every byte value.
-static HEX_PAIRS: [[u8; 2]; 256] = {
+pub(crate) static HEX_PAIRS: [[u8; 2]; 256] = {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut t = [[0u8; 2]; 256];
     let mut i = 0;
@@ -345,20 +345,6 @@ static HEX_PAIRS: [[u8; 2]; 256] = {
     }
     t
 };
-
-/// Lowercase hex of an id (at most 16 bytes) into `buf`.
-#[inline]
-pub fn hex<'b>(id: &[u8], buf: &'b mut [u8; 32]) -> &'b str {
-    let n = id.len().min(16);
-    for (pair, &b) in buf.chunks_exact_mut(2).zip(&id[..n]) {
-        pair.copy_from_slice(&HEX_PAIRS[b as usize]);
-    }
-    let out = &buf[..2 * n];
-    debug_assert!(out.is_ascii());
-    // SAFETY: `out` holds only bytes copied from HEX_PAIRS, all ASCII hex
-    // digits, so it is valid UTF-8 (this skips re-validating our own output).
-    unsafe { std::str::from_utf8_unchecked(out) }
-}
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -379,13 +365,14 @@ pub fn base64_encode(data: &[u8], out: &mut String) {
 /// string, arrays as `[...]`, kvlists as `{"k":...}` in wire order, an empty
 /// value as `null`; no whitespace, UTF-8 unescaped beyond JSON's rules.
 pub fn write_json(v: AnyValue<'_>, out: &mut String, depth: u32) -> Result<()> {
-    use std::fmt::Write;
     match v {
         AnyValue::Empty => out.push_str("null"),
         AnyValue::Str(s) => write_json_string(s, out),
         AnyValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
         AnyValue::Int(i) => {
-            let _ = write!(out, "{i}");
+            let mut buf = [0u8; 20];
+            let digits = crate::columns::format_i64(i, &mut buf);
+            out.push_str(std::str::from_utf8(digits).unwrap_or_default());
         }
         AnyValue::Double(d) => write_json_double(d, out),
         AnyValue::Bytes(b) => {
@@ -626,12 +613,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn hex_ids() {
-        let mut b = [0u8; 32];
-        assert_eq!(hex(&[0xab, 0x01, 0xff], &mut b), "ab01ff");
-        let all: Vec<u8> = (0..16).map(|i| i * 17).collect();
-        assert_eq!(hex(&all, &mut b), "00112233445566778899aabbccddeeff");
-        assert_eq!(hex(&[], &mut b), "");
-    }
 }

@@ -219,14 +219,14 @@ impl Table {
             ("time", ts_array(self.time), false),
             ("observed_time", ts_array(self.observed_time), false),
             ("severity_number", i32_array(self.severity_number), false),
-            ("severity_text", self.severity_text.finish(), false),
-            ("body", self.body.finish(), true),
-            ("log_attributes", self.log_attributes.finish(), false),
+            ("severity_text", self.severity_text.finish()?, false),
+            ("body", self.body.finish()?, true),
+            ("log_attributes", self.log_attributes.finish()?, false),
             ("dropped_attributes_count", u32_array(self.dropped_attributes_count), false),
             ("flags", u32_array(self.flags), false),
-            ("trace_id", self.trace_id.finish(), true),
-            ("span_id", self.span_id.finish(), true),
-            ("event_name", self.event_name.finish(), false),
+            ("trace_id", self.trace_id.finish()?, true),
+            ("span_id", self.span_id.finish()?, true),
+            ("event_name", self.event_name.finish()?, false),
         ];
         self.rs.finish(&mut cols)?;
         batch(cols)

@@ -554,17 +554,17 @@ impl PointCols {
     }
 
     /// The leading columns; `finish_tail` adds exemplars and resource/scope.
-    fn finish_head(&mut self) -> Vec<Column> {
+    fn finish_head(&mut self) -> Result<Vec<Column>> {
         use std::mem::take;
-        vec![
-            ("metric_name", take(&mut self.metric_name).finish(), false),
-            ("metric_description", take(&mut self.metric_description).finish(), false),
-            ("metric_unit", take(&mut self.metric_unit).finish(), false),
-            ("attributes", take(&mut self.attributes).finish(), false),
+        Ok(vec![
+            ("metric_name", take(&mut self.metric_name).finish()?, false),
+            ("metric_description", take(&mut self.metric_description).finish()?, false),
+            ("metric_unit", take(&mut self.metric_unit).finish()?, false),
+            ("attributes", take(&mut self.attributes).finish()?, false),
             ("start_time", ts_array(take(&mut self.start_time)), false),
             ("time", ts_array(take(&mut self.time)), false),
             ("flags", u32_array(take(&mut self.flags)), false),
-        ]
+        ])
     }
 
     fn finish_tail(self, cols: &mut Vec<Column>) -> Result<()> {
@@ -574,9 +574,9 @@ impl PointCols {
                 ("time", ts_array(self.ex_time), false),
                 ("value", f64_opt_array(self.ex_value), true),
                 ("value_int", i64_opt_array(self.ex_value_int), true),
-                ("trace_id", self.ex_trace_id.finish(), true),
-                ("span_id", self.ex_span_id.finish(), true),
-                ("filtered_attributes", self.ex_attributes.finish(), false),
+                ("trace_id", self.ex_trace_id.finish()?, true),
+                ("span_id", self.ex_span_id.finish()?, true),
+                ("filtered_attributes", self.ex_attributes.finish()?, false),
             ],
         )?;
         cols.push(("exemplars", exemplars, false));
@@ -778,14 +778,14 @@ impl Tables {
         let mut out = Vec::with_capacity(5);
 
         let Gauge { mut c, value, value_int } = self.gauge;
-        let mut cols = c.finish_head();
+        let mut cols = c.finish_head()?;
         cols.push(("value", f64_opt_array(value), true));
         cols.push(("value_int", i64_opt_array(value_int), true));
         c.finish_tail(&mut cols)?;
         out.push((TABLES[0], batch(cols)?));
 
         let Sum { mut c, value, value_int, is_monotonic, temporality } = self.sum;
-        let mut cols = c.finish_head();
+        let mut cols = c.finish_head()?;
         cols.push(("value", f64_opt_array(value), true));
         cols.push(("value_int", i64_opt_array(value_int), true));
         cols.push(("is_monotonic", bool_array(is_monotonic), false));
@@ -795,7 +795,7 @@ impl Tables {
 
         let h = self.histogram;
         let mut c = h.c;
-        let mut cols = c.finish_head();
+        let mut cols = c.finish_head()?;
         cols.push(("count", u64_array(h.count), false));
         cols.push(("sum", f64_opt_array(h.sum), true));
         cols.push(("bucket_counts", list_array(h.bucket_offsets, u64_array(h.bucket_counts), false)?, false));
@@ -808,7 +808,7 @@ impl Tables {
 
         let e = self.exp;
         let mut c = e.c;
-        let mut cols = c.finish_head();
+        let mut cols = c.finish_head()?;
         cols.push(("count", u64_array(e.count), false));
         cols.push(("sum", f64_opt_array(e.sum), true));
         cols.push(("scale", i32_array(e.scale), false));
@@ -834,7 +834,7 @@ impl Tables {
 
         let s = self.summary;
         let mut c = s.c;
-        let mut cols = c.finish_head();
+        let mut cols = c.finish_head()?;
         cols.push(("count", u64_array(s.count), false));
         cols.push(("sum", f64_array(s.sum), false));
         let q = list_of_struct(
