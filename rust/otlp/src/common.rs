@@ -300,6 +300,109 @@ impl<'a> Scope<'a> {
     }
 }
 
+/// The field names of one signal's resource → scope → item nesting, for
+/// error paths: `resource_spans`, `scope_spans`, `spans` and so on.
+pub struct Nesting {
+    pub resources: &'static str,
+    pub scopes: &'static str,
+    pub items: &'static str,
+}
+
+/// The walk every signal shares. The three export requests nest alike:
+///
+/// ```text
+/// Export*ServiceRequest { repeated ResourceX resources = 1; }
+/// ResourceX { Resource resource = 1; repeated ScopeX scopes = 2; string schema_url = 3; }
+/// ScopeX    { InstrumentationScope scope = 1; repeated Item items = 2; string schema_url = 3; }
+/// ```
+///
+/// Calls `item` on each item's bytes (a span, a log record, a metric) with its
+/// resource and scope, parsed and merged over the whole ResourceX/ScopeX
+/// first (protobuf allows them after the items). An error from `item` gets
+/// the item's path prepended.
+#[inline]
+pub fn walk_items<'a, F>(buf: &'a [u8], names: &Nesting, mut item: F) -> Result<()>
+where
+    F: FnMut(&'a [u8], &Resource<'a>, &Scope<'a>) -> Result<()>,
+{
+    let mut res = Resource::default();
+    let mut scope = Scope::default();
+    let mut r = Reader::new(buf);
+    let mut i = 0;
+    while let Some((f, v)) = r.next()? {
+        if f == 1 {
+            let b = v.bytes().at(names.resources, i)?;
+            walk_resource(b, names, &mut res, &mut scope, &mut item).at(names.resources, i)?;
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+fn walk_resource<'a, F>(
+    buf: &'a [u8],
+    names: &Nesting,
+    res: &mut Resource<'a>,
+    scope: &mut Scope<'a>,
+    item: &mut F,
+) -> Result<()>
+where
+    F: FnMut(&'a [u8], &Resource<'a>, &Scope<'a>) -> Result<()>,
+{
+    res.clear();
+    let mut r = Reader::new(buf);
+    while let Some((f, v)) = r.next()? {
+        match f {
+            1 => res.merge(v.bytes().within("resource")?).within("resource")?,
+            3 => res.schema_url = v.string().within("schema_url")?,
+            _ => {}
+        }
+    }
+    let mut r = Reader::new(buf);
+    let mut j = 0;
+    while let Some((f, v)) = r.next()? {
+        if f == 2 {
+            let b = v.bytes().at(names.scopes, j)?;
+            walk_scope(b, names, res, scope, item).at(names.scopes, j)?;
+            j += 1;
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+fn walk_scope<'a, F>(
+    buf: &'a [u8],
+    names: &Nesting,
+    res: &Resource<'a>,
+    scope: &mut Scope<'a>,
+    item: &mut F,
+) -> Result<()>
+where
+    F: FnMut(&'a [u8], &Resource<'a>, &Scope<'a>) -> Result<()>,
+{
+    scope.clear();
+    let mut r = Reader::new(buf);
+    while let Some((f, v)) = r.next()? {
+        match f {
+            1 => scope.merge(v.bytes().within("scope")?).within("scope")?,
+            3 => scope.schema_url = v.string().within("schema_url")?,
+            _ => {}
+        }
+    }
+    let mut r = Reader::new(buf);
+    let mut k = 0;
+    while let Some((f, v)) = r.next()? {
+        if f == 2 {
+            let b = v.bytes().at(names.items, k)?;
+            item(b, res, scope).at(names.items, k)?;
+            k += 1;
+        }
+    }
+    Ok(())
+}
+
 /// A trace id that may be absent (logs, exemplars): empty or 16 bytes.
 pub fn optional_trace_id(b: &[u8]) -> Result<&[u8]> {
     match b.len() {

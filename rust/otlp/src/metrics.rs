@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use crate::columns::*;
 use crate::common::{
-    optional_span_id, optional_trace_id, push_attribute, timestamp, KeyValue, Resource, Scope,
+    optional_span_id, optional_trace_id, push_attribute, timestamp, walk_items, KeyValue, Nesting, Resource, Scope,
 };
 use crate::error::{Context, DecodeError, Result};
 use crate::wire::{Reader, Value};
@@ -317,75 +317,9 @@ pub trait MetricSink<'a> {
 
 /// Walks an ExportMetricsServiceRequest (or MetricsData).
 pub fn walk<'a, S: MetricSink<'a>>(buf: &'a [u8], sink: &mut S) -> Result<()> {
-    let mut res = Resource::default();
-    let mut scope = Scope::default();
+    const NESTING: Nesting = Nesting { resources: "resource_metrics", scopes: "scope_metrics", items: "metrics" };
     let mut point = Point::default();
-    let mut r = Reader::new(buf);
-    let mut i = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 1 {
-            let b = v.bytes().at("resource_metrics", i)?;
-            walk_resource(b, &mut res, &mut scope, &mut point, sink).at("resource_metrics", i)?;
-            i += 1;
-        }
-    }
-    Ok(())
-}
-
-fn walk_resource<'a, S: MetricSink<'a>>(
-    buf: &'a [u8],
-    res: &mut Resource<'a>,
-    scope: &mut Scope<'a>,
-    point: &mut Point<'a>,
-    sink: &mut S,
-) -> Result<()> {
-    res.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => res.merge(v.bytes().within("resource")?).within("resource")?,
-            3 => res.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut j = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            let b = v.bytes().at("scope_metrics", j)?;
-            walk_scope(b, res, scope, point, sink).at("scope_metrics", j)?;
-            j += 1;
-        }
-    }
-    Ok(())
-}
-
-fn walk_scope<'a, S: MetricSink<'a>>(
-    buf: &'a [u8],
-    res: &Resource<'a>,
-    scope: &mut Scope<'a>,
-    point: &mut Point<'a>,
-    sink: &mut S,
-) -> Result<()> {
-    scope.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => scope.merge(v.bytes().within("scope")?).within("scope")?,
-            3 => scope.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut k = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            let b = v.bytes().at("metrics", k)?;
-            walk_metric(b, res, scope, point, sink).at("metrics", k)?;
-            k += 1;
-        }
-    }
-    Ok(())
+    walk_items(buf, &NESTING, |b, res, scope| walk_metric(b, res, scope, &mut point, sink))
 }
 
 fn walk_metric<'a, S: MetricSink<'a>>(

@@ -7,7 +7,9 @@
 use std::ops::Range;
 
 use crate::columns::*;
-use crate::common::{optional_span_id, push_attribute, required_id, timestamp, KeyValue, Resource, Scope};
+use crate::common::{
+    optional_span_id, push_attribute, required_id, timestamp, walk_items, KeyValue, Nesting, Resource, Scope,
+};
 use crate::error::{Context, Result};
 use crate::wire::Reader;
 
@@ -178,75 +180,12 @@ pub trait TraceSink<'a> {
 
 /// Walks an ExportTraceServiceRequest (or TracesData: same wire form).
 pub fn walk<'a, S: TraceSink<'a>>(buf: &'a [u8], sink: &mut S) -> Result<()> {
-    let mut res = Resource::default();
-    let mut scope = Scope::default();
+    const NESTING: Nesting = Nesting { resources: "resource_spans", scopes: "scope_spans", items: "spans" };
     let mut span = Span::default();
-    let mut r = Reader::new(buf);
-    let mut i = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 1 {
-            let b = v.bytes().at("resource_spans", i)?;
-            walk_resource_spans(b, &mut res, &mut scope, &mut span, sink).at("resource_spans", i)?;
-            i += 1;
-        }
-    }
-    Ok(())
-}
-
-fn walk_resource_spans<'a, S: TraceSink<'a>>(
-    buf: &'a [u8],
-    res: &mut Resource<'a>,
-    scope: &mut Scope<'a>,
-    span: &mut Span<'a>,
-    sink: &mut S,
-) -> Result<()> {
-    res.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => res.merge(v.bytes().within("resource")?).within("resource")?,
-            3 => res.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut j = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            let b = v.bytes().at("scope_spans", j)?;
-            walk_scope_spans(b, res, scope, span, sink).at("scope_spans", j)?;
-            j += 1;
-        }
-    }
-    Ok(())
-}
-
-fn walk_scope_spans<'a, S: TraceSink<'a>>(
-    buf: &'a [u8],
-    res: &Resource<'a>,
-    scope: &mut Scope<'a>,
-    span: &mut Span<'a>,
-    sink: &mut S,
-) -> Result<()> {
-    scope.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => scope.merge(v.bytes().within("scope")?).within("scope")?,
-            3 => scope.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut k = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            span.parse(v.bytes().at("spans", k)?).at("spans", k)?;
-            sink.span(res, scope, span).at("spans", k)?;
-            k += 1;
-        }
-    }
-    Ok(())
+    walk_items(buf, &NESTING, |b, res, scope| {
+        span.parse(b)?;
+        sink.span(res, scope, &span)
+    })
 }
 
 /// Counts spans.
