@@ -130,6 +130,11 @@ impl StrCol {
         self.values.reserve(bytes);
     }
 
+    /// Room for `times` times as many values and bytes as there are so far.
+    pub fn reserve_like(&mut self, times: usize) {
+        self.reserve(self.len().saturating_mul(times), self.bytes().saturating_mul(times));
+    }
+
     /// Values so far.
     #[inline]
     pub fn len(&self) -> usize {
@@ -245,7 +250,12 @@ impl IdCol {
 
     /// Room for `rows` more ids of `id_len` bytes.
     pub fn reserve(&mut self, rows: usize, id_len: usize) {
-        self.0.reserve(rows, rows * 2 * id_len);
+        self.0.reserve(rows, rows.saturating_mul(2 * id_len));
+    }
+
+    /// Room for `times` times as many ids as there are so far.
+    pub fn reserve_like(&mut self, times: usize) {
+        self.0.reserve_like(times);
     }
 
     #[inline]
@@ -282,16 +292,21 @@ impl AttrCol {
         AttrCol { keys: StrCol::new(), values: StrCol::new(), offsets: offsets(), scratch: String::new() }
     }
 
-    /// Room for `rows` more maps of `entries` entries and `bytes` bytes of keys and values in all.
-    pub fn reserve(&mut self, rows: usize, entries: usize, bytes: usize) {
+    /// Room for `rows` more maps.
+    pub fn reserve(&mut self, rows: usize) {
         self.offsets.reserve(rows);
-        self.keys.reserve(entries, bytes / 2);
-        self.values.reserve(entries, bytes / 2);
     }
 
-    /// (entries, key and value bytes) so far.
-    pub fn size(&self) -> (usize, usize) {
-        (self.keys.len(), self.keys.bytes() + self.values.bytes())
+    /// Room for `times` times as many maps, entries and bytes as there are so far.
+    pub fn reserve_like(&mut self, times: usize) {
+        self.offsets.reserve((self.offsets.len() - 1).saturating_mul(times));
+        self.keys.reserve_like(times);
+        self.values.reserve_like(times);
+    }
+
+    /// Key and value bytes so far.
+    pub fn bytes(&self) -> usize {
+        self.keys.bytes() + self.values.bytes()
     }
 
     #[inline]
@@ -369,6 +384,11 @@ impl ResourceScopeCols {
             last_group: None,
             rows: Vec::new(),
         }
+    }
+
+    /// Room for `rows` more rows.
+    pub fn reserve(&mut self, rows: usize) {
+        self.rows.reserve(rows);
     }
 
     #[inline]

@@ -339,6 +339,27 @@ where
     Ok(())
 }
 
+/// How many items (field 2 of field 2 of field 1) a request holds, from its
+/// framing alone: item bodies are skipped, not parsed. A capacity hint for
+/// the column builders; stops at the first malformed field (the real walk
+/// reports it).
+pub fn count_items_hint(buf: &[u8]) -> usize {
+    fn fields(buf: &[u8], want: u32, mut each: impl FnMut(&[u8])) {
+        let mut r = Reader::new(buf);
+        while let Ok(Some((f, v))) = r.next() {
+            if f == want {
+                match v.bytes() {
+                    Ok(b) => each(b),
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    fields(buf, 1, |resource| fields(resource, 2, |scope| fields(scope, 2, |_| n += 1)));
+    n
+}
+
 #[inline]
 fn walk_resource<'a, F>(
     buf: &'a [u8],
@@ -671,6 +692,33 @@ mod tests {
         out.push(tag);
         varint(payload.len() as u64, out);
         out.extend_from_slice(payload);
+    }
+
+    #[test]
+    fn item_count_hint_reads_framing_only() {
+        // two resources: one with scopes of 2 and 1 items, one with 3; an
+        // unknown field 4 and a schema_url between them; the items are junk
+        let scope = |n: usize| {
+            let mut b = Vec::new();
+            field(0x0a, b"scope", &mut b);
+            for _ in 0..n {
+                field(0x12, &[0xff, 0xff], &mut b);
+            }
+            b
+        };
+        let mut r1 = Vec::new();
+        field(0x12, &scope(2), &mut r1);
+        field(0x1a, b"url", &mut r1);
+        field(0x12, &scope(1), &mut r1);
+        let mut r2 = Vec::new();
+        field(0x12, &scope(3), &mut r2);
+        let mut req = Vec::new();
+        field(0x0a, &r1, &mut req);
+        field(0x22, b"x", &mut req);
+        field(0x0a, &r2, &mut req);
+        assert_eq!(count_items_hint(&req), 6);
+        assert_eq!(count_items_hint(&req[..req.len() - 1]), 3); // truncated: counts what it could read
+        assert_eq!(count_items_hint(&[]), 0);
     }
 
     proptest::proptest! {

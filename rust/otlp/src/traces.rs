@@ -8,7 +8,8 @@ use std::ops::Range;
 
 use crate::columns::*;
 use crate::common::{
-    optional_span_id, push_attribute, required_id, timestamp, walk_items, KeyValue, Nesting, Resource, Scope,
+    count_items_hint, optional_span_id, push_attribute, required_id, timestamp, walk_items, KeyValue, Nesting,
+    Resource, Scope,
 };
 use crate::error::{Context, Result};
 use crate::wire::Reader;
@@ -175,12 +176,16 @@ fn parse_link<'a>(buf: &'a [u8], pool: &mut Vec<KeyValue<'a>>) -> Result<Link<'a
 }
 
 pub trait TraceSink<'a> {
+    /// Told once, before the first span: the request's size and its number of
+    /// spans as far as its framing says (a capacity hint).
+    fn expect(&mut self, _request_bytes: usize, _spans: usize) {}
     fn span(&mut self, res: &Resource<'a>, scope: &Scope<'a>, span: &Span<'a>) -> Result<()>;
 }
 
 /// Walks an ExportTraceServiceRequest (or TracesData: same wire form).
 pub fn walk<'a, S: TraceSink<'a>>(buf: &'a [u8], sink: &mut S) -> Result<()> {
     const NESTING: Nesting = Nesting { resources: "resource_spans", scopes: "scope_spans", items: "spans" };
+    sink.expect(buf.len(), count_items_hint(buf));
     let mut span = Span::default();
     walk_items(buf, &NESTING, |b, res, scope| {
         span.parse(b)?;
@@ -203,6 +208,9 @@ impl<'a> TraceSink<'a> for Counter {
 /// Builds the `traces` table.
 pub struct Table {
     rows: usize,
+    /// From `expect`: spans announced, request size.
+    expected: usize,
+    request_bytes: usize,
     trace_id: IdCol,
     span_id: IdCol,
     parent_span_id: IdCol,
@@ -238,6 +246,8 @@ impl Default for Table {
     fn default() -> Self {
         Table {
             rows: 0,
+            expected: 0,
+            request_bytes: 0,
             trace_id: IdCol::new(),
             span_id: IdCol::new(),
             parent_span_id: IdCol::new(),
@@ -272,8 +282,34 @@ impl Default for Table {
 }
 
 impl<'a> TraceSink<'a> for Table {
+    fn expect(&mut self, request_bytes: usize, spans: usize) {
+        self.expected = spans;
+        self.request_bytes = request_bytes;
+        let n = spans;
+        for v in [&mut self.kind, &mut self.status_code] {
+            v.reserve(n);
+        }
+        for v in [&mut self.flags, &mut self.dropped_attributes_count, &mut self.dropped_events_count] {
+            v.reserve(n);
+        }
+        self.dropped_links_count.reserve(n);
+        for v in [&mut self.start_time, &mut self.end_time, &mut self.duration_ns] {
+            v.reserve(n);
+        }
+        self.events_offsets.reserve(n);
+        self.links_offsets.reserve(n);
+        self.trace_id.reserve(n, 16);
+        self.span_id.reserve(n, 8);
+        self.parent_span_id.reserve(n, 8);
+        self.span_attributes.reserve(n);
+        self.rs.reserve(n);
+    }
+
     #[inline]
     fn span(&mut self, res: &Resource<'a>, scope: &Scope<'a>, s: &Span<'a>) -> Result<()> {
+        if self.rows == 1 && self.expected > 1 {
+            self.reserve_like_first_span();
+        }
         self.rows += 1;
         self.trace_id.push(s.trace_id);
         self.span_id.push(s.span_id);
@@ -314,6 +350,35 @@ impl<'a> TraceSink<'a> for Table {
 impl Table {
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// After the first span: room in the variable-size columns for the
+    /// expected spans if they resemble it, but never more bytes than the
+    /// request holds (so one large first span cannot inflate the reservation).
+    #[cold]
+    fn reserve_like_first_span(&mut self) {
+        let first = self.name.bytes()
+            + self.trace_state.bytes()
+            + self.status_message.bytes()
+            + self.span_attributes.bytes()
+            + self.event_name.bytes()
+            + self.event_attributes.bytes()
+            + self.link_trace_state.bytes()
+            + self.link_attributes.bytes()
+            + 48 * self.link_flags.len()
+            + 8 * self.event_time.len();
+        let times = (self.expected - 1).min(self.request_bytes / first.max(1));
+        self.name.reserve_like(times);
+        self.trace_state.reserve_like(times);
+        self.status_message.reserve_like(times);
+        self.span_attributes.reserve_like(times);
+        self.event_time.reserve(self.event_time.len() * times);
+        self.event_name.reserve_like(times);
+        self.event_attributes.reserve_like(times);
+        self.link_trace_id.reserve_like(times);
+        self.link_span_id.reserve_like(times);
+        self.link_trace_state.reserve_like(times);
+        self.link_attributes.reserve_like(times);
     }
 
     pub fn finish(self) -> Result<arrow_array::RecordBatch> {
