@@ -2,6 +2,7 @@
 //! attribute maps, lists of structs, and the resource/scope columns every
 //! table repeats on each row.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow_array::types::TimestampNanosecondType;
@@ -200,6 +201,53 @@ impl StrCol {
         self.end_value();
     }
 
+    /// Appends values `range` of `src` (an array this module built), the
+    /// whole run `times` over: the run's bytes are copied once and then
+    /// doubled in place, so repeating costs a few large copies.
+    fn push_repeated(&mut self, src: &StringArray, range: Range<usize>, times: usize) {
+        if times == 0 || range.is_empty() {
+            return;
+        }
+        let offs = src.value_offsets();
+        let (first, end) = (offs[range.start] as usize, offs[range.end] as usize);
+        let run = &src.value_data()[first..end];
+        let base = self.values.len();
+        self.values.reserve(run.len() * times);
+        self.values.extend_from_slice(run);
+        let mut have = 1;
+        while have < times {
+            let more = have.min(times - have);
+            self.values.extend_from_within(base..base + more * run.len());
+            have += more;
+        }
+        self.offsets.reserve(range.len() * times);
+        for rep in 0..times {
+            let rep_base = base + rep * run.len() - first;
+            self.offsets.extend(range.clone().map(|i| (rep_base + offs[i + 1] as usize) as i32));
+        }
+        match src.nulls() {
+            None => self.nulls.append_n_non_nulls(range.len() * times),
+            Some(n) => {
+                for _ in 0..times {
+                    for i in range.clone() {
+                        self.nulls.append(n.is_valid(i));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The column with value `g` repeated `counts[g]` times, for every `g`.
+    pub fn spread(self, counts: &[usize]) -> Result<ArrayRef> {
+        let src = self.finish()?;
+        let src = src.as_string::<i32>();
+        let mut out = StrCol::new();
+        for (g, &times) in counts.iter().enumerate() {
+            out.push_repeated(src, g..g + 1, times);
+        }
+        out.finish()
+    }
+
     pub fn finish(mut self) -> Result<ArrayRef> {
         if i32::try_from(self.values.len()).is_err() {
             return Err(DecodeError::new("too many string bytes for one batch"));
@@ -211,9 +259,10 @@ impl StrCol {
         // SAFETY: the offsets start at 0 and never decrease (each is the
         // values length after an append), and the last is the values length,
         // which fits in i32 (checked above) so none has wrapped. Every append
-        // adds a whole `&str` or ASCII we format (hex digits, decimal digits),
-        // so each value is valid UTF-8. (`StringArray::try_new` would
-        // re-validate all of that, UTF-8 included.)
+        // adds a whole `&str`, ASCII we format (hex digits, decimal digits) or
+        // whole values of a valid StringArray (`push_repeated`), so each value
+        // is valid UTF-8. (`StringArray::try_new` would re-validate all of
+        // that, UTF-8 included.)
         let array = unsafe { StringArray::new_unchecked(OffsetBuffer::new_unchecked(offsets), values, nulls) };
         Ok(Arc::new(array))
     }
@@ -328,6 +377,24 @@ impl AttrCol {
         push_offset(&mut self.offsets, self.keys.len())
     }
 
+    /// The column with map `g` repeated `counts[g]` times, for every `g`.
+    pub fn spread(self, counts: &[usize]) -> Result<ArrayRef> {
+        let (keys, values) = (self.keys.finish()?, self.values.finish()?);
+        let (keys, values) = (keys.as_string::<i32>(), values.as_string::<i32>());
+        let mut out = AttrCol::new();
+        for (g, &times) in counts.iter().enumerate() {
+            let entries = self.offsets[g] as usize..self.offsets[g + 1] as usize;
+            let (start, n) = (out.keys.len(), entries.len());
+            out.keys.push_repeated(keys, entries.clone(), times);
+            out.values.push_repeated(values, entries, times);
+            out.offsets.reserve(times);
+            for rep in 1..=times {
+                push_offset(&mut out.offsets, start + rep * n)?;
+            }
+        }
+        out.finish()
+    }
+
     pub fn finish(self) -> Result<ArrayRef> {
         let fields = Fields::from(vec![
             Field::new("key", DataType::Utf8, false),
@@ -342,9 +409,9 @@ impl AttrCol {
 
 /// The resource and scope columns repeated on every row of every table.
 ///
-/// Built once per resource/scope group, then spread over the group's rows
-/// with one `take` per column at the end (instead of re-appending the same
-/// attributes on every row).
+/// Built once per resource/scope group, then spread over the group's rows at
+/// the end, by doubling copies of each group's bytes (instead of re-appending
+/// the same attributes on every row).
 pub struct ResourceScopeCols {
     service_name: StrCol,
     resource_attributes: AttrCol,
@@ -356,9 +423,10 @@ pub struct ResourceScopeCols {
     scope_dropped: Vec<u32>,
     scope_schema_url: StrCol,
     scratch: String,
-    groups: u32,
     last_group: Option<u64>,
-    rows: Vec<u32>,
+    /// Rows of each group (a group's rows are consecutive: the walk finishes
+    /// one ScopeX before starting the next).
+    counts: Vec<usize>,
 }
 
 impl Default for ResourceScopeCols {
@@ -380,15 +448,9 @@ impl ResourceScopeCols {
             scope_dropped: Vec::new(),
             scope_schema_url: StrCol::new(),
             scratch: String::new(),
-            groups: 0,
             last_group: None,
-            rows: Vec::new(),
+            counts: Vec::new(),
         }
-    }
-
-    /// Room for `rows` more rows.
-    pub fn reserve(&mut self, rows: usize) {
-        self.rows.reserve(rows);
     }
 
     #[inline]
@@ -396,13 +458,15 @@ impl ResourceScopeCols {
         if self.last_group != Some(scope.group) {
             self.add_group(res, scope)?;
         }
-        self.rows.push(self.groups - 1);
+        if let Some(rows) = self.counts.last_mut() {
+            *rows += 1;
+        }
         Ok(())
     }
 
     fn add_group(&mut self, res: &Resource<'_>, scope: &Scope<'_>) -> Result<()> {
         self.last_group = Some(scope.group);
-        self.groups += 1;
+        self.counts.push(0);
         let svc = match res.service_name() {
             Some(kv) => render(kv.value, &mut self.scratch)?,
             None => None,
@@ -420,53 +484,21 @@ impl ResourceScopeCols {
     }
 
     pub fn finish(self, cols: &mut Vec<Column>) -> Result<()> {
-        let idx = UInt32Array::new(ScalarBuffer::from(self.rows), None);
-        let spread = |a: Result<ArrayRef>| -> Result<ArrayRef> {
-            Ok(arrow_select::take::take(a?.as_ref(), &idx, None)?)
+        let c = &self.counts;
+        let spread_u32 = |v: Vec<u32>| {
+            u32_array(v.into_iter().zip(c).flat_map(|(x, &times)| std::iter::repeat_n(x, times)).collect())
         };
-        let spread_map = |a: Result<ArrayRef>| spread_map(&a?, &idx);
-        cols.push(("service_name", spread(self.service_name.finish())?, true));
-        cols.push(("resource_attributes", spread_map(self.resource_attributes.finish())?, false));
-        cols.push(("resource_dropped_attributes_count", spread(Ok(u32_array(self.resource_dropped)))?, false));
-        cols.push(("resource_schema_url", spread(self.resource_schema_url.finish())?, false));
-        cols.push(("scope_name", spread(self.scope_name.finish())?, false));
-        cols.push(("scope_version", spread(self.scope_version.finish())?, false));
-        cols.push(("scope_attributes", spread_map(self.scope_attributes.finish())?, false));
-        cols.push(("scope_dropped_attributes_count", spread(Ok(u32_array(self.scope_dropped)))?, false));
-        cols.push(("scope_schema_url", spread(self.scope_schema_url.finish())?, false));
+        cols.push(("service_name", self.service_name.spread(c)?, true));
+        cols.push(("resource_attributes", self.resource_attributes.spread(c)?, false));
+        cols.push(("resource_dropped_attributes_count", spread_u32(self.resource_dropped), false));
+        cols.push(("resource_schema_url", self.resource_schema_url.spread(c)?, false));
+        cols.push(("scope_name", self.scope_name.spread(c)?, false));
+        cols.push(("scope_version", self.scope_version.spread(c)?, false));
+        cols.push(("scope_attributes", self.scope_attributes.spread(c)?, false));
+        cols.push(("scope_dropped_attributes_count", spread_u32(self.scope_dropped), false));
+        cols.push(("scope_schema_url", self.scope_schema_url.spread(c)?, false));
         Ok(())
     }
-}
-
-/// `take` for a map column: arrow's `take` copies list/map entries row by row
-/// through `MutableArrayData`; taking the entries' key and value columns with
-/// one index of entries is several times faster.
-fn spread_map(a: &ArrayRef, rows: &UInt32Array) -> Result<ArrayRef> {
-    let map = a.as_map();
-    let DataType::Map(field, ordered) = map.data_type() else {
-        return Err(DecodeError::new("internal error: attribute column is not a map"));
-    };
-    let src = map.value_offsets();
-    let mut entries = Vec::new();
-    let mut offsets = Vec::with_capacity(rows.len() + 1);
-    offsets.push(0i32);
-    for &g in rows.values() {
-        let g = g as usize;
-        entries.extend(src[g] as u32..src[g + 1] as u32);
-        push_offset(&mut offsets, entries.len())?;
-    }
-    let entries = arrow_select::take::take(map.entries(), &UInt32Array::from(entries), None)?;
-    let nulls = map.nulls().and_then(|n| {
-        let valid: Vec<bool> = rows.values().iter().map(|&g| n.is_valid(g as usize)).collect();
-        NullBuffer::from(valid).into()
-    });
-    Ok(Arc::new(MapArray::try_new(
-        field.clone(),
-        OffsetBuffer::new(ScalarBuffer::from(offsets)),
-        entries.as_struct().clone(),
-        nulls,
-        *ordered,
-    )?))
 }
 
 #[cfg(test)]
@@ -499,5 +531,37 @@ mod tests {
             [Some("a"), None, Some("00112233445566778899aabbccddeeff"), Some("ab01ff"), Some("-42"), Some("é"), Some("")]
         );
         assert!(StrCol::new().finish().unwrap().is_empty());
+    }
+
+    #[test]
+    fn spread_repeats_each_group() {
+        let counts = [3, 1, 0, 2];
+        let mut c = StrCol::new();
+        for v in [Some("ab"), None, Some("x"), Some("")] {
+            c.push_opt(v);
+        }
+        let a = c.spread(&counts).unwrap();
+        let got: Vec<Option<&str>> = a.as_string::<i32>().iter().collect();
+        assert_eq!(got, [Some("ab"), Some("ab"), Some("ab"), None, Some(""), Some("")]);
+
+        let kv = |key, value| KeyValue { key, value };
+        let mut m = AttrCol::new();
+        m.push(&[kv("a", AnyValue::Str("1")), kv("b", AnyValue::Empty)]).unwrap();
+        m.push(&[]).unwrap();
+        m.push(&[kv("c", AnyValue::Int(-7))]).unwrap();
+        m.push(&[kv("d", AnyValue::Bool(true)), kv("e", AnyValue::Str("é"))]).unwrap();
+        let a = m.spread(&counts).unwrap();
+        let map = a.as_map();
+        let rows: Vec<Vec<(String, Option<String>)>> = (0..map.len())
+            .map(|i| {
+                let e = map.value(i);
+                let (k, v) = (e.column(0).as_string::<i32>(), e.column(1).as_string::<i32>());
+                k.iter().zip(v.iter()).map(|(k, v)| (k.unwrap().to_owned(), v.map(str::to_owned))).collect()
+            })
+            .collect();
+        let g0 = vec![("a".to_owned(), Some("1".to_owned())), ("b".to_owned(), None)];
+        let g3 = vec![("d".to_owned(), Some("true".to_owned())), ("e".to_owned(), Some("é".to_owned()))];
+        assert_eq!(rows, [g0.clone(), g0.clone(), g0, vec![], g3.clone(), g3]);
+        assert_eq!(a.data_type(), AttrCol::new().finish().unwrap().data_type());
     }
 }

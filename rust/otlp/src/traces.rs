@@ -302,7 +302,6 @@ impl<'a> TraceSink<'a> for Table {
         self.span_id.reserve(n, 8);
         self.parent_span_id.reserve(n, 8);
         self.span_attributes.reserve(n);
-        self.rs.reserve(n);
     }
 
     #[inline]
