@@ -64,6 +64,11 @@ impl<'a> LogRecord<'a> {
                 6 => {
                     let i = self.attributes.len();
                     push_attribute(&mut self.attributes, v, "attributes", i)?;
+                    // the rest of a run of attributes without the field dispatch
+                    while let Some(v) = r.next_if_tag(0x32)? {
+                        let i = self.attributes.len();
+                        push_attribute(&mut self.attributes, v, "attributes", i)?;
+                    }
                 }
                 7 => self.dropped_attributes_count = v.uint32().within("dropped_attributes_count")?,
                 8 => self.flags = v.fixed32().within("flags")?,

@@ -92,6 +92,11 @@ impl<'a> Span<'a> {
                 9 => {
                     let i = self.attributes.len();
                     push_attribute(&mut self.attributes, v, "attributes", i)?;
+                    // the rest of a run of attributes without the field dispatch
+                    while let Some(v) = r.next_if_tag(0x4a)? {
+                        let i = self.attributes.len();
+                        push_attribute(&mut self.attributes, v, "attributes", i)?;
+                    }
                 }
                 10 => self.dropped_attributes_count = v.uint32().within("dropped_attributes_count")?,
                 11 => {

@@ -292,6 +292,38 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The next field if its tag is the single byte `tag` (a field number
+    /// below 16), else `None` without moving: for the runs of a repeated
+    /// field (attributes), which then skip the general dispatch. Reads the
+    /// value exactly as `next` does (same checks, same errors).
+    #[inline(always)]
+    pub fn next_if_tag(&mut self, tag: u8) -> Result<Option<Value<'a>>> {
+        debug_assert!(tag < 0x80 && tag >> 3 != 0 && tag & 7 != 3 && tag & 7 != 4);
+        if self.buf.get(self.pos) != Some(&tag) {
+            return Ok(None);
+        }
+        self.pos += 1;
+        let field = u32::from(tag >> 3);
+        let v = match tag & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                let b = self.take(8).map_err(|e| in_field(e, field))?;
+                Value::Fixed64(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            }
+            2 => {
+                let len = self.varint()?;
+                let len = usize::try_from(len).map_err(|_| DecodeError::new("length prefix too large"))?;
+                Value::Bytes(self.take(len).map_err(|e| in_field(e, field))?)
+            }
+            5 => {
+                let b = self.take(4).map_err(|e| in_field(e, field))?;
+                Value::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            wt => return Err(DecodeError::new(format!("invalid wire type {wt} (field {field})"))),
+        };
+        Ok(Some(v))
+    }
+
     #[inline(always)]
     fn tag(&mut self) -> Result<(u32, u8)> {
         let key = self.varint()?;
@@ -404,6 +436,25 @@ mod tests {
             s.push((b'a' + (n % 26) as u8) as char);
         }
         assert!(utf8(b"ab\xffcdefghij").unwrap_err().to_string().contains("at byte 2"));
+    }
+
+    #[test]
+    fn next_if_tag_reads_like_next() {
+        // field 9 "ab", field 9 "c", field 1 varint 5, field 9 truncated
+        let buf = [0x4a, 0x02, b'a', b'b', 0x4a, 0x01, b'c', 0x08, 0x05, 0x4a, 0x03, b'x'];
+        let mut r = Reader::new(&buf);
+        assert_eq!(r.next_if_tag(0x4a).unwrap().unwrap().bytes().unwrap(), b"ab");
+        assert_eq!(r.next_if_tag(0x4a).unwrap().unwrap().bytes().unwrap(), b"c");
+        assert!(r.next_if_tag(0x4a).unwrap().is_none()); // not moved
+        let (f, v) = r.next().unwrap().unwrap();
+        assert_eq!((f, v.varint().unwrap()), (1, 5));
+        let mut r2 = Reader { buf: &buf, pos: r.pos };
+        assert_eq!(r.next_if_tag(0x4a).unwrap_err(), r2.next().unwrap_err());
+        let fixed = [0x0d, 1, 0, 0, 0, 0x11, 2, 0, 0, 0, 0, 0, 0, 0];
+        let mut r = Reader::new(&fixed);
+        assert_eq!(r.next_if_tag(0x0d).unwrap().unwrap().fixed32().unwrap(), 1);
+        assert_eq!(r.next_if_tag(0x11).unwrap().unwrap().fixed64().unwrap(), 2);
+        assert!(r.at_end());
     }
 
     #[test]
