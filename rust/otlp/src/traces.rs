@@ -288,9 +288,13 @@ impl Default for Table {
 
 impl<'a> TraceSink<'a> for Table {
     fn expect(&mut self, request_bytes: usize, spans: usize) {
-        self.expected = spans;
+        // A valid span takes at least 30 bytes on the wire (its two ids with
+        // their tags and lengths, plus its own tag and length): a request
+        // full of empty spans must not make us reserve rows it cannot fill.
+        const MIN_SPAN_BYTES: usize = 30;
+        let n = spans.min(request_bytes / MIN_SPAN_BYTES);
+        self.expected = n;
         self.request_bytes = request_bytes;
-        let n = spans;
         for v in [&mut self.kind, &mut self.status_code] {
             v.reserve(n);
         }
