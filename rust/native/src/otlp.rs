@@ -3,36 +3,19 @@
 //! Batches cross into Python through the Arrow C Data Interface: each table
 //! is a pair of PyCapsules named "arrow_schema" and "arrow_array" (a struct
 //! array = a record batch), which `pyarrow.RecordBatch._import_from_c_capsule`
-//! imports without copying. The conversion runs with the GIL released.
-//!
-//! The exceptions live here rather than in errors.rs because they map a
-//! different engine's error; they subclass ValueError (bad input, not a
-//! failed operation).
+//! imports without copying. The conversion runs with the GIL released; its
+//! exceptions (`OtlpDecodeError`, `OtlpContentTypeError`) are declared with
+//! the others in errors.rs.
 
-use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyCapsule;
-use signaldb_otlp::{DecodeError, Encoding, Signal};
+use signaldb_otlp::{Encoding, Signal};
 
-create_exception!(
-    signaldb._native,
-    OtlpDecodeError,
-    PyValueError,
-    "A malformed, truncated or invalid OTLP request; the message names the field."
-);
-create_exception!(
-    signaldb._native,
-    OtlpContentTypeError,
-    PyValueError,
-    "A content type other than application/x-protobuf or application/json."
-);
+use crate::errors::{unsupported_content_type, without_gil};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    m.add("OtlpDecodeError", py.get_type::<OtlpDecodeError>())?;
-    m.add("OtlpContentTypeError", py.get_type::<OtlpContentTypeError>())?;
     m.add_function(wrap_pyfunction!(otlp_convert, m)?)?;
     m.add_function(wrap_pyfunction!(otlp_count_items, m)?)?;
     Ok(())
@@ -41,16 +24,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 fn args(kind: &str, content_type: &str) -> PyResult<(Signal, Encoding)> {
     let signal = Signal::parse(kind)
         .ok_or_else(|| PyValueError::new_err(format!("unknown OTLP kind {kind:?}: expected traces, logs or metrics")))?;
-    let enc = Encoding::from_content_type(content_type).ok_or_else(|| {
-        OtlpContentTypeError::new_err(format!(
-            "unsupported content type {content_type:?}: expected application/x-protobuf or application/json"
-        ))
-    })?;
+    let enc = Encoding::from_content_type(content_type).ok_or_else(|| unsupported_content_type(content_type))?;
     Ok((signal, enc))
-}
-
-fn decode_err(e: DecodeError) -> PyErr {
-    OtlpDecodeError::new_err(e.to_string())
 }
 
 type Exported = (Vec<(&'static str, signaldb_otlp::FFI_ArrowSchema, signaldb_otlp::FFI_ArrowArray)>, Vec<(&'static str, u64)>, u64);
@@ -67,17 +42,15 @@ fn otlp_convert<'py>(
     content_type: &str,
 ) -> PyResult<(Vec<(&'static str, Bound<'py, PyCapsule>, Bound<'py, PyCapsule>)>, Vec<(&'static str, u64)>, u64)> {
     let (signal, enc) = args(kind, content_type)?;
-    let (tables, rejected, items): Exported = py
-        .detach(|| {
-            let conv = signaldb_otlp::convert(signal, &body, enc)?;
-            let mut out = Vec::with_capacity(conv.tables.len());
-            for (name, batch) in conv.tables {
-                let (schema, array) = signaldb_otlp::export_batch(batch)?;
-                out.push((name, schema, array));
-            }
-            Ok((out, conv.rejected, conv.items))
-        })
-        .map_err(decode_err)?;
+    let (tables, rejected, items): Exported = without_gil(py, || {
+        let conv = signaldb_otlp::convert(signal, &body, enc)?;
+        let mut out = Vec::with_capacity(conv.tables.len());
+        for (name, batch) in conv.tables {
+            let (schema, array) = signaldb_otlp::export_batch(batch)?;
+            out.push((name, schema, array));
+        }
+        Ok::<_, signaldb_otlp::DecodeError>((out, conv.rejected, conv.items))
+    })?;
     let mut out = Vec::with_capacity(tables.len());
     for (name, schema, array) in tables {
         let s = PyCapsule::new_with_value(py, schema, c"arrow_schema")?;
@@ -98,6 +71,6 @@ fn otlp_count_items(
     content_type: &str,
 ) -> PyResult<(u64, Vec<(&'static str, u64)>)> {
     let (signal, enc) = args(kind, content_type)?;
-    let counts = py.detach(|| signaldb_otlp::count_items(signal, &body, enc)).map_err(decode_err)?;
+    let counts = without_gil(py, || signaldb_otlp::count_items(signal, &body, enc))?;
     Ok((counts.items, counts.rejected))
 }

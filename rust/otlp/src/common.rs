@@ -142,9 +142,85 @@ pub fn push_attribute<'a>(
     i: usize,
 ) -> Result<()> {
     let b = val.bytes().at(name, i)?;
+    if let Some(kv) = key_value_fast(b) {
+        out.push(kv);
+        return Ok(());
+    }
     out.push(KeyValue { key: "", value: AnyValue::Empty });
     let last = out.len() - 1;
     parse_key_value_into(b, 0, &mut out[last]).at(name, i)
+}
+
+/// A KeyValue in the layout every SDK writes: `key`, then `value` holding one
+/// scalar member (string, bool, int, double or bytes), nothing else. Reads it
+/// without the general field loop and its per-field dispatch; `None` for any
+/// other layout and for invalid input, which then take the general path
+/// (`parse_key_value_into`, which also builds the error). Where it returns
+/// `Some`, the general path would give the same KeyValue: with exactly one
+/// occurrence of each field, "last one wins" and merging change nothing.
+#[inline(always)]
+fn key_value_fast(buf: &[u8]) -> Option<KeyValue<'_>> {
+    let (key, rest) = length_delimited(buf, 0x0a)?; // field 1, wire type 2
+    let (val, rest) = length_delimited(rest, 0x12)?; // field 2, wire type 2
+    if !rest.is_empty() {
+        return None;
+    }
+    let key = utf8_opt(key)?;
+    let value = match *val.first()? {
+        0x0a => {
+            let (s, rest) = length_delimited(val, 0x0a)?; // string_value
+            if !rest.is_empty() {
+                return None;
+            }
+            AnyValue::Str(utf8_opt(s)?)
+        }
+        0x10 if val.len() == 2 && val[1] < 0x80 => AnyValue::Bool(val[1] != 0), // bool_value
+        0x18 => {
+            // int_value
+            let mut r = Reader::new(&val[1..]);
+            let v = r.varint().ok()?;
+            if !r.at_end() {
+                return None;
+            }
+            AnyValue::Int(v as i64)
+        }
+        0x21 if val.len() == 9 => AnyValue::Double(f64::from_le_bytes(val[1..9].try_into().ok()?)), // double_value
+        0x3a => {
+            let (b, rest) = length_delimited(val, 0x3a)?; // bytes_value
+            if !rest.is_empty() {
+                return None;
+            }
+            AnyValue::Bytes(b)
+        }
+        _ => return None,
+    };
+    Some(KeyValue { key, value })
+}
+
+/// `buf` starting with the one-byte tag `tag` and a length of one or two
+/// bytes: (payload, rest). `None` otherwise or when truncated.
+#[inline(always)]
+fn length_delimited(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    if *buf.first()? != tag {
+        return None;
+    }
+    let b1 = *buf.get(1)?;
+    let (len, start) = if b1 < 0x80 {
+        (b1 as usize, 2)
+    } else {
+        let b2 = *buf.get(2)?;
+        if b2 >= 0x80 {
+            return None;
+        }
+        ((b1 & 0x7f) as usize | (b2 as usize) << 7, 3)
+    };
+    let payload = buf.get(start..start + len)?;
+    Some((payload, &buf[start + len..]))
+}
+
+#[inline(always)]
+fn utf8_opt(b: &[u8]) -> Option<&str> {
+    crate::wire::utf8(b).ok()
 }
 
 /// Resource, merged over every occurrence in its ResourceX message.
@@ -224,6 +300,130 @@ impl<'a> Scope<'a> {
     }
 }
 
+/// The field names of one signal's resource → scope → item nesting, for
+/// error paths: `resource_spans`, `scope_spans`, `spans` and so on.
+pub struct Nesting {
+    pub resources: &'static str,
+    pub scopes: &'static str,
+    pub items: &'static str,
+}
+
+/// The walk every signal shares. The three export requests nest alike:
+///
+/// ```text
+/// Export*ServiceRequest { repeated ResourceX resources = 1; }
+/// ResourceX { Resource resource = 1; repeated ScopeX scopes = 2; string schema_url = 3; }
+/// ScopeX    { InstrumentationScope scope = 1; repeated Item items = 2; string schema_url = 3; }
+/// ```
+///
+/// Calls `item` on each item's bytes (a span, a log record, a metric) with its
+/// resource and scope, parsed and merged over the whole ResourceX/ScopeX
+/// first (protobuf allows them after the items). An error from `item` gets
+/// the item's path prepended.
+#[inline]
+pub fn walk_items<'a, F>(buf: &'a [u8], names: &Nesting, mut item: F) -> Result<()>
+where
+    F: FnMut(&'a [u8], &Resource<'a>, &Scope<'a>) -> Result<()>,
+{
+    let mut res = Resource::default();
+    let mut scope = Scope::default();
+    let mut r = Reader::new(buf);
+    let mut i = 0;
+    while let Some((f, v)) = r.next()? {
+        if f == 1 {
+            let b = v.bytes().at(names.resources, i)?;
+            walk_resource(b, names, &mut res, &mut scope, &mut item).at(names.resources, i)?;
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// How many items (field 2 of field 2 of field 1) a request holds, from its
+/// framing alone: item bodies are skipped, not parsed. A capacity hint for
+/// the column builders; stops at the first malformed field (the real walk
+/// reports it).
+pub fn count_items_hint(buf: &[u8]) -> usize {
+    fn fields(buf: &[u8], want: u32, mut each: impl FnMut(&[u8])) {
+        let mut r = Reader::new(buf);
+        while let Ok(Some((f, v))) = r.next() {
+            if f == want {
+                match v.bytes() {
+                    Ok(b) => each(b),
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    fields(buf, 1, |resource| fields(resource, 2, |scope| fields(scope, 2, |_| n += 1)));
+    n
+}
+
+#[inline]
+fn walk_resource<'a, F>(
+    buf: &'a [u8],
+    names: &Nesting,
+    res: &mut Resource<'a>,
+    scope: &mut Scope<'a>,
+    item: &mut F,
+) -> Result<()>
+where
+    F: FnMut(&'a [u8], &Resource<'a>, &Scope<'a>) -> Result<()>,
+{
+    res.clear();
+    let mut r = Reader::new(buf);
+    while let Some((f, v)) = r.next()? {
+        match f {
+            1 => res.merge(v.bytes().within("resource")?).within("resource")?,
+            3 => res.schema_url = v.string().within("schema_url")?,
+            _ => {}
+        }
+    }
+    let mut r = Reader::new(buf);
+    let mut j = 0;
+    while let Some((f, v)) = r.next()? {
+        if f == 2 {
+            let b = v.bytes().at(names.scopes, j)?;
+            walk_scope(b, names, res, scope, item).at(names.scopes, j)?;
+            j += 1;
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+fn walk_scope<'a, F>(
+    buf: &'a [u8],
+    names: &Nesting,
+    res: &Resource<'a>,
+    scope: &mut Scope<'a>,
+    item: &mut F,
+) -> Result<()>
+where
+    F: FnMut(&'a [u8], &Resource<'a>, &Scope<'a>) -> Result<()>,
+{
+    scope.clear();
+    let mut r = Reader::new(buf);
+    while let Some((f, v)) = r.next()? {
+        match f {
+            1 => scope.merge(v.bytes().within("scope")?).within("scope")?,
+            3 => scope.schema_url = v.string().within("schema_url")?,
+            _ => {}
+        }
+    }
+    let mut r = Reader::new(buf);
+    let mut k = 0;
+    while let Some((f, v)) = r.next()? {
+        if f == 2 {
+            let b = v.bytes().at(names.items, k)?;
+            item(b, res, scope).at(names.items, k)?;
+            k += 1;
+        }
+    }
+    Ok(())
+}
+
 /// A trace id that may be absent (logs, exemplars): empty or 16 bytes.
 pub fn optional_trace_id(b: &[u8]) -> Result<&[u8]> {
     match b.len() {
@@ -258,18 +458,17 @@ pub fn timestamp(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| DecodeError::new(format!("timestamp {v} ns is beyond year 2262")))
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Lowercase hex of an id (at most 16 bytes) into `buf`.
-#[inline]
-pub fn hex<'b>(id: &[u8], buf: &'b mut [u8; 32]) -> &'b str {
-    let n = id.len().min(16);
-    for (i, &b) in id[..n].iter().enumerate() {
-        buf[2 * i] = HEX[(b >> 4) as usize];
-        buf[2 * i + 1] = HEX[(b & 15) as usize];
+/// The two lowercase hex digits of every byte value.
+pub(crate) static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
     }
-    std::str::from_utf8(&buf[..2 * n]).unwrap_or("")
-}
+    t
+};
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -290,13 +489,14 @@ pub fn base64_encode(data: &[u8], out: &mut String) {
 /// string, arrays as `[...]`, kvlists as `{"k":...}` in wire order, an empty
 /// value as `null`; no whitespace, UTF-8 unescaped beyond JSON's rules.
 pub fn write_json(v: AnyValue<'_>, out: &mut String, depth: u32) -> Result<()> {
-    use std::fmt::Write;
     match v {
         AnyValue::Empty => out.push_str("null"),
         AnyValue::Str(s) => write_json_string(s, out),
         AnyValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
         AnyValue::Int(i) => {
-            let _ = write!(out, "{i}");
+            let mut buf = [0u8; 20];
+            let digits = crate::columns::format_i64(i, &mut buf);
+            out.push_str(std::str::from_utf8(digits).unwrap_or_default());
         }
         AnyValue::Double(d) => write_json_double(d, out),
         AnyValue::Bytes(b) => {
@@ -480,9 +680,88 @@ mod tests {
         }
     }
 
-    #[test]
-    fn hex_ids() {
-        let mut b = [0u8; 32];
-        assert_eq!(hex(&[0xab, 0x01, 0xff], &mut b), "ab01ff");
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
     }
+
+    fn field(tag: u8, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(tag);
+        varint(payload.len() as u64, out);
+        out.extend_from_slice(payload);
+    }
+
+    #[test]
+    fn item_count_hint_reads_framing_only() {
+        // two resources: one with scopes of 2 and 1 items, one with 3; an
+        // unknown field 4 and a schema_url between them; the items are junk
+        let scope = |n: usize| {
+            let mut b = Vec::new();
+            field(0x0a, b"scope", &mut b);
+            for _ in 0..n {
+                field(0x12, &[0xff, 0xff], &mut b);
+            }
+            b
+        };
+        let mut r1 = Vec::new();
+        field(0x12, &scope(2), &mut r1);
+        field(0x1a, b"url", &mut r1);
+        field(0x12, &scope(1), &mut r1);
+        let mut r2 = Vec::new();
+        field(0x12, &scope(3), &mut r2);
+        let mut req = Vec::new();
+        field(0x0a, &r1, &mut req);
+        field(0x22, b"x", &mut req);
+        field(0x0a, &r2, &mut req);
+        assert_eq!(count_items_hint(&req), 6);
+        assert_eq!(count_items_hint(&req[..req.len() - 1]), 3); // truncated: counts what it could read
+        assert_eq!(count_items_hint(&[]), 0);
+    }
+
+    proptest::proptest! {
+        /// Wherever the KeyValue fast path answers, it agrees with the general parser.
+        #[test]
+        fn key_value_fast_agrees(
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            ascii_key in proptest::prelude::any::<bool>(),
+            kind in 0u8..8,
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            n in proptest::prelude::any::<u64>(),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            mangle in 0u8..4,
+        ) {
+            let key: Vec<u8> = if ascii_key { key.iter().map(|b| b & 0x7f).collect() } else { key };
+            let mut value = Vec::new();
+            match kind {
+                0 => field(0x0a, &payload, &mut value),
+                1 => field(0x0a, &payload.iter().map(|b| b & 0x7f).collect::<Vec<_>>(), &mut value),
+                2 => { value.push(0x10); varint(n % 3, &mut value); }
+                3 => { value.push(0x18); varint(n, &mut value); }
+                4 => { value.push(0x21); value.extend_from_slice(&n.to_le_bytes()); }
+                5 => field(0x3a, &payload, &mut value),
+                6 => value.extend_from_slice(&payload),
+                _ => {}
+            }
+            let mut kv = Vec::new();
+            field(0x0a, &key, &mut kv);
+            field(0x12, &value, &mut kv);
+            match mangle {
+                1 => kv.truncate(cut.index(kv.len() + 1)),
+                2 => kv.extend_from_slice(&payload[..payload.len().min(3)]),
+                3 => { let i = cut.index(kv.len()); kv[i] ^= 0x80; }
+                _ => {}
+            }
+            let general = parse_key_value(&kv, 0);
+            if let Some(fast) = key_value_fast(&kv) {
+                // (compared as text: a NaN double is not equal to itself)
+                proptest::prop_assert_eq!(format!("{:?}", Ok::<_, DecodeError>(fast)), format!("{general:?}"));
+            } else if mangle == 0 && ascii_key && matches!(kind, 1..=5) && key.len() + value.len() < 16000 {
+                proptest::prop_assert!(false, "canonical KeyValue missed the fast path: {kv:?}");
+            }
+        }
+    }
+
 }

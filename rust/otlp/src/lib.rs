@@ -9,9 +9,14 @@
 //!   strings and ids are borrowed from the request bytes and copied once,
 //!   into the Arrow builders.
 //! - Each signal has a walker (`traces::walk`, `logs::walk`,
-//!   `metrics::walk`) that parses and validates, and hands each item (span,
-//!   log record, data point) with its resource and scope to a sink: a
+//!   `metrics::walk`, all on the shared resource → scope → item walk
+//!   `common::walk_items`) that parses and validates, and hands each item
+//!   (span, log record, data point) with its resource and scope to a sink: a
 //!   counter (`count_items`) or the Arrow table builders (`convert`).
+//! - The builders (`columns`) append into plain buffers (hex ids and numbers
+//!   written in place; for traces, reserved from a framing-only count of the
+//!   spans); the resource/scope columns are built once per group and
+//!   repeated at the end.
 //! - OTLP/JSON is transcoded to the protobuf wire form first (`json`), then
 //!   takes the same walk: both encodings give identical batches by
 //!   construction, and the tests assert it.

@@ -2,8 +2,8 @@
 
 use crate::columns::*;
 use crate::common::{
-    optional_span_id, optional_trace_id, parse_any_value, push_attribute, render, timestamp, AnyValue,
-    KeyValue, Resource, Scope,
+    optional_span_id, optional_trace_id, parse_any_value, push_attribute, render, timestamp, walk_items, AnyValue,
+    KeyValue, Nesting, Resource, Scope,
 };
 use crate::error::{Context, Result};
 use crate::wire::Reader;
@@ -64,6 +64,11 @@ impl<'a> LogRecord<'a> {
                 6 => {
                     let i = self.attributes.len();
                     push_attribute(&mut self.attributes, v, "attributes", i)?;
+                    // the rest of a run of attributes without the field dispatch
+                    while let Some(v) = r.next_if_tag(0x32)? {
+                        let i = self.attributes.len();
+                        push_attribute(&mut self.attributes, v, "attributes", i)?;
+                    }
                 }
                 7 => self.dropped_attributes_count = v.uint32().within("dropped_attributes_count")?,
                 8 => self.flags = v.fixed32().within("flags")?,
@@ -88,75 +93,12 @@ pub trait LogSink<'a> {
 
 /// Walks an ExportLogsServiceRequest (or LogsData).
 pub fn walk<'a, S: LogSink<'a>>(buf: &'a [u8], sink: &mut S) -> Result<()> {
-    let mut res = Resource::default();
-    let mut scope = Scope::default();
+    const NESTING: Nesting = Nesting { resources: "resource_logs", scopes: "scope_logs", items: "log_records" };
     let mut rec = LogRecord::default();
-    let mut r = Reader::new(buf);
-    let mut i = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 1 {
-            let b = v.bytes().at("resource_logs", i)?;
-            walk_resource_logs(b, &mut res, &mut scope, &mut rec, sink).at("resource_logs", i)?;
-            i += 1;
-        }
-    }
-    Ok(())
-}
-
-fn walk_resource_logs<'a, S: LogSink<'a>>(
-    buf: &'a [u8],
-    res: &mut Resource<'a>,
-    scope: &mut Scope<'a>,
-    rec: &mut LogRecord<'a>,
-    sink: &mut S,
-) -> Result<()> {
-    res.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => res.merge(v.bytes().within("resource")?).within("resource")?,
-            3 => res.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut j = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            let b = v.bytes().at("scope_logs", j)?;
-            walk_scope_logs(b, res, scope, rec, sink).at("scope_logs", j)?;
-            j += 1;
-        }
-    }
-    Ok(())
-}
-
-fn walk_scope_logs<'a, S: LogSink<'a>>(
-    buf: &'a [u8],
-    res: &Resource<'a>,
-    scope: &mut Scope<'a>,
-    rec: &mut LogRecord<'a>,
-    sink: &mut S,
-) -> Result<()> {
-    scope.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => scope.merge(v.bytes().within("scope")?).within("scope")?,
-            3 => scope.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut k = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            rec.parse(v.bytes().at("log_records", k)?).at("log_records", k)?;
-            sink.record(res, scope, rec).at("log_records", k)?;
-            k += 1;
-        }
-    }
-    Ok(())
+    walk_items(buf, &NESTING, |b, res, scope| {
+        rec.parse(b)?;
+        sink.record(res, scope, &rec)
+    })
 }
 
 /// Counts log records.
@@ -219,14 +161,14 @@ impl Table {
             ("time", ts_array(self.time), false),
             ("observed_time", ts_array(self.observed_time), false),
             ("severity_number", i32_array(self.severity_number), false),
-            ("severity_text", self.severity_text.finish(), false),
-            ("body", self.body.finish(), true),
-            ("log_attributes", self.log_attributes.finish(), false),
+            ("severity_text", self.severity_text.finish()?, false),
+            ("body", self.body.finish()?, true),
+            ("log_attributes", self.log_attributes.finish()?, false),
             ("dropped_attributes_count", u32_array(self.dropped_attributes_count), false),
             ("flags", u32_array(self.flags), false),
-            ("trace_id", self.trace_id.finish(), true),
-            ("span_id", self.span_id.finish(), true),
-            ("event_name", self.event_name.finish(), false),
+            ("trace_id", self.trace_id.finish()?, true),
+            ("span_id", self.span_id.finish()?, true),
+            ("event_name", self.event_name.finish()?, false),
         ];
         self.rs.finish(&mut cols)?;
         batch(cols)

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use crate::columns::*;
 use crate::common::{
-    optional_span_id, optional_trace_id, push_attribute, timestamp, KeyValue, Resource, Scope,
+    optional_span_id, optional_trace_id, push_attribute, timestamp, walk_items, KeyValue, Nesting, Resource, Scope,
 };
 use crate::error::{Context, DecodeError, Result};
 use crate::wire::{Reader, Value};
@@ -317,75 +317,9 @@ pub trait MetricSink<'a> {
 
 /// Walks an ExportMetricsServiceRequest (or MetricsData).
 pub fn walk<'a, S: MetricSink<'a>>(buf: &'a [u8], sink: &mut S) -> Result<()> {
-    let mut res = Resource::default();
-    let mut scope = Scope::default();
+    const NESTING: Nesting = Nesting { resources: "resource_metrics", scopes: "scope_metrics", items: "metrics" };
     let mut point = Point::default();
-    let mut r = Reader::new(buf);
-    let mut i = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 1 {
-            let b = v.bytes().at("resource_metrics", i)?;
-            walk_resource(b, &mut res, &mut scope, &mut point, sink).at("resource_metrics", i)?;
-            i += 1;
-        }
-    }
-    Ok(())
-}
-
-fn walk_resource<'a, S: MetricSink<'a>>(
-    buf: &'a [u8],
-    res: &mut Resource<'a>,
-    scope: &mut Scope<'a>,
-    point: &mut Point<'a>,
-    sink: &mut S,
-) -> Result<()> {
-    res.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => res.merge(v.bytes().within("resource")?).within("resource")?,
-            3 => res.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut j = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            let b = v.bytes().at("scope_metrics", j)?;
-            walk_scope(b, res, scope, point, sink).at("scope_metrics", j)?;
-            j += 1;
-        }
-    }
-    Ok(())
-}
-
-fn walk_scope<'a, S: MetricSink<'a>>(
-    buf: &'a [u8],
-    res: &Resource<'a>,
-    scope: &mut Scope<'a>,
-    point: &mut Point<'a>,
-    sink: &mut S,
-) -> Result<()> {
-    scope.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => scope.merge(v.bytes().within("scope")?).within("scope")?,
-            3 => scope.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut k = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            let b = v.bytes().at("metrics", k)?;
-            walk_metric(b, res, scope, point, sink).at("metrics", k)?;
-            k += 1;
-        }
-    }
-    Ok(())
+    walk_items(buf, &NESTING, |b, res, scope| walk_metric(b, res, scope, &mut point, sink))
 }
 
 fn walk_metric<'a, S: MetricSink<'a>>(
@@ -554,17 +488,17 @@ impl PointCols {
     }
 
     /// The leading columns; `finish_tail` adds exemplars and resource/scope.
-    fn finish_head(&mut self) -> Vec<Column> {
+    fn finish_head(&mut self) -> Result<Vec<Column>> {
         use std::mem::take;
-        vec![
-            ("metric_name", take(&mut self.metric_name).finish(), false),
-            ("metric_description", take(&mut self.metric_description).finish(), false),
-            ("metric_unit", take(&mut self.metric_unit).finish(), false),
-            ("attributes", take(&mut self.attributes).finish(), false),
+        Ok(vec![
+            ("metric_name", take(&mut self.metric_name).finish()?, false),
+            ("metric_description", take(&mut self.metric_description).finish()?, false),
+            ("metric_unit", take(&mut self.metric_unit).finish()?, false),
+            ("attributes", take(&mut self.attributes).finish()?, false),
             ("start_time", ts_array(take(&mut self.start_time)), false),
             ("time", ts_array(take(&mut self.time)), false),
             ("flags", u32_array(take(&mut self.flags)), false),
-        ]
+        ])
     }
 
     fn finish_tail(self, cols: &mut Vec<Column>) -> Result<()> {
@@ -574,9 +508,9 @@ impl PointCols {
                 ("time", ts_array(self.ex_time), false),
                 ("value", f64_opt_array(self.ex_value), true),
                 ("value_int", i64_opt_array(self.ex_value_int), true),
-                ("trace_id", self.ex_trace_id.finish(), true),
-                ("span_id", self.ex_span_id.finish(), true),
-                ("filtered_attributes", self.ex_attributes.finish(), false),
+                ("trace_id", self.ex_trace_id.finish()?, true),
+                ("span_id", self.ex_span_id.finish()?, true),
+                ("filtered_attributes", self.ex_attributes.finish()?, false),
             ],
         )?;
         cols.push(("exemplars", exemplars, false));
@@ -778,14 +712,14 @@ impl Tables {
         let mut out = Vec::with_capacity(5);
 
         let Gauge { mut c, value, value_int } = self.gauge;
-        let mut cols = c.finish_head();
+        let mut cols = c.finish_head()?;
         cols.push(("value", f64_opt_array(value), true));
         cols.push(("value_int", i64_opt_array(value_int), true));
         c.finish_tail(&mut cols)?;
         out.push((TABLES[0], batch(cols)?));
 
         let Sum { mut c, value, value_int, is_monotonic, temporality } = self.sum;
-        let mut cols = c.finish_head();
+        let mut cols = c.finish_head()?;
         cols.push(("value", f64_opt_array(value), true));
         cols.push(("value_int", i64_opt_array(value_int), true));
         cols.push(("is_monotonic", bool_array(is_monotonic), false));
@@ -795,7 +729,7 @@ impl Tables {
 
         let h = self.histogram;
         let mut c = h.c;
-        let mut cols = c.finish_head();
+        let mut cols = c.finish_head()?;
         cols.push(("count", u64_array(h.count), false));
         cols.push(("sum", f64_opt_array(h.sum), true));
         cols.push(("bucket_counts", list_array(h.bucket_offsets, u64_array(h.bucket_counts), false)?, false));
@@ -808,7 +742,7 @@ impl Tables {
 
         let e = self.exp;
         let mut c = e.c;
-        let mut cols = c.finish_head();
+        let mut cols = c.finish_head()?;
         cols.push(("count", u64_array(e.count), false));
         cols.push(("sum", f64_opt_array(e.sum), true));
         cols.push(("scale", i32_array(e.scale), false));
@@ -834,7 +768,7 @@ impl Tables {
 
         let s = self.summary;
         let mut c = s.c;
-        let mut cols = c.finish_head();
+        let mut cols = c.finish_head()?;
         cols.push(("count", u64_array(s.count), false));
         cols.push(("sum", f64_array(s.sum), false));
         let q = list_of_struct(

@@ -7,7 +7,10 @@
 use std::ops::Range;
 
 use crate::columns::*;
-use crate::common::{optional_span_id, push_attribute, required_id, timestamp, KeyValue, Resource, Scope};
+use crate::common::{
+    count_items_hint, optional_span_id, push_attribute, required_id, timestamp, walk_items, KeyValue, Nesting,
+    Resource, Scope,
+};
 use crate::error::{Context, Result};
 use crate::wire::Reader;
 
@@ -89,6 +92,11 @@ impl<'a> Span<'a> {
                 9 => {
                     let i = self.attributes.len();
                     push_attribute(&mut self.attributes, v, "attributes", i)?;
+                    // the rest of a run of attributes without the field dispatch
+                    while let Some(v) = r.next_if_tag(0x4a)? {
+                        let i = self.attributes.len();
+                        push_attribute(&mut self.attributes, v, "attributes", i)?;
+                    }
                 }
                 10 => self.dropped_attributes_count = v.uint32().within("dropped_attributes_count")?,
                 11 => {
@@ -173,80 +181,21 @@ fn parse_link<'a>(buf: &'a [u8], pool: &mut Vec<KeyValue<'a>>) -> Result<Link<'a
 }
 
 pub trait TraceSink<'a> {
+    /// Told once, before the first span: the request's size and its number of
+    /// spans as far as its framing says (a capacity hint).
+    fn expect(&mut self, _request_bytes: usize, _spans: usize) {}
     fn span(&mut self, res: &Resource<'a>, scope: &Scope<'a>, span: &Span<'a>) -> Result<()>;
 }
 
 /// Walks an ExportTraceServiceRequest (or TracesData: same wire form).
 pub fn walk<'a, S: TraceSink<'a>>(buf: &'a [u8], sink: &mut S) -> Result<()> {
-    let mut res = Resource::default();
-    let mut scope = Scope::default();
+    const NESTING: Nesting = Nesting { resources: "resource_spans", scopes: "scope_spans", items: "spans" };
+    sink.expect(buf.len(), count_items_hint(buf));
     let mut span = Span::default();
-    let mut r = Reader::new(buf);
-    let mut i = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 1 {
-            let b = v.bytes().at("resource_spans", i)?;
-            walk_resource_spans(b, &mut res, &mut scope, &mut span, sink).at("resource_spans", i)?;
-            i += 1;
-        }
-    }
-    Ok(())
-}
-
-fn walk_resource_spans<'a, S: TraceSink<'a>>(
-    buf: &'a [u8],
-    res: &mut Resource<'a>,
-    scope: &mut Scope<'a>,
-    span: &mut Span<'a>,
-    sink: &mut S,
-) -> Result<()> {
-    res.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => res.merge(v.bytes().within("resource")?).within("resource")?,
-            3 => res.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut j = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            let b = v.bytes().at("scope_spans", j)?;
-            walk_scope_spans(b, res, scope, span, sink).at("scope_spans", j)?;
-            j += 1;
-        }
-    }
-    Ok(())
-}
-
-fn walk_scope_spans<'a, S: TraceSink<'a>>(
-    buf: &'a [u8],
-    res: &Resource<'a>,
-    scope: &mut Scope<'a>,
-    span: &mut Span<'a>,
-    sink: &mut S,
-) -> Result<()> {
-    scope.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => scope.merge(v.bytes().within("scope")?).within("scope")?,
-            3 => scope.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut k = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            span.parse(v.bytes().at("spans", k)?).at("spans", k)?;
-            sink.span(res, scope, span).at("spans", k)?;
-            k += 1;
-        }
-    }
-    Ok(())
+    walk_items(buf, &NESTING, |b, res, scope| {
+        span.parse(b)?;
+        sink.span(res, scope, &span)
+    })
 }
 
 /// Counts spans.
@@ -264,6 +213,9 @@ impl<'a> TraceSink<'a> for Counter {
 /// Builds the `traces` table.
 pub struct Table {
     rows: usize,
+    /// From `expect`: spans announced, request size.
+    expected: usize,
+    request_bytes: usize,
     trace_id: IdCol,
     span_id: IdCol,
     parent_span_id: IdCol,
@@ -299,6 +251,8 @@ impl Default for Table {
     fn default() -> Self {
         Table {
             rows: 0,
+            expected: 0,
+            request_bytes: 0,
             trace_id: IdCol::new(),
             span_id: IdCol::new(),
             parent_span_id: IdCol::new(),
@@ -333,8 +287,37 @@ impl Default for Table {
 }
 
 impl<'a> TraceSink<'a> for Table {
+    fn expect(&mut self, request_bytes: usize, spans: usize) {
+        // A valid span takes at least 30 bytes on the wire (its two ids with
+        // their tags and lengths, plus its own tag and length): a request
+        // full of empty spans must not make us reserve rows it cannot fill.
+        const MIN_SPAN_BYTES: usize = 30;
+        let n = spans.min(request_bytes / MIN_SPAN_BYTES);
+        self.expected = n;
+        self.request_bytes = request_bytes;
+        for v in [&mut self.kind, &mut self.status_code] {
+            v.reserve(n);
+        }
+        for v in [&mut self.flags, &mut self.dropped_attributes_count, &mut self.dropped_events_count] {
+            v.reserve(n);
+        }
+        self.dropped_links_count.reserve(n);
+        for v in [&mut self.start_time, &mut self.end_time, &mut self.duration_ns] {
+            v.reserve(n);
+        }
+        self.events_offsets.reserve(n);
+        self.links_offsets.reserve(n);
+        self.trace_id.reserve(n, 16);
+        self.span_id.reserve(n, 8);
+        self.parent_span_id.reserve(n, 8);
+        self.span_attributes.reserve(n);
+    }
+
     #[inline]
     fn span(&mut self, res: &Resource<'a>, scope: &Scope<'a>, s: &Span<'a>) -> Result<()> {
+        if self.rows == 1 && self.expected > 1 {
+            self.reserve_like_first_span();
+        }
         self.rows += 1;
         self.trace_id.push(s.trace_id);
         self.span_id.push(s.span_id);
@@ -377,41 +360,70 @@ impl Table {
         self.rows
     }
 
+    /// After the first span: room in the variable-size columns for the
+    /// expected spans if they resemble it, but never more bytes than the
+    /// request holds (so one large first span cannot inflate the reservation).
+    #[cold]
+    fn reserve_like_first_span(&mut self) {
+        let first = self.name.bytes()
+            + self.trace_state.bytes()
+            + self.status_message.bytes()
+            + self.span_attributes.bytes()
+            + self.event_name.bytes()
+            + self.event_attributes.bytes()
+            + self.link_trace_state.bytes()
+            + self.link_attributes.bytes()
+            + 48 * self.link_flags.len()
+            + 8 * self.event_time.len();
+        let times = (self.expected - 1).min(self.request_bytes / first.max(1));
+        self.name.reserve_like(times);
+        self.trace_state.reserve_like(times);
+        self.status_message.reserve_like(times);
+        self.span_attributes.reserve_like(times);
+        self.event_time.reserve(self.event_time.len() * times);
+        self.event_name.reserve_like(times);
+        self.event_attributes.reserve_like(times);
+        self.link_trace_id.reserve_like(times);
+        self.link_span_id.reserve_like(times);
+        self.link_trace_state.reserve_like(times);
+        self.link_attributes.reserve_like(times);
+    }
+
     pub fn finish(self) -> Result<arrow_array::RecordBatch> {
         let events = list_of_struct(
             self.events_offsets,
             vec![
                 ("time", ts_array(self.event_time), false),
-                ("name", self.event_name.finish(), false),
-                ("attributes", self.event_attributes.finish(), false),
+                ("name", self.event_name.finish()?, false),
+                ("attributes", self.event_attributes.finish()?, false),
                 ("dropped_attributes_count", u32_array(self.event_dropped), false),
             ],
         )?;
         let links = list_of_struct(
             self.links_offsets,
             vec![
-                ("trace_id", self.link_trace_id.finish(), false),
-                ("span_id", self.link_span_id.finish(), false),
-                ("trace_state", self.link_trace_state.finish(), false),
-                ("attributes", self.link_attributes.finish(), false),
+                ("trace_id", self.link_trace_id.finish()?, false),
+                ("span_id", self.link_span_id.finish()?, false),
+                ("trace_state", self.link_trace_state.finish()?, false),
+                ("attributes", self.link_attributes.finish()?, false),
                 ("dropped_attributes_count", u32_array(self.link_dropped), false),
                 ("flags", u32_array(self.link_flags), false),
             ],
         )?;
         let mut cols: Vec<Column> = vec![
-            ("trace_id", self.trace_id.finish(), false),
-            ("span_id", self.span_id.finish(), false),
-            ("parent_span_id", self.parent_span_id.finish(), true),
-            ("trace_state", self.trace_state.finish(), false),
-            ("name", self.name.finish(), false),
+            ("trace_id", self.trace_id.finish()?, false),
+            ("span_id", self.span_id.finish()?, false),
+            ("parent_span_id", self.parent_span_id.finish()?, true),
+            ("trace_state", self.trace_state.finish()?, false),
+            ("name", self.name.finish()?, false),
             ("kind", i32_array(self.kind), false),
             ("flags", u32_array(self.flags), false),
             ("start_time", ts_array(self.start_time), false),
             ("end_time", ts_array(self.end_time), false),
             ("duration_ns", i64_array(self.duration_ns), false),
             ("status_code", i32_array(self.status_code), false),
-            ("status_message", self.status_message.finish(), false),
-            ("span_attributes", self.span_attributes.finish(), false),
+            ("status_message", self.status_message.finish()?, false),
+            ("span_attributes", self.span_attributes.finish()?, false),
             ("dropped_attributes_count", u32_array(self.dropped_attributes_count), false),
             ("events", events, false),
             ("dropped_events_count", u32_array(self.dropped_events_count), false),

@@ -101,10 +101,7 @@ impl<'a> Value<'a> {
     /// A `string` field: length-delimited and valid UTF-8.
     #[inline]
     pub fn string(self) -> Result<&'a str> {
-        let b = self.bytes()?;
-        std::str::from_utf8(b).map_err(|e| {
-            DecodeError::new(format!("invalid UTF-8 in string field at byte {}", e.valid_up_to()))
-        })
+        utf8(self.bytes()?)
     }
 
     /// Appends a `repeated fixed64`/`double` element, packed or not.
@@ -140,6 +137,51 @@ impl<'a> Value<'a> {
             other => return Err(other.mismatch("varint or packed")),
         }
         Ok(())
+    }
+}
+
+/// `b` as a `str`, or the error naming the first invalid byte.
+///
+/// Most OTLP strings (keys, names, URLs) are short and ASCII, where
+/// `std::str::from_utf8` goes byte by byte; checking eight bytes at a time
+/// for a high bit first is several times faster and falls back to the full
+/// validation only for non-ASCII input.
+#[inline]
+pub fn utf8(b: &[u8]) -> Result<&str> {
+    if is_ascii(b) {
+        // SAFETY: every byte is below 0x80 (checked just above), and ASCII is valid UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(b) });
+    }
+    utf8_slow(b)
+}
+
+#[inline(never)]
+fn utf8_slow(b: &[u8]) -> Result<&str> {
+    std::str::from_utf8(b)
+        .map_err(|e| DecodeError::new(format!("invalid UTF-8 in string field at byte {}", e.valid_up_to())))
+}
+
+/// True when no byte has its high bit set. Reads eight bytes at a time (the
+/// last word overlapping the previous one) so a short string costs a few
+/// instructions rather than one branch per byte.
+#[inline]
+fn is_ascii(b: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let n = b.len();
+    if n >= 8 {
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0x80; 8]));
+        let mut acc = word(n - 8);
+        let mut i = 0;
+        while i + 8 <= n {
+            acc |= word(i);
+            i += 8;
+        }
+        acc & HIGH == 0
+    } else if n >= 4 {
+        let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0x80; 4]));
+        (word(0) | word(n - 4)) & 0x8080_8080 == 0
+    } else {
+        b.iter().all(|&x| x < 0x80)
     }
 }
 
@@ -250,6 +292,38 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The next field if its tag is the single byte `tag` (a field number
+    /// below 16), else `None` without moving: for the runs of a repeated
+    /// field (attributes), which then skip the general dispatch. Reads the
+    /// value exactly as `next` does (same checks, same errors).
+    #[inline(always)]
+    pub fn next_if_tag(&mut self, tag: u8) -> Result<Option<Value<'a>>> {
+        debug_assert!(tag < 0x80 && tag >> 3 != 0 && tag & 7 != 3 && tag & 7 != 4);
+        if self.buf.get(self.pos) != Some(&tag) {
+            return Ok(None);
+        }
+        self.pos += 1;
+        let field = u32::from(tag >> 3);
+        let v = match tag & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                let b = self.take(8).map_err(|e| in_field(e, field))?;
+                Value::Fixed64(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            }
+            2 => {
+                let len = self.varint()?;
+                let len = usize::try_from(len).map_err(|_| DecodeError::new("length prefix too large"))?;
+                Value::Bytes(self.take(len).map_err(|e| in_field(e, field))?)
+            }
+            5 => {
+                let b = self.take(4).map_err(|e| in_field(e, field))?;
+                Value::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            wt => return Err(DecodeError::new(format!("invalid wire type {wt} (field {field})"))),
+        };
+        Ok(Some(v))
+    }
+
     #[inline(always)]
     fn tag(&mut self) -> Result<(u32, u8)> {
         let key = self.varint()?;
@@ -342,6 +416,45 @@ mod tests {
         let v = Reader::new(&bad).next().unwrap().unwrap().1;
         assert!(v.string().unwrap_err().to_string().contains("UTF-8"));
         assert!(Value::Varint(1).fixed64().unwrap_err().to_string().contains("wrong wire type"));
+    }
+
+    #[test]
+    fn ascii_fast_path() {
+        let mut s = String::new();
+        for n in 0..40 {
+            assert!(is_ascii(s.as_bytes()));
+            assert_eq!(utf8(s.as_bytes()).unwrap(), s);
+            // a non-ASCII byte at every position is seen
+            for i in 0..n {
+                let mut b = s.clone().into_bytes();
+                b[i] = 0xc3;
+                assert!(!is_ascii(&b), "n={n} i={i}");
+                let mut ok = s.clone().into_bytes();
+                ok.splice(i..i + 1, "é".bytes());
+                assert_eq!(utf8(&ok).unwrap(), std::str::from_utf8(&ok).unwrap());
+            }
+            s.push((b'a' + (n % 26) as u8) as char);
+        }
+        assert!(utf8(b"ab\xffcdefghij").unwrap_err().to_string().contains("at byte 2"));
+    }
+
+    #[test]
+    fn next_if_tag_reads_like_next() {
+        // field 9 "ab", field 9 "c", field 1 varint 5, field 9 truncated
+        let buf = [0x4a, 0x02, b'a', b'b', 0x4a, 0x01, b'c', 0x08, 0x05, 0x4a, 0x03, b'x'];
+        let mut r = Reader::new(&buf);
+        assert_eq!(r.next_if_tag(0x4a).unwrap().unwrap().bytes().unwrap(), b"ab");
+        assert_eq!(r.next_if_tag(0x4a).unwrap().unwrap().bytes().unwrap(), b"c");
+        assert!(r.next_if_tag(0x4a).unwrap().is_none()); // not moved
+        let (f, v) = r.next().unwrap().unwrap();
+        assert_eq!((f, v.varint().unwrap()), (1, 5));
+        let mut r2 = Reader { buf: &buf, pos: r.pos };
+        assert_eq!(r.next_if_tag(0x4a).unwrap_err(), r2.next().unwrap_err());
+        let fixed = [0x0d, 1, 0, 0, 0, 0x11, 2, 0, 0, 0, 0, 0, 0, 0];
+        let mut r = Reader::new(&fixed);
+        assert_eq!(r.next_if_tag(0x0d).unwrap().unwrap().fixed32().unwrap(), 1);
+        assert_eq!(r.next_if_tag(0x11).unwrap().unwrap().fixed64().unwrap(), 2);
+        assert!(r.at_end());
     }
 
     #[test]
