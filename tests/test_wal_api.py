@@ -767,3 +767,34 @@ def test_stress_tail_cost_and_memory_do_not_grow_with_entries(tmp_path):
     assert grown_mb < 40, f"RSS grew {grown_mb:.0f} MiB for {n_big} entries: memory follows entries ({s}, {b})"
     assert b["tail_end_s"] < 0.05, f"tail near the end of {n_big} entries took {b['tail_end_s'] * 1000:.0f} ms"
     assert b["tail_end_s"] < 20 * s["tail_end_s"] + 0.01, (s, b)
+
+
+def _thread_cpu_seconds(prefix: str) -> float:
+    """CPU time of this process's threads whose name starts with ``prefix`` (Linux /proc)."""
+    total = 0.0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if name.startswith(prefix):
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def test_background_threads_sleep_while_a_checkpoint_is_not_due(tmp_path) -> None:
+    """Regression: processed marks set `checkpoint_wanted`, and the housekeeper used to spin
+    until the next checkpoint was due (a whole core at steady forwarding)."""
+    with Wal(tmp_path / "w") as wal:
+        for _ in range(20):  # keep marking for ~1 s, as a forwarder does
+            wal.mark_processed(wal.append(b"x" * 100))
+            time.sleep(0.05)
+        before = _thread_cpu_seconds("signaldb-wal")
+        for _ in range(20):
+            wal.mark_processed(wal.append(b"x" * 100))
+            time.sleep(0.05)
+        used = _thread_cpu_seconds("signaldb-wal") - before
+    assert used < 0.2, f"WAL background threads used {used:.2f} s of CPU in ~1 s of light work"

@@ -50,10 +50,15 @@ impl Inner {
 
     pub(super) fn housekeeper_loop(&self) {
         loop {
+            // A wanted checkpoint waits until CHECKPOINT_INTERVAL after the last one: sleep
+            // until then (not spin: processed marks keep `checkpoint_wanted` set meanwhile).
+            let until_due = CHECKPOINT_INTERVAL.saturating_sub(lock(&self.checkpoint_lock).elapsed());
             let (spare_wanted, checkpoint_wanted) = {
                 let mut h = lock(&self.house);
-                if !h.shutdown && !h.spare_wanted && !h.checkpoint_wanted {
-                    h = self.house_cv.wait_timeout(h, HOUSEKEEPING_TICK).unwrap_or_else(|p| p.into_inner()).0;
+                let checkpoint_now = h.checkpoint_wanted && until_due.is_zero();
+                if !h.shutdown && !h.spare_wanted && !checkpoint_now {
+                    let timeout = if h.checkpoint_wanted { until_due.min(HOUSEKEEPING_TICK) } else { HOUSEKEEPING_TICK };
+                    h = self.house_cv.wait_timeout(h, timeout).unwrap_or_else(|p| p.into_inner()).0;
                 }
                 if h.shutdown {
                     return;
