@@ -40,10 +40,12 @@ def encode(record: WalRecord) -> bytes:
         {"acceptor_id": record.acceptor_id, "table": record.table, "entries": [list(e) for e in record.entries]},
         separators=(",", ":"),
     ).encode()
+    # One buffer for all of it: the IPC body is the bulk of the bytes, copy it once.
     sink = pa.BufferOutputStream()
+    sink.write(MAGIC + _LEN.pack(len(header)) + header)
     with pa.ipc.new_stream(sink, record.batch.schema) as stream:
         stream.write_batch(record.batch)
-    return b"".join((MAGIC, _LEN.pack(len(header)), header, sink.getvalue().to_pybytes()))
+    return sink.getvalue().to_pybytes()
 
 
 def decode(payload: bytes) -> WalRecord:
