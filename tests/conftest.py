@@ -324,3 +324,14 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture(scope="session")
+def weed(tmp_path_factory):
+    """One real SeaweedFS S3 server for the whole session (writer and end-to-end tests)."""
+    from helpers.seaweed import Weed
+
+    server = Weed(tmp_path_factory.mktemp("weed"))
+    server.start()
+    yield server
+    server.stop()

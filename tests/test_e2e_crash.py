@@ -150,10 +150,10 @@ def test_writer_away_backlog_builds_readiness_fails_then_catches_up(tmp_path, re
                 print(f"--- {proc.name} log ---\n{proc.log_text()[-5000:]}")
 
 
-from test_writer_s3 import BUCKET, S3_ENV, weed  # noqa: E402,F401  (the session's SeaweedFS server)
+from helpers.seaweed import BUCKET, S3_ENV  # noqa: E402  (the `weed` fixture is in conftest.py)
 
 
-def test_object_store_away_for_a_while_nothing_lost_files_arrive_once(weed, tmp_path, request):  # noqa: F811
+def test_object_store_away_for_a_while_nothing_lost_files_arrive_once(weed, tmp_path, request):
     """S3 (a real SeaweedFS) goes away while clients send: acks continue (both WALs hold
     the data), the writer retries its PUTs, and once S3 is back every acknowledged span
     is in the bucket exactly once."""
