@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import time
-import urllib.request
 
 import grpc
 import pytest

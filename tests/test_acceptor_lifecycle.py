@@ -4,7 +4,6 @@ pyarrow.flight busy together in one process."""
 
 from __future__ import annotations
 
-import json
 import signal
 import ssl
 import subprocess

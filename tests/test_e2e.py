@@ -8,10 +8,9 @@ its attributes, readable by pyarrow and by DuckDB.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-from helpers.pipeline import Pipeline
+from helpers.pipeline import Pipeline, show_logs_if_failed
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -29,10 +28,7 @@ def pipeline(tmp_path, request):
         yield p.start()
     finally:
         p.kill_all()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            for proc in (p.writer, p.acceptor):
-                print(f"--- {proc.name} log ---\n{proc.log_text()[-6000:]}")
+        show_logs_if_failed(request, p)
 
 
 def test_sdk_traces_logs_metrics_over_grpc_http_and_json_land_in_parquet_once(pipeline):

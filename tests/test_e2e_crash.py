@@ -19,7 +19,7 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from helpers.pipeline import Pipeline, free_port
+from helpers.pipeline import Pipeline, free_port, show_logs_if_failed
 from test_acceptor_bad_input import trace_request
 from test_acceptor_forwarding import wait_until
 
@@ -93,10 +93,7 @@ def fixed_pipeline(tmp_path, request):
         yield p
     finally:
         p.kill_all()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            for proc in (p.writer, p.acceptor):
-                print(f"--- {proc.name} log (start {proc.starts}) ---\n{proc.log_text()[-5000:]}")
+        show_logs_if_failed(request, p)
 
 
 @pytest.mark.parametrize("cycles", [pytest.param(200, marks=pytest.mark.stress) if STRESS else 10])
@@ -144,10 +141,7 @@ def test_writer_away_backlog_builds_readiness_fails_then_catches_up(tmp_path, re
         assert_exactly_once(p, load)
     finally:
         p.kill_all()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            for proc in (p.writer, p.acceptor):
-                print(f"--- {proc.name} log ---\n{proc.log_text()[-5000:]}")
+        show_logs_if_failed(request, p)
 
 
 from helpers.seaweed import BUCKET, S3_ENV  # noqa: E402  (the `weed` fixture is in conftest.py)
@@ -180,7 +174,4 @@ def test_object_store_away_for_a_while_nothing_lost_files_arrive_once(weed, tmp_
         assert_exactly_once(p, load)
     finally:
         p.kill_all()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            for proc in (p.writer, p.acceptor):
-                print(f"--- {proc.name} log ---\n{proc.log_text()[-5000:]}")
+        show_logs_if_failed(request, p)

@@ -8,10 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import pytest
 from helpers.pipeline import Pipeline, free_port
 from test_acceptor_bad_input import trace_request
 from test_acceptor_forwarding import wait_until

@@ -114,6 +114,14 @@ class Pipeline:
         return [p for p in self.storage_dir.rglob("*") if p.is_file() and p.name.startswith(".")]
 
 
+def show_logs_if_failed(request, pipeline: Pipeline, tail: int = 5000) -> None:
+    """In a fixture's or test's teardown: print both services' logs when the test failed."""
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for proc in (pipeline.writer, pipeline.acceptor):
+            print(f"--- {proc.name} log (start {proc.starts}) ---\n{proc.log_text()[-tail:]}")
+
+
 def python() -> str:
     return sys.executable
 

@@ -19,6 +19,7 @@ from signaldb import otlp
 from signaldb.acceptor import responses
 from signaldb.acceptor.ingest import Ingest, Refused
 from signaldb.config import Address
+from signaldb.service.http_site import start_site
 from signaldb.service.security import bearer_ok
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,8 @@ class HttpReceiver:
         for path in PATHS:
             app.router.add_route("*", path, self._handle)
         # auto_decompress off: we inflate ourselves, with an output cap (gzip bombs) and raw-deflate support.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=self._grace,
-                                     auto_decompress=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._addr.host, self._addr.port, ssl_context=self._ssl,
-                           reuse_address=True)
-        await site.start()
-        server = site._server  # the asyncio server: the only place aiohttp exposes port 0's pick
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
+        self._runner, self.port = await start_site(app, self._addr, self._ssl, shutdown_timeout=self._grace,
+                                                   auto_decompress=False)
         return self.port
 
     async def stop(self) -> None:

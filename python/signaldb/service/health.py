@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from signaldb.config import Address
 from signaldb.service import metrics
+from signaldb.service.http_site import start_site
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,7 @@ class HealthServer:
 
     async def start(self) -> int:
         """Binds and serves; returns the bound port (useful with port 0)."""
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._addr.host, self._addr.port, reuse_address=True)
-        await site.start()
-        server = site._server  # aiohttp keeps the asyncio server here; the only way to learn port 0's pick
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
+        self._runner, self.port = await start_site(self._app(), self._addr)
         return self.port
 
     async def stop(self) -> None:
