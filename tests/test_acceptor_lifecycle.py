@@ -128,6 +128,8 @@ def test_health_endpoints(recorder, acceptor_factory):
         assert key in health["wal"]
     assert acceptor.get("/livez")[0] == 200
     wait_until(lambda: acceptor.get("/readyz")[0] == 200, what="ready")
+    # Labelled series appear with their first sample: wait for the first forwarding round.
+    wait_until(lambda: acceptor.metric("signaldb_forward_entries_total") >= 1, what="forwarded")
     text = acceptor.metrics()
     for name in ("signaldb_wal_fsync_duration_seconds_bucket", "signaldb_wal_unprocessed_entries",
                  "signaldb_wal_segments", "signaldb_wal_disk_usage_bytes", "signaldb_wal_corrupt_entries_total",
