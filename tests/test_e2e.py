@@ -90,3 +90,34 @@ def test_sdk_traces_logs_metrics_over_grpc_http_and_json_land_in_parquet_once(pi
         "from read_parquet('{root}/traces/**/*.parquet', hive_partitioning=true)")
     assert count == distinct == len(sent_spans) + 5 and hours >= 1
     assert not pipeline.partial_files()
+
+
+from test_acceptor_lifecycle import tls_pair  # noqa: E402,F401  (fixture: a self-signed cert for 127.0.0.1)
+
+
+def test_tls_and_bearer_token_from_client_to_parquet(tmp_path, request, tls_pair):  # noqa: F811
+    """TLS and the bearer token on every hop: client → acceptor (HTTPS) and acceptor → writer
+    (Flight over grpc+tls, with the token the writer requires)."""
+    import ssl
+    import urllib.request
+
+    from test_acceptor_bad_input import trace_request
+
+    cert, key = tls_pair
+    secure = {"SIGNALDB_TLS_CERT": str(cert), "SIGNALDB_TLS_KEY": str(key), "SIGNALDB_AUTH_TOKEN": "t0ken"}
+    p = Pipeline(tmp_path, env=secure)
+    p.acceptor.env["ACCEPTOR_WRITER_ENDPOINTS"] = f"grpc+tls://127.0.0.1:{p.flight_port}"
+    try:
+        p.start()
+        url = f"https://127.0.0.1:{p.acceptor.ports['http_port']}/v1/traces"
+        req = urllib.request.Request(url, data=trace_request(3, "secure"), headers={
+            "Content-Type": "application/x-protobuf", "Authorization": "Bearer t0ken"})
+        with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=str(cert)), timeout=10) as resp:
+            assert resp.status == 200
+        wait_until(p.drained, timeout=60, what="pipeline drained")
+        wait_until(lambda: sorted(r["name"] for r in p.rows("traces")) == ["secure-0", "secure-1", "secure-2"],
+                   timeout=30, what="rows in Parquet")
+        assert p.acceptor.metric("signaldb_forward_errors_total") == 0  # TLS and token accepted first time
+    finally:
+        p.kill_all()
+        show_logs_if_failed(request, p)
