@@ -156,15 +156,6 @@ def test_bearer_token_auth(recorder, acceptor_factory):
     assert acceptor.health()["wal"]["appended_entries"] == 2
 
 
-@pytest.fixture
-def tls_pair(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
-
-
 def test_tls_on_both_receivers(recorder, acceptor_factory, tls_pair):
     cert, key = tls_pair
     acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url,

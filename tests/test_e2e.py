@@ -92,10 +92,7 @@ def test_sdk_traces_logs_metrics_over_grpc_http_and_json_land_in_parquet_once(pi
     assert not pipeline.partial_files()
 
 
-from test_acceptor_lifecycle import tls_pair  # noqa: E402,F401  (fixture: a self-signed cert for 127.0.0.1)
-
-
-def test_tls_and_bearer_token_from_client_to_parquet(tmp_path, request, tls_pair):  # noqa: F811
+def test_tls_and_bearer_token_from_client_to_parquet(tmp_path, request, tls_pair):
     """TLS and the bearer token on every hop: client → acceptor (HTTPS) and acceptor → writer
     (Flight over grpc+tls, with the token the writer requires)."""
     import ssl
