@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
+
+from signaldb.service.durable import fsync_dir, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,9 @@ class DeadLetters:
         info = {"entry_id": entry_id, "kind": kind, "reason": reason, "acceptor_id": self._acceptor_id,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         # The payload first: a .json without its .otlp would describe nothing.
-        _write_durably(self.directory / f"{stem}.otlp", payload)
-        _write_durably(self.directory / f"{stem}.json", json.dumps(info, indent=1).encode())
-        _fsync_dir(self.directory)
+        write_synced(self.directory / f"{stem}.otlp", payload)
+        write_synced(self.directory / f"{stem}.json", json.dumps(info, indent=1).encode())
+        fsync_dir(self.directory)
         self.count += 1
         log.error("entry moved to dead-letter directory",
                   extra={"entry_id": entry_id, "signal": kind, "reason": reason, "dir": str(self.directory)})
@@ -44,24 +45,3 @@ class DeadLetters:
         if not self.directory.is_dir():
             return 0
         return sum(1 for p in self.directory.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,9 +7,10 @@ written durably, and read back on every start.
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
+
+from signaldb.service.durable import replace_durably
 
 FILE_NAME = "acceptor-id"
 
@@ -23,17 +24,6 @@ def load_or_create(wal_dir: Path) -> str:
     if text:
         return text
     new_id = uuid.uuid4().hex
-    tmp = wal_dir / f".{FILE_NAME}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, (new_id + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(wal_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)  # the rename must survive a power cut, or a second id would be minted
-    finally:
-        os.close(dir_fd)
+    # Durable before use: a rename lost to a power cut would mint a second id.
+    replace_durably(path, (new_id + "\n").encode())
     return new_id

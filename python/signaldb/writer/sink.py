@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from signaldb.service.durable import fsync_dir, replace_durably
 from signaldb.wal import Wal
 from signaldb.writer import crashpoints, parquet, payload, state
 from signaldb.writer.ledger import IdSet, Key, Ledger
@@ -224,12 +224,8 @@ class Sink:
         directory = self._wal_dir / DEAD_LETTER_DIR
         directory.mkdir(mode=0o700, exist_ok=True)
         target = directory / f"{wal_id}.entry"
-        with open(target, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        state.fsync_dir(directory)
-        state.fsync_dir(self._wal_dir)
+        replace_durably(target, data)
+        fsync_dir(self._wal_dir)  # the dead-letter directory may be new
         self._metrics.dead_letter_entries.inc()
         log.error("unreadable writer WAL entry moved to dead-letter",
                   extra={"wal_id": wal_id, "path": str(target), "error": repr(err)})

@@ -22,10 +22,11 @@ Saved atomically: temp file, fsync, rename, fsync dir (ext4 here has no journal)
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from signaldb.service.durable import replace_durably
 
 FILE_NAME = "writer-state.json"
 VERSION = 1
@@ -71,25 +72,4 @@ def load(wal_dir: Path) -> State:
 
 
 def save(wal_dir: Path, state: State) -> None:
-    directory = Path(wal_dir)
-    final = directory / FILE_NAME
-    temp = directory / f".{FILE_NAME}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        data = state.to_json()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temp, final)
-    fsync_dir(directory)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_durably(Path(wal_dir) / FILE_NAME, state.to_json())

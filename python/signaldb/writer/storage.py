@@ -26,9 +26,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+from signaldb.service.durable import fsync_dir, replace_durably
 from signaldb.writer import crashpoints
 from signaldb.writer.metrics import WriterMetrics
-from signaldb.writer.state import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +68,7 @@ class LocalStore:
     def put(self, path: str, data: bytes) -> None:
         target = self.root / path
         self._mkdirs(target.parent)
-        temp = target.parent / f".{target.name}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        crashpoints.reached("before_rename")
-        os.rename(temp, target)
-        fsync_dir(target.parent)
+        replace_durably(target, data, 0o644, before_rename=lambda: crashpoints.reached("before_rename"))
 
 
 class S3Store:
