@@ -5,7 +5,6 @@ Real acceptor process, real Flight servers on loopback."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 
@@ -13,24 +12,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from helpers.flight_recorder import FlightRecorder
+from helpers.net import free_port, wait_until
 from test_acceptor_bad_input import grpc_export, post, trace_request
 
 from signaldb.acceptor.forwarder import route
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def test_batches_span_entries_and_carry_source_ids(acceptor_factory, tmp_path):

@@ -19,7 +19,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace.export import SpanExportResult
 from test_acceptor_bad_input import grpc_export, post, trace_request
 from test_acceptor_exporters import make_spans
-from test_acceptor_forwarding import free_port, wait_until
+from helpers.net import free_port, wait_until
 
 
 def test_sigkill_then_restart_replays_everything_acknowledged(acceptor_factory, tmp_path):

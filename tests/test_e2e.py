@@ -18,7 +18,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from test_acceptor_bad_input import post
 from test_acceptor_exporters import exporters, make_spans
-from test_acceptor_forwarding import wait_until
+from helpers.net import wait_until
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from helpers.pipeline import Pipeline, free_port, show_logs_if_failed
+from helpers.net import free_port, wait_until
+from helpers.pipeline import Pipeline, show_logs_if_failed
 from test_acceptor_bad_input import trace_request
-from test_acceptor_forwarding import wait_until
 
 from conftest import STRESS
 

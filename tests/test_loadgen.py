@@ -17,7 +17,7 @@ from helpers.flight_recorder import FlightRecorder
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from test_acceptor_forwarding import free_port
+from helpers.net import free_port
 from test_otlp_reference import plain_rows
 
 from signaldb import otlp

@@ -10,9 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
-from helpers.pipeline import Pipeline, free_port
+from helpers.net import free_port, wait_until
+from helpers.pipeline import Pipeline
 from test_acceptor_bad_input import trace_request
-from test_acceptor_forwarding import wait_until
 
 import urllib.request
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from helpers.net import wait_until
 from test_otlp_reference import plain_rows
 
 from signaldb.flight_protocol import StreamHeader, decode_batch_metadata, encode_ack
@@ -92,9 +93,7 @@ class FlightRecorder(flight.FlightServerBase):
             return {eid for r in self.received for eid, _ in r.entries}
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"condition not met within {timeout}s; received {len(self.received)} batches")
+        try:
+            wait_until(predicate, timeout)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; received {len(self.received)} batches") from None
