@@ -25,7 +25,8 @@ from signaldb.service.security import bearer_ok
 log = logging.getLogger(__name__)
 
 PATHS = {"/v1/traces": "traces", "/v1/logs": "logs", "/v1/metrics": "metrics"}
-_HTTP_STATUS = {"invalid": 400, "too_large": 413, "unavailable": 503, "unauthenticated": 401}
+_HTTP_STATUS = {"invalid": 400, "too_large": 413, "unavailable": 503, "unauthenticated": 401,
+                "wrong_method": 405, "wrong_media_type": 415}
 _READ_CHUNK = 256 * 1024
 # Inflating big bodies takes a while; do it off the event loop.
 _INLINE_INFLATE_BYTES = 64 * 1024
@@ -64,24 +65,23 @@ class HttpReceiver:
         content_type = _content_type(request.headers.get("Content-Type", ""))
         answer_type = content_type or otlp.PROTOBUF
         if request.method != "POST":
-            return _error(405, f"{request.method} is not allowed on {request.path}; use POST", answer_type,
-                          headers={"Allow": "POST"})
+            return _error("wrong_method", f"{request.method} is not allowed on {request.path}; use POST",
+                          answer_type, headers={"Allow": "POST"})
         if not bearer_ok(self._auth_token, request.headers.get("Authorization")):
-            return _error(401, "missing or wrong bearer token", answer_type,
+            return _error("unauthenticated", "missing or wrong bearer token", answer_type,
                           headers={"WWW-Authenticate": 'Bearer realm="signaldb"'})
         if content_type is None:
-            return _error(415, f"unsupported Content-Type {request.headers.get('Content-Type')!r}; "
-                               f"use {otlp.PROTOBUF} or {otlp.JSON}", answer_type)
+            return _error("wrong_media_type", f"unsupported Content-Type {request.headers.get('Content-Type')!r}; "
+                                              f"use {otlp.PROTOBUF} or {otlp.JSON}", answer_type)
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
-            return _error(415, f"unsupported Content-Encoding {encoding!r}; use gzip or deflate", answer_type)
+            return _error("wrong_media_type", f"unsupported Content-Encoding {encoding!r}; use gzip or deflate",
+                          answer_type)
         try:
             body = await self._read_body(request, encoding)
             accepted = await self._ingest.export(kind, body, content_type, "http")
         except Refused as refused:
-            headers = {"Retry-After": str(refused.retry_after_secs)} if refused.retry_after_secs else None
-            return _error(_HTTP_STATUS[refused.category], refused.message, answer_type, headers=headers,
-                          retry_after=refused.retry_after_secs)
+            return _error(refused.category, refused.message, answer_type, retry_after=refused.retry_after_secs)
         body_out = responses.export_response(kind, accepted.rejected, accepted.message, content_type)
         return web.Response(body=body_out, content_type=content_type)
 
@@ -144,11 +144,11 @@ def _content_type(header: str) -> str | None:
     return None
 
 
-def _error(status: int, message: str, content_type: str, headers: dict[str, str] | None = None,
+def _error(category: str, message: str, content_type: str, headers: dict[str, str] | None = None,
            retry_after: int | None = None) -> web.Response:
-    category = {400: "invalid", 413: "too_large", 503: "unavailable", 401: "unauthenticated"}.get(status, "invalid")
+    """A ``google.rpc.Status`` answer; a retry hint also becomes ``Retry-After``."""
     st = responses.status(category, message, retry_after)
-    if status in (405, 415):
-        st.code = 3 if status == 415 else 12  # INVALID_ARGUMENT / UNIMPLEMENTED
-    return web.Response(status=status, body=responses.status_body(st, content_type), content_type=content_type,
-                        headers=headers)
+    if retry_after is not None:
+        headers = {**(headers or {}), "Retry-After": str(retry_after)}
+    return web.Response(status=_HTTP_STATUS[category], body=responses.status_body(st, content_type),
+                        content_type=content_type, headers=headers)

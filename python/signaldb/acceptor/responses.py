@@ -24,6 +24,9 @@ GRPC_CODE = {  # our refusal categories -> google.rpc.Code
     "too_large": code_pb2.RESOURCE_EXHAUSTED,
     "unavailable": code_pb2.UNAVAILABLE,
     "unauthenticated": code_pb2.UNAUTHENTICATED,
+    # HTTP-only refusals (gRPC frames these itself):
+    "wrong_method": code_pb2.UNIMPLEMENTED,
+    "wrong_media_type": code_pb2.INVALID_ARGUMENT,
 }
 
 
