@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from signaldb.config import FLAGS, Config, ConfigError, add_flags, load
+from signaldb.config import FLAGS, Config, ConfigError, add_flags, flag_dest, load
 from signaldb.service.lifecycle import EXIT_CONFIG
 from signaldb.service.logsetup import setup_logging
 
@@ -201,7 +201,7 @@ def _child_argv(module: str, command: str, args: argparse.Namespace, run_flags: 
         argv += ["--config", args.config]
     child_flags = {key: flag for flag, key in FLAGS[command].items()}
     for flag, key in run_flags.items():
-        value = getattr(args, "setting_" + flag.replace("-", "_"), None)
+        value = getattr(args, flag_dest(flag), None)
         if value is not None and key in child_flags:
             argv += [f"--{child_flags[key]}", value]
     return argv

@@ -337,11 +337,12 @@ def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
     for flag, key in FLAGS[command].items():
         setting = _BY_KEY[key]
         env = f" (${setting.env})" if setting.env else ""
-        parser.add_argument(f"--{flag}", dest=_dest(flag), metavar="VALUE", default=None,
+        parser.add_argument(f"--{flag}", dest=flag_dest(flag), metavar="VALUE", default=None,
                             help=f"{setting.help}; TOML {key}{env}; default {setting.default!r}")
 
 
-def _dest(flag: str) -> str:
+def flag_dest(flag: str) -> str:
+    """The argparse attribute holding a setting flag's value."""
     return "setting_" + flag.replace("-", "_")
 
 
@@ -364,7 +365,7 @@ def load(
             raw[setting.key], sources[setting.key] = environ[setting.env], "env"
     if args is not None:
         for flag, key in FLAGS.get(command, {}).items():
-            value = getattr(args, _dest(flag), None)
+            value = getattr(args, flag_dest(flag), None)
             if value is not None:
                 raw[key], sources[key] = value, "flag"
 

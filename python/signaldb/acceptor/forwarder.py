@@ -194,25 +194,27 @@ class Lane:
     def _send(self, rnd: _Round) -> None:
         started = time.perf_counter()
         client = self._connect()
+        # Every id at or below the watermark is acked or dead-lettered: the writer may forget them.
+        min_unprocessed = int(self._fw.wal.stats()["processed_watermark"]) + 1  # type: ignore[call-overload]
         for table, parts in rnd.tables.items():
-            self._put_table(client, table, parts)
+            self._put_table(client, table, parts, min_unprocessed)
         if rnd.tables:
             self._fw.metrics.forward_latency.labels(self.endpoint).observe(time.perf_counter() - started)
             for table, parts in rnd.tables.items():
                 self._fw.metrics.forwarded_rows.labels(self.endpoint, table).inc(sum(b.num_rows for _, b in parts))
         self._mark_up()
 
-    def _put_table(self, client: flight.FlightClient, table: str, parts: list[tuple[int, pa.RecordBatch]]) -> None:
+    def _put_table(self, client: flight.FlightClient, table: str, parts: list[tuple[int, pa.RecordBatch]],
+                   min_unprocessed: int) -> None:
         messages = list(_messages(parts))
-        # Every id at or below the watermark is acked or dead-lettered: the writer may forget them.
-        min_unprocessed = int(self._fw.wal.stats()["processed_watermark"]) + 1  # type: ignore[call-overload]
         header = StreamHeader(table=table, acceptor_id=self._fw.acceptor_id)
         schema = parts[0][1].schema
         try:
             writer, reader = client.do_put(header.descriptor(), schema, options=self._options())
             with writer:
                 for entries, batch in messages:
-                    writer.write_with_metadata(batch, encode_batch_metadata(entries, self._fw.acceptor_id, min_unprocessed))
+                    metadata = encode_batch_metadata(entries, self._fw.acceptor_id, min_unprocessed)
+                    writer.write_with_metadata(batch, metadata)
                 writer.done_writing()
                 for entries, _ in messages:
                     ack = reader.read()
