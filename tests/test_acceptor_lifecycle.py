@@ -115,7 +115,6 @@ def test_precedence_defaults_toml_env_flags(tmp_path, recorder, acceptor_factory
                                 args=["--config", str(tmp_path / "c.toml"), "--max-backlog-bytes", "100000000"])
     assert acceptor.health()["wal"]["sync_mode"] == "batched"  # from TOML
     assert post(acceptor, "/v1/traces", trace_request(1))[0] == 200  # flag beat env and TOML (5, 7)
-    time.sleep(0.1)
     assert post(acceptor, "/v1/traces", trace_request(1))[0] == 200
 
 

@@ -798,3 +798,14 @@ def test_background_threads_sleep_while_a_checkpoint_is_not_due(tmp_path) -> Non
             time.sleep(0.05)
         used = _thread_cpu_seconds("signaldb-wal") - before
     assert used < 0.2, f"WAL background threads used {used:.2f} s of CPU in ~1 s of light work"
+
+
+def test_unprocessed_bytes_matches_stats_as_entries_come_and_go(tmp_path) -> None:
+    with Wal(tmp_path / "w", max_segment_size=4096) as wal:
+        assert wal.unprocessed_bytes() == wal.stats()["unprocessed_bytes"] == 0
+        ids = [wal.append(b"x" * 1000) for _ in range(10)]  # spans several segments
+        assert wal.unprocessed_bytes() == wal.stats()["unprocessed_bytes"] > 4096
+        wal.mark_processed(ids[:5])
+        assert wal.unprocessed_bytes() == wal.stats()["unprocessed_bytes"] > 0
+        wal.mark_processed(ids[5:])
+        assert wal.unprocessed_bytes() == wal.stats()["unprocessed_bytes"] == 0

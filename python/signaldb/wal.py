@@ -265,6 +265,10 @@ class Wal:
         """Counters and gauges; see docs/wal-format.md "Statistics"."""
         return self._native.stats()
 
+    def unprocessed_bytes(self) -> int:
+        """``stats()["unprocessed_bytes"]`` alone, cheap enough to check per request."""
+        return self._native.unprocessed_bytes()
+
     @property
     def closed(self) -> bool:
         return self._native.closed

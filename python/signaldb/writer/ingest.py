@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import pyarrow as pa
@@ -85,8 +84,6 @@ class WriterFlightServer(flight.FlightServerBase):
         self._ledger = ledger
         self._metrics = metrics
         self._max_backlog = max_backlog_bytes
-        self._backlog_bytes = 0
-        self._backlog_read_at = 0.0
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         """Cheap call the acceptors use to probe reachability while idle (no actions are offered)."""
@@ -104,13 +101,7 @@ class WriterFlightServer(flight.FlightServerBase):
         return flight.FlightUnavailableError(message)
 
     def over_backlog(self) -> bool:
-        # stats() assembles every WAL counter: read it at most every 50 ms, not per batch.
-        now = time.monotonic()
-        if now - self._backlog_read_at > 0.05:
-            backlog = self._wal.stats()["unprocessed_bytes"]
-            assert isinstance(backlog, int)
-            self._backlog_bytes, self._backlog_read_at = backlog, now
-        return self._backlog_bytes > self._max_backlog
+        return self._wal.unprocessed_bytes() > self._max_backlog
 
     # -- do_put ----------------------------------------------------------------
 

@@ -192,6 +192,10 @@ impl NativeWal {
         Ok(d)
     }
 
+    fn unprocessed_bytes(&self) -> u64 {
+        self.wal.unprocessed_bytes()
+    }
+
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         without_gil(py, || self.wal.close())
     }

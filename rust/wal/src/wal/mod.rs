@@ -482,6 +482,11 @@ impl Wal {
         self.inner.stats_snapshot()
     }
 
+    /// `stats().unprocessed_bytes` without assembling the rest (for per-request backpressure).
+    pub fn unprocessed_bytes(&self) -> u64 {
+        self.inner.unprocessed_bytes()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Acquire)
     }

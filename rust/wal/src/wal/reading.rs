@@ -79,22 +79,34 @@ impl Inner {
         self.read_unprocessed(0, 1, 0, false).ok()?.first().map(|e| e.timestamp_ns)
     }
 
+    /// Record bytes of the segments that still hold an entry above `watermark`
+    /// (the backlog the services compare with `max_backlog_bytes`).
+    pub(super) fn unprocessed_bytes_above(&self, watermark: u64) -> u64 {
+        let table = self.table.read().unwrap();
+        table
+            .iter()
+            .filter(|s| s.last_id.is_some_and(|l| l > watermark))
+            .map(|s| s.data_end.saturating_sub(SEGMENT_HEADER_LEN as u64))
+            .sum()
+    }
+
+    /// `unprocessed_bytes` alone: cheap enough to ask per request (two short locks).
+    pub(super) fn unprocessed_bytes(&self) -> u64 {
+        let watermark = lock(&self.processed).watermark();
+        self.unprocessed_bytes_above(watermark)
+    }
+
     pub(super) fn stats_snapshot(&self) -> WalStats {
         let next_id = lock(&self.queue).next_id;
         let (unprocessed, watermark) = {
             let p = lock(&self.processed);
             (p.unprocessed_count(next_id), p.watermark())
         };
-        let (segments, disk, unprocessed_bytes) = {
+        let (segments, disk) = {
             let table = self.table.read().unwrap();
-            let disk: u64 = table.iter().map(|s| s.file_len.max(s.data_end)).sum();
-            let backlog: u64 = table
-                .iter()
-                .filter(|s| s.last_id.is_some_and(|l| l > watermark))
-                .map(|s| s.data_end.saturating_sub(SEGMENT_HEADER_LEN as u64))
-                .sum();
-            (table.len() as u64, disk, backlog)
+            (table.len() as u64, table.iter().map(|s| s.file_len.max(s.data_end)).sum::<u64>())
         };
+        let unprocessed_bytes = self.unprocessed_bytes_above(watermark);
         let spare = lock(&self.spare).as_ref().map_or(0, |s| s.len);
         let s = &self.stats;
         WalStats {
