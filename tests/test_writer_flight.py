@@ -126,7 +126,7 @@ def test_every_table_round_trips_to_parquet(writer: InProcessWriter) -> None:
     assert stray_files(writer.root) == []
 
 
-def test_rows_are_sorted_by_service_then_time(writer: InProcessWriter) -> None:
+def test_rows_are_grouped_by_service_in_time_order(writer: InProcessWriter) -> None:
     put_request(writer.client, "traces", traces_request(1, spans=12, services=("b", "a", "c")), 1)
     writer.settled()
     [path] = parquet_files(writer.root, "traces")
