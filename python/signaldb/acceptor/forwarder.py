@@ -7,10 +7,13 @@ dedupe index knows it), and adding a writer moves only ~1/n of the entries.
 
 A lane repeats *rounds*: read its next unprocessed entries from the WAL (at
 most ``batch_entries`` / ``batch_bytes``), convert them to Arrow with the Rust
-core, concatenate the rows per table across entries, send one ``do_put``
-stream per table (see ``signaldb.flight_protocol``) and wait for the writer's
-per-batch acks. Only when every table of a round is acked are its entries
-marked processed. A failed round is retried, whole, to the same writer with
+core and stream them, one ``do_put`` per table (see
+``signaldb.flight_protocol``): each time a table has ``CHUNK_BYTES`` of rows,
+they go out as one batch, so the writer stores a chunk while the next one is
+being converted (converting a whole round first left the writer idle for
+that long, and this lane idle while the writer stored it). Then the lane
+waits for the writer's per-batch acks. Only when every table of a round is
+acked are its entries marked processed. A failed round is retried, whole, to the same writer with
 exponential backoff; the writer drops what it already has. If the writer says
 a batch is invalid, the round is split entry by entry and an entry that is
 refused on its own goes to the dead-letter directory, so one poison entry
@@ -19,6 +22,7 @@ never blocks the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -39,8 +43,10 @@ from signaldb.wal import Entry, Wal
 
 log = logging.getLogger(__name__)
 
-# Flight messages stay well under gRPC's practical limits; an entry is never split.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Arrow bytes per Flight batch: big enough that the writer's per-batch cost (a WAL
+# append and its sync) is small per row, small enough to overlap conversion with
+# the writer's work. An entry is never split: a bigger one goes alone.
+CHUNK_BYTES = 4 * 1024 * 1024
 CALL_TIMEOUT_SECS = 60.0
 IDLE_WAIT_SECS = 0.5
 PROBE_INTERVAL_SECS = 5.0
@@ -61,10 +67,24 @@ class WriterRefused(Exception):
 
 
 @dataclass
-class _Round:
-    entries: list[Entry]
-    tables: dict[str, list[tuple[int, pa.RecordBatch]]] = field(default_factory=dict)
+class _TableStream:
+    """One table's ``do_put`` within a round: batches written as they fill up,
+    the writer's acks read once everything is written."""
+
+    writer: flight.FlightStreamWriter
+    reader: flight.FlightMetadataReader
+    sent: list[list[tuple[int, int]]] = field(default_factory=list)  # per batch: [(entry id, rows)]
+    pending: list[tuple[int, pa.RecordBatch]] = field(default_factory=list)
+    pending_bytes: int = 0
     rows: int = 0
+
+
+@dataclass
+class _Round:
+    """The state of one round: the entries it carries and a stream per table."""
+
+    entries: list[Entry] = field(default_factory=list)
+    streams: dict[str, _TableStream] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,76 +175,89 @@ class Lane:
         (acked or dead-lettered), so a retry after a transient error resends only
         the rest. On a refusal the round is split, so only the refused entry is
         dead-lettered."""
-        rnd = self._convert(pending)
         try:
-            self._send(rnd)
+            rnd = self._stream(pending)
         except WriterRefused as refused:
-            if len(rnd.entries) == 1:
-                self._fw.dead_letter(rnd.entries[0], f"writer {self.endpoint} refused it: {refused}")
-                pending.remove(rnd.entries[0])
+            if len(pending) == 1:
+                self._fw.dead_letter(pending[0], f"writer {self.endpoint} refused it: {refused}")
+                pending.clear()
                 return
             log.warning("writer refused a batch; sending its entries one by one",
-                        extra={"writer": self.endpoint, "entries": len(rnd.entries), "error": str(refused)})
-            for entry in list(rnd.entries):
-                single = [entry]
-                self._deliver(single)
+                        extra={"writer": self.endpoint, "entries": len(pending), "error": str(refused)})
+            for entry in list(pending):
+                self._deliver([entry])
                 pending.remove(entry)
             return
         self._fw.wal.mark_processed([e.id for e in rnd.entries])
         self._fw.metrics.forwarded_entries.labels(self.endpoint).inc(len(rnd.entries))
         pending.clear()
 
-    def _convert(self, entries: list[Entry]) -> _Round:
-        rnd = _Round(entries=[])
-        for entry in list(entries):
-            try:
-                content_type, body = entry_format.decode(entry.payload)
-                result = otlp.convert(entry.kind, bytes(body), content_type)
-            except ValueError as err:  # validated at ingest, so this is a bug or a damaged entry
-                self._fw.dead_letter(entry, f"conversion failed: {err}")
-                entries.remove(entry)
-                continue
-            rnd.entries.append(entry)
-            for table, batch in result.tables.items():
-                if batch.num_rows:
-                    rnd.tables.setdefault(table, []).append((entry.id, batch))
-                    rnd.rows += batch.num_rows
-        return rnd
-
-    def _send(self, rnd: _Round) -> None:
+    def _stream(self, pending: list[Entry]) -> _Round:
+        """Converts ``pending`` and streams it to the writer; returns once every batch is acked.
+        Entries that cannot be converted are dead-lettered and removed from ``pending``."""
         started = time.perf_counter()
         client = self._connect()
         # Every id at or below the watermark is acked or dead-lettered: the writer may forget them.
         min_unprocessed = int(self._fw.wal.stats()["processed_watermark"]) + 1  # type: ignore[call-overload]
-        for table, parts in rnd.tables.items():
-            self._put_table(client, table, parts, min_unprocessed)
-        if rnd.tables:
-            self._fw.metrics.forward_latency.labels(self.endpoint).observe(time.perf_counter() - started)
-            for table, parts in rnd.tables.items():
-                self._fw.metrics.forwarded_rows.labels(self.endpoint, table).inc(sum(b.num_rows for _, b in parts))
-        self._mark_up()
-
-    def _put_table(self, client: flight.FlightClient, table: str, parts: list[tuple[int, pa.RecordBatch]],
-                   min_unprocessed: int) -> None:
-        messages = list(_messages(parts))
-        header = StreamHeader(table=table, acceptor_id=self._fw.acceptor_id)
-        schema = parts[0][1].schema
+        rnd = _Round()
         try:
-            writer, reader = client.do_put(header.descriptor(), schema, options=self._options())
-            with writer:
-                for entries, batch in messages:
-                    metadata = encode_batch_metadata(entries, self._fw.acceptor_id, min_unprocessed)
-                    writer.write_with_metadata(batch, metadata)
-                writer.done_writing()
-                for entries, _ in messages:
-                    ack = reader.read()
-                    if ack is None:
-                        raise flight.FlightServerError(f"writer closed the stream before acking {table}")
-                    acked, _duplicates = decode_ack(ack.to_pybytes())
-                    if sorted(acked) != sorted(eid for eid, _ in entries):
-                        raise flight.FlightServerError(f"writer acked {acked}, expected {[e for e, _ in entries]}")
+            with contextlib.ExitStack() as closing:
+                for entry in list(pending):
+                    tables = self._convert(entry)
+                    if tables is None:
+                        pending.remove(entry)
+                        continue
+                    rnd.entries.append(entry)
+                    for table, batch in tables.items():
+                        stream = rnd.streams.get(table)
+                        if stream is None:
+                            stream = rnd.streams[table] = self._open(client, table, batch.schema)
+                            closing.enter_context(stream.writer)
+                        stream.pending.append((entry.id, batch))
+                        stream.pending_bytes += batch.nbytes
+                        if stream.pending_bytes >= CHUNK_BYTES:
+                            self._write(stream, min_unprocessed)
+                for table, stream in rnd.streams.items():
+                    self._write(stream, min_unprocessed)
+                    stream.writer.done_writing()
+                for table, stream in rnd.streams.items():
+                    _check_acks(table, stream)
         except pa.ArrowInvalid as err:
             raise WriterRefused(str(err)) from None
+        if rnd.streams:
+            self._fw.metrics.forward_latency.labels(self.endpoint).observe(time.perf_counter() - started)
+            for table, stream in rnd.streams.items():
+                self._fw.metrics.forwarded_rows.labels(self.endpoint, table).inc(stream.rows)
+        self._mark_up()
+        return rnd
+
+    def _convert(self, entry: Entry) -> dict[str, pa.RecordBatch] | None:
+        """The entry's non-empty tables; None (and the entry dead-lettered) if it cannot be converted."""
+        try:
+            content_type, body = entry_format.decode(entry.payload)
+            result = otlp.convert(entry.kind, bytes(body), content_type)
+        except ValueError as err:  # validated at ingest, so this is a bug or a damaged entry
+            self._fw.dead_letter(entry, f"conversion failed: {err}")
+            return None
+        return {table: batch for table, batch in result.tables.items() if batch.num_rows}
+
+    def _open(self, client: flight.FlightClient, table: str, schema: pa.Schema) -> _TableStream:
+        header = StreamHeader(table=table, acceptor_id=self._fw.acceptor_id)
+        writer, reader = client.do_put(header.descriptor(), schema, options=self._options())
+        return _TableStream(writer, reader)
+
+    def _write(self, stream: _TableStream, min_unprocessed: int) -> None:
+        """Sends the stream's pending rows as one batch (nothing if there are none)."""
+        if not stream.pending:
+            return
+        entries = [(eid, b.num_rows) for eid, b in stream.pending]
+        batches = [b for _, b in stream.pending]
+        batch = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+        stream.pending, stream.pending_bytes = [], 0
+        metadata = encode_batch_metadata(entries, self._fw.acceptor_id, min_unprocessed)
+        stream.writer.write_with_metadata(batch, metadata)
+        stream.sent.append(entries)
+        stream.rows += batch.num_rows
 
     # -- connection and state -------------------------------------------------
 
@@ -250,24 +283,15 @@ class Lane:
         self._fw.metrics.writer_up.labels(self.endpoint).set(0)
 
 
-def _messages(parts: list[tuple[int, pa.RecordBatch]]):
-    """Concatenates per-entry batches into messages of at most MAX_MESSAGE_BYTES (never splitting an entry)."""
-    group: list[tuple[int, pa.RecordBatch]] = []
-    size = 0
-    for eid, batch in parts:
-        if group and size + batch.nbytes > MAX_MESSAGE_BYTES:
-            yield _concat(group)
-            group, size = [], 0
-        group.append((eid, batch))
-        size += batch.nbytes
-    if group:
-        yield _concat(group)
-
-
-def _concat(group: list[tuple[int, pa.RecordBatch]]) -> tuple[list[tuple[int, int]], pa.RecordBatch]:
-    entries = [(eid, b.num_rows) for eid, b in group]
-    batch = group[0][1] if len(group) == 1 else pa.concat_batches([b for _, b in group])
-    return entries, batch
+def _check_acks(table: str, stream: _TableStream) -> None:
+    """Reads one ack per batch sent; each must name exactly that batch's entries."""
+    for entries in stream.sent:
+        ack = stream.reader.read()
+        if ack is None:
+            raise flight.FlightServerError(f"writer closed the stream before acking {table}")
+        acked, _duplicates = decode_ack(ack.to_pybytes())
+        if sorted(acked) != sorted(eid for eid, _ in entries):
+            raise flight.FlightServerError(f"writer acked {acked}, expected {[e for e, _ in entries]}")
 
 
 class Forwarder:
