@@ -22,7 +22,6 @@ never blocks the others.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import threading
@@ -81,10 +80,24 @@ class _TableStream:
 
 @dataclass
 class _Round:
-    """The state of one round: the entries it carries and a stream per table."""
+    """Entries sent together: a stream per table, acks awaited together."""
 
-    entries: list[Entry] = field(default_factory=list)
+    pending: list[Entry]  # not yet acked or dead-lettered
     streams: dict[str, _TableStream] = field(default_factory=dict)
+    sent: bool = False
+    streams_closed: bool = False
+    started: float = 0.0
+
+    def close(self) -> None:
+        """Ends the round's calls without waiting for acks (errors no longer matter)."""
+        if self.streams_closed:
+            return
+        self.streams_closed = True
+        for stream in self.streams.values():
+            try:
+                stream.writer.close()
+            except Exception:  # the call already failed or was cancelled
+                pass
 
 
 @dataclass
@@ -116,6 +129,7 @@ class Lane:
 
     def _run(self) -> None:
         cursor = 0
+        in_flight: list[_Round] = []  # streamed, acks not read yet; oldest first
         while not self._fw.stopping.is_set():
             try:
                 entries = self._fw.wal.unprocessed(after_id=cursor, limit=self._fw.batch_entries,
@@ -127,12 +141,46 @@ class Lane:
                 continue
             assert isinstance(entries, list)
             if not entries:
-                self._idle()
+                if in_flight:
+                    if not self._settle(in_flight, keep=0):
+                        return  # stopping
+                else:
+                    self._idle()
                 continue
             mine = [e for e in entries if route(e.id, self._fw.endpoints) == self._index]
-            if mine and not self._deliver_with_retry(mine):
-                return  # stopping
+            if mine:
+                in_flight.append(_Round(pending=mine))
+                if not self._settle(in_flight, keep=1):
+                    return  # stopping
             cursor = entries[-1].id
+        self._abandon(in_flight)
+
+    def _settle(self, in_flight: list[_Round], keep: int) -> bool:
+        """Streams the newest round if it is not yet sent, then finishes older rounds
+        until at most ``keep`` are in flight: while the writer stores the newest
+        round, this lane reads and converts the next one. On any failure every
+        round in flight is delivered again the patient way (``_deliver_with_retry``);
+        the writer drops what it already has. False if stopped first."""
+        try:
+            if in_flight and not in_flight[-1].sent:
+                self._start(in_flight[-1])
+            while len(in_flight) > keep:
+                self._finish(in_flight[0])
+                in_flight.pop(0)
+            return True
+        except Exception as err:
+            again = [e for rnd in in_flight for e in rnd.pending]
+            self._abandon(in_flight)
+            if not again:
+                return True
+            refused = isinstance(err, WriterRefused)  # split and dead-lettered there, not an outage
+            return self._deliver_with_retry(again, failed=None if refused else err)
+
+    def _abandon(self, in_flight: list[_Round]) -> None:
+        """Closes the streams of rounds that will not be finished (their entries stay unprocessed)."""
+        for rnd in in_flight:
+            rnd.close()
+        in_flight.clear()
 
     def _idle(self) -> None:
         if time.monotonic() - self._last_probe > PROBE_INTERVAL_SECS:
@@ -149,25 +197,29 @@ class Lane:
         except Exception as err:
             self._mark_down(err)
 
-    def _deliver_with_retry(self, entries: list[Entry]) -> bool:
-        """Delivers ``entries`` (or dead-letters them); False if stopped first."""
+    def _deliver_with_retry(self, entries: list[Entry], failed: Exception | None = None) -> bool:
+        """Delivers ``entries`` (or dead-letters them), one round at a time; False if
+        stopped first. ``failed``: the error a first, pipelined attempt already met."""
         backoff = BACKOFF_START_SECS
         while not self._fw.stopping.is_set():
+            if failed is not None:
+                self._mark_down(failed)
+                self.state.retrying_entries = len(entries)
+                self._fw.metrics.forward_errors.labels(self.endpoint, type(failed).__name__).inc()
+                log.warning("forwarding failed; will retry", extra={
+                    "writer": self.endpoint, "entries": len(entries), "first_entry": entries[0].id,
+                    "error": str(failed).splitlines()[0] if str(failed) else type(failed).__name__,
+                    "retry_in_secs": round(backoff, 2)})
+                self._client = None  # reconnect: the channel may be broken
+                if self._fw.stopping.wait(backoff * random.uniform(0.5, 1.0)):
+                    break
+                backoff = min(backoff * 2, BACKOFF_MAX_SECS)
             try:
                 self._deliver(entries)
                 self.state.retrying_entries = 0
                 return True
             except Exception as err:  # unreachable writer, timeout, broken stream: all retryable
-                self._mark_down(err)
-                self.state.retrying_entries = len(entries)
-                self._fw.metrics.forward_errors.labels(self.endpoint, type(err).__name__).inc()
-                log.warning("forwarding failed; will retry", extra={
-                    "writer": self.endpoint, "entries": len(entries), "first_entry": entries[0].id,
-                    "error": str(err).splitlines()[0] if str(err) else type(err).__name__,
-                    "retry_in_secs": round(backoff, 2)})
-                self._client = None  # reconnect: the channel may be broken
-                self._fw.stopping.wait(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, BACKOFF_MAX_SECS)
+                failed = err
         return False
 
     def _deliver(self, pending: list[Entry]) -> None:
@@ -175,9 +227,12 @@ class Lane:
         (acked or dead-lettered), so a retry after a transient error resends only
         the rest. On a refusal the round is split, so only the refused entry is
         dead-lettered."""
+        rnd = _Round(pending=pending)
         try:
-            rnd = self._stream(pending)
+            self._start(rnd)
+            self._finish(rnd)
         except WriterRefused as refused:
+            rnd.close()
             if len(pending) == 1:
                 self._fw.dead_letter(pending[0], f"writer {self.endpoint} refused it: {refused}")
                 pending.clear()
@@ -187,49 +242,57 @@ class Lane:
             for entry in list(pending):
                 self._deliver([entry])
                 pending.remove(entry)
-            return
-        self._fw.wal.mark_processed([e.id for e in rnd.entries])
-        self._fw.metrics.forwarded_entries.labels(self.endpoint).inc(len(rnd.entries))
-        pending.clear()
+        except BaseException:
+            rnd.close()
+            raise
 
-    def _stream(self, pending: list[Entry]) -> _Round:
-        """Converts ``pending`` and streams it to the writer; returns once every batch is acked.
-        Entries that cannot be converted are dead-lettered and removed from ``pending``."""
-        started = time.perf_counter()
+    def _start(self, rnd: _Round) -> None:
+        """Converts the round's entries and streams them to the writer, a chunk at a
+        time, without waiting for acks. Entries that cannot be converted are
+        dead-lettered and leave ``rnd.pending``."""
+        rnd.sent, rnd.started = True, time.perf_counter()
         client = self._connect()
         # Every id at or below the watermark is acked or dead-lettered: the writer may forget them.
         min_unprocessed = int(self._fw.wal.stats()["processed_watermark"]) + 1  # type: ignore[call-overload]
-        rnd = _Round()
         try:
-            with contextlib.ExitStack() as closing:
-                for entry in list(pending):
-                    tables = self._convert(entry)
-                    if tables is None:
-                        pending.remove(entry)
-                        continue
-                    rnd.entries.append(entry)
-                    for table, batch in tables.items():
-                        stream = rnd.streams.get(table)
-                        if stream is None:
-                            stream = rnd.streams[table] = self._open(client, table, batch.schema)
-                            closing.enter_context(stream.writer)
-                        stream.pending.append((entry.id, batch))
-                        stream.pending_bytes += batch.nbytes
-                        if stream.pending_bytes >= CHUNK_BYTES:
-                            self._write(stream, min_unprocessed)
-                for table, stream in rnd.streams.items():
-                    self._write(stream, min_unprocessed)
-                    stream.writer.done_writing()
-                for table, stream in rnd.streams.items():
-                    _check_acks(table, stream)
+            for entry in list(rnd.pending):
+                tables = self._convert(entry)
+                if tables is None:
+                    rnd.pending.remove(entry)
+                    continue
+                for table, batch in tables.items():
+                    stream = rnd.streams.get(table)
+                    if stream is None:
+                        stream = rnd.streams[table] = self._open(client, table, batch.schema)
+                    stream.pending.append((entry.id, batch))
+                    stream.pending_bytes += batch.nbytes
+                    if stream.pending_bytes >= CHUNK_BYTES:
+                        self._write(stream, min_unprocessed)
+            for stream in rnd.streams.values():
+                self._write(stream, min_unprocessed)
+                stream.writer.done_writing()
         except pa.ArrowInvalid as err:
             raise WriterRefused(str(err)) from None
+
+    def _finish(self, rnd: _Round) -> None:
+        """Waits for the writer's acks of a started round, then marks its entries processed."""
+        try:
+            for table, stream in rnd.streams.items():
+                _check_acks(table, stream)
+                stream.writer.close()
+        except pa.ArrowInvalid as err:
+            raise WriterRefused(str(err)) from None
+        rnd.streams_closed = True
+        ids = [e.id for e in rnd.pending]
+        if ids:
+            self._fw.wal.mark_processed(ids)
+            self._fw.metrics.forwarded_entries.labels(self.endpoint).inc(len(ids))
         if rnd.streams:
-            self._fw.metrics.forward_latency.labels(self.endpoint).observe(time.perf_counter() - started)
+            self._fw.metrics.forward_latency.labels(self.endpoint).observe(time.perf_counter() - rnd.started)
             for table, stream in rnd.streams.items():
                 self._fw.metrics.forwarded_rows.labels(self.endpoint, table).inc(stream.rows)
         self._mark_up()
-        return rnd
+        rnd.pending.clear()
 
     def _convert(self, entry: Entry) -> dict[str, pa.RecordBatch] | None:
         """The entry's non-empty tables; None (and the entry dead-lettered) if it cannot be converted."""
@@ -288,6 +351,7 @@ def _check_acks(table: str, stream: _TableStream) -> None:
     for entries in stream.sent:
         ack = stream.reader.read()
         if ack is None:
+            stream.writer.close()  # raises the writer's error, if it ended the call with one
             raise flight.FlightServerError(f"writer closed the stream before acking {table}")
         acked, _duplicates = decode_ack(ack.to_pybytes())
         if sorted(acked) != sorted(eid for eid, _ in entries):
