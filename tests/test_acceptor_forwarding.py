@@ -58,6 +58,22 @@ def test_retries_go_to_the_same_writer_and_routing_is_stable(acceptor_factory):
         b.shutdown()
 
 
+def test_rounds_in_flight_are_all_resent_when_one_fails(recorder, acceptor_factory):
+    # One entry per round and slow acks: the lane streams a round while the previous one
+    # still waits for its ack. Stream 3 fails; every entry still arrives and is processed.
+    recorder.ack_delay = 0.3
+    recorder.fail_streams = {3}
+    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "ACCEPTOR_FORWARD_BATCH_ENTRIES": "1"})
+    for i in range(8):
+        assert post(acceptor, "/v1/traces", trace_request(1, f"r{i}"))[0] == 200
+    recorder.wait_for(lambda: len(recorder.entry_ids()) == 8)
+    wait_until(lambda: acceptor.health()["wal"]["unprocessed_entries"] == 0, what="all processed")
+    assert recorder.max_active >= 2, "rounds were not pipelined"
+    assert {r["name"] for r in recorder.rows("traces")} == {f"r{i}-0" for i in range(8)}
+    assert acceptor.metric("signaldb_forward_errors_total") >= 1
+    assert acceptor.metric("signaldb_forward_entries_total") == 8
+
+
 def test_refused_entry_goes_to_dead_letter_and_does_not_block(recorder, acceptor_factory, tmp_path):
     recorder.refuse_if = lambda table, batch: "poison-0" in batch.column("name").to_pylist()
     port = recorder.port

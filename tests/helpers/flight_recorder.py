@@ -4,7 +4,9 @@
 It is a real ``pyarrow.flight`` server on loopback (the acceptor talks real
 Flight to it); it just keeps batches in memory instead of writing Parquet.
 Knobs: ``refuse_if`` (a predicate on a batch: refuse it as invalid),
-``fail_next`` (answer N streams with UNAVAILABLE), ``ack_delay``.
+``fail_next`` (answer N streams with UNAVAILABLE), ``fail_streams`` (the
+numbers of streams, counted from 1, to answer with UNAVAILABLE), ``ack_delay``.
+``max_active`` records how many streams were open at once.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class FlightRecorder(flight.FlightServerBase):
         self.lock = threading.Lock()
         self.refuse_if: Callable[[str, pa.RecordBatch], bool] | None = None
         self.fail_next = 0
+        self.fail_streams: set[int] = set()
+        self.active = 0
+        self.max_active = 0
         self.ack_delay = 0.0
         self.seen: set[tuple[str, str, int]] = set()
         self.duplicates = 0
@@ -52,9 +57,18 @@ class FlightRecorder(flight.FlightServerBase):
         header = StreamHeader.from_descriptor(descriptor)
         with self.lock:
             self.streams += 1
-            if self.fail_next > 0:
-                self.fail_next -= 1
+            if self.fail_next > 0 or self.streams in self.fail_streams:
+                self.fail_next = max(0, self.fail_next - 1)
                 raise flight.FlightUnavailableError("recorder told to fail this stream")
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            self._record(context, header, reader, writer)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+    def _record(self, context, header, reader, writer):
         for chunk in reader:
             batch = chunk.data
             entries = decode_batch_metadata(chunk.app_metadata.to_pybytes() if chunk.app_metadata else None,
