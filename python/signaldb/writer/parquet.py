@@ -9,7 +9,7 @@ A fully fragmented input (services alternating every few rows) falls back to a
 row sort by service then time. Reordering every row (``sort_by``) would copy
 every column, maps included: about a third of the writer's CPU per span.
 
-zstd level 1, statistics (flat columns) and the page index on (FIELD-NOTES:
+zstd level 1, statistics (flat columns but ids) and the page index on (FIELD-NOTES:
 level 1–3). The file is built in memory: S3 gets one PUT, a local file is
 written in one go.
 """
@@ -32,17 +32,18 @@ def _time_column(table: str) -> str:
     return "start_time" if table == "traces" else "time"
 
 
-# Ids are (nearly) unique per row: a dictionary only costs time and then falls back to plain.
-_NO_DICTIONARY = {"trace_id", "span_id", "parent_span_id"}
+# Ids are random and (nearly) unique per row: a dictionary only costs time and then
+# falls back to plain, and their min/max span the whole id space, so prune nothing.
+_ID_COLUMNS = {"trace_id", "span_id", "parent_span_id"}
 
 
 def _options(schema: pa.Schema) -> dict[str, object]:
     """Dictionary-encode all but the id columns; statistics (min/max for pruning) on the
-    flat columns only: min/max of a map or list column prunes nothing and costs a pass."""
-    flat = [f.name for f in schema if not pa.types.is_nested(f.type)]
+    flat columns but the ids: min/max of a map or list column prunes nothing either,
+    and each costs a pass over the values."""
     return {
-        "use_dictionary": [name for name in schema.names if name not in _NO_DICTIONARY],
-        "write_statistics": flat,
+        "use_dictionary": [name for name in schema.names if name not in _ID_COLUMNS],
+        "write_statistics": [f.name for f in schema if not pa.types.is_nested(f.type) and f.name not in _ID_COLUMNS],
     }
 
 
