@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -14,6 +16,7 @@ from helpers.flight_recorder import FlightRecorder
 from helpers.net import free_port, wait_until
 from test_acceptor_bad_input import grpc_export, post, trace_request
 
+from signaldb.acceptor import forwarder
 from signaldb.acceptor.forwarder import route
 
 
@@ -37,6 +40,33 @@ def test_batches_span_entries_and_carry_source_ids(acceptor_factory, tmp_path):
         wait_until(lambda: acceptor.get("/readyz")[0] == 200, what="ready")
     finally:
         recorder.shutdown()
+
+
+def test_requests_in_quick_succession_travel_in_one_round(recorder, acceptor_factory):
+    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url})
+    wait_until(lambda: acceptor.health()["forwarder"]["writers"][0]["up"], what="writer up")
+    for i in range(10):
+        assert post(acceptor, "/v1/traces", trace_request(1, f"q{i}"))[0] == 200
+    recorder.wait_for(lambda: len(recorder.entry_ids()) == 10)
+    # Without the linger each request was a round of its own (a Flight call and a writer sync).
+    assert len(recorder.received) <= 5, [r.entries for r in recorder.received]
+
+
+@dataclass
+class _Pending:  # what _linger_secs reads of a WAL entry
+    payload: bytes
+    timestamp_ns: int
+
+
+def test_linger_waits_only_for_young_small_rounds():
+    now = time.time_ns()
+    young = [_Pending(b"x" * 1000, now - 10_000_000)]  # 10 ms old
+    assert 0.05 < forwarder._linger_secs(young, full=False) <= 0.09
+    assert forwarder._linger_secs(young, full=True) == 0  # a full round goes at once
+    assert forwarder._linger_secs([_Pending(b"x" * forwarder.LINGER_BYTES, now)], full=False) == 0
+    assert forwarder._linger_secs([_Pending(b"x", now - 1_000_000_000)], full=False) == 0  # old enough
+    assert forwarder._linger_secs([_Pending(b"x", now + 3600 * 10**9)], full=False) == 0  # clock went back
+    assert forwarder._linger_secs([], full=False) == 0
 
 
 def test_retries_go_to_the_same_writer_and_routing_is_stable(acceptor_factory):
