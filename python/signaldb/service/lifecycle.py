@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from signaldb.config import ConfigError
+from signaldb.service.memory import keep_large_buffers
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ async def wait_for_stop_signal() -> str:
 
 def run_main(main: Callable[[], Awaitable[int]]) -> int:
     """Runs ``main`` and maps startup errors to exit codes with one clear line."""
+    keep_large_buffers()  # before the first big buffer: see signaldb.service.memory
     try:
         return asyncio.run(main())
     except ConfigError as err:
