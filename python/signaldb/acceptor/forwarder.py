@@ -166,7 +166,19 @@ class Lane:
                 if not self._settle(in_flight, keep=1):
                     return  # stopping
             cursor = entries[-1].id
-        self._abandon(in_flight)
+        self._finish_quietly(in_flight)
+
+    def _finish_quietly(self, in_flight: list[_Round]) -> None:
+        """On the way out: rounds whose acks are on their way are marked processed (no
+        resend after the restart); any failure just leaves the rest unprocessed."""
+        try:
+            for rnd in in_flight:
+                self._finish(rnd)
+        except Exception as err:
+            log.info("stopping with rounds unacknowledged; they are resent after the restart",
+                     extra={"writer": self.endpoint, "error": _first_line(err)})
+        finally:
+            self._abandon(in_flight)
 
     def _settle(self, in_flight: list[_Round], keep: int) -> bool:
         """Streams the newest round if it is not yet sent, then finishes older rounds
@@ -221,7 +233,7 @@ class Lane:
                 self._fw.metrics.forward_errors.labels(self.endpoint, type(failed).__name__).inc()
                 log.warning("forwarding failed; will retry", extra={
                     "writer": self.endpoint, "entries": len(entries), "first_entry": entries[0].id,
-                    "error": str(failed).splitlines()[0] if str(failed) else type(failed).__name__,
+                    "error": _first_line(failed),
                     "retry_in_secs": round(backoff, 2)})
                 self._client = None  # reconnect: the channel may be broken
                 if self._fw.stopping.wait(backoff * random.uniform(0.5, 1.0)):
@@ -353,10 +365,13 @@ class Lane:
 
     def _mark_down(self, err: Exception) -> None:
         if self.state.up or self.state.last_error is None:
-            log.warning("writer unreachable", extra={"writer": self.endpoint, "error": str(err).splitlines()[0]
-                                                     if str(err) else type(err).__name__})
+            log.warning("writer unreachable", extra={"writer": self.endpoint, "error": _first_line(err)})
         self.state.up, self.state.last_error = False, str(err) or type(err).__name__
         self._fw.metrics.writer_up.labels(self.endpoint).set(0)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def _linger_secs(mine: list[Entry], full: bool) -> float:
