@@ -193,3 +193,14 @@ def test_full_disk_answers_503_and_recovers_when_space_frees(acceptor_factory, s
         wait_until(lambda: post(acceptor, "/v1/traces", big)[0] == 200, timeout=30, what="space freed")
     finally:
         recorder.shutdown()
+
+
+def test_new_entries_wake_every_lane():
+    # Each lane has its own wake-up: with one shared event, the first lane to wake
+    # cleared it and the others noticed new entries only at their next 0.5 s poll.
+    fw = forwarder.Forwarder(wal=None, acceptor_id="a", endpoints=["grpc://127.0.0.1:1", "grpc://127.0.0.1:2"],
+                             metrics=None, dead_letters=None, batch_entries=1, batch_bytes=1)
+    fw.lanes[0].wake.set()
+    fw.lanes[0].wake.clear()  # lane 0 woke and went back to sleep
+    fw.notify()
+    assert all(lane.wake.is_set() for lane in fw.lanes)

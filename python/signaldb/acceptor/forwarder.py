@@ -124,6 +124,7 @@ class Lane:
         self.state = LaneState(endpoint)
         self._client: flight.FlightClient | None = None
         self._last_probe = 0.0
+        self.wake = threading.Event()  # set by Forwarder.notify when entries arrive
         self._thread = threading.Thread(target=self._run, name=f"forwarder-{index}", daemon=True)
 
     def start(self) -> None:
@@ -210,8 +211,8 @@ class Lane:
     def _idle(self) -> None:
         if time.monotonic() - self._last_probe > PROBE_INTERVAL_SECS:
             self._probe()
-        self._fw.wake.wait(IDLE_WAIT_SECS)
-        self._fw.wake.clear()
+        self.wake.wait(IDLE_WAIT_SECS)
+        self.wake.clear()  # before the next read of the WAL, so no new entry is missed
 
     def _probe(self) -> None:
         """Keeps ``up`` honest while there is nothing to send (for /readyz)."""
@@ -420,7 +421,6 @@ class Forwarder:
         self.auth_token = auth_token
         self.client_kwargs = {"tls_root_certs": tls_root_certs} if tls_root_certs else {}
         self.stopping = threading.Event()
-        self.wake = threading.Event()
         self.lanes = [Lane(self, i, ep) for i, ep in enumerate(self.endpoints)]
 
     def start(self) -> None:
@@ -428,13 +428,15 @@ class Forwarder:
             lane.start()
 
     def notify(self) -> None:
-        """New entries are in the WAL: idle lanes look now instead of at their next poll."""
-        self.wake.set()
+        """New entries are in the WAL: idle lanes look now instead of at their next poll.
+        One event per lane: with a shared one, the first lane to wake cleared it for all."""
+        for lane in self.lanes:
+            lane.wake.set()
 
     def stop(self, timeout: float) -> None:
         """Stops after the current round; unacked entries stay unprocessed for the next start."""
         self.stopping.set()
-        self.wake.set()
+        self.notify()
         deadline = time.monotonic() + timeout
         for lane in self.lanes:
             lane.join(max(0.0, deadline - time.monotonic()))
