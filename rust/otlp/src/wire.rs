@@ -265,30 +265,11 @@ impl<'a> Reader<'a> {
                 return Ok(None);
             }
             let (field, wt) = self.tag()?;
-            let v = match wt {
-                0 => Value::Varint(self.varint()?),
-                1 => {
-                    let b = self.take(8).map_err(|e| in_field(e, field))?;
-                    Value::Fixed64(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-                }
-                2 => {
-                    let len = self.varint()?;
-                    let len = usize::try_from(len)
-                        .map_err(|_| DecodeError::new("length prefix too large"))?;
-                    Value::Bytes(self.take(len).map_err(|e| in_field(e, field))?)
-                }
-                3 => {
-                    self.skip_group(field, 1)?;
-                    continue;
-                }
+            match wt {
+                3 => self.skip_group(field, 1)?,
                 4 => return Err(DecodeError::new(format!("unexpected end-group tag (field {field})"))),
-                5 => {
-                    let b = self.take(4).map_err(|e| in_field(e, field))?;
-                    Value::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                }
-                _ => return Err(DecodeError::new(format!("invalid wire type {wt} (field {field})"))),
-            };
-            return Ok(Some((field, v)));
+                _ => return Ok(Some((field, self.value(field, wt)?))),
+            }
         }
     }
 
@@ -303,8 +284,15 @@ impl<'a> Reader<'a> {
             return Ok(None);
         }
         self.pos += 1;
-        let field = u32::from(tag >> 3);
-        let v = match tag & 7 {
+        Ok(Some(self.value(u32::from(tag >> 3), tag & 7)?))
+    }
+
+    /// The value after a tag of wire type `wt` (0, 1, 2 or 5; groups are the
+    /// caller's business), shared by `next` and `next_if_tag` so both read and
+    /// check values the same way.
+    #[inline(always)]
+    fn value(&mut self, field: u32, wt: u8) -> Result<Value<'a>> {
+        Ok(match wt {
             0 => Value::Varint(self.varint()?),
             1 => {
                 let b = self.take(8).map_err(|e| in_field(e, field))?;
@@ -319,9 +307,8 @@ impl<'a> Reader<'a> {
                 let b = self.take(4).map_err(|e| in_field(e, field))?;
                 Value::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             }
-            wt => return Err(DecodeError::new(format!("invalid wire type {wt} (field {field})"))),
-        };
-        Ok(Some(v))
+            _ => return Err(DecodeError::new(format!("invalid wire type {wt} (field {field})"))),
+        })
     }
 
     #[inline(always)]
