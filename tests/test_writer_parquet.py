@@ -61,8 +61,11 @@ def test_runs_of_one_service_follow_their_earliest_time() -> None:
 def test_fragmented_services_fall_back_to_a_full_sort() -> None:
     # Services alternating every row: runs of one row, so rows are sorted instead.
     batch = _batch([(s, 1, 1_000 - i) for i in range(200) for s in ("b", "a")][:400])
-    rows = _rows(parquet.order_rows("traces", [batch]))
+    ordered = parquet.order_rows("traces", [batch])
+    rows = _rows(ordered)
     assert rows == sorted(rows, key=lambda r: (_key(r), r[1]))
+    # One sorted chunk, not 400 one-row slices (which would give the same order, slowly).
+    assert ordered.column("service_name").num_chunks == 1
 
 
 def test_file_declares_its_service_order() -> None:

@@ -47,9 +47,8 @@ def _options(schema: pa.Schema) -> dict[str, object]:
     }
 
 
-def _runs(batch: pa.RecordBatch) -> list[tuple[int, int, str | None]]:
-    """(start, length, service) of each run of equal ``service_name`` in ``batch``."""
-    encoded = pc.run_end_encode(batch.column("service_name"))
+def _runs(encoded: pa.RunEndEncodedArray) -> list[tuple[int, int, str | None]]:
+    """(start, length, service) of each run in a run-end encoded ``service_name``."""
     runs, start = [], 0
     for end, service in zip(encoded.run_ends.to_pylist(), encoded.values.to_pylist(), strict=True):
         runs.append((start, end - start, service))
@@ -64,16 +63,17 @@ def _service_key(service: str | None) -> tuple[bool, str]:
 def order_rows(table: str, batches: Sequence[pa.RecordBatch]) -> pa.Table:
     """The rows of ``batches`` grouped by service (see the module docstring)."""
     time_column = _time_column(table)
+    encoded = [pc.run_end_encode(b.column("service_name")) for b in batches]
+    runs = sum(len(e.run_ends) for e in encoded)
+    if runs and sum(b.num_rows for b in batches) / runs < MIN_AVERAGE_RUN_ROWS:
+        data = pa.Table.from_batches(list(batches))  # fragmented: decided before slicing anything
+        return data.sort_by([("service_name", "ascending"), (time_column, "ascending")])
     pieces = []
-    for seq, batch in enumerate(batches):
-        for start, length, service in _runs(batch):
+    for seq, (batch, services) in enumerate(zip(batches, encoded, strict=True)):
+        for start, length, service in _runs(services):
             piece = batch.slice(start, length)
             earliest = pc.min(piece.column(time_column)).value
             pieces.append((_service_key(service), earliest is None, earliest or 0, seq, start, piece))
-    rows = sum(b.num_rows for b in batches)
-    if pieces and rows / len(pieces) < MIN_AVERAGE_RUN_ROWS:
-        data = pa.Table.from_batches(list(batches))
-        return data.sort_by([("service_name", "ascending"), (time_column, "ascending")])
     pieces.sort(key=lambda p: p[:5])
     return pa.Table.from_batches([p[5] for p in pieces], schema=batches[0].schema)
 
