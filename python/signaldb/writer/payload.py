@@ -35,6 +35,10 @@ class WalRecord:
         return [eid for eid, _ in self.entries]
 
 
+# Room for what the size estimate leaves out: the end-of-stream marker and padding.
+_IPC_SLACK = 64
+
+
 def encode(record: WalRecord) -> bytes:
     header = json.dumps(
         {"acceptor_id": record.acceptor_id, "table": record.table, "entries": [list(e) for e in record.entries]},
@@ -55,10 +59,6 @@ def encode(record: WalRecord) -> bytes:
         _write(growing, prefix, record.batch)
         return growing.getvalue().to_pybytes()
     return buffer.slice(0, sink.tell()).to_pybytes()
-
-
-# Room for what the size estimate leaves out: the end-of-stream marker and padding.
-_IPC_SLACK = 64
 
 
 def _write(sink: pa.NativeFile, prefix: bytes, batch: pa.RecordBatch) -> None:
