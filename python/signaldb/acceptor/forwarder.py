@@ -6,18 +6,19 @@ restarts and retries, so a retried entry goes to the same writer (whose
 dedupe index knows it), and adding a writer moves only ~1/n of the entries.
 
 A lane repeats *rounds*: read its next unprocessed entries from the WAL (at
-most ``batch_entries`` / ``batch_bytes``), convert them to Arrow with the Rust
-core and stream them, one ``do_put`` per table (see
-``signaldb.flight_protocol``): each time a table has ``CHUNK_BYTES`` of rows,
-they go out as one batch, so the writer stores a chunk while the next one is
-being converted (converting a whole round first left the writer idle for
-that long, and this lane idle while the writer stored it). Then the lane
-waits for the writer's per-batch acks. Only when every table of a round is
-acked are its entries marked processed. A failed round is retried, whole, to the same writer with
-exponential backoff; the writer drops what it already has. If the writer says
-a batch is invalid, the round is split entry by entry and an entry that is
-refused on its own goes to the dead-letter directory, so one poison entry
-never blocks the others.
+most ``batch_entries`` / ``batch_bytes``; a small round first lingers, see
+``LINGER_SECS``), convert them to Arrow with the Rust core and stream them,
+one ``do_put`` per table (see ``signaldb.flight_protocol``), a batch of up to
+``CHUNK_BYTES`` at a time, so the writer stores one batch while the next is
+being converted (converting a whole round first left the writer idle for that
+long, and this lane idle while the writer stored it). While the writer acks a
+round, the lane already reads and streams the next one: two rounds in flight
+at most. Only when every table of a round is acked are its entries marked
+processed. After any failure, every round in flight is retried, one round at a
+time, to the same writer with exponential backoff; the writer drops what it
+already has. If the writer says a batch is invalid, the round is split entry
+by entry and an entry that is refused on its own goes to the dead-letter
+directory, so one poison entry never blocks the others.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ from signaldb.wal import Entry, Wal
 
 log = logging.getLogger(__name__)
 
-# Arrow bytes per Flight batch: big enough that the writer's per-batch cost (a WAL
-# append and its sync) is small per row, small enough to overlap conversion with
-# the writer's work. An entry is never split: a bigger one goes alone.
+# Most Arrow bytes per Flight batch: big enough that the writer's per-batch cost (a
+# WAL append and its sync) is small per row, small enough to overlap conversion with
+# the writer's work. An entry is never split: a bigger one goes in a batch of its own.
 CHUNK_BYTES = 4 * 1024 * 1024
 CALL_TIMEOUT_SECS = 60.0
 IDLE_WAIT_SECS = 0.5
@@ -290,10 +291,10 @@ class Lane:
                     stream = rnd.streams.get(table)
                     if stream is None:
                         stream = rnd.streams[table] = self._open(client, table, batch.schema)
+                    if stream.pending_bytes + batch.nbytes > CHUNK_BYTES:
+                        self._write(stream, min_unprocessed)  # full: out it goes before it grows past
                     stream.pending.append((entry.id, batch))
                     stream.pending_bytes += batch.nbytes
-                    if stream.pending_bytes >= CHUNK_BYTES:
-                        self._write(stream, min_unprocessed)
             for stream in rnd.streams.values():
                 self._write(stream, min_unprocessed)
                 stream.writer.done_writing()
