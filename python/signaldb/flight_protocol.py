@@ -94,7 +94,13 @@ def encode_batch_metadata(entries: Sequence[tuple[int, int]], acceptor_id: str |
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode_batch_metadata(raw: bytes | None, num_rows: int, acceptor_id: str | None = None) -> list[tuple[int, int]]:
+@dataclass(frozen=True)
+class BatchMetadata:
+    entries: list[tuple[int, int]]  # (acceptor entry id, rows), in row order
+    min_unprocessed: int | None  # see encode_batch_metadata
+
+
+def decode_batch_metadata(raw: bytes | None, num_rows: int, acceptor_id: str | None = None) -> BatchMetadata:
     """Validates a batch's app_metadata; with ``acceptor_id``, a batch naming
     another acceptor than its stream's descriptor is refused."""
     if raw is None:
@@ -117,7 +123,10 @@ def decode_batch_metadata(raw: bytes | None, num_rows: int, acceptor_id: str | N
     total = sum(rows for _, rows in parsed)
     if total != num_rows:
         raise ProtocolError(f"entries account for {total} rows but the batch has {num_rows}")
-    return parsed
+    floor = body.get("min_unprocessed")
+    if floor is not None and (not isinstance(floor, int) or isinstance(floor, bool) or floor < 0):
+        raise ProtocolError(f"min_unprocessed must be a non-negative integer; got {floor!r}")
+    return BatchMetadata(parsed, floor)
 
 
 def encode_ack(entries: Sequence[int], duplicates: Sequence[int]) -> bytes:

@@ -72,7 +72,7 @@ class FlightRecorder(flight.FlightServerBase):
         for chunk in reader:
             batch = chunk.data
             entries = decode_batch_metadata(chunk.app_metadata.to_pybytes() if chunk.app_metadata else None,
-                                            batch.num_rows, header.acceptor_id)
+                                            batch.num_rows, header.acceptor_id).entries
             if self.refuse_if is not None and self.refuse_if(header.table, batch):
                 raise pa.ArrowInvalid("recorder refuses this batch")
             if self.ack_delay:

@@ -15,7 +15,6 @@ acked before it in the same stream stay acked.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -130,16 +129,12 @@ class WriterFlightServer(flight.FlightServerBase):
                 raise self._invalid("a batch is required with each app_metadata")
             raw = chunk.app_metadata.to_pybytes() if chunk.app_metadata is not None else None
             try:
-                entries = decode_batch_metadata(raw, chunk.data.num_rows)
+                metadata = decode_batch_metadata(raw, chunk.data.num_rows)
             except ProtocolError as err:
                 raise self._invalid(str(err)) from None
-            try:
-                floor = _min_unprocessed(raw)
-            except ProtocolError as err:
-                raise self._invalid(str(err)) from None
-            if floor is not None:
-                self._ledger.raise_floor(header.acceptor_id, floor)
-            ack = self._store(key, entries, chunk.data)
+            if metadata.min_unprocessed is not None:
+                self._ledger.raise_floor(header.acceptor_id, metadata.min_unprocessed)
+            ack = self._store(key, metadata.entries, chunk.data)
             writer.write(pa.py_buffer(ack))
 
     def _store(self, key: Key, entries: list[tuple[int, int]], batch: pa.RecordBatch) -> bytes:
@@ -187,14 +182,3 @@ def _rows_of(entries: list[tuple[int, int]], keep: set[int], batch: pa.RecordBat
             pieces.append(batch.slice(offset, rows))
         offset += rows
     return pieces[0] if len(pieces) == 1 else pa.concat_batches(pieces)
-
-
-def _min_unprocessed(raw: bytes | None) -> int | None:
-    """The optional ``min_unprocessed`` of a batch's app_metadata (not yet in flight_protocol:
-    the smallest acceptor entry id not marked processed; every smaller id is never resent)."""
-    value = json.loads(raw or b"{}").get("min_unprocessed")
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"min_unprocessed must be a non-negative integer; got {value!r}")
-    return value
