@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from signaldb.wal import Wal
+
 
 class ConfigError(ValueError):
     """A configuration value (or combination) that the services refuse to start with."""
@@ -278,6 +280,11 @@ class WalConfig:
     flush_interval_secs: float
     sync_mode: str
     max_backlog_bytes: int
+
+    def open(self) -> Wal:
+        """Opens (creating it durably, 0700, if missing) and replays the WAL these settings describe."""
+        return Wal(self.wal_dir, max_segment_size=self.max_segment_size, max_buffer_entries=self.max_buffer_entries,
+                   flush_interval_secs=self.flush_interval_secs, sync_mode=self.sync_mode)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -65,12 +65,8 @@ class AcceptorService:
         health_port = await self.health.start()
         log.info("health endpoints up", extra={"health_port": health_port})
         self.state = "replaying"
-        wal_cfg.wal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         started = time.monotonic()
-        self.wal = await asyncio.to_thread(
-            Wal, wal_cfg.wal_dir, max_segment_size=wal_cfg.max_segment_size,
-            max_buffer_entries=wal_cfg.max_buffer_entries, flush_interval_secs=wal_cfg.flush_interval_secs,
-            sync_mode=wal_cfg.sync_mode)
+        self.wal = await asyncio.to_thread(wal_cfg.open)
         stats = self.wal.stats()
         log.info("WAL open", extra={"wal_dir": str(wal_cfg.wal_dir), "unprocessed_entries": stats["unprocessed_entries"],
                                     "segments": stats["total_segments"],

@@ -68,9 +68,7 @@ class WriterService:
     def _open_and_replay(self) -> None:
         wcfg = self.cfg.wal_for("writer")
         log.info("opening writer WAL", extra={"wal_dir": str(wcfg.wal_dir), "storage": self.cfg.storage_url})
-        self.wal = Wal(wcfg.wal_dir, max_segment_size=wcfg.max_segment_size,
-                       max_buffer_entries=wcfg.max_buffer_entries,
-                       flush_interval_secs=wcfg.flush_interval_secs, sync_mode=wcfg.sync_mode)  # type: ignore[arg-type]
+        self.wal = wcfg.open()
         saved = state.load(wcfg.wal_dir)
         self.ledger = Ledger.from_snapshot(saved.done, saved.floors)
         self.sink = Sink(self.wal, wcfg.wal_dir, open_store(self.cfg.storage_url), self.ledger, saved,
