@@ -4,6 +4,7 @@ pyarrow.flight busy together in one process."""
 
 from __future__ import annotations
 
+import json
 import signal
 import ssl
 import subprocess
@@ -199,3 +200,15 @@ def test_grpc_and_flight_busy_together(recorder, acceptor_factory):
     assert recorder.streams >= 10  # many do_puts ran while the OTLP server was busy
     assert len(recorder.rows("traces")) == total * len(spans)
     assert acceptor.proc.poll() is None
+
+
+def test_an_unwritable_wal_directory_fails_startup_with_one_clear_line(tmp_path):
+    blocker = tmp_path / "not-a-dir"  # a file where the WAL directory's parent should be
+    blocker.write_text("")
+    result = subprocess.run([sys.executable, "-m", "signaldb.acceptor.main", "--wal-dir", str(blocker / "wal"),
+                             "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+                             "--health-addr", "127.0.0.1:0"],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    [failure] = [json.loads(line) for line in result.stderr.splitlines() if '"startup failed"' in line]
+    assert "WAL directory not writable" in failure["error"] and str(blocker) in failure["error"]

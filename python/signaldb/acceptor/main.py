@@ -30,6 +30,10 @@ async def serve(config: Config) -> int:
     service = AcceptorService(config)
     try:
         await service.start()
+    except Exception as err:  # one clear line (e.g. "WAL directory not writable: ..."), then exit 1
+        log.error("startup failed", extra={"error": str(err)}, exc_info=err)
+        await service.stop()
+        return EXIT_FAILURE
     except BaseException:
         await service.stop()
         raise
