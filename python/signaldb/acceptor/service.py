@@ -33,7 +33,7 @@ from signaldb.acceptor.ingest import Ingest
 from signaldb.acceptor.telemetry import AcceptorMetrics
 from signaldb.config import Config
 from signaldb.service import metrics as service_metrics
-from signaldb.service.health import HealthServer
+from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.security import read_pem_pair, server_ssl_context
 from signaldb.wal import Wal
 
@@ -148,7 +148,7 @@ class AcceptorService:
                                 "uptime_secs": round(time.time() - self.started_at, 1)}
         if self.wal is not None and not self.wal.closed:
             stats = self.wal.stats()
-            body["wal"] = {k: v for k, v in stats.items() if k != "fsync_duration_buckets"}
+            body["wal"] = wal_fields(stats)
             if stats.get("poisoned"):
                 body["status"] = "failed"
         if self.fatal:

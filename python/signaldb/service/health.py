@@ -23,6 +23,12 @@ from signaldb.service.http_site import start_site
 log = logging.getLogger(__name__)
 
 
+def wal_fields(stats: dict[str, Any]) -> dict[str, Any]:
+    """A WAL's ``stats()`` for a ``/health`` body: all of it but the fsync histogram
+    (its buckets are for /metrics, and their +Inf bound is not JSON)."""
+    return {k: v for k, v in stats.items() if k != "fsync_duration_buckets"}
+
+
 class HealthServer:
     def __init__(
         self,

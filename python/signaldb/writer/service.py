@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from signaldb.config import Config
-from signaldb.service.health import HealthServer
+from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.metrics import WalCollector, new_registry
 from signaldb.service.security import read_pem_pair
 from signaldb.wal import Wal
@@ -25,12 +25,6 @@ from signaldb.writer.sink import Sink
 from signaldb.writer.storage import open_store
 
 log = logging.getLogger(__name__)
-
-# /health shows these WAL stats (the histogram buckets hold inf, which is not JSON).
-_HEALTH_WAL_KEYS = ("unprocessed_entries", "unprocessed_bytes", "total_segments", "disk_usage_bytes",
-                    "last_flush", "next_id", "appended_entries", "processed_entries", "corrupt_entries",
-                    "poisoned", "poisoned_reason", "sync_mode")
-
 
 class WriterService:
     def __init__(self, cfg: Config) -> None:
@@ -126,7 +120,7 @@ class WriterService:
         stats = self._wal_stats()
         body: dict[str, Any] = {"status": "ok", "replaying": self.replaying}
         if stats is not None:
-            body["wal"] = {k: stats[k] for k in _HEALTH_WAL_KEYS if k in stats}
+            body["wal"] = wal_fields(stats)
             if stats["poisoned"]:
                 body["status"] = "wal_poisoned"
         if self.sink is not None:
