@@ -14,6 +14,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from helpers.flight_recorder import FlightRecorder
 from helpers.net import free_port, wait_until
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from test_acceptor_bad_input import grpc_export, post, trace_request
 
 from signaldb.acceptor import forwarder
@@ -116,7 +117,9 @@ def test_refused_entry_goes_to_dead_letter_and_does_not_block(recorder, acceptor
     infos = [json.loads(p.read_text()) for p in dead.glob("*.json")]
     assert len(infos) == 1 and "refuses" in infos[0]["reason"] and infos[0]["kind"] == "traces"
     payload = (dead / f"{infos[0]['entry_id']:020d}.traces.otlp").read_bytes()
-    assert payload[0] == 1 and b"poison-0" in payload  # the request as accepted, recoverable
+    # the request as accepted, recoverable: replayable as is with the content type the .json names
+    assert infos[0]["content_type"] == "application/x-protobuf"
+    assert ExportTraceServiceRequest.FromString(payload).resource_spans[0].scope_spans[0].spans[0].name == "poison-0"
     assert acceptor.metric("signaldb_forward_dead_letter_entries_total") == 1
     assert acceptor.health()["forwarder"]["dead_letter_entries"] == 1
 

@@ -67,13 +67,30 @@ def read_segment(path: str, offset: int, limit: int) -> tuple[list[Entry], int]:
 # --- OTLP → Arrow (rust/native/src/otlp.rs); the public face is signaldb.otlp ---
 
 class OtlpDecodeError(ValueError): ...
+class OtlpTooLargeError(OtlpDecodeError): ...
 class OtlpContentTypeError(ValueError): ...
+class NativePanicError(Exception): ...
+
+OTLP_CONVERT_CEILING: int
 
 def otlp_convert(
-    kind: str, body: bytes, content_type: str = "application/x-protobuf"
+    kind: str,
+    body: bytes,
+    content_type: str = "application/x-protobuf",
+    window: tuple[int, int, int] | None = None,
+    max_converted_bytes: int = ...,
 ) -> tuple[list[tuple[str, object, object]], list[tuple[str, int]], int]:
-    """Returns (tables as (name, "arrow_schema" capsule, "arrow_array" capsule), rejected, items)."""
+    """Returns (tables as (name, "arrow_schema" capsule, "arrow_array" capsule), rejected, items).
+    window: (min_ns, max_ns, now_ns) or None."""
 
 def otlp_count_items(
-    kind: str, body: bytes, content_type: str = "application/x-protobuf"
-) -> tuple[int, list[tuple[str, int]]]: ...
+    kind: str,
+    body: bytes,
+    content_type: str = "application/x-protobuf",
+    window: tuple[int, int, int] | None = None,
+    max_converted_bytes: int = ...,
+) -> tuple[int, list[tuple[str, int]], int]:
+    """Returns (items, rejected, converted_bytes)."""
+
+def debug_panic(message: str) -> None:
+    """Panics inside the Rust core on purpose (tests of the panic boundary)."""

@@ -197,6 +197,12 @@ SETTINGS: tuple[Setting, ...] = (
             "comma-separated writer Flight endpoints"),
     Setting("acceptor.max_request_bytes", 64 * MIB, _int(1024, 1 << 31), "ACCEPTOR_MAX_REQUEST_BYTES",
             "largest OTLP request body after decompression"),
+    Setting("acceptor.max_converted_bytes", 256 * MIB, _int(MIB, 1 << 30), "ACCEPTOR_MAX_CONVERTED_BYTES",
+            "largest size a request's rows may reach once resource/scope fields are repeated on each row"),
+    Setting("acceptor.max_future_secs", 3600.0, _float(0, 10 * 365 * 86400), "ACCEPTOR_MAX_FUTURE_SECS",
+            "items timed further in the future are rejected (partial success)"),
+    Setting("acceptor.max_age_secs", 7 * 86400.0, _float(0, 100 * 365 * 86400), "ACCEPTOR_MAX_AGE_SECS",
+            "items older than this are rejected (partial success); 0 accepts any age"),
     Setting("acceptor.forward_batch_entries", 500, _int(1, 100_000), "ACCEPTOR_FORWARD_BATCH_ENTRIES",
             "WAL entries the forwarder converts and sends per round"),
     Setting("acceptor.forward_batch_bytes", 8 * MIB, _int(1024, 1 << 30), "ACCEPTOR_FORWARD_BATCH_BYTES",
@@ -294,6 +300,9 @@ class AcceptorConfig:
     health_addr: Address
     writer_endpoints: tuple[str, ...]
     max_request_bytes: int
+    max_converted_bytes: int
+    max_future_secs: float
+    max_age_secs: float
     forward_batch_entries: int
     forward_batch_bytes: int
     dead_letter_dir: Path
@@ -446,6 +455,9 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
             health_addr=v["acceptor.health_addr"],
             writer_endpoints=v["acceptor.writer_endpoints"],
             max_request_bytes=v["acceptor.max_request_bytes"],
+            max_converted_bytes=v["acceptor.max_converted_bytes"],
+            max_future_secs=v["acceptor.max_future_secs"],
+            max_age_secs=v["acceptor.max_age_secs"],
             forward_batch_entries=v["acceptor.forward_batch_entries"],
             forward_batch_bytes=v["acceptor.forward_batch_bytes"],
             dead_letter_dir=Path(dead_letter) if dead_letter else acceptor_wal.wal_dir / "dead-letter",

@@ -43,6 +43,9 @@ class AcceptorProcess:
         for key in self.addr_env:
             env.setdefault(key, "127.0.0.1:0")
         env.setdefault(self.wal_env, str(self.workdir / ("wal" if self.name == "acceptor" else f"{self.name}-wal")))
+        # Most fixtures carry fixed 2023 timestamps, older than the default 7-day window:
+        # no lower bound unless a test sets one (the time-window tests do).
+        env.setdefault("ACCEPTOR_MAX_AGE_SECS", "0")
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args],
                                      cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)

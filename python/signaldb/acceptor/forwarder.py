@@ -324,9 +324,14 @@ class Lane:
     def _convert(self, entry: Entry) -> dict[str, pa.RecordBatch] | None:
         """The entry's non-empty tables; None (and the entry dead-lettered) if it cannot be converted."""
         try:
-            content_type, body = entry_format.decode(entry.payload)
-            result = otlp.convert(entry.kind, bytes(body), content_type)
-        except ValueError as err:  # validated at ingest, so this is a bug or a damaged entry
+            content_type, body, window = entry_format.decode(entry.payload)
+            # The window the request was admitted under: the items the client was told
+            # were rejected are rejected again, the rest converts. The ingest check ran
+            # with a size limit at or below the ceiling, so an entry it took fits.
+            result = otlp.convert(entry.kind, bytes(body), content_type, window=window)
+        except (ValueError, otlp.NativePanicError) as err:
+            # Validated at ingest, so this is a bug, a damaged entry or one taken by an
+            # older version under other rules: set aside, never retried in a loop.
             self._fw.dead_letter(entry, f"conversion failed: {err}")
             return None
         return {table: batch for table, batch in result.tables.items() if batch.num_rows}

@@ -5,6 +5,14 @@ same code the forwarder converts with) before anything is written, so nothing
 is written for a refused request; it is admitted against the backlog limit;
 then appended to the WAL and awaited until durable (group commit). Only then
 does the receiver answer. No conversion and no network call happen here.
+
+Validation decides, before the ack, everything the later conversion will do
+with the request (``Limits``): items outside the time window or against the
+OTLP rules are rejected through partial success, and a request whose rows
+would pass ``max_converted_bytes`` is refused whole (400 / INVALID_ARGUMENT).
+The window is stored with the entry (``entry_format``), so the forwarder's
+conversion rejects the same items and, under the same size rule, never fails
+for size: what is acknowledged can be converted and stored.
 """
 
 from __future__ import annotations
@@ -25,6 +33,22 @@ log = logging.getLogger(__name__)
 
 # Validating a large body takes milliseconds: do it off the event loop.
 _INLINE_VALIDATE_BYTES = 256 * 1024
+# At most one log line per refusal reason per this many seconds (a hostile or broken
+# client must not flood the log); the counters count every one.
+_LOG_EVERY_SECS = 10.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may be: its body, its rows once converted, its items' times."""
+
+    max_request_bytes: int
+    max_converted_bytes: int
+    max_age_secs: float  # 0: no lower bound
+    max_future_secs: float
+
+    def window(self, now_ns: int) -> otlp.TimeWindow:
+        return otlp.TimeWindow.around(now_ns, self.max_age_secs, self.max_future_secs)
 
 
 class Refused(Exception):
@@ -53,14 +77,16 @@ class Ingest:
         wal: Wal,
         admission: Admission,
         metrics: AcceptorMetrics,
-        max_request_bytes: int,
+        limits: Limits,
         on_fatal: Callable[[str], None],
         on_accepted: Callable[[], None] = lambda: None,
     ) -> None:
         self._wal = wal
         self._admission = admission
         self._metrics = metrics
-        self.max_request_bytes = max_request_bytes
+        self.limits = limits
+        self.max_request_bytes = limits.max_request_bytes
+        self._last_logged: dict[str, float] = {}
         self._on_fatal = on_fatal
         self._on_accepted = on_accepted  # wakes the forwarder
         self.accepting = True
@@ -71,6 +97,8 @@ class Ingest:
             accepted = await self._export(kind, body, content_type, transport)
         except Refused as refused:
             self._metrics.requests.labels(transport, kind, refused.category).inc()
+            if refused.category != "unavailable":  # backpressure is counted and logged where it starts
+                self._log_refusal(refused.category, "request refused", kind, transport, refused.message)
             raise
         self._metrics.requests.labels(transport, kind, "accepted").inc()
         return accepted
@@ -81,7 +109,8 @@ class Ingest:
         if len(body) > self.max_request_bytes:
             raise Refused("too_large", f"request body is {len(body)} bytes after decompression; "
                                        f"the limit is {self.max_request_bytes}")
-        items, rejected = await self._validate(kind, body, content_type)
+        window = self.limits.window(time.time_ns())
+        items, rejected = await self._validate(kind, body, content_type, window)
         rejected_total = sum(rejected.values())
         reason = self._admission.refusal()
         if reason is not None:
@@ -89,28 +118,45 @@ class Ingest:
             raise Refused("unavailable", f"acceptor is pushing back: {reason}", RETRY_AFTER_SECS)
 
         started = time.perf_counter()
-        entry_id = await self._append(kind, body, content_type, items, transport)
+        entry_id = await self._append(kind, entry_format.encode(body, content_type, window), items, transport)
         self._metrics.ack_latency.labels(kind).observe(time.perf_counter() - started)
         self._metrics.accepted[kind].labels(transport).inc(items)
         self._metrics.request_bytes.labels(kind).inc(len(body))
-        if rejected_total:
-            self._metrics.refused[kind].labels(transport, "invalid_item").inc(rejected_total)
         message = "; ".join(f"{n} rejected: {why}" for why, n in sorted(rejected.items()))
+        for why, n in rejected.items():
+            self._metrics.refused[kind].labels(transport, why).inc(n)
+            self._log_refusal(why, "items rejected", kind, transport, message)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("accepted", extra={"entry_id": entry_id, "signal": kind, "items": items, "bytes": len(body)})
         return Accepted(entry_id, items, rejected_total, message)
 
-    async def _validate(self, kind: str, body: bytes, content_type: str) -> tuple[int, dict[str, int]]:
+    async def _validate(self, kind: str, body: bytes, content_type: str,
+                        window: otlp.TimeWindow) -> tuple[int, dict[str, int]]:
+        def check() -> otlp.Checked:
+            return otlp.check(kind, body, content_type, window=window,
+                              max_converted_bytes=self.limits.max_converted_bytes)
         try:
-            if len(body) <= _INLINE_VALIDATE_BYTES:
-                return otlp.count_items(kind, body, content_type)
-            return await asyncio.to_thread(otlp.count_items, kind, body, content_type)
+            checked = check() if len(body) <= _INLINE_VALIDATE_BYTES else await asyncio.to_thread(check)
+        except otlp.OtlpTooLargeError as err:
+            raise Refused("invalid", f"{err} (acceptor.max_converted_bytes)") from None
         except otlp.OtlpDecodeError as err:
             raise Refused("invalid", str(err)) from None
+        except otlp.NativePanicError as err:  # a bug in the core: refuse this request, keep serving
+            log.error("validation failed inside the Rust core", extra={"signal": kind, "error": str(err)})
+            raise Refused("invalid", f"request could not be validated: {err}") from None
+        return checked.items, checked.rejected
 
-    async def _append(self, kind: str, body: bytes, content_type: str, items: int, transport: str) -> int:
+    def _log_refusal(self, reason: str, what: str, kind: str, transport: str, message: str) -> None:
+        """One warning per reason per ``_LOG_EVERY_SECS`` (the counters have the totals)."""
+        now = time.monotonic()
+        if now - self._last_logged.get(reason, -_LOG_EVERY_SECS) < _LOG_EVERY_SECS:
+            return
+        self._last_logged[reason] = now
+        log.warning(what, extra={"reason": reason, "signal": kind, "transport": transport, "detail": message[:300]})
+
+    async def _append(self, kind: str, payload: bytes, items: int, transport: str) -> int:
         try:
-            entry_id = await self._wal.append_async(entry_format.encode(body, content_type), kind)
+            entry_id = await self._wal.append_async(payload, kind)
         except WalFullError as err:
             self._admission.note_disk_full()
             self._metrics.refused[kind].labels(transport, "disk_full").inc(items)

@@ -29,7 +29,7 @@ from signaldb.acceptor.dead_letter import DeadLetters
 from signaldb.acceptor.forwarder import Forwarder
 from signaldb.acceptor.grpc_receiver import GrpcReceiver
 from signaldb.acceptor.http_receiver import HttpReceiver
-from signaldb.acceptor.ingest import Ingest
+from signaldb.acceptor.ingest import Ingest, Limits
 from signaldb.acceptor.telemetry import AcceptorMetrics
 from signaldb.config import Config
 from signaldb.service import metrics as service_metrics
@@ -80,7 +80,10 @@ class AcceptorService:
             auth_token=cfg.security.auth_token, tls_root_certs=pem[0] if pem else None)
         self.forwarder.start()
         self.admission = Admission(self.wal, wal_cfg.max_backlog_bytes)
-        self.ingest = Ingest(self.wal, self.admission, self.metrics, cfg.acceptor.max_request_bytes,
+        limits = Limits(max_request_bytes=cfg.acceptor.max_request_bytes,
+                        max_converted_bytes=cfg.acceptor.max_converted_bytes,
+                        max_age_secs=cfg.acceptor.max_age_secs, max_future_secs=cfg.acceptor.max_future_secs)
+        self.ingest = Ingest(self.wal, self.admission, self.metrics, limits,
                              on_fatal=self._on_fatal, on_accepted=self.forwarder.notify)
         self.grpc = GrpcReceiver(cfg.acceptor.grpc_addr, self.ingest, cfg.security.auth_token, pem)
         self.http = HttpReceiver(cfg.acceptor.http_addr, self.ingest, cfg.security.auth_token,

@@ -26,6 +26,20 @@ create_exception!(
 );
 create_exception!(
     signaldb._native,
+    OtlpTooLargeError,
+    OtlpDecodeError,
+    "A well-formed OTLP request whose rows would pass the conversion's size limit."
+);
+// A panic is a bug, but one request or record must not take the process down
+// (nor loop it on replay): it becomes this exception for that call.
+create_exception!(
+    signaldb._native,
+    NativePanicError,
+    PyException,
+    "A bug in the Rust core (a panic), caught at the boundary; the message says where."
+);
+create_exception!(
+    signaldb._native,
     OtlpContentTypeError,
     PyValueError,
     "A content type other than application/x-protobuf or application/json."
@@ -36,8 +50,18 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("WalError", py.get_type::<WalError>())?;
     m.add("WalFullError", py.get_type::<WalFullError>())?;
     m.add("OtlpDecodeError", py.get_type::<OtlpDecodeError>())?;
+    m.add("OtlpTooLargeError", py.get_type::<OtlpTooLargeError>())?;
     m.add("OtlpContentTypeError", py.get_type::<OtlpContentTypeError>())?;
+    m.add("NativePanicError", py.get_type::<NativePanicError>())?;
+    m.add_function(wrap_pyfunction!(debug_panic, m)?)?;
     Ok(())
+}
+
+/// Panics inside `without_gil` on purpose: the tests' way to show a panic in
+/// the core becomes `NativePanicError` instead of ending the process.
+#[pyfunction]
+fn debug_panic(py: Python<'_>, message: String) -> PyResult<()> {
+    without_gil(py, || -> Result<(), DecodeError> { panic!("{message}") })
 }
 
 /// An engine error, as the Python exception it becomes.
@@ -57,7 +81,11 @@ impl ToPyErr for EngineError {
 
 impl ToPyErr for DecodeError {
     fn to_py_err(self) -> PyErr {
-        OtlpDecodeError::new_err(self.to_string())
+        if self.is_too_large() {
+            OtlpTooLargeError::new_err(self.to_string())
+        } else {
+            OtlpDecodeError::new_err(self.to_string())
+        }
     }
 }
 
@@ -73,12 +101,26 @@ pub fn unsupported_content_type(content_type: &str) -> PyErr {
 }
 
 /// Runs `f` with the GIL released and converts its error. Every blocking or
-/// lock-taking call into an engine goes through here.
+/// lock-taking call into an engine goes through here. A panic inside `f`
+/// becomes `NativePanicError` for this call (pyo3's own `PanicException`
+/// derives from `BaseException`, which `except Exception` does not catch).
 pub fn without_gil<T, E, F>(py: Python<'_>, f: F) -> PyResult<T>
 where
     F: Send + FnOnce() -> Result<T, E>,
     T: Send,
     E: Send + ToPyErr,
 {
-    py.detach(f).map_err(ToPyErr::to_py_err)
+    match py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))) {
+        Ok(result) => result.map_err(ToPyErr::to_py_err),
+        Err(payload) => Err(NativePanicError::new_err(panic_message(payload.as_ref()))),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".to_owned());
+    format!("internal error in the Rust core: {what}")
 }

@@ -204,15 +204,24 @@ impl StrCol {
     /// Appends values `range` of `src` (an array this module built), the
     /// whole run `times` over: the run's bytes are copied once and then
     /// doubled in place, so repeating costs a few large copies.
-    fn push_repeated(&mut self, src: &StringArray, range: Range<usize>, times: usize) {
+    ///
+    /// Fails, rather than aborting on a failed allocation, when the result
+    /// could not be one batch's column (`admit` keeps admitted requests far
+    /// below that; this is the last line of defence).
+    fn push_repeated(&mut self, src: &StringArray, range: Range<usize>, times: usize) -> Result<()> {
         if times == 0 || range.is_empty() {
-            return;
+            return Ok(());
         }
         let offs = src.value_offsets();
         let (first, end) = (offs[range.start] as usize, offs[range.end] as usize);
         let run = &src.value_data()[first..end];
         let base = self.values.len();
-        self.values.reserve(run.len() * times);
+        let more = run.len().checked_mul(times).filter(|&n| base + n <= i32::MAX as usize);
+        let more = more.ok_or_else(|| DecodeError::too_large("too many string bytes for one batch"))?;
+        self.values.try_reserve_exact(more).map_err(|_| DecodeError::too_large("out of memory repeating a column"))?;
+        self.offsets
+            .try_reserve_exact(range.len().saturating_mul(times))
+            .map_err(|_| DecodeError::too_large("out of memory repeating a column"))?;
         self.values.extend_from_slice(run);
         let mut have = 1;
         while have < times {
@@ -220,7 +229,6 @@ impl StrCol {
             self.values.extend_from_within(base..base + more * run.len());
             have += more;
         }
-        self.offsets.reserve(range.len() * times);
         for rep in 0..times {
             let rep_base = base + rep * run.len() - first;
             self.offsets.extend(range.clone().map(|i| (rep_base + offs[i + 1] as usize) as i32));
@@ -235,6 +243,7 @@ impl StrCol {
                 }
             }
         }
+        Ok(())
     }
 
     /// The column with value `g` repeated `counts[g]` times, for every `g`.
@@ -243,14 +252,14 @@ impl StrCol {
         let src = src.as_string::<i32>();
         let mut out = StrCol::new();
         for (g, &times) in counts.iter().enumerate() {
-            out.push_repeated(src, g..g + 1, times);
+            out.push_repeated(src, g..g + 1, times)?;
         }
         out.finish()
     }
 
     pub fn finish(mut self) -> Result<ArrayRef> {
         if i32::try_from(self.values.len()).is_err() {
-            return Err(DecodeError::new("too many string bytes for one batch"));
+            return Err(DecodeError::too_large("too many string bytes for one batch"));
         }
         let offsets = ScalarBuffer::from(self.offsets);
         let values = Buffer::from_vec(self.values);
@@ -385,8 +394,8 @@ impl AttrCol {
         for (g, &times) in counts.iter().enumerate() {
             let entries = self.offsets[g] as usize..self.offsets[g + 1] as usize;
             let (start, n) = (out.keys.len(), entries.len());
-            out.keys.push_repeated(keys, entries.clone(), times);
-            out.values.push_repeated(values, entries, times);
+            out.keys.push_repeated(keys, entries.clone(), times)?;
+            out.values.push_repeated(values, entries, times)?;
             out.offsets.reserve(times);
             for rep in 1..=times {
                 push_offset(&mut out.offsets, start + rep * n)?;

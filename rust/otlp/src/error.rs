@@ -24,6 +24,8 @@ pub struct DecodeError(Box<Inner>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Inner {
     msg: String,
+    /// The request is well-formed but would convert to more than the policy allows.
+    too_large: bool,
     /// Innermost segment first (pushed while unwinding).
     path: Vec<Seg>,
 }
@@ -31,7 +33,17 @@ struct Inner {
 impl DecodeError {
     #[cold]
     pub fn new(msg: impl Into<String>) -> Self {
-        DecodeError(Box::new(Inner { msg: msg.into(), path: Vec::new() }))
+        DecodeError(Box::new(Inner { msg: msg.into(), too_large: false, path: Vec::new() }))
+    }
+
+    /// A well-formed request over a size limit (`admit::Policy`).
+    #[cold]
+    pub fn too_large(msg: impl Into<String>) -> Self {
+        DecodeError(Box::new(Inner { msg: msg.into(), too_large: true, path: Vec::new() }))
+    }
+
+    pub fn is_too_large(&self) -> bool {
+        self.0.too_large
     }
 
     /// The problem alone, without the path.

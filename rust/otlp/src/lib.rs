@@ -33,6 +33,7 @@
 //! (`common::write_json`), events/links/exemplars/quantiles are lists of
 //! structs, enums stay integers.
 
+pub mod admit;
 pub mod columns;
 pub mod common;
 pub mod error;
@@ -44,6 +45,7 @@ pub mod wire;
 
 pub use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 pub use arrow_array::RecordBatch;
+pub use admit::{Policy, TimeWindow, CONVERT_CEILING};
 pub use error::{DecodeError, Result};
 
 use std::borrow::Cow;
@@ -131,6 +133,9 @@ pub struct Conversion {
 pub struct Counts {
     pub items: u64,
     pub rejected: Vec<(&'static str, u64)>,
+    /// What the admitted items' rows cost (`admit`): the figure
+    /// `Policy::max_converted_bytes` limits.
+    pub converted_bytes: u64,
 }
 
 fn to_protobuf(signal: Signal, body: &[u8], enc: Encoding) -> Result<Cow<'_, [u8]>> {
@@ -143,58 +148,77 @@ fn to_protobuf(signal: Signal, body: &[u8], enc: Encoding) -> Result<Cow<'_, [u8
 }
 
 fn wrap(signal: Signal, e: DecodeError) -> DecodeError {
-    DecodeError::new(format!("invalid {}: {e}", signal.request_name()))
-}
-
-/// Converts one export request into record batches. All or nothing.
-pub fn convert(signal: Signal, body: &[u8], enc: Encoding) -> Result<Conversion> {
-    let pb = to_protobuf(signal, body, enc)?;
-    convert_protobuf(signal, &pb).map_err(|e| wrap(signal, e))
-}
-
-fn convert_protobuf(signal: Signal, pb: &[u8]) -> Result<Conversion> {
-    match signal {
-        Signal::Traces => {
-            let mut t = traces::Table::default();
-            traces::walk(pb, &mut t)?;
-            let items = t.rows() as u64;
-            Ok(Conversion { tables: vec![("traces", t.finish()?)], rejected: vec![], items })
-        }
-        Signal::Logs => {
-            let mut t = logs::Table::default();
-            logs::walk(pb, &mut t)?;
-            let items = t.rows() as u64;
-            Ok(Conversion { tables: vec![("logs", t.finish()?)], rejected: vec![], items })
-        }
-        Signal::Metrics => {
-            let mut t = metrics::Tables::default();
-            metrics::walk(pb, &mut t)?;
-            let items = t.rows();
-            let rejected = t.rejected();
-            Ok(Conversion { tables: t.finish()?, rejected, items })
-        }
+    if e.is_too_large() {
+        DecodeError::too_large(format!("{} too large: {e}", signal.request_name()))
+    } else {
+        DecodeError::new(format!("invalid {}: {e}", signal.request_name()))
     }
 }
 
-/// Validates a request exactly as `convert` does and counts its items,
-/// without building Arrow arrays.
-pub fn count_items(signal: Signal, body: &[u8], enc: Encoding) -> Result<Counts> {
+/// Converts one export request into record batches with the default policy
+/// (no time window, `CONVERT_CEILING`). All or nothing.
+pub fn convert(signal: Signal, body: &[u8], enc: Encoding) -> Result<Conversion> {
+    convert_with(signal, body, enc, &Policy::default())
+}
+
+/// Converts one export request into record batches; items the policy rejects
+/// are counted in `rejected`, not converted. All or nothing otherwise.
+pub fn convert_with(signal: Signal, body: &[u8], enc: Encoding, policy: &Policy) -> Result<Conversion> {
     let pb = to_protobuf(signal, body, enc)?;
-    let r = match signal {
+    let mut admit = admit::Admit::new(*policy);
+    convert_protobuf(signal, &pb, &mut admit).map_err(|e| wrap(signal, e))
+}
+
+fn convert_protobuf(signal: Signal, pb: &[u8], admit: &mut admit::Admit) -> Result<Conversion> {
+    let (tables, items) = match signal {
+        Signal::Traces => {
+            let mut t = traces::Table::default();
+            traces::walk(pb, &mut t, admit)?;
+            let items = t.rows() as u64;
+            (vec![("traces", t.finish()?)], items)
+        }
+        Signal::Logs => {
+            let mut t = logs::Table::default();
+            logs::walk(pb, &mut t, admit)?;
+            let items = t.rows() as u64;
+            (vec![("logs", t.finish()?)], items)
+        }
+        Signal::Metrics => {
+            let mut t = metrics::Tables::default();
+            metrics::walk(pb, &mut t, admit)?;
+            let items = t.rows();
+            (t.finish()?, items)
+        }
+    };
+    Ok(Conversion { tables, rejected: admit.rejected(), items })
+}
+
+/// `count_items_with` the default policy.
+pub fn count_items(signal: Signal, body: &[u8], enc: Encoding) -> Result<Counts> {
+    count_items_with(signal, body, enc, &Policy::default())
+}
+
+/// Validates a request exactly as `convert_with` does under the same policy
+/// and counts its items, without building Arrow arrays.
+pub fn count_items_with(signal: Signal, body: &[u8], enc: Encoding, policy: &Policy) -> Result<Counts> {
+    let pb = to_protobuf(signal, body, enc)?;
+    let mut admit = admit::Admit::new(*policy);
+    let items = match signal {
         Signal::Traces => {
             let mut c = traces::Counter::default();
-            traces::walk(&pb, &mut c).map(|_| Counts { items: c.0, rejected: vec![] })
+            traces::walk(&pb, &mut c, &mut admit).map(|_| c.0)
         }
         Signal::Logs => {
             let mut c = logs::Counter::default();
-            logs::walk(&pb, &mut c).map(|_| Counts { items: c.0, rejected: vec![] })
+            logs::walk(&pb, &mut c, &mut admit).map(|_| c.0)
         }
         Signal::Metrics => {
             let mut c = metrics::Counter::default();
-            metrics::walk(&pb, &mut c).map(|_| Counts { items: c.items, rejected: c.rejected() })
+            metrics::walk(&pb, &mut c, &mut admit).map(|_| c.0)
         }
     };
-    r.map_err(|e| wrap(signal, e))
+    let items = items.map_err(|e| wrap(signal, e))?;
+    Ok(Counts { items, rejected: admit.rejected(), converted_bytes: admit.converted_bytes() })
 }
 
 /// Exports a batch through the Arrow C Data Interface (as a struct array):

@@ -1,5 +1,6 @@
 //! ExportLogsServiceRequest → the `logs` table.
 
+use crate::admit::Admit;
 use crate::columns::*;
 use crate::common::{
     optional_span_id, optional_trace_id, parse_any_value, push_attribute, render, timestamp, walk_items, AnyValue,
@@ -91,12 +92,27 @@ pub trait LogSink<'a> {
     fn record(&mut self, res: &Resource<'a>, scope: &Scope<'a>, rec: &LogRecord<'a>) -> Result<()>;
 }
 
-/// Walks an ExportLogsServiceRequest (or LogsData).
-pub fn walk<'a, S: LogSink<'a>>(buf: &'a [u8], sink: &mut S) -> Result<()> {
+/// Walks an ExportLogsServiceRequest (or LogsData), handing the records
+/// `admit` takes to `sink`.
+pub fn walk<'a, S: LogSink<'a>>(buf: &'a [u8], sink: &mut S, admit: &mut Admit) -> Result<()> {
     const NESTING: Nesting = Nesting { resources: "resource_logs", scopes: "scope_logs", items: "log_records" };
     let mut rec = LogRecord::default();
     walk_items(buf, &NESTING, |b, res, scope| {
         rec.parse(b)?;
+        if rec.time == 0 && rec.observed_time == 0 {
+            // Neither clock set: the acceptor observed it when it took the request.
+            if let Some(window) = admit.window() {
+                rec.observed_time = window.now_ns;
+            }
+        }
+        // A record's place in time is its own time, or else its observed time
+        // (the writer partitions by the same rule).
+        let time = if rec.time != 0 { rec.time } else { rec.observed_time };
+        if let Some(reason) = admit.check_time(time) {
+            admit.reject(reason);
+            return Ok(());
+        }
+        admit.charge(b.len(), res, scope)?;
         sink.record(res, scope, &rec)
     })
 }

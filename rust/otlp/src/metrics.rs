@@ -3,10 +3,13 @@
 //! `metrics_summary`. One row per data point.
 //!
 //! A metric whose `data` oneof is unset has nothing to store: it is counted
-//! in `rejected` as `metric_without_data`, never silently dropped.
+//! in `rejected` as `metric_without_data`, never silently dropped. Points that
+//! break the protos' rules or fall outside the time window are rejected the
+//! same way (`admit`, `check_point`).
 
 use std::ops::Range;
 
+use crate::admit::{Admit, Reason};
 use crate::columns::*;
 use crate::common::{
     optional_span_id, optional_trace_id, push_attribute, timestamp, walk_items, KeyValue, Nesting, Resource, Scope,
@@ -21,8 +24,6 @@ pub const TABLES: &[&str] = &[
     "metrics_exponential_histogram",
     "metrics_summary",
 ];
-
-pub const REJECT_NO_DATA: &str = "metric_without_data";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
@@ -312,14 +313,65 @@ fn parse_exemplar<'a>(buf: &'a [u8], pool: &mut Vec<KeyValue<'a>>) -> Result<Exe
 
 pub trait MetricSink<'a> {
     fn point(&mut self, res: &Resource<'a>, scope: &Scope<'a>, m: &Metric<'a>, p: &Point<'a>) -> Result<()>;
-    fn reject(&mut self, reason: &'static str);
 }
 
-/// Walks an ExportMetricsServiceRequest (or MetricsData).
-pub fn walk<'a, S: MetricSink<'a>>(buf: &'a [u8], sink: &mut S) -> Result<()> {
+/// Walks an ExportMetricsServiceRequest (or MetricsData), handing the points
+/// `admit` takes to `sink`.
+pub fn walk<'a, S: MetricSink<'a>>(buf: &'a [u8], sink: &mut S, admit: &mut Admit) -> Result<()> {
     const NESTING: Nesting = Nesting { resources: "resource_metrics", scopes: "scope_metrics", items: "metrics" };
     let mut point = Point::default();
-    walk_items(buf, &NESTING, |b, res, scope| walk_metric(b, res, scope, &mut point, sink))
+    walk_items(buf, &NESTING, |b, res, scope| walk_metric(b, res, scope, &mut point, sink, admit))
+}
+
+/// Why a parsed point does not become a row, if it does not: outside the time
+/// window, or against a rule the OTLP metrics proto states for its type.
+fn check_point(kind: Kind, p: &Point<'_>, admit: &Admit) -> Option<Reason> {
+    if let Some(reason) = admit.check_time(p.time) {
+        return Some(reason);
+    }
+    let total = |counts: &[u64]| counts.iter().map(|&c| u128::from(c)).sum::<u128>();
+    match kind {
+        Kind::Histogram => {
+            // "The number of elements in bucket_counts array must be by one greater than the
+            // number of elements in explicit_bounds array", or both are empty.
+            let buckets = p.bucket_counts.len();
+            if (buckets == 0 && !p.explicit_bounds.is_empty()) || (buckets > 0 && buckets != p.explicit_bounds.len() + 1) {
+                return Some(Reason::HistogramBucketsMismatch);
+            }
+            // "The sum of the bucket_counts must equal the value in the count field."
+            if buckets > 0 && total(&p.bucket_counts) != u128::from(p.count) {
+                return Some(Reason::HistogramCountMismatch);
+            }
+            // "The values in the explicit_bounds array must be strictly increasing" (NaN is not).
+            let bounds = p.explicit_bounds.iter().map(|&b| f64::from_bits(b));
+            let increasing = bounds.clone().zip(bounds.clone().skip(1)).all(|(a, b)| a < b);
+            if !increasing || bounds.clone().any(f64::is_nan) {
+                return Some(Reason::HistogramBoundsInvalid);
+            }
+        }
+        Kind::ExponentialHistogram => {
+            if !(-10..=20).contains(&p.scale) {
+                return Some(Reason::ExpHistogramScaleOutOfRange);
+            }
+            // count = zero_count + the positive and negative bucket counts.
+            let sum = u128::from(p.zero_count) + total(&p.positive_bucket_counts) + total(&p.negative_bucket_counts);
+            if sum != u128::from(p.count) {
+                return Some(Reason::ExpHistogramCountMismatch);
+            }
+        }
+        Kind::Summary => {
+            for &(q, v) in &p.quantiles {
+                if !(0.0..=1.0).contains(&q) {
+                    return Some(Reason::SummaryQuantileInvalid); // NaN is not in the range either
+                }
+                if v.is_nan() || v < 0.0 {
+                    return Some(Reason::SummaryValueInvalid); // "Quantile values must NOT be negative" (or NaN)
+                }
+            }
+        }
+        Kind::Gauge | Kind::Sum | Kind::None => {}
+    }
+    None
 }
 
 fn walk_metric<'a, S: MetricSink<'a>>(
@@ -328,6 +380,7 @@ fn walk_metric<'a, S: MetricSink<'a>>(
     scope: &Scope<'a>,
     point: &mut Point<'a>,
     sink: &mut S,
+    admit: &mut Admit,
 ) -> Result<()> {
     // Pass 1: scalars and which oneof member is set. Setting a different
     // member clears the earlier one, so only the last run of the final
@@ -354,9 +407,11 @@ fn walk_metric<'a, S: MetricSink<'a>>(
         ordinal += 1;
     }
     if m.kind == Kind::None {
-        sink.reject(REJECT_NO_DATA);
+        admit.reject(Reason::MetricWithoutData);
         return Ok(());
     }
+    // The metric's own strings are repeated on each of its points' rows.
+    let repeated = m.name.len() + m.description.len() + m.unit.len();
     let name = m.kind.field_name();
     // Pass 2: the data message's own scalars (temporality, monotonic).
     let mut data = Vec::new();
@@ -388,7 +443,12 @@ fn walk_metric<'a, S: MetricSink<'a>>(
             if f == 1 {
                 let pb = v.bytes().at("data_points", i).within(name)?;
                 point.parse(m.kind, pb).at("data_points", i).within(name)?;
-                sink.point(res, scope, &m, point).at("data_points", i).within(name)?;
+                if let Some(reason) = check_point(m.kind, point, admit) {
+                    admit.reject(reason);
+                } else {
+                    admit.charge(pb.len() + repeated, res, scope).at("data_points", i).within(name)?;
+                    sink.point(res, scope, &m, point).at("data_points", i).within(name)?;
+                }
                 i += 1;
             }
         }
@@ -396,31 +456,15 @@ fn walk_metric<'a, S: MetricSink<'a>>(
     Ok(())
 }
 
-/// Counts points and rejections.
+/// Counts points.
 #[derive(Default)]
-pub struct Counter {
-    pub items: u64,
-    pub no_data: u64,
-}
-
-impl Counter {
-    pub fn rejected(&self) -> Vec<(&'static str, u64)> {
-        if self.no_data > 0 {
-            vec![(REJECT_NO_DATA, self.no_data)]
-        } else {
-            vec![]
-        }
-    }
-}
+pub struct Counter(pub u64);
 
 impl<'a> MetricSink<'a> for Counter {
     #[inline]
     fn point(&mut self, _: &Resource<'a>, _: &Scope<'a>, _: &Metric<'a>, _: &Point<'a>) -> Result<()> {
-        self.items += 1;
+        self.0 += 1;
         Ok(())
-    }
-    fn reject(&mut self, _: &'static str) {
-        self.no_data += 1;
     }
 }
 
@@ -579,7 +623,6 @@ pub struct Tables {
     histogram: Histogram,
     exp: ExpHistogram,
     summary: Summary,
-    no_data: u64,
 }
 
 impl Default for Tables {
@@ -624,7 +667,6 @@ impl Default for Tables {
                 quantile: vec![],
                 quantile_value: vec![],
             },
-            no_data: 0,
         }
     }
 }
@@ -692,20 +734,12 @@ impl<'a> MetricSink<'a> for Tables {
         }
         Ok(())
     }
-
-    fn reject(&mut self, _: &'static str) {
-        self.no_data += 1;
-    }
 }
 
 impl Tables {
     pub fn rows(&self) -> u64 {
         (self.gauge.c.rows + self.sum.c.rows + self.histogram.c.rows + self.exp.c.rows + self.summary.c.rows)
             as u64
-    }
-
-    pub fn rejected(&self) -> Vec<(&'static str, u64)> {
-        Counter { items: 0, no_data: self.no_data }.rejected()
     }
 
     pub fn finish(self) -> Result<Vec<(&'static str, arrow_array::RecordBatch)>> {

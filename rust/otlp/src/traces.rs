@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 
+use crate::admit::{Admit, Reason};
 use crate::columns::*;
 use crate::common::{
     count_items_hint, optional_span_id, push_attribute, required_id, timestamp, walk_items, KeyValue, Nesting,
@@ -187,15 +188,30 @@ pub trait TraceSink<'a> {
     fn span(&mut self, res: &Resource<'a>, scope: &Scope<'a>, span: &Span<'a>) -> Result<()>;
 }
 
-/// Walks an ExportTraceServiceRequest (or TracesData: same wire form).
-pub fn walk<'a, S: TraceSink<'a>>(buf: &'a [u8], sink: &mut S) -> Result<()> {
+/// Walks an ExportTraceServiceRequest (or TracesData: same wire form),
+/// handing the spans `admit` takes to `sink`.
+pub fn walk<'a, S: TraceSink<'a>>(buf: &'a [u8], sink: &mut S, admit: &mut Admit) -> Result<()> {
     const NESTING: Nesting = Nesting { resources: "resource_spans", scopes: "scope_spans", items: "spans" };
     sink.expect(buf.len(), count_items_hint(buf));
     let mut span = Span::default();
     walk_items(buf, &NESTING, |b, res, scope| {
         span.parse(b)?;
+        if let Some(reason) = check(&span, admit) {
+            admit.reject(reason);
+            return Ok(());
+        }
+        admit.charge(b.len(), res, scope)?;
         sink.span(res, scope, &span)
     })
+}
+
+/// Why a parsed span does not become a row, if it does not.
+#[inline]
+fn check(span: &Span<'_>, admit: &Admit) -> Option<Reason> {
+    if let Some(reason) = admit.check_time(span.start) {
+        return Some(reason);
+    }
+    (span.end < span.start).then_some(Reason::SpanEndBeforeStart)
 }
 
 /// Counts spans.

@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
 use proptest::prelude::*;
 use prost::Message;
-use signaldb_otlp::{convert, count_items, Encoding, Signal};
+use signaldb_otlp::{convert, convert_with, count_items, count_items_with, Encoding, Policy, Signal, TimeWindow};
 
 // ---------- strategies ----------
 
@@ -170,10 +170,11 @@ fn metrics_request() -> impl Strategy<Value = ExportMetricsServiceRequest> {
         value,
         ..Default::default()
     });
-    let hist = (ts(), any::<u64>(), prop::option::of(any::<f64>()), prop::collection::vec(any::<u64>(), 0..4))
-        .prop_map(|(t, count, sum, bucket_counts)| HistogramDataPoint {
+    // count: the buckets' sum (valid) or anything (rejected unless it happens to match)
+    let hist = (ts(), any::<u64>(), any::<bool>(), prop::option::of(any::<f64>()), prop::collection::vec(0u64..1 << 40, 0..4))
+        .prop_map(|(t, count, valid, sum, bucket_counts)| HistogramDataPoint {
             time_unix_nano: t,
-            count,
+            count: if valid { bucket_counts.iter().sum() } else { count },
             sum,
             explicit_bounds: (0..bucket_counts.len().saturating_sub(1)).map(|i| i as f64).collect(),
             bucket_counts,
@@ -289,9 +290,14 @@ proptest! {
         let body = req.encode_to_vec();
         let conv = convert(Signal::Traces, &body, Encoding::Protobuf).unwrap();
         let batch = &conv.tables[0].1;
-        let spans: Vec<(&ResourceSpans, &ScopeSpans, &Span)> = req.resource_spans.iter()
+        let all: Vec<(&ResourceSpans, &ScopeSpans, &Span)> = req.resource_spans.iter()
             .flat_map(|r| r.scope_spans.iter().flat_map(move |s| s.spans.iter().map(move |sp| (r, s, sp))))
             .collect();
+        // OTLP: a span ends at or after its start; the others are rejected, not rows
+        let (spans, ended_early): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|(_, _, sp)| sp.end_time_unix_nano >= sp.start_time_unix_nano);
+        let expected_rejected = if ended_early.is_empty() { vec![] } else { vec![("span_end_before_start", ended_early.len() as u64)] };
+        prop_assert_eq!(&conv.rejected, &expected_rejected);
         prop_assert_eq!(batch.num_rows(), spans.len());
         prop_assert_eq!(verdict(Signal::Traces, &body), Ok(spans.len() as u64));
         let trace_ids = strings(batch, "trace_id");
@@ -360,6 +366,9 @@ proptest! {
         let got: Vec<Option<u64>> = (0..g.len()).map(|i| g.is_valid(i).then(|| g.value(i).to_bits())).collect();
         prop_assert_eq!(got, gauge_values);
         prop_assert_eq!(table("metrics_sum").num_rows(), sums);
+        // OTLP: a histogram's count is the sum of its buckets (when it has buckets)
+        let bad_count = hist_counts.iter().filter(|(c, b)| !b.is_empty() && u128::from(*c) != b.iter().map(|&x| u128::from(x)).sum::<u128>()).count() as u64;
+        hist_counts.retain(|(c, b)| b.is_empty() || u128::from(*c) == b.iter().map(|&x| u128::from(x)).sum::<u128>());
         let h = table("metrics_histogram");
         let counts = h.column_by_name("count").unwrap().as_primitive::<UInt64Type>();
         let buckets = h.column_by_name("bucket_counts").unwrap().as_list::<i32>();
@@ -369,9 +378,32 @@ proptest! {
             let v = buckets.value(i);
             prop_assert_eq!(v.as_primitive::<UInt64Type>().values().to_vec(), b.clone());
         }
-        let expected_rejected = if no_data > 0 { vec![("metric_without_data", no_data)] } else { vec![] };
+        let mut expected_rejected = vec![];
+        if no_data > 0 { expected_rejected.push(("metric_without_data", no_data)); }
+        if bad_count > 0 { expected_rejected.push(("histogram_count_not_sum_of_buckets", bad_count)); }
         prop_assert_eq!(&conv.rejected, &expected_rejected);
         prop_assert_eq!(verdict(Signal::Metrics, &body), Ok(conv.items));
+    }
+
+    /// With a time window, exactly the spans whose start is set and inside it
+    /// (and that end after they start) become rows, in order; count_items
+    /// agrees under the same policy.
+    #[test]
+    fn window_keeps_exactly_the_spans_inside(req in traces_request(), a in ts(), b in ts()) {
+        let (min_ns, max_ns) = (a.min(b) as i64, a.max(b) as i64);
+        let policy = Policy { window: Some(TimeWindow { min_ns, max_ns, now_ns: min_ns }), ..Policy::default() };
+        let body = req.encode_to_vec();
+        let conv = convert_with(Signal::Traces, &body, Encoding::Protobuf, &policy).unwrap();
+        let counted = count_items_with(Signal::Traces, &body, Encoding::Protobuf, &policy).unwrap();
+        prop_assert_eq!((counted.items, &counted.rejected), (conv.items, &conv.rejected));
+        let kept: Vec<i64> = req.resource_spans.iter().flat_map(|r| r.scope_spans.iter().flat_map(|s| s.spans.iter()))
+            .filter(|sp| sp.start_time_unix_nano != 0)
+            .map(|sp| (sp.start_time_unix_nano as i64, sp.end_time_unix_nano as i64))
+            .filter(|&(start, end)| start >= min_ns && start <= max_ns && end >= start)
+            .map(|(start, _)| start)
+            .collect();
+        let start = conv.tables[0].1.column_by_name("start_time").unwrap().as_primitive::<TimestampNanosecondType>();
+        prop_assert_eq!(start.values().to_vec(), kept);
     }
 
     #[test]
