@@ -26,7 +26,8 @@ class Run:
                 "--flight-addr", f"127.0.0.1:{flight_port}", "--storage-url", f"file://{self.storage}",
                 "--acceptor-wal-dir", str(workdir / "wal-a"), "--writer-wal-dir", str(workdir / "wal-w"),
                 *(extra or [])]
-        env = {**os.environ, "WRITER_FILE_MAX_AGE_SECS": "0.3"}
+        # ACCEPTOR_MAX_AGE_SECS=0: the requests carry fixed 2023 times (see helpers/acceptor_proc.py)
+        env = {**os.environ, "WRITER_FILE_MAX_AGE_SECS": "0.3", "ACCEPTOR_MAX_AGE_SECS": "0"}
         self.proc = subprocess.Popen([sys.executable, "-m", "signaldb.cli", *args], cwd=workdir, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.lines: list[dict] = []
