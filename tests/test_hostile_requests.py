@@ -13,9 +13,12 @@ acceptor + writer processes, with Parquet read back.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import threading
 import time
+from collections import Counter
 
 import grpc
 import pytest
@@ -49,6 +52,8 @@ from signaldb import _native, otlp
 from signaldb.acceptor import entry_format
 from signaldb.wal import Wal
 from test_acceptor_bad_input import grpc_export, post
+
+from conftest import scaled
 
 HOUR_NS = 3600 * 10**9
 DAY_NS = 24 * HOUR_NS
@@ -314,3 +319,119 @@ def test_window_is_stored_with_the_entry_and_old_entries_still_read():
     assert (content_type, bytes(body), got) == (otlp.PROTOBUF, b"xyz", None)
     with pytest.raises(entry_format.EntryFormatError):
         entry_format.decode(b"\x03short")
+
+
+# -- hostile requests mixed with good traffic -----------------------------------------
+
+
+class Traffic:
+    """Good clients and a hostile one against one pipeline. Every span a client was told
+    was accepted (its request acknowledged, minus what partial success rejected) is
+    remembered by name, to be found in Parquet exactly once."""
+
+    def __init__(self, pipeline: Pipeline, good_threads: int = 2) -> None:
+        self.acceptor = pipeline.acceptor
+        self.expected: set[str] = set()
+        self.hostile_sent = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self._threads = [threading.Thread(target=self._guard, args=(self._good, n), daemon=True)
+                         for n in range(good_threads)]
+        self._threads.append(threading.Thread(target=self._guard, args=(self._hostile,), daemon=True))
+
+    def run(self, seconds: float) -> None:
+        for t in self._threads:
+            t.start()
+        self._stop.wait(seconds)
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+        if self.errors:
+            raise self.errors[0]
+
+    def _guard(self, target, *args) -> None:
+        try:
+            target(*args)
+        except BaseException as err:  # re-raised by run() in the test's thread
+            self.errors.append(err)
+            self._stop.set()
+
+    def _accepted(self, names: list[str]) -> None:
+        with self._lock:
+            assert not self.expected & set(names)
+            self.expected.update(names)
+
+    def _good(self, n: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            prefix, i = f"g{n}r{i}", i + 1
+            now = time.time_ns()
+            status, _, _ = post(self.acceptor, "/v1/traces", spans_request(prefix, [(now, now + 5)] * 5, trace=n + 1))
+            if status == 200:
+                self._accepted([f"{prefix}-{j}" for j in range(5)])
+            else:
+                time.sleep(0.05)  # pushed back: retry later with a new request
+
+    def _hostile(self) -> None:
+        bomb = gzip.compress(b"\0" * (80 << 20))
+        pill = amplified(spans=50_000, attr_bytes=800_000)
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            now = time.time_ns()
+            case = i % 6
+            if case == 0:
+                with pytest.raises(grpc.RpcError):
+                    grpc_export(self.acceptor, pill)
+            elif case == 1:
+                assert post(self.acceptor, "/v1/traces", pill)[0] == 400
+            elif case == 2:  # a window request: only its in-window spans may land
+                prefix = f"w{i}"
+                times = [(now, now + 5), (now - 30 * DAY_NS, now), (now + 5 * HOUR_NS, now + 5 * HOUR_NS), (0, 0)]
+                response, _ = grpc_export(self.acceptor, spans_request(prefix, times))
+                assert ExportTraceServiceResponse.FromString(response).partial_success.rejected_spans == 3
+                self._accepted([f"{prefix}-0"])
+            elif case == 3:
+                assert post(self.acceptor, "/v1/traces", b"\x0a\xff\xff\xff")[0] == 400
+            elif case == 4:
+                assert post(self.acceptor, "/v1/traces", bomb, headers={"Content-Encoding": "gzip"})[0] == 413
+            else:  # many hours: only the window's land
+                prefix = f"h{i}"
+                # half an hour off the hour, so no span sits on the window's edge
+                times = [(now - h * HOUR_NS - HOUR_NS // 2, now - h * HOUR_NS) for h in range(0, 2000, 7)]
+                response, _ = grpc_export(self.acceptor, spans_request(prefix, times))
+                rejected = ExportTraceServiceResponse.FromString(response).partial_success.rejected_spans
+                kept = [f"{prefix}-{j}" for j, (t, _) in enumerate(times) if t >= now - 7 * DAY_NS]
+                assert rejected == len(times) - len(kept)
+                self._accepted(kept)
+            self.hostile_sent += 1
+
+
+def check_mixed_traffic(pipeline: Pipeline, seconds: float) -> None:
+    traffic = Traffic(pipeline)
+    traffic.run(seconds)
+    assert pipeline.acceptor.proc.poll() is None and pipeline.writer.proc.poll() is None
+    wait_until(pipeline.drained, timeout=120, what="pipeline drained")
+    want = traffic.expected
+    got: Counter = Counter()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = pipeline.count_by("traces", "name")
+        if want <= set(got):
+            break
+        time.sleep(0.2)
+    assert not want - set(got), f"{len(want - set(got))} accepted spans missing"
+    assert not set(got) - want, f"{len(set(got) - want)} spans stored that were not accepted"
+    assert [name for name, n in got.items() if n > 1] == []
+    assert traffic.hostile_sent >= 6
+    print(f"{len(want)} accepted spans exactly once beside {traffic.hostile_sent} hostile requests in {seconds}s")
+
+
+def test_hostile_requests_mixed_with_good_traffic_good_traffic_lands_exactly_once(pipeline_factory):
+    check_mixed_traffic(pipeline_factory({"WRITER_FILE_MAX_AGE_SECS": "0.3"}), seconds=6)
+
+
+@pytest.mark.stress
+def test_hostile_requests_mixed_with_good_traffic_long(pipeline_factory):
+    check_mixed_traffic(pipeline_factory({"WRITER_FILE_MAX_AGE_SECS": "1"}), seconds=scaled(30, 180))
