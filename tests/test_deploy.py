@@ -593,6 +593,7 @@ def test_acceptor_runs_as_uid_1000_on_a_read_only_root(recorder, container_dirs,
         # The image binds 0.0.0.0 on fixed ports; here port 0 avoids clashes with other tests.
         "ACCEPTOR_GRPC_ADDR": "0.0.0.0:0", "ACCEPTOR_HTTP_ADDR": "0.0.0.0:0", "ACCEPTOR_HEALTH_ADDR": "0.0.0.0:0",
         "ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
+        "ACCEPTOR_MAX_AGE_SECS": "0",  # trace_request carries fixed 2023 times
     })
     script = (f"mount --bind {data} {data} && mount --bind {tmp} {tmp} && mount -o remount,bind,ro / && "
               f"exec setpriv --reuid={IMAGE_USER} --regid={IMAGE_USER} --clear-groups "
