@@ -82,9 +82,13 @@ class AcceptorService:
         self.admission = Admission(self.wal, wal_cfg.max_backlog_bytes)
         self.ingest = Ingest(self.wal, self.admission, self.metrics, cfg.acceptor.max_request_bytes,
                              on_fatal=self._on_fatal, on_accepted=self.forwarder.notify)
-        self.grpc = GrpcReceiver(cfg.acceptor.grpc_addr, self.ingest, cfg.security.auth_token, pem)
+        self.grpc = GrpcReceiver(cfg.acceptor.grpc_addr, self.ingest, cfg.security.auth_token, pem,
+                                 max_header_bytes=cfg.acceptor.max_header_bytes,
+                                 max_concurrent_streams=cfg.acceptor.max_concurrent_streams)
         self.http = HttpReceiver(cfg.acceptor.http_addr, self.ingest, cfg.security.auth_token,
-                                 server_ssl_context(cfg.security), cfg.acceptor.shutdown_timeout_secs)
+                                 server_ssl_context(cfg.security), cfg.acceptor.shutdown_timeout_secs,
+                                 max_header_bytes=cfg.acceptor.max_header_bytes,
+                                 max_header_count=cfg.acceptor.max_header_count)
         grpc_port = await self.grpc.start()
         http_port = await self.http.start()
         self.state = "running"
