@@ -256,3 +256,8 @@ def test_http_headers_over_the_limits_get_4xx_and_the_server_stays_up(recorder, 
     assert acceptor.proc.poll() is None
     assert http_post(acceptor, body, {"Authorization": f"Bearer {TOKEN}"})[0] == 200
     assert appended(acceptor) == 3
+    # A client's malformed request is one warning line, not an error with a traceback (log flooding).
+    lines = acceptor.log_lines()
+    assert not [line for line in lines if line["level"] == "error"]
+    refused = [line for line in lines if line["msg"] == "malformed HTTP request refused"]
+    assert len(refused) == 4 * 20 and {line["status"] for line in refused} == {400}
