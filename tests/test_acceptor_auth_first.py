@@ -199,7 +199,7 @@ def test_grpc_many_unauthenticated_streams_with_large_headers_stay_bounded(recor
             conn.close()
     print(f"acceptor RSS {rss_before:.0f} -> {rss_after:.0f} MiB after 1000 unauthenticated streams "
           f"(5 connections, headers {len(near)} and {len(over)} bytes)")
-    assert rss_after - rss_before < 100, (rss_before, rss_after)  # measured: +15 to +25 MiB
+    assert rss_after - rss_before < 100, (rss_before, rss_after)  # measured: +15 to +26 MiB
     # Headers over the limit are refused for authenticated clients too (clearly, not a hang).
     with pytest.raises(grpc.RpcError) as err:
         grpc_export(acceptor, trace_request(1), metadata=[("x-pad", over)])
