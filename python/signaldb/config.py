@@ -211,6 +211,12 @@ SETTINGS: tuple[Setting, ...] = (
             "where entries the writer rejects go (default: <acceptor wal_dir>/dead-letter)"),
     Setting("acceptor.shutdown_timeout_secs", 20.0, _float(0.1, 3600), "ACCEPTOR_SHUTDOWN_TIMEOUT_SECS",
             "longest SIGTERM waits for in-flight requests before closing"),
+    Setting("acceptor.max_header_bytes", 16 * 1024, _int(1024, 1 << 20), "ACCEPTOR_MAX_HEADER_BYTES",
+            "largest request headers: gRPC metadata in all, OTLP/HTTP each header line"),
+    Setting("acceptor.max_header_count", 100, _int(8, 10_000), "ACCEPTOR_MAX_HEADER_COUNT",
+            "most header fields in one OTLP/HTTP request"),
+    Setting("acceptor.max_concurrent_streams", 100, _int(1, 100_000), "ACCEPTOR_MAX_CONCURRENT_STREAMS",
+            "most gRPC calls at once on one connection"),
     Setting("writer.flight_addr", "127.0.0.1:50061", _address, "WRITER_FLIGHT_ADDR", "Flight listen address"),
     Setting("writer.health_addr", "127.0.0.1:8081", _address, "WRITER_HEALTH_ADDR",
             "health and metrics listen address"),
@@ -307,6 +313,9 @@ class AcceptorConfig:
     forward_batch_bytes: int
     dead_letter_dir: Path
     shutdown_timeout_secs: float
+    max_header_bytes: int = 16 * 1024
+    max_header_count: int = 100
+    max_concurrent_streams: int = 100
 
 
 @dataclass(frozen=True)
@@ -462,6 +471,9 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
             forward_batch_bytes=v["acceptor.forward_batch_bytes"],
             dead_letter_dir=Path(dead_letter) if dead_letter else acceptor_wal.wal_dir / "dead-letter",
             shutdown_timeout_secs=v["acceptor.shutdown_timeout_secs"],
+            max_header_bytes=v["acceptor.max_header_bytes"],
+            max_header_count=v["acceptor.max_header_count"],
+            max_concurrent_streams=v["acceptor.max_concurrent_streams"],
         ),
         writer=WriterConfig(
             flight_addr=v["writer.flight_addr"],

@@ -6,6 +6,22 @@ validates them); grpc itself handles ``grpc-encoding: gzip`` and enforces
 RetryInfo). Retryable refusals carry RetryInfo twice: the
 ``google.rpc.retryinfo-bin`` trailer the Python exporter reads and the
 ``grpc-status-details-bin`` Status that Go/.NET/Rust clients read.
+
+Auth comes before work. grpc.aio receives (and decompresses) the whole
+message of a unary method before its handler runs, so a bearer check inside
+the handler would let an unauthenticated client make us take in up to
+``max_request_bytes``. With a token configured, the method lookup itself
+(``_AuthFirstHandler.service``, which sees the call's headers and nothing
+else) checks the ``authorization`` metadata: a good token gets the normal
+unary handler, anything else gets a stream-unary handler that aborts with
+UNAUTHENTICATED without ever asking for the message, so grpc answers on the
+headers alone and takes in no more of the body than HTTP/2 flow control
+had already allowed. Without a token the lookup is grpc's own generic
+handler, as fast as before.
+
+Headers and streams are bounded per connection: ``max_header_bytes`` of
+metadata (``grpc.max_metadata_size``, as both soft and hard limit) and
+``max_concurrent_streams`` streams at once.
 """
 
 from __future__ import annotations
@@ -39,8 +55,11 @@ _GRPC_STATUS = {
 
 class GrpcReceiver:
     def __init__(self, addr: Address, ingest: Ingest, auth_token: str | None,
-                 pem_pair: tuple[bytes, bytes] | None) -> None:
+                 pem_pair: tuple[bytes, bytes] | None, max_header_bytes: int = 16 * 1024,
+                 max_concurrent_streams: int = 100) -> None:
         self._addr = addr
+        self._max_header_bytes = max_header_bytes
+        self._max_concurrent_streams = max_concurrent_streams
         self._ingest = ingest
         self._auth_token = auth_token
         self._pem_pair = pem_pair
@@ -53,10 +72,20 @@ class GrpcReceiver:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
             ("grpc.so_reuseport", 0),  # a second acceptor on the same port must fail, not share it
+            # Bounded headers: soft and hard limit alike, so a request over it is always refused
+            # (between the two grpc refuses only some, at random).
+            ("grpc.max_metadata_size", self._max_header_bytes),
+            ("grpc.absolute_max_metadata_size", self._max_header_bytes),
+            ("grpc.max_concurrent_streams", self._max_concurrent_streams),
         ])
-        for kind, service in SERVICES.items():
-            handler = grpc.unary_unary_rpc_method_handler(self._export_handler(kind))  # raw bytes in and out
-            self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
+        handlers = {f"/{service}/Export": grpc.unary_unary_rpc_method_handler(self._export_handler(kind))
+                    for kind, service in SERVICES.items()}  # raw bytes in and out
+        if self._auth_token is None:
+            for kind, service in SERVICES.items():
+                self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+                    service, {"Export": handlers[f"/{service}/Export"]}),))
+        else:
+            self._server.add_generic_rpc_handlers((_AuthFirstHandler(self._auth_token, handlers),))
         target = str(self._addr)
         if self._pem_pair is not None:
             cert, key = self._pem_pair
@@ -86,8 +115,35 @@ class GrpcReceiver:
         return export
 
 
+class _AuthFirstHandler(grpc.GenericRpcHandler):
+    """Checks the bearer token when grpc looks the method up, on the headers alone (see the module doc)."""
+
+    def __init__(self, token: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._token = token
+        self._handlers = handlers
+        self._refuse = grpc.stream_unary_rpc_method_handler(_refuse_unauthenticated)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._handlers.get(handler_call_details.method)
+        if handler is None:
+            return None  # UNIMPLEMENTED, as before
+        if bearer_ok(self._token, _find(handler_call_details.invocation_metadata, "authorization")):
+            return handler
+        return self._refuse
+
+
+async def _refuse_unauthenticated(request_iterator: object, context: aio.ServicerContext) -> bytes:
+    # Never touches request_iterator: grpc is not asked to receive the message.
+    await _abort(context, Refused("unauthenticated", "missing or wrong bearer token"))
+    raise AssertionError("unreachable: abort raises")
+
+
 def _metadata(context: aio.ServicerContext, key: str) -> str | None:
-    for k, v in context.invocation_metadata() or ():
+    return _find(context.invocation_metadata(), key)
+
+
+def _find(metadata: object, key: str) -> str | None:
+    for k, v in metadata or ():  # type: ignore[attr-defined]
         if k == key:
             return v if isinstance(v, str) else v.decode()
     return None

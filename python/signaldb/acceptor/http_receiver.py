@@ -1,7 +1,9 @@
 """OTLP/HTTP: ``POST /v1/traces``, ``/v1/logs``, ``/v1/metrics``.
 
 Only transport work happens here: method, auth, content type, body size,
-gzip/deflate. Decompression is streamed with a hard output cap, so a gzip
+gzip/deflate. The bearer token is checked on the headers, before a byte of
+the body is read: an unauthenticated client gets its 401 however large a
+body it declares. Decompression is streamed with a hard output cap, so a gzip
 bomb costs at most ``max_request_bytes`` of memory before it gets its 413.
 The answer (success or ``google.rpc.Status``) uses the request's encoding.
 """
@@ -34,8 +36,11 @@ _INLINE_INFLATE_BYTES = 64 * 1024
 
 class HttpReceiver:
     def __init__(self, addr: Address, ingest: Ingest, auth_token: str | None,
-                 ssl_context: ssl.SSLContext | None, shutdown_grace_secs: float) -> None:
+                 ssl_context: ssl.SSLContext | None, shutdown_grace_secs: float,
+                 max_header_bytes: int = 16 * 1024, max_header_count: int = 100) -> None:
         self._addr = addr
+        self._max_header_bytes = max_header_bytes
+        self._max_header_count = max_header_count
         self._grace = shutdown_grace_secs
         self._ingest = ingest
         self._auth_token = auth_token
@@ -49,8 +54,12 @@ class HttpReceiver:
         for path in PATHS:
             app.router.add_route("*", path, self._handle)
         # auto_decompress off: we inflate ourselves, with an output cap (gzip bombs) and raw-deflate support.
+        # Bounded headers: the request line and each header line up to max_header_bytes, at most
+        # max_header_count fields; aiohttp answers a request over them with 400 and closes.
         self._runner, self.port = await start_site(app, self._addr, self._ssl, shutdown_timeout=self._grace,
-                                                   auto_decompress=False)
+                                                   auto_decompress=False, max_line_size=self._max_header_bytes,
+                                                   max_field_size=self._max_header_bytes,
+                                                   max_headers=self._max_header_count)
         return self.port
 
     async def stop(self) -> None:

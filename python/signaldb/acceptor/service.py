@@ -85,9 +85,13 @@ class AcceptorService:
                         max_age_secs=cfg.acceptor.max_age_secs, max_future_secs=cfg.acceptor.max_future_secs)
         self.ingest = Ingest(self.wal, self.admission, self.metrics, limits,
                              on_fatal=self._on_fatal, on_accepted=self.forwarder.notify)
-        self.grpc = GrpcReceiver(cfg.acceptor.grpc_addr, self.ingest, cfg.security.auth_token, pem)
+        self.grpc = GrpcReceiver(cfg.acceptor.grpc_addr, self.ingest, cfg.security.auth_token, pem,
+                                 max_header_bytes=cfg.acceptor.max_header_bytes,
+                                 max_concurrent_streams=cfg.acceptor.max_concurrent_streams)
         self.http = HttpReceiver(cfg.acceptor.http_addr, self.ingest, cfg.security.auth_token,
-                                 server_ssl_context(cfg.security), cfg.acceptor.shutdown_timeout_secs)
+                                 server_ssl_context(cfg.security), cfg.acceptor.shutdown_timeout_secs,
+                                 max_header_bytes=cfg.acceptor.max_header_bytes,
+                                 max_header_count=cfg.acceptor.max_header_count)
         grpc_port = await self.grpc.start()
         http_port = await self.http.start()
         self.state = "running"

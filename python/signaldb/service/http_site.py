@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from signaldb.config import Address
 
@@ -16,6 +18,7 @@ async def start_site(app: web.Application, addr: Address, ssl_context: ssl.SSLCo
 
     Our services handle signals themselves and log in JSON, so aiohttp's signal
     handling and access log are off."""
+    _quiet_client_errors()
     runner = web.AppRunner(app, access_log=None, handle_signals=False, **runner_kwargs)
     await runner.setup()
     site = web.TCPSite(runner, addr.host, addr.port, ssl_context=ssl_context, reuse_address=True)
@@ -23,3 +26,29 @@ async def start_site(app: web.Application, addr: Address, ssl_context: ssl.SSLCo
     server = site._server  # the asyncio server: the only place aiohttp exposes port 0's pick
     assert server is not None and server.sockets
     return runner, server.sockets[0].getsockname()[1]
+
+
+class _ClientErrorFilter(logging.Filter):
+    """aiohttp logs every request it cannot parse (a header over the limit, too many headers,
+    garbage) at error level with a traceback: anyone who can connect could fill the logs with
+    them. Those are the client's fault: one warning line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            record.msg, record.args = "malformed HTTP request refused", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+            record.remote, record.status = remote, exc.code
+            record.error = " ".join(str(exc.message).split())[:200]
+        return True
+
+
+_CLIENT_ERROR_FILTER = _ClientErrorFilter()
+
+
+def _quiet_client_errors() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if _CLIENT_ERROR_FILTER not in server_log.filters:
+        server_log.addFilter(_CLIENT_ERROR_FILTER)
