@@ -31,8 +31,13 @@ resends), and the replay waits before buffering more. So the store being down
 
 Build failures: a store failure is retried for ever inside the PUT (the store
 comes back), but ``parquet.build`` raising is taken as deterministic (the data
-itself is refused). A plan whose build fails ``BUILD_ATTEMPTS`` times is given
-up: each of its entries' whole WAL payload is copied to
+itself is refused). A plan whose build fails ``BUILD_ATTEMPTS`` times is split
+into one plan per entry, each tried once more, so that one bad entry does not
+take the others in its file down with it (only a plan made in this life: it was
+never built, so no object of its name exists; the old plan and the new ones
+swap in one state save; a plan re-read at replay may have been PUT before the
+crash and is never split). A single-entry plan (or a replayed one) that still
+fails is given up: each of its entries' whole WAL payload is copied to
 ``<wal_dir>/dead-letter/<wal id>.entry`` with ``<wal id>.json`` beside it
 (reason, the partitions dead-lettered, the entry's other partitions), then the
 plan is saved as ``dead_letter`` in the state file (from then on it counts as
@@ -52,10 +57,10 @@ while building is not counted (it is not the data's fault): the plan is retried.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +115,9 @@ class _Plan:
     build_failures: int = 0
     not_before: float = 0.0  # monotonic time before which a failed build is not retried
     released: bool = False
+    # Planned in this life, so never PUT by any life: may be split up (see _build_failed).
+    # A plan re-read at replay may have been PUT before the crash and is only ever rewritten whole.
+    splittable: bool = True
 
 
 def file_path(table: str, partition: str, wal_ids: list[int]) -> str:
@@ -294,6 +302,7 @@ class Sink:
                 log.error("planned file lost entries; rewriting what remains under its name",
                           extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids})
                 plan.path = path
+            plan.splittable = False
             plans.append(plan)
         log.info("replay read", extra={"entries": seen, "already_committed": len(already_done),
                                        "files_to_rewrite": len(plans)})
@@ -416,8 +425,9 @@ class Sink:
                 try:
                     data, rows = parquet.build(p.table, p.batches)
                 except Exception as err:  # the data itself (or memory): never the store
-                    if self._build_failed(p, err):
-                        failed.append(p)
+                    again = self._build_failed(p, err)
+                    if again:
+                        failed.extend(again)
                         continue
                 else:
                     put_with_retry(self._store, p.path, data, self._metrics, self._give_up)  # step 2
@@ -445,21 +455,42 @@ class Sink:
             with self._cond:
                 self._retry.extend(failed)
 
-    def _build_failed(self, p: _Plan, err: Exception) -> bool:
-        """A build of ``p`` raised: True to retry it later, False once it went to dead-letter."""
+    def _build_failed(self, p: _Plan, err: Exception) -> list[_Plan]:
+        """A build of ``p`` raised: the plans to retry later ([p], or p split up), or []
+        once ``p`` went to dead-letter."""
         self._metrics.build_errors.inc()
         p.not_before = time.monotonic() + BUILD_RETRY_PAUSE_SECS
         if isinstance(err, MemoryError):  # not the data's fault: retried, never dead-lettered
             log.warning("building a Parquet file ran out of memory; will retry",
                         extra={"path": p.path, "error": repr(err)})
-            return True
+            return [p]
         p.build_failures += 1
         if p.build_failures < BUILD_ATTEMPTS:
             log.warning("building a Parquet file failed; will retry",
                         extra={"path": p.path, "attempt": p.build_failures, "error": repr(err)})
-            return True
+            return [p]
+        if p.splittable and len(p.wal_ids) > 1:
+            return self._split(p, err)
         self._dead_letter_plan(p, err)
-        return False
+        return []
+
+    def _split(self, p: _Plan, err: Exception) -> list[_Plan]:
+        """Replaces ``p`` by one plan per entry, so that only the entries whose rows cannot be
+        built go to dead-letter. Safe because ``p`` was planned in this life and never built,
+        so no object of that name exists; the swap is one state save (old plan or new ones)."""
+        subs = [_plan(p.table, p.partition, [(wid, batch)]) for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
+        for sub in subs:
+            sub.build_failures = BUILD_ATTEMPTS - 1  # the rows already failed together: one try each
+        with self._state_lock:
+            del self._state.files[p.path]
+            for sub in subs:
+                self._state.files[sub.path] = state.FileRecord(sub.table, sub.partition, sub.wal_ids)
+            self._save_state()
+        p.released, p.batches = True, []  # its bytes are the subs' now (same batches)
+        log.warning("building a Parquet file failed repeatedly; trying its entries one by one",
+                    extra={"path": p.path, "wal_ids": p.wal_ids, "attempts": p.build_failures,
+                           "error": repr(err)})
+        return subs
 
     def _dead_letter_plan(self, p: _Plan, err: Exception) -> None:
         """Gives ``p`` up: its entries' payloads go to dead-letter (durably), then the plan is
