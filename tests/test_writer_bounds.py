@@ -185,8 +185,8 @@ def test_many_partitions_stay_under_the_memory_bound_and_land_once(
     assert sampler.max_buffered <= limit + base.nbytes * 2, (sampler.max_buffered, limit)
     # Without the bound the buffers alone would hold every byte sent (~200 MB) for an hour
     # (measured: RSS +300 MiB with a 1 GiB bound, no file before the stop). With it: the bound plus a fixed working
-    # set (a file's build, batches in flight, allocator caches), ~+75 MiB for 16 MiB.
-    assert growth < limit + 80 * MIB, f"RSS grew {growth / MIB:.0f} MiB for {sent_bytes / MIB:.0f} MiB sent"
+    # set (a file's build, batches in flight, allocator caches): +69-82 MiB measured for 16 MiB.
+    assert growth < limit + 100 * MIB, f"RSS grew {growth / MIB:.0f} MiB for {sent_bytes / MIB:.0f} MiB sent"
     assert w.stop() == 0
     assert_exactly_once(tmp_path / "data", [0, *batches], BASE_SPANS)
 
