@@ -17,7 +17,7 @@ partitions in one of three places: a written file (nothing to do), a planned
 file (rewritten whole, same name, same rows: an overwrite, not a duplicate), or
 nowhere (buffered again). An entry in the state's ``committed`` set was
 committed but its mark did not reach disk: it is marked. A failed plan is retried as it is, never regrouped,
-for the same reason.
+for the same reason (the one exception, a plan that was never built, is under "Build failures").
 
 Memory bound (``max_buffered_bytes``): every byte of Arrow data held for a file
 not yet written counts, from the moment it is buffered until its file is
@@ -118,6 +118,7 @@ class _Plan:
     # Planned in this life, so never PUT by any life: may be split up (see _build_failed).
     # A plan re-read at replay may have been PUT before the crash and is only ever rewritten whole.
     splittable: bool = True
+    superseded: bool = False  # split up: its entry plans replaced it in the state file
 
 
 def file_path(table: str, partition: str, wal_ids: list[int]) -> str:
@@ -364,8 +365,8 @@ class Sink:
             except Exception:
                 log.exception("writing Parquet failed; retrying the same files")
                 with self._cond:
-                    queued = {id(p) for p in self._retry}
-                    self._retry[:0] = [p for p in plans if id(p) not in queued]
+                    queued = {id(p) for p in self._retry}  # failed builds are queued already
+                    self._retry[:0] = [p for p in plans if id(p) not in queued and not p.superseded]
                 if self._give_up():
                     return
                 time.sleep(_FAILED_CYCLE_PAUSE_SECS)
@@ -417,7 +418,7 @@ class Sink:
             if new:
                 self._save_state()  # step 1: the plan is durable before any byte of the file
         crashpoints.reached("after_plan")
-        settled, failed = [], []
+        settled = []
         for p in plans:
             with self._state_lock:
                 already = self._state.files[p.path].settled
@@ -427,7 +428,8 @@ class Sink:
                 except Exception as err:  # the data itself (or memory): never the store
                     again = self._build_failed(p, err)
                     if again:
-                        failed.extend(again)
+                        with self._cond:
+                            self._retry.extend(again)  # at once: a later failure in this cycle must not lose them
                         continue
                 else:
                     put_with_retry(self._store, p.path, data, self._metrics, self._give_up)  # step 2
@@ -451,9 +453,6 @@ class Sink:
                         if not entry.outstanding:
                             complete.append(wid)
         self._commit(complete)
-        if failed:
-            with self._cond:
-                self._retry.extend(failed)
 
     def _build_failed(self, p: _Plan, err: Exception) -> list[_Plan]:
         """A build of ``p`` raised: the plans to retry later ([p], or p split up), or []
@@ -486,7 +485,7 @@ class Sink:
             for sub in subs:
                 self._state.files[sub.path] = state.FileRecord(sub.table, sub.partition, sub.wal_ids)
             self._save_state()
-        p.released, p.batches = True, []  # its bytes are the subs' now (same batches)
+        p.released, p.superseded, p.batches = True, True, []  # its bytes are the subs' now (same batches)
         log.warning("building a Parquet file failed repeatedly; trying its entries one by one",
                     extra={"path": p.path, "wal_ids": p.wal_ids, "attempts": p.build_failures,
                            "error": repr(err)})
