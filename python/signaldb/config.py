@@ -226,6 +226,8 @@ SETTINGS: tuple[Setting, ...] = (
             "longest rows wait before their Parquet file is written"),
     Setting("writer.shutdown_timeout_secs", 30.0, _float(0.1, 3600), "WRITER_SHUTDOWN_TIMEOUT_SECS",
             "longest SIGTERM waits to write out open files"),
+    Setting("writer.max_buffered_bytes", 512 * MIB, _int(MIB, 1 << 40), "WRITER_MAX_BUFFERED_BYTES",
+            "Arrow bytes held in memory for Parquet files not yet written, over all tables and hours"),
     Setting("storage.url", "file://.data", _storage_url, "SIGNALDB_STORAGE_URL",
             "where Parquet goes: file://PATH or s3://BUCKET/PREFIX"),
     Setting("security.auth_token", "", _optional_string, "SIGNALDB_AUTH_TOKEN",
@@ -325,6 +327,7 @@ class WriterConfig:
     file_max_bytes: int
     file_max_age_secs: float
     shutdown_timeout_secs: float
+    max_buffered_bytes: int
 
 
 @dataclass(frozen=True)
@@ -481,6 +484,7 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
             file_max_bytes=v["writer.file_max_bytes"],
             file_max_age_secs=v["writer.file_max_age_secs"],
             shutdown_timeout_secs=v["writer.shutdown_timeout_secs"],
+            max_buffered_bytes=v["writer.max_buffered_bytes"],
         ),
         storage_url=v["storage.url"],
         security=SecurityConfig(

@@ -1,7 +1,7 @@
 """Named crash points for the writer's crash tests (``SIGNALDB_TEST_CRASH_AT``).
 
 Set ``SIGNALDB_TEST_CRASH_AT=after_plan`` (or ``after_put``, ``before_rename``,
-``after_commit``) and the process SIGKILLs itself the first time it reaches
+``after_commit``, ``after_dead_letter``) and the process SIGKILLs itself the first time it reaches
 that point: the tests then restart the writer and check that every acked row
 lands in Parquet exactly once. Unset (always, in production) it costs one
 comparison. ``SIGNALDB_TEST_CRASH_SKIP=N`` passes the point N times first.

@@ -8,8 +8,9 @@ and concurrent streams share the WAL's group commit.
 
 Refusals: a broken descriptor, schema or batch raises ``pa.ArrowInvalid``
 (gRPC INVALID_ARGUMENT: the acceptor must not resend it as is); a full WAL,
-a backlog over its limit or an entry in flight elsewhere raise Flight's
-unavailable error (retryable). Nothing of a refused batch is kept, and batches
+a backlog over its limit, buffers at ``writer.max_buffered_bytes`` (after
+waiting up to ``ROOM_WAIT_SECS`` for the flusher to free some) or an entry in
+flight elsewhere raise Flight's unavailable error (retryable). Nothing of a refused batch is kept, and batches
 acked before it in the same stream stay acked.
 """
 
@@ -31,6 +32,11 @@ from signaldb.writer.sink import Sink
 from signaldb.writer.tables import kind_of, reference_schema
 
 log = logging.getLogger(__name__)
+
+# How long a batch waits for the sink's buffered bytes to drop under the bound before it is
+# refused: long enough to ride out one file being written, short enough not to tie up
+# Flight's handler threads while the store is down.
+ROOM_WAIT_SECS = 0.5
 
 
 class _BearerMiddlewareFactory(flight.ServerMiddlewareFactory):
@@ -141,6 +147,9 @@ class WriterFlightServer(flight.FlightServerBase):
         """Makes the batch's new entries durable in the WAL; returns the ack."""
         if self.over_backlog():
             raise self._unavailable("backlog", "writer WAL backlog over wal.max_backlog_bytes; retry later")
+        if not self._sink.wait_for_room(ROOM_WAIT_SECS):
+            raise self._unavailable("memory", "writer buffers at writer.max_buffered_bytes (Parquet files not "
+                                              "written fast enough, or the object store is down); retry later")
         ids = [eid for eid, _ in entries]
         try:
             new, duplicates = self._ledger.reserve(key, ids)

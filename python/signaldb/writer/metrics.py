@@ -23,7 +23,7 @@ class WriterMetrics:
                                          "Acceptor entries acked as duplicates (not written again).",
                                          ["table"], registry=registry)
         self.refused_batches = Counter("signaldb_writer_refused_batches",
-                                       "Flight batches refused, by reason (invalid, backlog, wal_full, busy, ...).",
+                                       "Flight batches refused, by reason (invalid, backlog, memory, wal_full, busy, ...).",
                                        ["reason"], registry=registry)
         self.put_duration = Histogram("signaldb_writer_object_put_duration_seconds",
                                       "Time each successful object-store PUT (or local write) took.",
@@ -31,9 +31,21 @@ class WriterMetrics:
         self.put_errors = Counter("signaldb_writer_object_put_errors", "Failed object-store PUTs (retried).",
                                   registry=registry)
         self.dead_letter_entries = Counter("signaldb_writer_dead_letter_entries",
-                                           "Unreadable writer WAL entries moved to <wal_dir>/dead-letter.",
+                                           "Writer WAL entries moved to <wal_dir>/dead-letter: unreadable, or "
+                                           "a Parquet file holding their rows could not be built.",
                                            registry=registry)
+        self.build_errors = Counter("signaldb_writer_parquet_build_errors",
+                                    "Failed attempts to build a Parquet file (retried a few times, then "
+                                    "its entries go to dead-letter).", registry=registry)
         self.buffered_bytes = Gauge("signaldb_writer_buffered_bytes",
-                                    "Arrow bytes waiting in open files.", registry=registry)
+                                    "Arrow bytes held for Parquet files not yet written (open buffers and "
+                                    "files being written or retried).", registry=registry)
+        self.buffered_bytes_limit = Gauge("signaldb_writer_buffered_bytes_limit",
+                                          "writer.max_buffered_bytes: Flight ingest pushes back at this many "
+                                          "buffered bytes; files are written early above half of it.",
+                                          registry=registry)
+        self.early_files = Counter("signaldb_writer_early_files",
+                                   "Files written before their size or age limit to keep buffered bytes "
+                                   "under half of writer.max_buffered_bytes.", registry=registry)
         self.open_files = Gauge("signaldb_writer_open_files", "Table/hour buffers not yet written.",
                                 registry=registry)

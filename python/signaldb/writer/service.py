@@ -66,7 +66,8 @@ class WriterService:
         saved = state.load(wcfg.wal_dir)
         self.ledger = Ledger.from_snapshot(saved.done, saved.floors)
         self.sink = Sink(self.wal, wcfg.wal_dir, open_store(self.cfg.storage_url), self.ledger, saved,
-                         self.metrics, self.cfg.writer.file_max_bytes, self.cfg.writer.file_max_age_secs)
+                         self.metrics, self.cfg.writer.file_max_bytes, self.cfg.writer.file_max_age_secs,
+                         self.cfg.writer.max_buffered_bytes)
         self.sink.start()
         if self.stopping:
             self.sink.abort_replay()
@@ -140,4 +141,6 @@ class WriterService:
                 reasons.append(f"WAL stopped after a failed fsync: {stats.get('poisoned_reason')}")
             if int(stats["unprocessed_bytes"]) > self.cfg.writer_wal.max_backlog_bytes:
                 reasons.append("WAL backlog over wal.max_backlog_bytes")
+        if self.sink is not None and self.sink.over_limit():
+            reasons.append("buffers at writer.max_buffered_bytes")
         return reasons

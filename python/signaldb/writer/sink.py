@@ -17,12 +17,47 @@ partitions in one of three places: a written file (nothing to do), a planned
 file (rewritten whole, same name, same rows: an overwrite, not a duplicate), or
 nowhere (buffered again). An entry in the state's ``committed`` set was
 committed but its mark did not reach disk: it is marked. A failed plan is retried as it is, never regrouped,
-for the same reason.
+for the same reason (the one exception, a plan that was never built, is under "Build failures").
+
+Memory bound (``max_buffered_bytes``): every byte of Arrow data held for a file
+not yet written counts, from the moment it is buffered until its file is
+written (or dead-lettered): open buffers, plans being written and plans waiting
+for a retry. Above half the bound the flusher also takes the *oldest* buffers,
+however small or young, until the rest is under half again (``early_files``);
+these are ordinary plans, named and saved like any other. At the bound the
+Flight side refuses new batches (``wait_for_room``, UNAVAILABLE: the acceptor
+resends), and the replay waits before buffering more. So the store being down
+(the flusher stuck in a PUT) stops intake at the bound instead of growing.
+
+Build failures: a store failure is retried for ever inside the PUT (the store
+comes back), but ``parquet.build`` raising is taken as deterministic (the data
+itself is refused). A plan whose build fails ``BUILD_ATTEMPTS`` times is split
+into one plan per entry, each tried once more, so that one bad entry does not
+take the others in its file down with it (only a plan made in this life: it was
+never built, so no object of its name exists; the old plan and the new ones
+swap in one state save; a plan re-read at replay may have been PUT before the
+crash and is never split). A single-entry plan (or a replayed one) that still
+fails is given up: each of its entries' whole WAL payload is copied to
+``<wal_dir>/dead-letter/<wal id>.entry`` with ``<wal id>.json`` beside it
+(reason, the partitions dead-lettered, the entry's other partitions), then the
+plan is saved as ``dead_letter`` in the state file (from then on it counts as
+settled, like a written file, also after a restart), and the entries complete
+as usual. Other plans are written meanwhile: a failing plan waits
+``BUILD_RETRY_PAUSE_SECS`` between attempts without holding anything up.
+What ends where, for an entry with rows in several hours: the rows of the
+dead-lettered partition(s) are in dead-letter only; its rows in other
+partitions go to Parquet as usual (their files may hold other entries), so
+those rows are *also* in the dead-letter payload, which holds the whole entry.
+The ``.json`` lists both sets (``partitions_dead_lettered``,
+``partitions_in_parquet``): re-ingest only the rows of the former. The entry's
+acceptor ids count as done: a resend is acked as a duplicate. A MemoryError
+while building is not counted (it is not the data's fault): the plan is retried.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -32,7 +67,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from signaldb.service.durable import fsync_dir, replace_durably
+from signaldb.service.durable import fsync_dir, replace_durably, write_synced
 from signaldb.wal import Wal
 from signaldb.writer import crashpoints, parquet, payload, state
 from signaldb.writer.ledger import IdSet, Key, Ledger
@@ -45,6 +80,9 @@ log = logging.getLogger(__name__)
 _REPLAY_LOG_EVERY_SECS = 5.0
 DEAD_LETTER_DIR = "dead-letter"
 _FAILED_CYCLE_PAUSE_SECS = 1.0
+BUILD_ATTEMPTS = 3
+BUILD_RETRY_PAUSE_SECS = 0.5
+_REPLAY_ROOM_WAIT_SECS = 0.5
 
 
 @dataclass
@@ -53,7 +91,8 @@ class _Entry:
 
     key: Key
     acceptor_ids: list[int]
-    outstanding: set[str]  # partitions whose rows are not yet in a written file
+    partitions: tuple[str, ...]  # every partition the entry has rows in
+    outstanding: set[str]  # partitions whose rows are not yet in a written (or dead-lettered) file
 
 
 @dataclass
@@ -72,6 +111,14 @@ class _Plan:
     partition: str
     wal_ids: list[int]
     batches: list[pa.RecordBatch]
+    nbytes: int = 0  # counted in the sink's held bytes until released
+    build_failures: int = 0
+    not_before: float = 0.0  # monotonic time before which a failed build is not retried
+    released: bool = False
+    # Planned in this life, so never PUT by any life: may be split up (see _build_failed).
+    # A plan re-read at replay may have been PUT before the crash and is only ever rewritten whole.
+    splittable: bool = True
+    superseded: bool = False  # split up: its entry plans replaced it in the state file
 
 
 def file_path(table: str, partition: str, wal_ids: list[int]) -> str:
@@ -83,7 +130,9 @@ def file_path(table: str, partition: str, wal_ids: list[int]) -> str:
 def _plan(table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]]) -> _Plan:
     ordered = sorted(parts, key=lambda p: p[0])  # wal id order: a rewrite holds the same rows
     wal_ids = [wid for wid, _ in ordered]
-    return _Plan(file_path(table, partition, wal_ids), table, partition, wal_ids, [b for _, b in ordered])
+    batches = [b for _, b in ordered]
+    return _Plan(file_path(table, partition, wal_ids), table, partition, wal_ids, batches,
+                 sum(b.nbytes for b in batches))
 
 
 class Sink:
@@ -97,6 +146,7 @@ class Sink:
         metrics: WriterMetrics,
         file_max_bytes: int,
         file_max_age_secs: float,
+        max_buffered_bytes: int = 512 << 20,
     ) -> None:
         self._wal = wal
         self._wal_dir = Path(wal_dir)
@@ -106,7 +156,12 @@ class Sink:
         self._metrics = metrics
         self._max_bytes = file_max_bytes
         self._max_age = file_max_age_secs
-        self._cond = threading.Condition()  # guards entries, buffers, retry and the flags below
+        self._limit = max_buffered_bytes
+        self._flush_mark = max_buffered_bytes // 2
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # guards entries, buffers, retry, held and the flags below
+        self._room = threading.Condition(lock)  # notified when held bytes drop
+        self._held = 0  # Arrow bytes in buffers and in plans not yet released
         self._state_lock = threading.Lock()  # guards self._state and its saves
         self._entries: dict[int, _Entry] = {}
         self._committed = IdSet(saved.committed)  # writer WAL ids fully in Parquet
@@ -117,6 +172,7 @@ class Sink:
         self._stopping = False
         self._deadline = float("inf")
         self._thread = threading.Thread(target=self._run, name="writer-sink", daemon=True)
+        metrics.buffered_bytes_limit.set(max_buffered_bytes)
 
     # -- feeding ---------------------------------------------------------------
 
@@ -127,7 +183,8 @@ class Sink:
         """Buffers a durable writer WAL entry's rows."""
         parts = split_by_hour(record.table, record.batch)
         with self._cond:
-            self._entries[wal_id] = _Entry((record.acceptor_id, record.table), record.entry_ids, set(parts))
+            self._entries[wal_id] = _Entry((record.acceptor_id, record.table), record.entry_ids, tuple(parts),
+                                           set(parts))
             self._buffer(wal_id, record.table, parts.items())
 
     def _buffer(self, wal_id: int, table: str, parts: Iterable[tuple[str, pa.RecordBatch]]) -> None:
@@ -139,13 +196,45 @@ class Sink:
                 self._cond.notify()  # the flusher may be sleeping past this buffer's deadline
             buf.parts.append((wal_id, batch))
             buf.nbytes += batch.nbytes
+            self._held += batch.nbytes
             if buf.nbytes >= self._max_bytes:
                 self._cond.notify()
+        if self._held > self._flush_mark:
+            self._cond.notify()  # time to write the oldest buffers early
         self._update_gauges()
 
     def _update_gauges(self) -> None:
         self._metrics.open_files.set(len(self._buffers))
-        self._metrics.buffered_bytes.set(sum(b.nbytes for b in self._buffers.values()))
+        self._metrics.buffered_bytes.set(self._held)
+
+    # -- the memory bound --------------------------------------------------------
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for the held bytes to be under the bound; False if
+        they are not (the caller refuses the batch: UNAVAILABLE, retried by the acceptor)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._held >= self._limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.notify()  # the flusher may be asleep with buffers to write early
+                self._room.wait(left)
+            return True
+
+    def over_limit(self) -> bool:
+        return self._held >= self._limit
+
+    def _release(self, plan: _Plan) -> None:
+        """The plan's rows are in a durable file (or dead-letter): their bytes no longer count.
+        Idempotent (a plan may be retried after a failed cycle). Call with ``_cond`` held."""
+        if plan.released:
+            return
+        plan.released = True
+        plan.batches = []  # a settled plan is never built again; drop the rows now, not at the cycle's end
+        self._held -= plan.nbytes
+        self._update_gauges()
+        self._room.notify_all()
 
     # -- replay ----------------------------------------------------------------
 
@@ -183,11 +272,17 @@ class Sink:
                 if path is None:
                     free.append((partition, batch))
                     outstanding.add(partition)
-                elif not self._state.files[path].written:
+                elif not self._state.files[path].settled:
                     rewrite.setdefault(path, []).append((entry.id, batch))
                     outstanding.add(partition)
             with self._cond:
-                self._entries[entry.id] = _Entry(key, record.entry_ids, outstanding)
+                # The memory bound holds during replay too: wait while the flusher writes
+                # the oldest buffers out (or the store comes back). Only buffers can be
+                # written before the replay ends, so only wait while there are some.
+                while self._held >= self._limit and self._buffers and not self._abort_replay:
+                    self._cond.notify()
+                    self._room.wait(_REPLAY_ROOM_WAIT_SECS)
+                self._entries[entry.id] = _Entry(key, record.entry_ids, tuple(parts), outstanding)
                 self._buffer(entry.id, record.table, free)
             if not outstanding:
                 complete.append(entry.id)
@@ -208,11 +303,14 @@ class Sink:
                 log.error("planned file lost entries; rewriting what remains under its name",
                           extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids})
                 plan.path = path
+            plan.splittable = False
             plans.append(plan)
         log.info("replay read", extra={"entries": seen, "already_committed": len(already_done),
                                        "files_to_rewrite": len(plans)})
         with self._cond:
             self._retry.extend(plans)  # the flusher writes these first, exactly as planned
+            self._held += sum(p.nbytes for p in plans)  # bounded by the last life's limit
+            self._update_gauges()
             self._replayed = True
             self._cond.notify()
         if complete:
@@ -267,26 +365,47 @@ class Sink:
             except Exception:
                 log.exception("writing Parquet failed; retrying the same files")
                 with self._cond:
-                    self._retry[:0] = plans
+                    queued = {id(p) for p in self._retry}  # failed builds are queued already
+                    self._retry[:0] = [p for p in plans if id(p) not in queued and not p.superseded]
                 if self._give_up():
                     return
                 time.sleep(_FAILED_CYCLE_PAUSE_SECS)
 
     def _wait_secs(self) -> float:
-        if not self._buffers:
+        deadlines = []
+        if self._buffers:
+            deadlines.append(min(b.opened for b in self._buffers.values()) + self._max_age)
+        if self._retry:
+            deadlines.append(min(p.not_before for p in self._retry))
+        if not deadlines:
             return 1.0
-        oldest = min(b.opened for b in self._buffers.values())
-        return max(0.005, min(1.0, oldest + self._max_age - time.monotonic()))
+        return max(0.005, min(1.0, min(deadlines) - time.monotonic()))
 
     def _next_plans(self) -> list[_Plan]:
-        """Failed plans first (as they were), then the buffers that are due."""
-        if self._retry:
-            plans, self._retry = self._retry, []
-            return plans
+        """Failed plans (as they were) whose pause is over, the buffers that are due, and,
+        while the held bytes are over half the bound, the oldest of the other buffers."""
         now = time.monotonic()
+        plans = [p for p in self._retry if self._stopping or p.not_before <= now]
+        if plans:
+            self._retry = [p for p in self._retry if not (self._stopping or p.not_before <= now)]
         due = [k for k, b in self._buffers.items()
                if self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age]
-        plans = [_plan(*k, self._buffers.pop(k).parts) for k in due]
+        plans += [_plan(*k, self._buffers.pop(k).parts) for k in due]
+        # Everything planned now is released once written: flush early until the rest is under the mark.
+        left = self._held - sum(p.nbytes for p in plans if not p.released)
+        early = 0
+        if left > self._flush_mark:
+            for k in sorted(self._buffers, key=lambda k: self._buffers[k].opened):
+                if left <= self._flush_mark:
+                    break
+                plan = _plan(*k, self._buffers.pop(k).parts)
+                plans.append(plan)
+                left -= plan.nbytes
+                early += 1
+        if early:
+            self._metrics.early_files.inc(early)
+            log.debug("writing buffers early: buffered bytes over half of writer.max_buffered_bytes",
+                      extra={"files": early, "buffered_bytes": self._held, "limit": self._limit})
         if plans:
             self._update_gauges()
         return plans
@@ -299,22 +418,34 @@ class Sink:
             if new:
                 self._save_state()  # step 1: the plan is durable before any byte of the file
         crashpoints.reached("after_plan")
+        settled = []
         for p in plans:
             with self._state_lock:
-                if self._state.files[p.path].written:
-                    continue
-            data, rows = parquet.build(p.table, p.batches)
-            put_with_retry(self._store, p.path, data, self._metrics, self._give_up)  # step 2
-            crashpoints.reached("after_put")
-            with self._state_lock:
-                self._state.files[p.path].written = True
-            self._metrics.files_written.labels(p.table).inc()
-            self._metrics.rows_written.labels(p.table).inc(rows)
-            self._metrics.bytes_written.labels(p.table).inc(len(data))
-            log.debug("file written", extra={"path": p.path, "rows": rows, "bytes": len(data)})
+                already = self._state.files[p.path].settled
+            if not already:
+                try:
+                    data, rows = parquet.build(p.table, p.batches)
+                except Exception as err:  # the data itself (or memory): never the store
+                    again = self._build_failed(p, err)
+                    if again:
+                        with self._cond:
+                            self._retry.extend(again)  # at once: a later failure in this cycle must not lose them
+                        continue
+                else:
+                    put_with_retry(self._store, p.path, data, self._metrics, self._give_up)  # step 2
+                    crashpoints.reached("after_put")
+                    with self._state_lock:
+                        self._state.files[p.path].written = True
+                    self._metrics.files_written.labels(p.table).inc()
+                    self._metrics.rows_written.labels(p.table).inc(rows)
+                    self._metrics.bytes_written.labels(p.table).inc(len(data))
+                    log.debug("file written", extra={"path": p.path, "rows": rows, "bytes": len(data)})
+            settled.append(p)
+            with self._cond:
+                self._release(p)
         complete = []
         with self._cond:
-            for p in plans:
+            for p in settled:
                 for wid in p.wal_ids:
                     entry = self._entries.get(wid)
                     if entry is not None and p.partition in entry.outstanding:
@@ -322,6 +453,98 @@ class Sink:
                         if not entry.outstanding:
                             complete.append(wid)
         self._commit(complete)
+
+    def _build_failed(self, p: _Plan, err: Exception) -> list[_Plan]:
+        """A build of ``p`` raised: the plans to retry later ([p], or p split up), or []
+        once ``p`` went to dead-letter."""
+        self._metrics.build_errors.inc()
+        p.not_before = time.monotonic() + BUILD_RETRY_PAUSE_SECS
+        if isinstance(err, MemoryError):  # not the data's fault: retried, never dead-lettered
+            log.warning("building a Parquet file ran out of memory; will retry",
+                        extra={"path": p.path, "error": repr(err)})
+            return [p]
+        p.build_failures += 1
+        if p.build_failures < BUILD_ATTEMPTS:
+            log.warning("building a Parquet file failed; will retry",
+                        extra={"path": p.path, "attempt": p.build_failures, "error": repr(err)})
+            return [p]
+        if p.splittable and len(p.wal_ids) > 1:
+            return self._split(p, err)
+        self._dead_letter_plan(p, err)
+        return []
+
+    def _split(self, p: _Plan, err: Exception) -> list[_Plan]:
+        """Replaces ``p`` by one plan per entry, so that only the entries whose rows cannot be
+        built go to dead-letter. Safe because ``p`` was planned in this life and never built,
+        so no object of that name exists; the swap is one state save (old plan or new ones)."""
+        subs = [_plan(p.table, p.partition, [(wid, batch)]) for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
+        for sub in subs:
+            sub.build_failures = BUILD_ATTEMPTS - 1  # the rows already failed together: one try each
+        with self._state_lock:
+            del self._state.files[p.path]
+            for sub in subs:
+                self._state.files[sub.path] = state.FileRecord(sub.table, sub.partition, sub.wal_ids)
+            self._save_state()
+        p.released, p.superseded, p.batches = True, True, []  # its bytes are the subs' now (same batches)
+        log.warning("building a Parquet file failed repeatedly; trying its entries one by one",
+                    extra={"path": p.path, "wal_ids": p.wal_ids, "attempts": p.build_failures,
+                           "error": repr(err)})
+        return subs
+
+    def _dead_letter_plan(self, p: _Plan, err: Exception) -> None:
+        """Gives ``p`` up: its entries' payloads go to dead-letter (durably), then the plan is
+        saved as dead-lettered. A crash in between builds it again on restart, fails again and
+        rewrites the same dead-letter files (idempotent)."""
+        reason = f"Parquet build failed {p.build_failures} times: {err!r}"[:2000]
+        directory = self._wal_dir / DEAD_LETTER_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        with self._cond:
+            entries = {wid: self._entries.get(wid) for wid in p.wal_ids}
+        new = 0
+        for wid, entry in entries.items():
+            payload_file, record_file = directory / f"{wid}.entry", directory / f"{wid}.json"
+            try:
+                previous = json.loads(record_file.read_bytes())
+            except (FileNotFoundError, ValueError):
+                previous = {}
+            if not payload_file.exists():
+                data = self._read_payload(wid)
+                if data is not None:
+                    write_synced(payload_file, data)
+                    new += 1
+            dead = sorted({*previous.get("partitions_dead_lettered", []), p.partition})
+            partitions = list(entry.partitions) if entry is not None else previous.get("partitions", dead)
+            record = {
+                "wal_id": wid,
+                "reason": reason,
+                "table": p.table,
+                "file": p.path,
+                "acceptor_id": entry.key[0] if entry is not None else previous.get("acceptor_id"),
+                "acceptor_entry_ids": entry.acceptor_ids if entry is not None else previous.get("acceptor_entry_ids"),
+                "partitions": partitions,
+                "partitions_dead_lettered": dead,
+                "partitions_in_parquet": [x for x in partitions if x not in dead],
+                "note": "the .entry file holds the whole writer WAL entry; only its rows in "
+                        "partitions_dead_lettered are missing from Parquet, its rows in "
+                        "partitions_in_parquet are written to Parquet as usual (re-ingest only the former)",
+            }
+            write_synced(record_file, json.dumps(record, indent=1).encode())
+        fsync_dir(directory)
+        fsync_dir(self._wal_dir)  # the dead-letter directory may be new
+        self._metrics.dead_letter_entries.inc(new)
+        log.error("Parquet file could not be built; its entries moved to dead-letter",
+                  extra={"path": p.path, "wal_ids": p.wal_ids, "partition": p.partition,
+                         "dead_letter_dir": str(directory), "attempts": p.build_failures, "error": repr(err)})
+        crashpoints.reached("after_dead_letter")
+        with self._state_lock:
+            self._state.files[p.path].dead_letter = reason
+            self._save_state()  # from here on the plan is settled, also for a restart
+
+    def _read_payload(self, wal_id: int) -> bytes | None:
+        for entry in self._wal.unprocessed(after_id=wal_id - 1, limit=1):
+            if entry.id == wal_id:
+                return bytes(entry.payload)
+        return None  # gone (quarantined as corrupt): the .json still says what it held
 
     def _commit(self, wal_ids: list[int]) -> None:
         """Step 3: complete entries become done (state saved), then processed in the WAL."""
@@ -339,7 +562,7 @@ class Sink:
                 live = set(self._entries)
             if replayed:  # before that, an entry not yet re-read would look complete
                 for path in [p for p, r in self._state.files.items()
-                             if r.written and not live.intersection(r.wal_ids)]:
+                             if r.settled and not live.intersection(r.wal_ids)]:
                     del self._state.files[path]
             self._save_state()
         if wal_ids:
@@ -357,7 +580,8 @@ class Sink:
         with self._cond:
             return {
                 "open_files": len(self._buffers),
-                "buffered_bytes": sum(b.nbytes for b in self._buffers.values()),
+                "buffered_bytes": self._held,
+                "buffered_bytes_limit": self._limit,
                 "unprocessed_entries": len(self._entries),
                 "files_to_retry": len(self._retry),
             }

@@ -14,7 +14,9 @@ It holds what the WAL alone cannot tell after a crash:
   writer WAL ids and partition it holds. It is saved *before* the file is
   written, so a restart rewrites exactly that file under the same name instead
   of regrouping its rows into a differently named one (which would duplicate
-  them). ``written`` tells that the object is already durable.
+  them). ``written`` tells that the object is already durable; ``dead_letter``
+  that the file could not be built and its entries went to dead-letter instead
+  (see ``sink``).
 
 Saved atomically: temp file, fsync, rename, fsync dir (ext4 here has no journal).
 """
@@ -38,6 +40,13 @@ class FileRecord:
     partition: str  # date=YYYY-MM-DD/hour=HH
     wal_ids: list[int]
     written: bool = False
+    # Set (to the reason) once the file was given up on after repeated build failures and its
+    # entries' payloads were moved to <wal_dir>/dead-letter/: settled like ``written``, never built.
+    dead_letter: str = ""
+
+    @property
+    def settled(self) -> bool:
+        return self.written or bool(self.dead_letter)
 
 
 @dataclass
@@ -53,7 +62,9 @@ class State:
             "done": self.done,
             "floors": self.floors,
             "committed": self.committed,
-            "files": {path: vars(rec) for path, rec in self.files.items()},
+            # dead_letter only when set: a state file without one still loads in older versions.
+            "files": {path: {k: v for k, v in vars(rec).items() if k != "dead_letter" or v}
+                      for path, rec in self.files.items()},
         }
         return json.dumps(body, separators=(",", ":")).encode()
 
