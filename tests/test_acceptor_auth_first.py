@@ -20,9 +20,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from helpers.h2_grpc import H2GrpcConnection
+from helpers.procstat import MIB, memory
 
 TOKEN = "s3cret-token"
-MIB = 1 << 20
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]  # 16
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]  # 8
@@ -43,11 +43,7 @@ def acceptor(recorder, acceptor_factory):
 
 
 def rss_mib(acceptor) -> float:
-    with open(f"/proc/{acceptor.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return memory(acceptor.proc.pid)["VmRSS"] / MIB
 
 
 def appended(acceptor) -> int:

@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 
 import pytest
 from helpers.net import free_port, wait_until
@@ -70,13 +69,7 @@ class Load:
 def assert_exactly_once(pipeline: Pipeline, load: Load) -> None:
     wait_until(pipeline.drained, timeout=120, what="pipeline drained")
     want = {f"{prefix}-{i}" for prefix in load.acked for i in range(load.spans)}
-    got: Counter = Counter()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        got = pipeline.count_by("traces", "name")
-        if want <= set(got):
-            break
-        time.sleep(0.2)
+    got = pipeline.counts_once_present(want)
     missing = want - set(got)
     assert not missing, f"{len(missing)} acknowledged spans missing, e.g. {sorted(missing)[:5]}"
     dupes = {name: n for name, n in got.items() if n > 1}

@@ -18,12 +18,12 @@ import json
 import math
 import threading
 import time
-from collections import Counter
 
 import grpc
 import pytest
 from helpers.net import wait_until
 from helpers.pipeline import Pipeline, show_logs_if_failed
+from helpers.procstat import MIB, memory
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -81,12 +81,8 @@ def amplified(spans: int, attr_bytes: int, service: str = "amplified") -> bytes:
 
 
 def peak_rss_mib(proc) -> float:
-    """The process's peak resident memory so far (VmHWM)."""
-    with open(f"/proc/{proc.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    """The process's peak resident memory so far."""
+    return memory(proc.proc.pid)["VmHWM"] / MIB
 
 
 @pytest.fixture
@@ -414,13 +410,7 @@ def check_mixed_traffic(pipeline: Pipeline, seconds: float) -> None:
     assert pipeline.acceptor.proc.poll() is None and pipeline.writer.proc.poll() is None
     wait_until(pipeline.drained, timeout=120, what="pipeline drained")
     want = traffic.expected
-    got: Counter = Counter()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        got = pipeline.count_by("traces", "name")
-        if want <= set(got):
-            break
-        time.sleep(0.2)
+    got = pipeline.counts_once_present(want)
     assert not want - set(got), f"{len(want - set(got))} accepted spans missing"
     assert not set(got) - want, f"{len(set(got) - want)} spans stored that were not accepted"
     assert [name for name, n in got.items() if n > 1] == []

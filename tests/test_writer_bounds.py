@@ -13,25 +13,17 @@ import json
 import pathlib
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from helpers.net import http_get
+from helpers.procstat import memory
+from test_writer_process import procs, wait_settled  # noqa: F401 (procs is a fixture)
 from helpers.writer import HOUR_NS, T0, WriterProcess, convert, duckdb_rows, parquet_files, put, traces_request
 
 MIB = 1 << 20
 BASE_SPANS = 4000  # ~0.9 MB of Arrow per entry
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def health(w: WriterProcess) -> dict:
@@ -45,34 +37,6 @@ def metric(w: WriterProcess, line_start: str, default: float | None = None) -> f
         return default
     assert len(values) == 1, f"{line_start!r} not in /metrics"
     return values[0]
-
-
-def wait_settled(w: WriterProcess, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        h = health(w)
-        if h["wal"]["unprocessed_entries"] == 0 and h["writer"]["open_files"] == 0:
-            return h
-        time.sleep(0.05)
-    raise AssertionError(f"writer did not settle: {h}")
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM (peak RSS) of a process, in bytes."""
-    out = {}
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-@pytest.fixture
-def procs() -> Iterator[list[WriterProcess]]:
-    started: list[WriterProcess] = []
-    yield started
-    for w in started:
-        w.close()
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +105,7 @@ class Sampler(threading.Thread):
         while not self.done.is_set():
             try:
                 self.max_buffered = max(self.max_buffered, health(self.w)["writer"]["buffered_bytes"])
-                self.max_rss = max(self.max_rss, proc_status(self.pid)["VmRSS"])
+                self.max_rss = max(self.max_rss, memory(self.pid)["VmRSS"])
             except (OSError, KeyError, ValueError):
                 pass
             self.done.wait(0.02)
@@ -165,13 +129,13 @@ def test_many_partitions_stay_under_the_memory_bound_and_land_once(
     sender = Sender(w)
     sender.send(0, entry_batch(base, 0, hours=48, spread=6))  # warm-up: imports, first files
     wait_settled_bytes(w)
-    baseline = proc_status(w.proc.pid)["VmHWM"]
+    baseline = memory(w.proc.pid)["VmHWM"]
     sampler = Sampler(w)
     sampler.start()
     for e, batch in batches.items():
         sender.send(e, batch)
     sampler.stop()
-    peak = proc_status(w.proc.pid)["VmHWM"]
+    peak = memory(w.proc.pid)["VmHWM"]
     sender.close()
     written_early = parquet_files(tmp_path / "data", "traces")
     growth = peak - baseline
@@ -253,14 +217,14 @@ def test_store_down_pushes_back_at_the_bound_and_everything_lands_once_after(
     acked_while_down = len(sender.acked)
     assert acked_while_down < len(batches)
     assert metric(w, "signaldb_writer_object_put_errors_total") > 0
-    rss_down = proc_status(w.proc.pid)["VmRSS"]
+    rss_down = memory(w.proc.pid)["VmRSS"]
 
     unblock_store(root, away)
     thread.join(120)
     assert done.is_set() and sorted(sender.acked) == list(batches)
     sampler.stop()
     sender.close()
-    wait_settled(w)
+    wait_settled(w, timeout=60)
     print(f"acked {acked_while_down} of {len(batches)} entries while the store was down; "
           f"{sender.refusals} refusals; buffered max {sampler.max_buffered / MIB:.1f} MiB "
           f"(limit {limit / MIB:.0f}); RSS {rss_down / MIB:.0f} MiB down, max {sampler.max_rss / MIB:.0f} MiB")
@@ -345,7 +309,7 @@ def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
         w.start()
     else:
         first_run = log_msgs(w)
-    wait_settled(w)
+    wait_settled(w, timeout=60)
     msgs = log_msgs(w) if not crash else first_run + log_msgs(w)
     order = [m["msg"] for m in msgs]
     gave_up = order.index("Parquet file could not be built; its entries moved to dead-letter")
@@ -381,7 +345,7 @@ def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
     [(_, duplicates)] = put(client, "traces", "acc-1", [(entry4, [(4, entry4.num_rows)])])
     assert list(duplicates) == [4]
     client.close()
-    wait_settled(w)
+    wait_settled(w, timeout=60)
     assert not [m for m in log_msgs(w) if "Parquet file" in m["msg"] and m["level"] != "debug"]
     assert w.stop() == 0
     assert traces_rows(root) == expected_rows({**good, 4: bad_hour0})

@@ -10,14 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from conftest import scaled
+from helpers.net import http_get
 from helpers.writer import (
     Sent,
     WriterProcess,
@@ -30,14 +29,6 @@ from helpers.writer import (
     stray_files,
     traces_request,
 )
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def wait_settled(w: WriterProcess, timeout: float = 30.0) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 
@@ -22,3 +24,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
             return
         time.sleep(0.05)
     raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of a GET; an HTTP error status is returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()

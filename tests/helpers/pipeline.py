@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,17 @@ class Pipeline:
     def count_by(self, table: str, column: str) -> Counter:
         t = self.table(table)
         return Counter(t.column(column).to_pylist()) if t.num_rows else Counter()
+
+    def counts_once_present(self, want: set[str], table: str = "traces", column: str = "name",
+                            timeout: float = 30.0) -> Counter:
+        """``count_by(table, column)`` once every value of ``want`` is there (files of the
+        last rows may still be on their way), or after ``timeout`` seconds, whichever is first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.count_by(table, column)
+            if want <= set(got) or time.monotonic() >= deadline:
+                return got
+            time.sleep(0.2)
 
     def duckdb(self, sql: str) -> list[tuple]:
         import duckdb
