@@ -447,9 +447,6 @@ class Forwarder:
         for lane in self.lanes:
             lane.join(max(0.0, deadline - time.monotonic()))
 
-    def any_writer_up(self) -> bool:
-        return any(lane.state.up for lane in self.lanes)
-
     def dead_letter(self, entry: Entry, reason: str) -> None:
         with self._dead_letter_lock:
             self._dead_letters.put(entry.id, entry.kind, entry.payload, reason)

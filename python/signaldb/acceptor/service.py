@@ -137,6 +137,10 @@ class AcceptorService:
     # -- health ----------------------------------------------------------------
 
     def _not_ready(self) -> list[str]:
+        """Local conditions only. Writers being unreachable is not one: the WAL exists to
+        take requests while they are away, and an acceptor taken out of its Service for a
+        writer's restart would refuse what it can safely keep. Writer reachability is in
+        /health and ``signaldb_forward_writer_up``."""
         reasons = []
         if self.state != "running":
             reasons.append(self.state)
@@ -146,8 +150,6 @@ class AcceptorService:
             refusal = self.admission.refusal()
             if refusal:
                 reasons.append(refusal)
-        if self.forwarder is not None and not self.forwarder.any_writer_up():
-            reasons.append("no writer reachable")
         return reasons
 
     def _health(self) -> dict[str, Any]:
