@@ -121,17 +121,21 @@ class _Plan:
     superseded: bool = False  # split up: its entry plans replaced it in the state file
 
 
-def file_path(table: str, partition: str, wal_ids: list[int]) -> str:
-    """``<table>/date=.../hour=../<first>-<last>-<hash>.parquet``: the same ids always give the same name."""
-    digest = hashlib.sha256(f"{table}/{partition}:{','.join(map(str, wal_ids))}".encode()).hexdigest()[:12]
-    return f"{table}/{partition}/{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
+def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int]) -> str:
+    """``<table>/date=.../hour=../<writer id>-<first>-<last>-<hash>.parquet``: the same writer
+    and ids always give the same name (a replay rewrites it); another writer, or a new WAL
+    directory (a new writer id), never does. Names of plans saved by an older version (no
+    writer id: ``<first>-<last>-<hash>``) stay in the state file and are kept as they are."""
+    key = f"{writer_id}/{table}/{partition}:{','.join(map(str, wal_ids))}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{table}/{partition}/{writer_id}-{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
 
 
-def _plan(table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]]) -> _Plan:
+def _plan(writer_id: str, table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]]) -> _Plan:
     ordered = sorted(parts, key=lambda p: p[0])  # wal id order: a rewrite holds the same rows
     wal_ids = [wid for wid, _ in ordered]
     batches = [b for _, b in ordered]
-    return _Plan(file_path(table, partition, wal_ids), table, partition, wal_ids, batches,
+    return _Plan(file_path(writer_id, table, partition, wal_ids), table, partition, wal_ids, batches,
                  sum(b.nbytes for b in batches))
 
 
@@ -140,6 +144,7 @@ class Sink:
         self,
         wal: Wal,
         wal_dir: Path,
+        writer_id: str,
         store: ObjectStore,
         ledger: Ledger,
         saved: state.State,
@@ -150,6 +155,7 @@ class Sink:
     ) -> None:
         self._wal = wal
         self._wal_dir = Path(wal_dir)
+        self._writer_id = writer_id
         self._store = store
         self._ledger = ledger
         self._state = saved
@@ -298,11 +304,11 @@ class Sink:
         plans = []
         for path, planned_parts in rewrite.items():
             rec = self._state.files[path]
-            plan = _plan(rec.table, rec.partition, planned_parts)
-            if plan.path != path:  # an entry vanished from the WAL (quarantined as corrupt)
+            plan = _plan(self._writer_id, rec.table, rec.partition, planned_parts)
+            if plan.wal_ids != sorted(rec.wal_ids):  # an entry vanished from the WAL (quarantined as corrupt)
                 log.error("planned file lost entries; rewriting what remains under its name",
                           extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids})
-                plan.path = path
+            plan.path = path  # always the saved name: also a plan saved by a version without writer ids
             plan.splittable = False
             plans.append(plan)
         log.info("replay read", extra={"entries": seen, "already_committed": len(already_done),
@@ -390,7 +396,7 @@ class Sink:
             self._retry = [p for p in self._retry if not (self._stopping or p.not_before <= now)]
         due = [k for k, b in self._buffers.items()
                if self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age]
-        plans += [_plan(*k, self._buffers.pop(k).parts) for k in due]
+        plans += [_plan(self._writer_id, *k, self._buffers.pop(k).parts) for k in due]
         # Everything planned now is released once written: flush early until the rest is under the mark.
         left = self._held - sum(p.nbytes for p in plans if not p.released)
         early = 0
@@ -398,7 +404,7 @@ class Sink:
             for k in sorted(self._buffers, key=lambda k: self._buffers[k].opened):
                 if left <= self._flush_mark:
                     break
-                plan = _plan(*k, self._buffers.pop(k).parts)
+                plan = _plan(self._writer_id, *k, self._buffers.pop(k).parts)
                 plans.append(plan)
                 left -= plan.nbytes
                 early += 1
@@ -477,7 +483,8 @@ class Sink:
         """Replaces ``p`` by one plan per entry, so that only the entries whose rows cannot be
         built go to dead-letter. Safe because ``p`` was planned in this life and never built,
         so no object of that name exists; the swap is one state save (old plan or new ones)."""
-        subs = [_plan(p.table, p.partition, [(wid, batch)]) for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
+        subs = [_plan(self._writer_id, p.table, p.partition, [(wid, batch)])
+                for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
         for sub in subs:
             sub.build_failures = BUILD_ATTEMPTS - 1  # the rows already failed together: one try each
         with self._state_lock:
