@@ -13,7 +13,12 @@ all-or-nothing when it returns, and never leaves a partial object under a
   the same rows); any other content raises ``ObjectConflict`` and nothing is
   written. The filesystem must support hard links (ext4, xfs, NFS do);
 - S3: one PUT of the whole object (no multipart, FIELD-NOTES: pyarrow's S3
-  stream completes uploads on error). Endpoint and credentials come from the
+  stream completes uploads on error), conditional (``If-None-Match: *``, obstore's
+  ``mode="create"``): an existing object answers 412 and is read back and
+  compared as above (same content: a replay; other: ``ObjectConflict``).
+  SeaweedFS (4.48, the tests' server) and AWS S3 honour it; a server that
+  ignores the header overwrites, one that rejects it fails every put (logged
+  and retried, nothing lost). Endpoint and credentials come from the
   standard ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` included.
 
 ``put_with_retry`` retries any failure with capped exponential backoff for as
@@ -148,7 +153,14 @@ class S3Store:
     def put(self, path: str, data: bytes) -> None:
         import obstore
 
-        obstore.put(self._store, path, data, use_multipart=False)
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        try:
+            obstore.put(self._store, path, data, use_multipart=False, mode="create")
+        except (AlreadyExistsError, PreconditionError):
+            existing = bytes(obstore.get(self._store, path).bytes())
+            if not same_content(existing, data):
+                raise ObjectConflict(self.url, path) from None
 
 
 def open_store(url: str) -> ObjectStore:
