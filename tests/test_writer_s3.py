@@ -146,3 +146,54 @@ def test_sigterm_while_a_put_hangs_exits_in_time_and_the_next_start_delivers(
     local = tmp_path / "download"
     weed.download(s3_writer.prefix, local)  # type: ignore[attr-defined]
     assert_same_rows(read_table(local, "logs"), sent.table("logs"), "logs")
+
+
+def test_s3_puts_are_conditional_an_existing_object_is_never_overwritten(weed: Weed) -> None:
+    """SeaweedFS honours ``If-None-Match: *``: a second create is refused (412), a replay of the
+    same content passes, other content raises ObjectConflict and the object is unchanged."""
+    import os
+
+    from signaldb.writer.storage import ObjectConflict, S3Store
+
+    saved = dict(os.environ)
+    os.environ.update({**S3_ENV, "AWS_ENDPOINT_URL": weed.endpoint})
+    try:
+        store = S3Store(f"s3://{BUCKET}/conditional")
+        store.put("t/a.parquet", b"planned content")
+        store.put("t/a.parquet", b"planned content")  # a replay after a crash
+        with pytest.raises(ObjectConflict, match="object exists with other content"):
+            store.put("t/a.parquet", b"other content")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    got = weed.client().get_object(Bucket=BUCKET, Key="conditional/t/a.parquet")["Body"].read()
+    assert got == b"planned content"
+
+
+def test_a_conflicting_s3_object_is_counted_and_other_hours_are_written(
+        weed: Weed, s3_writer: WriterProcess) -> None:
+    from helpers.writer import HOUR_NS, T0
+
+    from signaldb.writer.sink import file_path
+
+    s3_writer.start()
+    [wid] = [line["writer_id"] for line in s3_writer.log_lines() if line.get("msg") == "listening"]
+    key = f"{s3_writer.prefix}/{file_path(wid, 'traces', 'date=2026-11-24/hour=01', [1])}"  # type: ignore[attr-defined]
+    weed.client().put_object(Bucket=BUCKET, Key=key, Body=b"someone else's object")
+    client = s3_writer.client()
+    put_request(client, "traces", traces_request(1), 1)  # writer WAL id 1, alone in hour 01
+    for entry in range(2, 5):
+        put_request(client, "traces", traces_request(entry, start_ns=T0 + HOUR_NS), entry)
+    client.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        health = _http_json(s3_writer.url("/health"))
+        if health["wal"]["unprocessed_entries"] == 1 and health["writer"]["conflicting_files"] == 1 \
+                and health["writer"]["open_files"] == 0:
+            break
+        time.sleep(0.1)
+    assert health["wal"]["unprocessed_entries"] == 1 and health["writer"]["conflicting_files"] == 1, health
+    assert _metric(s3_writer, "signaldb_writer_object_conflicts_total") >= 1
+    assert _metric(s3_writer, 'signaldb_writer_files_written_total{table="traces"}') >= 1  # hour 02
+    assert weed.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"someone else's object"
+    assert any(line.get("msg", "").startswith("object exists with other content") for line in s3_writer.log_lines())

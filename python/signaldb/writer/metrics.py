@@ -30,6 +30,14 @@ class WriterMetrics:
                                       buckets=_PUT_BUCKETS, registry=registry)
         self.put_errors = Counter("signaldb_writer_object_put_errors", "Failed object-store PUTs (retried).",
                                   registry=registry)
+        self.object_conflicts = Counter("signaldb_writer_object_conflicts",
+                                        "Puts refused because the object exists with other content (never "
+                                        "overwritten; its rows stay in the WAL and are retried with backoff). "
+                                        "Counts every refused attempt: alert on any increase.",
+                                        registry=registry)
+        self.conflicting_files = Gauge("signaldb_writer_conflicting_files",
+                                       "Planned files currently blocked by an existing object with other content.",
+                                       registry=registry)
         self.dead_letter_entries = Counter("signaldb_writer_dead_letter_entries",
                                            "Writer WAL entries moved to <wal_dir>/dead-letter: unreadable, or "
                                            "a Parquet file holding their rows could not be built.",

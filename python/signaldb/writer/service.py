@@ -17,7 +17,7 @@ from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.metrics import WalCollector, new_registry
 from signaldb.service.security import read_pem_pair
 from signaldb.wal import Wal
-from signaldb.writer import state
+from signaldb.writer import identity, state
 from signaldb.writer.ingest import WriterFlightServer
 from signaldb.writer.ledger import Ledger
 from signaldb.writer.metrics import WriterMetrics
@@ -37,6 +37,7 @@ class WriterService:
         self.health: HealthServer | None = None
         self.replaying = True
         self.stopping = False
+        self.writer_id = ""  # <wal_dir>/writer-id, read (or created) when the WAL opens
         self.registry.register(WalCollector(lambda: self.wal, "writer"))
 
     @property
@@ -57,16 +58,20 @@ class WriterService:
             return
         self.flight = await loop.run_in_executor(None, self._start_flight)
         log.info("listening", extra={"flight_port": self.flight_port, "health_port": self.health_port,
-                                     "storage": self.cfg.storage_url})
+                                     "writer_id": self.writer_id, "storage": self.cfg.storage_url})
 
     def _open_and_replay(self) -> None:
         wcfg = self.cfg.wal_for("writer")
         log.info("opening writer WAL", extra={"wal_dir": str(wcfg.wal_dir), "storage": self.cfg.storage_url})
+        had_data = identity.dir_has_data(wcfg.wal_dir)
         self.wal = wcfg.open()
+        # After the open: the WAL's directory lock keeps a second process away from the id too.
+        self.writer_id, _ = identity.load_or_create(wcfg.wal_dir, had_data)
+        log.info("writer id", extra={"writer_id": self.writer_id, "wal_dir": str(wcfg.wal_dir)})
         saved = state.load(wcfg.wal_dir)
         self.ledger = Ledger.from_snapshot(saved.done, saved.floors)
-        self.sink = Sink(self.wal, wcfg.wal_dir, open_store(self.cfg.storage_url), self.ledger, saved,
-                         self.metrics, self.cfg.writer.file_max_bytes, self.cfg.writer.file_max_age_secs,
+        self.sink = Sink(self.wal, wcfg.wal_dir, self.writer_id, open_store(self.cfg.storage_url), self.ledger,
+                         saved, self.metrics, self.cfg.writer.file_max_bytes, self.cfg.writer.file_max_age_secs,
                          self.cfg.writer.max_buffered_bytes)
         self.sink.start()
         if self.stopping:
@@ -127,6 +132,8 @@ class WriterService:
         if self.sink is not None:
             body["writer"] = self.sink.stats()
         body["storage"] = self.cfg.storage_url
+        if self.writer_id:
+            body["writer_id"] = self.writer_id
         return body
 
     def _not_ready(self) -> list[str]:

@@ -4,8 +4,9 @@ Rows wait in one buffer per (table, hour partition). A buffer becomes a file
 when it holds ``file_max_bytes`` of Arrow data or its oldest rows are
 ``file_max_age_secs`` old. One flusher thread writes files, in cycles:
 
-1. *plan*: take the due buffers; each becomes a file named after the writer
-   WAL ids it holds (first-last-hash); save the plans in the state file;
+1. *plan*: take the due buffers; each becomes a file named after the writer's
+   id (``identity``) and the writer WAL ids it holds (id-first-last-hash); save
+   the plans in the state file;
 2. *write*: build each file and put it (retrying until the store takes it);
 3. *commit*: an entry whose every partition is now in a written file is
    complete: its acceptor ids move to the ledger's done set, its writer WAL
@@ -14,10 +15,19 @@ when it holds ``file_max_bytes`` of Arrow data or its oldest rows are
 
 Crash anywhere and the restart (``replay``) finds each unprocessed entry's
 partitions in one of three places: a written file (nothing to do), a planned
-file (rewritten whole, same name, same rows: an overwrite, not a duplicate), or
+file (written again whole, same name, same rows: if the first put got through,
+the store finds the object there with the same content and leaves it), or
 nowhere (buffered again). An entry in the state's ``committed`` set was
 committed but its mark did not reach disk: it is marked. A failed plan is retried as it is, never regrouped,
 for the same reason (the one exception, a plan that was never built, is under "Build failures").
+
+Objects are only ever created (``storage``): a put that meets an object of
+the same name with other content (another writer's, which identity makes
+impossible unless ids or names were tampered with) raises ``ObjectConflict``.
+The plan is then neither written nor released: it is logged (``object exists
+with other content``), counted, and retried with a pause growing to
+``CONFLICT_RETRY_MAX_SECS``; its entries stay unprocessed in the WAL, and every
+other plan is written meanwhile. A shutdown leaves it for the next start.
 
 Memory bound (``max_buffered_bytes``): every byte of Arrow data held for a file
 not yet written counts, from the moment it is buffered until its file is
@@ -72,7 +82,7 @@ from signaldb.wal import Wal
 from signaldb.writer import crashpoints, parquet, payload, state
 from signaldb.writer.ledger import IdSet, Key, Ledger
 from signaldb.writer.metrics import WriterMetrics
-from signaldb.writer.storage import ObjectStore, StoreAborted, put_with_retry
+from signaldb.writer.storage import ObjectConflict, ObjectStore, StoreAborted, put_with_retry
 from signaldb.writer.tables import split_by_hour
 
 log = logging.getLogger(__name__)
@@ -83,6 +93,8 @@ _FAILED_CYCLE_PAUSE_SECS = 1.0
 BUILD_ATTEMPTS = 3
 BUILD_RETRY_PAUSE_SECS = 0.5
 _REPLAY_ROOM_WAIT_SECS = 0.5
+CONFLICT_RETRY_START_SECS = 1.0
+CONFLICT_RETRY_MAX_SECS = 60.0
 
 
 @dataclass
@@ -119,19 +131,24 @@ class _Plan:
     # A plan re-read at replay may have been PUT before the crash and is only ever rewritten whole.
     splittable: bool = True
     superseded: bool = False  # split up: its entry plans replaced it in the state file
+    conflicts: int = 0  # puts refused: the object exists with other content (see _conflict)
 
 
-def file_path(table: str, partition: str, wal_ids: list[int]) -> str:
-    """``<table>/date=.../hour=../<first>-<last>-<hash>.parquet``: the same ids always give the same name."""
-    digest = hashlib.sha256(f"{table}/{partition}:{','.join(map(str, wal_ids))}".encode()).hexdigest()[:12]
-    return f"{table}/{partition}/{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
+def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int]) -> str:
+    """``<table>/date=.../hour=../<writer id>-<first>-<last>-<hash>.parquet``: the same writer
+    and ids always give the same name (a replay rewrites it); another writer, or a new WAL
+    directory (a new writer id), never does. Names of plans saved by an older version (no
+    writer id: ``<first>-<last>-<hash>``) stay in the state file and are kept as they are."""
+    key = f"{writer_id}/{table}/{partition}:{','.join(map(str, wal_ids))}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{table}/{partition}/{writer_id}-{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
 
 
-def _plan(table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]]) -> _Plan:
+def _plan(writer_id: str, table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]]) -> _Plan:
     ordered = sorted(parts, key=lambda p: p[0])  # wal id order: a rewrite holds the same rows
     wal_ids = [wid for wid, _ in ordered]
     batches = [b for _, b in ordered]
-    return _Plan(file_path(table, partition, wal_ids), table, partition, wal_ids, batches,
+    return _Plan(file_path(writer_id, table, partition, wal_ids), table, partition, wal_ids, batches,
                  sum(b.nbytes for b in batches))
 
 
@@ -140,6 +157,7 @@ class Sink:
         self,
         wal: Wal,
         wal_dir: Path,
+        writer_id: str,
         store: ObjectStore,
         ledger: Ledger,
         saved: state.State,
@@ -150,6 +168,7 @@ class Sink:
     ) -> None:
         self._wal = wal
         self._wal_dir = Path(wal_dir)
+        self._writer_id = writer_id
         self._store = store
         self._ledger = ledger
         self._state = saved
@@ -167,6 +186,7 @@ class Sink:
         self._committed = IdSet(saved.committed)  # writer WAL ids fully in Parquet
         self._buffers: dict[tuple[str, str], _Buffer] = {}
         self._retry: list[_Plan] = []  # plans saved in the state file whose write failed
+        self._conflicting: set[str] = set()  # paths whose put met an object with other content
         self._replayed = False
         self._abort_replay = False
         self._stopping = False
@@ -298,11 +318,11 @@ class Sink:
         plans = []
         for path, planned_parts in rewrite.items():
             rec = self._state.files[path]
-            plan = _plan(rec.table, rec.partition, planned_parts)
-            if plan.path != path:  # an entry vanished from the WAL (quarantined as corrupt)
+            plan = _plan(self._writer_id, rec.table, rec.partition, planned_parts)
+            if plan.wal_ids != sorted(rec.wal_ids):  # an entry vanished from the WAL (quarantined as corrupt)
                 log.error("planned file lost entries; rewriting what remains under its name",
                           extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids})
-                plan.path = path
+            plan.path = path  # always the saved name: also a plan saved by a version without writer ids
             plan.splittable = False
             plans.append(plan)
         log.info("replay read", extra={"entries": seen, "already_committed": len(already_done),
@@ -385,12 +405,17 @@ class Sink:
         """Failed plans (as they were) whose pause is over, the buffers that are due, and,
         while the held bytes are over half the bound, the oldest of the other buffers."""
         now = time.monotonic()
-        plans = [p for p in self._retry if self._stopping or p.not_before <= now]
+        # At shutdown everything is tried at once, except plans blocked by a conflicting object:
+        # they would only meet it again (and spin); they stay in the WAL for the next start.
+        def take(p: _Plan) -> bool:
+            return (self._stopping and not p.conflicts) or p.not_before <= now
+
+        plans = [p for p in self._retry if take(p)]
         if plans:
-            self._retry = [p for p in self._retry if not (self._stopping or p.not_before <= now)]
+            self._retry = [p for p in self._retry if not take(p)]
         due = [k for k, b in self._buffers.items()
                if self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age]
-        plans += [_plan(*k, self._buffers.pop(k).parts) for k in due]
+        plans += [_plan(self._writer_id, *k, self._buffers.pop(k).parts) for k in due]
         # Everything planned now is released once written: flush early until the rest is under the mark.
         left = self._held - sum(p.nbytes for p in plans if not p.released)
         early = 0
@@ -398,7 +423,7 @@ class Sink:
             for k in sorted(self._buffers, key=lambda k: self._buffers[k].opened):
                 if left <= self._flush_mark:
                     break
-                plan = _plan(*k, self._buffers.pop(k).parts)
+                plan = _plan(self._writer_id, *k, self._buffers.pop(k).parts)
                 plans.append(plan)
                 left -= plan.nbytes
                 early += 1
@@ -432,8 +457,14 @@ class Sink:
                             self._retry.extend(again)  # at once: a later failure in this cycle must not lose them
                         continue
                 else:
-                    put_with_retry(self._store, p.path, data, self._metrics, self._give_up)  # step 2
+                    try:
+                        put_with_retry(self._store, p.path, data, self._metrics, self._give_up)  # step 2
+                    except ObjectConflict as conflict:
+                        self._conflict(p, conflict)
+                        continue
                     crashpoints.reached("after_put")
+                    if p.conflicts:
+                        self._resolved(p)
                     with self._state_lock:
                         self._state.files[p.path].written = True
                     self._metrics.files_written.labels(p.table).inc()
@@ -453,6 +484,29 @@ class Sink:
                         if not entry.outstanding:
                             complete.append(wid)
         self._commit(complete)
+
+    def _conflict(self, p: _Plan, err: ObjectConflict) -> None:
+        """The object ``p`` names exists with other content: never overwritten. The plan keeps
+        its rows (held, not settled), so its entries stay unprocessed in the WAL; it is retried
+        with a growing pause (an operator may move the other object away) while every other
+        plan goes on being written."""
+        p.conflicts += 1
+        delay = min(CONFLICT_RETRY_MAX_SECS, CONFLICT_RETRY_START_SECS * 2 ** min(p.conflicts - 1, 16))
+        p.not_before = time.monotonic() + delay
+        self._metrics.object_conflicts.inc()
+        with self._cond:
+            self._conflicting.add(p.path)
+            self._metrics.conflicting_files.set(len(self._conflicting))
+            self._retry.append(p)  # at once: a later failure in this cycle must not lose it
+        log.error("object exists with other content; not overwritten, its rows stay in the WAL",
+                  extra={"path": p.path, "store": err.url, "table": p.table, "partition": p.partition,
+                         "wal_ids": p.wal_ids, "attempt": p.conflicts, "retry_in_secs": delay})
+
+    def _resolved(self, p: _Plan) -> None:
+        with self._cond:
+            self._conflicting.discard(p.path)
+            self._metrics.conflicting_files.set(len(self._conflicting))
+        log.warning("object conflict resolved; file written", extra={"path": p.path, "attempts": p.conflicts})
 
     def _build_failed(self, p: _Plan, err: Exception) -> list[_Plan]:
         """A build of ``p`` raised: the plans to retry later ([p], or p split up), or []
@@ -477,7 +531,8 @@ class Sink:
         """Replaces ``p`` by one plan per entry, so that only the entries whose rows cannot be
         built go to dead-letter. Safe because ``p`` was planned in this life and never built,
         so no object of that name exists; the swap is one state save (old plan or new ones)."""
-        subs = [_plan(p.table, p.partition, [(wid, batch)]) for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
+        subs = [_plan(self._writer_id, p.table, p.partition, [(wid, batch)])
+                for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
         for sub in subs:
             sub.build_failures = BUILD_ATTEMPTS - 1  # the rows already failed together: one try each
         with self._state_lock:
@@ -584,5 +639,6 @@ class Sink:
                 "buffered_bytes_limit": self._limit,
                 "unprocessed_entries": len(self._entries),
                 "files_to_retry": len(self._retry),
+                "conflicting_files": len(self._conflicting),
             }
 

@@ -4,11 +4,21 @@ Both stores offer one operation, ``put(path, data)``, that is durable and
 all-or-nothing when it returns, and never leaves a partial object under a
 ``.parquet`` name:
 
-- local: write ``.<name>.tmp`` in the target directory (a fixed name, so a
-  crash's leftover is simply overwritten by the retry), fsync, rename, fsync
-  the directory; new directories are fsynced into their parents too;
+- local: write ``.<name>.tmp`` in the target directory (a fixed name: a crash's
+  leftover is removed and written anew by the retry), fsync, then *create* the
+  final name with ``link()`` (fails if the name exists: never an overwrite),
+  remove the temp name and fsync the directory; new directories are fsynced
+  into their parents too. A final object that exists already is fine when it
+  holds what this put would write (a replay after a crash: the same bytes, or
+  the same rows); any other content raises ``ObjectConflict`` and nothing is
+  written. The filesystem must support hard links (ext4, xfs, NFS do);
 - S3: one PUT of the whole object (no multipart, FIELD-NOTES: pyarrow's S3
-  stream completes uploads on error). Endpoint and credentials come from the
+  stream completes uploads on error), conditional (``If-None-Match: *``, obstore's
+  ``mode="create"``): an existing object answers 412 and is read back and
+  compared as above (same content: a replay; other: ``ObjectConflict``).
+  SeaweedFS (4.48, the tests' server) and AWS S3 honour it; a server that
+  ignores the header overwrites, one that rejects it fails every put (logged
+  and retried, nothing lost). Endpoint and credentials come from the
   standard ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` included.
 
 ``put_with_retry`` retries any failure with capped exponential backoff for as
@@ -26,7 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
-from signaldb.service.durable import fsync_dir, replace_durably
+from signaldb.service.durable import fsync_dir
 from signaldb.writer import crashpoints
 from signaldb.writer.metrics import WriterMetrics
 
@@ -38,6 +48,29 @@ _BACKOFF_MAX = 5.0
 
 class StoreAborted(Exception):
     """A put was abandoned (shutdown deadline); its data stays in the WAL."""
+
+
+class ObjectConflict(Exception):
+    """The object exists with other content than this put's: it was not overwritten."""
+
+    def __init__(self, url: str, path: str) -> None:
+        super().__init__(f"object exists with other content: {url}/{path}")
+        self.url = url
+        self.path = path
+
+
+def same_content(existing: bytes, data: bytes) -> bool:
+    """True when an existing object holds what ``data`` would: the same bytes, or (a file
+    built again, e.g. by another library version) a Parquet file with the same schema and rows."""
+    if existing == data:
+        return True
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(pa.BufferReader(existing)).equals(pq.read_table(pa.BufferReader(data)))
+    except Exception:  # not Parquet, or unreadable: other content
+        return False
 
 
 class ObjectStore(Protocol):
@@ -66,9 +99,39 @@ class LocalStore:
             fsync_dir(d.parent)
 
     def put(self, path: str, data: bytes) -> None:
+        """Creates ``path`` durably, never replacing an existing object (see the module doc)."""
         target = self.root / path
         self._mkdirs(target.parent)
-        replace_durably(target, data, 0o644, before_rename=lambda: crashpoints.reached("before_rename"))
+        temp = target.with_name(f".{target.name}.tmp")
+        # A leftover temp may be a second name of the final object (a crash between link and
+        # unlink): remove it, never truncate it.
+        _unlink_missing_ok(temp)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        crashpoints.reached("before_rename")
+        try:
+            os.link(temp, target)  # create-exclusive: EEXIST if the name is taken
+        except FileExistsError:
+            _unlink_missing_ok(temp)
+            if not same_content(target.read_bytes(), data):
+                raise ObjectConflict(self.url, path) from None
+            fsync_dir(target.parent)  # the temp name's removal; the object itself is durable already
+            return
+        _unlink_missing_ok(temp)
+        fsync_dir(target.parent)
+
+
+def _unlink_missing_ok(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class S3Store:
@@ -90,7 +153,14 @@ class S3Store:
     def put(self, path: str, data: bytes) -> None:
         import obstore
 
-        obstore.put(self._store, path, data, use_multipart=False)
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        try:
+            obstore.put(self._store, path, data, use_multipart=False, mode="create")
+        except (AlreadyExistsError, PreconditionError):
+            existing = bytes(obstore.get(self._store, path).bytes())
+            if not same_content(existing, data):
+                raise ObjectConflict(self.url, path) from None
 
 
 def open_store(url: str) -> ObjectStore:
@@ -110,6 +180,8 @@ def put_with_retry(
         started = time.monotonic()
         try:
             store.put(path, data)
+        except ObjectConflict:
+            raise  # not transient: retrying at once would never succeed (the caller backs off)
         except Exception as err:  # any store error: retry, the WAL still holds the rows
             failures += 1
             metrics.put_errors.inc()
