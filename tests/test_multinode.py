@@ -270,6 +270,43 @@ def test_three_writers_two_acceptors_one_s3_bucket_killed_and_replaced_under_loa
     assert_every_ack_once_and_nothing_overwritten(cluster, clients, watcher, cluster.view())
 
 
+def set_writers(cluster: Cluster, writers: list[int]) -> None:
+    """Lists ``writers`` in every acceptor's writer_endpoints: a rolling, graceful restart."""
+    endpoints = ",".join(f"grpc://127.0.0.1:{cluster.flight_ports[i]}" for i in writers)
+    for acceptor in cluster.acceptors:
+        acceptor.env["ACCEPTOR_WRITER_ENDPOINTS"] = endpoints
+        assert acceptor.stop() == 0
+        acceptor.start()
+
+
+def test_adding_and_removing_writers_as_the_docs_say_loses_and_duplicates_nothing(cluster_factory):
+    """docs/operations.md, Scaling writers: add a writer to every acceptor's list; remove one by
+    taking it off the lists first, waiting for its /health to say drained, then stopping it."""
+    cluster = cluster_factory(writers=3)
+    set_writers(cluster, [0, 1])  # writer 2 is the one added below
+    with ObjectWatcher(local_objects(cluster.storage_dir)) as watcher, Clients(cluster) as clients:
+        wait_until(lambda: len(clients.acked) > 200, timeout=30, what="load flowing")
+        set_writers(cluster, [0, 1, 2])  # add writer 2
+        wait_until(lambda: cluster.writers[2].health()["writer"]["unprocessed_entries"] > 0
+                   or cluster.writers[2].metric("signaldb_writer_batches_received_total") > 0,
+                   timeout=30, what="the new writer receiving")
+        set_writers(cluster, [1, 2])  # remove writer 0: off the lists first ...
+        removed = cluster.writers[0]
+        wait_until(lambda: removed.health()["drained"], timeout=60, what="writer 0 drained")  # ... then drained
+        assert removed.stop() == 0
+        time.sleep(1.0)
+    assert_every_ack_once_and_nothing_overwritten(
+        _without(cluster, removed), clients, watcher, cluster.view())
+
+
+def _without(cluster: Cluster, gone: AcceptorProcess) -> Cluster:
+    """The cluster minus a process that was removed on purpose (for ``drained``)."""
+    rest = Cluster.__new__(Cluster)
+    rest.__dict__.update(cluster.__dict__)
+    rest.writers = [w for w in cluster.writers if w is not gone]
+    return rest
+
+
 @pytest.mark.stress
 def test_three_writers_two_acceptors_one_directory_long(cluster_factory):
     cluster = cluster_factory()

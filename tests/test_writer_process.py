@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from conftest import scaled
-from helpers.net import http_get
+from helpers.net import http_get, wait_until
 from helpers.writer import (
     Sent,
     WriterProcess,
@@ -299,3 +299,16 @@ def test_an_unwritable_wal_directory_fails_startup_with_one_clear_line(tmp_path:
     assert result.returncode == 1
     [failure] = [json.loads(line) for line in result.stderr.splitlines() if '"startup failed"' in line]
     assert "WAL directory not writable" in failure["error"] and str(blocker) in failure["error"]
+
+
+def test_health_says_drained_only_once_everything_acked_is_in_storage(procs, tmp_path):
+    """The signal an operator waits for before removing a writer (operations.md, Scaling writers)."""
+    w = _writer(procs, tmp_path, "--file-max-age-secs", "1.5").start()
+    assert json.loads(http_get(w.url("/health"))[1])["drained"] is True  # nothing taken yet
+    client = w.client()
+    put_request(client, "traces", traces_request(1), 1)
+    health = json.loads(http_get(w.url("/health"))[1])
+    assert health["drained"] is False and health["writer"]["open_files"] == 1  # acked, only buffered
+    wait_until(lambda: json.loads(http_get(w.url("/health"))[1])["drained"], timeout=30, what="drained")
+    assert len(parquet_files(tmp_path / "data")) == 1
+    client.close()

@@ -131,10 +131,21 @@ class WriterService:
                 body["status"] = "wal_poisoned"
         if self.sink is not None:
             body["writer"] = self.sink.stats()
+        body["drained"] = self._drained(stats)
         body["storage"] = self.cfg.storage_url
         if self.writer_id:
             body["writer_id"] = self.writer_id
         return body
+
+    def _drained(self, wal_stats: dict[str, Any] | None) -> bool:
+        """Everything this writer acknowledged is in storage: nothing unprocessed in its WAL,
+        nothing buffered, planned or blocked. The signal to wait for before removing a writer
+        (docs/operations.md, Scaling writers)."""
+        if self.replaying or wal_stats is None or self.sink is None:
+            return False
+        sink = self.sink.stats()
+        return (int(wal_stats["unprocessed_entries"]) == 0 and sink["unprocessed_entries"] == 0
+                and sink["open_files"] == 0 and sink["files_to_retry"] == 0 and sink["conflicting_files"] == 0)
 
     def _not_ready(self) -> list[str]:
         reasons = []
