@@ -313,6 +313,12 @@ class Lane:
         ids = [e.id for e in rnd.pending]
         if ids:
             self._fw.wal.mark_processed(ids)
+            # The marks are made durable now, not at the WAL's next once-a-second checkpoint: a
+            # crash of this acceptor must not resend what a writer already acknowledged, because
+            # that writer may be gone by then (replaced with an empty volume, its dedupe memory
+            # with it) and its successor would store the rows a second time. One metadata write
+            # per round (~1 ms here); rounds carry many requests.
+            self._fw.wal.flush()
             self._fw.metrics.forwarded_entries.labels(self.endpoint).inc(len(ids))
         if rnd.streams:
             self._fw.metrics.forward_latency.labels(self.endpoint).observe(time.perf_counter() - rnd.started)
