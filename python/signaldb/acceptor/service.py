@@ -53,7 +53,9 @@ class AcceptorService:
         self.grpc: GrpcReceiver | None = None
         self.http: HttpReceiver | None = None
         self.health = HealthServer(config.acceptor.health_addr, self.registry, self._health, self._not_ready,
-                                   service="acceptor")
+                                   service="acceptor",
+                                   limits=HttpLimits(header_timeout_secs=config.acceptor.header_timeout_secs,
+                                                     idle_timeout_secs=config.acceptor.idle_timeout_secs))
         self.registry.register(service_metrics.WalCollector(lambda: self.wal, "acceptor"))
         self.state = "starting"
         self.fatal: str | None = None

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from signaldb.config import Address
 from signaldb.service import metrics
-from signaldb.service.connections import HEALTH_MAX_CONNECTIONS, ConnectionCollector, ConnectionGuard
+from signaldb.service.connections import ConnectionCollector, ConnectionGuard, HttpLimits
 from signaldb.service.http_site import start_site
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class HealthServer:
         health: Callable[[], dict[str, Any]],
         not_ready: Callable[[], list[str]],
         service: str = "",
+        limits: HttpLimits | None = None,
     ) -> None:
         self._addr = addr
         self._registry = registry
@@ -47,7 +48,8 @@ class HealthServer:
         self.port: int = 0
         # Probes and scrapes need few connections; the cap keeps the health port from eating the
         # descriptors the WAL needs (signaldb.service.connections).
-        self.guard = ConnectionGuard("health", HEALTH_MAX_CONNECTIONS)
+        self._limits = limits or HttpLimits()
+        self.guard = ConnectionGuard("health", self._limits.max_connections)
         registry.register(ConnectionCollector(lambda: self.guards, service))
         self.guards: list[ConnectionGuard] = [self.guard]  # a service adds its other listeners' guards
 
@@ -61,7 +63,7 @@ class HealthServer:
 
     async def start(self) -> int:
         """Binds and serves; returns the bound port (useful with port 0)."""
-        self._runner, self.port = await start_site(self._app(), self._addr, guard=self.guard)
+        self._runner, self.port = await start_site(self._app(), self._addr, limits=self._limits, guard=self.guard)
         return self.port
 
     async def stop(self) -> None:
