@@ -8,6 +8,7 @@ closed in a ``finally``."""
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import time
@@ -255,12 +256,16 @@ def test_wal_appends_survive_1100_idle_connections_under_a_low_open_files_limit(
         socks += open_conns(acc.ports["grpc_port"], 300)
         socks += open_conns(acc.ports["health_port"], 100)
         failures = []
+        peak_fds = 0
         for i in range(1, 61):
+            peak_fds = max(peak_fds, len(os.listdir(f"/proc/{acc.proc.pid}/fd")))
             try:
                 export(trace_request(i), timeout=10)
             except grpc.RpcError as err:
                 failures.append(f"{err.code()}: {err.details()}")
         assert failures == [], failures
+        print(f"descriptors open under the flood: {peak_fds} of 512")
+        assert peak_fds <= 512 - 64, peak_fds  # the reserve stayed free
         body = trace_request(1000)
         http_conn.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
                           b"Content-Length: %d\r\n\r\n" % len(body) + body)

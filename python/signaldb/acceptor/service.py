@@ -33,7 +33,7 @@ from signaldb.acceptor.ingest import Ingest, Limits
 from signaldb.acceptor.telemetry import AcceptorMetrics
 from signaldb.config import Config
 from signaldb.service import metrics as service_metrics
-from signaldb.service.connections import HEALTH_MAX_CONNECTIONS, HttpLimits, plan_caps, raise_nofile_limit
+from signaldb.service.connections import HEALTH_MAX_CONNECTIONS, LATE_FDS, HttpLimits, plan_caps, raise_nofile_limit
 from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.security import read_pem_pair, server_ssl_context
 from signaldb.wal import Wal
@@ -95,7 +95,7 @@ class AcceptorService:
         # forwarder (signaldb.service.connections). The health listener is already open: its
         # connections count against what is left.
         caps = plan_caps({"otlp_grpc": a.grpc_max_connections, "otlp_http": a.http_max_connections},
-                         reserve=a.reserved_fds + HEALTH_MAX_CONNECTIONS)
+                         reserve=a.reserved_fds + HEALTH_MAX_CONNECTIONS + LATE_FDS)
         self.grpc = GrpcReceiver(a.grpc_addr, self.ingest, cfg.security.auth_token, pem,
                                  max_header_bytes=a.max_header_bytes, max_concurrent_streams=a.max_concurrent_streams,
                                  max_connections=caps["otlp_grpc"], handshake_timeout_secs=a.header_timeout_secs,

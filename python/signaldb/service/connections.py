@@ -51,6 +51,9 @@ _LOG_EVERY_SECS = 10.0
 _MAX_REFUSE_PER_ACCEPT = 64
 # Each health listener (both services) takes at most this many connections at once.
 HEALTH_MAX_CONNECTIONS = 64
+# Descriptors the receivers open for themselves after the caps are planned (grpc's epoll, event
+# and wakeup fds, its listening socket, aiohttp's listener): measured 16 for an acceptor.
+LATE_FDS = 32
 # A cap planned below this is raised back to it (with a warning that the reserve is not whole).
 MIN_CAP = 16
 
