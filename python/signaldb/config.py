@@ -217,6 +217,26 @@ SETTINGS: tuple[Setting, ...] = (
             "most header fields in one OTLP/HTTP request"),
     Setting("acceptor.max_concurrent_streams", 100, _int(1, 100_000), "ACCEPTOR_MAX_CONCURRENT_STREAMS",
             "most gRPC calls at once on one connection"),
+    Setting("acceptor.http_max_connections", 4096, _int(1, 1_000_000), "ACCEPTOR_HTTP_MAX_CONNECTIONS",
+            "most OTLP/HTTP connections open at once; more are closed at accept (lowered to fit the open-files limit)"),
+    Setting("acceptor.grpc_max_connections", 4096, _int(1, 1_000_000), "ACCEPTOR_GRPC_MAX_CONNECTIONS",
+            "most OTLP/gRPC connections open at once; more are closed at accept (lowered to fit the open-files limit)"),
+    Setting("acceptor.header_timeout_secs", 10.0, _float(0.1, 3600), "ACCEPTOR_HEADER_TIMEOUT_SECS",
+            "OTLP/HTTP: longest from a request's first byte to the end of its headers (408, closed); "
+            "gRPC and TLS: longest handshake"),
+    Setting("acceptor.body_timeout_secs", 10.0, _float(0.1, 3600), "ACCEPTOR_BODY_TIMEOUT_SECS",
+            "OTLP/HTTP: time allowed for a body, plus 1 s per body_min_rate_bytes received (408, closed)"),
+    Setting("acceptor.body_min_rate_bytes", 16 * 1024, _int(1, 1 << 30), "ACCEPTOR_BODY_MIN_RATE_BYTES",
+            "OTLP/HTTP: bytes per second a body must keep up, after body_timeout_secs"),
+    Setting("acceptor.idle_timeout_secs", 60.0, _float(0.1, 86400), "ACCEPTOR_IDLE_TIMEOUT_SECS",
+            "a connection with no request in progress is closed after this long (HTTP keep-alive, gRPC idle)"),
+    Setting("acceptor.grpc_max_connection_age_secs", 1800.0, _float(0, 30 * 86400),
+            "ACCEPTOR_GRPC_MAX_CONNECTION_AGE_SECS",
+            "gRPC connections are closed (GOAWAY, 30 s grace for running calls) after this long; 0: never"),
+    Setting("acceptor.grpc_keepalive_secs", 60.0, _float(1, 86400), "ACCEPTOR_GRPC_KEEPALIVE_SECS",
+            "the acceptor pings gRPC clients this often and closes a connection whose ping goes unanswered 20 s"),
+    Setting("acceptor.reserved_fds", 256, _int(16, 1_000_000), "ACCEPTOR_RESERVED_FDS",
+            "descriptors kept free of client connections for the WAL, Flight clients and files"),
     Setting("writer.flight_addr", "127.0.0.1:50061", _address, "WRITER_FLIGHT_ADDR", "Flight listen address"),
     Setting("writer.health_addr", "127.0.0.1:8081", _address, "WRITER_HEALTH_ADDR",
             "health and metrics listen address"),
@@ -318,6 +338,15 @@ class AcceptorConfig:
     max_header_bytes: int = 16 * 1024
     max_header_count: int = 100
     max_concurrent_streams: int = 100
+    http_max_connections: int = 4096
+    grpc_max_connections: int = 4096
+    header_timeout_secs: float = 10.0
+    body_timeout_secs: float = 10.0
+    body_min_rate_bytes: int = 16 * 1024
+    idle_timeout_secs: float = 60.0
+    grpc_max_connection_age_secs: float = 1800.0
+    grpc_keepalive_secs: float = 60.0
+    reserved_fds: int = 256
 
 
 @dataclass(frozen=True)
@@ -477,6 +506,15 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
             max_header_bytes=v["acceptor.max_header_bytes"],
             max_header_count=v["acceptor.max_header_count"],
             max_concurrent_streams=v["acceptor.max_concurrent_streams"],
+            http_max_connections=v["acceptor.http_max_connections"],
+            grpc_max_connections=v["acceptor.grpc_max_connections"],
+            header_timeout_secs=v["acceptor.header_timeout_secs"],
+            body_timeout_secs=v["acceptor.body_timeout_secs"],
+            body_min_rate_bytes=v["acceptor.body_min_rate_bytes"],
+            idle_timeout_secs=v["acceptor.idle_timeout_secs"],
+            grpc_max_connection_age_secs=v["acceptor.grpc_max_connection_age_secs"],
+            grpc_keepalive_secs=v["acceptor.grpc_keepalive_secs"],
+            reserved_fds=v["acceptor.reserved_fds"],
         ),
         writer=WriterConfig(
             flight_addr=v["writer.flight_addr"],

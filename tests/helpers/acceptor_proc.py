@@ -35,6 +35,7 @@ class AcceptorProcess:
     ports: dict[str, int] = field(default_factory=dict)
     log_path: Path | None = None
     starts: int = 0
+    prefix: list[str] = field(default_factory=list)  # e.g. ["prlimit", "--nofile=512:512", "--"]
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> AcceptorProcess:
         self.starts += 1
@@ -47,7 +48,7 @@ class AcceptorProcess:
         # no lower bound unless a test sets one (the time-window tests do).
         env.setdefault("ACCEPTOR_MAX_AGE_SECS", "0")
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args],
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", self.module, *self.args],
                                      cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:

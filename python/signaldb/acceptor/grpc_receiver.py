@@ -21,7 +21,10 @@ handler, as fast as before.
 
 Headers and streams are bounded per connection: ``max_header_bytes`` of
 metadata (``grpc.max_metadata_size``, as both soft and hard limit) and
-``max_concurrent_streams`` streams at once.
+``max_concurrent_streams`` streams at once. Connections are bounded by grpc's
+core (``_connection_options``): at most ``max_connections`` at once, a
+handshake timeout, an idle timeout, keepalive pings, and a maximum age that
+also bounds a call whose message trickles in.
 """
 
 from __future__ import annotations
@@ -56,8 +59,15 @@ _GRPC_STATUS = {
 class GrpcReceiver:
     def __init__(self, addr: Address, ingest: Ingest, auth_token: str | None,
                  pem_pair: tuple[bytes, bytes] | None, max_header_bytes: int = 16 * 1024,
-                 max_concurrent_streams: int = 100) -> None:
+                 max_concurrent_streams: int = 100, max_connections: int = 4096,
+                 handshake_timeout_secs: float = 10.0, idle_timeout_secs: float = 60.0,
+                 max_connection_age_secs: float = 1800.0, keepalive_secs: float = 60.0) -> None:
         self._addr = addr
+        self.max_connections = max_connections
+        self._handshake_timeout = handshake_timeout_secs
+        self._idle_timeout = idle_timeout_secs
+        self._max_age = max_connection_age_secs
+        self._keepalive = keepalive_secs
         self._max_header_bytes = max_header_bytes
         self._max_concurrent_streams = max_concurrent_streams
         self._ingest = ingest
@@ -77,6 +87,7 @@ class GrpcReceiver:
             ("grpc.max_metadata_size", self._max_header_bytes),
             ("grpc.absolute_max_metadata_size", self._max_header_bytes),
             ("grpc.max_concurrent_streams", self._max_concurrent_streams),
+            *self._connection_options(),
         ])
         handlers = {f"/{service}/Export": grpc.unary_unary_rpc_method_handler(self._export_handler(kind))
                     for kind, service in SERVICES.items()}  # raw bytes in and out
@@ -94,6 +105,31 @@ class GrpcReceiver:
             self.port = self._server.add_insecure_port(target)
         await self._server.start()
         return self.port
+
+    def _connection_options(self) -> list[tuple[str, int]]:
+        """Connection bounds, enforced by grpc's core (see the module doc and docs/operations.md)."""
+        ms = lambda secs: max(1, int(secs * 1000))  # noqa: E731
+        options = [
+            # At most this many connections: grpc accepts one over it and closes it at once.
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            # TLS and the HTTP/2 preface + SETTINGS must arrive within this (grpc's default: 120 s).
+            ("grpc.server_handshake_timeout_ms", ms(self._handshake_timeout)),
+            # No call in progress for this long: GOAWAY and close.
+            ("grpc.max_connection_idle_ms", ms(self._idle_timeout)),
+            # Dead peers: ping every keepalive_secs, close when a ping is not answered in 20 s.
+            ("grpc.keepalive_time_ms", ms(self._keepalive)),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            # Clients may ping every 10 s, even between calls, without being sent away
+            # (grpc's default policy allows one ping per 5 minutes and GOAWAYs after 2 more).
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        if self._max_age > 0:
+            # Bounds a call whose message trickles in, and moves long-lived clients between replicas.
+            options += [("grpc.max_connection_age_ms", ms(self._max_age)),
+                        ("grpc.max_connection_age_grace_ms", 30_000)]
+        return options
 
     async def stop(self, grace_secs: float) -> None:
         """Refuses new RPCs at once and gives running ones ``grace_secs`` to finish."""
@@ -145,7 +181,10 @@ def _metadata(context: aio.ServicerContext, key: str) -> str | None:
 def _find(metadata: object, key: str) -> str | None:
     for k, v in metadata or ():  # type: ignore[attr-defined]
         if k == key:
-            return v if isinstance(v, str) else v.decode()
+            if isinstance(v, str):
+                return v
+            # Bytes that are not UTF-8 are a wrong token (UNAUTHENTICATED), not a server error.
+            return v.decode("utf-8", "surrogateescape")
     return None
 
 

@@ -21,6 +21,7 @@ from signaldb import otlp
 from signaldb.acceptor import responses
 from signaldb.acceptor.ingest import Ingest, Refused
 from signaldb.config import Address
+from signaldb.service.connections import ConnectionGuard, HttpLimits
 from signaldb.service.http_site import start_site
 from signaldb.service.security import bearer_ok
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 PATHS = {"/v1/traces": "traces", "/v1/logs": "logs", "/v1/metrics": "metrics"}
 _HTTP_STATUS = {"invalid": 400, "too_large": 413, "unavailable": 503, "unauthenticated": 401,
-                "wrong_method": 405, "wrong_media_type": 415}
+                "wrong_method": 405, "wrong_media_type": 415, "timeout": 408}
 _READ_CHUNK = 256 * 1024
 # Inflating big bodies takes a while; do it off the event loop.
 _INLINE_INFLATE_BYTES = 64 * 1024
@@ -37,8 +38,14 @@ _INLINE_INFLATE_BYTES = 64 * 1024
 class HttpReceiver:
     def __init__(self, addr: Address, ingest: Ingest, auth_token: str | None,
                  ssl_context: ssl.SSLContext | None, shutdown_grace_secs: float,
-                 max_header_bytes: int = 16 * 1024, max_header_count: int = 100) -> None:
+                 max_header_bytes: int = 16 * 1024, max_header_count: int = 100,
+                 limits: HttpLimits | None = None, body_timeout_secs: float = 10.0,
+                 body_min_rate_bytes: int = 16 * 1024) -> None:
         self._addr = addr
+        self._limits = limits or HttpLimits(max_connections=4096)
+        self.guard = ConnectionGuard("otlp_http", self._limits.max_connections)
+        self._body_timeout = body_timeout_secs
+        self._body_min_rate = body_min_rate_bytes
         self._max_header_bytes = max_header_bytes
         self._max_header_count = max_header_count
         self._grace = shutdown_grace_secs
@@ -56,7 +63,8 @@ class HttpReceiver:
         # auto_decompress off: we inflate ourselves, with an output cap (gzip bombs) and raw-deflate support.
         # Bounded headers: the request line and each header line up to max_header_bytes, at most
         # max_header_count fields; aiohttp answers a request over them with 400 and closes.
-        self._runner, self.port = await start_site(app, self._addr, self._ssl, shutdown_timeout=self._grace,
+        self._runner, self.port = await start_site(app, self._addr, self._ssl, limits=self._limits, guard=self.guard,
+                                                   shutdown_timeout=self._grace,
                                                    auto_decompress=False, max_line_size=self._max_header_bytes,
                                                    max_field_size=self._max_header_bytes,
                                                    max_headers=self._max_header_count)
@@ -87,7 +95,10 @@ class HttpReceiver:
             return _error("wrong_media_type", f"unsupported Content-Encoding {encoding!r}; use gzip or deflate",
                           answer_type)
         try:
-            body = await self._read_body(request, encoding)
+            try:
+                body = await self._read_body(request, encoding)
+            except TimeoutError:
+                return await self._body_timed_out(request, answer_type)
             accepted = await self._ingest.export(kind, body, content_type, "http")
         except Refused as refused:
             return _error(refused.category, refused.message, answer_type, retry_after=refused.retry_after_secs)
@@ -99,7 +110,15 @@ class HttpReceiver:
         if request.content_length is not None and request.content_length > limit:
             raise Refused("too_large", f"request body is {request.content_length} bytes; the limit is {limit}")
         raw = bytearray()
-        while chunk := await request.content.read(_READ_CHUNK):
+        # Minimum rate: body_timeout_secs, plus a second per body_min_rate_bytes received so far.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            deadline = started + self._body_timeout + len(raw) / self._body_min_rate
+            async with asyncio.timeout_at(deadline):
+                chunk = await request.content.read(_READ_CHUNK)
+            if not chunk:
+                break
             raw += chunk
             if len(raw) > limit:
                 raise Refused("too_large", f"request body is over the limit of {limit} bytes")
@@ -108,6 +127,21 @@ class HttpReceiver:
         if len(raw) <= _INLINE_INFLATE_BYTES:
             return inflate(bytes(raw), encoding, limit)
         return await asyncio.to_thread(inflate, bytes(raw), encoding, limit)
+
+
+    async def _body_timed_out(self, request: web.Request, answer_type: str) -> web.StreamResponse:
+        """408, sent at once, and the connection closed: no lingering over the rest of a trickle."""
+        self.guard.timed_out("body")
+        log.debug("request body too slow", extra={"remote": request.remote})
+        response = _error("timeout", f"request body not received in time (body_timeout_secs "
+                                     f"{self._body_timeout:g} + 1 s per {self._body_min_rate} bytes)", answer_type,
+                          headers={"Connection": "close"})
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()
+        return response
 
 
 def inflate(data: bytes, encoding: str, limit: int) -> bytes:

@@ -27,6 +27,7 @@ GRPC_CODE = {  # our refusal categories -> google.rpc.Code
     # HTTP-only refusals (gRPC frames these itself):
     "wrong_method": code_pb2.UNIMPLEMENTED,
     "wrong_media_type": code_pb2.INVALID_ARGUMENT,
+    "timeout": code_pb2.DEADLINE_EXCEEDED,  # a request body too slow to arrive (408)
 }
 
 

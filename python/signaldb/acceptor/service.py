@@ -33,6 +33,7 @@ from signaldb.acceptor.ingest import Ingest, Limits
 from signaldb.acceptor.telemetry import AcceptorMetrics
 from signaldb.config import Config
 from signaldb.service import metrics as service_metrics
+from signaldb.service.connections import HEALTH_MAX_CONNECTIONS, LATE_FDS, HttpLimits, plan_caps, raise_nofile_limit
 from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.security import read_pem_pair, server_ssl_context
 from signaldb.wal import Wal
@@ -51,7 +52,10 @@ class AcceptorService:
         self.ingest: Ingest | None = None
         self.grpc: GrpcReceiver | None = None
         self.http: HttpReceiver | None = None
-        self.health = HealthServer(config.acceptor.health_addr, self.registry, self._health, self._not_ready)
+        self.health = HealthServer(config.acceptor.health_addr, self.registry, self._health, self._not_ready,
+                                   service="acceptor",
+                                   limits=HttpLimits(header_timeout_secs=config.acceptor.header_timeout_secs,
+                                                     idle_timeout_secs=config.acceptor.idle_timeout_secs))
         self.registry.register(service_metrics.WalCollector(lambda: self.wal, "acceptor"))
         self.state = "starting"
         self.fatal: str | None = None
@@ -62,6 +66,7 @@ class AcceptorService:
 
     async def start(self) -> None:
         cfg, wal_cfg = self.config, self.config.acceptor_wal
+        raise_nofile_limit("acceptor")
         health_port = await self.health.start()
         log.info("health endpoints up", extra={"health_port": health_port})
         self.state = "replaying"
@@ -85,13 +90,26 @@ class AcceptorService:
                         max_age_secs=cfg.acceptor.max_age_secs, max_future_secs=cfg.acceptor.max_future_secs)
         self.ingest = Ingest(self.wal, self.admission, self.metrics, limits,
                              on_fatal=self._on_fatal, on_accepted=self.forwarder.notify)
-        self.grpc = GrpcReceiver(cfg.acceptor.grpc_addr, self.ingest, cfg.security.auth_token, pem,
-                                 max_header_bytes=cfg.acceptor.max_header_bytes,
-                                 max_concurrent_streams=cfg.acceptor.max_concurrent_streams)
-        self.http = HttpReceiver(cfg.acceptor.http_addr, self.ingest, cfg.security.auth_token,
-                                 server_ssl_context(cfg.security), cfg.acceptor.shutdown_timeout_secs,
-                                 max_header_bytes=cfg.acceptor.max_header_bytes,
-                                 max_header_count=cfg.acceptor.max_header_count)
+        a = cfg.acceptor
+        # Connection caps under the open-files limit, with reserved_fds left for the WAL and the
+        # forwarder (signaldb.service.connections). The health listener is already open: its
+        # connections count against what is left.
+        caps = plan_caps({"otlp_grpc": a.grpc_max_connections, "otlp_http": a.http_max_connections},
+                         reserve=a.reserved_fds + HEALTH_MAX_CONNECTIONS + LATE_FDS)
+        self.grpc = GrpcReceiver(a.grpc_addr, self.ingest, cfg.security.auth_token, pem,
+                                 max_header_bytes=a.max_header_bytes, max_concurrent_streams=a.max_concurrent_streams,
+                                 max_connections=caps["otlp_grpc"], handshake_timeout_secs=a.header_timeout_secs,
+                                 idle_timeout_secs=a.idle_timeout_secs,
+                                 max_connection_age_secs=a.grpc_max_connection_age_secs,
+                                 keepalive_secs=a.grpc_keepalive_secs)
+        self.http = HttpReceiver(a.http_addr, self.ingest, cfg.security.auth_token,
+                                 server_ssl_context(cfg.security), a.shutdown_timeout_secs,
+                                 max_header_bytes=a.max_header_bytes, max_header_count=a.max_header_count,
+                                 limits=HttpLimits(max_connections=caps["otlp_http"],
+                                                   header_timeout_secs=a.header_timeout_secs,
+                                                   idle_timeout_secs=a.idle_timeout_secs),
+                                 body_timeout_secs=a.body_timeout_secs, body_min_rate_bytes=a.body_min_rate_bytes)
+        self.health.guards.append(self.http.guard)
         grpc_port = await self.grpc.start()
         http_port = await self.http.start()
         self.state = "running"

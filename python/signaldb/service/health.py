@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from signaldb.config import Address
 from signaldb.service import metrics
+from signaldb.service.connections import ConnectionCollector, ConnectionGuard, HttpLimits
 from signaldb.service.http_site import start_site
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class HealthServer:
         registry: CollectorRegistry,
         health: Callable[[], dict[str, Any]],
         not_ready: Callable[[], list[str]],
+        service: str = "",
+        limits: HttpLimits | None = None,
     ) -> None:
         self._addr = addr
         self._registry = registry
@@ -43,6 +46,12 @@ class HealthServer:
         self._not_ready = not_ready
         self._runner: web.AppRunner | None = None
         self.port: int = 0
+        # Probes and scrapes need few connections; the cap keeps the health port from eating the
+        # descriptors the WAL needs (signaldb.service.connections).
+        self._limits = limits or HttpLimits()
+        self.guard = ConnectionGuard("health", self._limits.max_connections)
+        registry.register(ConnectionCollector(lambda: self.guards, service))
+        self.guards: list[ConnectionGuard] = [self.guard]  # a service adds its other listeners' guards
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=1024)
@@ -54,7 +63,7 @@ class HealthServer:
 
     async def start(self) -> int:
         """Binds and serves; returns the bound port (useful with port 0)."""
-        self._runner, self.port = await start_site(self._app(), self._addr)
+        self._runner, self.port = await start_site(self._app(), self._addr, limits=self._limits, guard=self.guard)
         return self.port
 
     async def stop(self) -> None:

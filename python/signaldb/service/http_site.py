@@ -10,22 +10,36 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from signaldb.config import Address
+from signaldb.service.connections import (ConnectionGuard, HttpLimits, GuardedSite, bind_guarded,
+                                          install_tracking)
 
 
 async def start_site(app: web.Application, addr: Address, ssl_context: ssl.SSLContext | None = None,
+                     limits: HttpLimits | None = None, guard: ConnectionGuard | None = None,
                      **runner_kwargs: Any) -> tuple[web.AppRunner, int]:
     """Binds and serves ``app``; returns the runner (``cleanup()`` stops it) and the bound port.
 
-    Our services handle signals themselves and log in JSON, so aiohttp's signal
-    handling and access log are off."""
+    Connections are bounded (``signaldb.service.connections``): at most
+    ``guard.max_connections`` at once (the rest closed in ``accept()``), a
+    header-read timeout from a request's first byte, and an idle keep-alive
+    timeout (aiohttp's ``keepalive_timeout``, also for a connection that
+    never sends a byte). Our services handle signals themselves and log in
+    JSON, so aiohttp's signal handling and access log are off."""
     _quiet_client_errors()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, **runner_kwargs)
+    limits = limits or HttpLimits()
+    guard = guard or ConnectionGuard("http", limits.max_connections)
+    states = install_tracking(app)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=limits.idle_timeout_secs, **runner_kwargs)
     await runner.setup()
-    site = web.TCPSite(runner, addr.host, addr.port, ssl_context=ssl_context, reuse_address=True)
-    await site.start()
-    server = site._server  # the asyncio server: the only place aiohttp exposes port 0's pick
-    assert server is not None and server.sockets
-    return runner, server.sockets[0].getsockname()[1]
+    try:
+        socks = bind_guarded(addr.host, addr.port, guard)
+        for sock in socks:
+            await GuardedSite(runner, sock, guard, limits.header_timeout_secs, states, ssl_context).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, socks[0].getsockname()[1]
 
 
 class _ClientErrorFilter(logging.Filter):

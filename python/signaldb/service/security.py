@@ -37,4 +37,10 @@ def bearer_ok(expected_token: str | None, authorization: str | None) -> bool:
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(token.strip().encode(), expected_token.encode())
+    # Header values that are not UTF-8 arrive with surrogate escapes (aiohttp decodes with
+    # surrogateescape): they are a wrong token (401), never an encoding error (500).
+    try:
+        presented = token.strip().encode("utf-8", "surrogateescape")
+    except UnicodeError:  # a lone surrogate surrogateescape cannot map back
+        return False
+    return hmac.compare_digest(presented, expected_token.encode())

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from signaldb.config import Config
+from signaldb.service.connections import raise_nofile_limit
 from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.metrics import WalCollector, new_registry
 from signaldb.service.security import read_pem_pair
@@ -49,7 +50,9 @@ class WriterService:
         return self.health.port if self.health is not None else 0
 
     async def start(self) -> None:
-        self.health = HealthServer(self.cfg.writer.health_addr, self.registry, self._health, self._not_ready)
+        raise_nofile_limit("writer")  # Flight streams, Parquet files and the WAL all need descriptors
+        self.health = HealthServer(self.cfg.writer.health_addr, self.registry, self._health, self._not_ready,
+                                   service="writer")
         await self.health.start()
         log.info("health listening", extra={"health_port": self.health_port})  # probes work during replay
         loop = asyncio.get_running_loop()
