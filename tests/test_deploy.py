@@ -176,8 +176,10 @@ def test_k8s_workloads_are_stateful_locked_down_and_probed():
         env = env_of(c)
         secret_refs = {e["name"]: e["valueFrom"] for e in c.get("env", []) if "valueFrom" in e}
         check_env({k: v for k, v in env.items() if v is not None}, name)
-        for ref in secret_refs.values():  # the auth token Secret is optional
-            assert ref["secretKeyRef"].get("optional") is True, name
+        # Flight leaves loopback in a cluster: the token is required (issue 15), never optional.
+        assert secret_refs.get("SIGNALDB_AUTH_TOKEN", {}).get("secretKeyRef", {}).get("name") == "signaldb-auth", name
+        for ref in secret_refs.values():
+            assert ref["secretKeyRef"].get("optional") is False, name
 
         # The WAL: a claim template mounted at /data/wal, the WAL directory inside it.
         wal_env = f"{service.upper()}_WAL_DIR"
@@ -254,8 +256,13 @@ def test_configmap_toml_loads_and_agrees_with_the_env(tmp_path):
     cm = next(o for o in k8s_objects() if o["kind"] == "ConfigMap")
     path = tmp_path / "signaldb.toml"
     path.write_text(cm["data"]["signaldb.toml"])
+    from signaldb.config import ConfigError
+
     for command in ("acceptor", "writer"):
-        load(None, command, environ={"SIGNALDB_CONFIG": str(path)})  # unknown keys, bad values raise
+        # unknown keys, bad values raise; the token comes from the Secret
+        load(None, command, environ={"SIGNALDB_CONFIG": str(path), "SIGNALDB_AUTH_TOKEN": "from-the-secret"})
+        with pytest.raises(ConfigError, match="security.auth_token"):  # without it: refused, not unauthenticated
+            load(None, command, environ={"SIGNALDB_CONFIG": str(path)})
     toml = tomllib.loads(path.read_text())
     known = settings_by_env()
     # The environment beats the TOML: where a pod sets both, they must not disagree silently.
@@ -318,6 +325,13 @@ def test_compose_services_run_locked_down_with_their_own_wal_volumes():
     assert acceptor["environment"]["ACCEPTOR_HTTP_ADDR"] == "0.0.0.0:4318"
     assert writer["environment"]["WRITER_FLIGHT_ADDR"] == "0.0.0.0:50061"
     assert compose_default(writer["environment"]["SIGNALDB_STORAGE_URL"]) == "file:///data/parquet"
+    # Flight between the containers is not on loopback: a token is always set (a marked dev default).
+    from signaldb.config import load
+
+    for service in (writer, acceptor):
+        env = {k: compose_default(v) for k, v in service["environment"].items()}
+        assert env["SIGNALDB_AUTH_TOKEN"], "compose must set a token (the services refuse to start without)"
+        load(None, "writer" if service is writer else "acceptor", environ=env)
     assert "/data/parquet" in {v.split(":")[1] for v in writer["volumes"]}
 
 

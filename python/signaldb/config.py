@@ -248,6 +248,9 @@ SETTINGS: tuple[Setting, ...] = (
             "longest SIGTERM waits to write out open files"),
     Setting("writer.max_buffered_bytes", 512 * MIB, _int(MIB, 1 << 40), "WRITER_MAX_BUFFERED_BYTES",
             "Arrow bytes held in memory for Parquet files not yet written, over all tables and hours"),
+    Setting("writer.max_batch_bytes", 512 * MIB, _int(MIB, 1 << 34), "WRITER_MAX_BATCH_BYTES",
+            "largest Flight batch (Arrow buffer bytes) the writer stores; bigger ones are refused "
+            "(keep it above acceptor.max_converted_bytes: an entry is never split across batches)"),
     Setting("storage.url", "file://.data", _storage_url, "SIGNALDB_STORAGE_URL",
             "where Parquet goes: file://PATH or s3://BUCKET/PREFIX"),
     Setting("security.auth_token", "", _optional_string, "SIGNALDB_AUTH_TOKEN",
@@ -357,6 +360,7 @@ class WriterConfig:
     file_max_age_secs: float
     shutdown_timeout_secs: float
     max_buffered_bytes: int
+    max_batch_bytes: int = 512 * MIB
 
 
 @dataclass(frozen=True)
@@ -434,7 +438,44 @@ def load(
             origin = {"env": f" (from ${setting.env})", "flag": " (from the command line)",
                       "toml": f" (in {config_path})"}.get(sources[setting.key], "")
             raise ConfigError(f"{setting.key}: {err}{origin}") from None
-    return _build(values, sources)
+    cfg = _build(values, sources)
+    check_flight_auth(cfg, command)
+    return cfg
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1); any other name or
+    address (``0.0.0.0`` included) can be reached from elsewhere."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_flight_auth(cfg: Config, command: str) -> None:
+    """Flight between acceptor and writer is authenticated whenever it leaves loopback.
+
+    The writer stores whatever its Flight port is sent (forged data, or batches naming
+    another acceptor's entries): bound beyond loopback it needs ``security.auth_token``,
+    and an acceptor sending to a writer beyond loopback needs it too (it sends the token
+    with every call). TLS alone encrypts but does not tell who the peer is."""
+    if cfg.security.auth_token:
+        return
+    fix = ("set security.auth_token ($SIGNALDB_AUTH_TOKEN, the same value on acceptors and writers; "
+           "docs/operations.md, Security) or use a loopback address")
+    if command in ("writer", "run"):
+        addr = cfg.writer.flight_addr
+        if not is_loopback(addr.host):
+            raise ConfigError(f"writer.flight_addr: {addr} is not a loopback address and Flight "
+                              f"would accept batches from anyone who can reach it; {fix}")
+    if command in ("acceptor", "run"):
+        for endpoint in cfg.acceptor.writer_endpoints:
+            host = endpoint.split("://", 1)[1].rpartition(":")[0]
+            if not is_loopback(host):
+                raise ConfigError(f"acceptor.writer_endpoints: {endpoint} is not on loopback and Flight to it "
+                                  f"would be unauthenticated; {fix}")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -523,6 +564,7 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
             file_max_age_secs=v["writer.file_max_age_secs"],
             shutdown_timeout_secs=v["writer.shutdown_timeout_secs"],
             max_buffered_bytes=v["writer.max_buffered_bytes"],
+            max_batch_bytes=v["writer.max_batch_bytes"],
         ),
         storage_url=v["storage.url"],
         security=SecurityConfig(

@@ -11,6 +11,8 @@ from signaldb.acceptor.service import AcceptorService
 from signaldb.config import Config, add_flags, load
 from signaldb.service.lifecycle import EXIT_FAILURE, run_main, wait_for_stop_signal
 from signaldb.service.logsetup import setup_logging
+from signaldb.service.statefiles import StartupFileError
+from signaldb.wal import WalError
 
 log = logging.getLogger("signaldb.acceptor")
 
@@ -31,7 +33,9 @@ async def serve(config: Config) -> int:
     try:
         await service.start()
     except Exception as err:  # one clear line (e.g. "WAL directory not writable: ..."), then exit 1
-        log.error("startup failed", extra={"error": str(err)}, exc_info=err)
+        # Errors that name the file and the fix need no traceback; anything else keeps one.
+        known = isinstance(err, StartupFileError | WalError | IsADirectoryError)
+        log.error("startup failed", extra={"error": str(err)}, exc_info=None if known else err)
         await service.stop()
         return EXIT_FAILURE
     except BaseException:

@@ -36,6 +36,7 @@ from signaldb.service import metrics as service_metrics
 from signaldb.service.connections import HEALTH_MAX_CONNECTIONS, LATE_FDS, HttpLimits, plan_caps, raise_nofile_limit
 from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.security import read_pem_pair, server_ssl_context
+from signaldb.service.statefiles import check_regular_files
 from signaldb.wal import Wal
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class AcceptorService:
         log.info("health endpoints up", extra={"health_port": health_port})
         self.state = "replaying"
         started = time.monotonic()
+        check_regular_files(wal_cfg.wal_dir, ("metadata.json", "acceptor-id"))
         self.wal = await asyncio.to_thread(wal_cfg.open)
         stats = self.wal.stats()
         log.info("WAL open", extra={"wal_dir": str(wal_cfg.wal_dir), "unprocessed_entries": stats["unprocessed_entries"],

@@ -7,7 +7,11 @@ pyarrow runs each call on its own thread, so the blocking append is fine here
 and concurrent streams share the WAL's group commit.
 
 Refusals: a broken descriptor, schema or batch raises ``pa.ArrowInvalid``
-(gRPC INVALID_ARGUMENT: the acceptor must not resend it as is); a full WAL,
+(gRPC INVALID_ARGUMENT: the acceptor splits the round and dead-letters the
+entry refused on its own). Every batch is checked before any of it is stored
+(``signaldb.writer.validate``: exact reference schema, no nulls where the
+schema has none, valid Arrow with UTF-8 strings, at most
+``writer.max_batch_bytes``) and must name the descriptor's acceptor. A full WAL,
 a backlog over its limit, buffers at ``writer.max_buffered_bytes`` (after
 waiting up to ``ROOM_WAIT_SECS`` for the flusher to free some) or an entry in
 flight elsewhere raise Flight's unavailable error (retryable). Nothing of a refused batch is kept, and batches
@@ -17,6 +21,8 @@ acked before it in the same stream stay acked.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -30,8 +36,13 @@ from signaldb.writer.ledger import Busy, Key, Ledger
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.sink import Sink
 from signaldb.writer.tables import kind_of, reference_schema
+from signaldb.writer.validate import BatchRefused, check_batch, schema_difference
 
 log = logging.getLogger(__name__)
+
+# Refusals are logged at most once per this many seconds per reason (each is counted anyway):
+# a hostile or broken peer must not flood the log.
+REFUSAL_LOG_INTERVAL_SECS = 10.0
 
 # How long a batch waits for the sink's buffered bytes to drop under the bound before it is
 # refused: long enough to ride out one file being written, short enough not to tie up
@@ -55,21 +66,6 @@ class _BearerMiddlewareFactory(flight.ServerMiddlewareFactory):
             raise flight.FlightUnauthenticatedError("missing or wrong bearer token")
 
 
-def _schema_difference(got: pa.Schema, want: pa.Schema) -> str:
-    """A short description of the first difference, for the refusal message."""
-    for field in want:
-        if field.name not in got.names:
-            return f"missing column {field.name!r}"
-        other = got.field(field.name)
-        if not other.equals(field):
-            return (f"column {field.name!r} is {other.type} (nullable={other.nullable}), "
-                    f"want {field.type} (nullable={field.nullable})")
-    extra = [n for n in got.names if n not in want.names]
-    if extra:
-        return f"unexpected columns {extra}"
-    return "columns are in a different order"
-
-
 class WriterFlightServer(flight.FlightServerBase):
     def __init__(
         self,
@@ -81,6 +77,7 @@ class WriterFlightServer(flight.FlightServerBase):
         max_backlog_bytes: int,
         auth_token: str | None = None,
         tls_pair: tuple[bytes, bytes] | None = None,
+        max_batch_bytes: int = 512 * 1024 * 1024,
     ) -> None:
         middleware = {"auth": _BearerMiddlewareFactory(auth_token)} if auth_token else None
         super().__init__(location, tls_certificates=[tls_pair] if tls_pair else None, middleware=middleware)
@@ -89,6 +86,13 @@ class WriterFlightServer(flight.FlightServerBase):
         self._ledger = ledger
         self._metrics = metrics
         self._max_backlog = max_backlog_bytes
+        self._max_batch_bytes = max_batch_bytes
+        self._last_logged: dict[str, float] = {}
+        self._log_lock = threading.Lock()
+        self._calls_lock = threading.Lock()
+        self.open_calls = 0  # do_put calls running (idle streams included)
+        self.busy_calls = 0  # of those, the ones handling a batch (not waiting for the next)
+        self.stopping = False  # set at shutdown: running streams end at their next batch
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         """Cheap call the acceptors use to probe reachability while idle (no actions are offered)."""
@@ -96,10 +100,20 @@ class WriterFlightServer(flight.FlightServerBase):
 
     # -- refusals --------------------------------------------------------------
 
-    def _invalid(self, message: str) -> pa.ArrowInvalid:
-        self._metrics.refused_batches.labels("invalid").inc()
-        log.warning("refused invalid Flight batch", extra={"reason": message})
-        return pa.ArrowInvalid(message)
+    def _invalid(self, message: str, reason: str = "invalid", acceptor_id: str | None = None) -> pa.ArrowInvalid:
+        """Counts and (rate-limited) logs a refusal; the returned error reaches the client as
+        Flight INVALID_ARGUMENT (``pa.ArrowInvalid`` there)."""
+        self._metrics.refused_batches.labels(reason).inc()
+        now = time.monotonic()
+        with self._log_lock:
+            due = now - self._last_logged.get(reason, -REFUSAL_LOG_INTERVAL_SECS) >= REFUSAL_LOG_INTERVAL_SECS
+            if due:
+                self._last_logged[reason] = now
+        if due:
+            log.warning("refused invalid Flight batch (further refusals for this reason are only counted for "
+                        f"{REFUSAL_LOG_INTERVAL_SECS:.0f}s: signaldb_writer_refused_batches_total)",
+                        extra={"reason": reason, "error": message, "acceptor_id": acceptor_id})
+        return pa.ArrowInvalid(f"refused ({reason}): {message}")
 
     def _unavailable(self, reason: str, message: str) -> flight.FlightUnavailableError:
         self._metrics.refused_batches.labels(reason).inc()
@@ -117,31 +131,61 @@ class WriterFlightServer(flight.FlightServerBase):
         reader: flight.MetadataRecordBatchReader,
         writer: flight.FlightMetadataWriter,
     ) -> None:
+        with self._calls_lock:
+            self.open_calls += 1
+        try:
+            self._put(descriptor, reader, writer)
+        finally:
+            with self._calls_lock:
+                self.open_calls -= 1
+
+    def _put(self, descriptor: flight.FlightDescriptor, reader: flight.MetadataRecordBatchReader,
+             writer: flight.FlightMetadataWriter) -> None:
+        if self.stopping:
+            raise flight.FlightUnavailableError("writer shutting down; retry")
         try:
             header = StreamHeader.from_descriptor(descriptor)
         except ProtocolError as err:
-            raise self._invalid(str(err)) from None
+            raise self._invalid(str(err), "protocol") from None
         want = reference_schema(header.table)
-        if not reader.schema.equals(want):
-            raise self._invalid(f"schema does not match table {header.table!r}: "
-                                f"{_schema_difference(reader.schema, want)}")
+        diff = schema_difference(reader.schema, want)
+        if diff:
+            raise self._invalid(f"schema does not match table {header.table!r}: {diff}", "schema", header.acceptor_id)
         key: Key = (header.acceptor_id, header.table)
         while True:
             try:
                 chunk = reader.read_chunk()
             except StopIteration:
                 return
-            if chunk.data is None:
-                raise self._invalid("a batch is required with each app_metadata")
-            raw = chunk.app_metadata.to_pybytes() if chunk.app_metadata is not None else None
+            with self._calls_lock:
+                self.busy_calls += 1
             try:
-                metadata = decode_batch_metadata(raw, chunk.data.num_rows)
-            except ProtocolError as err:
-                raise self._invalid(str(err)) from None
-            if metadata.min_unprocessed is not None:
-                self._ledger.raise_floor(header.acceptor_id, metadata.min_unprocessed)
-            ack = self._store(key, metadata.entries, chunk.data)
-            writer.write(pa.py_buffer(ack))
+                self._handle(header, key, want, chunk, writer)
+            finally:
+                with self._calls_lock:
+                    self.busy_calls -= 1
+
+    def _handle(self, header: StreamHeader, key: Key, want: pa.Schema, chunk: flight.FlightStreamChunk,
+                writer: flight.FlightMetadataWriter) -> None:
+        if self.stopping:  # this batch is not stored: the acceptor resends it (to this writer, later)
+            raise flight.FlightUnavailableError("writer shutting down; retry")
+        if chunk.data is None:
+            raise self._invalid("a batch is required with each app_metadata", "protocol", header.acceptor_id)
+        raw = chunk.app_metadata.to_pybytes() if chunk.app_metadata is not None else None
+        try:
+            metadata = decode_batch_metadata(raw, chunk.data.num_rows, header.acceptor_id)
+        except ProtocolError as err:
+            # decode_batch_metadata names the mismatch "differs from the stream's".
+            reason = "acceptor_mismatch" if "differs from the stream" in str(err) else "protocol"
+            raise self._invalid(str(err), reason, header.acceptor_id) from None
+        try:
+            batch = check_batch(chunk.data, want, self._max_batch_bytes)
+        except BatchRefused as err:
+            raise self._invalid(f"table {header.table!r}: {err}", err.reason, header.acceptor_id) from None
+        if metadata.min_unprocessed is not None:
+            self._ledger.raise_floor(header.acceptor_id, metadata.min_unprocessed)
+        ack = self._store(key, metadata.entries, batch)
+        writer.write(pa.py_buffer(ack))
 
     def _store(self, key: Key, entries: list[tuple[int, int]], batch: pa.RecordBatch) -> bytes:
         """Makes the batch's new entries durable in the WAL; returns the ack."""

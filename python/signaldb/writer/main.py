@@ -10,13 +10,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import sys
 
 from signaldb.config import add_flags, load
 from signaldb.service.lifecycle import EXIT_FAILURE, run_main, wait_for_stop_signal
 from signaldb.service.logsetup import setup_logging
+from signaldb.service.statefiles import StartupFileError
+from signaldb.wal import WalError
+from signaldb.writer.identity import WriterIdError
 from signaldb.writer.service import WriterService
+from signaldb.writer.state import StateFileError
 
 log = logging.getLogger("signaldb.writer")
+
+# Startup failures whose message says all there is to say (which file, what to do).
+KNOWN_STARTUP_ERRORS = (StartupFileError, StateFileError, WriterIdError, WalError, IsADirectoryError, NotADirectoryError,
+                        PermissionError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,10 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, services: list[WriterService]) -> int:
     cfg = load(args, "writer")
     setup_logging(cfg.log_level, "writer")  # before the WAL opens: the Rust side caches levels
     service = WriterService(cfg)
+    services.append(service)
     # Listen for SIGTERM from the start: a stop during a long replay must still be clean.
     stop = asyncio.create_task(wait_for_stop_signal())
     await asyncio.sleep(0)
@@ -43,7 +54,10 @@ async def _serve(args: argparse.Namespace) -> int:
         await asyncio.gather(start, return_exceptions=True)
     elif start.exception() is not None:
         err = start.exception()
-        log.error("startup failed", extra={"error": str(err)}, exc_info=err)
+        if isinstance(err, KNOWN_STARTUP_ERRORS):  # the message names the file and the fix: no traceback
+            log.error("startup failed", extra={"error": str(err)})
+        else:
+            log.error("startup failed", extra={"error": str(err)}, exc_info=err)
         stop.cancel()
         await service.stop()
         return EXIT_FAILURE
@@ -55,7 +69,16 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return run_main(lambda: _serve(args))
+    services: list[WriterService] = []
+    code = run_main(lambda: _serve(args, services))
+    if any(s.flight_left_open for s in services):
+        # Idle Flight streams keep gRPC's shutdown (and interpreter exit) waiting for ever; the WAL
+        # is closed by now, so end the process here rather than be SIGKILLed later.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 from signaldb.config import Config
@@ -17,6 +18,7 @@ from signaldb.service.connections import raise_nofile_limit
 from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.metrics import WalCollector, new_registry
 from signaldb.service.security import read_pem_pair
+from signaldb.service.statefiles import check_regular_files
 from signaldb.wal import Wal
 from signaldb.writer import identity, state
 from signaldb.writer.ingest import WriterFlightServer
@@ -26,6 +28,10 @@ from signaldb.writer.sink import Sink
 from signaldb.writer.storage import open_store
 
 log = logging.getLogger(__name__)
+
+# Longest a stop waits for batches being stored when it closes Flight (at most a third of
+# writer.shutdown_timeout_secs): an append takes milliseconds, idle streams are not waited for.
+FLIGHT_DRAIN_SECS = 5.0
 
 class WriterService:
     def __init__(self, cfg: Config) -> None:
@@ -39,6 +45,7 @@ class WriterService:
         self.replaying = True
         self.stopping = False
         self.writer_id = ""  # <wal_dir>/writer-id, read (or created) when the WAL opens
+        self.flight_left_open = 0  # Flight calls the stop could not end (see _stop_flight)
         self.registry.register(WalCollector(lambda: self.wal, "writer"))
 
     @property
@@ -67,6 +74,7 @@ class WriterService:
         wcfg = self.cfg.wal_for("writer")
         log.info("opening writer WAL", extra={"wal_dir": str(wcfg.wal_dir), "storage": self.cfg.storage_url})
         had_data = identity.dir_has_data(wcfg.wal_dir)
+        check_regular_files(wcfg.wal_dir, ("metadata.json", identity.FILE_NAME, state.FILE_NAME))
         self.wal = wcfg.open()
         # After the open: the WAL's directory lock keeps a second process away from the id too.
         self.writer_id, _ = identity.load_or_create(wcfg.wal_dir, had_data)
@@ -91,7 +99,7 @@ class WriterService:
         assert self.wal is not None and self.sink is not None
         return WriterFlightServer(f"{scheme}://{addr}", self.wal, self.sink, self.ledger, self.metrics,
                                   self.cfg.writer_wal.max_backlog_bytes, security.auth_token,
-                                  read_pem_pair(security))
+                                  read_pem_pair(security), self.cfg.writer.max_batch_bytes)
 
     async def stop(self) -> bool:
         """Stops accepting, writes out open files, closes the WAL; True when nothing was left behind."""
@@ -102,11 +110,7 @@ class WriterService:
         if self.sink is not None:
             self.sink.abort_replay()
         if self.flight is not None:
-            # shutdown() waits for running calls; a stream that never ends must not eat the budget.
-            try:
-                await asyncio.wait_for(loop.run_in_executor(None, self.flight.shutdown), budget / 3)
-            except TimeoutError:
-                log.warning("Flight calls still running at shutdown; closing anyway")
+            await self._stop_flight(min(budget / 3, FLIGHT_DRAIN_SECS))
         clean = True
         if self.sink is not None:
             clean = await loop.run_in_executor(None, self.sink.close, max(0.1, deadline - loop.time() - 0.5))
@@ -116,6 +120,36 @@ class WriterService:
             await self.health.stop()
         log.info("stopped", extra={"clean": clean})
         return clean
+
+    async def _stop_flight(self, wait: float) -> None:
+        """Stops taking batches: new calls are refused, running streams end (UNAVAILABLE) at their
+        next batch, and batches being stored finish. A stream that stays idle cannot be ended from
+        here (gRPC's shutdown waits for it, and pyarrow offers no deadline): the shutdown then runs
+        on in a daemon thread, ``flight_left_open`` says so, and ``signaldb-writer`` ends the
+        process without waiting for it once the WAL is closed (nothing of such a stream is
+        unacknowledged-and-stored: its acceptor resends)."""
+        flight = self.flight
+        assert flight is not None
+        flight.stopping = True
+        done = threading.Event()
+
+        def shutdown() -> None:
+            try:
+                flight.shutdown()
+            finally:
+                done.set()
+
+        threading.Thread(target=shutdown, name="flight-shutdown", daemon=True).start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while not done.is_set() and flight.busy_calls > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.01)  # batches being stored finish; idle streams are not waited for
+        await asyncio.sleep(0.05)
+        if not done.is_set():
+            self.flight_left_open = flight.open_calls or 1
+            log.warning("Flight streams still open at shutdown (idle clients, or a batch still arriving); "
+                        "they are cut when the process exits, their acceptors resend",
+                        extra={"streams": flight.open_calls, "busy": flight.busy_calls})
 
     # -- health ------------------------------------------------------------------
 

@@ -69,17 +69,92 @@ class State:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+class StateFileError(Exception):
+    """``writer-state.json`` exists but cannot be used; the message names the file and the fix."""
+
+
+# What the operator can do, in every refusal (docs/operations.md, Troubleshooting).
+_FIX = ("restore this file from a backup taken with its WAL directory; or, accepting that rows may be "
+        "written twice (at-least-once for the recent window, see docs/operations.md \"Troubleshooting: "
+        "writer-state.json\"), move it aside and start again")
+
+
 def load(wal_dir: Path) -> State:
+    """The saved state; an empty one when the file does not exist (a new writer).
+
+    Any other problem (unreadable, a directory, not JSON, truncated, another format
+    version, fields of the wrong shape) raises ``StateFileError``: the state cannot be
+    rebuilt from the WAL alone without risking duplicate rows (see the module docs and
+    docs/operations.md), so the writer refuses to start and says what to do."""
     path = Path(wal_dir) / FILE_NAME
     try:
-        body = json.loads(path.read_bytes())
+        raw = path.read_bytes()
     except FileNotFoundError:
         return State()
+    except IsADirectoryError:
+        raise StateFileError(f"writer state file {path} is a directory, not a file; if it is empty and this WAL "
+                             f"directory never held a state file, remove it; otherwise {_FIX}") from None
+    except OSError as err:
+        raise StateFileError(f"writer state file {path} cannot be read ({err.strerror or err}); "
+                             "fix its permissions or the disk") from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        what = "truncated" if raw and raw.lstrip()[:1] == b"{" and not raw.rstrip().endswith(b"}") else "not JSON"
+        raise StateFileError(f"writer state file {path} is {what} ({len(raw)} bytes: {err}); {_FIX}") from None
+    if not isinstance(body, dict):
+        raise StateFileError(f"writer state file {path} is not a JSON object; {_FIX}")
     if body.get("v") != VERSION:
-        raise ValueError(f"{path}: unsupported state version {body.get('v')!r}")
-    files = {p: FileRecord(**rec) for p, rec in body.get("files", {}).items()}
-    return State(done=body.get("done", {}), floors=body.get("floors", {}), committed=body.get("committed", []),
-                 files=files)
+        raise StateFileError(f"writer state file {path} has format version {body.get('v')!r}, this writer reads "
+                             f"version {VERSION} (written by another SignalDB version? run that version, or "
+                             f"{_FIX})")
+    try:
+        files = {str(p): _file_record(rec) for p, rec in _mapping(body.get("files", {})).items()}
+        done = {str(a): {str(t): _ranges(r) for t, r in _mapping(tables).items()}
+                for a, tables in _mapping(body.get("done", {})).items()}
+        floors = {str(a): _int(f) for a, f in _mapping(body.get("floors", {})).items()}
+        committed = _ranges(body.get("committed", []))
+    except (TypeError, ValueError) as err:
+        raise StateFileError(f"writer state file {path} has a malformed field ({err}); {_FIX}") from None
+    return State(done=done, floors=floors, committed=committed, files=files)
+
+
+def _mapping(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, found {type(value).__name__}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected a non-negative integer, found {value!r}")
+    return value
+
+
+def _ranges(value: Any) -> list[list[int]]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of ranges, found {type(value).__name__}")
+    out = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise ValueError(f"expected [lo, hi], found {item!r}")
+        lo, hi = _int(item[0]), _int(item[1])
+        if lo > hi:
+            raise ValueError(f"range {item!r} ends before it starts")
+        out.append([lo, hi])
+    return out
+
+
+def _file_record(rec: Any) -> FileRecord:
+    rec = _mapping(rec)
+    table, partition, wal_ids = rec.get("table"), rec.get("partition"), rec.get("wal_ids")
+    if not isinstance(table, str) or not isinstance(partition, str) or not isinstance(wal_ids, list):
+        raise ValueError(f"file record {rec!r} needs table, partition and wal_ids")
+    unknown = set(rec) - {"table", "partition", "wal_ids", "written", "dead_letter"}
+    if unknown:
+        raise ValueError(f"file record has unknown fields {sorted(unknown)}")
+    return FileRecord(table=table, partition=partition, wal_ids=[_int(i) for i in wal_ids],
+                      written=bool(rec.get("written", False)), dead_letter=str(rec.get("dead_letter", "")))
 
 
 def save(wal_dir: Path, state: State) -> None:
