@@ -285,17 +285,23 @@ def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
         env["SIGNALDB_TEST_CRASH_AT"] = "after_dead_letter"
     w = WriterProcess(tmp_path, args=["--file-max-age-secs", "0.2"], env=env)
     procs.append(w)
-    w.start()
     root = tmp_path / "data"
-    client = w.client()
     good: dict[int, pa.RecordBatch] = {e: small_batch(e, hour=0) for e in (1, 2, 3)}
     bad_hour0, bad_hour1 = small_batch(4, hour=0), small_batch(4, hour=1, bad=True)
     entry4 = pa.concat_batches([bad_hour0, bad_hour1])
-    for e, batch in good.items():
-        put(client, "traces", "acc-1", [(batch, [(e, batch.num_rows)])])
     good[5] = small_batch(5, hour=1)
-    # One stream, so 4 and 5 share hour 1's buffer (the file age is 0.2 s).
-    put(client, "traces", "acc-1", [(entry4, [(4, entry4.num_rows)]), (good[5], [(5, good[5].num_rows)])])
+    # The writer now refuses such a batch at its door (writer/validate.py). What still reaches
+    # the Parquet build is an entry already in its WAL (taken by an older version): so the
+    # entries are in the WAL before the start. 4 and 5 share hour 1's buffer on replay.
+    from signaldb.writer import payload
+    from signaldb.wal import Wal
+
+    with Wal(tmp_path / "wal") as wal:
+        for e, batch in [(1, good[1]), (2, good[2]), (3, good[3]), (4, entry4), (5, good[5])]:
+            record = payload.WalRecord("acc-1", "traces", ((e, batch.num_rows),), batch)
+            wal.append(payload.encode(record), kind="traces")
+    w.start()
+    client = w.client()
     [first] = [x for x in wait_log(w, "building a Parquet file failed; will retry") if x["attempt"] == 1]
     assert "non-nullable but contains nulls" in first["error"]
     # The failing file does not hold anything up: hour 2 is written while it waits for its retries.
@@ -326,8 +332,6 @@ def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
     assert record["partitions_dead_lettered"] == ["date=2026-11-24/hour=02"]
     assert record["partitions_in_parquet"] == ["date=2026-11-24/hour=01"]
     assert "non-nullable but contains nulls" in record["reason"]
-    from signaldb.writer import payload
-
     saved = payload.decode((dl / f"{dead['wal_ids'][0]}.entry").read_bytes())
     assert saved.entries == ((4, entry4.num_rows),) and saved.batch.equals(entry4)
     # Parquet: every good row once, and entry 4's hour-0 rows (documented: also in its payload).
@@ -342,7 +346,8 @@ def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
     assert w.stop() == 0
     w.start()
     client = w.client()
-    [(_, duplicates)] = put(client, "traces", "acc-1", [(entry4, [(4, entry4.num_rows)])])
+    # (resent as the valid part: the bad batch itself is refused at the door now)
+    [(_, duplicates)] = put(client, "traces", "acc-1", [(bad_hour0, [(4, bad_hour0.num_rows)])])
     assert list(duplicates) == [4]
     client.close()
     wait_settled(w, timeout=60)
