@@ -19,7 +19,6 @@ import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.flight as flight
 import pytest
 from helpers.acceptor_proc import AcceptorProcess
 from helpers.pipeline import Pipeline
