@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from signaldb.acceptor import identity
 from signaldb.acceptor.service import AcceptorService
 from signaldb.config import Config, add_flags, load
 from signaldb.service.lifecycle import EXIT_FAILURE, run_main, wait_for_stop_signal
@@ -31,7 +32,9 @@ async def serve(config: Config) -> int:
     try:
         await service.start()
     except Exception as err:  # one clear line (e.g. "WAL directory not writable: ..."), then exit 1
-        log.error("startup failed", extra={"error": str(err)}, exc_info=err)
+        # A bad identity file is the operator's to fix: one line naming it, no traceback.
+        log.error("startup failed", extra={"error": str(err)},
+                  exc_info=None if isinstance(err, identity.AcceptorIdError) else err)
         await service.stop()
         return EXIT_FAILURE
     except BaseException:

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from signaldb.flight_protocol import ProtocolError, StreamHeader, decode_batch_metadata, encode_ack
+from signaldb.flight_protocol import ProtocolError, StreamHeader, decode_batch_metadata, encode_ack, source_key
 from signaldb.service.security import bearer_ok
 from signaldb.wal import Wal, WalError, WalFullError
 from signaldb.writer import payload
@@ -125,7 +125,6 @@ class WriterFlightServer(flight.FlightServerBase):
         if not reader.schema.equals(want):
             raise self._invalid(f"schema does not match table {header.table!r}: "
                                 f"{_schema_difference(reader.schema, want)}")
-        key: Key = (header.acceptor_id, header.table)
         while True:
             try:
                 chunk = reader.read_chunk()
@@ -138,8 +137,11 @@ class WriterFlightServer(flight.FlightServerBase):
                 metadata = decode_batch_metadata(raw, chunk.data.num_rows)
             except ProtocolError as err:
                 raise self._invalid(str(err)) from None
+            # Entries are named by (acceptor, incarnation, table, id): a restored or copied
+            # acceptor directory reuses ids, never an incarnation (flight_protocol.source_key).
+            key: Key = (source_key(header.acceptor_id, metadata.incarnation), header.table)
             if metadata.min_unprocessed is not None:
-                self._ledger.raise_floor(header.acceptor_id, metadata.min_unprocessed)
+                self._ledger.raise_floor(key[0], metadata.min_unprocessed, [eid for eid, _ in metadata.entries])
             ack = self._store(key, metadata.entries, chunk.data)
             writer.write(pa.py_buffer(ack))
 

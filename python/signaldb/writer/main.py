@@ -14,6 +14,7 @@ import logging
 from signaldb.config import add_flags, load
 from signaldb.service.lifecycle import EXIT_FAILURE, run_main, wait_for_stop_signal
 from signaldb.service.logsetup import setup_logging
+from signaldb.writer import identity
 from signaldb.writer.service import WriterService
 
 log = logging.getLogger("signaldb.writer")
@@ -43,7 +44,9 @@ async def _serve(args: argparse.Namespace) -> int:
         await asyncio.gather(start, return_exceptions=True)
     elif start.exception() is not None:
         err = start.exception()
-        log.error("startup failed", extra={"error": str(err)}, exc_info=err)
+        # A bad identity file is the operator's to fix: one line naming it, no traceback.
+        log.error("startup failed", extra={"error": str(err)},
+                  exc_info=None if isinstance(err, identity.WriterIdError) else err)
         stop.cancel()
         await service.stop()
         return EXIT_FAILURE
