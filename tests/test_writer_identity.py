@@ -164,7 +164,8 @@ def test_a_conflicting_object_is_never_overwritten_and_other_partitions_go_on(
                 env={"WRITER_SHUTDOWN_TIMEOUT_SECS": "5"}).start()
     wid = _writer_id(w)
     # Entry 1 (writer WAL id 1) alone in hour 01: its file's name is known in advance. Plant another object there.
-    planted = store / file_path(wid, "traces", "date=2026-11-24/hour=01", [1])
+    [life] = [line["life"] for line in w.log_lines() if line.get("msg") == "listening"]
+    planted = store / file_path(wid, "traces", "date=2026-11-24/hour=01", [1], life)
     planted.parent.mkdir(parents=True)
     planted.write_bytes(b"someone else's object")
     sent = Sent()

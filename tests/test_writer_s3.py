@@ -177,8 +177,9 @@ def test_a_conflicting_s3_object_is_counted_and_other_hours_are_written(
     from signaldb.writer.sink import file_path
 
     s3_writer.start()
-    [wid] = [line["writer_id"] for line in s3_writer.log_lines() if line.get("msg") == "listening"]
-    key = f"{s3_writer.prefix}/{file_path(wid, 'traces', 'date=2026-11-24/hour=01', [1])}"  # type: ignore[attr-defined]
+    [(wid, life)] = [(line["writer_id"], line["life"]) for line in s3_writer.log_lines()
+                     if line.get("msg") == "listening"]
+    key = f"{s3_writer.prefix}/{file_path(wid, 'traces', 'date=2026-11-24/hour=01', [1], life)}"  # type: ignore[attr-defined]
     weed.client().put_object(Bucket=BUCKET, Key=key, Body=b"someone else's object")
     client = s3_writer.client()
     put_request(client, "traces", traces_request(1), 1)  # writer WAL id 1, alone in hour 01

@@ -11,7 +11,11 @@ One ``do_put`` stream carries batches of one table from one acceptor:
   WAL entries (of that acceptor: it must match the descriptor's), in that order
   and with those row counts (they sum to ``num_rows``). Optional
   ``"min_unprocessed": n`` says every entry id below n is done for good (see
-  ``encode_batch_metadata``). A batch may hold many
+  ``encode_batch_metadata``). Optional ``"incarnation": "<16 hex digits>"``
+  names the acceptor life that wrote the batch's entries (absent: the legacy
+  incarnation 0, entries from before incarnations); entries are named by
+  (acceptor_id, incarnation, id), and one batch holds entries of one
+  incarnation (a stream may mix batches of several). A batch may hold many
   entries; an entry's rows of one table are never split across batches of one
   stream, but the rows of one entry land in several tables (metrics).
 - the writer answers each batch, in order, once it is durable in the writer's
@@ -53,6 +57,24 @@ class ProtocolError(ValueError):
     """A descriptor or app_metadata that does not follow this protocol."""
 
 
+ACCEPTOR_ID_RULE = "1 to 128 printable ASCII characters, no space and no '/'"
+
+
+def check_acceptor_id(value: object) -> str:
+    """The one rule for acceptor ids, applied by the writer to every stream and by the
+    acceptor to its ``acceptor-id`` file at start. No '/': ``source_key`` uses it."""
+    if (not isinstance(value, str) or not 0 < len(value) <= 128
+            or not all(0x21 <= ord(c) <= 0x7E for c in value) or "/" in value):
+        raise ProtocolError(f"acceptor_id must be {ACCEPTOR_ID_RULE}; got {str(value)[:200]!r}")
+    return value
+
+
+def source_key(acceptor_id: str, incarnation: int) -> str:
+    """The writer's name for one acceptor life: the acceptor id for the legacy incarnation 0
+    (what writers stored before incarnations), else ``<acceptor id>/<16 hex digits>``."""
+    return acceptor_id if incarnation == 0 else f"{acceptor_id}/{incarnation:016x}"
+
+
 @dataclass(frozen=True)
 class StreamHeader:
     table: str
@@ -72,21 +94,27 @@ class StreamHeader:
         table, acceptor_id = body.get("table"), body.get("acceptor_id")
         if table not in TABLES:
             raise ProtocolError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
-        if not isinstance(acceptor_id, str) or not 0 < len(acceptor_id) <= 128:
-            raise ProtocolError("acceptor_id must be a non-empty string of at most 128 characters")
+        check_acceptor_id(acceptor_id)
         return cls(table=table, acceptor_id=acceptor_id)
 
 
 def encode_batch_metadata(entries: Sequence[tuple[int, int]], acceptor_id: str | None = None,
-                          min_unprocessed: int | None = None) -> bytes:
+                          min_unprocessed: int | None = None, incarnation: int = 0) -> bytes:
     """``entries``: (acceptor entry id, rows of this batch from it), in row order.
 
     ``min_unprocessed``: every acceptor entry id below it is processed (acked
     by a writer, or dead-lettered) and will never be sent again, so the writer
     may forget the ids below it and treat any of them as a duplicate. It keeps
     the writer's dedupe index compact: the acceptor's ids are one sequence
-    shared by all signals, so per-table id sets alone would be full of holes."""
+    shared by all signals, so per-table id sets alone would be full of holes.
+    The writer applies it to the batch's (acceptor, incarnation) only, and never
+    beyond the highest id it has stored from it (see ``Ledger.raise_floor``).
+
+    ``incarnation``: the acceptor life whose entries these are (0, the legacy
+    one, is not written: the metadata then reads as before incarnations)."""
     body: dict[str, object] = {"entries": [[eid, rows] for eid, rows in entries]}
+    if incarnation:
+        body["incarnation"] = f"{incarnation:016x}"
     if acceptor_id is not None:
         body["acceptor_id"] = acceptor_id
     if min_unprocessed is not None:
@@ -98,6 +126,7 @@ def encode_batch_metadata(entries: Sequence[tuple[int, int]], acceptor_id: str |
 class BatchMetadata:
     entries: list[tuple[int, int]]  # (acceptor entry id, rows), in row order
     min_unprocessed: int | None  # see encode_batch_metadata
+    incarnation: int = 0  # the acceptor life that wrote the entries; 0: legacy
 
 
 def decode_batch_metadata(raw: bytes | None, num_rows: int, acceptor_id: str | None = None) -> BatchMetadata:
@@ -126,7 +155,13 @@ def decode_batch_metadata(raw: bytes | None, num_rows: int, acceptor_id: str | N
     floor = body.get("min_unprocessed")
     if floor is not None and (not isinstance(floor, int) or isinstance(floor, bool) or floor < 0):
         raise ProtocolError(f"min_unprocessed must be a non-negative integer; got {floor!r}")
-    return BatchMetadata(parsed, floor)
+    incarnation = body.get("incarnation")
+    if incarnation is None:
+        return BatchMetadata(parsed, floor)
+    if (not isinstance(incarnation, str) or len(incarnation) != 16
+            or incarnation.strip("0123456789abcdef") or int(incarnation, 16) == 0):
+        raise ProtocolError(f"incarnation must be 16 lowercase hex digits, not all zero; got {incarnation!r}")
+    return BatchMetadata(parsed, floor, int(incarnation, 16))
 
 
 def encode_ack(entries: Sequence[int], duplicates: Sequence[int]) -> bytes:

@@ -19,6 +19,11 @@ time, to the same writer with exponential backoff; the writer drops what it
 already has. If the writer says a batch is invalid, the round is split entry
 by entry and an entry that is refused on its own goes to the dead-letter
 directory, so one poison entry never blocks the others.
+
+Each entry carries the incarnation of the acceptor life that wrote it
+(``entry_format``); a batch holds entries of one incarnation and says which
+(``flight_protocol``), so after a restart the replayed entries of earlier
+lives and the new ones travel in separate batches of the same stream.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ class _TableStream:
     sent: list[list[tuple[int, int]]] = field(default_factory=list)  # per batch: [(entry id, rows)]
     pending: list[tuple[int, pa.RecordBatch]] = field(default_factory=list)
     pending_bytes: int = 0
+    incarnation: int = 0  # of the pending entries: a batch holds one incarnation
     rows: int = 0
 
 
@@ -283,16 +289,19 @@ class Lane:
         min_unprocessed = int(self._fw.wal.stats()["processed_watermark"]) + 1  # type: ignore[call-overload]
         try:
             for entry in list(rnd.pending):
-                tables = self._convert(entry)
-                if tables is None:
+                converted = self._convert(entry)
+                if converted is None:
                     rnd.pending.remove(entry)
                     continue
+                incarnation, tables = converted
                 for table, batch in tables.items():
                     stream = rnd.streams.get(table)
                     if stream is None:
                         stream = rnd.streams[table] = self._open(client, table, batch.schema)
-                    if stream.pending_bytes + batch.nbytes > CHUNK_BYTES:
-                        self._write(stream, min_unprocessed)  # full: out it goes before it grows past
+                    if stream.pending_bytes + batch.nbytes > CHUNK_BYTES or incarnation != stream.incarnation:
+                        # Full, or another acceptor life's entries: out it goes first.
+                        self._write(stream, min_unprocessed)
+                    stream.incarnation = incarnation
                     stream.pending.append((entry.id, batch))
                     stream.pending_bytes += batch.nbytes
             for stream in rnd.streams.values():
@@ -327,10 +336,12 @@ class Lane:
         self._mark_up()
         rnd.pending.clear()
 
-    def _convert(self, entry: Entry) -> dict[str, pa.RecordBatch] | None:
-        """The entry's non-empty tables; None (and the entry dead-lettered) if it cannot be converted."""
+    def _convert(self, entry: Entry) -> tuple[int, dict[str, pa.RecordBatch]] | None:
+        """The entry's incarnation and non-empty tables; None (and the entry dead-lettered)
+        if it cannot be converted."""
         try:
             content_type, body, window = entry_format.decode(entry.payload)
+            incarnation = entry_format.incarnation_of(entry.payload)
             # The window the request was admitted under: the items the client was told
             # were rejected are rejected again, the rest converts. The ingest check ran
             # with a size limit at or below the ceiling, so an entry it took fits.
@@ -340,7 +351,7 @@ class Lane:
             # older version under other rules: set aside, never retried in a loop.
             self._fw.dead_letter(entry, f"conversion failed: {err}")
             return None
-        return {table: batch for table, batch in result.tables.items() if batch.num_rows}
+        return incarnation, {table: batch for table, batch in result.tables.items() if batch.num_rows}
 
     def _open(self, client: flight.FlightClient, table: str, schema: pa.Schema) -> _TableStream:
         header = StreamHeader(table=table, acceptor_id=self._fw.acceptor_id)
@@ -355,7 +366,7 @@ class Lane:
         batches = [b for _, b in stream.pending]
         batch = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
         stream.pending, stream.pending_bytes = [], 0
-        metadata = encode_batch_metadata(entries, self._fw.acceptor_id, min_unprocessed)
+        metadata = encode_batch_metadata(entries, self._fw.acceptor_id, min_unprocessed, stream.incarnation)
         stream.writer.write_with_metadata(batch, metadata)
         stream.sent.append(entries)
         stream.rows += batch.num_rows

@@ -80,6 +80,7 @@ class Ingest:
         limits: Limits,
         on_fatal: Callable[[str], None],
         on_accepted: Callable[[], None] = lambda: None,
+        incarnation: int = entry_format.LEGACY_INCARNATION,
     ) -> None:
         self._wal = wal
         self._admission = admission
@@ -89,6 +90,7 @@ class Ingest:
         self._last_logged: dict[str, float] = {}
         self._on_fatal = on_fatal
         self._on_accepted = on_accepted  # wakes the forwarder
+        self._incarnation = incarnation  # written into every entry (entry_format)
         self.accepting = True
 
     async def export(self, kind: str, body: bytes, content_type: str, transport: str) -> Accepted:
@@ -118,7 +120,7 @@ class Ingest:
             raise Refused("unavailable", f"acceptor is pushing back: {reason}", RETRY_AFTER_SECS)
 
         started = time.perf_counter()
-        entry_id = await self._append(kind, entry_format.encode(body, content_type, window), items, transport)
+        entry_id = await self._append(kind, entry_format.encode(body, content_type, window, self._incarnation), items, transport)
         self._metrics.ack_latency.labels(kind).observe(time.perf_counter() - started)
         self._metrics.accepted[kind].labels(transport).inc(items)
         self._metrics.request_bytes.labels(kind).inc(len(body))

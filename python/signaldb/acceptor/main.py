@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from signaldb.acceptor import identity
 from signaldb.acceptor.service import AcceptorService
 from signaldb.config import Config, add_flags, load
 from signaldb.service.lifecycle import EXIT_FAILURE, run_main, wait_for_stop_signal
@@ -34,7 +35,7 @@ async def serve(config: Config) -> int:
         await service.start()
     except Exception as err:  # one clear line (e.g. "WAL directory not writable: ..."), then exit 1
         # Errors that name the file and the fix need no traceback; anything else keeps one.
-        known = isinstance(err, StartupFileError | WalError | IsADirectoryError)
+        known = isinstance(err, StartupFileError | WalError | IsADirectoryError | identity.AcceptorIdError)
         log.error("startup failed", extra={"error": str(err)}, exc_info=None if known else err)
         await service.stop()
         return EXIT_FAILURE

@@ -79,6 +79,9 @@ class AcceptorService:
                                     "segments": stats["total_segments"],
                                     "open_secs": round(time.monotonic() - started, 3)})
         acceptor_id = identity.load_or_create(wal_cfg.wal_dir)
+        # This life's entries carry it: a restored or copied directory that hands out
+        # entry ids again can never collide with what the writers saw (identity.py).
+        self.incarnation = identity.new_incarnation()
         dead_letters = DeadLetters(cfg.acceptor.dead_letter_dir, acceptor_id)
         pem = read_pem_pair(cfg.security)
         self.forwarder = Forwarder(
@@ -91,7 +94,8 @@ class AcceptorService:
                         max_converted_bytes=cfg.acceptor.max_converted_bytes,
                         max_age_secs=cfg.acceptor.max_age_secs, max_future_secs=cfg.acceptor.max_future_secs)
         self.ingest = Ingest(self.wal, self.admission, self.metrics, limits,
-                             on_fatal=self._on_fatal, on_accepted=self.forwarder.notify)
+                             on_fatal=self._on_fatal, on_accepted=self.forwarder.notify,
+                             incarnation=self.incarnation)
         a = cfg.acceptor
         # Connection caps under the open-files limit, with reserved_fds left for the WAL and the
         # forwarder (signaldb.service.connections). The health listener is already open: its
@@ -116,7 +120,8 @@ class AcceptorService:
         http_port = await self.http.start()
         self.state = "running"
         log.info("listening", extra={"grpc_port": grpc_port, "http_port": http_port, "health_port": health_port,
-                                     "acceptor_id": acceptor_id, "writers": list(cfg.acceptor.writer_endpoints),
+                                     "acceptor_id": acceptor_id, "incarnation": f"{self.incarnation:016x}",
+                                     "writers": list(cfg.acceptor.writer_endpoints),
                                      "sync_mode": wal_cfg.sync_mode, "tls": cfg.security.tls,
                                      "auth": cfg.security.auth_token is not None, "pid": os.getpid()})
 

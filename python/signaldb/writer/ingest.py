@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from signaldb.flight_protocol import ProtocolError, StreamHeader, decode_batch_metadata, encode_ack
+from signaldb.flight_protocol import ProtocolError, StreamHeader, decode_batch_metadata, encode_ack, source_key
 from signaldb.service.security import bearer_ok
 from signaldb.wal import Wal, WalError, WalFullError
 from signaldb.writer import payload
@@ -151,7 +151,6 @@ class WriterFlightServer(flight.FlightServerBase):
         diff = schema_difference(reader.schema, want)
         if diff:
             raise self._invalid(f"schema does not match table {header.table!r}: {diff}", "schema", header.acceptor_id)
-        key: Key = (header.acceptor_id, header.table)
         while True:
             try:
                 chunk = reader.read_chunk()
@@ -160,12 +159,12 @@ class WriterFlightServer(flight.FlightServerBase):
             with self._calls_lock:
                 self.busy_calls += 1
             try:
-                self._handle(header, key, want, chunk, writer)
+                self._handle(header, want, chunk, writer)
             finally:
                 with self._calls_lock:
                     self.busy_calls -= 1
 
-    def _handle(self, header: StreamHeader, key: Key, want: pa.Schema, chunk: flight.FlightStreamChunk,
+    def _handle(self, header: StreamHeader, want: pa.Schema, chunk: flight.FlightStreamChunk,
                 writer: flight.FlightMetadataWriter) -> None:
         if self.stopping:  # this batch is not stored: the acceptor resends it (to this writer, later)
             raise flight.FlightUnavailableError("writer shutting down; retry")
@@ -182,8 +181,11 @@ class WriterFlightServer(flight.FlightServerBase):
             batch = check_batch(chunk.data, want, self._max_batch_bytes)
         except BatchRefused as err:
             raise self._invalid(f"table {header.table!r}: {err}", err.reason, header.acceptor_id) from None
+        # Entries are named by (acceptor, incarnation, table, id): a restored or copied
+        # acceptor directory reuses ids, never an incarnation (flight_protocol.source_key).
+        key: Key = (source_key(header.acceptor_id, metadata.incarnation), header.table)
         if metadata.min_unprocessed is not None:
-            self._ledger.raise_floor(header.acceptor_id, metadata.min_unprocessed)
+            self._ledger.raise_floor(key[0], metadata.min_unprocessed, [eid for eid, _ in metadata.entries])
         ack = self._store(key, metadata.entries, batch)
         writer.write(pa.py_buffer(ack))
 

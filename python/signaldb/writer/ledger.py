@@ -21,6 +21,19 @@ entry ids it has not marked processed. It never sends a smaller id again, so
 the ledger keeps a *floor* per acceptor, forgets done ids below it and counts
 any id below it as done. With that, the done sets only span the acceptor's
 unprocessed window instead of growing forever.
+
+"Acceptor" here is a *source*: one acceptor life, ``flight_protocol.source_key``
+(the acceptor id for entries from before incarnations, else acceptor id and
+incarnation). A restored or copied acceptor directory hands out entry ids
+again, but under a new incarnation, so those ids never meet the ones kept here.
+
+A floor is a claim by whoever reaches the Flight port, so it is bounded by what
+the writer has seen (``raise_floor``): never above the highest id stored from
+that source plus one, nor above the smallest id of the batch that carries it
+(an honest acceptor's batch holds only unprocessed ids, all at or above it).
+A forged ``min_unprocessed`` alone can therefore not hide ids the writer has
+not stored; the highest stored id is rebuilt at start from the done sets,
+the pending ids and the floors.
 """
 
 from __future__ import annotations
@@ -82,7 +95,7 @@ class IdSet:
         return sum(hi - lo + 1 for lo, hi in zip(self._lo, self._hi, strict=True))
 
 
-Key = tuple[str, str]  # (acceptor_id, table)
+Key = tuple[str, str]  # (source: flight_protocol.source_key(acceptor id, incarnation), table)
 
 
 class Ledger:
@@ -94,6 +107,17 @@ class Ledger:
         self._floors: dict[str, int] = floors or {}
         self._pending: dict[Key, set[int]] = {}
         self._in_flight: dict[Key, set[int]] = {}
+        # Per source: the highest acceptor entry id stored (pending or done), or floor - 1.
+        self._max_stored: dict[str, int] = {source: floor - 1 for source, floor in self._floors.items()}
+        for (source, _), done in self._done.items():
+            ranges = done.ranges()
+            if ranges:
+                self._max_stored[source] = max(self._max_stored.get(source, -1), ranges[-1][1])
+
+    def _stored(self, source: str, entry_ids: Iterable[int]) -> None:
+        top = max(entry_ids, default=-1)
+        if top > self._max_stored.get(source, -1):
+            self._max_stored[source] = top
 
     def holds(self, key: Key, entry_id: int) -> bool:
         with self._lock:
@@ -105,9 +129,14 @@ class Ledger:
         done = self._done.get(key)
         return (done is not None and entry_id in done) or entry_id in self._pending.get(key, ())
 
-    def raise_floor(self, acceptor_id: str, min_unprocessed: int) -> None:
-        """The acceptor will never resend an id below ``min_unprocessed``."""
+    def raise_floor(self, acceptor_id: str, min_unprocessed: int, batch_ids: Sequence[int] = ()) -> None:
+        """The acceptor (a source, see above) will never resend an id below ``min_unprocessed``.
+
+        Bounded by what this writer has seen: at most the highest id stored from it
+        plus one, and at most the smallest of ``batch_ids`` (the batch carrying it)."""
         with self._lock:
+            min_unprocessed = min(min_unprocessed, self._max_stored.get(acceptor_id, -1) + 1,
+                                  min(batch_ids, default=min_unprocessed))
             if min_unprocessed <= self._floors.get(acceptor_id, 0):
                 return
             self._floors[acceptor_id] = min_unprocessed
@@ -132,14 +161,18 @@ class Ledger:
     def release(self, key: Key, entry_ids: Iterable[int], stored: bool) -> None:
         """Ends a reservation: ``stored`` means the ids are now in the writer WAL."""
         with self._lock:
+            entry_ids = list(entry_ids)
             self._in_flight[key].difference_update(entry_ids)
             if stored:
                 self._pending.setdefault(key, set()).update(entry_ids)
+                self._stored(key[0], entry_ids)
 
     def add_pending(self, key: Key, entry_ids: Iterable[int]) -> None:
         """Replay: the ids sit in an unprocessed writer WAL entry."""
         with self._lock:
+            entry_ids = list(entry_ids)
             self._pending.setdefault(key, set()).update(entry_ids)
+            self._stored(key[0], entry_ids)
 
     def complete(self, key: Key, entry_ids: Iterable[int]) -> None:
         """The ids' rows are durably in Parquet: pending becomes done."""

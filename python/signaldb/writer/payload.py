@@ -4,7 +4,9 @@
 
     b"SDW1" | header length (u32, little endian) | header JSON | Arrow IPC stream
 
-The header is ``{"acceptor_id": str, "table": str, "entries": [[id, rows], ...]}``:
+The header is ``{"acceptor_id": str, "table": str, "entries": [[id, rows], ...]}``
+(``acceptor_id`` is the source, ``flight_protocol.source_key``: the acceptor id,
+followed by ``/<incarnation>`` for entries of acceptor lives with one):
 the acceptor entries whose rows the batch holds, in row order (duplicates already
 removed, so every listed id is new to this writer). The IPC stream carries the
 schema and exactly one record batch. The WAL's CRC covers all of it; the magic

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import secrets
 from typing import Any
 
 from signaldb.config import Config
@@ -46,6 +47,10 @@ class WriterService:
         self.stopping = False
         self.writer_id = ""  # <wal_dir>/writer-id, read (or created) when the WAL opens
         self.flight_left_open = 0  # Flight calls the stop could not end (see _stop_flight)
+        # Drawn at every start, never stored: in the hash of every file name planned in this
+        # life, so a restored or copied WAL directory, which hands out writer WAL ids again,
+        # never plans a name an earlier life used (sink.file_path, docs/operations.md).
+        self.life = secrets.token_hex(8)
         self.registry.register(WalCollector(lambda: self.wal, "writer"))
 
     @property
@@ -68,7 +73,8 @@ class WriterService:
             return
         self.flight = await loop.run_in_executor(None, self._start_flight)
         log.info("listening", extra={"flight_port": self.flight_port, "health_port": self.health_port,
-                                     "writer_id": self.writer_id, "storage": self.cfg.storage_url})
+                                     "writer_id": self.writer_id, "life": self.life,
+                                     "storage": self.cfg.storage_url})
 
     def _open_and_replay(self) -> None:
         wcfg = self.cfg.wal_for("writer")
@@ -83,7 +89,7 @@ class WriterService:
         self.ledger = Ledger.from_snapshot(saved.done, saved.floors)
         self.sink = Sink(self.wal, wcfg.wal_dir, self.writer_id, open_store(self.cfg.storage_url), self.ledger,
                          saved, self.metrics, self.cfg.writer.file_max_bytes, self.cfg.writer.file_max_age_secs,
-                         self.cfg.writer.max_buffered_bytes)
+                         self.cfg.writer.max_buffered_bytes, life=self.life)
         self.sink.start()
         if self.stopping:
             self.sink.abort_replay()

@@ -5,7 +5,8 @@ when it holds ``file_max_bytes`` of Arrow data or its oldest rows are
 ``file_max_age_secs`` old. One flusher thread writes files, in cycles:
 
 1. *plan*: take the due buffers; each becomes a file named after the writer's
-   id (``identity``) and the writer WAL ids it holds (id-first-last-hash); save
+   id (``identity``), this start's life and the writer WAL ids it holds
+   (id-first-last-hash, see ``file_path``); save
    the plans in the state file;
 2. *write*: build each file and put it (retrying until the store takes it);
 3. *commit*: an entry whose every partition is now in a written file is
@@ -134,21 +135,25 @@ class _Plan:
     conflicts: int = 0  # puts refused: the object exists with other content (see _conflict)
 
 
-def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int]) -> str:
-    """``<table>/date=.../hour=../<writer id>-<first>-<last>-<hash>.parquet``: the same writer
-    and ids always give the same name (a replay rewrites it); another writer, or a new WAL
-    directory (a new writer id), never does. Names of plans saved by an older version (no
-    writer id: ``<first>-<last>-<hash>``) stay in the state file and are kept as they are."""
-    key = f"{writer_id}/{table}/{partition}:{','.join(map(str, wal_ids))}"
+def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], life: str = "") -> str:
+    """``<table>/date=.../hour=../<writer id>-<first>-<last>-<hash>.parquet``. The hash also
+    covers ``life``, a random value drawn at every writer start: writer WAL ids come from the
+    directory's history, so a restored backup of it, or a second writer started from a copy,
+    hands out ids again that an earlier life already named files with; the life keeps those
+    names apart. A replay rewrites a planned file under the name saved in the state file,
+    never a recomputed one, so a name is needed in one life only. Names of plans saved by an
+    older version (no writer id: ``<first>-<last>-<hash>``) are kept as they are too."""
+    key = f"{writer_id}/{table}/{partition}:{','.join(map(str, wal_ids))}" + (f"@{life}" if life else "")
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return f"{table}/{partition}/{writer_id}-{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
 
 
-def _plan(writer_id: str, table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]]) -> _Plan:
+def _plan(writer_id: str, table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]],
+          life: str = "") -> _Plan:
     ordered = sorted(parts, key=lambda p: p[0])  # wal id order: a rewrite holds the same rows
     wal_ids = [wid for wid, _ in ordered]
     batches = [b for _, b in ordered]
-    return _Plan(file_path(writer_id, table, partition, wal_ids), table, partition, wal_ids, batches,
+    return _Plan(file_path(writer_id, table, partition, wal_ids, life), table, partition, wal_ids, batches,
                  sum(b.nbytes for b in batches))
 
 
@@ -165,8 +170,10 @@ class Sink:
         file_max_bytes: int,
         file_max_age_secs: float,
         max_buffered_bytes: int = 512 << 20,
+        life: str = "",
     ) -> None:
         self._wal = wal
+        self._life = life  # this start's random value, in the names it plans (file_path)
         self._wal_dir = Path(wal_dir)
         self._writer_id = writer_id
         self._store = store
@@ -318,7 +325,7 @@ class Sink:
         plans = []
         for path, planned_parts in rewrite.items():
             rec = self._state.files[path]
-            plan = _plan(self._writer_id, rec.table, rec.partition, planned_parts)
+            plan = _plan(self._writer_id, rec.table, rec.partition, planned_parts, life=self._life)
             if plan.wal_ids != sorted(rec.wal_ids):  # an entry vanished from the WAL (quarantined as corrupt)
                 log.error("planned file lost entries; rewriting what remains under its name",
                           extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids})
@@ -415,7 +422,7 @@ class Sink:
             self._retry = [p for p in self._retry if not take(p)]
         due = [k for k, b in self._buffers.items()
                if self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age]
-        plans += [_plan(self._writer_id, *k, self._buffers.pop(k).parts) for k in due]
+        plans += [_plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._life) for k in due]
         # Everything planned now is released once written: flush early until the rest is under the mark.
         left = self._held - sum(p.nbytes for p in plans if not p.released)
         early = 0
@@ -423,7 +430,7 @@ class Sink:
             for k in sorted(self._buffers, key=lambda k: self._buffers[k].opened):
                 if left <= self._flush_mark:
                     break
-                plan = _plan(self._writer_id, *k, self._buffers.pop(k).parts)
+                plan = _plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._life)
                 plans.append(plan)
                 left -= plan.nbytes
                 early += 1
@@ -531,7 +538,7 @@ class Sink:
         """Replaces ``p`` by one plan per entry, so that only the entries whose rows cannot be
         built go to dead-letter. Safe because ``p`` was planned in this life and never built,
         so no object of that name exists; the swap is one state save (old plan or new ones)."""
-        subs = [_plan(self._writer_id, p.table, p.partition, [(wid, batch)])
+        subs = [_plan(self._writer_id, p.table, p.partition, [(wid, batch)], life=self._life)
                 for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
         for sub in subs:
             sub.build_failures = BUILD_ATTEMPTS - 1  # the rows already failed together: one try each
