@@ -809,3 +809,17 @@ def test_unprocessed_bytes_matches_stats_as_entries_come_and_go(tmp_path) -> Non
         assert wal.unprocessed_bytes() == wal.stats()["unprocessed_bytes"] > 0
         wal.mark_processed(ids[5:])
         assert wal.unprocessed_bytes() == wal.stats()["unprocessed_bytes"] == 0
+
+
+def test_checkpoint_makes_processed_marks_durable_at_once(wal_dir):
+    """`mark_processed` is in memory until the next once-a-second checkpoint;
+    `checkpoint()` writes it now (what the acceptor's forwarder relies on)."""
+    from signaldb import _native
+
+    with Wal(wal_dir, flush_interval_secs=3600) as wal:
+        ids = [wal.append(b"x%d" % i, kind="traces") for i in range(3)]
+        wal.checkpoint()
+        before = _native.read_metadata(str(wal_dir))["processed_watermark"]
+        wal.mark_processed(ids[:2])
+        wal.checkpoint()
+        assert _native.read_metadata(str(wal_dir))["processed_watermark"] == ids[1] > before

@@ -327,7 +327,7 @@ class Lane:
             # that writer may be gone by then (replaced with an empty volume, its dedupe memory
             # with it) and its successor would store the rows a second time. One metadata write
             # per round (~1 ms here); rounds carry many requests.
-            self._fw.wal.flush()
+            self._fw.wal.checkpoint()
             self._fw.metrics.forwarded_entries.labels(self.endpoint).inc(len(ids))
         if rnd.streams:
             self._fw.metrics.forward_latency.labels(self.endpoint).observe(time.perf_counter() - rnd.started)

@@ -151,6 +151,10 @@ impl NativeWal {
         without_gil(py, || self.wal.flush())
     }
 
+    fn checkpoint(&self, py: Python<'_>) -> PyResult<()> {
+        without_gil(py, || self.wal.checkpoint())
+    }
+
     fn mark_processed(&self, py: Python<'_>, ids: Vec<u64>) -> PyResult<()> {
         without_gil(py, || self.wal.mark_processed(&ids))
     }
