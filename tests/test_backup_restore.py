@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ from pathlib import Path
 import pyarrow.flight as flight
 import pytest
 from helpers.acceptor_proc import AcceptorProcess
+from helpers.load import ThreadedLoad
 from helpers.net import free_port, wait_until
 from helpers.pipeline import Pipeline, WriterProcess, show_logs_if_failed
 from test_hostile_requests import WINDOW_ENV, spans_request
@@ -110,29 +110,17 @@ def send(http_port: int, name: str) -> bool:
         return False
 
 
-class Load:
+class Load(ThreadedLoad):
     """Unique requests from a few threads to fixed HTTP ports (round robin), acks remembered."""
 
     def __init__(self, ports: list[int], threads: int = 3) -> None:
+        super().__init__(threads)
         self.ports = ports
         self.acked: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
 
     def _run(self, n: int) -> None:
         i = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             name = f"load{n}r{i}"
             if send(self.ports[i % len(self.ports)], name):
                 with self._lock:

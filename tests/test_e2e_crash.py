@@ -12,12 +12,12 @@ limit, then it catches up).
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+from helpers.load import ThreadedLoad
 from helpers.net import free_port, wait_until
 from helpers.pipeline import Pipeline, show_logs_if_failed
 from test_acceptor_bad_input import trace_request
@@ -25,31 +25,19 @@ from test_acceptor_bad_input import trace_request
 from conftest import STRESS
 
 
-class Load:
+class Load(ThreadedLoad):
     """Sends unique requests to the acceptor's fixed HTTP port from a few threads."""
 
     def __init__(self, http_port: int, threads: int = 3, spans: int = 5) -> None:
+        super().__init__(threads)
         self.url = f"http://127.0.0.1:{http_port}/v1/traces"
         self.spans = spans
         self.acked: list[str] = []  # request prefixes; span names are f"{prefix}-{i}"
         self.refused = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
 
     def _run(self, n: int) -> None:
         i = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             prefix = f"t{n}r{i}"
             i += 1
             req = urllib.request.Request(self.url, data=trace_request(self.spans, prefix),

@@ -16,11 +16,11 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import threading
 import time
 
 import grpc
 import pytest
+from helpers.load import ThreadedLoad
 from helpers.net import wait_until
 from helpers.pipeline import Pipeline, show_logs_if_failed
 from helpers.procstat import MIB, memory
@@ -320,38 +320,27 @@ def test_window_is_stored_with_the_entry_and_old_entries_still_read():
 # -- hostile requests mixed with good traffic -----------------------------------------
 
 
-class Traffic:
+class Traffic(ThreadedLoad):
     """Good clients and a hostile one against one pipeline. Every span a client was told
     was accepted (its request acknowledged, minus what partial success rejected) is
     remembered by name, to be found in Parquet exactly once."""
 
     def __init__(self, pipeline: Pipeline, good_threads: int = 2) -> None:
+        super().__init__(good_threads + 1)
         self.acceptor = pipeline.acceptor
+        self.good_threads = good_threads
         self.expected: set[str] = set()
         self.hostile_sent = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self._threads = [threading.Thread(target=self._guard, args=(self._good, n), daemon=True)
-                         for n in range(good_threads)]
-        self._threads.append(threading.Thread(target=self._guard, args=(self._hostile,), daemon=True))
 
     def run(self, seconds: float) -> None:
-        for t in self._threads:
-            t.start()
-        self._stop.wait(seconds)
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
-        if self.errors:
-            raise self.errors[0]
+        with self:
+            self._stop.wait(seconds)
 
-    def _guard(self, target, *args) -> None:
-        try:
-            target(*args)
-        except BaseException as err:  # re-raised by run() in the test's thread
-            self.errors.append(err)
-            self._stop.set()
+    def _run(self, n: int) -> None:
+        if n < self.good_threads:
+            self._good(n)
+        else:
+            self._hostile()
 
     def _accepted(self, names: list[str]) -> None:
         with self._lock:
@@ -360,7 +349,7 @@ class Traffic:
 
     def _good(self, n: int) -> None:
         i = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             prefix, i = f"g{n}r{i}", i + 1
             now = time.time_ns()
             status, _, _ = post(self.acceptor, "/v1/traces", spans_request(prefix, [(now, now + 5)] * 5, trace=n + 1))
@@ -373,7 +362,7 @@ class Traffic:
         bomb = gzip.compress(b"\0" * (80 << 20))
         pill = amplified(spans=50_000, attr_bytes=800_000)
         i = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             i += 1
             now = time.time_ns()
             case = i % 6

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from helpers.acceptor_proc import AcceptorProcess
+from helpers.load import ThreadedLoad
 from helpers.net import free_port, wait_until
 from helpers.pipeline import Pipeline, WriterProcess
 from helpers.seaweed import BUCKET, S3_ENV
@@ -155,33 +156,21 @@ def s3_objects(weed, prefix: str):
     return list_objects
 
 
-class Clients:
+class Clients(ThreadedLoad):
     """Threads sending unique spans through every acceptor; remembers what was acknowledged."""
 
     def __init__(self, cluster: Cluster, per_acceptor: int = 2, spans: int = 5) -> None:
+        super().__init__(len(cluster.acceptors) * per_acceptor)
         self.cluster = cluster
         self.spans = spans
+        self.per_acceptor = per_acceptor
         self.acked: set[str] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(a, n), daemon=True)
-                         for a in range(len(cluster.acceptors)) for n in range(per_acceptor)]
 
-    def __enter__(self) -> Clients:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-    def _run(self, a: int, n: int) -> None:
-        url_port = self.cluster.http_ports[a]
-        target = _FixedPort(url_port)
+    def _run(self, thread: int) -> None:
+        a, n = divmod(thread, self.per_acceptor)
+        target = _FixedPort(self.cluster.http_ports[a])
         i = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             prefix, i = f"a{a}t{n}r{i}", i + 1
             now = time.time_ns()
             try:

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,18 +30,10 @@ from helpers.writer import (
     stray_files,
     traces_request,
 )
-from test_writer_process import _fill_wal, wait_settled
+from test_writer_process import _fill_wal, procs, wait_settled  # noqa: F401 (procs is a fixture)
 
 from signaldb.writer.sink import file_path
 from signaldb.writer.storage import LocalStore, ObjectConflict
-
-
-@pytest.fixture
-def procs() -> Iterator[list[WriterProcess]]:
-    started: list[WriterProcess] = []
-    yield started
-    for w in started:
-        w.close()
 
 
 def _writer(procs: list[WriterProcess], tmp: pathlib.Path, store: pathlib.Path, *args: str,

@@ -21,7 +21,17 @@ def write_synced(path: Path, data: bytes, mode: int = 0o600,
     The directory is *not* fsynced: callers writing several files fsync it once
     (``fsync_dir``), or use ``replace_durably``."""
     temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    write_file_synced(temp, data, mode)
+    if before_rename is not None:
+        before_rename()
+    os.replace(temp, path)
+
+
+def write_file_synced(path: Path, data: bytes, mode: int, exclusive: bool = False) -> None:
+    """Writes all of ``data`` to ``path`` (truncating it, or only creating it when
+    ``exclusive``) and fsyncs the file. No rename, no directory fsync."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
     try:
         view = memoryview(data)
         while view:
@@ -29,9 +39,6 @@ def write_synced(path: Path, data: bytes, mode: int = 0o600,
         os.fsync(fd)
     finally:
         os.close(fd)
-    if before_rename is not None:
-        before_rename()
-    os.replace(temp, path)
 
 
 def fsync_dir(directory: Path) -> None:

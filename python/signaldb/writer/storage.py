@@ -36,7 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
-from signaldb.service.durable import fsync_dir
+from signaldb.service.durable import fsync_dir, write_file_synced
 from signaldb.writer import crashpoints
 from signaldb.writer.metrics import WriterMetrics
 
@@ -106,14 +106,7 @@ class LocalStore:
         # A leftover temp may be a second name of the final object (a crash between link and
         # unlink): remove it, never truncate it.
         _unlink_missing_ok(temp)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file_synced(temp, data, 0o644, exclusive=True)
         crashpoints.reached("before_rename")
         try:
             os.link(temp, target)  # create-exclusive: EEXIST if the name is taken
