@@ -153,10 +153,15 @@ def test_body_trickling_one_byte_a_second_is_cut_off_with_408(fast):
                 break
             assert time.monotonic() - started < 6
         sock.settimeout(3)
-        while chunk := sock.recv(4096):  # then EOF: the server closed the connection
-            answer += chunk
+        try:
+            while chunk := sock.recv(4096):  # then EOF: the server closed the connection
+                answer += chunk
+        except ConnectionResetError:
+            # The server closed with our last bytes unread: the kernel answers with a reset,
+            # which may discard its 408 before we read it. Cut off all the same.
+            pass
         took = time.monotonic() - started
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert 1.4 < took < 4.0, took
     assert fast.metric("signaldb_connections_timed_out_total", listener="otlp_http", phase="body") == 1
     assert fast.health()["wal"]["appended_entries"] == 0
@@ -278,7 +283,9 @@ def test_wal_appends_survive_1100_idle_connections_under_a_low_open_files_limit(
         http_conn.close()
         channel.close()
     assert acc.health()["wal"]["appended_entries"] == 62
-    assert acc.health()["wal"]["total_segments"] > 3
+    # New segments (new descriptors) were needed under the flood. (Counted as created: the
+    # forwarder's per-round checkpoint lets processed segments go at once, so few remain.)
+    assert acc.health()["wal"]["segments_created"] > 3
     assert acc.metric("signaldb_connections_refused_total", listener="otlp_http") >= 1100 - caps["caps"]["otlp_http"]
     text = acc.log_text()
     assert "Too many open files" not in text and "out of system resource" not in text
