@@ -105,8 +105,10 @@ def test_grpc_unauthenticated_60mib_is_refused_on_headers_without_reading_the_bo
             result = conn.streams[sid]
             assert result.grpc_status == UNAUTHENTICATED, result
             assert result.answered_after_secs < 5, result
-            # grpc's initial stream window is 4 MiB: the rest of the 60 MiB was never let in.
-            assert result.sent_body_bytes <= 8 * MIB, result
+            # grpc's stream window is 4 MiB at first, at most 16 MiB once its bandwidth probe
+            # has grown it (the second call on a busy connection): the rest of the 60 MiB was
+            # never let in.
+            assert result.sent_body_bytes <= 16 * MIB, result
         # 2. Headers only, the message never sent and the stream left open: still answered at
         #    once, so the server cannot have waited for (or inflated) any of the body.
         sid = conn.start_call(EXPORT, [("grpc-encoding", "gzip")], message_bytes=60 * MIB, send_bytes=0,
