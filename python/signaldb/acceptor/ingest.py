@@ -86,12 +86,16 @@ class Ingest:
         self._admission = admission
         self._metrics = metrics
         self.limits = limits
-        self.max_request_bytes = limits.max_request_bytes
         self._last_logged: dict[str, float] = {}
         self._on_fatal = on_fatal
         self._on_accepted = on_accepted  # wakes the forwarder
         self._incarnation = incarnation  # written into every entry (entry_format)
         self.accepting = True
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The body limit the receivers enforce while reading (one value, held in ``limits``)."""
+        return self.limits.max_request_bytes
 
     async def export(self, kind: str, body: bytes, content_type: str, transport: str) -> Accepted:
         """Takes one decompressed OTLP request; returns once it is durable, or raises ``Refused``."""
