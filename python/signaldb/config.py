@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,14 @@ def _endpoints(raw: Any) -> tuple[str, ...]:
     return tuple(endpoints)
 
 
+def _catalog_url(raw: Any) -> str:
+    url = _string(raw).strip()
+    if url in ("", "none") or url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://",
+                                                "http://", "https://")):
+        return url
+    raise ValueError(f"must be sqlite:///PATH, postgresql://..., http(s)://... or none; got {raw!r:.200}")
+
+
 def _storage_url(raw: Any) -> str:
     url = _string(raw).strip()
     if url.startswith("file://"):
@@ -195,6 +204,10 @@ SETTINGS: tuple[Setting, ...] = (
             "health and metrics listen address"),
     Setting("acceptor.writer_endpoints", "grpc://127.0.0.1:50061", _endpoints, "ACCEPTOR_WRITER_ENDPOINTS",
             "comma-separated writer Flight endpoints"),
+    Setting("acceptor.writer_failover_secs", 300.0, _float(0, 30 * 86400), "ACCEPTOR_WRITER_FAILOVER_SECS",
+            "after this long unreachable, a writer's entries go to the next writer (needs a catalog); 0: never"),
+    Setting("acceptor.writer_dns_refresh_secs", 30.0, _float(1, 86400), "ACCEPTOR_WRITER_DNS_REFRESH_SECS",
+            "how often dns://name:port writer endpoints are resolved again"),
     Setting("acceptor.max_request_bytes", 64 * MIB, _int(1024, 1 << 31), "ACCEPTOR_MAX_REQUEST_BYTES",
             "largest OTLP request body after decompression"),
     Setting("acceptor.max_converted_bytes", 256 * MIB, _int(MIB, 1 << 30), "ACCEPTOR_MAX_CONVERTED_BYTES",
@@ -253,6 +266,19 @@ SETTINGS: tuple[Setting, ...] = (
             "(keep it above acceptor.max_converted_bytes: an entry is never split across batches)"),
     Setting("storage.url", "file://.data", _storage_url, "SIGNALDB_STORAGE_URL",
             "where Parquet goes: file://PATH or s3://BUCKET/PREFIX"),
+    Setting("storage.catalog_url", "", _catalog_url, "SIGNALDB_CATALOG_URL",
+            "Iceberg catalog: sqlite:///PATH, postgresql://..., http(s)://... (REST) or none (plain Parquet "
+            "files); default: sqlite file catalog.db beside file:// data, none for s3:// storage"),
+    Setting("storage.retention_hours", 0, _int(0, 100 * 365 * 24), "SIGNALDB_RETENTION_HOURS",
+            "hours of data kept in the Iceberg tables (by the rows' time); 0 keeps everything"),
+    Setting("storage.compaction_target_bytes", 128 * MIB, _int(MIB, 1 << 36), "SIGNALDB_COMPACTION_TARGET_BYTES",
+            "compaction rewrites a closed hour's small files into files of about this size"),
+    Setting("storage.maintenance_interval_secs", 600.0, _float(0, 7 * 86400), "SIGNALDB_MAINTENANCE_INTERVAL_SECS",
+            "how often a writer runs compaction, retention, snapshot expiry and orphan cleanup; 0: never"),
+    Setting("storage.snapshot_max_age_secs", 3600.0, _float(0, 365 * 86400), "SIGNALDB_SNAPSHOT_MAX_AGE_SECS",
+            "snapshots older than this are expired (their exactly-once claims are kept in a table property)"),
+    Setting("storage.orphan_min_age_secs", 86400.0, _float(0, 365 * 86400), "SIGNALDB_ORPHAN_MIN_AGE_SECS",
+            "data files no snapshot references are deleted once this old (longer than any writer takes to commit)"),
     Setting("security.auth_token", "", _optional_string, "SIGNALDB_AUTH_TOKEN",
             "when set, OTLP and Flight requests need Authorization: Bearer <token>"),
     Setting("security.tls_cert", "", _optional_string, "SIGNALDB_TLS_CERT", "PEM certificate: serve TLS"),
@@ -286,6 +312,7 @@ _WRITER_FLAGS = {
     "flight-addr": "writer.flight_addr",
     "health-addr": "writer.health_addr",
     "storage-url": "storage.url",
+    "catalog-url": "storage.catalog_url",
     "file-max-bytes": "writer.file_max_bytes",
     "file-max-age-secs": "writer.file_max_age_secs",
 }
@@ -350,6 +377,8 @@ class AcceptorConfig:
     grpc_max_connection_age_secs: float = 1800.0
     grpc_keepalive_secs: float = 60.0
     reserved_fds: int = 256
+    writer_failover_secs: float = 300.0
+    writer_dns_refresh_secs: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -361,6 +390,35 @@ class WriterConfig:
     shutdown_timeout_secs: float
     max_buffered_bytes: int
     max_batch_bytes: int = 512 * MIB
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """Where the Iceberg tables are committed (``url`` ``none``: plain Parquet files) and how
+    the writers look after them. ``url`` may carry a password: never log it (``redacted``)."""
+
+    url: str = field(repr=False)  # may hold a password
+    retention_hours: int = 0
+    compaction_target_bytes: int = 128 * MIB
+    maintenance_interval_secs: float = 600.0
+    snapshot_max_age_secs: float = 3600.0
+    orphan_min_age_secs: float = 86400.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.url != "none"
+
+    @property
+    def redacted(self) -> str:
+        return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", self.url)
+
+
+def default_catalog_url(storage_url: str) -> str:
+    """The embedded default: a SQLite catalog file beside ``file://`` data; ``none`` for S3
+    (several writers need a shared catalog: PostgreSQL or REST, set explicitly)."""
+    if storage_url.startswith("file://"):
+        return f"sqlite:///{(Path(storage_url[len('file://'):]) / 'catalog.db').absolute()}"
+    return "none"
 
 
 @dataclass(frozen=True)
@@ -384,6 +442,7 @@ class Config:
     storage_url: str
     security: SecurityConfig
     sources: Mapping[str, str]  # key -> "default" | "toml" | "env" | "flag", for the startup log
+    catalog: CatalogConfig = CatalogConfig("none")
 
     def wal_for(self, service: str) -> WalConfig:
         return self.acceptor_wal if service == "acceptor" else self.writer_wal
@@ -556,6 +615,8 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
             grpc_max_connection_age_secs=v["acceptor.grpc_max_connection_age_secs"],
             grpc_keepalive_secs=v["acceptor.grpc_keepalive_secs"],
             reserved_fds=v["acceptor.reserved_fds"],
+            writer_failover_secs=v["acceptor.writer_failover_secs"],
+            writer_dns_refresh_secs=v["acceptor.writer_dns_refresh_secs"],
         ),
         writer=WriterConfig(
             flight_addr=v["writer.flight_addr"],
@@ -573,4 +634,12 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
             tls_key=Path(key) if key else None,
         ),
         sources=dict(sources),
+        catalog=CatalogConfig(
+            url=v["storage.catalog_url"] or default_catalog_url(v["storage.url"]),
+            retention_hours=v["storage.retention_hours"],
+            compaction_target_bytes=v["storage.compaction_target_bytes"],
+            maintenance_interval_secs=v["storage.maintenance_interval_secs"],
+            snapshot_max_age_secs=v["storage.snapshot_max_age_secs"],
+            orphan_min_age_secs=v["storage.orphan_min_age_secs"],
+        ),
     )
