@@ -337,6 +337,27 @@ def weed(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the whole session, started by the first test that asks
+    for it; ``postgres.create_database()`` gives each test its own database (SQLAlchemy URL)."""
+    import shutil
+    import tempfile
+
+    from helpers.postgres import Postgres
+
+    # Not under pytest's tmp dir: that is 0700 root, and as root the server runs as the
+    # `postgres` OS user, which must reach its directory.
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="signaldb-pg-"))
+    server = Postgres(directory)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
 def tls_pair(tmp_path):
     """A self-signed certificate and key for localhost / 127.0.0.1 (openssl CLI)."""
