@@ -338,6 +338,19 @@ def weed(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def weed_iceberg(tmp_path_factory):
+    """A second SeaweedFS for the session that also serves its Iceberg REST catalog (with an S3
+    IAM config: every request signed with the test keys). Separate from ``weed``, whose users
+    rely on its plain setup; started only by tests that ask for it."""
+    from helpers.seaweed import Weed
+
+    server = Weed(tmp_path_factory.mktemp("weed-iceberg"), iceberg=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def postgres():
     """One real PostgreSQL server for the whole session, started by the first test that asks
     for it; ``postgres.create_database()`` gives each test its own database (SQLAlchemy URL)."""
