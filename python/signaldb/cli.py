@@ -214,17 +214,44 @@ def parser() -> argparse.ArgumentParser:
                          description="Runs signaldb-writer and signaldb-acceptor as supervised child processes. "
                                      "Ctrl-C stops both cleanly.")
     add_flags(run, "run")
+    maintain = sub.add_parser("maintain", help="Iceberg table maintenance once (compaction, retention, "
+                                               "snapshot expiry, orphan cleanup), e.g. as a Kubernetes CronJob",
+                              description="Runs writer/maintenance.py once over every table of the catalog and "
+                                          "prints what it did as JSON. Exit code 1 when a step failed.")
+    add_flags(maintain, "maintain")
+    maintain.add_argument("--table", action="append", default=None, help="only this table (repeatable)")
     return p
+
+
+def maintain(config: Config, tables: list[str] | None) -> int:
+    """``signaldb maintain``: one maintenance run; the writer id in compacted file names is
+    ``maintain-<host>``."""
+    import socket
+
+    from signaldb.service.metrics import new_registry
+    from signaldb.writer.maintenance import Maintenance
+    from signaldb.writer.metrics import WriterMetrics
+
+    if not config.catalog.enabled:
+        print("signaldb maintain: storage.catalog_url is none: there are no tables to maintain", file=sys.stderr)
+        return EXIT_CONFIG
+    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())[:40] or "host"
+    job = Maintenance(config, f"maintain-{host}", WriterMetrics(new_registry()))
+    reports = job.run_once(tables)
+    print(json.dumps([r.as_dict() for r in reports], indent=1))
+    return 1 if any(r.errors for r in reports) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        config = load(args, "run")
+        config = load(args, args.command)
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.log_level, "run")
+    setup_logging(config.log_level, args.command)
+    if args.command == "maintain":
+        return maintain(config, args.table)
     supervisor = Supervisor(
         config,
         _child_argv("signaldb.writer.main", "writer", args, FLAGS["run"]),

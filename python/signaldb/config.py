@@ -326,10 +326,18 @@ _RUN_FLAGS = {
     "flight-addr": "writer.flight_addr",
     "storage-url": "storage.url",
 }
+# signaldb maintain: table maintenance once (writer/maintenance.py); the writer's storage settings.
+_MAINTAIN_FLAGS = {
+    "log-level": "log_level",
+    "storage-url": "storage.url",
+    "catalog-url": "storage.catalog_url",
+    "file-max-age-secs": "writer.file_max_age_secs",
+}
 FLAGS: dict[str, dict[str, str]] = {
     "acceptor": {**_COMMON_FLAGS, **_ACCEPTOR_FLAGS},
     "writer": {**_COMMON_FLAGS, **_WRITER_FLAGS},
     "run": {**_COMMON_FLAGS, **_RUN_FLAGS},
+    "maintain": _MAINTAIN_FLAGS,
 }
 
 

@@ -26,6 +26,7 @@ from signaldb.writer.ingest import WriterFlightServer
 from signaldb.writer.catalog import Tables
 from signaldb.writer.committer import Committer
 from signaldb.writer.ledger import Ledger
+from signaldb.writer.maintenance import Maintenance
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.sink import Sink
 from signaldb.writer.storage import open_store
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 # Longest a stop waits for batches being stored when it closes Flight (at most a third of
 # writer.shutdown_timeout_secs): an append takes milliseconds, idle streams are not waited for.
 FLIGHT_DRAIN_SECS = 5.0
+# Longest a stop waits for a maintenance run to notice it (reading or writing one file).
+MAINTENANCE_STOP_SECS = 5.0
 
 class WriterService:
     def __init__(self, cfg: Config) -> None:
@@ -48,6 +51,7 @@ class WriterService:
         self.replaying = True
         self.stopping = False
         self.committer: Committer | None = None  # None: storage.catalog_url none (plain files)
+        self.maintenance: Maintenance | None = None  # table maintenance thread (writer/maintenance.py)
         self.writer_id = ""  # <wal_dir>/writer-id, read (or created) when the WAL opens
         self.flight_left_open = 0  # Flight calls the stop could not end (see _stop_flight)
         # Drawn at every start, never stored: in the hash of every file name planned in this
@@ -75,6 +79,9 @@ class WriterService:
         if self.stopping:
             return
         self.flight = await loop.run_in_executor(None, self._start_flight)
+        if self.committer is not None and self.cfg.catalog.maintenance_interval_secs > 0 and not self.stopping:
+            self.maintenance = Maintenance(self.cfg, self.writer_id, self.metrics)
+            self.maintenance.start()
         log.info("listening", extra={"flight_port": self.flight_port, "health_port": self.health_port,
                                      "writer_id": self.writer_id, "life": self.life,
                                      "storage": self.cfg.storage_url})
@@ -123,6 +130,8 @@ class WriterService:
         deadline = loop.time() + budget
         if self.sink is not None:
             self.sink.abort_replay()
+        if self.maintenance is not None:  # checks between files and steps; a cut run leaves only orphans
+            await loop.run_in_executor(None, self.maintenance.stop, min(budget / 3, MAINTENANCE_STOP_SECS))
         if self.flight is not None:
             await self._stop_flight(min(budget / 3, FLIGHT_DRAIN_SECS))
         clean = True

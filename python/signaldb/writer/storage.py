@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -73,10 +75,25 @@ def same_content(existing: bytes, data: bytes) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """One object found by ``list``: its path relative to the store, age and size."""
+
+    path: str
+    modified: float  # seconds since the epoch (file mtime, or S3 Last-Modified)
+    size: int
+
+
 class ObjectStore(Protocol):
     url: str
 
     def put(self, path: str, data: bytes) -> None: ...
+
+    def list(self, prefix: str) -> Iterator[StoredObject]: ...
+
+    def delete(self, path: str) -> None: ...
+
+    def remove_empty_dir(self, path: str) -> bool: ...
 
 
 class LocalStore:
@@ -119,6 +136,37 @@ class LocalStore:
         _unlink_missing_ok(temp)
         fsync_dir(target.parent)
 
+    # Listing and deleting are for table maintenance (orphan cleanup) only.
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Every regular file under ``prefix`` (a directory path relative to the root), recursively."""
+        base = self.root / prefix
+        for directory, _dirs, names in os.walk(base):
+            for name in names:
+                full = Path(directory) / name
+                try:
+                    st = full.lstat()
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                if stat.S_ISREG(st.st_mode):
+                    yield StoredObject(str(full.relative_to(self.root)), st.st_mtime, st.st_size)
+
+    def delete(self, path: str) -> None:
+        """Removes ``path`` durably (the directory entry's removal is fsynced); gone already is fine."""
+        target = self.root / path
+        _unlink_missing_ok(target)
+        fsync_dir(target.parent)
+
+    def remove_empty_dir(self, path: str) -> bool:
+        """Removes the directory ``path`` if it is empty; False if it is not (or is gone)."""
+        target = self.root / path
+        try:
+            target.rmdir()
+        except OSError:
+            return False
+        fsync_dir(target.parent)
+        return True
+
 
 def _unlink_missing_ok(path: Path) -> None:
     try:
@@ -154,6 +202,21 @@ class S3Store:
             existing = bytes(obstore.get(self._store, path).bytes())
             if not same_content(existing, data):
                 raise ObjectConflict(self.url, path) from None
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        import obstore
+
+        for chunk in obstore.list(self._store, prefix.rstrip("/") + "/", chunk_size=1000):
+            for meta in chunk:
+                yield StoredObject(meta["path"], meta["last_modified"].timestamp(), int(meta["size"]))
+
+    def delete(self, path: str) -> None:
+        import obstore
+
+        obstore.delete(self._store, path)  # a missing object is not an error on S3
+
+    def remove_empty_dir(self, path: str) -> bool:
+        return False  # S3 has no directories
 
 
 def open_store(url: str) -> ObjectStore:
