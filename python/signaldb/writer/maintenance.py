@@ -220,7 +220,7 @@ class Maintenance:
     def _loop(self, interval: float) -> None:
         # The first run comes after a random part of the interval, later ones after 0.75-1.25
         # intervals: writers started together drift apart instead of all compacting at once.
-        delay = random.uniform(0.1, 1.0) * interval
+        delay = random.uniform(0.5, 1.0) * interval
         while not self._stop.wait(delay):
             try:
                 self.run_once()
@@ -354,7 +354,8 @@ class Maintenance:
                 self.metrics.commit_conflicts.labels(name).inc()
                 log.debug("maintenance commit conflict; loading the table again",
                           extra={"table": name, "attempt": attempt})
-                time.sleep(random.uniform(0, min(_CONFLICT_PAUSE_MAX_SECS, 0.02 * 2 ** attempt)))
+                # Short: the next attempt must fit between the other writers' commits.
+                time.sleep(random.uniform(0, min(_CONFLICT_PAUSE_MAX_SECS, 0.005 * 2 ** attempt)))
         return None
 
     def _check_own_retry(self, table: Any) -> None:
@@ -433,18 +434,23 @@ class Maintenance:
         uri = f"{self.root}{path}"
         props = {COMPACTION_KEY: json.dumps({"files": len(inputs), "rows": rows}), WRITER_KEY: self.writer_id}
 
-        def attempt(fresh: Any) -> bool:
-            from pyiceberg.table import _parquet_files_to_data_files
+        from pyiceberg.table import _parquet_files_to_data_files
 
+        # Private pyiceberg API (what add_files uses): the DataFile (partition, column statistics)
+        # of a Parquet file we wrote ourselves, so that our name and bloom filter stay. Built
+        # once: it depends on the schema and spec only, which maintenance never changes.
+        [new_file] = _parquet_files_to_data_files(table.metadata, [uri], table.io)
+
+        def attempt(fresh: Any) -> bool:
             self._check_own_retry(fresh)
+            if fresh.metadata.current_schema_id != table.metadata.current_schema_id or \
+                    fresh.metadata.default_spec_id != table.metadata.default_spec_id:
+                return False  # evolved meanwhile: leave the group to the next run
             live = {f.path: f for f in self._live_files(fresh)}
             if path in live:
                 return True  # an earlier attempt landed (its answer was lost)
             if any(p not in live for p in inputs):
                 return False  # another compaction or retention took some inputs
-            # Private pyiceberg API (what add_files uses): the DataFile (partition, column
-            # statistics) of a Parquet file we wrote ourselves, so our bloom filter and name stay.
-            [new_file] = _parquet_files_to_data_files(fresh.metadata, [uri], fresh.io)
             with fresh.transaction() as tx:
                 with tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
                     for p in inputs:
