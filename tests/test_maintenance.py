@@ -417,3 +417,35 @@ def test_compaction_throughput(tmp_path: pathlib.Path) -> None:
     print(f"\ncompaction: {files} files, {files * spans} rows, {size / 1e6:.1f} MB in -> "
           f"{report.compacted_bytes_out / 1e6:.1f} MB out: {report.secs['compaction']:.2f} s "
           f"({files * spans / report.secs['compaction']:,.0f} rows/s); whole run {secs:.2f} s")
+
+
+# -- the stores' listing and deletion (orphan cleanup) on S3 -------------------------------
+
+
+def test_s3_store_lists_and_deletes_objects_for_orphan_cleanup(weed) -> None:
+    """What orphan cleanup needs from S3 (SeaweedFS): every object under a table's prefix with its
+    size and Last-Modified, and a delete that is quiet about an object already gone."""
+    from helpers.seaweed import BUCKET, S3_ENV
+    from signaldb.writer.storage import S3Store
+
+    saved = dict(os.environ)
+    os.environ.update({**S3_ENV, "AWS_ENDPOINT_URL": weed.endpoint})
+    try:
+        store = S3Store(f"s3://{BUCKET}/maint")
+        before = time.time() - 5
+        store.put("traces/date=2026-11-24/hour=02/a.parquet", b"a" * 10)
+        store.put("traces/date=2026-11-24/hour=02/.b.parquet.tmp", b"b")
+        store.put("traces/metadata/v1.metadata.json", b"{}")
+        store.put("traces_other/x.parquet", b"x")  # another prefix sharing the name's start
+        found = {o.path: o for o in store.list("traces/")}
+        assert set(found) == {"traces/date=2026-11-24/hour=02/a.parquet", "traces/date=2026-11-24/hour=02/.b.parquet.tmp",
+                              "traces/metadata/v1.metadata.json"}
+        a = found["traces/date=2026-11-24/hour=02/a.parquet"]
+        assert a.size == 10 and before <= a.modified <= time.time() + 5
+        store.delete(a.path)
+        store.delete(a.path)  # gone already: fine
+        assert a.path not in {o.path for o in store.list("traces/")}
+        assert not store.remove_empty_dir("traces/date=2026-11-24/hour=02")  # no directories on S3
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
