@@ -408,15 +408,23 @@ def test_compaction_throughput(tmp_path: pathlib.Path) -> None:
     table = tables.load("traces")
     with table.transaction() as tx:
         tx.add_files(uris, check_duplicate_files=False)
+    import pyarrow as pa
+
     job = _maintenance(storage, SIGNALDB_COMPACTION_TARGET_BYTES=str(max(1 << 20, 4 * size)))
+    pool = pa.default_memory_pool()
+    pool.release_unused()
+    base = pool.bytes_allocated()
     started = time.monotonic()
     [report] = job.run_once()
     secs = time.monotonic() - started
+    peak = pool.max_memory() - base
+    arrow_bytes = tables.load("traces").scan().to_arrow().nbytes
     assert report.compacted_files == files and report.compacted_rows == files * spans
     assert len(tables.load("traces").scan().to_arrow()) == files * spans
     print(f"\ncompaction: {files} files, {files * spans} rows, {size / 1e6:.1f} MB in -> "
           f"{report.compacted_bytes_out / 1e6:.1f} MB out: {report.secs['compaction']:.2f} s "
-          f"({files * spans / report.secs['compaction']:,.0f} rows/s); whole run {secs:.2f} s")
+          f"({files * spans / report.secs['compaction']:,.0f} rows/s); whole run {secs:.2f} s; "
+          f"rows in Arrow {arrow_bytes / 1e6:.0f} MB, Arrow pool peak {peak / 1e6:.0f} MB")
 
 
 # -- the stores' listing and deletion (orphan cleanup) on S3 -------------------------------

@@ -88,6 +88,10 @@ WRITER_KEY = "signaldb.writer"
 # either way: it conflicts and retries), but compacting an hour that keeps growing would only
 # rewrite it again and again.
 CLOSED_HOUR_GRACE_MIN_SECS = 600.0
+# A group is held in Arrow while it is rewritten: its uncompressed size (Parquet footers) is
+# kept under this many times storage.compaction_target_bytes, whatever its compressed size
+# (telemetry compresses 5-20x: a full target of compressed input could need gigabytes).
+GROUP_ARROW_BYTES_PER_TARGET = 4
 # Attempts of one compaction/retention/expiry commit that conflict with other commits.
 MAX_COMMIT_ATTEMPTS = 8
 _CONFLICT_PAUSE_MAX_SECS = 1.0
@@ -400,10 +404,30 @@ class Maintenance:
         closed_before = int((self.clock() - self.grace) // _HOUR_SECS)  # hours ending before now - grace
         groups = plan_groups(self._live_files(table), self.catalog_cfg.compaction_target_bytes, closed_before,
                              self._retention_hour())
-        for group in groups:
-            if self.stopping:
-                return
-            self._compact_group(name, table, group, report)
+        limit = GROUP_ARROW_BYTES_PER_TARGET * self.catalog_cfg.compaction_target_bytes
+        for planned in groups:
+            for group in self._split_by_memory(table, planned, limit):
+                if self.stopping:
+                    return
+                self._compact_group(name, table, group, report)
+
+    def _split_by_memory(self, table: Any, group: list[_Live], limit: int) -> list[list[_Live]]:
+        """``group`` cut into runs whose uncompressed size (Parquet footers) stays under ``limit``:
+        the rewrite holds a group in Arrow, several times its compressed size."""
+        sizes = []
+        for f in group:
+            with table.io.new_input(f.data_file.file_path).open() as stream:
+                meta = pq.read_metadata(stream)
+            sizes.append(sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
+        out: list[list[_Live]] = [[]]
+        held = 0
+        for f, size in zip(group, sizes, strict=True):
+            if out[-1] and held + size > limit:
+                out.append([])
+                held = 0
+            out[-1].append(f)
+            held += size
+        return [g for g in out if len(g) >= 2]
 
     def _compact_group(self, name: str, table: Any, group: list[_Live], report: TableReport) -> None:
         started = time.monotonic()
