@@ -149,17 +149,19 @@ def test_compaction_while_a_writer_commits_and_a_reader_scans_is_exact_at_every_
     current snapshot in a loop. At every snapshot the reader sees — and at every snapshot in
     the history afterwards — the rows are exactly those the writers' commits claim, once."""
     storage = tmp_path / "data"
-    w = _writer(procs, tmp_path / "w", storage, "--file-max-age-secs", "0.1").start()
+    w = _writer(procs, tmp_path / "w", storage, "--file-max-age-secs", "0.25").start()
     client = w.client()
     now_ns = time.time_ns()
     for e in (1, 2, 3):  # the open (current) hour: three files, never compacted
         put_request(client, "traces", traces_request(e, spans=SPANS, start_ns=now_ns + e), e)
-        time.sleep(0.3)
+        time.sleep(0.5)
     _settled(w)
     open_files = len(_live_paths(storage))
     assert open_files == 3
 
     job = _maintenance(storage, SIGNALDB_COMPACTION_TARGET_BYTES=str(1 << 20))
+    # A second maintenance job (another writer's) races the first for the same groups.
+    other = _maintenance(storage, "maint-other", SIGNALDB_COMPACTION_TARGET_BYTES=str(1 << 20))
     done = threading.Event()
     errors: list[BaseException] = []
     seen: list[int] = []
@@ -185,15 +187,16 @@ def test_compaction_while_a_writer_commits_and_a_reader_scans_is_exact_at_every_
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 
-    def maintain() -> None:
+    def maintain(m: Maintenance, pause: float) -> None:
         try:
             while not done.is_set():
-                runs.extend(job.run_once(["traces"]))
-                time.sleep(0.2)
+                runs.extend(m.run_once(["traces"]))
+                time.sleep(pause)
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 
-    threads = [threading.Thread(target=t) for t in (feed, read, maintain)]
+    threads = [threading.Thread(target=feed), threading.Thread(target=read),
+               threading.Thread(target=maintain, args=(job, 0.2)), threading.Thread(target=maintain, args=(other, 0.3))]
     for t in threads:
         t.start()
     for t in threads:
@@ -213,7 +216,7 @@ def test_compaction_while_a_writer_commits_and_a_reader_scans_is_exact_at_every_
     closed = [p for p in _live_paths(storage) if partition_name(T_HOUR // HOUR_NS) in str(p)]
     assert len(closed) == 1 and "-compact-" in closed[0].name
     assert len(_live_paths(storage)) == 1 + open_files
-    conflicts = job.metrics.commit_conflicts.labels("traces")._value.get()
+    conflicts = sum(m.metrics.commit_conflicts.labels("traces")._value.get() for m in (job, other))
     given_up = sum(r.compaction_given_up for r in runs)
     print(f"\nreader checked {len(seen)} snapshots while {len(compactions)} compactions landed "
           f"({sum(r.compacted_files for r in runs)} files); {conflicts:.0f} conflicts, {given_up} groups given up; "
@@ -360,28 +363,33 @@ def test_orphan_cleanup_deletes_old_unreferenced_files_only(
     assert w.stop() == 0
     referenced = _live_paths(storage)
     directory = referenced[0].parent
-    old = time.time() - 2 * 3600
+    time.sleep(3)  # the table is older than the orphans' minimum age
+    old = time.time() - 2.5
     stray_old = directory / "w-crashed-before-commit.parquet"
     stray_young = directory / "w-committing-now.parquet"
     temp_old = directory / ".w-half-written.parquet.tmp"
-    for p in (stray_old, stray_young, temp_old):
+    before_table = directory / "plain-file-from-before-the-catalog.parquet"
+    for p in (stray_old, stray_young, temp_old, before_table):
         p.write_bytes(referenced[0].read_bytes())
     for p in (stray_old, temp_old, *referenced):  # referenced files are old too: kept for the reference
         os.utime(p, (old, old))
+    os.utime(before_table, (old - 2 * 86400, old - 2 * 86400))
     metadata_before = sorted((storage / "traces" / "metadata").iterdir())
-    settings = {"SIGNALDB_ORPHAN_MIN_AGE_SECS": "3600", "SIGNALDB_COMPACTION_TARGET_BYTES": str(1 << 20)}
+    settings = {"SIGNALDB_ORPHAN_MIN_AGE_SECS": "2", "SIGNALDB_COMPACTION_TARGET_BYTES": str(1 << 20)}
     [report] = _maintenance(storage, **settings).run_once()
     assert not report.errors and report.orphans_deleted == 2
     assert not stray_old.exists() and not temp_old.exists()
     assert stray_young.exists()
+    assert before_table.exists()  # older than the table: plain-file data, never an orphan
     # Compaction replaced the referenced files, but older snapshots still reference them: kept.
     assert report.compacted_files == len(referenced)
     assert all(p.exists() for p in referenced)
     assert set(metadata_before) <= set((storage / "traces" / "metadata").iterdir())  # never touched
     # Once those snapshots are expired the replaced files are orphans too, and go.
+    os.utime(stray_young, None)  # still young (say, a writer's file being committed right now)
     [report] = _maintenance(storage, SIGNALDB_SNAPSHOT_MAX_AGE_SECS="0", **settings).run_once()
     assert not report.errors and report.orphans_deleted == len(referenced)
-    assert not any(p.exists() for p in referenced) and stray_young.exists()
+    assert not any(p.exists() for p in referenced) and stray_young.exists() and before_table.exists()
     assert len(iceberg.load(storage, "traces").scan().to_arrow()) == 4 * SPANS
     assert (storage / "catalog.db").exists()
 

@@ -82,6 +82,10 @@ COMPACTION_KEY = "signaldb.compaction"
 RETENTION_KEY = "signaldb.retention"
 MAINTENANCE_KEY = "signaldb.maintenance"
 WRITER_KEY = "signaldb.writer"
+ORPHANS_SINCE_PROPERTY = "signaldb.orphans-since-ms"
+# A writer puts its first file of a table before the commit that creates the table: files up
+# to this long before the table's earliest trace still count as the table's own.
+PRE_TABLE_MARGIN_SECS = 60.0
 
 # A closed hour is one no writer should still be adding files to in the normal course: its
 # end lies more than this far back. Late data for it is still committed (compaction is correct
@@ -569,6 +573,30 @@ class Maintenance:
 
         self._commit_loop(name, attempt)
 
+    def _orphans_since(self, name: str, table: Any) -> float:
+        """Seconds since the epoch before which no file can be an orphan of this table: the
+        table's earliest trace, kept in the table property ``signaldb.orphans-since-ms`` (set
+        on the first run). Files under ``<storage>/<table>/`` older than that were there before
+        the table (plain Parquet written with ``storage.catalog_url=none`` by an earlier version
+        or setup): they hold data no commit knows about and are never deleted."""
+        value = table.properties.get(ORPHANS_SINCE_PROPERTY)
+        if value is not None:
+            return int(value) / 1000
+        md = table.metadata
+        times = [md.last_updated_ms, *(s.timestamp_ms for s in md.snapshots),
+                 *(e.timestamp_ms for e in md.snapshot_log), *(e.timestamp_ms for e in md.metadata_log)]
+        earliest = min(times)
+
+        def attempt(fresh: Any) -> bool:
+            with fresh.transaction() as tx:
+                tx.set_properties({ORPHANS_SINCE_PROPERTY: str(earliest)})
+            return True
+
+        self._commit_loop(name, attempt)
+        log.info("orphan cleanup: files older than the table are never deleted",
+                 extra={"table": name, "since_ms": earliest})
+        return earliest / 1000
+
     # -- 4. orphans -----------------------------------------------------------------------
 
     def _orphans(self, name: str, report: TableReport) -> None:
@@ -577,13 +605,18 @@ class Maintenance:
         objects = [o for o in self.store.list(f"{name}/") if not o.path.startswith(f"{name}/metadata/")]
         table = self.tables.load(name)
         referenced = self._referenced(table)
+        since = self._orphans_since(name, table)
         now = self.clock()
         emptied: set[str] = set()
+        older = 0
         for obj in objects:
             if self.stopping:
                 return
             base = obj.path.rsplit("/", 1)[-1]
             if now - obj.modified < min_age or obj.path in referenced:
+                continue
+            if obj.modified < since - PRE_TABLE_MARGIN_SECS:
+                older += 1  # from before the table: plain-file data, never ours to delete
                 continue
             if not (base.endswith(".parquet") or base.startswith(".")):
                 continue  # not ours: left alone
@@ -594,6 +627,10 @@ class Maintenance:
             self.metrics.orphans_deleted.inc()
             log.info("orphan file deleted", extra={"table": name, "path": obj.path, "bytes": obj.size,
                                                    "age_secs": round(now - obj.modified)})
+        if older:
+            log.warning("unreferenced files older than the table are left alone (plain Parquet files written "
+                        "before the catalog was used?); see docs/operations.md, Table maintenance",
+                        extra={"table": name, "files": older, "table_since": since})
         # Hour directories this emptied go too (retention leaves them behind, hour by hour); a
         # writer putting a file into one at that moment meets ENOENT and its put is retried
         # (put makes missing directories).
