@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -225,8 +227,9 @@ def test_compaction_while_a_writer_commits_and_a_reader_scans_is_exact_at_every_
     assert w.stop() == 0
 
 
-def test_compacted_file_keeps_the_writer_options(tmp_path: pathlib.Path, procs: list[WriterProcess]) -> None:
-    """The new file is ordered by service, zstd, with statistics and the trace_id bloom filter."""
+def test_signaldb_maintain_compacts_keeping_the_writer_options(tmp_path: pathlib.Path, procs: list[WriterProcess]) -> None:
+    """``signaldb maintain`` compacts; the new file is ordered by service, zstd, with the trace_id
+    bloom filter."""
     import pyarrow.parquet as pq
 
     storage = tmp_path / "data"
@@ -238,9 +241,15 @@ def test_compacted_file_keeps_the_writer_options(tmp_path: pathlib.Path, procs: 
         time.sleep(0.25)
     _settled(w)
     assert len(_live_paths(storage)) >= 2
-    [report] = _maintenance(storage).run_once()
-    assert report.compacted_files >= 2 and not report.errors
+    # As a CronJob would run it.
+    done = subprocess.run([sys.executable, "-m", "signaldb.cli", "maintain", "--storage-url", f"file://{storage}",
+                           "--table", "traces"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SIGNALDB_CATALOG_URL": ""})
+    assert done.returncode == 0, done.stderr
+    [report] = json.loads(done.stdout)
+    assert report["table"] == "traces" and report["compacted_files"] >= 2 and not report["errors"]
     [path] = _live_paths(storage)
+    assert path.name.startswith("maintain-")
     meta = pq.ParquetFile(path).metadata
     column = meta.row_group(0).column(meta.schema.names.index("trace_id"))
     assert column.compression == "ZSTD"
