@@ -191,7 +191,7 @@ def test_failover_to_the_other_writer_and_back_under_load(tmp_path, request):
     try:
         cluster.start()
         assert acceptor.health()["forwarder"]["failover_secs"] == 2
-        clients = Clients(cluster, per_acceptor=3, spans=250)
+        clients = Clients(cluster, per_acceptor=3, spans=250, tag="first")
         with clients:
             wait_until(lambda: entries_to(acceptor, p0) > 5 and entries_to(acceptor, p1) > 5, timeout=60,
                        what="load flowing to both writers")
@@ -216,7 +216,7 @@ def test_failover_to_the_other_writer_and_back_under_load(tmp_path, request):
         wait_until(lambda: acceptor.metric("signaldb_forwarder_writers_failed_over") == 0, timeout=30,
                    what="writer 0 back")
         back_at = entries_to(acceptor, p0)
-        with Clients(cluster, per_acceptor=3, spans=250) as more:
+        with Clients(cluster, per_acceptor=3, spans=250, tag="second") as more:
             wait_until(lambda: entries_to(acceptor, p0) > back_at + 5, timeout=60,
                        what="writer 0 getting its entries again")
             # A hung writer: SIGSTOP. Its calls time out (5 s at most with failover on), then it fails over.
@@ -241,7 +241,12 @@ def test_failover_to_the_other_writer_and_back_under_load(tmp_path, request):
         got = cluster.view().counts_once_present(acked, timeout=60)
         missing = acked - set(got)
         assert not missing, f"{len(missing)} of {len(acked)} acknowledged spans missing"
-        # Exactly once needs the writers' catalog commit (see the docstring).
+        # The acceptor's side: every entry was acknowledged by exactly one writer, once (an entry
+        # is never in flight on two writers at once, and an acked one is never sent again).
+        wal = acceptor.health()["wal"]
+        assert acceptor.metric("signaldb_forward_entries_total") == wal["appended_entries"]
+        assert acceptor.metric("signaldb_forward_dead_letter_entries_total") == 0
+        # Exactly once in the table needs the writers' catalog commit (see the docstring).
         dupes = {name: n for name, n in got.items() if n > 1}
         assert not dupes, f"{len(dupes)} of {len(acked)} spans stored more than once, e.g. {list(dupes.items())[:3]}"
         print(f"{len(acked)} acknowledged spans exactly once across two failovers")
