@@ -45,6 +45,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -179,16 +180,19 @@ class Lane:
                 # at any position in the WAL. Read it again from the start; claims keep what is
                 # in flight anywhere from being sent twice.
                 cursor, epoch = 0, table.epoch
+            self._fw.begin_read(self.endpoint)
             try:
                 entries = self._fw.wal.unprocessed(after_id=cursor, limit=self._fw.batch_entries,
                                                    max_bytes=self._fw.batch_bytes)
             except Exception as err:  # a closed or failed WAL: the service is going down
+                self._fw.end_read(self.endpoint)
                 if not self._fw.stopping.is_set():
                     log.error("forwarder cannot read the WAL", extra={"error": str(err)})
                     self._fw.stopping.wait(1.0)
                 continue
             assert isinstance(entries, list)
             if not entries:
+                self._fw.end_read(self.endpoint)
                 if in_flight:
                     if not self._settle(in_flight, keep=0):
                         return  # stopping
@@ -198,11 +202,13 @@ class Lane:
             mine = [e for e in entries if table.owner(e.id) == self.endpoint]
             wait = _linger_secs(mine, len(entries) >= self._fw.batch_entries)
             if wait > 0:
+                self._fw.end_read(self.endpoint)
                 if in_flight and not self._settle(in_flight, keep=0):
                     return  # stopping
                 self._fw.stopping.wait(wait)
                 continue  # read again: more entries may have arrived
-            mine = self._fw.claim(mine, self.endpoint)  # minus what another lane (or this one) has in flight
+            # Minus what any lane has in flight (this one too) or marked processed since the read.
+            mine = self._fw.claim(mine, self.endpoint)
             if mine:
                 in_flight.append(_Round(pending=mine))
                 if not self._settle(in_flight, keep=1):
@@ -534,6 +540,12 @@ class Forwarder:
         self._lane_count = 0
         self._lanes: dict[str, Lane] = {w.url: self._new_lane(w) for w in writers}
         self._claims: dict[int, str] = {}  # entry id -> the writer whose lane has it in flight
+        # Entries marked processed while some lane was between reading the WAL and claiming:
+        # that lane's read may still list them. Kept until every read older than them is over.
+        self._released = 0  # how many times entries were marked processed (a clock for the reads)
+        self._reading: dict[str, int] = {}  # writer -> _released when its lane began its current read
+        self._done: set[int] = set()
+        self._done_log: deque[tuple[int, list[int]]] = deque()
         self._resolver: threading.Thread | None = None
         if self.writer_set.dynamic:
             self._resolver = threading.Thread(target=self._resolve_loop, name="forwarder-dns", daemon=True)
@@ -573,22 +585,47 @@ class Forwarder:
 
     # -- claims: an entry is in flight on one lane at most ---------------------------
 
-    def claim(self, entries: list[Entry], writer: str) -> list[Entry]:
-        """The ``entries`` that ``writer``'s lane may put in a round now: those it owns under the
-        current routes and nobody has in flight (itself included: after a new epoch a lane
-        reads its own rounds in flight again)."""
+    def begin_read(self, writer: str) -> None:
+        """``writer``'s lane is about to read the WAL; ``claim`` or ``end_read`` ends the read."""
         with self._lock:
-            table, claims = self.table, self._claims
-            mine = [e for e in entries if e.id not in claims and table.owner(e.id) == writer]
+            self._reading[writer] = self._released
+
+    def end_read(self, writer: str) -> None:
+        with self._lock:
+            self._reading.pop(writer, None)
+            self._trim_done()
+
+    def claim(self, entries: list[Entry], writer: str) -> list[Entry]:
+        """The ``entries`` (read since ``begin_read``) that ``writer``'s lane may put in a round
+        now: those it owns under the current routes, that nobody has in flight (itself included:
+        after a new epoch a lane reads its own rounds in flight again) and that were not marked
+        processed since the read (another lane acked them meanwhile, under the old routes)."""
+        with self._lock:
+            table, claims, done = self.table, self._claims, self._done
+            mine = [e for e in entries if e.id not in claims and e.id not in done and table.owner(e.id) == writer]
             for e in mine:
                 claims[e.id] = writer
+            self._reading.pop(writer, None)
+            self._trim_done()
         return mine
 
     def release(self, ids: Iterable[int]) -> None:
-        """Entries marked processed (acked or dead-lettered): no longer in flight anywhere."""
+        """Entries now marked processed (acked or dead-lettered): no longer in flight anywhere,
+        and never to be claimed again from a read that began before."""
         with self._lock:
+            ids = list(ids)
             for eid in ids:
                 self._claims.pop(eid, None)
+            self._released += 1
+            if self._reading:  # a read in progress may list them
+                self._done.update(ids)
+                self._done_log.append((self._released, ids))
+
+    def _trim_done(self) -> None:
+        """Forgets processed ids that no read in progress can list (lock held)."""
+        oldest = min(self._reading.values(), default=self._released)
+        while self._done_log and self._done_log[0][0] <= oldest:
+            self._done.difference_update(self._done_log.popleft()[1])
 
     def give_up(self, writer: str, entries: list[Entry]) -> set[int]:
         """Releases ``writer``'s claims on those of ``entries`` that now route elsewhere (called
