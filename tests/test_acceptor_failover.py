@@ -66,6 +66,39 @@ def test_failed_over_entries_go_to_the_next_writer_in_rendezvous_order():
     assert all(b_out.owner(e) == table.owner(e) for e in range(1, 2000) if table.owner(e) != "grpc://b:1")
 
 
+def test_claims_keep_each_entry_on_one_lane_through_route_changes(tmp_path):
+    """The forwarder's bookkeeping on a real WAL (no lanes running): an entry in flight on one
+    lane is not claimed by its new owner after a failover; one acked meanwhile is not claimed
+    from a read that began before; one given up after a failed attempt is."""
+    from signaldb.acceptor.forwarder import Forwarder
+    from signaldb.wal import Wal
+
+    a, b = "grpc://127.0.0.1:1", "grpc://127.0.0.1:2"
+    with Wal(tmp_path / "wal") as wal:
+        wal.append_batch([b"x"] * 40)
+        fw = Forwarder(wal, "acc", [a, b], metrics=None, dead_letters=None, batch_entries=100,
+                       batch_bytes=1 << 20, failover_secs=2)
+        entries = list(wal.unprocessed())
+        fw.begin_read(a)
+        in_flight_on_a = fw.claim(entries, a)
+        assert in_flight_on_a and all(fw.table.owner(e.id) == a for e in in_flight_on_a)
+        fw.table = fw.table.with_failed_over(frozenset({a}))  # what check_failover does
+        assert all(fw.table.owner(e.id) == b for e in entries)
+        fw.begin_read(b)
+        assert {e.id for e in fw.claim(entries, b)} == {e.id for e in entries} - {e.id for e in in_flight_on_a}
+
+        acked, *failed = in_flight_on_a
+        fw.begin_read(b)
+        stale = list(wal.unprocessed())  # lists ``acked``: the read began before a's ack
+        wal.mark_processed(acked.id)
+        fw.release([acked.id])
+        assert fw.claim(stale, b) == []  # b's own are claimed already; acked is done, failed are a's
+        assert fw.give_up(a, failed) == {e.id for e in failed}
+        fw.begin_read(b)
+        assert [e.id for e in fw.claim(list(wal.unprocessed()), b)] == [e.id for e in failed]
+        assert not fw._done, "processed ids are forgotten once no read can list them"
+
+
 # --- dns:// through the system resolver ---------------------------------------------------------
 
 
@@ -97,10 +130,11 @@ def sent(acceptor, n: int, name: str) -> None:
 
 def test_dns_endpoint_follows_the_name_as_writers_come_and_go(tmp_path, request):
     port = free_port()
-    recorders = {ip: FlightRecorder(port=port, host=ip) for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4")}
+    ips = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "::1")
+    recorders = {ip: FlightRecorder(port=port, host=f"[{ip}]" if ":" in ip else ip) for ip in ips}
     url = {ip: r.url for ip, r in recorders.items()}
     hosts = HostsFile(tmp_path / "hosts")
-    hosts.set(["127.0.0.2", "127.0.0.3"])
+    hosts.set(["127.0.0.2", "127.0.0.3", "::1"])
     acceptor = AcceptorProcess(workdir=tmp_path, prefix=hosts.prefix(), env={
         "ACCEPTOR_WRITER_ENDPOINTS": f"dns://writers.test:{port}", "ACCEPTOR_WRITER_DNS_REFRESH_SECS": "1",
         "SIGNALDB_AUTH_TOKEN": TOKEN,
@@ -118,13 +152,14 @@ def test_dns_endpoint_follows_the_name_as_writers_come_and_go(tmp_path, request)
     try:
         acceptor.start()
         assert any(line.get("msg", "").startswith("writer failover is off") for line in acceptor.log_lines())
-        wait_until(lambda: acceptor.metric("signaldb_forwarder_writers") == 2, what="two writers resolved")
+        wait_until(lambda: acceptor.metric("signaldb_forwarder_writers") == 3, what="three writers resolved")
         sent(acceptor, 30, "first")
         wait_until(lambda: len(delivered()) == 30, what="first entries delivered")
-        two = [url["127.0.0.2"], url["127.0.0.3"]]
-        assert ids("127.0.0.2") and ids("127.0.0.3") and not ids("127.0.0.4")
-        for ip in ("127.0.0.2", "127.0.0.3"):
-            assert all(two[route(eid, two)] == url[ip] for eid in ids(ip)), "routed by rendezvous over the name"
+        three = [url["127.0.0.2"], url["127.0.0.3"], url["::1"]]
+        assert three[2].startswith("grpc://[::1]:")
+        assert ids("127.0.0.2") and ids("127.0.0.3") and ids("::1") and not ids("127.0.0.4")
+        for ip in ("127.0.0.2", "127.0.0.3", "::1"):
+            assert all(three[route(eid, three)] == url[ip] for eid in ids(ip)), "routed by rendezvous over the name"
 
         # Writer .2 goes away; entries routed to it wait (no catalog: no failover) ...
         recorders["127.0.0.2"].shutdown()
@@ -135,7 +170,7 @@ def test_dns_endpoint_follows_the_name_as_writers_come_and_go(tmp_path, request)
         time.sleep(3)  # > 2 failover secs, had it been on
         waiting = acceptor.health()["wal"]["unprocessed_entries"]
         assert waiting > 0, "entries routed to the stopped writer went elsewhere without a catalog"
-        # ... until the name stops listing it and lists .4 instead: they re-route to .3 and .4.
+        # ... until the name stops listing it (and ::1) and lists .4 instead: they re-route to .3 and .4.
         hosts.set(["127.0.0.3", "127.0.0.4"])
         wait_until(lambda: acceptor.health()["wal"]["unprocessed_entries"] == 0, timeout=60,
                    what="re-routed and acked")
@@ -161,6 +196,60 @@ def test_dns_endpoint_follows_the_name_as_writers_come_and_go(tmp_path, request)
         for ip, r in recorders.items():
             if ip not in down:
                 r.shutdown()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(f"--- acceptor log ---\n{acceptor.log_text()[-8000:]}")
+
+
+def test_dns_endpoint_with_tls_checks_the_certificate_against_the_name(tmp_path, request):
+    """With TLS, a writer at an address of ``dns://writers.test`` must show a certificate for
+    writers.test (pods change addresses; their certificate names the Service). The same kind of
+    writer listed by address (``grpc+tls://127.0.0.3``) fails: the certificate names no address."""
+    import ssl
+    import subprocess
+    import urllib.request
+
+    import pyarrow.flight as flight
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=writers.test", "-addext", "subjectAltName=DNS:writers.test",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    pair = [flight.CertKeyPair(cert.read_bytes(), key.read_bytes())]
+    port = free_port()
+    by_name = FlightRecorder(port=port, host="127.0.0.2", scheme="grpc+tls", tls_certificates=pair)
+    by_address = FlightRecorder(port=port, host="127.0.0.3", scheme="grpc+tls", tls_certificates=pair)
+    hosts = HostsFile(tmp_path / "hosts")
+    hosts.set(["127.0.0.2"])
+    acceptor = AcceptorProcess(workdir=tmp_path, prefix=hosts.prefix(), env={
+        "ACCEPTOR_WRITER_ENDPOINTS": f"dns://writers.test:{port},{by_address.url}",
+        "SIGNALDB_AUTH_TOKEN": TOKEN, "SIGNALDB_TLS_CERT": str(cert), "SIGNALDB_TLS_KEY": str(key),
+        "SIGNALDB_CATALOG_URL": "none"})  # no failover: entries of the address stay with it
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False  # the acceptor's certificate names writers.test, not 127.0.0.1
+    try:
+        acceptor.start()
+        for i in range(20):
+            req = urllib.request.Request(acceptor.http_url("/v1/traces").replace("http:", "https:"),
+                                         data=trace_request(1, f"tls{i}"),
+                                         headers={"Content-Type": "application/x-protobuf",
+                                                  "Authorization": f"Bearer {TOKEN}"})
+            with urllib.request.urlopen(req, context=context, timeout=10) as resp:
+                assert resp.status == 200
+        name_url = f"grpc+tls://127.0.0.2:{port}"
+        wait_until(lambda: by_name.entry_ids() and acceptor.metric("signaldb_forward_errors_total",
+                                                                   writer=by_address.url) > 0,
+                   what="delivered by name, refused by address")
+        assert acceptor.metric("signaldb_forward_writer_up", writer=name_url) == 1
+        assert not by_address.entry_ids()
+        routed = [name_url, by_address.url]
+        wait_until(lambda: len(by_name.entry_ids()) == sum(route(i, routed) == 0 for i in range(1, 21)),
+                   what="every entry of the name's writer")
+    finally:
+        if acceptor.proc is not None and acceptor.proc.poll() is None:
+            acceptor.kill()
+        by_name.shutdown()
+        by_address.shutdown()
         rep = getattr(request.node, "rep_call", None)
         if rep is not None and rep.failed:
             print(f"--- acceptor log ---\n{acceptor.log_text()[-8000:]}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ DNS_SCHEME = "dns://"
 # A name that never resolved yet is tried again this often, not only every refresh interval:
 # at start the writers' Service may have no addresses for a few seconds.
 UNRESOLVED_RETRY_SECS = 1.0
+# A name that keeps failing is logged when it starts failing and then once a minute (every failure counts).
+FAILURE_LOG_SECS = 60.0
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -54,6 +57,7 @@ class _Name:
     host: str
     port: int
     addresses: tuple[str, ...] | None = None  # last good answer; None: never resolved
+    failure_logged: float | None = None  # monotonic time of the last failure logged; None: not failing
 
 
 class WriterSet:
@@ -102,10 +106,16 @@ class WriterSet:
             except (OSError, UnicodeError) as err:  # socket.gaierror is an OSError
                 if self._metrics is not None:
                     self._metrics.dns_failures.labels(name.endpoint).inc()
-                log.warning("writer DNS resolution failed; keeping the last good addresses", extra={
-                    "endpoint": name.endpoint, "error": str(err) or type(err).__name__,
-                    "kept": list(name.addresses or ())})
+                now = time.monotonic()
+                if name.failure_logged is None or now - name.failure_logged >= FAILURE_LOG_SECS:
+                    name.failure_logged = now
+                    log.warning("writer DNS resolution failed; keeping the last good addresses", extra={
+                        "endpoint": name.endpoint, "error": str(err) or type(err).__name__,
+                        "kept": list(name.addresses or ())})
                 continue
+            if name.failure_logged is not None:
+                name.failure_logged = None
+                log.info("writer DNS resolution works again", extra={"endpoint": name.endpoint})
             if addresses != name.addresses:
                 log.info("writer addresses changed", extra={
                     "endpoint": name.endpoint, "addresses": list(addresses),
