@@ -148,6 +148,7 @@ class Lane:
         self.state = LaneState(writer.url)
         self._client: flight.FlightClient | None = None
         self._last_probe = 0.0
+        self._last_ok = 0.0  # monotonic time of the last successful call
         self.wake = threading.Event()  # set by Forwarder.notify when entries arrive
         self._thread = threading.Thread(target=self._run, name=f"forwarder-{index}", daemon=True)
 
@@ -457,6 +458,7 @@ class Lane:
             log.info("writer reachable", extra={"writer": self.endpoint})
         self.state.up, self.state.last_error, self.state.last_success = True, None, time.time()
         self.state.down_since = self.state.down_since_wall = None
+        self._last_ok = time.monotonic()
         self._fw.metrics.writer_up.labels(self.endpoint).set(1)
         self._fw.writer_back(self)
 
@@ -466,6 +468,7 @@ class Lane:
         if self.state.up or self.state.last_error is None:
             log.warning("writer unreachable", extra={"writer": self.endpoint, "error": _first_line(err)})
         self.state.up, self.state.last_error = False, str(err) or type(err).__name__
+        since = max(since, self._last_ok)  # a call started before the last success did not outlast it
         if self.state.down_since is None or since < self.state.down_since:
             self.state.down_since = since
             self.state.down_since_wall = time.time() - (time.monotonic() - since)
