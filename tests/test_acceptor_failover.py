@@ -338,7 +338,9 @@ def test_failover_to_the_other_writer_and_back_under_load(tmp_path, request):
         # Exactly once in the table needs the writers' catalog commit (see the docstring).
         dupes = {name: n for name, n in got.items() if n > 1}
         assert not dupes, f"{len(dupes)} of {len(acked)} spans stored more than once, e.g. {list(dupes.items())[:3]}"
-        print(f"{len(acked)} acknowledged spans exactly once across two failovers")
+        dropped = sum(w.metric("signaldb_writer_rows_committed_elsewhere_total") for w in (w0, w1))
+        print(f"{len(acked)} acknowledged spans exactly once across two failovers; "
+              f"{dropped:.0f} rows dropped at commit as committed by the other writer")
     finally:
         for w in (w0, w1):
             if w.proc is not None and w.proc.poll() is None:
