@@ -2,7 +2,38 @@
 (`make lint` runs mypy's stubtest against the built module)."""
 
 from collections.abc import Iterator
-from typing import final
+from typing import TypedDict, final, type_check_only
+
+__all__ = [
+    "KIND_LOGS",
+    "KIND_METRICS",
+    "KIND_TRACES",
+    "OTLP_CONVERT_CEILING",
+    "Entry",
+    "NativePanicError",
+    "NativeWal",
+    "OtlpContentTypeError",
+    "OtlpDecodeError",
+    "OtlpTooLargeError",
+    "WalClosedError",
+    "WalError",
+    "WalFileExistsError",
+    "WalFileNotFoundError",
+    "WalFullError",
+    "WalInUseError",
+    "WalIoError",
+    "WalIsADirectoryError",
+    "WalNotADirectoryError",
+    "WalPermissionError",
+    "WalPoisonedError",
+    "WalStats",
+    "debug_panic",
+    "otlp_convert",
+    "otlp_count_items",
+    "read_metadata",
+    "read_segment",
+    "scan_segment",
+]
 
 # The exception tree (rust/native/src/errors.rs): picked by the engine error's kind.
 class WalError(Exception): ...
@@ -34,14 +65,14 @@ class Entry:
 
 @final
 class NativeWal:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str,
         max_segment_size: int,
         max_buffer_entries: int,
         flush_interval_secs: float,
         sync_mode: str,
-    ) -> None: ...
+    ) -> NativeWal: ...
     def append(self, payload: bytes, kind: int) -> int: ...
     def append_batch(self, payloads: list[bytes], kind: int) -> int:
         """Appends all payloads as one group; returns the first id (ids are contiguous)."""
@@ -121,9 +152,9 @@ class WalStats:
     def poisoned_reason(self) -> str | None: ...
     @property
     def sync_mode(self) -> str: ...
-    def __getitem__(self, key: str) -> object: ...
+    def __getitem__(self, key: str, /) -> object: ...
     def get(self, key: str, default: object | None = None) -> object | None: ...
-    def __contains__(self, key: str) -> bool: ...
+    def __contains__(self, key: str, /) -> bool: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[str]: ...
     def keys(self) -> list[str]: ...
@@ -131,16 +162,41 @@ class WalStats:
     def items(self) -> list[tuple[str, object]]: ...
     def to_dict(self) -> dict[str, object]: ...
 
-def read_metadata(wal_dir: str) -> dict[str, object] | None:
+@type_check_only
+class WalMetadata(TypedDict):
+    """`metadata.json` as `read_metadata` returns it (docs/wal-format.md)."""
+
+    format_version: int
+    next_id: int
+    processed_watermark: int
+    processed_ids: list[int]
+    last_flush: str | None
+    segments: list[tuple[int, int | None, int | None]]
+
+@type_check_only
+class SegmentScan(TypedDict):
+    """What `scan_segment` found in one segment file."""
+
+    header: str
+    header_ok: bool
+    file_len: int
+    entries: int
+    first_id: int | None
+    last_id: int | None
+    data_end: int
+    payload_bytes: int
+    entries_above_id: int
+    traces: int
+    logs: int
+    metrics: int
+    damages: list[tuple[str, int, int]]
+    """(kind, offset, length) with kind "corrupt" or "torn_tail"."""
+
+def read_metadata(wal_dir: str) -> WalMetadata | None:
     """Parses <wal_dir>/metadata.json read-only; None when absent or invalid."""
 
-def scan_segment(path: str, is_last: bool = False, above_id: int = 0) -> dict[str, object]:
-    """Read-only scan of one segment file, verifying every CRC.
-
-    Keys: header, header_ok, file_len, entries, first_id, last_id, data_end,
-    payload_bytes, traces, logs, metrics, entries_above_id, damages (a list of
-    (kind, offset, length) with kind "corrupt" or "torn_tail").
-    """
+def scan_segment(path: str, is_last: bool = False, above_id: int = 0) -> SegmentScan:
+    """Read-only scan of one segment file, verifying every CRC."""
 
 def read_segment(path: str, offset: int, limit: int) -> tuple[list[Entry], int]:
     """Read-only: up to `limit` valid entries from `offset`; returns (entries, next offset)."""

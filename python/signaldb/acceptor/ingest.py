@@ -124,7 +124,8 @@ class Ingest:
             raise Refused("unavailable", f"acceptor is pushing back: {reason}", RETRY_AFTER_SECS)
 
         started = time.perf_counter()
-        entry_id = await self._append(kind, entry_format.encode(body, content_type, window, self._incarnation), items, transport)
+        entry = entry_format.encode(body, content_type, window, self._incarnation)
+        entry_id = await self._append(kind, entry, items, transport)
         self._metrics.ack_latency.labels(kind).observe(time.perf_counter() - started)
         self._metrics.accepted[kind].labels(transport).inc(items)
         self._metrics.request_bytes.labels(kind).inc(len(body))
