@@ -353,7 +353,7 @@ class Lane:
         rnd.sent, rnd.started, rnd.started_mono = True, time.perf_counter(), time.monotonic()
         client = self._connect()
         # Every id at or below the watermark is acked or dead-lettered: the writer may forget them.
-        min_unprocessed = int(self._fw.wal.stats()["processed_watermark"]) + 1  # type: ignore[call-overload]
+        min_unprocessed = self._fw.wal.processed_watermark() + 1
         try:
             for entry in list(rnd.pending):
                 converted = self._convert(entry)

@@ -90,8 +90,8 @@ class AcceptorService:
         check_regular_files(wal_cfg.wal_dir, ("metadata.json", "acceptor-id"))
         self.wal = await asyncio.to_thread(wal_cfg.open)
         stats = self.wal.stats()
-        log.info("WAL open", extra={"wal_dir": str(wal_cfg.wal_dir), "unprocessed_entries": stats["unprocessed_entries"],
-                                    "segments": stats["total_segments"],
+        log.info("WAL open", extra={"wal_dir": str(wal_cfg.wal_dir), "unprocessed_entries": stats.unprocessed_entries,
+                                    "segments": stats.total_segments,
                                     "open_secs": round(time.monotonic() - started, 3)})
         acceptor_id = identity.load_or_create(wal_cfg.wal_dir)
         # This life's entries carry it: a restored or copied directory that hands out
@@ -200,7 +200,7 @@ class AcceptorService:
         if self.wal is not None and not self.wal.closed:
             stats = self.wal.stats()
             body["wal"] = wal_fields(stats)
-            if stats.get("poisoned"):
+            if stats.poisoned:
                 body["status"] = "failed"
         if self.fatal:
             body["status"] = "failed"
