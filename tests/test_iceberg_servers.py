@@ -5,47 +5,20 @@ every row is in the table exactly once."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 import random
 import threading
 import time
-from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pyarrow as pa
 import pytest
 from conftest import scaled
-from helpers.net import http_get
 from helpers.seaweed import BUCKET, S3_ENV, Weed
 from helpers.writer import Sent, WriterProcess, assert_same_rows, convert, put, traces_request
 
 T_HOUR = 1_795_485_600_000_000_000
 HOUR_NS = 3_600_000_000_000
-
-
-@pytest.fixture
-def procs() -> Iterator[list[WriterProcess]]:
-    started: list[WriterProcess] = []
-    yield started
-    for w in started:
-        w.close()
-
-
-def _settled(w: WriterProcess, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = json.loads(http_get(w.url("/health"))[1])
-        if body["wal"]["unprocessed_entries"] == 0 and body["writer"]["unprocessed_entries"] == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"writer did not settle: {body}")
-
-
-def _metric(w: WriterProcess, name: str) -> float:
-    text = http_get(w.url("/metrics"))[1].decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
 
 
 def _batches(n: int) -> dict[int, pa.RecordBatch]:
@@ -106,7 +79,7 @@ def _run_writers_with_kills(writers: list[WriterProcess], n_entries: int, kills:
         if f.error is not None:
             raise f.error
     for w in writers:
-        _settled(w)
+        w.settled()
     return sent
 
 
@@ -140,7 +113,7 @@ def test_writers_on_s3_with_a_postgresql_catalog_killed_at_random_commit_each_ro
     table = catalog.load_table(("signaldb", "traces"))
     assert table.location() == f"{storage}/traces"
     assert_same_rows(table.scan().to_arrow(), sent.table("traces"), "traces")
-    dropped = sum(_metric(w, "signaldb_writer_rows_committed_elsewhere_total") for w in writers)
+    dropped = sum(w.metric("signaldb_writer_rows_committed_elsewhere_total") for w in writers)
     assert dropped > 0  # the doubly held entries were decided at commit, not by luck
     writers_seen = {s.summary.additional_properties.get("signaldb.writer") for s in table.snapshots()}
     assert len(writers_seen) >= 2  # several writers committed to the one table
