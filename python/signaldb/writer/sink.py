@@ -643,6 +643,7 @@ class Sink:
         were committed by another commit. Its entries' rows of that partition are read again from
         the WAL, the claimed ones dropped, and the rest buffered again (new names: ``_name_salt``).
         Returns the entries this completes (nothing of theirs left to write)."""
+        p.superseded = True  # never retried as it is (a failure later in this cycle must not revive it)
         with self._state_lock:
             self._state.files.pop(p.path, None)
             self._save_state()
