@@ -381,3 +381,12 @@ def tls_pair(tmp_path):
                     "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     return cert, key
+
+
+@pytest.fixture
+def procs():
+    """Writer processes a test starts (``helpers.writer.WriterProcess``), closed at its end."""
+    started = []
+    yield started
+    for w in started:
+        w.close()

@@ -11,14 +11,11 @@ from __future__ import annotations
 import json
 import pathlib
 import threading
-import time
-from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import iceberg
-from helpers.net import http_get
 from helpers.writer import (
     Sent,
     WriterProcess,
@@ -40,14 +37,6 @@ HOUR_NS = 3_600_000_000_000
 T_HOUR = 1_795_485_600_000_000_000  # 2026-11-24 02:00 UTC, an hour boundary
 
 
-@pytest.fixture
-def procs() -> Iterator[list[WriterProcess]]:
-    started: list[WriterProcess] = []
-    yield started
-    for w in started:
-        w.close()
-
-
 def _writer(procs: list[WriterProcess], tmp: pathlib.Path, storage: pathlib.Path, *args: str,
             env: dict[str, str] | None = None) -> WriterProcess:
     """A writer with its own WAL directory under ``tmp`` and the default (embedded) catalog
@@ -59,30 +48,10 @@ def _writer(procs: list[WriterProcess], tmp: pathlib.Path, storage: pathlib.Path
     return w
 
 
-def health(w: WriterProcess) -> dict:
-    return json.loads(http_get(w.url("/health"))[1])
-
-
-def wait_settled(w: WriterProcess, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = health(w)
-        if body["wal"]["unprocessed_entries"] == 0 and body["writer"]["unprocessed_entries"] == 0:
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"writer did not settle: {body}")
-
-
 def table_rows(storage: pathlib.Path, table: str) -> pa.Table:
     loaded = iceberg.load(storage, table)
     assert loaded is not None, f"no table {table}"
     return loaded.scan().to_arrow()
-
-
-def metric(w: WriterProcess, name: str) -> float:
-    text = http_get(w.url("/metrics"))[1].decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
 
 
 # -- claims: which rows a commit holds --------------------------------------------------
@@ -137,7 +106,7 @@ def test_every_table_is_an_iceberg_table_with_partitions_sort_order_and_claims(
             entry += 1
             put_request(client, kind, body, entry, sent=sent)
     client.close()
-    wait_settled(w)
+    w.settled()
     for table in ("traces", "logs", "metrics_gauge", "metrics_sum", "metrics_histogram"):
         assert_same_rows(table_rows(storage, table), sent.table(table), table)
     traces = iceberg.load(storage, "traces")
@@ -147,7 +116,7 @@ def test_every_table_is_an_iceberg_table_with_partitions_sort_order_and_claims(
     summaries = [s.summary.additional_properties for s in traces.snapshots()]
     claimed = {}
     for summary in summaries:
-        assert summary["signaldb.writer"] == health(w)["writer_id"]
+        assert summary["signaldb.writer"] == w.health()["writer_id"]
         for partition, sources in json.loads(summary["signaldb.claims"]).items():
             for source, ranges in sources.items():
                 assert source == "acc-1"
@@ -163,11 +132,11 @@ def test_every_table_is_an_iceberg_table_with_partitions_sort_order_and_claims(
     assert traces.scan(row_filter=hour3).to_arrow().num_rows == 5
     # The data files keep the writer's names and carry a trace_id bloom filter.
     path = planned[0].removeprefix("file://")
-    assert pathlib.Path(path).name.startswith(health(w)["writer_id"])
+    assert pathlib.Path(path).name.startswith(w.health()["writer_id"])
     meta = pq.ParquetFile(path).metadata.row_group(0)
     trace_id = [meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == "trace_id"][0]
     assert trace_id.to_dict()["bloom_filter_offset"] is not None
-    assert metric(w, "signaldb_writer_catalog_commits_total") >= 3
+    assert w.metric("signaldb_writer_catalog_commits_total") >= 3
     assert w.stop() == 0
 
 
@@ -186,10 +155,10 @@ def test_a_crash_at_each_step_around_the_commit_leaves_every_row_once(
     client.close()
 
     w.start()
-    wait_settled(w)
+    w.settled()
     assert_same_rows(table_rows(storage, "traces"), sent.table("traces"), "traces")
     if point == "after_catalog_commit":  # committed, but the state file did not say so: claims did
-        assert metric(w, "signaldb_writer_rows_committed_elsewhere_total") == 16
+        assert w.metric("signaldb_writer_rows_committed_elsewhere_total") == 16
     # Resent entries (the acceptor never got to mark them) are acked as duplicates.
     client = w.client()
     for entry, body in bodies.items():
@@ -229,12 +198,12 @@ def test_two_writers_holding_the_same_entries_commit_each_row_once(
         t.start()
     for t in threads:
         t.join(60)
-    wait_settled(a)
-    wait_settled(b)
+    a.settled()
+    b.settled()
     rows = table_rows(storage, "traces")
     assert_same_rows(rows, sent.table("traces"), "traces")
-    dropped = metric(a, "signaldb_writer_rows_committed_elsewhere_total") + \
-        metric(b, "signaldb_writer_rows_committed_elsewhere_total")
+    dropped = a.metric("signaldb_writer_rows_committed_elsewhere_total") + \
+        b.metric("signaldb_writer_rows_committed_elsewhere_total")
     assert dropped == 20 * 3  # every doubly held row was dropped by exactly one of them
     # Every (partition, entry) is claimed by exactly one commit.
     seen: dict[tuple[str, int], int] = {}
@@ -264,9 +233,9 @@ def test_a_writer_back_from_a_crash_drops_what_another_writer_committed_meanwhil
     for e in range(1, 6):
         put_request(client, "traces", traces_request(e, spans=2, start_ns=T_HOUR), e)
     client.close()
-    wait_settled(b)
+    b.settled()
     a.start()
-    wait_settled(a)
+    a.settled()
     assert_same_rows(table_rows(storage, "traces"), sent.table("traces"), "traces")
-    assert metric(a, "signaldb_writer_rows_committed_elsewhere_total") == 10
+    assert a.metric("signaldb_writer_rows_committed_elsewhere_total") == 10
     assert a.stop() == 0 and b.stop() == 0

@@ -286,6 +286,29 @@ class WriterProcess:
                 lines.append({"raw": raw})
         return lines
 
+    def health(self) -> dict:
+        from helpers.net import http_get
+
+        return json.loads(http_get(self.url("/health"))[1])
+
+    def settled(self, timeout: float = 60.0) -> dict:
+        """Waits until nothing is unprocessed in the WAL or held by the sink; returns /health."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.health()
+            if body["wal"]["unprocessed_entries"] == 0 and body["writer"]["unprocessed_entries"] == 0:
+                return body
+            time.sleep(0.05)
+        raise AssertionError(f"writer did not settle: {body}")
+
+    def metric(self, name: str) -> float:
+        """The sum of every sample of ``name`` (all labels) on /metrics."""
+        from helpers.net import http_get
+
+        text = http_get(self.url("/metrics"))[1].decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name) and not line.startswith("#"))
+
     def client(self) -> flight.FlightClient:
         return flight.connect(f"grpc://127.0.0.1:{self.flight_port}")
 

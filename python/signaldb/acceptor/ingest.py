@@ -27,7 +27,7 @@ from signaldb import otlp
 from signaldb.acceptor import entry_format
 from signaldb.acceptor.admission import RETRY_AFTER_SECS, Admission
 from signaldb.acceptor.telemetry import AcceptorMetrics
-from signaldb.wal import Wal, WalError, WalFullError
+from signaldb.wal import Wal, WalClosedError, WalError, WalFullError, WalPoisonedError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ class Ingest:
             raise Refused("unavailable", f"acceptor is pushing back: {reason}", RETRY_AFTER_SECS)
 
         started = time.perf_counter()
-        entry_id = await self._append(kind, entry_format.encode(body, content_type, window, self._incarnation), items, transport)
+        entry = entry_format.encode(body, content_type, window, self._incarnation)
+        entry_id = await self._append(kind, entry, items, transport)
         self._metrics.ack_latency.labels(kind).observe(time.perf_counter() - started)
         self._metrics.accepted[kind].labels(transport).inc(items)
         self._metrics.request_bytes.labels(kind).inc(len(body))
@@ -170,7 +171,7 @@ class Ingest:
             raise Refused("unavailable", f"acceptor disk is full: {err}", RETRY_AFTER_SECS) from None
         except WalError as err:
             self._metrics.refused[kind].labels(transport, "wal_error").inc(items)
-            if self._wal.closed or self._wal.stats().get("poisoned"):
+            if isinstance(err, WalPoisonedError | WalClosedError) or self._wal.closed:
                 # Fail-stop: a failed fsync is never retried; the process restarts and replays.
                 self._on_fatal(f"WAL failed: {err}")
             raise Refused("unavailable", f"acceptor WAL error: {err}", RETRY_AFTER_SECS) from None

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from signaldb.config import ConfigError
 from signaldb.service.memory import keep_large_buffers
@@ -21,8 +22,13 @@ async def wait_for_stop_signal() -> str:
     """Returns the name of the first SIGTERM or SIGINT received."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[str] = loop.create_future()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig.name)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s.name))
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         return await received
     finally:
@@ -30,7 +36,7 @@ async def wait_for_stop_signal() -> str:
             loop.remove_signal_handler(sig)
 
 
-def run_main(main: Callable[[], Awaitable[int]]) -> int:
+def run_main(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Runs ``main`` and maps startup errors to exit codes with one clear line."""
     keep_large_buffers()  # before the first big buffer: see signaldb.service.memory
     try:

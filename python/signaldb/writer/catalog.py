@@ -137,18 +137,18 @@ def _sql_uri(url: str) -> str:
     return url
 
 
-def _rest_properties(url: str) -> dict[str, str]:
+def _rest_properties(url: str) -> dict[str, Any]:
     """``http(s)://host:port/path?key=value&...``: the query holds pyiceberg REST
     properties that are not secrets (``warehouse``, ``rest.sigv4-enabled``,
     ``rest.signing-name``, ...); the token comes from ``SIGNALDB_CATALOG_TOKEN``."""
     parts = urlsplit(url)
-    props = dict(parse_qsl(parts.query))
+    props: dict[str, Any] = dict(parse_qsl(parts.query))
     props["uri"] = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
     token = os.environ.get(TOKEN_ENV)
     if token:
         props["token"] = token
     else:
-        props.setdefault("auth", '{"type": "noop"}')  # pyiceberg would send "Bearer None"
+        props.setdefault("auth", {"type": "noop"})  # pyiceberg would send "Bearer None"
     return props
 
 
@@ -273,6 +273,19 @@ class Tables:
         except NoSuchNamespaceError:
             return []
         return [t for t in TABLES if t in names]
+
+    @property
+    def places_tables(self) -> bool:
+        """True for a REST catalog: it chooses table locations (SQL ones take ours)."""
+        return self.cfg.url.startswith(("http://", "https://"))
+
+    def data_dir(self, table: Any) -> str:
+        """``<location>/data`` relative to storage, for a table a REST catalog placed."""
+        root, location = storage_root_uri(self.storage_url), table.location().rstrip("/")
+        if not location.startswith(root + "/"):
+            raise ValueError(f"table {table.name()} is at {location}, outside storage.url {root}: "
+                             f"set storage.url to the catalog's warehouse (its table locations start with it)")
+        return f"{location[len(root) + 1:]}/data"
 
     def data_file_uri(self, path: str) -> str:
         """The URI a data file written at ``path`` (relative to storage) has in the table."""

@@ -51,9 +51,14 @@ class Claims:
 
     def __init__(self) -> None:
         self._sets: dict[tuple[str, str], IdSet] = {}
+        self._sources: set[str] = set()  # every source with a claim (a cheap first check)
+
+    def _set(self, partition: str, source: str) -> IdSet:
+        self._sources.add(source)
+        return self._sets.setdefault((partition, source), IdSet())
 
     def add_ranges(self, partition: str, source: str, ranges: Iterable[Iterable[int]]) -> None:
-        target = self._sets.setdefault((partition, source), IdSet())
+        target = self._set(partition, source)
         for lo, hi in ranges:
             target.add_range(int(lo), int(hi))
 
@@ -65,7 +70,7 @@ class Claims:
     def add_map(self, claim: ClaimMap) -> None:
         for partition, sources in claim.items():
             for source, ids in sources.items():
-                target = self._sets.setdefault((partition, source), IdSet())
+                target = self._set(partition, source)
                 for i in ids:
                     target.add(i)
 
@@ -74,7 +79,7 @@ class Claims:
         return found is not None and entry_id in found
 
     def has_source(self, source: str) -> bool:
-        return any(s == source for _, s in self._sets)
+        return source in self._sources
 
     def overlap(self, claim: ClaimMap) -> ClaimMap:
         """The part of ``claim`` that is claimed already."""
@@ -92,6 +97,7 @@ class Claims:
     def drop_partitions_before(self, partition: str) -> None:
         """Forgets claims of partitions older than ``partition`` (names sort by time)."""
         self._sets = {k: v for k, v in self._sets.items() if k[0] >= partition}
+        self._sources = {s for _, s in self._sets}
 
     def as_ranges(self) -> dict[str, dict[str, list[list[int]]]]:
         out: dict[str, dict[str, list[list[int]]]] = {}

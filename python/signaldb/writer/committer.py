@@ -181,6 +181,22 @@ class Committer:
         self._metrics = metrics
         self._lock = threading.Lock()
         self._by_table: dict[str, TableCommitter] = {}
+        self._dirs: dict[str, str] = {}
+
+    def known_data_dir(self, table: str) -> str | None:
+        """Where ``table``'s data files go, relative to storage, if known without a catalog call:
+        ``<table>`` for SQL catalogs (which place tables at ``<storage>/<table>``)."""
+        if not self.tables.places_tables:
+            return table
+        return self._dirs.get(table)
+
+    def data_dir(self, table: str) -> str:
+        """As ``known_data_dir``, asking the catalog when needed: a REST catalog places its
+        tables itself, and S3 table buckets take data files only under ``<location>/data/``."""
+        found = self.known_data_dir(table)
+        if found is None:
+            found = self._dirs[table] = self.tables.data_dir(self.tables.load(table))
+        return found
 
     def for_table(self, table: str) -> TableCommitter:
         with self._lock:

@@ -140,7 +140,8 @@ class _Plan:
     put_done: bool = False  # with a catalog: the object is durable, the commit still to come
 
 
-def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], life: str = "") -> str:
+def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], life: str = "",
+              directory: str | None = None) -> str:
     """``<table>/date=.../hour=../<writer id>-<first>-<last>-<hash>.parquet``. The hash also
     covers ``life``, a random value drawn at every writer start: writer WAL ids come from the
     directory's history, so a restored backup of it, or a second writer started from a copy,
@@ -150,15 +151,15 @@ def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], li
     older version (no writer id: ``<first>-<last>-<hash>``) are kept as they are too."""
     key = f"{writer_id}/{table}/{partition}:{','.join(map(str, wal_ids))}" + (f"@{life}" if life else "")
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return f"{table}/{partition}/{writer_id}-{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
+    return f"{directory or table}/{partition}/{writer_id}-{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
 
 
 def _plan(writer_id: str, table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]],
-          life: str = "") -> _Plan:
+          life: str = "", directory: str | None = None) -> _Plan:
     ordered = sorted(parts, key=lambda p: p[0])  # wal id order: a rewrite holds the same rows
     wal_ids = [wid for wid, _ in ordered]
     batches = [b for _, b in ordered]
-    return _Plan(file_path(writer_id, table, partition, wal_ids, life), table, partition, wal_ids, batches,
+    return _Plan(file_path(writer_id, table, partition, wal_ids, life, directory), table, partition, wal_ids, batches,
                  sum(b.nbytes for b in batches))
 
 
@@ -435,16 +436,43 @@ class Sink:
         made again from the same WAL ids never gets the name of the one it replaces."""
         return self._life if not self._replans else f"{self._life}.{self._replans}"
 
+    def _table_dir(self, table: str) -> str | None:
+        """Where ``table``'s files go, relative to storage; None while not known yet (a REST
+        catalog places its tables itself: ``_resolve_table_dirs``)."""
+        return table if self._committer is None else self._committer.known_data_dir(table)
+
+    def _resolve_table_dirs(self) -> None:
+        """Learns the data directory of every buffered table that lacks one (a catalog call,
+        so outside the lock; a failure is retried at the next cycle)."""
+        if self._committer is None:
+            return
+        with self._cond:
+            tables = {t for t, _ in self._buffers}
+        for table in tables:
+            if self._committer.known_data_dir(table) is None:
+                try:
+                    self._committer.data_dir(table)
+                except Exception as err:
+                    self._metrics.commit_errors.labels(table).inc()
+                    log.warning("catalog unreachable; the table's files wait", extra={
+                        "table": table, "error": str(err)[:500]})
+                    time.sleep(_FAILED_CYCLE_PAUSE_SECS)
+
+    def _unresolved(self) -> bool:
+        """A buffered table's data directory is still unknown (call with ``_cond`` held)."""
+        return any(self._table_dir(t) is None for t, _ in self._buffers)
+
     def _run(self) -> None:
         while True:
+            self._resolve_table_dirs()
             with self._cond:
                 plans = self._next_plans()
-                while not plans and not self._instant and not self._stopping:
+                while not plans and not self._instant and not self._stopping and not self._unresolved():
                     self._cond.wait(self._wait_secs())
                     plans = self._next_plans()
                 instant, self._instant = self._instant, []
                 if not plans and not instant and self._stopping:
-                    return
+                    return  # (a table whose directory is unknown keeps its rows in the WAL)
             if instant:
                 self._commit(instant)
             if not plans:
@@ -486,9 +514,10 @@ class Sink:
         plans = [p for p in self._retry if take(p)]
         if plans:
             self._retry = [p for p in self._retry if not take(p)]
-        due = [k for k, b in self._buffers.items()
-               if self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age]
-        plans += [_plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._name_salt()) for k in due]
+        due = [k for k, b in self._buffers.items() if self._table_dir(k[0]) is not None
+               and (self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age)]
+        plans += [_plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._name_salt(),
+                        directory=self._table_dir(k[0])) for k in due]
         # Everything planned now is released once written: flush early until the rest is under the mark.
         left = self._held - sum(p.nbytes for p in plans if not p.released)
         early = 0
@@ -496,7 +525,10 @@ class Sink:
             for k in sorted(self._buffers, key=lambda k: self._buffers[k].opened):
                 if left <= self._flush_mark:
                     break
-                plan = _plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._name_salt())
+                if self._table_dir(k[0]) is None:
+                    continue
+                plan = _plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._name_salt(),
+                             directory=self._table_dir(k[0]))
                 plans.append(plan)
                 left -= plan.nbytes
                 early += 1
@@ -611,6 +643,7 @@ class Sink:
         were committed by another commit. Its entries' rows of that partition are read again from
         the WAL, the claimed ones dropped, and the rest buffered again (new names: ``_name_salt``).
         Returns the entries this completes (nothing of theirs left to write)."""
+        p.superseded = True  # never retried as it is (a failure later in this cycle must not revive it)
         with self._state_lock:
             self._state.files.pop(p.path, None)
             self._save_state()
@@ -684,7 +717,8 @@ class Sink:
         """Replaces ``p`` by one plan per entry, so that only the entries whose rows cannot be
         built go to dead-letter. Safe because ``p`` was planned in this life and never built,
         so no object of that name exists; the swap is one state save (old plan or new ones)."""
-        subs = [_plan(self._writer_id, p.table, p.partition, [(wid, batch)], life=self._name_salt())
+        subs = [_plan(self._writer_id, p.table, p.partition, [(wid, batch)], life=self._name_salt(),
+                      directory=self._table_dir(p.table))
                 for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
         for sub in subs:
             sub.build_failures = BUILD_ATTEMPTS - 1  # the rows already failed together: one try each
