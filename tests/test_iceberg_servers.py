@@ -148,3 +148,41 @@ def test_writers_commit_through_the_seaweedfs_rest_catalog(
     assert_same_rows(table.scan().to_arrow(), sent.table("traces"), "traces")
     for w in writers:
         assert w.stop() == 0
+
+
+def test_a_catalog_outage_holds_commits_back_and_loses_nothing(
+        postgres, procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    """PostgreSQL (the catalog) dies while a writer takes data: files are written but not
+    committed, nothing is marked processed; commits that waited past half of
+    storage.orphan_min_age_secs are planned again into new files. Back up, every row lands once."""
+    catalog_url = postgres.create_database("outage")
+    w = WriterProcess(tmp_path, env={"SIGNALDB_CATALOG_URL": catalog_url, "SIGNALDB_ORPHAN_MIN_AGE_SECS": "2",
+                                     "SIGNALDB_MAINTENANCE_INTERVAL_SECS": "0"},
+                      args=["--file-max-age-secs", "0.2"])
+    procs.append(w)
+    w.start()
+    batches = _batches(20)
+    sent = Sent()
+    client = w.client()
+    for e in range(1, 11):
+        put(client, "traces", "acc-1", [(batches[e], [(e, 5)])])
+        sent.add("traces", batches[e])
+    w.settled()
+    postgres.kill()
+    try:
+        for e in range(11, 21):
+            put(client, "traces", "acc-1", [(batches[e], [(e, 5)])])  # acked: durable in the writer WAL
+            sent.add("traces", batches[e])
+        time.sleep(3)
+        assert w.health()["wal"]["unprocessed_entries"] == 10  # nothing marked without a commit
+        assert w.metric("signaldb_writer_catalog_commit_errors_total") >= 1
+    finally:
+        postgres.start()
+    client.close()
+    w.settled(timeout=90)
+    assert w.metric("signaldb_writer_replanned_files_total") >= 1
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    table = SqlCatalog("signaldb", uri=catalog_url).load_table(("signaldb", "traces"))
+    assert_same_rows(table.scan().to_arrow(), sent.table("traces"), "traces")
+    assert w.stop() == 0

@@ -96,8 +96,11 @@ class Postgres:
         done = self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
                           "-t", str(int(timeout)), "-o",
                           f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
-                          # A test server: no fsync (the data is thrown away), few connections.
-                          "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                          # A test server: no fsync (its data is thrown away; a killed server keeps
+                          # what the OS has), but synchronous_commit stays on: with it off a commit
+                          # the client was told about is lost when the server is killed (kill()),
+                          # and SignalDB rightly trusts an acknowledged catalog commit.
+                          "-c fsync=off -c full_page_writes=off "
                           "-c max_connections=100", "start"], timeout=timeout + 10)
         if done.returncode != 0:
             pytest.fail(f"pg_ctl start failed ({done.returncode}): {done.stdout[-1000:]}{done.stderr[-1000:]}\n"

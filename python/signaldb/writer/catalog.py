@@ -59,6 +59,9 @@ TABLE_PROPERTIES = {
     "commit.retry.num-retries": "0",
     "format-version": "2",
     "write.parquet.compression-codec": "zstd",
+    # Every commit writes a new metadata file: keep the last 100, delete older ones at commit.
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "100",
 }
 
 
@@ -181,7 +184,7 @@ def open_catalog(cfg: CatalogConfig, storage_url: str) -> Any:
         from pyiceberg.catalog.sql import SqlCatalog
 
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return SqlCatalog("signaldb", uri=url, warehouse=warehouse)
+        return SqlCatalog("signaldb", uri=url, warehouse=warehouse, **_s3_properties())
     if url.startswith(("postgresql://", "postgresql+psycopg2://")):
         from pyiceberg.catalog.sql import SqlCatalog
 

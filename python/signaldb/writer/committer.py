@@ -114,7 +114,11 @@ class TableCommitter:
         started = time.monotonic()
         attempt = 0
         while True:
-            table = self.refresh()
+            try:
+                table = self.refresh()
+            except Exception:
+                self._metrics.commit_errors.labels(self.table).inc()
+                raise
             taken = [f for f in files if self.overlap(f.claim)]
             free = [f for f in files if f not in taken]
             if not free:

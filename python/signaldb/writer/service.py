@@ -104,7 +104,8 @@ class WriterService:
                                        self.metrics)
         self.sink = Sink(self.wal, wcfg.wal_dir, self.writer_id, open_store(self.cfg.storage_url), self.ledger,
                          saved, self.metrics, self.cfg.writer.file_max_bytes, self.cfg.writer.file_max_age_secs,
-                         self.cfg.writer.max_buffered_bytes, life=self.life, committer=self.committer)
+                         self.cfg.writer.max_buffered_bytes, life=self.life, committer=self.committer,
+                         max_uncommitted_secs=self.cfg.catalog.orphan_min_age_secs / 2)
         self.sink.start()
         if self.stopping:
             self.sink.abort_replay()

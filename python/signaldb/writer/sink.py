@@ -138,6 +138,7 @@ class _Plan:
     superseded: bool = False  # split up: its entry plans replaced it in the state file
     conflicts: int = 0  # puts refused: the object exists with other content (see _conflict)
     put_done: bool = False  # with a catalog: the object is durable, the commit still to come
+    put_at: float = 0.0  # monotonic time of the put (a file left uncommitted too long is planned again)
 
 
 def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], life: str = "",
@@ -178,10 +179,12 @@ class Sink:
         max_buffered_bytes: int = 512 << 20,
         life: str = "",
         committer: Committer | None = None,
+        max_uncommitted_secs: float = 43200.0,
     ) -> None:
         self._wal = wal
         self._life = life  # this start's random value, in the names it plans (file_path)
         self._committer = committer  # None: plain files (storage.catalog_url none)
+        self._max_uncommitted_secs = max_uncommitted_secs  # see _commit_files
         self._replans = 0  # plans made again after a commit found rows claimed (see _replan)
         self._wal_dir = Path(wal_dir)
         self._writer_id = writer_id
@@ -579,7 +582,7 @@ class Sink:
                     self._metrics.bytes_written.labels(p.table).inc(len(data))
                     log.debug("file written", extra={"path": p.path, "rows": rows, "bytes": len(data)})
                     if self._committer is not None:
-                        p.put_done = True  # settled only once committed (_commit_files)
+                        p.put_done, p.put_at = True, time.monotonic()  # settled once committed
                         to_commit.append(p)
                         with self._cond:
                             self._release(p)  # the rows are durable in the object (and the WAL)
@@ -611,7 +614,14 @@ class Sink:
         appended to ``complete``. Catalog errors propagate: the cycle is retried as it is."""
         assert self._committer is not None
         by_table: dict[str, list[_Plan]] = {}
+        now = time.monotonic()
         for p in plans:
+            if now - p.put_at > self._max_uncommitted_secs:
+                # Maintenance deletes files no snapshot references once storage.orphan_min_age_secs
+                # old: a file whose commit waited half that long (a long catalog outage) is not
+                # committed any more; its rows are planned again into a new one.
+                complete += self._replan(p, "its commit waited longer than half of storage.orphan_min_age_secs")
+                continue
             by_table.setdefault(p.table, []).append(p)
         committed = []
         for table, group in by_table.items():
@@ -619,7 +629,7 @@ class Sink:
             taken = {f.path for f in self._committer.for_table(table).commit(files, self._give_up)}
             for p in group:
                 if p.path in taken:
-                    complete += self._replan(p)
+                    complete += self._replan(p, "another commit holds some of its rows")
                 else:
                     committed.append(p)
             with self._state_lock:
@@ -638,9 +648,9 @@ class Sink:
                     sources.setdefault(entry.key[0], []).extend(entry.part_ids.get(p.partition, ()))
         return {p.partition: sources}
 
-    def _replan(self, p: _Plan) -> list[int]:
+    def _replan(self, p: _Plan, reason: str) -> list[int]:
         """``p``'s file stays uncommitted (an orphan, deleted by maintenance): some of its rows
-        were committed by another commit. Its entries' rows of that partition are read again from
+        were committed by another commit, or it waited too long for its commit. Its entries' rows of that partition are read again from
         the WAL, the claimed ones dropped, and the rest buffered again (new names: ``_name_salt``).
         Returns the entries this completes (nothing of theirs left to write)."""
         p.superseded = True  # never retried as it is (a failure later in this cycle must not revive it)
@@ -649,8 +659,8 @@ class Sink:
             self._save_state()
         self._replans += 1
         self._metrics.replanned_files.labels(p.table).inc()
-        log.warning("file not committed: another commit holds some of its rows; planning the rest again",
-                    extra={"path": p.path, "table": p.table, "partition": p.partition, "wal_ids": p.wal_ids})
+        log.warning("file not committed; planning its rows again", extra={
+            "reason": reason, "path": p.path, "table": p.table, "partition": p.partition, "wal_ids": p.wal_ids})
         complete = []
         for wid in p.wal_ids:
             data = self._read_payload(wid)
