@@ -37,7 +37,8 @@ from grpc import aio
 
 from signaldb import otlp
 from signaldb.acceptor import responses
-from signaldb.acceptor.ingest import Ingest, Refused
+from signaldb.acceptor.ingest import Ingest
+from signaldb.acceptor.refusals import Reason, Refused
 from signaldb.config import Address
 from signaldb.service.security import bearer_ok
 
@@ -48,12 +49,7 @@ SERVICES = {
     "logs": "opentelemetry.proto.collector.logs.v1.LogsService",
     "metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
 }
-_GRPC_STATUS = {
-    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
-    "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
-}
+KIND_OF_METHOD = {f"/{service}/Export": kind for kind, service in SERVICES.items()}
 
 
 class GrpcReceiver:
@@ -96,7 +92,7 @@ class GrpcReceiver:
                 self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
                     service, {"Export": handlers[f"/{service}/Export"]}),))
         else:
-            self._server.add_generic_rpc_handlers((_AuthFirstHandler(self._auth_token, handlers),))
+            self._server.add_generic_rpc_handlers((_AuthFirstHandler(self._auth_token, handlers, self._ingest),))
         target = str(self._addr)
         if self._pem_pair is not None:
             cert, key = self._pem_pair
@@ -141,9 +137,10 @@ class GrpcReceiver:
         async def export(request: bytes, context: aio.ServicerContext) -> bytes:
             try:
                 if not bearer_ok(self._auth_token, _metadata(context, "authorization")):
-                    raise Refused("unauthenticated", "missing or wrong bearer token")
+                    raise Refused(Reason.UNAUTHENTICATED, "missing or wrong bearer token")
                 accepted = await self._ingest.export(kind, request, otlp.PROTOBUF, "grpc")
             except Refused as refused:
+                self._ingest.refusals.record(refused, kind, "grpc", context.peer())
                 await _abort(context, refused)
                 raise AssertionError("unreachable: abort raises") from None
             return responses.export_response(kind, accepted.rejected, accepted.message, otlp.PROTOBUF)
@@ -154,10 +151,11 @@ class GrpcReceiver:
 class _AuthFirstHandler(grpc.GenericRpcHandler):
     """Checks the bearer token when grpc looks the method up, on the headers alone (see the module doc)."""
 
-    def __init__(self, token: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def __init__(self, token: str, handlers: dict[str, grpc.RpcMethodHandler], ingest: Ingest) -> None:
         self._token = token
         self._handlers = handlers
-        self._refuse = grpc.stream_unary_rpc_method_handler(_refuse_unauthenticated)
+        self._refuse = {method: grpc.stream_unary_rpc_method_handler(_refuser(kind, ingest))
+                        for method, kind in KIND_OF_METHOD.items()}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = self._handlers.get(handler_call_details.method)
@@ -165,13 +163,18 @@ class _AuthFirstHandler(grpc.GenericRpcHandler):
             return None  # UNIMPLEMENTED, as before
         if bearer_ok(self._token, _find(handler_call_details.invocation_metadata, "authorization")):
             return handler
-        return self._refuse
+        return self._refuse[handler_call_details.method]
 
 
-async def _refuse_unauthenticated(request_iterator: object, context: aio.ServicerContext) -> bytes:
-    # Never touches request_iterator: grpc is not asked to receive the message.
-    await _abort(context, Refused("unauthenticated", "missing or wrong bearer token"))
-    raise AssertionError("unreachable: abort raises")
+def _refuser(kind: str, ingest: Ingest) -> Callable[[object, aio.ServicerContext], Awaitable[bytes]]:
+    async def refuse_unauthenticated(request_iterator: object, context: aio.ServicerContext) -> bytes:
+        # Never touches request_iterator: grpc is not asked to receive the message.
+        refused = Refused(Reason.UNAUTHENTICATED, "missing or wrong bearer token")
+        ingest.refusals.record(refused, kind, "grpc", context.peer())
+        await _abort(context, refused)
+        raise AssertionError("unreachable: abort raises")
+
+    return refuse_unauthenticated
 
 
 def _metadata(context: aio.ServicerContext, key: str) -> str | None:
@@ -191,9 +194,9 @@ def _find(metadata: object, key: str) -> str | None:
 async def _abort(context: aio.ServicerContext, refused: Refused) -> None:
     trailers: list[tuple[str, bytes]] = []
     if refused.retry_after_secs is not None:
-        st = responses.status(refused.category, refused.message, refused.retry_after_secs)
+        st = responses.status(refused.reason, refused.message, refused.retry_after_secs)
         trailers = [
             ("google.rpc.retryinfo-bin", responses.retry_info(refused.retry_after_secs).SerializeToString()),
             ("grpc-status-details-bin", st.SerializeToString()),
         ]
-    await context.abort(_GRPC_STATUS[refused.category], refused.message, trailing_metadata=tuple(trailers))
+    await context.abort(refused.reason.grpc_status, refused.message, trailing_metadata=tuple(trailers))

@@ -12,23 +12,13 @@ from __future__ import annotations
 import json
 
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
+from signaldb.acceptor.refusals import Reason
 from signaldb.otlp import JSON
 
 # The partial_success field name per signal (protobuf field 1 of ExportXPartialSuccess).
 _REJECTED_FIELD = {"traces": "rejectedSpans", "logs": "rejectedLogRecords", "metrics": "rejectedDataPoints"}
-
-GRPC_CODE = {  # our refusal categories -> google.rpc.Code
-    "invalid": code_pb2.INVALID_ARGUMENT,
-    "too_large": code_pb2.RESOURCE_EXHAUSTED,
-    "unavailable": code_pb2.UNAVAILABLE,
-    "unauthenticated": code_pb2.UNAUTHENTICATED,
-    # HTTP-only refusals (gRPC frames these itself):
-    "wrong_method": code_pb2.UNIMPLEMENTED,
-    "wrong_media_type": code_pb2.INVALID_ARGUMENT,
-    "timeout": code_pb2.DEADLINE_EXCEEDED,  # a request body too slow to arrive (408)
-}
 
 
 def _varint(n: int) -> bytes:
@@ -59,8 +49,8 @@ def export_response(kind: str, rejected: int, message: str, content_type: str) -
     return b"\x0a" + _varint(len(partial)) + partial
 
 
-def status(category: str, message: str, retry_after_secs: int | None = None) -> status_pb2.Status:
-    st = status_pb2.Status(code=GRPC_CODE[category], message=message)
+def status(reason: Reason, message: str, retry_after_secs: int | None = None) -> status_pb2.Status:
+    st = status_pb2.Status(code=reason.rpc_code, message=message)
     if retry_after_secs is not None:
         detail = any_pb2.Any()
         detail.Pack(retry_info(retry_after_secs))
