@@ -382,6 +382,10 @@ def test_promtool_rule_unit_tests():
     run_promtool("test", "rules", "alerts_test.yml")
 
 
+RUNBOOK_BASE = ("{{ with $externalLabels.runbook_base_url }}{{ . }}{{ else }}"
+                "https://github.com/signaldb/signaldb/blob/main/docs/operations.md{{ end }}")
+
+
 def alert_rules() -> list[dict]:
     return [r for g in load_docs(PROM / "alerts.yml")[0]["groups"] for r in g["rules"] if "alert" in r]
 
@@ -396,8 +400,9 @@ def test_alerts_have_for_severity_and_a_runbook_that_exists():
         assert r["labels"]["severity"] in ("warning", "critical"), name
         ann = r["annotations"]
         assert ann.get("summary") and ann.get("description"), name
-        doc, _, anchor = ann["runbook_url"].partition("#")
-        assert doc == "docs/operations.md" and anchor in anchors, f"{name}: runbook {ann['runbook_url']} not found"
+        # <base>#<anchor>: the base from the external label runbook_base_url, else the docs on GitHub.
+        base, _, anchor = ann["runbook_url"].partition("#")
+        assert base == RUNBOOK_BASE and anchor in anchors, f"{name}: runbook {ann['runbook_url']} not found"
     scraped = {job["job_name"] for job in load_docs(PROM / "prometheus.yml")[0]["scrape_configs"]}
     assert scraped == {"signaldb-acceptor", "signaldb-writer"}
 

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 class AcceptorService:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.registry = service_metrics.new_registry()
+        self.registry = service_metrics.new_registry("acceptor")
         self.metrics = AcceptorMetrics(self.registry)
         self.wal: Wal | None = None
         self.forwarder: Forwarder | None = None
@@ -57,7 +57,8 @@ class AcceptorService:
                                    service="acceptor",
                                    limits=HttpLimits(header_timeout_secs=config.acceptor.header_timeout_secs,
                                                      idle_timeout_secs=config.acceptor.idle_timeout_secs))
-        self.registry.register(service_metrics.WalCollector(lambda: self.wal, "acceptor"))
+        self.registry.register(service_metrics.WalCollector(lambda: self.wal, "acceptor",
+                                                            config.acceptor_wal.max_backlog_bytes))
         self.state = "starting"
         self.fatal: str | None = None
         self._fatal_event = asyncio.Event()
