@@ -445,6 +445,12 @@ def test_alert_metrics_exist_in_a_real_scrape(tmp_path):
         assert any(m.startswith("signaldb_writer_") for m in used), "expected at least one writer alert"
         missing = sorted(m for m in used if m not in exported)
         assert not missing, f"alerts.yml uses metrics neither service exports: {missing}"
+        used = dashboard_metric_names()
+        assert {"process_resident_memory_bytes", "signaldb_receiver_refused_requests_total"} <= used
+        missing = sorted(m for m in used if m not in exported | ONLY_IN_A_CONTAINER)
+        assert not missing, f"the Grafana dashboard uses metrics neither service exports: {missing}"
+        assert 'signaldb_build_info{component="acceptor"' in acceptor.metrics()
+        assert 'signaldb_build_info{component="writer"' in writer.metrics()
 
         # The image's HEALTHCHECK script, against the real health ports.
         check = [sys.executable, str(DEPLOY / "healthcheck.py")]
@@ -452,6 +458,87 @@ def test_alert_metrics_exist_in_a_real_scrape(tmp_path):
         assert subprocess.run([*check, writer.health_url("/livez")], timeout=30).returncode == 0
     finally:
         pipeline.stop()
+
+
+# --- Grafana ------------------------------------------------------------------------------------
+
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "signaldb.json"
+# Grafana's variables, replaced by what Grafana would put there, so the query parses as PromQL.
+GRAFANA_VARS = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m", "$instance": ".*"}
+
+
+# Exported only where there is a cgroup memory limit (a container), not on this machine.
+ONLY_IN_A_CONTAINER = {"signaldb_memory_limit_bytes"}
+
+
+def test_memory_limit_is_read_from_cgroup_v2_and_v1(tmp_path):
+    from signaldb.service.metrics import memory_limit_bytes
+
+    assert memory_limit_bytes(tmp_path) is None  # no cgroup files: no limit
+    (tmp_path / "memory.max").write_text("max\n")
+    assert memory_limit_bytes(tmp_path) is None
+    (tmp_path / "memory.max").write_text("536870912\n")
+    assert memory_limit_bytes(tmp_path) == 512 << 20
+    (tmp_path / "memory.max").unlink()
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1 "unlimited"
+    assert memory_limit_bytes(tmp_path) is None
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("1073741824\n")
+    assert memory_limit_bytes(tmp_path) == 1 << 30
+
+
+def dashboard_exprs() -> list[str]:
+    import json
+
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    for var in dash["templating"]["list"]:
+        query = var.get("query")
+        if isinstance(query, dict):  # label_values(metric, label): the metric is a selector
+            exprs.append(re.fullmatch(r"label_values\((.+), *\w+\)", query["query"]).group(1))
+    out = []
+    for e in exprs:
+        for var, value in GRAFANA_VARS.items():
+            e = e.replace(var, value)
+        assert "$" not in e, f"unknown Grafana variable in {e}"
+        out.append(e)
+    return out
+
+
+def dashboard_metric_names() -> set[str]:
+    return {m for e in dashboard_exprs() for m in re.findall(r"\b(?:signaldb|process|python)_[a-z_]+\b", e)}
+
+
+def test_grafana_dashboard_expressions_parse(tmp_path):
+    """Every query in the dashboard goes through Prometheus's own parser (promtool, as recording
+    rules); the panels an operator needs are there."""
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 20
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query{i}", "expr": e}
+                                                        for i, e in enumerate(exprs)]}]}
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(rules))
+    out = subprocess.run([promtool(), "check", "rules", str(tmp_path / "dashboard.yml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = dashboard_metric_names()
+    for needed in ("signaldb_receiver_accepted_spans_total", "signaldb_receiver_refused_requests_total",
+                   "signaldb_receiver_ack_duration_seconds_bucket", "signaldb_wal_unprocessed_bytes",
+                   "signaldb_wal_max_backlog_bytes", "signaldb_wal_oldest_unprocessed_age_seconds",
+                   "signaldb_wal_fsync_duration_seconds_bucket", "signaldb_forward_rows_total",
+                   "signaldb_writer_rows_written_total", "signaldb_writer_files_written_total"):
+        assert needed in names, f"dashboard has no panel on {needed}"
+
+
+def test_compose_provisions_grafana_with_the_dashboard():
+    grafana = compose()["services"]["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"]), "pin Grafana by version"
+    mounts = {v.split(":")[1]: (DEPLOY / v.split(":")[0]).resolve() for v in grafana["volumes"] if v.startswith("./")}
+    provider = load_docs(mounts["/etc/grafana/provisioning/dashboards"] / "signaldb.yml")[0]
+    dash_dir = provider["providers"][0]["options"]["path"]
+    assert mounts[dash_dir] == DASHBOARD.parent.resolve()
+    source = load_docs(mounts["/etc/grafana/provisioning/datasources"] / "prometheus.yml")[0]["datasources"][0]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
 
 
 def test_healthcheck_fails_when_nothing_listens():
