@@ -187,6 +187,8 @@ MIB = 1 << 20
 SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "SIGNALDB_LOG_LEVEL",
             "log verbosity; debug shows per-entry WAL activity"),
+    Setting("log_format", "auto", _choice("auto", "json", "text"), "SIGNALDB_LOG_FORMAT",
+            "json: JSON lines; text: one readable line per record; auto: text on a terminal, else json"),
     Setting("wal.max_segment_size", MIB, _int(4096, 1 << 31), "WAL_MAX_SEGMENT_SIZE", "max bytes per segment file"),
     Setting("wal.max_buffer_entries", 1000, _int(1, 1_000_000), "WAL_MAX_BUFFER_ENTRIES",
             "max entries per group commit / buffered before a forced flush"),
@@ -290,6 +292,7 @@ _BY_KEY = {s.key: s for s in SETTINGS}
 # Command-line flags per command: flag name -> setting key. Shared flags first.
 _COMMON_FLAGS = {
     "log-level": "log_level",
+    "log-format": "log_format",
     "sync-mode": "wal.sync_mode",
     "max-segment-size": "wal.max_segment_size",
     "max-buffer-entries": "wal.max_buffer_entries",
@@ -443,6 +446,7 @@ class Config:
     security: SecurityConfig
     sources: Mapping[str, str]  # key -> "default" | "toml" | "env" | "flag", for the startup log
     catalog: CatalogConfig = CatalogConfig("none")
+    log_format: str = "auto"
 
     def wal_for(self, service: str) -> WalConfig:
         return self.acceptor_wal if service == "acceptor" else self.writer_wal
@@ -588,6 +592,7 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
     dead_letter = v["acceptor.dead_letter_dir"]
     return Config(
         log_level=v["log_level"],
+        log_format=v["log_format"],
         acceptor_wal=acceptor_wal,
         writer_wal=writer_wal,
         acceptor=AcceptorConfig(

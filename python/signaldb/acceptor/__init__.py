@@ -12,3 +12,7 @@ Layout (receiver / processor / exporter, as in the OpenTelemetry Collector):
 - ``forwarder``: the background exporter, WAL → Arrow → Flight do_put → writer.
 - ``service``: wiring and lifecycle; ``main``: the command line.
 """
+
+from signaldb.service.logsetup import quiet_grpc_core
+
+quiet_grpc_core()  # before any submodule imports grpc (signaldb.service.logsetup)

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> int:
         config = load(args, "acceptor")
-        setup_logging(config.log_level, "acceptor")
+        setup_logging(config.log_level, "acceptor", config.log_format)
         return await serve(config)
 
     return run_main(run)

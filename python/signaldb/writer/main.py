@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _serve(args: argparse.Namespace, services: list[WriterService]) -> int:
     cfg = load(args, "writer")
-    setup_logging(cfg.log_level, "writer")  # before the WAL opens: the Rust side caches levels
+    setup_logging(cfg.log_level, "writer", cfg.log_format)  # before the WAL opens: the Rust side caches levels
     service = WriterService(cfg)
     services.append(service)
     # Listen for SIGTERM from the start: a stop during a long replay must still be clean.
