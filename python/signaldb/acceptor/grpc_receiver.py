@@ -68,7 +68,11 @@ class GrpcReceiver:
         self._max_concurrent_streams = max_concurrent_streams
         self._ingest = ingest
         self._auth_token = auth_token
-        self._pem_pair = pem_pair
+        # Replaced on SIGHUP (AcceptorService.reload): new handshakes use the new pair, through
+        # grpc's certificate fetcher; established connections keep theirs.
+        self.pem_pair = pem_pair
+        self._served_pair = pem_pair
+        self._auth_handler: _AuthFirstHandler | None = None
         self._server: aio.Server | None = None
         self.port = 0
 
@@ -92,15 +96,41 @@ class GrpcReceiver:
                 self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
                     service, {"Export": handlers[f"/{service}/Export"]}),))
         else:
-            self._server.add_generic_rpc_handlers((_AuthFirstHandler(self._auth_token, handlers, self._ingest),))
+            self._auth_handler = _AuthFirstHandler(self._auth_token, handlers, self._ingest)
+            self._server.add_generic_rpc_handlers((self._auth_handler,))
         target = str(self._addr)
-        if self._pem_pair is not None:
-            cert, key = self._pem_pair
-            self.port = self._server.add_secure_port(target, grpc.ssl_server_credentials([(key, cert)]))
+        if self.pem_pair is not None:
+            cert, key = self.pem_pair
+            credentials = grpc.dynamic_ssl_server_credentials(
+                grpc.ssl_server_certificate_configuration([(key, cert)]), self._fetch_certificates)
+            self.port = self._server.add_secure_port(target, credentials)
         else:
             self.port = self._server.add_insecure_port(target)
         await self._server.start()
         return self.port
+
+    @property
+    def auth_token(self) -> str | None:
+        return self._auth_token
+
+    @auth_token.setter
+    def auth_token(self, token: str | None) -> None:
+        """A new token for the next calls. Turning auth on or off needs a restart (the handler
+        chain is chosen at start): the caller checks ``(old is None) == (new is None)``."""
+        if (token is None) != (self._auth_token is None):
+            raise ValueError("turning OTLP authentication on or off needs a restart")
+        self._auth_token = token
+        if self._auth_handler is not None and token is not None:
+            self._auth_handler.token = token
+
+    def _fetch_certificates(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by grpc before each TLS handshake: a new configuration when the pair changed."""
+        pair = self.pem_pair
+        if pair is None or pair is self._served_pair:
+            return None
+        self._served_pair = pair
+        cert, key = pair
+        return grpc.ssl_server_certificate_configuration([(key, cert)])
 
     def _connection_options(self) -> list[tuple[str, int]]:
         """Connection bounds, enforced by grpc's core (see the module doc and docs/operations.md)."""
@@ -152,7 +182,7 @@ class _AuthFirstHandler(grpc.GenericRpcHandler):
     """Checks the bearer token when grpc looks the method up, on the headers alone (see the module doc)."""
 
     def __init__(self, token: str, handlers: dict[str, grpc.RpcMethodHandler], ingest: Ingest) -> None:
-        self._token = token
+        self.token = token
         self._handlers = handlers
         self._refuse = {method: grpc.stream_unary_rpc_method_handler(_refuser(kind, ingest))
                         for method, kind in KIND_OF_METHOD.items()}
@@ -161,7 +191,7 @@ class _AuthFirstHandler(grpc.GenericRpcHandler):
         handler = self._handlers.get(handler_call_details.method)
         if handler is None:
             return None  # UNIMPLEMENTED, as before
-        if bearer_ok(self._token, _find(handler_call_details.invocation_metadata, "authorization")):
+        if bearer_ok(self.token, _find(handler_call_details.invocation_metadata, "authorization")):
             return handler
         return self._refuse[handler_call_details.method]
 

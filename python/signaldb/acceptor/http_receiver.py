@@ -19,6 +19,7 @@ from aiohttp import web
 from signaldb import otlp
 from signaldb.acceptor import responses
 from signaldb.acceptor import decompress
+from signaldb.acceptor.cors import CorsPolicy
 from signaldb.acceptor.ingest import Ingest
 from signaldb.acceptor.refusals import Reason, Refused
 from signaldb.config import Address
@@ -39,7 +40,7 @@ class HttpReceiver:
                  ssl_context: ssl.SSLContext | None, shutdown_grace_secs: float,
                  max_header_bytes: int = 16 * 1024, max_header_count: int = 100,
                  limits: HttpLimits | None = None, body_timeout_secs: float = 10.0,
-                 body_min_rate_bytes: int = 16 * 1024) -> None:
+                 body_min_rate_bytes: int = 16 * 1024, cors: CorsPolicy | None = None) -> None:
         self._addr = addr
         self._limits = limits or HttpLimits(max_connections=4096)
         self.guard = ConnectionGuard("otlp_http", self._limits.max_connections)
@@ -49,7 +50,9 @@ class HttpReceiver:
         self._max_header_count = max_header_count
         self._grace = shutdown_grace_secs
         self._ingest = ingest
-        self._auth_token = auth_token
+        # Both may be replaced while running (SIGHUP: AcceptorService.reload); read per request.
+        self.auth_token = auth_token
+        self.cors = cors or CorsPolicy()
         self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -59,6 +62,7 @@ class HttpReceiver:
         app = web.Application(client_max_size=self._ingest.max_request_bytes + 1)
         for path in PATHS:
             app.router.add_route("*", path, self._handle)
+        app.on_response_prepare.append(self._add_cors_headers)
         # auto_decompress off: we inflate ourselves, with an output cap (gzip bombs) and raw-deflate support.
         # Bounded headers: the request line and each header line up to max_header_bytes, at most
         # max_header_count fields; aiohttp answers a request over them with 400 and closes.
@@ -76,7 +80,16 @@ class HttpReceiver:
             await self._runner.cleanup()
             self._runner = None
 
+    async def _add_cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer to a browser's request, refusals included, so it can read the status."""
+        cors = self.cors
+        if cors.enabled and not cors.is_preflight(request.method, request.headers):
+            response.headers.update(cors.response_headers(request.headers))
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        cors = self.cors
+        if cors.enabled and cors.is_preflight(request.method, request.headers):
+            return web.Response(status=204, headers=cors.preflight_headers(request.headers))
         kind = PATHS[request.path]
         content_type = _content_type(request.headers.get("Content-Type", ""))
         answer_type = content_type or otlp.PROTOBUF
@@ -96,7 +109,7 @@ class HttpReceiver:
     async def _export(self, request: web.Request, kind: str, content_type: str | None) -> web.Response:
         if request.method != "POST":
             raise Refused(Reason.WRONG_METHOD, f"{request.method} is not allowed on {request.path}; use POST")
-        if not bearer_ok(self._auth_token, request.headers.get("Authorization")):
+        if not bearer_ok(self.auth_token, request.headers.get("Authorization")):
             raise Refused(Reason.UNAUTHENTICATED, "missing or wrong bearer token")
         if content_type is None:
             raise Refused(Reason.UNSUPPORTED_MEDIA_TYPE,
