@@ -122,6 +122,7 @@ def test_kustomization_lists_every_manifest():
     listed = set(kust["resources"])
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     on_disk -= {n for n in on_disk if ".example." in n}  # applied by hand, with real values
+    on_disk -= OPTIONAL_MANIFESTS
     assert listed == on_disk
     for obj in k8s_objects():
         assert {"apiVersion", "kind", "metadata"} <= obj.keys(), obj
@@ -132,6 +133,106 @@ def test_kustomization_lists_every_manifest():
         expected = {(o["kind"], o["metadata"]["name"]) for path in listed for o in load_docs(K8S / path)}
         assert {(d["kind"], d["metadata"]["name"]) for d in rendered} == expected
         assert all(d["metadata"].get("namespace") == "signaldb" for d in rendered if d["kind"] != "Namespace")
+
+
+# Applied by hand where their API exists (docs/operations.md, Kubernetes).
+OPTIONAL_MANIFESTS = {"servicemonitor.yaml"}
+
+
+def pyproject_version() -> str:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [o for o in k8s_objects() if o["kind"] == kind]
+
+
+def pod_labels(service: str) -> dict[str, str]:
+    w = next(w for w in workloads() if service_of(w) == service)
+    return w["spec"]["template"]["metadata"]["labels"]
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_networkpolicy_lets_only_acceptors_reach_the_writers_flight_port():
+    (policy,) = by_kind("NetworkPolicy")
+    spec = policy["spec"]
+    assert matches(spec["podSelector"], pod_labels("writer")) and not matches(spec["podSelector"], pod_labels("acceptor"))
+    assert spec["policyTypes"] == ["Ingress"]
+    writer = container_of(next(w for w in workloads() if service_of(w) == "writer"))
+    port_names = {p["name"]: p["containerPort"] for p in writer["ports"]}
+    flight_rules = [r for r in spec["ingress"] if any(p["port"] == "flight" for p in r.get("ports", []))]
+    assert len(flight_rules) == 1, "one rule opens Flight"
+    (sources,) = [flight_rules[0]["from"]]
+    assert len(sources) == 1 and set(sources[0]) == {"podSelector"}, "pods of this namespace, no ipBlock"
+    assert matches(sources[0]["podSelector"], pod_labels("acceptor"))
+    assert not matches(sources[0]["podSelector"], pod_labels("writer"))
+    for rule in spec["ingress"]:
+        for port in rule.get("ports", []):
+            assert port["port"] in port_names, f"{port['port']} is not a port of the writer container"
+        if rule is not flight_rules[0]:
+            assert all(p["port"] != "flight" and p["port"] != port_names["flight"] for p in rule["ports"])
+            assert rule.get("ports"), "a rule without ports would open every port"
+
+
+def test_optional_servicemonitor_scrapes_both_services_under_the_alerts_job_names():
+    sm = load_docs(K8S / "servicemonitor.yaml")[0]
+    assert sm["kind"] == "ServiceMonitor" and sm["apiVersion"] == "monitoring.coreos.com/v1"
+    spec = sm["spec"]
+    ports = {e["port"] for e in spec["endpoints"]}
+    scraped = [svc for svc in by_kind("Service") if matches(spec["selector"], svc["metadata"]["labels"])
+               and ports & {p["name"] for p in svc["spec"]["ports"]}]
+    jobs = {svc["metadata"]["labels"][spec["jobLabel"]] for svc in scraped}
+    assert jobs == {"signaldb-acceptor", "signaldb-writer"}  # the jobs alerts.yml and prometheus.yml use
+    for svc in scraped:
+        metrics = next(p for p in svc["spec"]["ports"] if p["name"] in ports)
+        assert metrics["targetPort"] == "health"
+
+
+def test_acceptor_stops_being_ready_before_it_stops_accepting():
+    acceptor = next(w for w in workloads() if service_of(w) == "acceptor")
+    pod = acceptor["spec"]["template"]["spec"]
+    pre_stop = container_of(acceptor)["lifecycle"]["preStop"]
+    command = pre_stop["exec"]["command"]
+    assert command[0] == "sleep"
+    delay = int(command[1])
+    assert 2 <= delay <= 15
+    shutdown = toml_value(toml_config(), "acceptor.shutdown_timeout_secs") or 20
+    assert pod["terminationGracePeriodSeconds"] > delay + shutdown
+
+
+def test_images_are_pinned_by_version():
+    version = pyproject_version()
+    images = [c["image"] for w in workloads() for c in w["spec"]["template"]["spec"]["containers"]]
+    images += [s["image"] for s in compose()["services"].values()]
+    for image in images:
+        image = compose_default(image)
+        name, _, tag = image.rpartition(":")
+        assert name and tag and tag != "latest" and re.search(r"\d", tag), f"{image}: pin a version"
+        if name == "signaldb":
+            assert tag == version, f"{image}: the project's version is {version}"
+    kust = load_docs(K8S / "kustomization.yaml")[0]
+    assert [i["newTag"] for i in kust["images"]] == [version]
+    text = (DEPLOY / "Dockerfile").read_text()
+    for arg in ("PYTHON_IMAGE", "RUST_IMAGE"):
+        image = re.search(rf"ARG {arg}=(\S+)", text).group(1)
+        assert re.fullmatch(r"[a-z]+:\d+\.\d+\.\d+-slim-bookworm", image), f"{arg}={image}: pin major.minor.patch"
+
+
+def test_dockerfile_carries_oci_labels():
+    labels: dict[str, str] = {}
+    for instr, args in dockerfile_stages()[-1]:
+        if instr == "LABEL":
+            for item in shlex.split(args):
+                key, _, value = item.partition("=")
+                labels[key] = value
+    for key in ("title", "description", "licenses", "version", "revision", "created", "source", "base.name"):
+        assert labels.get(f"org.opencontainers.image.{key}"), f"missing OCI label {key}"
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    assert re.search(r"^ARG VERSION=(\S+)$", text, re.M).group(1) == pyproject_version()
 
 
 def container_of(workload: dict) -> dict:
@@ -597,7 +698,7 @@ def test_dockerfile_is_multistage_non_root_and_read_only_ready():
             f"build tools in the runtime stage: {args}"
     image = froms[-1].split()[0]  # ${PYTHON_IMAGE} -> its ARG default
     image = re.sub(r"\$\{(\w+)\}", lambda m: re.search(rf"ARG {m.group(1)}=(\S+)", text).group(1), image)
-    assert image.startswith("python:3.11-slim"), image
+    assert re.match(r"python:3\.11(\.\d+)?-slim", image), image  # 3.11, pinned to a patch release
     assert any(i == "RUN" and "pip install" in a and ".whl" in a for i, a in runtime), "installs the wheel"
     users = [a for i, a in runtime if i == "USER"]
     assert users and users[-1].split(":")[0] == str(IMAGE_USER), "the runtime stage must end as UID 1000"
