@@ -50,12 +50,29 @@ def quiet_grpc_core() -> None:
         os.environ["GRPC_VERBOSITY"] = "NONE"
 
 
+# Loggers of the Rust core (pyo3-log names them after the crate and module).
+_RUST_LOGGERS = ("signaldb_wal", "signaldb_otlp", "signaldb_native")
+
+
 def _fields(record: logging.LogRecord) -> dict[str, object]:
     fields: dict[str, object] = {}
+    rust = record.name.startswith(_RUST_LOGGERS)
     for key, value in record.__dict__.items():
         if key not in _STANDARD and not key.startswith("_"):
-            fields[key] = value
+            # pyo3-log hands the Rust core's key-values over as strings: numbers become numbers again.
+            fields[key] = _number(value) if rust and isinstance(value, str) else value
     return fields
+
+
+def _number(text: str) -> object:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text) if any(c.isdigit() for c in text) else text
+    except ValueError:
+        return text
 
 
 class JsonFormatter(logging.Formatter):
