@@ -215,3 +215,49 @@ def test_unknown_grpc_encoding_gets_grpcs_own_answer_and_the_log_stays_json(acce
     raw = acceptor.log_text().splitlines()
     assert raw and all(line.startswith("{") and json.loads(line) for line in raw), \
         [line for line in raw if not line.startswith("{")]
+
+
+def test_empty_bodies_succeed_and_invalid_ones_name_the_field(acceptor):
+    # An empty OTLP/JSON body is an empty request, like an empty protobuf body.
+    assert post(acceptor, "/v1/traces", b"")[0] == 200
+    status, _, out = post(acceptor, "/v1/traces", b"", content_type="application/json")
+    assert (status, out) == (200, b"{}")
+    assert appended(acceptor) == 2
+
+    # OTLP/JSON errors name the JSON path, in the message and in a google.rpc.BadRequest detail.
+    bad_json = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "01" * 16, "spanId": "02" * 8, "name": "ok"},
+        {"traceId": "zz", "spanId": "02" * 8, "name": "bad"}]}]}]}).encode()
+    status, _, out = post(acceptor, "/v1/traces", bad_json, content_type="application/json")
+    assert status == 400
+    body = json.loads(out)
+    path = "resourceSpans[0].scopeSpans[0].spans[1].traceId"
+    assert path in body["message"]
+    (detail,) = body["details"]
+    assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert detail["fieldViolations"][0]["field"] == path
+
+    # Protobuf: the protobuf field path, in the Status detail (HTTP body and gRPC trailer alike).
+    from google.rpc import error_details_pb2
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    bad_pb = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[
+        Span(trace_id=b"12", span_id=b"12345678", name="bad")])])]).SerializeToString()
+
+    def violation(st: status_pb2.Status) -> str:
+        bad = error_details_pb2.BadRequest()
+        assert any(d.Unpack(bad) for d in st.details), st
+        return bad.field_violations[0].field
+
+    status, _, out = post(acceptor, "/v1/traces", bad_pb)
+    assert status == 400
+    assert violation(status_pb2.Status.FromString(out)) == "resource_spans[0].scope_spans[0].spans[0].trace_id"
+    with grpc.insecure_channel(acceptor.grpc_target) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary(TRACES)(bad_pb, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trailers = dict(err.value.trailing_metadata())
+    st = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    assert violation(st) == "resource_spans[0].scope_spans[0].spans[0].trace_id"
+    assert appended(acceptor) == 2

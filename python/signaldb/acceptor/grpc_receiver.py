@@ -223,10 +223,9 @@ def _find(metadata: object, key: str) -> str | None:
 
 async def _abort(context: aio.ServicerContext, refused: Refused) -> None:
     trailers: list[tuple[str, bytes]] = []
+    if refused.retry_after_secs is not None or refused.field:
+        st = responses.status(refused.reason, refused.message, refused.retry_after_secs, refused.field)
+        trailers = [("grpc-status-details-bin", st.SerializeToString())]
     if refused.retry_after_secs is not None:
-        st = responses.status(refused.reason, refused.message, refused.retry_after_secs)
-        trailers = [
-            ("google.rpc.retryinfo-bin", responses.retry_info(refused.retry_after_secs).SerializeToString()),
-            ("grpc-status-details-bin", st.SerializeToString()),
-        ]
+        trailers.append(("google.rpc.retryinfo-bin", responses.retry_info(refused.retry_after_secs).SerializeToString()))
     await context.abort(refused.reason.grpc_status, refused.message, trailing_metadata=tuple(trailers))

@@ -175,7 +175,7 @@ _REFUSAL_HEADERS = {
 
 def _error(refused: Refused, content_type: str, headers: dict[str, str] | None = None) -> web.Response:
     """A ``google.rpc.Status`` answer; a retry hint also becomes ``Retry-After``."""
-    st = responses.status(refused.reason, refused.message, refused.retry_after_secs)
+    st = responses.status(refused.reason, refused.message, refused.retry_after_secs, refused.field)
     if refused.retry_after_secs is not None:
         headers = {**(headers or {}), "Retry-After": str(refused.retry_after_secs)}
     return web.Response(status=refused.reason.http_status, body=responses.status_body(st, content_type),

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from signaldb import otlp
-from signaldb.acceptor import entry_format
+from signaldb.acceptor import entry_format, responses
 from signaldb.acceptor.admission import RETRY_AFTER_SECS, Admission
 from signaldb.acceptor.refusals import Reason, RefusalRecorder, Refused
 from signaldb.acceptor.telemetry import AcceptorMetrics
@@ -96,6 +96,8 @@ class Ingest:
     async def _export(self, kind: str, body: bytes, content_type: str, transport: str) -> Accepted:
         if not self.accepting:
             raise Refused(Reason.SHUTTING_DOWN, "acceptor is shutting down", RETRY_AFTER_SECS)
+        if content_type == otlp.JSON and not body.strip():
+            body = b"{}"  # an empty OTLP/JSON body is an empty request, as an empty protobuf body is
         if len(body) > self.max_request_bytes:
             raise Refused(Reason.TOO_LARGE, f"request body is {len(body)} bytes after decompression; "
                                        f"the limit is {self.max_request_bytes}")
@@ -132,7 +134,7 @@ class Ingest:
         except otlp.OtlpTooLargeError as err:
             raise Refused(Reason.CONVERTED_TOO_LARGE, f"{err} (acceptor.max_converted_bytes)") from None
         except otlp.OtlpDecodeError as err:
-            raise Refused(Reason.MALFORMED, str(err)) from None
+            raise Refused(Reason.MALFORMED, str(err), field=responses.field_of(str(err))) from None
         except otlp.NativePanicError as err:  # a bug in the core: refuse this request, keep serving
             log.error("validation failed inside the Rust core", extra={"signal": kind, "error": str(err)})
             raise Refused(Reason.MALFORMED, f"request could not be validated: {err}") from None

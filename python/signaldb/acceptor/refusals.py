@@ -81,11 +81,13 @@ _GRPC_STATUS_BY_CODE = {s.value[0]: s for s in grpc.StatusCode}
 class Refused(Exception):
     """A request the acceptor does not take, and why (``reason`` picks the status)."""
 
-    def __init__(self, reason: Reason, message: str, retry_after_secs: int | None = None) -> None:
+    def __init__(self, reason: Reason, message: str, retry_after_secs: int | None = None,
+                 field: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.retry_after_secs = retry_after_secs
+        self.field = field  # the offending field's path (a google.rpc.BadRequest detail)
 
 
 class RefusalRecorder:
