@@ -1,11 +1,16 @@
 """OTLP/gRPC: ``TraceService/Export``, ``LogsService/Export``, ``MetricsService/Export``.
 
 Requests arrive as raw bytes (no Python protobuf decoding: the Rust core
-validates them); grpc itself handles ``grpc-encoding: gzip`` and enforces
-``max_request_bytes`` on the decompressed message (RESOURCE_EXHAUSTED, no
-RetryInfo). Retryable refusals carry RetryInfo twice: the
-``google.rpc.retryinfo-bin`` trailer the Python exporter reads and the
-``grpc-status-details-bin`` Status that Go/.NET/Rust clients read.
+validates them); grpc itself handles ``grpc-encoding: gzip`` (and deflate)
+and enforces ``max_request_bytes`` on the decompressed message
+(RESOURCE_EXHAUSTED, no RetryInfo). Any other encoding, zstd included, is
+refused by grpc's core before a handler runs (INTERNAL): grpcio has no hook
+to decode or even count it (docs/operations.md, Compression). Retryable
+refusals carry RetryInfo twice: the ``google.rpc.retryinfo-bin`` trailer the
+Python exporter reads and the ``grpc-status-details-bin`` Status that
+Go/.NET/Rust clients read; an invalid request's Status names the offending
+field (``google.rpc.BadRequest``). Every refusal made here is counted and
+logged through ``Ingest.refusals``.
 
 Auth comes before work. grpc.aio receives (and decompresses) the whole
 message of a unary method before its handler runs, so a bearer check inside

@@ -1,11 +1,14 @@
 """OTLP/HTTP: ``POST /v1/traces``, ``/v1/logs``, ``/v1/metrics``.
 
 Only transport work happens here: method, auth, content type, body size,
-gzip/deflate. The bearer token is checked on the headers, before a byte of
-the body is read: an unauthenticated client gets its 401 however large a
-body it declares. Decompression is streamed with a hard output cap, so a gzip
-bomb costs at most ``max_request_bytes`` of memory before it gets its 413.
-The answer (success or ``google.rpc.Status``) uses the request's encoding.
+decompression (``decompress``: gzip, deflate, zstd, snappy) and CORS
+(``cors``). The bearer token is checked on the headers, before a byte of the
+body is read: an unauthenticated client gets its 401 however large a body it
+declares. Decompression has a hard output cap, so a compression bomb costs at
+most ``max_request_bytes`` of memory before it gets its 413. Every refusal
+goes to ``Ingest.refusals`` (counted, and logged with the client's address)
+before it is answered. The answer (success or ``google.rpc.Status``) uses
+the request's encoding.
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ import ssl
 from aiohttp import web
 
 from signaldb import otlp
-from signaldb.acceptor import responses
-from signaldb.acceptor import decompress
+from signaldb.acceptor import decompress, responses
 from signaldb.acceptor.cors import CorsPolicy
 from signaldb.acceptor.ingest import Ingest
 from signaldb.acceptor.refusals import Reason, Refused
@@ -94,12 +96,7 @@ class HttpReceiver:
         content_type = _content_type(request.headers.get("Content-Type", ""))
         answer_type = content_type or otlp.PROTOBUF
         try:
-            try:
-                return await self._export(request, kind, content_type)
-            except TimeoutError:
-                raise Refused(Reason.BODY_TIMEOUT, f"request body not received in time (body_timeout_secs "
-                                                   f"{self._body_timeout:g} + 1 s per {self._body_min_rate} "
-                                                   f"bytes)") from None
+            return await self._export(request, kind, content_type)
         except Refused as refused:
             self._ingest.refusals.record(refused, kind, "http", request.remote)
             if refused.reason is Reason.BODY_TIMEOUT:
@@ -116,7 +113,12 @@ class HttpReceiver:
                           f"unsupported Content-Type {request.headers.get('Content-Type')!r}; "
                           f"use {otlp.PROTOBUF} or {otlp.JSON}")
         encoding = decompress.encoding(request.headers.get("Content-Encoding", ""))
-        body = await self._read_body(request, encoding)
+        try:
+            body = await self._read_body(request, encoding)
+        except TimeoutError:
+            raise Refused(Reason.BODY_TIMEOUT, f"request body not received in time (body_timeout_secs "
+                                               f"{self._body_timeout:g} + 1 s per {self._body_min_rate} "
+                                               f"bytes)") from None
         accepted = await self._ingest.export(kind, body, content_type, "http")
         body_out = responses.export_response(kind, accepted.rejected, accepted.message, content_type)
         return web.Response(body=body_out, content_type=content_type)
