@@ -114,6 +114,12 @@ class Supervisor:
         self.stop_requested = threading.Event()
         self.failure: str | None = None
 
+    def reload(self) -> None:
+        for child in (self.writer, self.acceptor):
+            if child.alive():
+                assert child.proc is not None
+                child.proc.send_signal(signal.SIGHUP)
+
     def _on_line(self, child: Child, line: dict) -> None:
         if line.get("msg") == "listening":
             child.ports = {k: v for k, v in line.items() if k.endswith("_port") and isinstance(v, int)}
@@ -243,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.stop_requested.set())
+    # SIGHUP reloads (docs/operations.md, Signals): passed on to both children, which reread the file.
+    signal.signal(signal.SIGHUP, lambda *_: supervisor.reload())
     log.info("starting", extra={"pid": os.getpid(), "storage": config.storage_url})
     return supervisor.run()
 
