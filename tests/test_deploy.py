@@ -343,12 +343,25 @@ def test_k8s_services_pdbs_and_writer_endpoints():
         assert any(all(labels.get(k) == v for k, v in p["spec"]["selector"]["matchLabels"].items()) for p in pdbs), \
             f"no PodDisruptionBudget for {w['metadata']['name']}"
 
-    # The acceptors forward to every writer replica by its stable StatefulSet DNS name.
+    # The acceptors find every writer replica through the writers' headless Service (dns://, every
+    # address of the name is a writer, resolved again every writer_dns_refresh_secs): scaling the
+    # writers needs no acceptor restart.
     endpoints = toml_config()["acceptor"]["writer_endpoints"]
     flight_port = int(env_of(container_of(writer))["WRITER_FLIGHT_ADDR"].rsplit(":", 1)[1])
-    expected = [f"grpc://{writer['metadata']['name']}-{i}.{writer['spec']['serviceName']}:{flight_port}"
-                for i in range(writer["spec"]["replicas"])]
-    assert endpoints == expected
+    namespace = load_docs(K8S / "kustomization.yaml")[0]["namespace"]
+    governing = services[writer["spec"]["serviceName"]]
+    assert endpoints == [f"dns://{governing['metadata']['name']}.{namespace}.svc.cluster.local:{flight_port}"]
+    assert governing["spec"]["clusterIP"] == "None", "only a headless Service resolves to every writer pod"
+    # A writer replaying its WAL stays in the acceptors' writer set: its entries wait for it (and fail
+    # over after writer_failover_secs) instead of moving at every restart.
+    assert governing["spec"].get("publishNotReadyAddresses") is True
+    flight = {p["port"]: p["targetPort"] for p in governing["spec"]["ports"]}
+    container_ports = {p["name"]: p["containerPort"] for p in container_of(writer)["ports"]}
+    assert container_ports.get(flight.get(flight_port), flight.get(flight_port)) == flight_port
+    from signaldb.config import SETTINGS
+
+    parse = next(s for s in SETTINGS if s.key == "acceptor.writer_endpoints").parse
+    assert parse(endpoints) == tuple(endpoints)
 
 
 def test_configmap_toml_loads_and_agrees_with_the_env(tmp_path):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -41,14 +40,6 @@ def wait_settled(w: WriterProcess, timeout: float = 30.0) -> dict:
             return health
         time.sleep(0.05)
     raise AssertionError(f"writer did not settle: {health}")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[WriterProcess]]:
-    started: list[WriterProcess] = []
-    yield started
-    for w in started:
-        w.close()
 
 
 def _writer(procs: list[WriterProcess], tmp: pathlib.Path, *args: str, env: dict[str, str] | None = None

@@ -17,6 +17,7 @@ rendered as text lines when this process logs text (a terminal, ``make run``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import logging
@@ -28,6 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from signaldb.config import FLAGS, Config, ConfigError, add_flags, flag_dest, load
 from signaldb.service.lifecycle import EXIT_CONFIG
@@ -44,16 +46,14 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the supervisor dies."""
-    try:
+    with contextlib.suppress(OSError):  # not Linux: children then outlive a SIGKILLed supervisor
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: children then outlive a SIGKILLed supervisor
 
 
 class Child:
     """One supervised service process."""
 
-    def __init__(self, name: str, argv: list[str], on_line: Callable[[Child, dict], None]) -> None:
+    def __init__(self, name: str, argv: list[str], on_line: Callable[[Child, dict[str, Any]], None]) -> None:
         self.name = name
         self.argv = argv
         self._on_line = on_line
@@ -120,7 +120,7 @@ class Supervisor:
                 assert child.proc is not None
                 child.proc.send_signal(signal.SIGHUP)
 
-    def _on_line(self, child: Child, line: dict) -> None:
+    def _on_line(self, child: Child, line: dict[str, Any]) -> None:
         if line.get("msg") == "listening":
             child.ports = {k: v for k, v in line.items() if k.endswith("_port") and isinstance(v, int)}
             child.listening.set()

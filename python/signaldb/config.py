@@ -130,7 +130,8 @@ def _address(raw: Any) -> Address:
     return Address(host, int(port_text))
 
 
-ENDPOINT_SCHEMES = ("grpc://", "grpc+tcp://", "grpc+tls://")
+# dns://name:port: every address the name resolves to is a writer (signaldb.acceptor.writer_set).
+ENDPOINT_SCHEMES = ("grpc://", "grpc+tcp://", "grpc+tls://", "dns://")
 
 
 def _endpoints(raw: Any) -> tuple[str, ...]:
@@ -142,7 +143,9 @@ def _endpoints(raw: Any) -> tuple[str, ...]:
         url = _string(item).strip()
         if not url.startswith(ENDPOINT_SCHEMES):
             raise ValueError(f"each endpoint must start with {', '.join(ENDPOINT_SCHEMES)}; got {item!r}")
-        _address(url.split("://", 1)[1])
+        address = _address(url.split("://", 1)[1])
+        if url.startswith("dns://") and address.port == 0:
+            raise ValueError(f"a dns:// endpoint needs the writers' port; got {item!r}")
         endpoints.append(url)
     if not endpoints:
         raise ValueError("needs at least one endpoint")
@@ -229,7 +232,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("acceptor.health_addr", "127.0.0.1:8080", _address, "ACCEPTOR_HEALTH_ADDR",
             "health and metrics listen address"),
     Setting("acceptor.writer_endpoints", "grpc://127.0.0.1:50061", _endpoints, "ACCEPTOR_WRITER_ENDPOINTS",
-            "comma-separated writer Flight endpoints"),
+            "comma-separated writer Flight endpoints: grpc://, grpc+tls://, or dns://NAME:PORT (every address of NAME)"),
     Setting("acceptor.writer_failover_secs", 300.0, _float(0, 30 * 86400), "ACCEPTOR_WRITER_FAILOVER_SECS",
             "after this long unreachable, a writer's entries go to the next writer (needs a catalog); 0: never"),
     Setting("acceptor.writer_dns_refresh_secs", 30.0, _float(1, 86400), "ACCEPTOR_WRITER_DNS_REFRESH_SECS",

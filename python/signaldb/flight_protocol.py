@@ -36,21 +36,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow.flight as flight
 
+from signaldb import otlp
+
 PROTOCOL_VERSION = 1
 
-#: Tables the writer accepts (DESIGN.md "Parquet output" and the extra metric types).
-TABLES = (
-    "traces",
-    "logs",
-    "metrics_gauge",
-    "metrics_sum",
-    "metrics_histogram",
-    "metrics_exponential_histogram",
-    "metrics_summary",
-)
+#: Tables the writer accepts: every table the OTLP conversion produces (``otlp.TABLES``,
+#: the one list; DESIGN.md "Parquet output" names the first five).
+TABLES: tuple[str, ...] = tuple(table for tables in otlp.TABLES.values() for table in tables)
 
 
 class ProtocolError(ValueError):
@@ -94,8 +90,7 @@ class StreamHeader:
         table, acceptor_id = body.get("table"), body.get("acceptor_id")
         if table not in TABLES:
             raise ProtocolError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
-        check_acceptor_id(acceptor_id)
-        return cls(table=table, acceptor_id=acceptor_id)
+        return cls(table=table, acceptor_id=check_acceptor_id(acceptor_id))
 
 
 def encode_batch_metadata(entries: Sequence[tuple[int, int]], acceptor_id: str | None = None,
@@ -176,7 +171,7 @@ def decode_ack(raw: bytes) -> tuple[list[int], list[int]]:
     return [int(x) for x in entries], [int(x) for x in duplicates]
 
 
-def _json_object(raw: bytes | str, what: str) -> dict:
+def _json_object(raw: bytes | str, what: str) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:

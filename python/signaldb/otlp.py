@@ -118,13 +118,13 @@ from signaldb._native import NativePanicError, OtlpContentTypeError, OtlpDecodeE
 
 __all__ = [
     "CONVERT_CEILING",
+    "TABLES",
     "Checked",
     "ConversionResult",
     "NativePanicError",
     "OtlpContentTypeError",
     "OtlpDecodeError",
     "OtlpTooLargeError",
-    "TABLES",
     "TimeWindow",
     "check",
     "convert",

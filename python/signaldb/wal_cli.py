@@ -21,9 +21,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from signaldb import _native
+
+if TYPE_CHECKING:  # typing-only names of the stub (no runtime classes)
+    from signaldb._native import SegmentScan, WalMetadata
 
 EXIT_OK = 0
 EXIT_CORRUPT = 1
@@ -34,7 +37,7 @@ EXIT_USAGE = 2
 class SegmentView:
     name: str
     path: Path
-    report: dict[str, Any]
+    report: SegmentScan
     processed_in_range: int = 0
 
     @property
@@ -49,7 +52,7 @@ class SegmentView:
 @dataclass
 class WalView:
     path: Path
-    metadata: dict[str, Any] | None
+    metadata: WalMetadata | None
     segments: list[SegmentView] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     scanned_bytes: int = 0
@@ -85,7 +88,7 @@ def load_view(wal_dir: Path) -> WalView:
     """Scans every segment of `wal_dir` (read-only)."""
     meta = _native.read_metadata(str(wal_dir))
     view = WalView(path=wal_dir, metadata=meta)
-    processed_ids = sorted(int(i) for i in (meta or {}).get("processed_ids", []))
+    processed_ids = sorted(meta["processed_ids"]) if meta else []
     files = _segment_files(wal_dir)
     started = time.perf_counter()
     for i, path in enumerate(files):
@@ -97,7 +100,7 @@ def load_view(wal_dir: Path) -> WalView:
             raise SystemExit(f"signaldb-wal: {e}") from None
         seg = SegmentView(name=path.name, path=path, report=report)
         first, last = report["first_id"], report["last_id"]
-        if first is not None and processed_ids:
+        if first is not None and last is not None and processed_ids:
             seg.processed_in_range = sum(1 for pid in processed_ids if first <= pid <= last)
         view.segments.append(seg)
         view.scanned_bytes += int(report["file_len"])
@@ -177,8 +180,7 @@ def _payload_text(payload: bytes, mode: str, width: int) -> str:
 
 
 def cmd_dump(view: WalView, show_all: bool, limit: int | None, payload_mode: str, width: int) -> int:
-    meta = view.metadata or {}
-    processed = set(int(i) for i in meta.get("processed_ids", []))
+    processed = set(view.metadata["processed_ids"]) if view.metadata else set()
     printed = 0
     for s in view.segments:
         offset, last_id = 0, 0
@@ -194,7 +196,7 @@ def cmd_dump(view: WalView, show_all: bool, limit: int | None, payload_mode: str
                 done = e.id <= view.watermark or e.id in processed
                 if done and not show_all:
                     continue
-                ts = dt.datetime.fromtimestamp(e.timestamp_ns / 1e9, tz=dt.timezone.utc)
+                ts = dt.datetime.fromtimestamp(e.timestamp_ns / 1e9, tz=dt.UTC)
                 flag = "processed" if done else "unprocessed"
                 print(f"{e.id}\t{e.kind}\t{ts.isoformat()}\t{len(e.payload)}\t{flag}\t"
                       f"{_payload_text(e.payload, payload_mode, width)}")

@@ -30,8 +30,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-_IMPLICIT_HEADERS = frozenset({"accept", "accept-language", "content-type", "content-language",
-                               "content-encoding", "x-requested-with"})
+_IMPLICIT_HEADERS = frozenset(
+    {"accept", "accept-language", "content-type", "content-language", "content-encoding", "x-requested-with"}
+)
 _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
 
@@ -67,10 +68,12 @@ class CorsPolicy:
         method = request_headers.get("Access-Control-Request-Method", "")
         if not origin or not self.origin_allowed(origin) or method.upper() != "POST":
             return headers
-        requested = [h.strip().lower() for h in request_headers.get("Access-Control-Request-Headers", "").split(",")
-                     if h.strip()]
+        requested = [
+            h.strip().lower() for h in request_headers.get("Access-Control-Request-Headers", "").split(",") if h.strip()
+        ]
         if "*" not in self.allowed_headers and any(
-                h not in _IMPLICIT_HEADERS and h not in self.allowed_headers for h in requested):
+            h not in _IMPLICIT_HEADERS and h not in self.allowed_headers for h in requested
+        ):
             return headers
         headers["Access-Control-Allow-Origin"] = self._allow_origin_value(origin)
         headers["Access-Control-Allow-Methods"] = "POST"
@@ -89,5 +92,6 @@ class CorsPolicy:
 
     @staticmethod
     def is_preflight(method: str, request_headers: Mapping[str, str]) -> bool:
-        return method == "OPTIONS" and "Origin" in request_headers and \
-            "Access-Control-Request-Method" in request_headers
+        return (
+            method == "OPTIONS" and "Origin" in request_headers and "Access-Control-Request-Method" in request_headers
+        )

@@ -23,8 +23,17 @@ import zstandard
 from signaldb.acceptor.refusals import Reason, Refused
 
 ENCODINGS = ("gzip", "deflate", "zstd", "snappy")
-_ALIASES = {"": "identity", "identity": "identity", "gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate",
-            "zlib": "deflate", "zstd": "zstd", "snappy": "snappy", "x-snappy-framed": "snappy"}
+_ALIASES = {
+    "": "identity",
+    "identity": "identity",
+    "gzip": "gzip",
+    "x-gzip": "gzip",
+    "deflate": "deflate",
+    "zlib": "deflate",
+    "zstd": "zstd",
+    "snappy": "snappy",
+    "x-snappy-framed": "snappy",
+}
 _SNAPPY_STREAM_ID = b"\xff\x06\x00\x00sNaPpY"
 _SNAPPY_MAX_CHUNK = 65536  # framing format: at most 64 KiB of data per chunk
 
@@ -36,8 +45,10 @@ def encoding(header: str) -> str:
         return "identity"
     if len(names) == 1 and names[0] in _ALIASES:
         return _ALIASES[names[0]]
-    raise Refused(Reason.UNSUPPORTED_ENCODING,
-                  f"unsupported Content-Encoding {header.strip()!r}; use one of {', '.join(ENCODINGS)}")
+    raise Refused(
+        Reason.UNSUPPORTED_ENCODING,
+        f"unsupported Content-Encoding {header.strip()!r}; use one of {', '.join(ENCODINGS)}",
+    )
 
 
 def decompress(data: bytes, encoding: str, limit: int) -> bytes:
@@ -102,7 +113,7 @@ def _zstd(data: bytes, limit: int) -> bytes:
         pos = 0
         while not frame.eof and pos < len(rest):
             step = max(64, (limit + 1 - len(out)) // _ZSTD_MAX_RATIO)
-            out += frame.decompress(rest[pos:pos + step])
+            out += frame.decompress(rest[pos : pos + step])
             pos += step
             if len(out) > limit:
                 raise _too_large(limit)
@@ -137,8 +148,8 @@ def _snappy_framed(data: bytes, limit: int) -> bytes:
     pos = 0
     while pos < len(data):
         kind = data[pos]
-        length = int.from_bytes(data[pos + 1:pos + 4], "little")
-        chunk = data[pos + 4:pos + 4 + length]
+        length = int.from_bytes(data[pos + 1 : pos + 4], "little")
+        chunk = data[pos + 4 : pos + 4 + length]
         if pos + 4 > len(data) or len(chunk) != length:
             raise Refused(Reason.BAD_COMPRESSION, "malformed snappy body: truncated chunk")
         pos += 4 + length

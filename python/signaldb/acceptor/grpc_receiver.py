@@ -232,5 +232,6 @@ async def _abort(context: aio.ServicerContext, refused: Refused) -> None:
         st = responses.status(refused.reason, refused.message, refused.retry_after_secs, refused.field)
         trailers = [("grpc-status-details-bin", st.SerializeToString())]
     if refused.retry_after_secs is not None:
-        trailers.append(("google.rpc.retryinfo-bin", responses.retry_info(refused.retry_after_secs).SerializeToString()))
+        retry = responses.retry_info(refused.retry_after_secs).SerializeToString()
+        trailers.append(("google.rpc.retryinfo-bin", retry))
     await context.abort(refused.reason.grpc_status, refused.message, trailing_metadata=tuple(trailers))

@@ -28,7 +28,7 @@ from signaldb.acceptor import entry_format, responses
 from signaldb.acceptor.admission import RETRY_AFTER_SECS, Admission
 from signaldb.acceptor.refusals import Reason, RefusalRecorder, Refused
 from signaldb.acceptor.telemetry import AcceptorMetrics
-from signaldb.wal import Wal, WalError, WalFullError
+from signaldb.wal import Wal, WalClosedError, WalError, WalFullError, WalPoisonedError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ class Ingest:
             raise Refused(reason, f"acceptor is pushing back: {why}", RETRY_AFTER_SECS)
 
         started = time.perf_counter()
-        entry_id = await self._append(kind, entry_format.encode(body, content_type, window, self._incarnation), items, transport)
+        entry = entry_format.encode(body, content_type, window, self._incarnation)
+        entry_id = await self._append(kind, entry, items, transport)
         self._metrics.ack_latency.labels(kind).observe(time.perf_counter() - started)
         self._metrics.accepted[kind].labels(transport).inc(items)
         self._metrics.request_bytes.labels(kind).inc(len(body))
@@ -150,7 +151,7 @@ class Ingest:
             raise Refused(Reason.DISK_FULL, f"acceptor disk is full: {err}", RETRY_AFTER_SECS) from None
         except WalError as err:
             self._metrics.refused[kind].labels(transport, Reason.WAL_ERROR.label).inc(items)
-            if self._wal.closed or self._wal.stats().get("poisoned"):
+            if isinstance(err, WalPoisonedError | WalClosedError) or self._wal.closed:
                 # Fail-stop: a failed fsync is never retried; the process restarts and replays.
                 self._on_fatal(f"WAL failed: {err}")
             raise Refused(Reason.WAL_ERROR, f"acceptor WAL error: {err}", RETRY_AFTER_SECS) from None

@@ -81,8 +81,9 @@ _GRPC_STATUS_BY_CODE = {s.value[0]: s for s in grpc.StatusCode}
 class Refused(Exception):
     """A request the acceptor does not take, and why (``reason`` picks the status)."""
 
-    def __init__(self, reason: Reason, message: str, retry_after_secs: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, reason: Reason, message: str, retry_after_secs: int | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -103,9 +104,18 @@ class RefusalRecorder:
         reason = refused.reason
         self._metrics.requests.labels(transport, kind, reason.outcome).inc()
         self._metrics.refused_requests.labels(transport, kind, reason.label).inc()
-        self.log_sampled(reason.label, "request refused", {
-            "reason": reason.label, "status": reason.http_status if transport == "http" else reason.grpc_status.name,
-            "signal": kind, "transport": transport, "client": peer, "detail": refused.message[:_DETAIL_CHARS]})
+        self.log_sampled(
+            reason.label,
+            "request refused",
+            {
+                "reason": reason.label,
+                "status": reason.http_status if transport == "http" else reason.grpc_status.name,
+                "signal": kind,
+                "transport": transport,
+                "client": peer,
+                "detail": refused.message[:_DETAIL_CHARS],
+            },
+        )
 
     def log_sampled(self, key: str, msg: str, fields: dict[str, object]) -> None:
         """One warning per ``key`` per interval, carrying how many were left out since the last one."""

@@ -35,8 +35,8 @@ from signaldb.acceptor.ingest import Ingest, Limits
 from signaldb.acceptor.telemetry import AcceptorMetrics
 from signaldb.config import Config
 from signaldb.service import metrics as service_metrics
-from signaldb.service.connections import HEALTH_MAX_CONNECTIONS, LATE_FDS, HttpLimits, plan_caps, raise_nofile_limit
 from signaldb.service import reload as reloading
+from signaldb.service.connections import HEALTH_MAX_CONNECTIONS, LATE_FDS, HttpLimits, plan_caps, raise_nofile_limit
 from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.logsetup import set_level
 from signaldb.service.security import read_pem_pair, server_ssl_context
@@ -44,6 +44,21 @@ from signaldb.service.statefiles import check_regular_files
 from signaldb.wal import Wal
 
 log = logging.getLogger(__name__)
+
+
+def failover_secs(cfg: Config) -> float:
+    """``acceptor.writer_failover_secs``, or 0 (never) without a catalog: only a catalog's commit
+    refuses rows another writer already committed, so only then may an entry that one writer
+    may hold unacknowledged be sent to another. Said once at start when it matters."""
+    configured = cfg.acceptor.writer_failover_secs
+    if cfg.catalog.enabled or configured <= 0:
+        return configured
+    endpoints = cfg.acceptor.writer_endpoints
+    if len(endpoints) > 1 or any(e.startswith("dns://") for e in endpoints):
+        log.warning("writer failover is off: storage.catalog_url is none, and without a catalog an entry sent "
+                    "to a second writer could be stored twice; entries wait for their own writer",
+                    extra={"writers": list(endpoints), "writer_failover_secs": configured})
+    return 0.0
 
 
 class AcceptorService:
@@ -80,8 +95,8 @@ class AcceptorService:
         check_regular_files(wal_cfg.wal_dir, ("metadata.json", "acceptor-id"))
         self.wal = await asyncio.to_thread(wal_cfg.open)
         stats = self.wal.stats()
-        log.info("WAL open", extra={"wal_dir": str(wal_cfg.wal_dir), "unprocessed_entries": stats["unprocessed_entries"],
-                                    "segments": stats["total_segments"],
+        log.info("WAL open", extra={"wal_dir": str(wal_cfg.wal_dir), "unprocessed_entries": stats.unprocessed_entries,
+                                    "segments": stats.total_segments,
                                     "open_secs": round(time.monotonic() - started, 3)})
         acceptor_id = identity.load_or_create(wal_cfg.wal_dir)
         # This life's entries carry it: a restored or copied directory that hands out
@@ -92,7 +107,8 @@ class AcceptorService:
         self.forwarder = Forwarder(
             self.wal, acceptor_id, cfg.acceptor.writer_endpoints, self.metrics, dead_letters,
             batch_entries=cfg.acceptor.forward_batch_entries, batch_bytes=cfg.acceptor.forward_batch_bytes,
-            auth_token=cfg.security.auth_token, tls_root_certs=pem[0] if pem else None)
+            auth_token=cfg.security.auth_token, tls_root_certs=pem[0] if pem else None,
+            failover_secs=failover_secs(cfg), dns_refresh_secs=cfg.acceptor.writer_dns_refresh_secs)
         self.forwarder.start()
         self.admission = Admission(self.wal, wal_cfg.max_backlog_bytes)
         limits = Limits(max_request_bytes=cfg.acceptor.max_request_bytes,
@@ -129,6 +145,7 @@ class AcceptorService:
         log.info("listening", extra={"grpc_port": grpc_port, "http_port": http_port, "health_port": health_port,
                                      "acceptor_id": acceptor_id, "incarnation": f"{self.incarnation:016x}",
                                      "writers": list(cfg.acceptor.writer_endpoints),
+                                     "writer_failover_secs": self.forwarder.failover_secs,
                                      "sync_mode": wal_cfg.sync_mode, "tls": cfg.security.tls,
                                      "auth": cfg.security.auth_token is not None, "pid": os.getpid()})
 
@@ -236,7 +253,7 @@ class AcceptorService:
         if self.wal is not None and not self.wal.closed:
             stats = self.wal.stats()
             body["wal"] = wal_fields(stats)
-            if stats.get("poisoned"):
+            if stats.poisoned:
                 body["status"] = "failed"
         if self.fatal:
             body["status"] = "failed"

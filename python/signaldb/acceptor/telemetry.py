@@ -48,3 +48,16 @@ class AcceptorMetrics:
                                     registry=registry)
         self.writer_up = Gauge("signaldb_forward_writer_up", "1 when the last call to this writer succeeded.",
                                ["writer"], registry=registry)
+        # Writers found by DNS and failover (forwarder, writer_set).
+        self.writers = Gauge("signaldb_forwarder_writers",
+                             "Writers entries are routed over: static endpoints plus resolved dns:// addresses.",
+                             registry=registry)
+        self.dns_failures = Counter("signaldb_forwarder_dns_failures",
+                                    "Failed or empty resolutions of a dns:// writer endpoint (last good kept).",
+                                    ["endpoint"], registry=registry)
+        self.failovers = Counter("signaldb_forwarder_failovers",
+                                 "Times a writer was failed over (unreachable for acceptor.writer_failover_secs).",
+                                 ["writer"], registry=registry)
+        self.writers_failed_over = Gauge("signaldb_forwarder_writers_failed_over",
+                                         "Writers currently failed over: their entries go to the next writer.",
+                                         registry=registry)

@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import TextIO, TypeVar
 
 from signaldb.loadgen.payload import ITEM_NAMES, SIGNALS, Prebuilt, Stamper, build_request, build_requests
 from signaldb.loadgen.runner import LoadConfig, Report, Stats, percentiles, run, run_async
+
+N = TypeVar("N", int, float)
 
 __all__ = ["ITEM_NAMES", "LoadConfig", "Prebuilt", "Report", "Stamper", "build_request", "build_requests",
            "main", "run", "run_async"]
@@ -35,7 +40,7 @@ __all__ = ["ITEM_NAMES", "LoadConfig", "Prebuilt", "Report", "Stamper", "build_r
 class Progress:
     """A one-line ``\\r`` bar on a TTY, plain lines every ``interval`` seconds otherwise."""
 
-    def __init__(self, stream=None, item: str = "spans", interval: float = 2.0) -> None:
+    def __init__(self, stream: TextIO | None = None, item: str = "spans", interval: float = 2.0) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.item = item
@@ -77,8 +82,8 @@ def _header(value: str) -> tuple[str, str]:
     return key.strip(), val.strip()
 
 
-def _positive(cast):
-    def parse(value: str):
+def _positive(cast: Callable[[str], N]) -> Callable[[str], N]:
+    def parse(value: str) -> N:
         v = cast(value)
         if v <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
@@ -156,10 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         from signaldb.loadgen.sink import serve
 
         s = sink_parser().parse_args(argv[1:])
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(s.host, s.port, s.http_port, s.quiet))
-        except KeyboardInterrupt:
-            pass
         return 0
     if argv and argv[0] == "run":
         argv = argv[1:]

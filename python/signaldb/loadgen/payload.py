@@ -33,7 +33,7 @@ import os
 import random
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 SIGNALS = ("traces", "logs", "metrics")
 # What one item is, per signal, in report keys and the acceptor's metric names.
@@ -350,7 +350,7 @@ def parse_partial_success(response: bytes) -> int:
         return 0
     rejected = 0
 
-    def fields(buf: bytes):
+    def fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
         pos = 0
         while pos < len(buf):
             key, pos = _read_varint(buf, pos)

@@ -28,6 +28,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from signaldb.loadgen.payload import (
     HTTP_PATHS,
@@ -115,7 +116,8 @@ class Report:
             "mb_per_s": round(self.bytes_acknowledged / self.elapsed_s / 1e6, 2) if self.elapsed_s > 0 else 0.0,
             "latency_ms": self.latency_ms, "errors": self.errors, "first_error": self.first_error,
             "cpu_s": round(self.cpu_s, 3),
-            "cpu_us_per_item": round(self.cpu_s / self.items_acknowledged * 1e6, 3) if self.items_acknowledged else None,
+            "cpu_us_per_item": (round(self.cpu_s / self.items_acknowledged * 1e6, 3)
+                                if self.items_acknowledged else None),
         }
         return d
 
@@ -144,7 +146,7 @@ class Report:
         return "\n".join(lines)
 
 
-def percentiles(values: array | list[float]) -> dict[str, float]:
+def percentiles(values: array[float] | list[float]) -> dict[str, float]:
     """p50/p90/p99/max in ms of latencies in seconds (nearest-rank)."""
     if not values:
         return {}
@@ -152,7 +154,7 @@ def percentiles(values: array | list[float]) -> dict[str, float]:
     n = len(s)
 
     def rank(p: float) -> float:
-        return s[min(n - 1, max(0, int(p * n + 0.999999) - 1))] * 1e3
+        return float(s[min(n - 1, max(0, int(p * n + 0.999999) - 1))]) * 1e3
 
     return {"p50": round(rank(0.50), 3), "p90": round(rank(0.90), 3), "p99": round(rank(0.99), 3),
             "max": round(s[-1] * 1e3, 3)}
@@ -217,8 +219,9 @@ class GrpcTransport:
         from grpc import aio
 
         self._grpc = grpc
-        options: list[tuple[str, object]] = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 << 20),
-                   ("grpc.use_local_subchannel_pool", 1)]  # a connection per channel, not one shared
+        options: list[tuple[str, object]] = [
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.use_local_subchannel_pool", 1)]  # a connection per channel, not one shared
         if cfg.server_name:
             options.append(("grpc.ssl_target_name_override", cfg.server_name))
         compression = grpc.Compression.Gzip if cfg.gzip else None
@@ -228,7 +231,7 @@ class GrpcTransport:
                 root = f.read()
         self.channels = []
         for i in range(cfg.resolved_channels()):
-            opts = options + [("signaldb.loadgen.channel", i)]
+            opts = [*options, ("signaldb.loadgen.channel", i)]
             if cfg.tls or cfg.ca_file:
                 ch = aio.secure_channel(cfg.endpoint, grpc.ssl_channel_credentials(root), options=opts,
                                         compression=compression)
@@ -261,7 +264,7 @@ class GrpcTransport:
             await ch.close()
 
 
-def _grpc_retry_after(trailers) -> float | None:
+def _grpc_retry_after(trailers: Any) -> float | None:
     """The RetryInfo delay from ``google.rpc.retryinfo-bin`` or the ``grpc-status-details-bin`` Status."""
     if not trailers:
         return None
@@ -272,12 +275,12 @@ def _grpc_retry_after(trailers) -> float | None:
         try:
             if key == "google.rpc.retryinfo-bin":
                 info = error_details_pb2.RetryInfo.FromString(value)
-                return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+                return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
             if key == "grpc-status-details-bin":
                 for detail in status_pb2.Status.FromString(value).details:
                     info = error_details_pb2.RetryInfo()
                     if detail.Unpack(info):
-                        return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+                        return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
         except DecodeError:  # a malformed hint is no hint
             pass
     return None
@@ -366,7 +369,8 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
     stamper = Stamper()
     stats = Stats()
     bucket = TokenBucket(cfg.rate, max(float(items), cfg.rate * 0.05)) if cfg.rate else None
-    ack_log = open(cfg.ack_log, "w") if cfg.ack_log else None
+    # Opened off the loop; closed in the run's `finally` below.
+    ack_log = await asyncio.to_thread(open, cfg.ack_log, "w") if cfg.ack_log else None
     remaining = [cfg.requests if cfg.requests is not None else -1]
     t0 = time.monotonic()
     cpu0 = time.process_time()
@@ -492,6 +496,6 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
         first_error=stats.first_error, cpu_s=cpu)
 
 
-def run(cfg: LoadConfig, progress: ProgressFn | None = None, **kwargs) -> Report:
+def run(cfg: LoadConfig, progress: ProgressFn | None = None, **kwargs: Any) -> Report:
     """Synchronous wrapper of :func:`run_async` (its own event loop)."""
     return asyncio.run(run_async(cfg, progress, **kwargs))

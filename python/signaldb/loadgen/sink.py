@@ -32,7 +32,7 @@ class Sink:
         import grpc
         from grpc import aio
 
-        async def export(request: bytes, context) -> bytes:
+        async def export(request: bytes, context: Any) -> bytes:
             self.requests += 1
             self.bytes += len(request)
             return b""

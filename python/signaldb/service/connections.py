@@ -202,6 +202,7 @@ class _CountedSocket(socket.socket):
     """An accepted connection; closing it gives its slot back (once)."""
 
     __slots__ = ("_guard_release",)
+    _guard_release: Callable[[], None] | None
 
     def close(self) -> None:
         try:
@@ -220,6 +221,7 @@ class _GuardedListener(socket.socket):
     keeps the descriptor for at most one ``accept()`` call."""
 
     __slots__ = ("_guard",)
+    _guard: ConnectionGuard
 
     def accept(self) -> tuple[socket.socket, Any]:
         guard: ConnectionGuard = self._guard
@@ -327,7 +329,7 @@ def _request_tracker(states: dict[object, _Timed]) -> Callable[..., Awaitable[we
 class GuardedSite(web.BaseSite):
     """Like aiohttp's ``SockSite``, with the guard's listener and the header timer."""
 
-    __slots__ = ("_sock", "_guard", "_header_timeout", "_states", "_name")
+    __slots__ = ("_guard", "_header_timeout", "_name", "_sock", "_states")
 
     def __init__(self, runner: web.AppRunner, sock: socket.socket, guard: ConnectionGuard,
                  header_timeout: float, states: dict[object, _Timed], ssl_context: Any = None) -> None:
@@ -371,8 +373,8 @@ def bind_guarded(host: str, port: int, guard: ConnectionGuard) -> list[socket.so
             sock.bind(sockaddr)
             sock.setblocking(False)
     except BaseException:
-        for sock in socks:
-            sock.close()
+        for opened in socks:
+            opened.close()
         raise
     return socks
 

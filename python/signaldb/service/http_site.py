@@ -10,8 +10,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from signaldb.config import Address
-from signaldb.service.connections import (ConnectionGuard, HttpLimits, GuardedSite, bind_guarded,
-                                          install_tracking)
+from signaldb.service.connections import ConnectionGuard, GuardedSite, HttpLimits, bind_guarded, install_tracking
 
 
 async def start_site(app: web.Application, addr: Address, ssl_context: ssl.SSLContext | None = None,

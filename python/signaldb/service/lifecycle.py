@@ -6,7 +6,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from signaldb.config import ConfigError
 from signaldb.service.memory import keep_large_buffers
@@ -25,8 +26,13 @@ async def wait_for_stop_signal(on_reload: Callable[[], Awaitable[None]] | None =
     logged and ignored. Reloads run one at a time; a SIGHUP during one runs another after."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[str] = loop.create_future()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig.name)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s.name))
+        loop.add_signal_handler(sig, on_signal, sig)
     reloads: asyncio.Queue[None] = asyncio.Queue()
     loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
 
@@ -53,7 +59,7 @@ async def wait_for_stop_signal(on_reload: Callable[[], Awaitable[None]] | None =
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # while stopping: not the default (exit)
 
 
-def run_main(main: Callable[[], Awaitable[int]]) -> int:
+def run_main(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Runs ``main`` and maps startup errors to exit codes with one clear line."""
     keep_large_buffers()  # before the first big buffer: see signaldb.service.memory
     # Until the service is up and handles it, a SIGHUP must not end the process (its default).

@@ -17,11 +17,10 @@ platform (``python_info``) collectors, plus ``signaldb_memory_limit_bytes``
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-
 import os
 import platform
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -115,14 +114,14 @@ class WalCollector(Collector):
             return c
 
         yield gauge("signaldb_wal_unprocessed_entries", "Entries appended but not yet processed.",
-                    s["unprocessed_entries"])
+                    s.unprocessed_entries)
         yield gauge("signaldb_wal_unprocessed_bytes", "Bytes of segments that hold unprocessed entries.",
-                    s["unprocessed_bytes"])
+                    s.unprocessed_bytes)
         if self._max_backlog_bytes:
             yield gauge("signaldb_wal_max_backlog_bytes",
                         "wal.max_backlog_bytes: above this many unprocessed bytes the service pushes back.",
                         self._max_backlog_bytes)
-        yield gauge("signaldb_wal_segments", "Segment files in the WAL.", s["total_segments"])
+        yield gauge("signaldb_wal_segments", "Segment files in the WAL.", s.total_segments)
         try:
             vfs = os.statvfs(wal.path)
         except OSError:
@@ -132,26 +131,26 @@ class WalCollector(Collector):
             yield gauge("signaldb_wal_volume_available_bytes", "Bytes free on the WAL's volume (for this user).",
                         vfs.f_bavail * vfs.f_frsize)
             yield gauge("signaldb_wal_volume_size_bytes", "Size of the WAL's volume.", vfs.f_blocks * vfs.f_frsize)
-        yield gauge("signaldb_wal_disk_usage_bytes", "Bytes the WAL occupies on disk.", s["disk_usage_bytes"])
-        oldest = s.get("oldest_unprocessed_timestamp_ns")
+        yield gauge("signaldb_wal_disk_usage_bytes", "Bytes the WAL occupies on disk.", s.disk_usage_bytes)
+        oldest = s.oldest_unprocessed_timestamp_ns
         age = max(0.0, time.time() - oldest / 1e9) if oldest else 0.0
         yield gauge("signaldb_wal_oldest_unprocessed_age_seconds",
                     "Age of the oldest unprocessed entry (0 when there is none).", age)
         yield gauge("signaldb_wal_poisoned", "1 after an fsync failure stopped the WAL (fail-stop).",
-                    1.0 if s["poisoned"] else 0.0)
-        yield counter("signaldb_wal_appended_entries", "Entries appended.", s["appended_entries"])
-        yield counter("signaldb_wal_appended_bytes", "Payload bytes appended.", s["appended_bytes"])
-        yield counter("signaldb_wal_processed_entries", "Entries marked processed.", s["processed_entries"])
-        yield counter("signaldb_wal_corrupt_entries", "Corrupt entries found and quarantined.", s["corrupt_entries"])
-        yield counter("signaldb_wal_torn_tails_truncated", "Torn tails cut off at open.", s["torn_tails_truncated"])
+                    1.0 if s.poisoned else 0.0)
+        yield counter("signaldb_wal_appended_entries", "Entries appended.", s.appended_entries)
+        yield counter("signaldb_wal_appended_bytes", "Payload bytes appended.", s.appended_bytes)
+        yield counter("signaldb_wal_processed_entries", "Entries marked processed.", s.processed_entries)
+        yield counter("signaldb_wal_corrupt_entries", "Corrupt entries found and quarantined.", s.corrupt_entries)
+        yield counter("signaldb_wal_torn_tails_truncated", "Torn tails cut off at open.", s.torn_tails_truncated)
         yield counter("signaldb_wal_failed_appends", "Appends that failed (disk full, I/O error).",
-                      s["failed_appends"])
-        yield counter("signaldb_wal_segments_created", "Segment files created.", s["segments_created"])
-        yield counter("signaldb_wal_segments_deleted", "Processed segment files deleted.", s["segments_deleted"])
+                      s.failed_appends)
+        yield counter("signaldb_wal_segments_created", "Segment files created.", s.segments_created)
+        yield counter("signaldb_wal_segments_deleted", "Processed segment files deleted.", s.segments_deleted)
         hist = HistogramMetricFamily("signaldb_wal_fsync_duration_seconds",
                                      "Time each WAL fsync/fdatasync took.", labels=labels)
-        buckets = [(_le(le), count) for le, count in s["fsync_duration_buckets"]]
-        hist.add_metric(values, buckets, s["fsync_seconds_total"])
+        buckets = [(_le(le), count) for le, count in s.fsync_duration_buckets]
+        hist.add_metric(values, buckets, s.fsync_seconds_total)
         yield hist
 
 

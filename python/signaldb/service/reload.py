@@ -42,5 +42,7 @@ def report(applied: Iterable[str], needs_restart: Iterable[str]) -> None:
     applied, needs_restart = sorted(set(applied)), sorted(set(needs_restart))
     log.info("SIGHUP: configuration reloaded", extra={"applied": applied})
     if needs_restart:
-        log.warning("SIGHUP: these settings changed but take effect only after a restart",
-                    extra={"needs_restart": needs_restart})
+        log.warning(
+            "SIGHUP: these settings changed but take effect only after a restart",
+            extra={"needs_restart": needs_restart},
+        )

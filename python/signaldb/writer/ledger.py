@@ -81,6 +81,18 @@ class IdSet:
             self._lo.insert(i + 1, value)
             self._hi.insert(i + 1, value)
 
+    def add_range(self, lo: int, hi: int) -> None:
+        """Adds every value in ``[lo, hi]``: merges the ranges it touches into one."""
+        if hi < lo:
+            return
+        first = bisect.bisect_left(self._hi, lo - 1)  # the first range ending at or after lo - 1
+        last = bisect.bisect_right(self._lo, hi + 1)  # one past the last range starting by hi + 1
+        if first < last:
+            lo = min(lo, self._lo[first])
+            hi = max(hi, self._hi[last - 1])
+        self._lo[first:last] = [lo]
+        self._hi[first:last] = [hi]
+
     def drop_below(self, floor: int) -> None:
         """Forgets every value below ``floor``."""
         i = bisect.bisect_left(self._hi, floor)  # the first range that reaches floor

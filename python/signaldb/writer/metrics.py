@@ -57,3 +57,35 @@ class WriterMetrics:
                                    "under half of writer.max_buffered_bytes.", registry=registry)
         self.open_files = Gauge("signaldb_writer_open_files", "Table/hour buffers not yet written.",
                                 registry=registry)
+        # Iceberg (storage.catalog_url not none): see writer/committer.py and writer/maintenance.py.
+        self.commits = Counter("signaldb_writer_catalog_commits", "Iceberg commits that added files.",
+                               ["table"], registry=registry)
+        self.commit_duration = Histogram("signaldb_writer_catalog_commit_duration_seconds",
+                                         "Time from the first attempt of an Iceberg commit to its success "
+                                         "(refreshes and conflict retries included).",
+                                         buckets=_PUT_BUCKETS, registry=registry)
+        self.commit_conflicts = Counter("signaldb_writer_catalog_commit_conflicts",
+                                        "Iceberg commits refused because another commit landed first (retried "
+                                        "after reading the other commit's claims).", ["table"], registry=registry)
+        self.commit_errors = Counter("signaldb_writer_catalog_commit_errors",
+                                     "Iceberg commits that failed for another reason (catalog unreachable...; "
+                                     "retried, the rows stay in the WAL).", ["table"], registry=registry)
+        self.claimed_elsewhere = Counter("signaldb_writer_rows_committed_elsewhere",
+                                         "Rows dropped because a commit (by another writer, or an earlier "
+                                         "life of this one) already holds them: exactly once, decided at commit.",
+                                         ["table"], registry=registry)
+        self.replanned_files = Counter("signaldb_writer_replanned_files",
+                                       "Files left uncommitted because a concurrent commit claimed some of "
+                                       "their rows; their other rows were planned again.", ["table"],
+                                       registry=registry)
+        self.table_files = Gauge("signaldb_writer_table_data_files", "Data files in the Iceberg table's "
+                                 "current snapshot.", ["table"], registry=registry)
+        self.maintenance_runs = Counter("signaldb_writer_maintenance_runs",
+                                        "Table maintenance runs by task (compaction, retention, expiry, "
+                                        "orphans) and outcome (ok, error).", ["task", "outcome"],
+                                        registry=registry)
+        self.compacted_files = Counter("signaldb_writer_compacted_files",
+                                       "Small data files replaced by compaction.", ["table"], registry=registry)
+        self.orphans_deleted = Counter("signaldb_writer_orphan_files_deleted",
+                                       "Data files no snapshot references, deleted after storage.orphan_min_age_secs.",
+                                       registry=registry)

@@ -23,6 +23,8 @@ from signaldb.service.statefiles import check_regular_files
 from signaldb.wal import Wal
 from signaldb.writer import identity, state
 from signaldb.writer.ingest import WriterFlightServer
+from signaldb.writer.catalog import Tables
+from signaldb.writer.committer import Committer
 from signaldb.writer.ledger import Ledger
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.sink import Sink
@@ -45,6 +47,7 @@ class WriterService:
         self.health: HealthServer | None = None
         self.replaying = True
         self.stopping = False
+        self.committer: Committer | None = None  # None: storage.catalog_url none (plain files)
         self.writer_id = ""  # <wal_dir>/writer-id, read (or created) when the WAL opens
         self.flight_left_open = 0  # Flight calls the stop could not end (see _stop_flight)
         # Drawn at every start, never stored: in the hash of every file name planned in this
@@ -87,9 +90,14 @@ class WriterService:
         log.info("writer id", extra={"writer_id": self.writer_id, "wal_dir": str(wcfg.wal_dir)})
         saved = state.load(wcfg.wal_dir)
         self.ledger = Ledger.from_snapshot(saved.done, saved.floors)
+        self.committer = None
+        if self.cfg.catalog.enabled:
+            log.info("Iceberg catalog", extra={"catalog": self.cfg.catalog.redacted})
+            self.committer = Committer(Tables(self.cfg.catalog, self.cfg.storage_url), self.writer_id, self.life,
+                                       self.metrics)
         self.sink = Sink(self.wal, wcfg.wal_dir, self.writer_id, open_store(self.cfg.storage_url), self.ledger,
                          saved, self.metrics, self.cfg.writer.file_max_bytes, self.cfg.writer.file_max_age_secs,
-                         self.cfg.writer.max_buffered_bytes, life=self.life)
+                         self.cfg.writer.max_buffered_bytes, life=self.life, committer=self.committer)
         self.sink.start()
         if self.stopping:
             self.sink.abort_replay()
@@ -176,6 +184,7 @@ class WriterService:
             body["writer"] = self.sink.stats()
         body["drained"] = self._drained(stats)
         body["storage"] = self.cfg.storage_url
+        body["catalog"] = self.cfg.catalog.redacted
         if self.writer_id:
             body["writer_id"] = self.writer_id
         return body

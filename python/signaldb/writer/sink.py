@@ -81,6 +81,8 @@ import pyarrow as pa
 from signaldb.service.durable import fsync_dir, replace_durably, write_synced
 from signaldb.wal import Wal
 from signaldb.writer import crashpoints, parquet, payload, state
+from signaldb.writer.claims import ClaimMap, entries_by_partition
+from signaldb.writer.committer import Committer, FileToCommit
 from signaldb.writer.ledger import IdSet, Key, Ledger
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.storage import ObjectConflict, ObjectStore, StoreAborted, put_with_retry
@@ -106,6 +108,8 @@ class _Entry:
     acceptor_ids: list[int]
     partitions: tuple[str, ...]  # every partition the entry has rows in
     outstanding: set[str]  # partitions whose rows are not yet in a written (or dead-lettered) file
+    # With a catalog: per partition, the acceptor entry ids with rows in it (the claim its file makes).
+    part_ids: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,9 +137,11 @@ class _Plan:
     splittable: bool = True
     superseded: bool = False  # split up: its entry plans replaced it in the state file
     conflicts: int = 0  # puts refused: the object exists with other content (see _conflict)
+    put_done: bool = False  # with a catalog: the object is durable, the commit still to come
 
 
-def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], life: str = "") -> str:
+def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], life: str = "",
+              directory: str | None = None) -> str:
     """``<table>/date=.../hour=../<writer id>-<first>-<last>-<hash>.parquet``. The hash also
     covers ``life``, a random value drawn at every writer start: writer WAL ids come from the
     directory's history, so a restored backup of it, or a second writer started from a copy,
@@ -145,15 +151,15 @@ def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], li
     older version (no writer id: ``<first>-<last>-<hash>``) are kept as they are too."""
     key = f"{writer_id}/{table}/{partition}:{','.join(map(str, wal_ids))}" + (f"@{life}" if life else "")
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return f"{table}/{partition}/{writer_id}-{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
+    return f"{directory or table}/{partition}/{writer_id}-{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
 
 
 def _plan(writer_id: str, table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]],
-          life: str = "") -> _Plan:
+          life: str = "", directory: str | None = None) -> _Plan:
     ordered = sorted(parts, key=lambda p: p[0])  # wal id order: a rewrite holds the same rows
     wal_ids = [wid for wid, _ in ordered]
     batches = [b for _, b in ordered]
-    return _Plan(file_path(writer_id, table, partition, wal_ids, life), table, partition, wal_ids, batches,
+    return _Plan(file_path(writer_id, table, partition, wal_ids, life, directory), table, partition, wal_ids, batches,
                  sum(b.nbytes for b in batches))
 
 
@@ -171,9 +177,12 @@ class Sink:
         file_max_age_secs: float,
         max_buffered_bytes: int = 512 << 20,
         life: str = "",
+        committer: Committer | None = None,
     ) -> None:
         self._wal = wal
         self._life = life  # this start's random value, in the names it plans (file_path)
+        self._committer = committer  # None: plain files (storage.catalog_url none)
+        self._replans = 0  # plans made again after a commit found rows claimed (see _replan)
         self._wal_dir = Path(wal_dir)
         self._writer_id = writer_id
         self._store = store
@@ -194,6 +203,7 @@ class Sink:
         self._buffers: dict[tuple[str, str], _Buffer] = {}
         self._retry: list[_Plan] = []  # plans saved in the state file whose write failed
         self._conflicting: set[str] = set()  # paths whose put met an object with other content
+        self._instant: list[int] = []  # entries whose rows were all committed elsewhere: just complete them
         self._replayed = False
         self._abort_replay = False
         self._stopping = False
@@ -208,11 +218,27 @@ class Sink:
 
     def add(self, wal_id: int, record: payload.WalRecord) -> None:
         """Buffers a durable writer WAL entry's rows."""
+        record, part_ids = self._unclaimed(record)
         parts = split_by_hour(record.table, record.batch)
         with self._cond:
             self._entries[wal_id] = _Entry((record.acceptor_id, record.table), record.entry_ids, tuple(parts),
-                                           set(parts))
+                                           set(parts), part_ids)
             self._buffer(wal_id, record.table, parts.items())
+            if not parts:  # every row committed already (by another writer): nothing to write
+                self._instant.append(wal_id)
+                self._cond.notify()
+
+    def _unclaimed(self, record: payload.WalRecord) -> tuple[payload.WalRecord, dict[str, list[int]]]:
+        """With a catalog: the record without rows already committed (``claims``), and the
+        acceptor entry ids per partition its files will claim. Without: as it is."""
+        if self._committer is None:
+            return record, {}
+        record, dropped = self._committer.without_claimed(record)
+        if dropped:
+            self._metrics.claimed_elsewhere.labels(record.table).inc(dropped)
+            log.info("rows already committed are not written again", extra={
+                "table": record.table, "source": record.acceptor_id, "rows": dropped})
+        return record, entries_by_partition(record)
 
     def _buffer(self, wal_id: int, table: str, parts: Iterable[tuple[str, pa.RecordBatch]]) -> None:
         now = time.monotonic()
@@ -267,6 +293,8 @@ class Sink:
 
     def replay(self) -> int:
         """Re-reads every unprocessed entry (call once, before ingest starts); returns their number."""
+        if self._committer is not None:
+            self._catalog_replay_start()
         with self._state_lock:
             covered = {(wid, rec.partition): path for path, rec in self._state.files.items() for wid in rec.wal_ids}
         rewrite: dict[str, list[tuple[int, pa.RecordBatch]]] = {}
@@ -281,6 +309,7 @@ class Sink:
             seen += 1
             try:
                 record = payload.decode(entry.payload)
+                record, part_ids = self._unclaimed(record)
                 parts = split_by_hour(record.table, record.batch)
             except Exception as err:  # CRC-valid but unreadable: a bug or version skew, never a crash loop
                 self._dead_letter(entry.id, entry.payload, err)
@@ -309,7 +338,7 @@ class Sink:
                 while self._held >= self._limit and self._buffers and not self._abort_replay:
                     self._cond.notify()
                     self._room.wait(_REPLAY_ROOM_WAIT_SECS)
-                self._entries[entry.id] = _Entry(key, record.entry_ids, tuple(parts), outstanding)
+                self._entries[entry.id] = _Entry(key, record.entry_ids, tuple(parts), outstanding, part_ids)
                 self._buffer(entry.id, record.table, free)
             if not outstanding:
                 complete.append(entry.id)
@@ -344,6 +373,34 @@ class Sink:
             self._commit(complete)
         return seen
 
+    def _catalog_replay_start(self) -> None:
+        """With a catalog, before the replay: read every table's claims (retrying while the
+        catalog is unreachable: the replay's decisions depend on them), and forget the plans
+        that were never committed. A file no commit references is invisible to the table, so
+        its rows are simply planned again, under new names; the old object is an orphan that
+        maintenance deletes. (Without a catalog a planned file must be rewritten under its
+        saved name instead: a reader of the files may already see it.)"""
+        assert self._committer is not None
+        delay = 0.5
+        while not self._abort_replay:
+            try:
+                self._committer.refresh_all()
+                break
+            except Exception as err:
+                self._metrics.commit_errors.labels("*").inc()
+                log.warning("catalog unreachable at start; retrying before the replay",
+                            extra={"error": str(err)[:500], "retry_in_secs": delay})
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        with self._state_lock:
+            stale = [path for path, rec in self._state.files.items() if not rec.settled]
+            for path in stale:
+                del self._state.files[path]
+            if stale:
+                self._save_state()
+        if stale:
+            log.info("uncommitted files from the last run are planned again", extra={"files": len(stale)})
+
     def _dead_letter(self, wal_id: int, data: bytes, err: Exception) -> None:
         """Keeps an unreadable entry's payload in ``<wal_dir>/dead-letter/`` before it is marked."""
         directory = self._wal_dir / DEAD_LETTER_DIR
@@ -374,15 +431,52 @@ class Sink:
     def _give_up(self) -> bool:
         return self._stopping and time.monotonic() >= self._deadline
 
+    def _name_salt(self) -> str:
+        """The life in new file names; after a replan, also the replan count, so that a plan
+        made again from the same WAL ids never gets the name of the one it replaces."""
+        return self._life if not self._replans else f"{self._life}.{self._replans}"
+
+    def _table_dir(self, table: str) -> str | None:
+        """Where ``table``'s files go, relative to storage; None while not known yet (a REST
+        catalog places its tables itself: ``_resolve_table_dirs``)."""
+        return table if self._committer is None else self._committer.known_data_dir(table)
+
+    def _resolve_table_dirs(self) -> None:
+        """Learns the data directory of every buffered table that lacks one (a catalog call,
+        so outside the lock; a failure is retried at the next cycle)."""
+        if self._committer is None:
+            return
+        with self._cond:
+            tables = {t for t, _ in self._buffers}
+        for table in tables:
+            if self._committer.known_data_dir(table) is None:
+                try:
+                    self._committer.data_dir(table)
+                except Exception as err:
+                    self._metrics.commit_errors.labels(table).inc()
+                    log.warning("catalog unreachable; the table's files wait", extra={
+                        "table": table, "error": str(err)[:500]})
+                    time.sleep(_FAILED_CYCLE_PAUSE_SECS)
+
+    def _unresolved(self) -> bool:
+        """A buffered table's data directory is still unknown (call with ``_cond`` held)."""
+        return any(self._table_dir(t) is None for t, _ in self._buffers)
+
     def _run(self) -> None:
         while True:
+            self._resolve_table_dirs()
             with self._cond:
                 plans = self._next_plans()
-                while not plans and not self._stopping:
+                while not plans and not self._instant and not self._stopping and not self._unresolved():
                     self._cond.wait(self._wait_secs())
                     plans = self._next_plans()
-                if not plans and self._stopping:
-                    return
+                instant, self._instant = self._instant, []
+                if not plans and not instant and self._stopping:
+                    return  # (a table whose directory is unknown keeps its rows in the WAL)
+            if instant:
+                self._commit(instant)
+            if not plans:
+                continue
             try:
                 self._write(plans)
             except StoreAborted as err:
@@ -420,9 +514,10 @@ class Sink:
         plans = [p for p in self._retry if take(p)]
         if plans:
             self._retry = [p for p in self._retry if not take(p)]
-        due = [k for k, b in self._buffers.items()
-               if self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age]
-        plans += [_plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._life) for k in due]
+        due = [k for k, b in self._buffers.items() if self._table_dir(k[0]) is not None
+               and (self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age)]
+        plans += [_plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._name_salt(),
+                        directory=self._table_dir(k[0])) for k in due]
         # Everything planned now is released once written: flush early until the rest is under the mark.
         left = self._held - sum(p.nbytes for p in plans if not p.released)
         early = 0
@@ -430,7 +525,10 @@ class Sink:
             for k in sorted(self._buffers, key=lambda k: self._buffers[k].opened):
                 if left <= self._flush_mark:
                     break
-                plan = _plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._life)
+                if self._table_dir(k[0]) is None:
+                    continue
+                plan = _plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._name_salt(),
+                             directory=self._table_dir(k[0]))
                 plans.append(plan)
                 left -= plan.nbytes
                 early += 1
@@ -451,12 +549,16 @@ class Sink:
                 self._save_state()  # step 1: the plan is durable before any byte of the file
         crashpoints.reached("after_plan")
         settled = []
+        to_commit = []  # with a catalog: plans whose object is durable, to add to their table
         for p in plans:
             with self._state_lock:
                 already = self._state.files[p.path].settled
+            if p.put_done and not already:
+                to_commit.append(p)  # a cycle that failed at the commit: the object is there
+                continue
             if not already:
                 try:
-                    data, rows = parquet.build(p.table, p.batches)
+                    data, rows = parquet.build(p.table, p.batches, storage_types=self._committer is not None)
                 except Exception as err:  # the data itself (or memory): never the store
                     again = self._build_failed(p, err)
                     if again:
@@ -472,16 +574,24 @@ class Sink:
                     crashpoints.reached("after_put")
                     if p.conflicts:
                         self._resolved(p)
-                    with self._state_lock:
-                        self._state.files[p.path].written = True
                     self._metrics.files_written.labels(p.table).inc()
                     self._metrics.rows_written.labels(p.table).inc(rows)
                     self._metrics.bytes_written.labels(p.table).inc(len(data))
                     log.debug("file written", extra={"path": p.path, "rows": rows, "bytes": len(data)})
+                    if self._committer is not None:
+                        p.put_done = True  # settled only once committed (_commit_files)
+                        to_commit.append(p)
+                        with self._cond:
+                            self._release(p)  # the rows are durable in the object (and the WAL)
+                        continue
+                    with self._state_lock:
+                        self._state.files[p.path].written = True
             settled.append(p)
             with self._cond:
                 self._release(p)
         complete = []
+        if to_commit:
+            settled += self._commit_files(to_commit, complete)
         with self._cond:
             for p in settled:
                 for wid in p.wal_ids:
@@ -491,6 +601,74 @@ class Sink:
                         if not entry.outstanding:
                             complete.append(wid)
         self._commit(complete)
+
+    # -- the catalog commit (storage.catalog_url not none) --------------------------
+
+    def _commit_files(self, plans: list[_Plan], complete: list[int]) -> list[_Plan]:
+        """Adds the written files to their tables, one commit per table; returns the plans
+        committed (now settled). A file whose rows another commit claimed already is left out
+        and its other rows are planned again (``_replan``); entries that thereby complete are
+        appended to ``complete``. Catalog errors propagate: the cycle is retried as it is."""
+        assert self._committer is not None
+        by_table: dict[str, list[_Plan]] = {}
+        for p in plans:
+            by_table.setdefault(p.table, []).append(p)
+        committed = []
+        for table, group in by_table.items():
+            files = [FileToCommit(p.path, p.partition, tuple(p.wal_ids), self._claim_of(p)) for p in group]
+            taken = {f.path for f in self._committer.for_table(table).commit(files, self._give_up)}
+            for p in group:
+                if p.path in taken:
+                    complete += self._replan(p)
+                else:
+                    committed.append(p)
+            with self._state_lock:
+                for p in group:
+                    if p.path not in taken:
+                        self._state.files[p.path].written = True
+        return committed
+
+    def _claim_of(self, p: _Plan) -> ClaimMap:
+        """{partition: {source: acceptor entry ids}} of the rows in ``p``."""
+        sources: dict[str, list[int]] = {}
+        with self._cond:
+            for wid in p.wal_ids:
+                entry = self._entries.get(wid)
+                if entry is not None:
+                    sources.setdefault(entry.key[0], []).extend(entry.part_ids.get(p.partition, ()))
+        return {p.partition: sources}
+
+    def _replan(self, p: _Plan) -> list[int]:
+        """``p``'s file stays uncommitted (an orphan, deleted by maintenance): some of its rows
+        were committed by another commit. Its entries' rows of that partition are read again from
+        the WAL, the claimed ones dropped, and the rest buffered again (new names: ``_name_salt``).
+        Returns the entries this completes (nothing of theirs left to write)."""
+        with self._state_lock:
+            self._state.files.pop(p.path, None)
+            self._save_state()
+        self._replans += 1
+        self._metrics.replanned_files.labels(p.table).inc()
+        log.warning("file not committed: another commit holds some of its rows; planning the rest again",
+                    extra={"path": p.path, "table": p.table, "partition": p.partition, "wal_ids": p.wal_ids})
+        complete = []
+        for wid in p.wal_ids:
+            data = self._read_payload(wid)
+            rows = None
+            if data is not None:
+                record, part_ids = self._unclaimed(payload.decode(data))
+                rows = split_by_hour(record.table, record.batch).get(p.partition)
+            with self._cond:
+                entry = self._entries.get(wid)
+                if entry is None:
+                    continue
+                if rows is None:
+                    entry.outstanding.discard(p.partition)
+                    if not entry.outstanding:
+                        complete.append(wid)
+                    continue
+                entry.part_ids[p.partition] = part_ids.get(p.partition, [])
+                self._buffer(wid, p.table, [(p.partition, rows)])
+        return complete
 
     def _conflict(self, p: _Plan, err: ObjectConflict) -> None:
         """The object ``p`` names exists with other content: never overwritten. The plan keeps
@@ -538,7 +716,8 @@ class Sink:
         """Replaces ``p`` by one plan per entry, so that only the entries whose rows cannot be
         built go to dead-letter. Safe because ``p`` was planned in this life and never built,
         so no object of that name exists; the swap is one state save (old plan or new ones)."""
-        subs = [_plan(self._writer_id, p.table, p.partition, [(wid, batch)], life=self._life)
+        subs = [_plan(self._writer_id, p.table, p.partition, [(wid, batch)], life=self._name_salt(),
+                      directory=self._table_dir(p.table))
                 for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
         for sub in subs:
             sub.build_failures = BUILD_ATTEMPTS - 1  # the rows already failed together: one try each

@@ -197,11 +197,7 @@ impl Inner {
         let (first, last) = (recs[0].id, recs[recs.len() - 1].id);
         self.stats.failed_appends.fetch_add(recs.len() as u64, Relaxed);
         log::warn!(first_id = first, last_id = last, error:% = err; "WAL append of ids {first}..={last} failed: {err}");
-        let failure = match err {
-            WalError::Full(detail) => Failure { kind: FailKind::Full, detail },
-            WalError::Poisoned(detail) => Failure { kind: FailKind::Poisoned, detail },
-            other => Failure { kind: FailKind::Io, detail: other.to_string() },
-        };
+        let failure = Failure::from_error(err);
         lock(&self.processed).add_gap(first, last);
         let mut st = lock(&self.ack);
         for r in recs {
