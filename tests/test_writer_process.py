@@ -197,7 +197,7 @@ def test_health_readiness_and_metrics_endpoints(procs: list[WriterProcess], tmp_
                  'signaldb_writer_duplicate_entries_total{table="traces"} 1.0',
                  "signaldb_writer_object_put_duration_seconds_count 1.0",
                  "signaldb_writer_object_put_errors_total 0.0",
-                 'signaldb_wal_unprocessed_entries{service="writer"} 0.0'):
+                 'signaldb_wal_unprocessed_entries{component="writer"} 0.0'):
         assert line in text, line
     for name in ("signaldb_writer_bytes_written_total", "signaldb_wal_fsync_duration_seconds_bucket",
                  "signaldb_wal_segments", "signaldb_wal_disk_usage_bytes", "signaldb_wal_corrupt_entries_total"):

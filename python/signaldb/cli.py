@@ -10,7 +10,8 @@ backoff; one that dies more than ``MAX_RESTARTS`` times in ``RESTART_WINDOW_SECS
 or exits with a configuration error, stops both with a message that says which
 and why. Children get SIGTERM if the supervisor itself is killed (PDEATHSIG).
 
-Their JSON log lines pass through to this process's stderr unchanged.
+Their JSON log lines pass through to this process's stderr unchanged, or
+rendered as text lines when this process logs text (a terminal, ``make run``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from typing import Any
 
 from signaldb.config import FLAGS, Config, ConfigError, add_flags, flag_dest, load
 from signaldb.service.lifecycle import EXIT_CONFIG
-from signaldb.service.logsetup import setup_logging
+from signaldb.service.logsetup import render_text, resolve_format, setup_logging
 
+_text_logs = False  # set in main(): render the children's JSON lines as text
 log = logging.getLogger("signaldb.run")
 
 MAX_RESTARTS = 5
@@ -62,7 +64,9 @@ class Child:
 
     def start(self) -> None:
         self.listening.clear()
+        # JSON logs whatever this process shows: the supervisor reads them (ports, failures).
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env={**os.environ, "SIGNALDB_LOG_FORMAT": "json"},
                                      start_new_session=True, preexec_fn=_die_with_parent)
         threading.Thread(target=self._pump, args=(self.proc,), name=f"{self.name}-log", daemon=True).start()
         log.info("child started", extra={"child": self.name, "child_pid": self.proc.pid})
@@ -70,12 +74,17 @@ class Child:
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
-            sys.stderr.buffer.write(raw)
-            sys.stderr.buffer.flush()
             try:
                 line = json.loads(raw)
             except ValueError:
-                continue
+                line = None
+            if _text_logs and isinstance(line, dict):
+                # The children always log JSON (their stderr is this pipe); on a terminal we show text.
+                sys.stderr.write(render_text(line) + "\n")
+                sys.stderr.flush()
+            else:
+                sys.stderr.buffer.write(raw)
+                sys.stderr.buffer.flush()
             if isinstance(line, dict):
                 self._on_line(self, line)
 
@@ -104,6 +113,12 @@ class Supervisor:
         self.acceptor = Child("acceptor", acceptor_argv, self._on_line)
         self.stop_requested = threading.Event()
         self.failure: str | None = None
+
+    def reload(self) -> None:
+        for child in (self.writer, self.acceptor):
+            if child.alive():
+                assert child.proc is not None
+                child.proc.send_signal(signal.SIGHUP)
 
     def _on_line(self, child: Child, line: dict[str, Any]) -> None:
         if line.get("msg") == "listening":
@@ -202,7 +217,7 @@ def _child_argv(module: str, command: str, args: argparse.Namespace, run_flags: 
     child_flags = {key: flag for flag, key in FLAGS[command].items()}
     for flag, key in run_flags.items():
         value = getattr(args, flag_dest(flag), None)
-        if value is not None and key in child_flags:
+        if value is not None and key in child_flags and key != "log_format":  # children log JSON
             argv += [f"--{child_flags[key]}", value]
     return argv
 
@@ -249,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.log_level, args.command)
+    setup_logging(config.log_level, args.command, config.log_format)
     if args.command == "maintain":
         return maintain(config, args.table)
+    global _text_logs
+    _text_logs = resolve_format(config.log_format) == "text"
     supervisor = Supervisor(
         config,
         _child_argv("signaldb.writer.main", "writer", args, FLAGS["run"]),
@@ -259,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.stop_requested.set())
+    # SIGHUP reloads (docs/operations.md, Signals): passed on to both children, which reread the file.
+    signal.signal(signal.SIGHUP, lambda *_: supervisor.reload())
     log.info("starting", extra={"pid": os.getpid(), "storage": config.storage_url})
     return supervisor.run()
 

@@ -154,6 +154,30 @@ def _endpoints(raw: Any) -> tuple[str, ...]:
     return tuple(endpoints)
 
 
+def _origins(raw: Any) -> tuple[str, ...]:
+    """CORS origins: ``scheme://host[:port]``, one ``*`` wildcard in the host, or ``*`` alone."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"must be a list of origins or a comma-separated string; got {raw!r}")
+    origins = tuple(_string(item).strip() for item in items if _string(item).strip())
+    for origin in origins:
+        if origin != "*" and (not re.fullmatch(r"https?://[^/?#\s]+", origin) or origin.count("*") > 1):
+            raise ValueError(f"each origin must be * or http(s)://host[:port] (one * allowed in the host); "
+                             f"got {origin!r}")
+    return origins
+
+
+def _header_names(raw: Any) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"must be a list of header names or a comma-separated string; got {raw!r}")
+    names = tuple(_string(item).strip().lower() for item in items if _string(item).strip())
+    for name in names:
+        if name != "*" and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", name):
+            raise ValueError(f"not a header name: {name!r}")
+    return names
+
+
 def _catalog_url(raw: Any) -> str:
     url = _string(raw).strip()
     if url in ("", "none") or url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://",
@@ -190,6 +214,8 @@ MIB = 1 << 20
 SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "SIGNALDB_LOG_LEVEL",
             "log verbosity; debug shows per-entry WAL activity"),
+    Setting("log_format", "auto", _choice("auto", "json", "text"), "SIGNALDB_LOG_FORMAT",
+            "json: JSON lines; text: one readable line per record; auto: text on a terminal, else json"),
     Setting("wal.max_segment_size", MIB, _int(4096, 1 << 31), "WAL_MAX_SEGMENT_SIZE", "max bytes per segment file"),
     Setting("wal.max_buffer_entries", 1000, _int(1, 1_000_000), "WAL_MAX_BUFFER_ENTRIES",
             "max entries per group commit / buffered before a forced flush"),
@@ -251,6 +277,14 @@ SETTINGS: tuple[Setting, ...] = (
             "gRPC connections are closed (GOAWAY, 30 s grace for running calls) after this long; 0: never"),
     Setting("acceptor.grpc_keepalive_secs", 60.0, _float(1, 86400), "ACCEPTOR_GRPC_KEEPALIVE_SECS",
             "the acceptor pings gRPC clients this often and closes a connection whose ping goes unanswered 20 s"),
+    Setting("acceptor.cors_allowed_origins", (), _origins, "ACCEPTOR_CORS_ALLOWED_ORIGINS",
+            "OTLP/HTTP: browser origins allowed to send (CORS), e.g. https://app.example.com or "
+            "https://*.example.com; empty: CORS off"),
+    Setting("acceptor.cors_allowed_headers", (), _header_names, "ACCEPTOR_CORS_ALLOWED_HEADERS",
+            "OTLP/HTTP CORS: request headers allowed besides Accept(-Language), Content-Type, Content-Language, "
+            "Content-Encoding, X-Requested-With (list Authorization to send a token); * allows any"),
+    Setting("acceptor.cors_max_age_secs", 0, _int(0, 86400), "ACCEPTOR_CORS_MAX_AGE_SECS",
+            "OTLP/HTTP CORS: how long a browser may cache a preflight answer; 0: no Access-Control-Max-Age"),
     Setting("acceptor.reserved_fds", 256, _int(16, 1_000_000), "ACCEPTOR_RESERVED_FDS",
             "descriptors kept free of client connections for the WAL, Flight clients and files"),
     Setting("writer.flight_addr", "127.0.0.1:50061", _address, "WRITER_FLIGHT_ADDR", "Flight listen address"),
@@ -293,6 +327,7 @@ _BY_KEY = {s.key: s for s in SETTINGS}
 # Command-line flags per command: flag name -> setting key. Shared flags first.
 _COMMON_FLAGS = {
     "log-level": "log_level",
+    "log-format": "log_format",
     "sync-mode": "wal.sync_mode",
     "max-segment-size": "wal.max_segment_size",
     "max-buffer-entries": "wal.max_buffer_entries",
@@ -390,6 +425,9 @@ class AcceptorConfig:
     reserved_fds: int = 256
     writer_failover_secs: float = 300.0
     writer_dns_refresh_secs: float = 30.0
+    cors_allowed_origins: tuple[str, ...] = ()
+    cors_allowed_headers: tuple[str, ...] = ()
+    cors_max_age_secs: int = 0
 
 
 @dataclass(frozen=True)
@@ -454,6 +492,7 @@ class Config:
     security: SecurityConfig
     sources: Mapping[str, str]  # key -> "default" | "toml" | "env" | "flag", for the startup log
     catalog: CatalogConfig = CatalogConfig("none")
+    log_format: str = "auto"
 
     def wal_for(self, service: str) -> WalConfig:
         return self.acceptor_wal if service == "acceptor" else self.writer_wal
@@ -599,6 +638,7 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
     dead_letter = v["acceptor.dead_letter_dir"]
     return Config(
         log_level=v["log_level"],
+        log_format=v["log_format"],
         acceptor_wal=acceptor_wal,
         writer_wal=writer_wal,
         acceptor=AcceptorConfig(
@@ -628,6 +668,9 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
             reserved_fds=v["acceptor.reserved_fds"],
             writer_failover_secs=v["acceptor.writer_failover_secs"],
             writer_dns_refresh_secs=v["acceptor.writer_dns_refresh_secs"],
+            cors_allowed_origins=v["acceptor.cors_allowed_origins"],
+            cors_allowed_headers=v["acceptor.cors_allowed_headers"],
+            cors_max_age_secs=v["acceptor.cors_max_age_secs"],
         ),
         writer=WriterConfig(
             flight_addr=v["writer.flight_addr"],

@@ -52,8 +52,3 @@ class DeadLetters:
         self.count += 1
         log.error("entry moved to dead-letter directory",
                   extra={"entry_id": entry_id, "signal": kind, "reason": reason, "dir": str(self.directory)})
-
-    def existing(self) -> int:
-        if not self.directory.is_dir():
-            return 0
-        return sum(1 for p in self.directory.iterdir() if p.suffix == ".json" and not p.name.startswith("."))

@@ -18,6 +18,7 @@ writer stays in the WAL for the next start.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 from signaldb.acceptor import identity
 from signaldb.acceptor.admission import Admission
+from signaldb.acceptor.cors import CorsPolicy
 from signaldb.acceptor.dead_letter import DeadLetters
 from signaldb.acceptor.forwarder import Forwarder
 from signaldb.acceptor.grpc_receiver import GrpcReceiver
@@ -33,8 +35,10 @@ from signaldb.acceptor.ingest import Ingest, Limits
 from signaldb.acceptor.telemetry import AcceptorMetrics
 from signaldb.config import Config
 from signaldb.service import metrics as service_metrics
+from signaldb.service import reload as reloading
 from signaldb.service.connections import HEALTH_MAX_CONNECTIONS, LATE_FDS, HttpLimits, plan_caps, raise_nofile_limit
 from signaldb.service.health import HealthServer, wal_fields
+from signaldb.service.logsetup import set_level
 from signaldb.service.security import read_pem_pair, server_ssl_context
 from signaldb.service.statefiles import check_regular_files
 from signaldb.wal import Wal
@@ -60,7 +64,7 @@ def failover_secs(cfg: Config) -> float:
 class AcceptorService:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.registry = service_metrics.new_registry()
+        self.registry = service_metrics.new_registry("acceptor")
         self.metrics = AcceptorMetrics(self.registry)
         self.wal: Wal | None = None
         self.forwarder: Forwarder | None = None
@@ -72,7 +76,8 @@ class AcceptorService:
                                    service="acceptor",
                                    limits=HttpLimits(header_timeout_secs=config.acceptor.header_timeout_secs,
                                                      idle_timeout_secs=config.acceptor.idle_timeout_secs))
-        self.registry.register(service_metrics.WalCollector(lambda: self.wal, "acceptor"))
+        self.registry.register(service_metrics.WalCollector(lambda: self.wal, "acceptor",
+                                                            config.acceptor_wal.max_backlog_bytes))
         self.state = "starting"
         self.fatal: str | None = None
         self._fatal_event = asyncio.Event()
@@ -124,13 +129,15 @@ class AcceptorService:
                                  idle_timeout_secs=a.idle_timeout_secs,
                                  max_connection_age_secs=a.grpc_max_connection_age_secs,
                                  keepalive_secs=a.grpc_keepalive_secs)
+        self._ssl = server_ssl_context(cfg.security)
         self.http = HttpReceiver(a.http_addr, self.ingest, cfg.security.auth_token,
-                                 server_ssl_context(cfg.security), a.shutdown_timeout_secs,
+                                 self._ssl, a.shutdown_timeout_secs,
                                  max_header_bytes=a.max_header_bytes, max_header_count=a.max_header_count,
                                  limits=HttpLimits(max_connections=caps["otlp_http"],
                                                    header_timeout_secs=a.header_timeout_secs,
                                                    idle_timeout_secs=a.idle_timeout_secs),
-                                 body_timeout_secs=a.body_timeout_secs, body_min_rate_bytes=a.body_min_rate_bytes)
+                                 body_timeout_secs=a.body_timeout_secs, body_min_rate_bytes=a.body_min_rate_bytes,
+                                 cors=_cors_policy(cfg))
         self.health.guards.append(self.http.guard)
         grpc_port = await self.grpc.start()
         http_port = await self.http.start()
@@ -165,6 +172,52 @@ class AcceptorService:
         await self.health.stop()
         self.state = "stopped"
         log.info("stopped", extra={"took_secs": round(grace - (deadline - time.monotonic()), 3)})
+
+    async def reload(self, new: Config) -> None:
+        """SIGHUP: applies what can change while running; logs the rest (docs/operations.md, Signals).
+
+        Applied: log level; the bearer token (OTLP receivers and the forwarder's calls to
+        writers; turning it on or off needs a restart); TLS certificate and key, reread even
+        when their paths did not change (new handshakes use them; the forwarder keeps trusting
+        the certificate it started with until a restart); CORS."""
+        old = self.config
+        changed = reloading.changed_settings(old, new)
+        applied: list[str] = []
+        running = old
+        if "log_level" in changed:
+            set_level(new.log_level)
+            running = dataclasses.replace(running, log_level=new.log_level)
+            applied.append("log_level")
+        if "security.auth_token" in changed and (old.security.auth_token is None) == (new.security.auth_token is None):
+            token = new.security.auth_token
+            for part in (self.http, self.grpc, self.forwarder):
+                if part is not None:
+                    part.auth_token = token
+            running = dataclasses.replace(running, security=dataclasses.replace(running.security, auth_token=token))
+            applied.append("security.auth_token")
+        tls_paths_changed = {"security.tls_cert", "security.tls_key"} & set(changed)
+        if old.security.tls and new.security.tls:
+            pem = await asyncio.to_thread(read_pem_pair, new.security)  # also when rotated in place
+            if self._ssl is not None and new.security.tls_cert and new.security.tls_key:
+                await asyncio.to_thread(self._ssl.load_cert_chain, str(new.security.tls_cert),
+                                        str(new.security.tls_key))
+            if self.grpc is not None and pem is not None and pem != self.grpc.pem_pair:
+                self.grpc.pem_pair = pem
+            running = dataclasses.replace(running, security=dataclasses.replace(
+                running.security, tls_cert=new.security.tls_cert, tls_key=new.security.tls_key))
+            applied.append("security.tls (certificate and key reread)")
+            tls_paths_changed = set()
+        cors_keys = {"acceptor.cors_allowed_origins", "acceptor.cors_allowed_headers", "acceptor.cors_max_age_secs"}
+        if cors_keys & set(changed):
+            if self.http is not None:
+                self.http.cors = _cors_policy(new)
+            running = dataclasses.replace(running, acceptor=dataclasses.replace(
+                running.acceptor, cors_allowed_origins=new.acceptor.cors_allowed_origins,
+                cors_allowed_headers=new.acceptor.cors_allowed_headers,
+                cors_max_age_secs=new.acceptor.cors_max_age_secs))
+            applied += sorted(cors_keys & set(changed))
+        self.config = running
+        reloading.report(applied, reloading.changed_settings(running, new) or tls_paths_changed)
 
     async def wait_fatal(self) -> str:
         await self._fatal_event.wait()
@@ -209,3 +262,8 @@ class AcceptorService:
             body["forwarder"] = self.forwarder.status()
         body["ready"] = not self._not_ready()
         return body
+
+
+def _cors_policy(cfg: Config) -> CorsPolicy:
+    a = cfg.acceptor
+    return CorsPolicy(a.cors_allowed_origins, a.cors_allowed_headers, a.cors_max_age_secs)

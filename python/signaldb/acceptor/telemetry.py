@@ -23,6 +23,10 @@ class AcceptorMetrics:
         }
         self.requests = Counter("signaldb_receiver_requests", "OTLP export requests by outcome.",
                                 ["transport", "signal", "outcome"], registry=registry)
+        # Every whole request refused, wherever it was refused (signaldb.acceptor.refusals.Reason).
+        self.refused_requests = Counter("signaldb_receiver_refused_requests",
+                                        "OTLP export requests refused whole, by reason.",
+                                        ["transport", "signal", "reason"], registry=registry)
         self.request_bytes = Counter("signaldb_receiver_request_bytes",
                                      "Decompressed OTLP request bytes accepted.", ["signal"], registry=registry)
         self.ack_latency = Histogram("signaldb_receiver_ack_duration_seconds",

@@ -168,15 +168,15 @@ class ConnectionGuard:
 class ConnectionCollector(Collector):
     """``signaldb_connections_*`` for the guards a service owns."""
 
-    def __init__(self, guards: Callable[[], list[ConnectionGuard]], service: str) -> None:
+    def __init__(self, guards: Callable[[], list[ConnectionGuard]], component: str) -> None:
         self._guards = guards
-        self._service = service
+        self._component = component
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["service", "listener"]
+        labels = ["component", "listener"]  # not "service": see signaldb.service.metrics
         opened = GaugeMetricFamily("signaldb_connections_open", "Client connections open now.", labels=labels)
         cap = GaugeMetricFamily("signaldb_connections_max", "Connection cap of the listener.", labels=labels)
         refused = CounterMetricFamily("signaldb_connections_refused_total",
@@ -186,7 +186,7 @@ class ConnectionCollector(Collector):
                                         "HTTP connections closed by the header-read or body-read timeout.",
                                         labels=[*labels, "phase"])
         for g in self._guards():
-            values = [self._service, g.listener]
+            values = [self._component, g.listener]
             opened.add_metric(values, g.open)
             cap.add_metric(values, g.max_connections)
             refused.add_metric(values, g.refused_total)

@@ -42,7 +42,7 @@ MAINTENANCE_STOP_SECS = 5.0
 class WriterService:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.registry = new_registry()
+        self.registry = new_registry("writer")
         self.metrics = WriterMetrics(self.registry)
         self.wal: Wal | None = None
         self.sink: Sink | None = None
@@ -58,7 +58,7 @@ class WriterService:
         # life, so a restored or copied WAL directory, which hands out writer WAL ids again,
         # never plans a name an earlier life used (sink.file_path, docs/operations.md).
         self.life = secrets.token_hex(8)
-        self.registry.register(WalCollector(lambda: self.wal, "writer"))
+        self.registry.register(WalCollector(lambda: self.wal, "writer", cfg.writer_wal.max_backlog_bytes))
 
     @property
     def flight_port(self) -> int:

@@ -105,7 +105,8 @@ impl Inner {
         self.stats.record_fsync(took);
         self.last_fsync_nanos.store(took.as_nanos() as u64, Relaxed);
         if took > SLOW_FSYNC {
-            log::warn!("WAL fdatasync took {:.3}s in {}", took.as_secs_f64(), self.dir.display());
+            log::warn!(secs = took.as_secs_f64(), dir:% = self.dir.display();
+                "WAL fdatasync took {:.3}s in {}", took.as_secs_f64(), self.dir.display());
         }
         match r {
             Ok(()) => {
@@ -195,7 +196,7 @@ impl Inner {
     pub(super) fn fail_records(&self, recs: &[Queued], err: WalError) -> bool {
         let (first, last) = (recs[0].id, recs[recs.len() - 1].id);
         self.stats.failed_appends.fetch_add(recs.len() as u64, Relaxed);
-        log::warn!("WAL append of ids {first}..={last} failed: {err}");
+        log::warn!(first_id = first, last_id = last, error:% = err; "WAL append of ids {first}..={last} failed: {err}");
         let failure = Failure::from_error(err);
         lock(&self.processed).add_gap(first, last);
         let mut st = lock(&self.ack);

@@ -718,7 +718,8 @@ impl Inner {
     }
 
     fn poison(&self, why: String) {
-        log::error!("WAL {} stops accepting writes (fail-stop): {why}", self.dir.display());
+        log::error!(dir:% = self.dir.display(), error = why.as_str();
+            "WAL {} stops accepting writes (fail-stop): {why}", self.dir.display());
         let mut st = lock(&self.ack);
         if st.poisoned.is_none() {
             st.poisoned = Some(why);
