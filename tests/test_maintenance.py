@@ -57,7 +57,7 @@ def _writer(procs: list[WriterProcess], tmp: pathlib.Path, storage: pathlib.Path
 def _maintenance(storage: pathlib.Path, writer_id: str = "maint-test", **settings: str) -> Maintenance:
     """The job as ``signaldb maintain`` builds it, with settings given as environment variables."""
     cfg = load(None, "maintain", environ={"SIGNALDB_STORAGE_URL": f"file://{storage}", **settings})
-    return Maintenance(cfg, writer_id, WriterMetrics(new_registry()))
+    return Maintenance(cfg, writer_id, WriterMetrics(new_registry("maintain")))
 
 
 def _health(w: WriterProcess) -> dict:

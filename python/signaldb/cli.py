@@ -251,7 +251,7 @@ def maintain(config: Config, tables: list[str] | None) -> int:
         print("signaldb maintain: storage.catalog_url is none: there are no tables to maintain", file=sys.stderr)
         return EXIT_CONFIG
     host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())[:40] or "host"
-    job = Maintenance(config, f"maintain-{host}", WriterMetrics(new_registry()))
+    job = Maintenance(config, f"maintain-{host}", WriterMetrics(new_registry("maintain")))
     reports = job.run_once(tables)
     print(json.dumps([r.as_dict() for r in reports], indent=1))
     return 1 if any(r.errors for r in reports) else 0
