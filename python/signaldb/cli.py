@@ -65,9 +65,14 @@ class Child:
     def start(self) -> None:
         self.listening.clear()
         # JSON logs whatever this process shows: the supervisor reads them (ports, failures).
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env={**os.environ, "SIGNALDB_LOG_FORMAT": "json"},
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "SIGNALDB_LOG_FORMAT": "json"},
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         threading.Thread(target=self._pump, args=(self.proc,), name=f"{self.name}-log", daemon=True).start()
         log.info("child started", extra={"child": self.name, "child_pid": self.proc.pid})
 
@@ -130,8 +135,9 @@ class Supervisor:
             self._start(self.writer)
             self._point_acceptor_at_writer()
             self._start(self.acceptor)
-            log.info("signaldb is running", extra={"writer_ports": self.writer.ports,
-                                                   "acceptor_ports": self.acceptor.ports})
+            log.info(
+                "signaldb is running", extra={"writer_ports": self.writer.ports, "acceptor_ports": self.acceptor.ports}
+            )
             self._watch()
         except _Stop as stop:
             self.failure = str(stop)
@@ -187,11 +193,12 @@ class Supervisor:
         child.exits.append(now)
         while child.exits and now - child.exits[0] > RESTART_WINDOW_SECS:
             child.exits.popleft()
-        log.error("child exited", extra={"child": child.name, "exit_code": code,
-                                         "exits_in_window": len(child.exits)})
+        log.error("child exited", extra={"child": child.name, "exit_code": code, "exits_in_window": len(child.exits)})
         if len(child.exits) > MAX_RESTARTS:
-            raise _Stop(f"the {child.name} exited {len(child.exits)} times within {RESTART_WINDOW_SECS:.0f}s "
-                        f"(last exit code {code}); stopping both. See its log lines above.")
+            raise _Stop(
+                f"the {child.name} exited {len(child.exits)} times within {RESTART_WINDOW_SECS:.0f}s "
+                f"(last exit code {code}); stopping both. See its log lines above."
+            )
         time.sleep(min(2 ** (len(child.exits) - 1) * 0.5, 10.0))  # backoff before the restart
 
     def _stop_all(self) -> None:
@@ -225,14 +232,20 @@ def _child_argv(module: str, command: str, args: argparse.Namespace, run_flags: 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="signaldb", description="SignalDB: durable OpenTelemetry ingest.")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="writer + acceptor together on this machine, local storage",
-                         description="Runs signaldb-writer and signaldb-acceptor as supervised child processes. "
-                                     "Ctrl-C stops both cleanly.")
+    run = sub.add_parser(
+        "run",
+        help="writer + acceptor together on this machine, local storage",
+        description="Runs signaldb-writer and signaldb-acceptor as supervised child processes. "
+        "Ctrl-C stops both cleanly.",
+    )
     add_flags(run, "run")
-    maintain = sub.add_parser("maintain", help="Iceberg table maintenance once (compaction, retention, "
-                                               "snapshot expiry, orphan cleanup), e.g. as a Kubernetes CronJob",
-                              description="Runs writer/maintenance.py once over every table of the catalog and "
-                                          "prints what it did as JSON. Exit code 1 when a step failed.")
+    maintain = sub.add_parser(
+        "maintain",
+        help="Iceberg table maintenance once (compaction, retention, "
+        "snapshot expiry, orphan cleanup), e.g. as a Kubernetes CronJob",
+        description="Runs writer/maintenance.py once over every table of the catalog and "
+        "prints what it did as JSON. Exit code 1 when a step failed.",
+    )
     add_flags(maintain, "maintain")
     maintain.add_argument("--table", action="append", default=None, help="only this table (repeatable)")
     return p

@@ -200,8 +200,11 @@ class Wal:
         self.path = os.fspath(path)
         self.sync_mode = sync_mode
         self._native = _native.NativeWal(
-            self.path, int(max_segment_size), int(max_buffer_entries),
-            float(flush_interval_secs), sync_mode,
+            self.path,
+            int(max_segment_size),
+            int(max_buffer_entries),
+            float(flush_interval_secs),
+            sync_mode,
         )
         self._loops: dict[asyncio.AbstractEventLoop, _LoopWaiters] = {}
         self._loops_lock = threading.Lock()

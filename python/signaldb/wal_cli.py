@@ -124,13 +124,16 @@ def cmd_inspect(view: WalView, as_json: bool) -> int:
     if meta is None:
         print("  metadata.json: missing or invalid (a service replays every entry on open)")
     else:
-        print(f"  next id {meta['next_id']}, processed watermark {meta['processed_watermark']}, "
-              f"{len(meta['processed_ids'])} processed above it, last flush {meta['last_flush']}")
+        print(
+            f"  next id {meta['next_id']}, processed watermark {meta['processed_watermark']}, "
+            f"{len(meta['processed_ids'])} processed above it, last flush {meta['last_flush']}"
+        )
     total = sum(int(s.report["entries"]) for s in view.segments)
-    print(f"  {len(view.segments)} segments, {total} entries, {view.unprocessed} unprocessed, "
-          f"{view.scanned_bytes} bytes on disk")
-    print(f"  {'segment':<14}{'bytes':>10}{'entries':>9}{'ids':>22}{'traces':>8}{'logs':>7}"
-          f"{'metrics':>8}  state")
+    print(
+        f"  {len(view.segments)} segments, {total} entries, {view.unprocessed} unprocessed, "
+        f"{view.scanned_bytes} bytes on disk"
+    )
+    print(f"  {'segment':<14}{'bytes':>10}{'entries':>9}{'ids':>22}{'traces':>8}{'logs':>7}{'metrics':>8}  state")
     for s in view.segments:
         r = s.report
         state = "ok"
@@ -138,9 +141,11 @@ def cmd_inspect(view: WalView, as_json: bool) -> int:
             state = f"CORRUPT ({len(s.corrupt) + (not r['header_ok'])} regions)"
         elif s.torn:
             state = f"torn tail at offset {s.torn[0][1]}"
-        print(f"  {s.name:<14}{r['file_len']:>10}{r['entries']:>9}"
-              f"{_fmt_ids(r['first_id'], r['last_id']):>22}{r['traces']:>8}{r['logs']:>7}"
-              f"{r['metrics']:>8}  {state}")
+        print(
+            f"  {s.name:<14}{r['file_len']:>10}{r['entries']:>9}"
+            f"{_fmt_ids(r['first_id'], r['last_id']):>22}{r['traces']:>8}{r['logs']:>7}"
+            f"{r['metrics']:>8}  {state}"
+        )
     if view.quarantined:
         print(f"  quarantine/: {len(view.quarantined)} files")
     return EXIT_OK
@@ -161,9 +166,11 @@ def cmd_verify(view: WalView, as_json: bool) -> int:
         print(f"torn tail {name} at offset {off}: {n} bytes (an unacknowledged write; erased on next open)")
     entries = sum(int(s.report["entries"]) for s in view.segments)
     verdict = "FAILED" if corruption else "OK"
-    print(f"verify {verdict}: {len(view.segments)} segments, {entries} entries, "
-          f"{len(corruption)} corrupt regions, {view.scanned_bytes} bytes in {view.seconds:.3f}s "
-          f"({rate:.0f} MB/s)")
+    print(
+        f"verify {verdict}: {len(view.segments)} segments, {entries} entries, "
+        f"{len(corruption)} corrupt regions, {view.scanned_bytes} bytes in {view.seconds:.3f}s "
+        f"({rate:.0f} MB/s)"
+    )
     return EXIT_CORRUPT if corruption else EXIT_OK
 
 
@@ -198,8 +205,10 @@ def cmd_dump(view: WalView, show_all: bool, limit: int | None, payload_mode: str
                     continue
                 ts = dt.datetime.fromtimestamp(e.timestamp_ns / 1e9, tz=dt.UTC)
                 flag = "processed" if done else "unprocessed"
-                print(f"{e.id}\t{e.kind}\t{ts.isoformat()}\t{len(e.payload)}\t{flag}\t"
-                      f"{_payload_text(e.payload, payload_mode, width)}")
+                print(
+                    f"{e.id}\t{e.kind}\t{ts.isoformat()}\t{len(e.payload)}\t{flag}\t"
+                    f"{_payload_text(e.payload, payload_mode, width)}"
+                )
                 printed += 1
                 if limit is not None and printed >= limit:
                     return EXIT_OK
@@ -254,8 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("dir", nargs="?", help="the WAL directory (default: from --config / env / .wal/<service>)")
-        p.add_argument("--service", choices=["acceptor", "writer"], default="acceptor",
-                       help="whose WAL when DIR is omitted (default acceptor)")
+        p.add_argument(
+            "--service",
+            choices=["acceptor", "writer"],
+            default="acceptor",
+            help="whose WAL when DIR is omitted (default acceptor)",
+        )
         p.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name in ("inspect", "verify"):
             p.add_argument("--json", action="store_true", help="machine-readable output")

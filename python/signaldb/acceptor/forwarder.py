@@ -41,6 +41,7 @@ lives and the new ones travel in separate batches of the same stream.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -48,6 +49,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -122,10 +124,8 @@ class _Round:
             return
         self.streams_closed = True
         for stream in self.streams.values():
-            try:
+            with contextlib.suppress(Exception):  # the call already failed or was cancelled
                 stream.writer.close()
-            except Exception:  # the call already failed or was cancelled
-                pass
 
 
 @dataclass
@@ -183,8 +183,9 @@ class Lane:
                 cursor, epoch = 0, table.epoch
             self._fw.begin_read(self.endpoint)
             try:
-                entries = self._fw.wal.unprocessed(after_id=cursor, limit=self._fw.batch_entries,
-                                                   max_bytes=self._fw.batch_bytes)
+                entries = self._fw.wal.unprocessed(
+                    after_id=cursor, limit=self._fw.batch_entries, max_bytes=self._fw.batch_bytes
+                )
             except Exception as err:  # a closed or failed WAL: the service is going down
                 self._fw.end_read(self.endpoint)
                 if not self._fw.stopping.is_set():
@@ -224,8 +225,10 @@ class Lane:
             for rnd in in_flight:
                 self._finish(rnd)
         except Exception as err:
-            log.info("stopping with rounds unacknowledged; they are resent after the restart",
-                     extra={"writer": self.endpoint, "error": _first_line(err)})
+            log.info(
+                "stopping with rounds unacknowledged; they are resent after the restart",
+                extra={"writer": self.endpoint, "error": _first_line(err)},
+            )
         finally:
             self._abandon(in_flight)
 
@@ -274,8 +277,9 @@ class Lane:
             self._client = None  # reconnect next time: the channel may be broken
             self._mark_down(err, started)
 
-    def _deliver_with_retry(self, entries: list[Entry], failed: Exception | None = None,
-                            since: float | None = None) -> bool:
+    def _deliver_with_retry(
+        self, entries: list[Entry], failed: Exception | None = None, since: float | None = None
+    ) -> bool:
         """Delivers ``entries`` (or dead-letters them), one round at a time; False if
         stopped first. ``failed``: the error a first, pipelined attempt already met,
         in a call started at ``since`` (monotonic). Entries that route to another writer
@@ -292,10 +296,16 @@ class Lane:
             if failed is not None:
                 self.state.retrying_entries = len(entries)
                 self._fw.metrics.forward_errors.labels(self.endpoint, type(failed).__name__).inc()
-                log.warning("forwarding failed; will retry", extra={
-                    "writer": self.endpoint, "entries": len(entries), "first_entry": entries[0].id,
-                    "error": _first_line(failed),
-                    "retry_in_secs": round(backoff, 2)})
+                log.warning(
+                    "forwarding failed; will retry",
+                    extra={
+                        "writer": self.endpoint,
+                        "entries": len(entries),
+                        "first_entry": entries[0].id,
+                        "error": _first_line(failed),
+                        "retry_in_secs": round(backoff, 2),
+                    },
+                )
                 self._client = None  # reconnect: the channel may be broken
                 if self._fw.stopping.wait(backoff * random.uniform(0.5, 1.0)):
                     break
@@ -318,8 +328,10 @@ class Lane:
         given_up = self._fw.give_up(self.endpoint, entries)
         if not given_up:
             return entries
-        log.info("entries handed to other writers", extra={
-            "writer": self.endpoint, "entries": len(given_up), "first_entry": min(given_up)})
+        log.info(
+            "entries handed to other writers",
+            extra={"writer": self.endpoint, "entries": len(given_up), "first_entry": min(given_up)},
+        )
         return [e for e in entries if e.id not in given_up]
 
     def _deliver(self, pending: list[Entry]) -> None:
@@ -337,8 +349,10 @@ class Lane:
                 self._fw.dead_letter(pending[0], f"writer {self.endpoint} refused it: {refused}")
                 pending.clear()
                 return
-            log.warning("writer refused a batch; sending its entries one by one",
-                        extra={"writer": self.endpoint, "entries": len(pending), "error": str(refused)})
+            log.warning(
+                "writer refused a batch; sending its entries one by one",
+                extra={"writer": self.endpoint, "entries": len(pending), "error": str(refused)},
+            )
             for entry in list(pending):
                 self._deliver([entry])
                 pending.remove(entry)
@@ -443,15 +457,16 @@ class Lane:
 
     def _connect(self) -> flight.FlightClient:
         if self._client is None:
-            kwargs = dict(self._fw.client_kwargs)
+            kwargs: dict[str, Any] = dict(self._fw.client_kwargs)
             if self._tls_hostname:  # an address from a dns:// name: the certificate names the name
                 kwargs["override_hostname"] = self._tls_hostname
             self._client = flight.FlightClient(self.endpoint, **kwargs)
         return self._client
 
     def _options(self, timeout: float | None = None) -> flight.FlightCallOptions:
-        return flight.FlightCallOptions(timeout=timeout or self._fw.call_timeout,
-                                        headers=bearer_header(self._fw.auth_token))
+        return flight.FlightCallOptions(
+            timeout=timeout or self._fw.call_timeout, headers=bearer_header(self._fw.auth_token)
+        )
 
     def _mark_up(self) -> None:
         if not self.state.up:
@@ -531,8 +546,11 @@ class Forwarder:
         self.auth_token = auth_token
         self.client_kwargs = {"tls_root_certs": tls_root_certs} if tls_root_certs else {}
         self.failover_secs = failover_secs
-        self.call_timeout = (min(CALL_TIMEOUT_SECS, max(failover_secs, MIN_FAILOVER_CALL_TIMEOUT_SECS))
-                             if failover_secs > 0 else CALL_TIMEOUT_SECS)
+        self.call_timeout = (
+            min(CALL_TIMEOUT_SECS, max(failover_secs, MIN_FAILOVER_CALL_TIMEOUT_SECS))
+            if failover_secs > 0
+            else CALL_TIMEOUT_SECS
+        )
         self.dns_refresh_secs = dns_refresh_secs
         self.stopping = threading.Event()
         # Writers serve TLS exactly when a certificate is configured (the same one is trusted here).
@@ -675,8 +693,10 @@ class Forwarder:
                     lane = self._lanes[w.url] = self._new_lane(w)
                     started.append(lane)
             failed_over = len(self.table.failed_over)
-        log.info("writer set changed", extra={"writers": list(urls), "added": sorted(set(urls) - old),
-                                              "removed": sorted(old - set(urls))})
+        log.info(
+            "writer set changed",
+            extra={"writers": list(urls), "added": sorted(set(urls) - old), "removed": sorted(old - set(urls))},
+        )
         if self.metrics is not None:
             self.metrics.writers.set(len(urls))
             self.metrics.writers_failed_over.set(failed_over)
@@ -693,10 +713,8 @@ class Forwarder:
                 del self._lanes[lane.endpoint]
         log.info("writer removed from the writer set; its lane stopped", extra={"writer": lane.endpoint})
         if self.metrics is not None:
-            try:
+            with contextlib.suppress(KeyError):  # never reported
                 self.metrics.writer_up.remove(lane.endpoint)
-            except KeyError:  # never reported
-                pass
         return True
 
     def check_failover(self, lane: Lane, entries: Sequence[Entry] = ()) -> None:
@@ -713,10 +731,17 @@ class Forwarder:
                 return
             self.table = table = table.with_failed_over(table.failed_over | {lane.endpoint})
         owners = {table.owner(e.id) for e in entries} if entries else set(table.writers) - table.failed_over
-        log.warning("writer failed over", extra={
-            "writer": lane.endpoint, "unreachable_since": _iso(lane.state.down_since_wall),
-            "unreachable_secs": round(down_for, 1), "next_writers": sorted(w for w in owners if w),
-            "failed_over_writers": sorted(table.failed_over), "error": lane.state.last_error})
+        log.warning(
+            "writer failed over",
+            extra={
+                "writer": lane.endpoint,
+                "unreachable_since": _iso(lane.state.down_since_wall),
+                "unreachable_secs": round(down_for, 1),
+                "next_writers": sorted(w for w in owners if w),
+                "failed_over_writers": sorted(table.failed_over),
+                "error": lane.state.last_error,
+            },
+        )
         if self.metrics is not None:
             self.metrics.failovers.labels(lane.endpoint).inc()
             self.metrics.writers_failed_over.set(len(table.failed_over))
@@ -749,10 +774,14 @@ class Forwarder:
         table = self.table
         return {
             "writers": [
-                {"endpoint": lane.endpoint, "up": lane.state.up, "last_error": lane.state.last_error,
-                 "retrying_entries": lane.state.retrying_entries,
-                 "failed_over": lane.endpoint in table.failed_over,
-                 "unreachable_since": _iso(lane.state.down_since_wall)}
+                {
+                    "endpoint": lane.endpoint,
+                    "up": lane.state.up,
+                    "last_error": lane.state.last_error,
+                    "retrying_entries": lane.state.retrying_entries,
+                    "failed_over": lane.endpoint in table.failed_over,
+                    "unreachable_since": _iso(lane.state.down_since_wall),
+                }
                 for lane in self.lanes
             ],
             "failover_secs": self.failover_secs,

@@ -58,11 +58,20 @@ KIND_OF_METHOD = {f"/{service}/Export": kind for kind, service in SERVICES.items
 
 
 class GrpcReceiver:
-    def __init__(self, addr: Address, ingest: Ingest, auth_token: str | None,
-                 pem_pair: tuple[bytes, bytes] | None, max_header_bytes: int = 16 * 1024,
-                 max_concurrent_streams: int = 100, max_connections: int = 4096,
-                 handshake_timeout_secs: float = 10.0, idle_timeout_secs: float = 60.0,
-                 max_connection_age_secs: float = 1800.0, keepalive_secs: float = 60.0) -> None:
+    def __init__(
+        self,
+        addr: Address,
+        ingest: Ingest,
+        auth_token: str | None,
+        pem_pair: tuple[bytes, bytes] | None,
+        max_header_bytes: int = 16 * 1024,
+        max_concurrent_streams: int = 100,
+        max_connections: int = 4096,
+        handshake_timeout_secs: float = 10.0,
+        idle_timeout_secs: float = 60.0,
+        max_connection_age_secs: float = 1800.0,
+        keepalive_secs: float = 60.0,
+    ) -> None:
         self._addr = addr
         self.max_connections = max_connections
         self._handshake_timeout = handshake_timeout_secs
@@ -83,23 +92,28 @@ class GrpcReceiver:
 
     async def start(self) -> int:
         limit = self._ingest.max_request_bytes
-        self._server = aio.server(options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", 16 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),  # a second acceptor on the same port must fail, not share it
-            # Bounded headers: soft and hard limit alike, so a request over it is always refused
-            # (between the two grpc refuses only some, at random).
-            ("grpc.max_metadata_size", self._max_header_bytes),
-            ("grpc.absolute_max_metadata_size", self._max_header_bytes),
-            ("grpc.max_concurrent_streams", self._max_concurrent_streams),
-            *self._connection_options(),
-        ])
-        handlers = {f"/{service}/Export": grpc.unary_unary_rpc_method_handler(self._export_handler(kind))
-                    for kind, service in SERVICES.items()}  # raw bytes in and out
+        self._server = aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", 16 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),  # a second acceptor on the same port must fail, not share it
+                # Bounded headers: soft and hard limit alike, so a request over it is always refused
+                # (between the two grpc refuses only some, at random).
+                ("grpc.max_metadata_size", self._max_header_bytes),
+                ("grpc.absolute_max_metadata_size", self._max_header_bytes),
+                ("grpc.max_concurrent_streams", self._max_concurrent_streams),
+                *self._connection_options(),
+            ]
+        )
+        handlers = {
+            f"/{service}/Export": grpc.unary_unary_rpc_method_handler(self._export_handler(kind))
+            for kind, service in SERVICES.items()
+        }  # raw bytes in and out
         if self._auth_token is None:
-            for kind, service in SERVICES.items():
-                self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-                    service, {"Export": handlers[f"/{service}/Export"]}),))
+            for _kind, service in SERVICES.items():
+                self._server.add_generic_rpc_handlers(
+                    (grpc.method_handlers_generic_handler(service, {"Export": handlers[f"/{service}/Export"]}),)
+                )
         else:
             self._auth_handler = _AuthFirstHandler(self._auth_token, handlers, self._ingest)
             self._server.add_generic_rpc_handlers((self._auth_handler,))
@@ -107,7 +121,8 @@ class GrpcReceiver:
         if self.pem_pair is not None:
             cert, key = self.pem_pair
             credentials = grpc.dynamic_ssl_server_credentials(
-                grpc.ssl_server_certificate_configuration([(key, cert)]), self._fetch_certificates)
+                grpc.ssl_server_certificate_configuration([(key, cert)]), self._fetch_certificates
+            )
             self.port = self._server.add_secure_port(target, credentials)
         else:
             self.port = self._server.add_insecure_port(target)
@@ -139,7 +154,10 @@ class GrpcReceiver:
 
     def _connection_options(self) -> list[tuple[str, int]]:
         """Connection bounds, enforced by grpc's core (see the module doc and docs/operations.md)."""
-        ms = lambda secs: max(1, int(secs * 1000))  # noqa: E731
+
+        def ms(secs: float) -> int:
+            return max(1, int(secs * 1000))
+
         options = [
             # At most this many connections: grpc accepts one over it and closes it at once.
             ("grpc.max_allowed_incoming_connections", self.max_connections),
@@ -158,8 +176,7 @@ class GrpcReceiver:
         ]
         if self._max_age > 0:
             # Bounds a call whose message trickles in, and moves long-lived clients between replicas.
-            options += [("grpc.max_connection_age_ms", ms(self._max_age)),
-                        ("grpc.max_connection_age_grace_ms", 30_000)]
+            options += [("grpc.max_connection_age_ms", ms(self._max_age)), ("grpc.max_connection_age_grace_ms", 30_000)]
         return options
 
     async def stop(self, grace_secs: float) -> None:
@@ -189,8 +206,10 @@ class _AuthFirstHandler(grpc.GenericRpcHandler):
     def __init__(self, token: str, handlers: dict[str, grpc.RpcMethodHandler], ingest: Ingest) -> None:
         self.token = token
         self._handlers = handlers
-        self._refuse = {method: grpc.stream_unary_rpc_method_handler(_refuser(kind, ingest))
-                        for method, kind in KIND_OF_METHOD.items()}
+        self._refuse = {
+            method: grpc.stream_unary_rpc_method_handler(_refuser(kind, ingest))
+            for method, kind in KIND_OF_METHOD.items()
+        }
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = self._handlers.get(handler_call_details.method)
@@ -222,7 +241,8 @@ def _find(metadata: object, key: str) -> str | None:
             if isinstance(v, str):
                 return v
             # Bytes that are not UTF-8 are a wrong token (UNAUTHENTICATED), not a server error.
-            return v.decode("utf-8", "surrogateescape")
+            text: str = v.decode("utf-8", "surrogateescape")
+            return text
     return None
 
 

@@ -38,11 +38,20 @@ _INLINE_INFLATE_BYTES = 64 * 1024
 
 
 class HttpReceiver:
-    def __init__(self, addr: Address, ingest: Ingest, auth_token: str | None,
-                 ssl_context: ssl.SSLContext | None, shutdown_grace_secs: float,
-                 max_header_bytes: int = 16 * 1024, max_header_count: int = 100,
-                 limits: HttpLimits | None = None, body_timeout_secs: float = 10.0,
-                 body_min_rate_bytes: int = 16 * 1024, cors: CorsPolicy | None = None) -> None:
+    def __init__(
+        self,
+        addr: Address,
+        ingest: Ingest,
+        auth_token: str | None,
+        ssl_context: ssl.SSLContext | None,
+        shutdown_grace_secs: float,
+        max_header_bytes: int = 16 * 1024,
+        max_header_count: int = 100,
+        limits: HttpLimits | None = None,
+        body_timeout_secs: float = 10.0,
+        body_min_rate_bytes: int = 16 * 1024,
+        cors: CorsPolicy | None = None,
+    ) -> None:
         self._addr = addr
         self._limits = limits or HttpLimits(max_connections=4096)
         self.guard = ConnectionGuard("otlp_http", self._limits.max_connections)
@@ -68,11 +77,18 @@ class HttpReceiver:
         # auto_decompress off: we inflate ourselves, with an output cap (gzip bombs) and raw-deflate support.
         # Bounded headers: the request line and each header line up to max_header_bytes, at most
         # max_header_count fields; aiohttp answers a request over them with 400 and closes.
-        self._runner, self.port = await start_site(app, self._addr, self._ssl, limits=self._limits, guard=self.guard,
-                                                   shutdown_timeout=self._grace,
-                                                   auto_decompress=False, max_line_size=self._max_header_bytes,
-                                                   max_field_size=self._max_header_bytes,
-                                                   max_headers=self._max_header_count)
+        self._runner, self.port = await start_site(
+            app,
+            self._addr,
+            self._ssl,
+            limits=self._limits,
+            guard=self.guard,
+            shutdown_timeout=self._grace,
+            auto_decompress=False,
+            max_line_size=self._max_header_bytes,
+            max_field_size=self._max_header_bytes,
+            max_headers=self._max_header_count,
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -109,16 +125,20 @@ class HttpReceiver:
         if not bearer_ok(self.auth_token, request.headers.get("Authorization")):
             raise Refused(Reason.UNAUTHENTICATED, "missing or wrong bearer token")
         if content_type is None:
-            raise Refused(Reason.UNSUPPORTED_MEDIA_TYPE,
-                          f"unsupported Content-Type {request.headers.get('Content-Type')!r}; "
-                          f"use {otlp.PROTOBUF} or {otlp.JSON}")
+            raise Refused(
+                Reason.UNSUPPORTED_MEDIA_TYPE,
+                f"unsupported Content-Type {request.headers.get('Content-Type')!r}; use {otlp.PROTOBUF} or {otlp.JSON}",
+            )
         encoding = decompress.encoding(request.headers.get("Content-Encoding", ""))
         try:
             body = await self._read_body(request, encoding)
         except TimeoutError:
-            raise Refused(Reason.BODY_TIMEOUT, f"request body not received in time (body_timeout_secs "
-                                               f"{self._body_timeout:g} + 1 s per {self._body_min_rate} "
-                                               f"bytes)") from None
+            raise Refused(
+                Reason.BODY_TIMEOUT,
+                f"request body not received in time (body_timeout_secs "
+                f"{self._body_timeout:g} + 1 s per {self._body_min_rate} "
+                f"bytes)",
+            ) from None
         accepted = await self._ingest.export(kind, body, content_type, "http")
         body_out = responses.export_response(kind, accepted.rejected, accepted.message, content_type)
         return web.Response(body=body_out, content_type=content_type)
@@ -145,7 +165,6 @@ class HttpReceiver:
         if len(raw) <= _INLINE_INFLATE_BYTES:
             return decompress.decompress(bytes(raw), encoding, limit)
         return await asyncio.to_thread(decompress.decompress, bytes(raw), encoding, limit)
-
 
     async def _body_timed_out(self, request: web.Request, refused: Refused, answer_type: str) -> web.StreamResponse:
         """408, sent at once, and the connection closed: no lingering over the rest of a trickle."""
@@ -180,5 +199,9 @@ def _error(refused: Refused, content_type: str, headers: dict[str, str] | None =
     st = responses.status(refused.reason, refused.message, refused.retry_after_secs, refused.field)
     if refused.retry_after_secs is not None:
         headers = {**(headers or {}), "Retry-After": str(refused.retry_after_secs)}
-    return web.Response(status=refused.reason.http_status, body=responses.status_body(st, content_type),
-                        content_type=content_type, headers=headers)
+    return web.Response(
+        status=refused.reason.http_status,
+        body=responses.status_body(st, content_type),
+        content_type=content_type,
+        headers=headers,
+    )

@@ -99,8 +99,10 @@ class Ingest:
         if content_type == otlp.JSON and not body.strip():
             body = b"{}"  # an empty OTLP/JSON body is an empty request, as an empty protobuf body is
         if len(body) > self.max_request_bytes:
-            raise Refused(Reason.TOO_LARGE, f"request body is {len(body)} bytes after decompression; "
-                                       f"the limit is {self.max_request_bytes}")
+            raise Refused(
+                Reason.TOO_LARGE,
+                f"request body is {len(body)} bytes after decompression; the limit is {self.max_request_bytes}",
+            )
         window = self.limits.window(time.time_ns())
         items, rejected = await self._validate(kind, body, content_type, window)
         rejected_total = sum(rejected.values())
@@ -119,17 +121,23 @@ class Ingest:
         message = "; ".join(f"{n} rejected: {why}" for why, n in sorted(rejected.items()))
         for why, n in rejected.items():
             self._metrics.refused[kind].labels(transport, why).inc(n)
-            self.refusals.log_sampled(f"items:{why}", "items rejected", {
-                "reason": why, "signal": kind, "transport": transport, "detail": message[:300]})
+            self.refusals.log_sampled(
+                f"items:{why}",
+                "items rejected",
+                {"reason": why, "signal": kind, "transport": transport, "detail": message[:300]},
+            )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("accepted", extra={"entry_id": entry_id, "signal": kind, "items": items, "bytes": len(body)})
         return Accepted(entry_id, items, rejected_total, message)
 
-    async def _validate(self, kind: str, body: bytes, content_type: str,
-                        window: otlp.TimeWindow) -> tuple[int, dict[str, int]]:
+    async def _validate(
+        self, kind: str, body: bytes, content_type: str, window: otlp.TimeWindow
+    ) -> tuple[int, dict[str, int]]:
         def check() -> otlp.Checked:
-            return otlp.check(kind, body, content_type, window=window,
-                              max_converted_bytes=self.limits.max_converted_bytes)
+            return otlp.check(
+                kind, body, content_type, window=window, max_converted_bytes=self.limits.max_converted_bytes
+            )
+
         try:
             checked = check() if len(body) <= _INLINE_VALIDATE_BYTES else await asyncio.to_thread(check)
         except otlp.OtlpTooLargeError as err:

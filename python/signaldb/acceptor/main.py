@@ -22,9 +22,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="signaldb-acceptor",
         description="Receives OTLP over gRPC and HTTP, makes each request durable in a WAL before "
-                    "answering, and forwards it to signaldb-writer over Arrow Flight.",
+        "answering, and forwards it to signaldb-writer over Arrow Flight.",
         epilog="Precedence: defaults < TOML (--config / $SIGNALDB_CONFIG) < environment < flags. "
-               "See docs/operations.md.")
+        "See docs/operations.md.",
+    )
     add_flags(p, "acceptor")
     return p
 
@@ -42,6 +43,7 @@ async def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     except BaseException:
         await service.stop()
         raise
+
     async def reload() -> None:
         try:
             new = load(args, "acceptor")

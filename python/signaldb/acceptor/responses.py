@@ -39,8 +39,8 @@ def export_response(kind: str, rejected: int, message: str, content_type: str) -
     if content_type == JSON:
         if not rejected and not message:
             return b"{}"
-        partial = {_REJECTED_FIELD[kind]: str(rejected), "errorMessage": message}
-        return json.dumps({"partialSuccess": partial}).encode()
+        fields = {_REJECTED_FIELD[kind]: str(rejected), "errorMessage": message}
+        return json.dumps({"partialSuccess": fields}).encode()
     if not rejected and not message:
         return b""
     text = message.encode()
@@ -50,8 +50,9 @@ def export_response(kind: str, rejected: int, message: str, content_type: str) -
     return b"\x0a" + _varint(len(partial)) + partial
 
 
-def status(reason: Reason, message: str, retry_after_secs: int | None = None,
-           field: str | None = None) -> status_pb2.Status:
+def status(
+    reason: Reason, message: str, retry_after_secs: int | None = None, field: str | None = None
+) -> status_pb2.Status:
     """The ``google.rpc.Status``; a retry hint becomes a ``RetryInfo`` detail, the offending
     field of an invalid request a ``BadRequest`` detail (``field_violations``)."""
     st = status_pb2.Status(code=reason.rpc_code, message=message)
@@ -79,16 +80,23 @@ def status_body(st: status_pb2.Status, content_type: str) -> bytes:
         for detail in st.details:
             info, bad = error_details_pb2.RetryInfo(), error_details_pb2.BadRequest()
             if detail.Unpack(info):
-                details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                                "retryDelay": f"{info.retry_delay.seconds}s"})
+                details.append(
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{info.retry_delay.seconds}s"}
+                )
             elif detail.Unpack(bad):
-                details.append({"@type": "type.googleapis.com/google.rpc.BadRequest",
-                                "fieldViolations": [{"field": v.field, "description": v.description}
-                                                    for v in bad.field_violations]})
+                details.append(
+                    {
+                        "@type": "type.googleapis.com/google.rpc.BadRequest",
+                        "fieldViolations": [
+                            {"field": v.field, "description": v.description} for v in bad.field_violations
+                        ],
+                    }
+                )
         if details:
             body["details"] = details
         return json.dumps(body).encode()
-    return st.SerializeToString()
+    serialized: bytes = st.SerializeToString()
+    return serialized
 
 
 # "invalid [OTLP/JSON ]ExportXServiceRequest: <path>: <problem>" (signaldb_otlp::DecodeError's

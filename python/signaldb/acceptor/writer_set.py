@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,9 @@ class WriterSet:
 
     Not thread-safe: one thread (the forwarder's resolver) calls ``refresh``."""
 
-    def __init__(self, endpoints: Sequence[str], tls: bool, metrics=None,
-                 resolve: Resolver = system_resolve) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], tls: bool, metrics: Any = None, resolve: Resolver = system_resolve
+    ) -> None:
         self.tls = tls
         self._metrics = metrics
         self._resolve = resolve
@@ -74,7 +76,7 @@ class WriterSet:
         self.names = []
         for endpoint in endpoints:
             if endpoint.startswith(DNS_SCHEME):
-                host, _, port = endpoint[len(DNS_SCHEME):].rpartition(":")
+                host, _, port = endpoint[len(DNS_SCHEME) :].rpartition(":")
                 self.names.append(_Name(endpoint, host.strip("[]"), int(port)))
 
     @property
@@ -109,18 +111,28 @@ class WriterSet:
                 now = time.monotonic()
                 if name.failure_logged is None or now - name.failure_logged >= FAILURE_LOG_SECS:
                     name.failure_logged = now
-                    log.warning("writer DNS resolution failed; keeping the last good addresses", extra={
-                        "endpoint": name.endpoint, "error": str(err) or type(err).__name__,
-                        "kept": list(name.addresses or ())})
+                    log.warning(
+                        "writer DNS resolution failed; keeping the last good addresses",
+                        extra={
+                            "endpoint": name.endpoint,
+                            "error": str(err) or type(err).__name__,
+                            "kept": list(name.addresses or ()),
+                        },
+                    )
                 continue
             if name.failure_logged is not None:
                 name.failure_logged = None
                 log.info("writer DNS resolution works again", extra={"endpoint": name.endpoint})
             if addresses != name.addresses:
-                log.info("writer addresses changed", extra={
-                    "endpoint": name.endpoint, "addresses": list(addresses),
-                    "added": sorted(set(addresses) - set(name.addresses or ())),
-                    "removed": sorted(set(name.addresses or ()) - set(addresses))})
+                log.info(
+                    "writer addresses changed",
+                    extra={
+                        "endpoint": name.endpoint,
+                        "addresses": list(addresses),
+                        "added": sorted(set(addresses) - set(name.addresses or ())),
+                        "removed": sorted(set(name.addresses or ()) - set(addresses)),
+                    },
+                )
                 name.addresses = addresses
                 changed = True
         return changed

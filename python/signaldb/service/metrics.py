@@ -57,15 +57,20 @@ class _InfoCollector(Collector):
         self._version = __version__
 
     def collect(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily("signaldb_build_info", "SignalDB version and runtime; always 1.",
-                                 labels=["component", "version", "python_version"])
+        info = GaugeMetricFamily(
+            "signaldb_build_info",
+            "SignalDB version and runtime; always 1.",
+            labels=["component", "version", "python_version"],
+        )
         info.add_metric([self._component, self._version, platform.python_version()], 1.0)
         yield info
         limit = memory_limit_bytes()
         if limit is not None:
-            yield GaugeMetricFamily("signaldb_memory_limit_bytes",
-                                    "The process's cgroup memory limit (a container's or pod's); absent "
-                                    "when there is none.", value=limit)
+            yield GaugeMetricFamily(
+                "signaldb_memory_limit_bytes",
+                "The process's cgroup memory limit (a container's or pod's); absent when there is none.",
+                value=limit,
+            )
 
 
 def memory_limit_bytes(root: Path = Path("/sys/fs/cgroup")) -> int | None:
@@ -113,14 +118,18 @@ class WalCollector(Collector):
             c.add_metric(values, value)
             return c
 
-        yield gauge("signaldb_wal_unprocessed_entries", "Entries appended but not yet processed.",
-                    s.unprocessed_entries)
-        yield gauge("signaldb_wal_unprocessed_bytes", "Bytes of segments that hold unprocessed entries.",
-                    s.unprocessed_bytes)
+        yield gauge(
+            "signaldb_wal_unprocessed_entries", "Entries appended but not yet processed.", s.unprocessed_entries
+        )
+        yield gauge(
+            "signaldb_wal_unprocessed_bytes", "Bytes of segments that hold unprocessed entries.", s.unprocessed_bytes
+        )
         if self._max_backlog_bytes:
-            yield gauge("signaldb_wal_max_backlog_bytes",
-                        "wal.max_backlog_bytes: above this many unprocessed bytes the service pushes back.",
-                        self._max_backlog_bytes)
+            yield gauge(
+                "signaldb_wal_max_backlog_bytes",
+                "wal.max_backlog_bytes: above this many unprocessed bytes the service pushes back.",
+                self._max_backlog_bytes,
+            )
         yield gauge("signaldb_wal_segments", "Segment files in the WAL.", s.total_segments)
         try:
             vfs = os.statvfs(wal.path)
@@ -128,27 +137,34 @@ class WalCollector(Collector):
             pass  # the directory went away: the WAL's own errors say so
         else:
             # The volume the WAL lives on: what an unprivileged process may still write, and its size.
-            yield gauge("signaldb_wal_volume_available_bytes", "Bytes free on the WAL's volume (for this user).",
-                        vfs.f_bavail * vfs.f_frsize)
+            yield gauge(
+                "signaldb_wal_volume_available_bytes",
+                "Bytes free on the WAL's volume (for this user).",
+                vfs.f_bavail * vfs.f_frsize,
+            )
             yield gauge("signaldb_wal_volume_size_bytes", "Size of the WAL's volume.", vfs.f_blocks * vfs.f_frsize)
         yield gauge("signaldb_wal_disk_usage_bytes", "Bytes the WAL occupies on disk.", s.disk_usage_bytes)
         oldest = s.oldest_unprocessed_timestamp_ns
         age = max(0.0, time.time() - oldest / 1e9) if oldest else 0.0
-        yield gauge("signaldb_wal_oldest_unprocessed_age_seconds",
-                    "Age of the oldest unprocessed entry (0 when there is none).", age)
-        yield gauge("signaldb_wal_poisoned", "1 after an fsync failure stopped the WAL (fail-stop).",
-                    1.0 if s.poisoned else 0.0)
+        yield gauge(
+            "signaldb_wal_oldest_unprocessed_age_seconds",
+            "Age of the oldest unprocessed entry (0 when there is none).",
+            age,
+        )
+        yield gauge(
+            "signaldb_wal_poisoned", "1 after an fsync failure stopped the WAL (fail-stop).", 1.0 if s.poisoned else 0.0
+        )
         yield counter("signaldb_wal_appended_entries", "Entries appended.", s.appended_entries)
         yield counter("signaldb_wal_appended_bytes", "Payload bytes appended.", s.appended_bytes)
         yield counter("signaldb_wal_processed_entries", "Entries marked processed.", s.processed_entries)
         yield counter("signaldb_wal_corrupt_entries", "Corrupt entries found and quarantined.", s.corrupt_entries)
         yield counter("signaldb_wal_torn_tails_truncated", "Torn tails cut off at open.", s.torn_tails_truncated)
-        yield counter("signaldb_wal_failed_appends", "Appends that failed (disk full, I/O error).",
-                      s.failed_appends)
+        yield counter("signaldb_wal_failed_appends", "Appends that failed (disk full, I/O error).", s.failed_appends)
         yield counter("signaldb_wal_segments_created", "Segment files created.", s.segments_created)
         yield counter("signaldb_wal_segments_deleted", "Processed segment files deleted.", s.segments_deleted)
-        hist = HistogramMetricFamily("signaldb_wal_fsync_duration_seconds",
-                                     "Time each WAL fsync/fdatasync took.", labels=labels)
+        hist = HistogramMetricFamily(
+            "signaldb_wal_fsync_duration_seconds", "Time each WAL fsync/fdatasync took.", labels=labels
+        )
         buckets = [(_le(le), count) for le, count in s.fsync_duration_buckets]
         hist.add_metric(values, buckets, s.fsync_seconds_total)
         yield hist

@@ -29,6 +29,7 @@ from the standard ``AWS_*`` variables.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -136,7 +137,7 @@ def _check_unsigned(column: pa.ChunkedArray) -> None:
 
 def _sql_uri(url: str) -> str:
     if url.startswith("postgresql://"):
-        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
     return url
 
 
@@ -160,10 +161,13 @@ def _s3_properties() -> dict[str, str]:
     env = os.environ
     props = {}
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    for key, value in (("s3.endpoint", endpoint), ("s3.access-key-id", env.get("AWS_ACCESS_KEY_ID")),
-                       ("s3.secret-access-key", env.get("AWS_SECRET_ACCESS_KEY")),
-                       ("s3.session-token", env.get("AWS_SESSION_TOKEN")),
-                       ("s3.region", env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"))):
+    for key, value in (
+        ("s3.endpoint", endpoint),
+        ("s3.access-key-id", env.get("AWS_ACCESS_KEY_ID")),
+        ("s3.secret-access-key", env.get("AWS_SECRET_ACCESS_KEY")),
+        ("s3.session-token", env.get("AWS_SESSION_TOKEN")),
+        ("s3.region", env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")),
+    ):
         if value:
             props[key] = value
     return props
@@ -172,7 +176,7 @@ def _s3_properties() -> dict[str, str]:
 def storage_root_uri(storage_url: str) -> str:
     """The storage URL as pyiceberg's FileIO spells it (absolute ``file://`` paths)."""
     if storage_url.startswith("file://"):
-        return f"file://{Path(storage_url[len('file://'):]).absolute()}"
+        return f"file://{Path(storage_url[len('file://') :]).absolute()}"
     return storage_url.rstrip("/")
 
 
@@ -183,7 +187,7 @@ def open_catalog(cfg: CatalogConfig, storage_url: str) -> Any:
     if url.startswith("sqlite:///"):
         from pyiceberg.catalog.sql import SqlCatalog
 
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         return SqlCatalog("signaldb", uri=url, warehouse=warehouse, **_s3_properties())
     if url.startswith(("postgresql://", "postgresql+psycopg2://")):
         from pyiceberg.catalog.sql import SqlCatalog
@@ -207,10 +211,18 @@ def _create(catalog: Any, table: str, storage_url: str) -> Any:
 
     schema = assign_fresh_schema_ids(Catalog._convert_schema_if_needed(storage_schema(table)))
     column = time_column(table)
-    spec = PartitionSpec(PartitionField(source_id=schema.find_field(column).field_id, field_id=1000,
-                                        transform=HourTransform(), name=f"{column}_hour"))
-    order = SortOrder(SortField(source_id=schema.find_field("service_name").field_id, transform=IdentityTransform()),
-                      SortField(source_id=schema.find_field(column).field_id, transform=IdentityTransform()))
+    spec = PartitionSpec(
+        PartitionField(
+            source_id=schema.find_field(column).field_id,
+            field_id=1000,
+            transform=HourTransform(),
+            name=f"{column}_hour",
+        )
+    )
+    order = SortOrder(
+        SortField(source_id=schema.find_field("service_name").field_id, transform=IdentityTransform()),
+        SortField(source_id=schema.find_field(column).field_id, transform=IdentityTransform()),
+    )
     location = f"{storage_root_uri(storage_url)}/{table}"
     kwargs: dict[str, Any] = {"partition_spec": spec, "sort_order": order, "properties": TABLE_PROPERTIES}
     if not storage_url.startswith("s3://") or not isinstance(catalog, _rest_type()):
@@ -250,10 +262,8 @@ class Tables:
             raise ValueError(f"unknown table {table!r}")
         catalog = self.catalog
         if not self._namespace_ready:
-            try:
+            with contextlib.suppress(NamespaceAlreadyExistsError):
                 catalog.create_namespace(NAMESPACE)
-            except NamespaceAlreadyExistsError:
-                pass
             self._namespace_ready = True
         try:
             return self.catalog.load_table((NAMESPACE, table))
@@ -261,8 +271,7 @@ class Tables:
             pass
         try:
             created = _create(self.catalog, table, self.storage_url)
-            log.info("Iceberg table created", extra={"table": f"{NAMESPACE}.{table}",
-                                                       "location": created.location()})
+            log.info("Iceberg table created", extra={"table": f"{NAMESPACE}.{table}", "location": created.location()})
             return created
         except TableAlreadyExistsError:  # another writer was first
             return self.catalog.load_table((NAMESPACE, table))
@@ -286,9 +295,11 @@ class Tables:
         """``<location>/data`` relative to storage, for a table a REST catalog placed."""
         root, location = storage_root_uri(self.storage_url), table.location().rstrip("/")
         if not location.startswith(root + "/"):
-            raise ValueError(f"table {table.name()} is at {location}, outside storage.url {root}: "
-                             f"set storage.url to the catalog's warehouse (its table locations start with it)")
-        return f"{location[len(root) + 1:]}/data"
+            raise ValueError(
+                f"table {table.name()} is at {location}, outside storage.url {root}: "
+                f"set storage.url to the catalog's warehouse (its table locations start with it)"
+            )
+        return f"{location[len(root) + 1 :]}/data"
 
     def data_file_uri(self, path: str) -> str:
         """The URI a data file written at ``path`` (relative to storage) has in the table."""

@@ -113,8 +113,14 @@ class Claims:
 
 def encode_map(claim: ClaimMap) -> str:
     """A commit's claim as the summary value: ids as merged ranges."""
-    return json.dumps({p: {s: IdSet((i, i) for i in ids).ranges() for s, ids in sources.items()}
-                       for p, sources in sorted(claim.items())}, separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        {
+            p: {s: IdSet((i, i) for i in ids).ranges() for s, ids in sources.items()}
+            for p, sources in sorted(claim.items())
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
 
 
 def encode_folded(claims: Claims) -> str:
@@ -193,5 +199,13 @@ def summary_claims(summary: Mapping[str, str]) -> str | None:
     return summary.get(SUMMARY_KEY)
 
 
-__all__ = ["Claims", "ClaimMap", "encode_map", "encode_folded", "decode_folded", "entries_by_partition",
-           "merge_maps", "without_claimed"]
+__all__ = [
+    "ClaimMap",
+    "Claims",
+    "decode_folded",
+    "encode_folded",
+    "encode_map",
+    "entries_by_partition",
+    "merge_maps",
+    "without_claimed",
+]

@@ -127,14 +127,19 @@ class TableCommitter:
             try:
                 crashpoints.reached("before_catalog_commit")
                 with table.transaction() as tx:
-                    tx.add_files([self._tables.data_file_uri(f.path) for f in free], snapshot_properties=props,
-                                 check_duplicate_files=False)
+                    tx.add_files(
+                        [self._tables.data_file_uri(f.path) for f in free],
+                        snapshot_properties=props,
+                        check_duplicate_files=False,
+                    )
             except Exception as err:
                 if _is_conflict(err):
                     attempt += 1
                     self._metrics.commit_conflicts.labels(self.table).inc()
-                    log.debug("commit conflict; reading the other commit's claims and trying again",
-                              extra={"table": self.table, "attempt": attempt})
+                    log.debug(
+                        "commit conflict; reading the other commit's claims and trying again",
+                        extra={"table": self.table, "attempt": attempt},
+                    )
                     if give_up():
                         raise
                     time.sleep(random.uniform(0, min(_CONFLICT_PAUSE_MAX_SECS, 0.01 * 2 ** min(attempt, 6))))
@@ -147,8 +152,7 @@ class TableCommitter:
                     self.claims.add_map(f.claim)
             self._metrics.commits.labels(self.table).inc()
             self._metrics.commit_duration.observe(time.monotonic() - started)
-            log.debug("files committed", extra={"table": self.table, "files": len(free),
-                                                "conflicts": attempt})
+            log.debug("files committed", extra={"table": self.table, "files": len(free), "conflicts": attempt})
             return taken
 
     def _summary(self, files: Sequence[FileToCommit]) -> dict[str, str]:
@@ -158,8 +162,12 @@ class TableCommitter:
                 for source, ids in sources.items():
                     claim.setdefault(partition, {}).setdefault(source, []).extend(ids)
         wal = IdSet((w, w) for f in files for w in f.wal_ids)
-        return {WRITER_KEY: self._writer_id, LIFE_KEY: self._life,
-                WAL_KEY: json.dumps(wal.ranges(), separators=(",", ":")), SUMMARY_KEY: encode_map(claim)}
+        return {
+            WRITER_KEY: self._writer_id,
+            LIFE_KEY: self._life,
+            WAL_KEY: json.dumps(wal.ranges(), separators=(",", ":")),
+            SUMMARY_KEY: encode_map(claim),
+        }
 
 
 def _data_files(table: Any) -> int:
@@ -206,8 +214,9 @@ class Committer:
         with self._lock:
             found = self._by_table.get(table)
             if found is None:
-                found = self._by_table[table] = TableCommitter(self.tables, table, self._writer_id, self._life,
-                                                               self._metrics)
+                found = self._by_table[table] = TableCommitter(
+                    self.tables, table, self._writer_id, self._life, self._metrics
+                )
             return found
 
     def without_claimed(self, record: WalRecord) -> tuple[WalRecord, int]:

@@ -26,14 +26,22 @@ from signaldb.writer.state import StateFileError
 log = logging.getLogger("signaldb.writer")
 
 # Startup failures whose message says all there is to say (which file, what to do).
-KNOWN_STARTUP_ERRORS = (StartupFileError, StateFileError, WriterIdError, WalError, IsADirectoryError, NotADirectoryError,
-                        PermissionError)
+KNOWN_STARTUP_ERRORS = (
+    StartupFileError,
+    StateFileError,
+    WriterIdError,
+    WalError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="signaldb-writer",
-        description="SignalDB writer: Arrow Flight in, writer WAL, Parquet out (file:// or s3://).")
+        description="SignalDB writer: Arrow Flight in, writer WAL, Parquet out (file:// or s3://).",
+    )
     add_flags(parser, "writer")
     return parser
 

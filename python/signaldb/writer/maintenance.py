@@ -147,8 +147,9 @@ class _Live:
     rows: int
 
 
-def plan_groups(files: Iterable[_Live], target_bytes: int, closed_before_hour: int,
-                keep_from_hour: int | None = None) -> list[list[_Live]]:
+def plan_groups(
+    files: Iterable[_Live], target_bytes: int, closed_before_hour: int, keep_from_hour: int | None = None
+) -> list[list[_Live]]:
     """Groups of small files to compact: per (hour, directory) of a closed hour (an hour number
     below ``closed_before_hour``, and not about to be dropped by retention: ``keep_from_hour``),
     the files under ``target_bytes / 2`` in name order, binned first-fit up to ``target_bytes``;
@@ -189,8 +190,15 @@ def compacted_path(writer_id: str, inputs: Sequence[str]) -> str:
 class Maintenance:
     """The maintenance job for every table of one catalog (see the module doc)."""
 
-    def __init__(self, cfg: Config, writer_id: str, metrics: WriterMetrics, tables: Tables | None = None,
-                 store: ObjectStore | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        writer_id: str,
+        metrics: WriterMetrics,
+        tables: Tables | None = None,
+        store: ObjectStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = cfg
         self.catalog_cfg = cfg.catalog
         self.writer_id = writer_id
@@ -220,8 +228,10 @@ class Maintenance:
             return True
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.warning("table maintenance still running at shutdown; left to end with the process",
-                        extra={"waited_secs": timeout})
+            log.warning(
+                "table maintenance still running at shutdown; left to end with the process",
+                extra={"waited_secs": timeout},
+            )
             return False
         return True
 
@@ -259,15 +269,24 @@ class Maintenance:
             if self.stopping:
                 break
             reports.append(self._run_table(name))
-        log.info("table maintenance run done", extra={"tables": len(reports), "secs": round(time.monotonic() - started, 3),
-                                                     "errors": sum(len(r.errors) for r in reports)})
+        log.info(
+            "table maintenance run done",
+            extra={
+                "tables": len(reports),
+                "secs": round(time.monotonic() - started, 3),
+                "errors": sum(len(r.errors) for r in reports),
+            },
+        )
         return reports
 
     def _run_table(self, name: str) -> TableReport:
         report = TableReport(name)
         steps: list[tuple[str, Callable[[str, TableReport], None]]] = [
-            ("retention", self._retention), ("compaction", self._compaction),
-            ("expiry", self._expiry), ("orphans", self._orphans)]
+            ("retention", self._retention),
+            ("compaction", self._compaction),
+            ("expiry", self._expiry),
+            ("orphans", self._orphans),
+        ]
         for task, step in steps:
             if self.stopping:
                 break
@@ -277,8 +296,11 @@ class Maintenance:
             except Exception as err:
                 self.metrics.maintenance_runs.labels(task, "error").inc()
                 report.errors.append(f"{task}: {err!r}"[:1000])
-                log.error("table maintenance step failed", exc_info=True,
-                          extra={"table": name, "task": task, "error": str(err)[:500]})
+                log.error(
+                    "table maintenance step failed",
+                    exc_info=True,
+                    extra={"table": name, "task": task, "error": str(err)[:500]},
+                )
             else:
                 self.metrics.maintenance_runs.labels(task, "ok").inc()
             report.secs[task] = round(time.monotonic() - started, 3)
@@ -298,7 +320,7 @@ class Maintenance:
     def _relative(self, uri: str) -> str | None:
         """A data file's path relative to the storage root; None when it lies elsewhere."""
         if uri.startswith(self.root):
-            return uri[len(self.root):]
+            return uri[len(self.root) :]
         return None
 
     def _hour_index(self, table: Any) -> tuple[int, int] | None:
@@ -360,10 +382,11 @@ class Maintenance:
                 if not _is_conflict(err) or attempt == MAX_COMMIT_ATTEMPTS:
                     raise
                 self.metrics.commit_conflicts.labels(name).inc()
-                log.debug("maintenance commit conflict; loading the table again",
-                          extra={"table": name, "attempt": attempt})
+                log.debug(
+                    "maintenance commit conflict; loading the table again", extra={"table": name, "attempt": attempt}
+                )
                 # Short: the next attempt must fit between the other writers' commits.
-                time.sleep(random.uniform(0, min(_CONFLICT_PAUSE_MAX_SECS, 0.005 * 2 ** attempt)))
+                time.sleep(random.uniform(0, min(_CONFLICT_PAUSE_MAX_SECS, 0.005 * 2**attempt)))
         return None
 
     def _check_own_retry(self, table: Any) -> None:
@@ -371,8 +394,10 @@ class Maintenance:
         # newer head without our check that its inputs are still live (a compaction racing
         # another could then add its rows a second time). Our tables are created with 0.
         if table.properties.get("commit.retry.num-retries") != "0":
-            raise RuntimeError(f"table {table.name()} has commit.retry.num-retries="
-                               f"{table.properties.get('commit.retry.num-retries')!r}; maintenance needs 0")
+            raise RuntimeError(
+                f"table {table.name()} has commit.retry.num-retries="
+                f"{table.properties.get('commit.retry.num-retries')!r}; maintenance needs 0"
+            )
 
     # -- 1. retention -------------------------------------------------------------------
 
@@ -386,16 +411,23 @@ class Maintenance:
             old = [f for f in self._live_files(table) if f.hour < keep_from]
             if not old:
                 return False
-            props = {RETENTION_KEY: json.dumps({"before": partition_name(keep_from), "files": len(old)}),
-                     WRITER_KEY: self.writer_id}
-            with table.transaction() as tx:
-                with tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
-                    for f in old:
-                        ow.delete_data_file(f.data_file)
+            props = {
+                RETENTION_KEY: json.dumps({"before": partition_name(keep_from), "files": len(old)}),
+                WRITER_KEY: self.writer_id,
+            }
+            with table.transaction() as tx, tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
+                for f in old:
+                    ow.delete_data_file(f.data_file)
             report.retention_files += len(old)
-            log.info("retention: old hours dropped", extra={"table": name, "files": len(old),
-                                                            "rows": sum(f.rows for f in old),
-                                                            "before": partition_name(keep_from)})
+            log.info(
+                "retention: old hours dropped",
+                extra={
+                    "table": name,
+                    "files": len(old),
+                    "rows": sum(f.rows for f in old),
+                    "before": partition_name(keep_from),
+                },
+            )
             return True
 
         self._commit_loop(name, attempt)
@@ -406,8 +438,9 @@ class Maintenance:
         table = self.tables.load(name)
         self._check_own_retry(table)
         closed_before = int((self.clock() - self.grace) // _HOUR_SECS)  # hours ending before now - grace
-        groups = plan_groups(self._live_files(table), self.catalog_cfg.compaction_target_bytes, closed_before,
-                             self._retention_hour())
+        groups = plan_groups(
+            self._live_files(table), self.catalog_cfg.compaction_target_bytes, closed_before, self._retention_hour()
+        )
         limit = GROUP_ARROW_BYTES_PER_TARGET * self.catalog_cfg.compaction_target_bytes
         for planned in groups:
             for group in self._split_by_memory(table, planned, limit):
@@ -447,8 +480,9 @@ class Maintenance:
         expected = sum(f.rows for f in group)
         merged = pa.concat_tables(data)
         if merged.num_rows != expected:
-            raise RuntimeError(f"compaction read {merged.num_rows} rows from {len(inputs)} files of {name}, "
-                               f"the table lists {expected}")
+            raise RuntimeError(
+                f"compaction read {merged.num_rows} rows from {len(inputs)} files of {name}, the table lists {expected}"
+            )
         body, rows = parquet.build(name, merged.to_batches())  # ordered, the writer's options
         read_secs = time.monotonic() - started
         path = compacted_path(self.writer_id, inputs)
@@ -456,8 +490,10 @@ class Maintenance:
             put_with_retry(self.store, path, body, self.metrics, lambda: self.stopping)
         except (ObjectConflict, StoreAborted) as err:
             report.compaction_given_up += 1
-            log.warning("compaction: output not written; group left as it is",
-                        extra={"table": name, "path": path, "error": str(err)})
+            log.warning(
+                "compaction: output not written; group left as it is",
+                extra={"table": name, "path": path, "error": str(err)},
+            )
             return
         uri = f"{self.root}{path}"
         props = {COMPACTION_KEY: json.dumps({"files": len(inputs), "rows": rows}), WRITER_KEY: self.writer_id}
@@ -471,19 +507,20 @@ class Maintenance:
 
         def attempt(fresh: Any) -> bool:
             self._check_own_retry(fresh)
-            if fresh.metadata.current_schema_id != table.metadata.current_schema_id or \
-                    fresh.metadata.default_spec_id != table.metadata.default_spec_id:
+            if (
+                fresh.metadata.current_schema_id != table.metadata.current_schema_id
+                or fresh.metadata.default_spec_id != table.metadata.default_spec_id
+            ):
                 return False  # evolved meanwhile: leave the group to the next run
             live = {f.path: f for f in self._live_files(fresh)}
             if path in live:
                 return True  # an earlier attempt landed (its answer was lost)
             if any(p not in live for p in inputs):
                 return False  # another compaction or retention took some inputs
-            with fresh.transaction() as tx:
-                with tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
-                    for p in inputs:
-                        ow.delete_data_file(live[p].data_file)
-                    ow.append_data_file(new_file)
+            with fresh.transaction() as tx, tx.update_snapshot(snapshot_properties=props).overwrite() as ow:
+                for p in inputs:
+                    ow.delete_data_file(live[p].data_file)
+                ow.append_data_file(new_file)
             return True
 
         try:
@@ -494,8 +531,11 @@ class Maintenance:
             done = False
         if not done:
             report.compaction_given_up += 1
-            log.info("compaction: inputs changed meanwhile or conflicts persisted; group given up "
-                     "(its new file is an orphan)", extra={"table": name, "path": path, "inputs": len(inputs)})
+            log.info(
+                "compaction: inputs changed meanwhile or conflicts persisted; group given up "
+                "(its new file is an orphan)",
+                extra={"table": name, "path": path, "inputs": len(inputs)},
+            )
             return
         in_bytes = sum(f.size for f in group)
         report.compacted_groups += 1
@@ -505,10 +545,20 @@ class Maintenance:
         report.compacted_bytes_out += len(body)
         self.metrics.compacted_files.labels(name).inc(len(inputs))
         secs = time.monotonic() - started
-        log.info("compaction: files replaced", extra={
-            "table": name, "partition": partition_name(group[0].hour), "files": len(inputs), "rows": rows,
-            "bytes_in": in_bytes, "bytes_out": len(body), "path": path, "read_build_secs": round(read_secs, 3),
-            "secs": round(secs, 3)})
+        log.info(
+            "compaction: files replaced",
+            extra={
+                "table": name,
+                "partition": partition_name(group[0].hour),
+                "files": len(inputs),
+                "rows": rows,
+                "bytes_in": in_bytes,
+                "bytes_out": len(body),
+                "path": path,
+                "read_build_secs": round(read_secs, 3),
+                "secs": round(secs, 3),
+            },
+        )
 
     # -- 3. expiry ------------------------------------------------------------------------
 
@@ -556,8 +606,10 @@ class Maintenance:
             # ones are (expiring them now would add another, one per run on an idle table).
             if unchanged and all(_is_maintenance_snapshot(s) for s in expire):
                 return False
-            props = {MAINTENANCE_KEY: json.dumps({"expired": len(expire), "claims_folded": len(claims)}),
-                     WRITER_KEY: self.writer_id}
+            props = {
+                MAINTENANCE_KEY: json.dumps({"expired": len(expire), "claims_folded": len(claims)}),
+                WRITER_KEY: self.writer_id,
+            }
             with table.transaction() as tx:
                 tx.set_properties({FOLDED_PROPERTY: value})
                 if expire:
@@ -566,9 +618,15 @@ class Maintenance:
                 with tx.update_snapshot(snapshot_properties=props).fast_append():
                     pass
             report.expired_snapshots += len(expire)
-            log.info("expiry: snapshots expired, their claims folded into the table property",
-                     extra={"table": name, "snapshots": len(expire), "folded_partition_sources": len(claims),
-                            "property_bytes": len(value)})
+            log.info(
+                "expiry: snapshots expired, their claims folded into the table property",
+                extra={
+                    "table": name,
+                    "snapshots": len(expire),
+                    "folded_partition_sources": len(claims),
+                    "property_bytes": len(value),
+                },
+            )
             return True
 
         self._commit_loop(name, attempt)
@@ -583,8 +641,12 @@ class Maintenance:
         if value is not None:
             return int(value) / 1000
         md = table.metadata
-        times = [md.last_updated_ms, *(s.timestamp_ms for s in md.snapshots),
-                 *(e.timestamp_ms for e in md.snapshot_log), *(e.timestamp_ms for e in md.metadata_log)]
+        times = [
+            md.last_updated_ms,
+            *(s.timestamp_ms for s in md.snapshots),
+            *(e.timestamp_ms for e in md.snapshot_log),
+            *(e.timestamp_ms for e in md.metadata_log),
+        ]
         earliest = min(times)
 
         def attempt(fresh: Any) -> bool:
@@ -593,9 +655,10 @@ class Maintenance:
             return True
 
         self._commit_loop(name, attempt)
-        log.info("orphan cleanup: files older than the table are never deleted",
-                 extra={"table": name, "since_ms": earliest})
-        return earliest / 1000
+        log.info(
+            "orphan cleanup: files older than the table are never deleted", extra={"table": name, "since_ms": earliest}
+        )
+        return float(earliest) / 1000
 
     # -- 4. orphans -----------------------------------------------------------------------
 
@@ -625,12 +688,16 @@ class Maintenance:
             report.orphans_deleted += 1
             report.orphan_bytes += obj.size
             self.metrics.orphans_deleted.inc()
-            log.info("orphan file deleted", extra={"table": name, "path": obj.path, "bytes": obj.size,
-                                                   "age_secs": round(now - obj.modified)})
+            log.info(
+                "orphan file deleted",
+                extra={"table": name, "path": obj.path, "bytes": obj.size, "age_secs": round(now - obj.modified)},
+            )
         if older:
-            log.warning("unreferenced files older than the table are left alone (plain Parquet files written "
-                        "before the catalog was used?); see docs/operations.md, Table maintenance",
-                        extra={"table": name, "files": older, "table_since": since})
+            log.warning(
+                "unreferenced files older than the table are left alone (plain Parquet files written "
+                "before the catalog was used?); see docs/operations.md, Table maintenance",
+                extra={"table": name, "files": older, "table_since": since},
+            )
         # Hour directories this emptied go too (retention leaves them behind, hour by hour); a
         # writer putting a file into one at that moment meets ENOENT and its put is retried
         # (put makes missing directories).

@@ -141,8 +141,9 @@ class _Plan:
     put_at: float = 0.0  # monotonic time of the put (a file left uncommitted too long is planned again)
 
 
-def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], life: str = "",
-              directory: str | None = None) -> str:
+def file_path(
+    writer_id: str, table: str, partition: str, wal_ids: list[int], life: str = "", directory: str | None = None
+) -> str:
     """``<table>/date=.../hour=../<writer id>-<first>-<last>-<hash>.parquet``. The hash also
     covers ``life``, a random value drawn at every writer start: writer WAL ids come from the
     directory's history, so a restored backup of it, or a second writer started from a copy,
@@ -155,13 +156,25 @@ def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], li
     return f"{directory or table}/{partition}/{writer_id}-{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
 
 
-def _plan(writer_id: str, table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]],
-          life: str = "", directory: str | None = None) -> _Plan:
+def _plan(
+    writer_id: str,
+    table: str,
+    partition: str,
+    parts: Iterable[tuple[int, pa.RecordBatch]],
+    life: str = "",
+    directory: str | None = None,
+) -> _Plan:
     ordered = sorted(parts, key=lambda p: p[0])  # wal id order: a rewrite holds the same rows
     wal_ids = [wid for wid, _ in ordered]
     batches = [b for _, b in ordered]
-    return _Plan(file_path(writer_id, table, partition, wal_ids, life, directory), table, partition, wal_ids, batches,
-                 sum(b.nbytes for b in batches))
+    return _Plan(
+        file_path(writer_id, table, partition, wal_ids, life, directory),
+        table,
+        partition,
+        wal_ids,
+        batches,
+        sum(b.nbytes for b in batches),
+    )
 
 
 class Sink:
@@ -224,8 +237,9 @@ class Sink:
         record, part_ids = self._unclaimed(record)
         parts = split_by_hour(record.table, record.batch)
         with self._cond:
-            self._entries[wal_id] = _Entry((record.acceptor_id, record.table), record.entry_ids, tuple(parts),
-                                           set(parts), part_ids)
+            self._entries[wal_id] = _Entry(
+                (record.acceptor_id, record.table), record.entry_ids, tuple(parts), set(parts), part_ids
+            )
             self._buffer(wal_id, record.table, parts.items())
             if not parts:  # every row committed already (by another writer): nothing to write
                 self._instant.append(wal_id)
@@ -239,8 +253,10 @@ class Sink:
         record, dropped = self._committer.without_claimed(record)
         if dropped:
             self._metrics.claimed_elsewhere.labels(record.table).inc(dropped)
-            log.info("rows already committed are not written again", extra={
-                "table": record.table, "source": record.acceptor_id, "rows": dropped})
+            log.info(
+                "rows already committed are not written again",
+                extra={"table": record.table, "source": record.acceptor_id, "rows": dropped},
+            )
         return record, entries_by_partition(record)
 
     def _buffer(self, wal_id: int, table: str, parts: Iterable[tuple[str, pa.RecordBatch]]) -> None:
@@ -359,13 +375,17 @@ class Sink:
             rec = self._state.files[path]
             plan = _plan(self._writer_id, rec.table, rec.partition, planned_parts, life=self._life)
             if plan.wal_ids != sorted(rec.wal_ids):  # an entry vanished from the WAL (quarantined as corrupt)
-                log.error("planned file lost entries; rewriting what remains under its name",
-                          extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids})
+                log.error(
+                    "planned file lost entries; rewriting what remains under its name",
+                    extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids},
+                )
             plan.path = path  # always the saved name: also a plan saved by a version without writer ids
             plan.splittable = False
             plans.append(plan)
-        log.info("replay read", extra={"entries": seen, "already_committed": len(already_done),
-                                       "files_to_rewrite": len(plans)})
+        log.info(
+            "replay read",
+            extra={"entries": seen, "already_committed": len(already_done), "files_to_rewrite": len(plans)},
+        )
         with self._cond:
             self._retry.extend(plans)  # the flusher writes these first, exactly as planned
             self._held += sum(p.nbytes for p in plans)  # bounded by the last life's limit
@@ -391,8 +411,10 @@ class Sink:
                 break
             except Exception as err:
                 self._metrics.commit_errors.labels("*").inc()
-                log.warning("catalog unreachable at start; retrying before the replay",
-                            extra={"error": str(err)[:500], "retry_in_secs": delay})
+                log.warning(
+                    "catalog unreachable at start; retrying before the replay",
+                    extra={"error": str(err)[:500], "retry_in_secs": delay},
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
         with self._state_lock:
@@ -412,8 +434,10 @@ class Sink:
         replace_durably(target, data)
         fsync_dir(self._wal_dir)  # the dead-letter directory may be new
         self._metrics.dead_letter_entries.inc()
-        log.error("unreadable writer WAL entry moved to dead-letter",
-                  extra={"wal_id": wal_id, "path": str(target), "error": repr(err)})
+        log.error(
+            "unreadable writer WAL entry moved to dead-letter",
+            extra={"wal_id": wal_id, "path": str(target), "error": repr(err)},
+        )
 
     # -- the flusher -----------------------------------------------------------
 
@@ -457,8 +481,9 @@ class Sink:
                     self._committer.data_dir(table)
                 except Exception as err:
                     self._metrics.commit_errors.labels(table).inc()
-                    log.warning("catalog unreachable; the table's files wait", extra={
-                        "table": table, "error": str(err)[:500]})
+                    log.warning(
+                        "catalog unreachable; the table's files wait", extra={"table": table, "error": str(err)[:500]}
+                    )
                     time.sleep(_FAILED_CYCLE_PAUSE_SECS)
 
     def _unresolved(self) -> bool:
@@ -483,8 +508,10 @@ class Sink:
             try:
                 self._write(plans)
             except StoreAborted as err:
-                log.warning("shutdown deadline reached; unwritten rows stay in the WAL for the next start",
-                            extra={"error": str(err)})
+                log.warning(
+                    "shutdown deadline reached; unwritten rows stay in the WAL for the next start",
+                    extra={"error": str(err)},
+                )
                 return
             except Exception:
                 log.exception("writing Parquet failed; retrying the same files")
@@ -509,6 +536,7 @@ class Sink:
         """Failed plans (as they were) whose pause is over, the buffers that are due, and,
         while the held bytes are over half the bound, the oldest of the other buffers."""
         now = time.monotonic()
+
         # At shutdown everything is tried at once, except plans blocked by a conflicting object:
         # they would only meet it again (and spin); they stay in the WAL for the next start.
         def take(p: _Plan) -> bool:
@@ -517,10 +545,18 @@ class Sink:
         plans = [p for p in self._retry if take(p)]
         if plans:
             self._retry = [p for p in self._retry if not take(p)]
-        due = [k for k, b in self._buffers.items() if self._table_dir(k[0]) is not None
-               and (self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age)]
-        plans += [_plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._name_salt(),
-                        directory=self._table_dir(k[0])) for k in due]
+        due = [
+            k
+            for k, b in self._buffers.items()
+            if self._table_dir(k[0]) is not None
+            and (self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age)
+        ]
+        plans += [
+            _plan(
+                self._writer_id, *k, self._buffers.pop(k).parts, life=self._name_salt(), directory=self._table_dir(k[0])
+            )
+            for k in due
+        ]
         # Everything planned now is released once written: flush early until the rest is under the mark.
         left = self._held - sum(p.nbytes for p in plans if not p.released)
         early = 0
@@ -530,15 +566,22 @@ class Sink:
                     break
                 if self._table_dir(k[0]) is None:
                     continue
-                plan = _plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._name_salt(),
-                             directory=self._table_dir(k[0]))
+                plan = _plan(
+                    self._writer_id,
+                    *k,
+                    self._buffers.pop(k).parts,
+                    life=self._name_salt(),
+                    directory=self._table_dir(k[0]),
+                )
                 plans.append(plan)
                 left -= plan.nbytes
                 early += 1
         if early:
             self._metrics.early_files.inc(early)
-            log.debug("writing buffers early: buffered bytes over half of writer.max_buffered_bytes",
-                      extra={"files": early, "buffered_bytes": self._held, "limit": self._limit})
+            log.debug(
+                "writing buffers early: buffered bytes over half of writer.max_buffered_bytes",
+                extra={"files": early, "buffered_bytes": self._held, "limit": self._limit},
+            )
         if plans:
             self._update_gauges()
         return plans
@@ -592,7 +635,7 @@ class Sink:
             settled.append(p)
             with self._cond:
                 self._release(p)
-        complete = []
+        complete: list[int] = []
         if to_commit:
             settled += self._commit_files(to_commit, complete)
         with self._cond:
@@ -650,8 +693,9 @@ class Sink:
 
     def _replan(self, p: _Plan, reason: str) -> list[int]:
         """``p``'s file stays uncommitted (an orphan, deleted by maintenance): some of its rows
-        were committed by another commit, or it waited too long for its commit. Its entries' rows of that partition are read again from
-        the WAL, the claimed ones dropped, and the rest buffered again (new names: ``_name_salt``).
+        were committed by another commit, or it waited too long for its commit. Its entries'
+        rows of that partition are read again from the WAL, the claimed ones dropped, and the
+        rest buffered again (new names: ``_name_salt``).
         Returns the entries this completes (nothing of theirs left to write)."""
         p.superseded = True  # never retried as it is (a failure later in this cycle must not revive it)
         with self._state_lock:
@@ -659,9 +703,11 @@ class Sink:
             self._save_state()
         self._replans += 1
         self._metrics.replanned_files.labels(p.table).inc()
-        log.warning("file not committed; planning its rows again", extra={
-            "reason": reason, "path": p.path, "table": p.table, "partition": p.partition, "wal_ids": p.wal_ids})
-        complete = []
+        log.warning(
+            "file not committed; planning its rows again",
+            extra={"reason": reason, "path": p.path, "table": p.table, "partition": p.partition, "wal_ids": p.wal_ids},
+        )
+        complete: list[int] = []
         for wid in p.wal_ids:
             data = self._read_payload(wid)
             rows = None
@@ -694,9 +740,18 @@ class Sink:
             self._conflicting.add(p.path)
             self._metrics.conflicting_files.set(len(self._conflicting))
             self._retry.append(p)  # at once: a later failure in this cycle must not lose it
-        log.error("object exists with other content; not overwritten, its rows stay in the WAL",
-                  extra={"path": p.path, "store": err.url, "table": p.table, "partition": p.partition,
-                         "wal_ids": p.wal_ids, "attempt": p.conflicts, "retry_in_secs": delay})
+        log.error(
+            "object exists with other content; not overwritten, its rows stay in the WAL",
+            extra={
+                "path": p.path,
+                "store": err.url,
+                "table": p.table,
+                "partition": p.partition,
+                "wal_ids": p.wal_ids,
+                "attempt": p.conflicts,
+                "retry_in_secs": delay,
+            },
+        )
 
     def _resolved(self, p: _Plan) -> None:
         with self._cond:
@@ -710,13 +765,16 @@ class Sink:
         self._metrics.build_errors.inc()
         p.not_before = time.monotonic() + BUILD_RETRY_PAUSE_SECS
         if isinstance(err, MemoryError):  # not the data's fault: retried, never dead-lettered
-            log.warning("building a Parquet file ran out of memory; will retry",
-                        extra={"path": p.path, "error": repr(err)})
+            log.warning(
+                "building a Parquet file ran out of memory; will retry", extra={"path": p.path, "error": repr(err)}
+            )
             return [p]
         p.build_failures += 1
         if p.build_failures < BUILD_ATTEMPTS:
-            log.warning("building a Parquet file failed; will retry",
-                        extra={"path": p.path, "attempt": p.build_failures, "error": repr(err)})
+            log.warning(
+                "building a Parquet file failed; will retry",
+                extra={"path": p.path, "attempt": p.build_failures, "error": repr(err)},
+            )
             return [p]
         if p.splittable and len(p.wal_ids) > 1:
             return self._split(p, err)
@@ -727,9 +785,17 @@ class Sink:
         """Replaces ``p`` by one plan per entry, so that only the entries whose rows cannot be
         built go to dead-letter. Safe because ``p`` was planned in this life and never built,
         so no object of that name exists; the swap is one state save (old plan or new ones)."""
-        subs = [_plan(self._writer_id, p.table, p.partition, [(wid, batch)], life=self._name_salt(),
-                      directory=self._table_dir(p.table))
-                for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
+        subs = [
+            _plan(
+                self._writer_id,
+                p.table,
+                p.partition,
+                [(wid, batch)],
+                life=self._name_salt(),
+                directory=self._table_dir(p.table),
+            )
+            for wid, batch in zip(p.wal_ids, p.batches, strict=True)
+        ]
         for sub in subs:
             sub.build_failures = BUILD_ATTEMPTS - 1  # the rows already failed together: one try each
         with self._state_lock:
@@ -738,9 +804,10 @@ class Sink:
                 self._state.files[sub.path] = state.FileRecord(sub.table, sub.partition, sub.wal_ids)
             self._save_state()
         p.released, p.superseded, p.batches = True, True, []  # its bytes are the subs' now (same batches)
-        log.warning("building a Parquet file failed repeatedly; trying its entries one by one",
-                    extra={"path": p.path, "wal_ids": p.wal_ids, "attempts": p.build_failures,
-                           "error": repr(err)})
+        log.warning(
+            "building a Parquet file failed repeatedly; trying its entries one by one",
+            extra={"path": p.path, "wal_ids": p.wal_ids, "attempts": p.build_failures, "error": repr(err)},
+        )
         return subs
 
     def _dead_letter_plan(self, p: _Plan, err: Exception) -> None:
@@ -777,16 +844,24 @@ class Sink:
                 "partitions_dead_lettered": dead,
                 "partitions_in_parquet": [x for x in partitions if x not in dead],
                 "note": "the .entry file holds the whole writer WAL entry; only its rows in "
-                        "partitions_dead_lettered are missing from Parquet, its rows in "
-                        "partitions_in_parquet are written to Parquet as usual (re-ingest only the former)",
+                "partitions_dead_lettered are missing from Parquet, its rows in "
+                "partitions_in_parquet are written to Parquet as usual (re-ingest only the former)",
             }
             write_synced(record_file, json.dumps(record, indent=1).encode())
         fsync_dir(directory)
         fsync_dir(self._wal_dir)  # the dead-letter directory may be new
         self._metrics.dead_letter_entries.inc(new)
-        log.error("Parquet file could not be built; its entries moved to dead-letter",
-                  extra={"path": p.path, "wal_ids": p.wal_ids, "partition": p.partition,
-                         "dead_letter_dir": str(directory), "attempts": p.build_failures, "error": repr(err)})
+        log.error(
+            "Parquet file could not be built; its entries moved to dead-letter",
+            extra={
+                "path": p.path,
+                "wal_ids": p.wal_ids,
+                "partition": p.partition,
+                "dead_letter_dir": str(directory),
+                "attempts": p.build_failures,
+                "error": repr(err),
+            },
+        )
         crashpoints.reached("after_dead_letter")
         with self._state_lock:
             self._state.files[p.path].dead_letter = reason
@@ -813,8 +888,7 @@ class Sink:
                     self._entries.pop(wid, None)
                 live = set(self._entries)
             if replayed:  # before that, an entry not yet re-read would look complete
-                for path in [p for p, r in self._state.files.items()
-                             if r.settled and not live.intersection(r.wal_ids)]:
+                for path in [p for p, r in self._state.files.items() if r.settled and not live.intersection(r.wal_ids)]:
                     del self._state.files[path]
             self._save_state()
         if wal_ids:
@@ -838,4 +912,3 @@ class Sink:
                 "files_to_retry": len(self._retry),
                 "conflicting_files": len(self._conflicting),
             }
-

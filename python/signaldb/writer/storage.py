@@ -28,6 +28,7 @@ writer waits for the store rather than dropping anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -70,7 +71,8 @@ def same_content(existing: bytes, data: bytes) -> bool:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(pa.BufferReader(existing)).equals(pq.read_table(pa.BufferReader(data)))
+        same: bool = pq.read_table(pa.BufferReader(existing)).equals(pq.read_table(pa.BufferReader(data)))
+        return same
     except Exception:  # not Parquet, or unreadable: other content
         return False
 
@@ -109,10 +111,8 @@ class LocalStore:
             missing.append(directory)
             directory = directory.parent
         for d in reversed(missing):
-            try:
+            with contextlib.suppress(FileExistsError):
                 d.mkdir()
-            except FileExistsError:
-                pass
             fsync_dir(d.parent)
 
     def put(self, path: str, data: bytes) -> None:
@@ -169,10 +169,8 @@ class LocalStore:
 
 
 def _unlink_missing_ok(path: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class S3Store:
@@ -184,16 +182,24 @@ class S3Store:
         # Short client timeouts and few internal retries: put_with_retry owns the patience.
         self._store = _S3.from_url(
             url.rstrip("/"),
-            client_options={"allow_http": endpoint.startswith("http://"), "timeout": timedelta(seconds=60),
-                            "connect_timeout": timedelta(seconds=5)},
-            retry_config={"max_retries": 1, "retry_timeout": timedelta(seconds=30),
-                          "backoff": {"init_backoff": timedelta(milliseconds=100),
-                                      "max_backoff": timedelta(seconds=1), "base": 2}},
+            client_options={
+                "allow_http": endpoint.startswith("http://"),
+                "timeout": timedelta(seconds=60),
+                "connect_timeout": timedelta(seconds=5),
+            },
+            retry_config={
+                "max_retries": 1,
+                "retry_timeout": timedelta(seconds=30),
+                "backoff": {
+                    "init_backoff": timedelta(milliseconds=100),
+                    "max_backoff": timedelta(seconds=1),
+                    "base": 2,
+                },
+            },
         )
 
     def put(self, path: str, data: bytes) -> None:
         import obstore
-
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
         try:
@@ -242,8 +248,10 @@ def put_with_retry(
             failures += 1
             metrics.put_errors.inc()
             if failures == 1 or failures % 10 == 0:
-                log.warning("object store put failed; retrying",
-                            extra={"path": path, "store": store.url, "failures": failures, "error": str(err)})
+                log.warning(
+                    "object store put failed; retrying",
+                    extra={"path": path, "store": store.url, "failures": failures, "error": str(err)},
+                )
             if _sleep_unless(give_up, delay):
                 raise StoreAborted(f"gave up writing {path} after {failures} failures: {err}") from err
             delay = min(delay * 2, _BACKOFF_MAX)
