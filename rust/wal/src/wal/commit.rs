@@ -86,12 +86,9 @@ impl Inner {
 
     /// Waits until sync `seq` completed (or a safety recheck is due).
     fn wait_for_sync(&self, seq: u64) {
-        let slot = &self.commit.slots[(seq % 2) as usize];
-        let mut done = lock(&slot.completed);
-        if *done < seq && !self.is_closed_or_poisoned() {
-            done = slot.cv.wait_timeout(done, WAIT_RECHECK).unwrap_or_else(|p| p.into_inner()).0;
+        if !self.is_closed_or_poisoned() {
+            self.commit.slots[(seq % 2) as usize].wait(seq, WAIT_RECHECK);
         }
-        drop(done);
     }
 
     fn is_closed_or_poisoned(&self) -> bool {
@@ -99,17 +96,17 @@ impl Inner {
     }
 
     fn complete_slot(&self, seq: u64) {
-        let slot = &self.commit.slots[(seq % 2) as usize];
-        let mut done = lock(&slot.completed);
-        *done = (*done).max(seq);
-        slot.cv.notify_all();
+        self.commit.slots[(seq % 2) as usize].complete(seq);
     }
 
     /// Wakes every waiter (poisoning, close): they look at the state again.
     pub(super) fn wake_all_waiters(&self) {
         for slot in &self.commit.slots {
-            let _g = lock(&slot.completed);
-            slot.cv.notify_all();
+            // Waking without completing: the waiters recheck and find the poison or the close.
+            // SAFETY: FUTEX_WAKE on a live u32.
+            unsafe {
+                libc::syscall(libc::SYS_futex, slot.completed.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX)
+            };
         }
     }
 

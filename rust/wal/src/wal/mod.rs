@@ -198,12 +198,65 @@ struct CommitState {
 
 /// Waiters for the syncs of one parity: sync `n` wakes exactly the callers
 /// whose records it made durable (`slots[n % 2]`), not the ones waiting for
-/// the next sync (no stampede).
+/// the next sync (no stampede). A futex word, not a mutex and condvar: the
+/// woken callers do not queue up again on a mutex to leave.
 #[derive(Default)]
 struct WaitSlot {
-    /// The last sync of this parity that completed.
-    completed: Mutex<u64>,
-    cv: Condvar,
+    /// Low 32 bits of the last sync of this parity that completed.
+    completed: std::sync::atomic::AtomicU32,
+}
+
+impl WaitSlot {
+    /// Whether sync `seq` (of this slot's parity) has completed, given the word's value.
+    fn reached(word: u32, seq: u64) -> bool {
+        // Wrapping comparison: the word holds seq's low bits; waiters are never 2^31 syncs behind.
+        (word.wrapping_sub(seq as u32) as i32) >= 0
+    }
+
+    /// Sleeps until sync `seq` completed, `timeout` passed, or a spurious wake-up.
+    fn wait(&self, seq: u64, timeout: Duration) {
+        let word = self.completed.load(Acquire);
+        if Self::reached(word, seq) {
+            return;
+        }
+        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+        // SAFETY: FUTEX_WAIT on a live u32 we own; it returns at once if the word changed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.completed.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                word,
+                &ts as *const libc::timespec,
+            )
+        };
+    }
+
+    /// Sync `seq` completed: wake everyone sleeping on this slot.
+    fn complete(&self, seq: u64) {
+        self.completed.fetch_max_wrapping(seq as u32);
+        // SAFETY: FUTEX_WAKE on a live u32 we own.
+        unsafe {
+            libc::syscall(libc::SYS_futex, self.completed.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX)
+        };
+    }
+}
+
+/// `fetch_max` in wrapping (serial number) order for the slot words.
+trait FetchMaxWrapping {
+    fn fetch_max_wrapping(&self, v: u32);
+}
+
+impl FetchMaxWrapping for std::sync::atomic::AtomicU32 {
+    fn fetch_max_wrapping(&self, v: u32) {
+        let mut cur = self.load(Acquire);
+        while !WaitSlot::reached(cur, v as u64) {
+            match self.compare_exchange_weak(cur, v, AcqRel, Acquire) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
 }
 
 /// The commit pipeline (immediate mode): appenders write their records (under

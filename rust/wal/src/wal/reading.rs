@@ -39,7 +39,7 @@ impl Inner {
             };
             reader.trust_until(seg.verified_end);
             loop {
-                let step = reader.next_step().map_err(io_err(format!("reading {}", seg.path.display())))?;
+                let step = reader.next_step().map_err(|e| WalError::io(format!("reading {}", seg.path.display()), e))?;
                 match step {
                     Step::End => break,
                     Step::Damaged { offset, .. } if seg.known_damage.contains(&offset) => {}
