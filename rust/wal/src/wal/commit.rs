@@ -33,7 +33,10 @@ impl Inner {
             }
             let pending = self.commit.handled_id.load(Acquire) > self.commit.synced_id.load(Acquire);
             if self.commit.done_id.load(Acquire) >= target {
-                if pending && !st.syncing && !flusher {
+                // Left behind: written records no sync covers yet, or queued ones
+                // a full group left for the next round.
+                let left = pending || !lock(&self.commit.queue).items.is_empty();
+                if left && !st.syncing && !flusher {
                     self.hand_to_flusher(st);
                 }
                 return;
@@ -62,6 +65,7 @@ impl Inner {
         st.syncing = true;
         st.sync_seq += 1;
         st.in_flight_upto = upto;
+        self.commit.sync_started.fetch_max(upto, AcqRel);
         let seq = st.sync_seq;
         drop(st);
         // A rotation may have synced these already (sealing the segment).
@@ -72,7 +76,7 @@ impl Inner {
         }
         let mut st = lock(&self.commit.state);
         st.syncing = false;
-        let more = self.commit.handled_id.load(Acquire) > upto;
+        let more = self.commit.handled_id.load(Acquire) > upto || !lock(&self.commit.queue).items.is_empty();
         if ok && more && !flusher {
             // Records written behind this sync: the flusher starts the next at
             // once, and this caller returns (its own records are durable).
@@ -121,7 +125,19 @@ impl Inner {
                 Err(std::sync::TryLockError::WouldBlock) => return,
             };
             loop {
-                let group = lock(&self.commit.queue).take(self.cfg.max_buffer_entries);
+                // The next sync covers what is written above the last one started:
+                // at most `max_buffer_entries` (whole calls; one bigger call goes alone).
+                let behind = self.commit.sync_started.load(Acquire).max(self.commit.synced_id.load(Acquire));
+                let unsynced = self.commit.handled_id.load(Acquire).saturating_sub(behind) as usize;
+                let cap = self.cfg.max_buffer_entries;
+                if unsynced >= cap {
+                    break;
+                }
+                let group = if unsynced == 0 {
+                    lock(&self.commit.queue).take(cap)
+                } else {
+                    lock(&self.commit.queue).take_within(cap - unsynced)
+                };
                 let Some(last) = group.last().map(|r| r.id) else { break };
                 self.write_group(&mut io, group);
                 self.after_write(&io, last);

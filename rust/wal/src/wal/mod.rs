@@ -145,6 +145,24 @@ impl Queue {
         }
         self.items.drain(..n).collect()
     }
+
+    /// Whole calls, oldest first, as many as fit in `room` records (none if
+    /// the first does not fit: it waits for a group of its own).
+    fn take_within(&mut self, room: usize) -> Vec<Queued> {
+        let mut n = 0;
+        let mut end = 0;
+        while end < self.items.len() {
+            end += 1;
+            while end < self.items.len() && !self.items[end].starts_call {
+                end += 1;
+            }
+            if end > room {
+                break;
+            }
+            n = end;
+        }
+        self.items.drain(..n).collect()
+    }
 }
 
 /// The active segment; held (`Segments::io`) by whoever writes records.
@@ -273,6 +291,9 @@ struct Commit {
     sync_target: Mutex<Option<(Arc<File>, u64)>>,
     /// Highest id written to the OS or failed (its fate is known but for the sync).
     handled_id: AtomicU64,
+    /// The `upto` of the last sync started: the next sync covers ids above it,
+    /// and writers keep that to `max_buffer_entries` (a group commit's cap).
+    sync_started: AtomicU64,
     synced_id: AtomicU64,
     /// Highest id whose fate is decided: acknowledged, or failed (see `failures`).
     done_id: AtomicU64,
@@ -421,6 +442,7 @@ impl Wal {
                 flusher_cv: Condvar::new(),
                 sync_target: Mutex::new(None),
                 handled_id: AtomicU64::new(written_id),
+                sync_started: AtomicU64::new(written_id),
                 synced_id: AtomicU64::new(written_id),
                 done_id: AtomicU64::new(written_id),
                 has_failures: AtomicBool::new(false),
