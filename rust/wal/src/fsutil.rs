@@ -51,10 +51,18 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     // SAFETY: both are valid NUL-terminated paths.
     let rc = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
     if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+        return Ok(());
     }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(e);
+    }
+    // A filesystem without RENAME_NOREPLACE (some FUSE ones): check, then rename.
+    // The WAL's own callers hold the lock that makes the check race-free.
+    if fs::symlink_metadata(to).is_ok() {
+        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+    }
+    fs::rename(from, to)
 }
 
 /// Opens (creating 0600) a file for reading and writing.
