@@ -375,9 +375,9 @@ fn main() {
     let mut rates = vec![vec![0f64; o.engines.len()]; 5];
     let mut counters: Vec<Option<Counters>> = (0..5).map(|_| None).collect();
     // Workloads 1-4: every engine open side by side, run in turns of a
-    // quarter of the time each, so a noisy spell of the disk (they last
+    // eighth of the time each, so a noisy spell of the disk (they last
     // minutes here) falls on all of them alike.
-    const TURNS: usize = 4;
+    const TURNS: usize = 8;
     for w in (0..4).filter(|w| o.workloads.contains(&(w + 1))) {
         let engines: Vec<Box<dyn Engine>> =
             o.engines.iter().map(|name| open_engine(name, &o.dir.join(name), false)).collect();

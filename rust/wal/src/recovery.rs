@@ -494,9 +494,12 @@ mod tests {
         buf
     }
 
-    /// Files (index, bytes) as a crash left them -> (segments kept with their
-    /// first..=last ids and sealed flag, next id, torn tails counted).
-    fn recover_files(files: &[(u64, Vec<u8>)]) -> (Vec<(u64, Option<u64>, Option<u64>, bool)>, u64, u64, Vec<String>) {
+    /// A kept segment: index, first and last id, sealed.
+    type Kept = (u64, Option<u64>, Option<u64>, bool);
+
+    /// Files (index, bytes) as a crash left them -> (segments kept, next id,
+    /// torn tails counted, files left in segments/).
+    fn recover_files(files: &[(u64, Vec<u8>)]) -> (Vec<Kept>, u64, u64, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let seg_dir = dir.path().join(SEGMENTS_DIR);
         fs::create_dir_all(&seg_dir).unwrap();
