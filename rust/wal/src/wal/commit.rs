@@ -29,6 +29,9 @@ impl Inner {
             self.write_pending();
             let st = lock(&self.commit.state);
             if st.poisoned.is_some() {
+                drop(st);
+                // A writer may still hold our (borrowed) records: wait until it is done.
+                drop(lock(&self.segments.io));
                 return;
             }
             let pending = self.commit.handled_id.load(Acquire) > self.commit.synced_id.load(Acquire);
@@ -119,6 +122,9 @@ impl Inner {
     /// before that is left behind).
     pub(super) fn write_pending(&self) {
         loop {
+            if self.commit.poisoned.load(Acquire) {
+                return;
+            }
             let mut io = match self.segments.io.try_lock() {
                 Ok(io) => io,
                 Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -204,7 +210,7 @@ impl Inner {
     /// Returns false when something failed (failures recorded, or poisoned).
     pub(super) fn write_group(&self, io: &mut Io, group: Vec<Queued>) -> bool {
         let calls = call_bounds(&group);
-        let bytes_of = |a: usize, b: usize| group[a..b].iter().map(|r| r.bytes.len() as u64).sum::<u64>();
+        let bytes_of = |a: usize, b: usize| group[a..b].iter().map(|r| r.len()).sum::<u64>();
         let max = self.cfg.max_segment_size;
         let mut c = 0;
         while c < calls.len() {
@@ -227,7 +233,8 @@ impl Inner {
                 next += 1;
             }
             let last = calls[next - 1].1;
-            let bufs: Vec<&[u8]> = group[first..last].iter().map(|r| r.bytes.as_slice()).collect();
+            let bufs: Vec<&[u8]> =
+                group[first..last].iter().flat_map(|r| [&r.header[..], r.payload.as_slice()]).collect();
             let start = active.write_offset;
             if let Err(e) = self.write_run(&active.file, &bufs, start) {
                 let rolled_back = self.roll_back(active, start, run_bytes);

@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{is_out_of_space, Result, WalError};
 use crate::faults::{FaultAction, FaultPoint};
-use crate::format::{encode_record, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{encode_record_header, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::fsutil;
 use crate::metadata::{self, Metadata, SegmentMeta};
 use crate::processed::{Mark, Processed};
@@ -115,7 +115,40 @@ struct Queued {
     id: u64,
     /// First record of an append call (one waiting caller per such record).
     starts_call: bool,
-    bytes: Vec<u8>,
+    header: [u8; RECORD_HEADER_LEN],
+    payload: Payload,
+}
+
+impl Queued {
+    /// Bytes on disk.
+    fn len(&self) -> u64 {
+        (RECORD_HEADER_LEN + self.payload.as_slice().len()) as u64
+    }
+}
+
+/// A queued record's payload: a copy (`Wal::enqueue`, whose caller returns
+/// at once), or the caller's own bytes (`append`, `append_batch`: no copy).
+enum Payload {
+    Owned(Vec<u8>),
+    /// Valid while the appender waits. It waits until its ids are decided,
+    /// which happens only after the writer is done with its records; when it
+    /// stops waiting early (poisoned), it first takes `segments.io` once, so
+    /// no writer still holds its records, and `poison` has emptied the queue.
+    Borrowed { ptr: *const u8, len: usize },
+}
+
+// SAFETY: a borrowed payload is only read while its appender is blocked
+// waiting (see `Payload::Borrowed`); the bytes are immutable meanwhile.
+unsafe impl Send for Payload {}
+
+impl Payload {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Owned(v) => v,
+            // SAFETY: see `Payload::Borrowed`.
+            Payload::Borrowed { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
 }
 
 struct Queue {
@@ -298,6 +331,9 @@ struct Commit {
     /// Highest id whose fate is decided: acknowledged, or failed (see `failures`).
     done_id: AtomicU64,
     has_failures: AtomicBool,
+    /// Set by `poison` before it empties the queue; `enqueue` checks it under
+    /// the queue lock, so no record is queued after the queue was emptied.
+    poisoned: AtomicBool,
 }
 
 /// The segment files: the active one, the table readers see, the spare.
@@ -446,6 +482,7 @@ impl Wal {
                 synced_id: AtomicU64::new(written_id),
                 done_id: AtomicU64::new(written_id),
                 has_failures: AtomicBool::new(false),
+                poisoned: AtomicBool::new(false),
             },
             segments: Segments {
                 io: Mutex::new(Io { active: None }),
@@ -509,7 +546,7 @@ impl Wal {
 
     /// Appends one record; returns its id once acknowledged.
     pub fn append(&self, payload: &[u8], kind: Kind) -> Result<u64> {
-        let id = self.inner.enqueue(std::iter::once(payload), kind)?;
+        let id = self.inner.enqueue(std::iter::once(payload), kind, true)?;
         self.inner.await_ids(id, id)?;
         Ok(id)
     }
@@ -520,7 +557,7 @@ impl Wal {
         if n == 0 {
             return Err(WalError::InvalidArgument("append_batch needs at least one payload".into()));
         }
-        let first = self.inner.enqueue(payloads, kind)?;
+        let first = self.inner.enqueue(payloads, kind, true)?;
         self.inner.await_ids(first, first + n - 1)?;
         Ok(first)
     }
@@ -528,7 +565,7 @@ impl Wal {
     /// Queues a record without waiting. The flusher acknowledges it; watch
     /// `done_id`, `take_failure` and `poisoned`, or register a notify fd.
     pub fn enqueue(&self, payload: &[u8], kind: Kind) -> Result<u64> {
-        let id = self.inner.enqueue(std::iter::once(payload), kind)?;
+        let id = self.inner.enqueue(std::iter::once(payload), kind, false)?;
         let mut st = lock(&self.inner.commit.state);
         st.async_wanted = st.async_wanted.max(id);
         self.inner.commit.flusher_cv.notify_one();
@@ -728,8 +765,9 @@ impl Inner {
         self.checkpoint_reserving(wanted.saturating_add(ID_RESERVATION_BLOCK))
     }
 
-    /// Encodes and queues records; returns the first id.
-    fn enqueue<'a>(&self, payloads: impl Iterator<Item = &'a [u8]>, kind: Kind) -> Result<u64> {
+    /// Encodes and queues records; returns the first id. `borrow`: the
+    /// caller waits for the outcome (`await_ids`), so its bytes are not copied.
+    fn enqueue<'a>(&self, payloads: impl Iterator<Item = &'a [u8]>, kind: Kind, borrow: bool) -> Result<u64> {
         self.check_open()?;
         if let Some(p) = &lock(&self.commit.state).poisoned {
             return Err(WalError::Poisoned(p.clone()));
@@ -743,6 +781,11 @@ impl Inner {
         }
         let now = stats::unix_nanos_now();
         let mut q = lock(&self.commit.queue);
+        if self.commit.poisoned.load(Acquire) {
+            drop(q);
+            let why = lock(&self.commit.state).poisoned.clone().unwrap_or_default();
+            return Err(WalError::Poisoned(why));
+        }
         // Hand out only ids below the durable reservation, so that no id is
         // ever handed out twice, even if acknowledged entries die in a power
         // cut (batched mode) before their records reach the disk.
@@ -759,10 +802,14 @@ impl Inner {
         let mut bytes_total = 0;
         for payload in payloads {
             let id = q.next_id;
-            let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
-            encode_record(&mut bytes, id, now, kind, payload);
+            let header = encode_record_header(id, now, kind, payload);
             bytes_total += payload.len() as u64;
-            q.items.push_back(Queued { id, starts_call: id == first, bytes });
+            let payload = if borrow {
+                Payload::Borrowed { ptr: payload.as_ptr(), len: payload.len() }
+            } else {
+                Payload::Owned(payload.to_vec())
+            };
+            q.items.push_back(Queued { id, starts_call: id == first, header, payload });
             q.next_id += 1;
         }
         let n = q.next_id - first;
@@ -819,6 +866,7 @@ impl Inner {
         if st.poisoned.is_none() {
             st.poisoned = Some(why);
         }
+        self.commit.poisoned.store(true, Release);
         lock(&self.commit.queue).items.clear();
         self.commit.flusher_cv.notify_all();
         drop(st);
