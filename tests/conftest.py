@@ -337,6 +337,40 @@ def weed(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def weed_iceberg(tmp_path_factory):
+    """A second SeaweedFS for the session that also serves its Iceberg REST catalog (with an S3
+    IAM config: every request signed with the test keys). Separate from ``weed``, whose users
+    rely on its plain setup; started only by tests that ask for it."""
+    from helpers.seaweed import Weed
+
+    server = Weed(tmp_path_factory.mktemp("weed-iceberg"), iceberg=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the whole session, started by the first test that asks
+    for it; ``postgres.create_database()`` gives each test its own database (SQLAlchemy URL)."""
+    import shutil
+    import tempfile
+
+    from helpers.postgres import Postgres
+
+    # Not under pytest's tmp dir: that is 0700 root, and as root the server runs as the
+    # `postgres` OS user, which must reach its directory.
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="signaldb-pg-"))
+    server = Postgres(directory)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
 def tls_pair(tmp_path):
     """A self-signed certificate and key for localhost / 127.0.0.1 (openssl CLI)."""
@@ -347,3 +381,12 @@ def tls_pair(tmp_path):
                     "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     return cert, key
+
+
+@pytest.fixture
+def procs():
+    """Writer processes a test starts (``helpers.writer.WriterProcess``), closed at its end."""
+    started = []
+    yield started
+    for w in started:
+        w.close()

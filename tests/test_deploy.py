@@ -122,6 +122,7 @@ def test_kustomization_lists_every_manifest():
     listed = set(kust["resources"])
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     on_disk -= {n for n in on_disk if ".example." in n}  # applied by hand, with real values
+    on_disk -= OPTIONAL_MANIFESTS
     assert listed == on_disk
     for obj in k8s_objects():
         assert {"apiVersion", "kind", "metadata"} <= obj.keys(), obj
@@ -132,6 +133,106 @@ def test_kustomization_lists_every_manifest():
         expected = {(o["kind"], o["metadata"]["name"]) for path in listed for o in load_docs(K8S / path)}
         assert {(d["kind"], d["metadata"]["name"]) for d in rendered} == expected
         assert all(d["metadata"].get("namespace") == "signaldb" for d in rendered if d["kind"] != "Namespace")
+
+
+# Applied by hand where their API exists (docs/operations.md, Kubernetes).
+OPTIONAL_MANIFESTS = {"servicemonitor.yaml"}
+
+
+def pyproject_version() -> str:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [o for o in k8s_objects() if o["kind"] == kind]
+
+
+def pod_labels(service: str) -> dict[str, str]:
+    w = next(w for w in workloads() if service_of(w) == service)
+    return w["spec"]["template"]["metadata"]["labels"]
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_networkpolicy_lets_only_acceptors_reach_the_writers_flight_port():
+    (policy,) = by_kind("NetworkPolicy")
+    spec = policy["spec"]
+    assert matches(spec["podSelector"], pod_labels("writer")) and not matches(spec["podSelector"], pod_labels("acceptor"))
+    assert spec["policyTypes"] == ["Ingress"]
+    writer = container_of(next(w for w in workloads() if service_of(w) == "writer"))
+    port_names = {p["name"]: p["containerPort"] for p in writer["ports"]}
+    flight_rules = [r for r in spec["ingress"] if any(p["port"] == "flight" for p in r.get("ports", []))]
+    assert len(flight_rules) == 1, "one rule opens Flight"
+    (sources,) = [flight_rules[0]["from"]]
+    assert len(sources) == 1 and set(sources[0]) == {"podSelector"}, "pods of this namespace, no ipBlock"
+    assert matches(sources[0]["podSelector"], pod_labels("acceptor"))
+    assert not matches(sources[0]["podSelector"], pod_labels("writer"))
+    for rule in spec["ingress"]:
+        for port in rule.get("ports", []):
+            assert port["port"] in port_names, f"{port['port']} is not a port of the writer container"
+        if rule is not flight_rules[0]:
+            assert all(p["port"] != "flight" and p["port"] != port_names["flight"] for p in rule["ports"])
+            assert rule.get("ports"), "a rule without ports would open every port"
+
+
+def test_optional_servicemonitor_scrapes_both_services_under_the_alerts_job_names():
+    sm = load_docs(K8S / "servicemonitor.yaml")[0]
+    assert sm["kind"] == "ServiceMonitor" and sm["apiVersion"] == "monitoring.coreos.com/v1"
+    spec = sm["spec"]
+    ports = {e["port"] for e in spec["endpoints"]}
+    scraped = [svc for svc in by_kind("Service") if matches(spec["selector"], svc["metadata"]["labels"])
+               and ports & {p["name"] for p in svc["spec"]["ports"]}]
+    jobs = {svc["metadata"]["labels"][spec["jobLabel"]] for svc in scraped}
+    assert jobs == {"signaldb-acceptor", "signaldb-writer"}  # the jobs alerts.yml and prometheus.yml use
+    for svc in scraped:
+        metrics = next(p for p in svc["spec"]["ports"] if p["name"] in ports)
+        assert metrics["targetPort"] == "health"
+
+
+def test_acceptor_stops_being_ready_before_it_stops_accepting():
+    acceptor = next(w for w in workloads() if service_of(w) == "acceptor")
+    pod = acceptor["spec"]["template"]["spec"]
+    pre_stop = container_of(acceptor)["lifecycle"]["preStop"]
+    command = pre_stop["exec"]["command"]
+    assert command[0] == "sleep"
+    delay = int(command[1])
+    assert 2 <= delay <= 15
+    shutdown = toml_value(toml_config(), "acceptor.shutdown_timeout_secs") or 20
+    assert pod["terminationGracePeriodSeconds"] > delay + shutdown
+
+
+def test_images_are_pinned_by_version():
+    version = pyproject_version()
+    images = [c["image"] for w in workloads() for c in w["spec"]["template"]["spec"]["containers"]]
+    images += [s["image"] for s in compose()["services"].values()]
+    for image in images:
+        image = compose_default(image)
+        name, _, tag = image.rpartition(":")
+        assert name and tag and tag != "latest" and re.search(r"\d", tag), f"{image}: pin a version"
+        if name == "signaldb":
+            assert tag == version, f"{image}: the project's version is {version}"
+    kust = load_docs(K8S / "kustomization.yaml")[0]
+    assert [i["newTag"] for i in kust["images"]] == [version]
+    text = (DEPLOY / "Dockerfile").read_text()
+    for arg in ("PYTHON_IMAGE", "RUST_IMAGE"):
+        image = re.search(rf"ARG {arg}=(\S+)", text).group(1)
+        assert re.fullmatch(r"[a-z]+:\d+\.\d+\.\d+-slim-bookworm", image), f"{arg}={image}: pin major.minor.patch"
+
+
+def test_dockerfile_carries_oci_labels():
+    labels: dict[str, str] = {}
+    for instr, args in dockerfile_stages()[-1]:
+        if instr == "LABEL":
+            for item in shlex.split(args):
+                key, _, value = item.partition("=")
+                labels[key] = value
+    for key in ("title", "description", "licenses", "version", "revision", "created", "source", "base.name"):
+        assert labels.get(f"org.opencontainers.image.{key}"), f"missing OCI label {key}"
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    assert re.search(r"^ARG VERSION=(\S+)$", text, re.M).group(1) == pyproject_version()
 
 
 def container_of(workload: dict) -> dict:
@@ -242,12 +343,25 @@ def test_k8s_services_pdbs_and_writer_endpoints():
         assert any(all(labels.get(k) == v for k, v in p["spec"]["selector"]["matchLabels"].items()) for p in pdbs), \
             f"no PodDisruptionBudget for {w['metadata']['name']}"
 
-    # The acceptors forward to every writer replica by its stable StatefulSet DNS name.
+    # The acceptors find every writer replica through the writers' headless Service (dns://, every
+    # address of the name is a writer, resolved again every writer_dns_refresh_secs): scaling the
+    # writers needs no acceptor restart.
     endpoints = toml_config()["acceptor"]["writer_endpoints"]
     flight_port = int(env_of(container_of(writer))["WRITER_FLIGHT_ADDR"].rsplit(":", 1)[1])
-    expected = [f"grpc://{writer['metadata']['name']}-{i}.{writer['spec']['serviceName']}:{flight_port}"
-                for i in range(writer["spec"]["replicas"])]
-    assert endpoints == expected
+    namespace = load_docs(K8S / "kustomization.yaml")[0]["namespace"]
+    governing = services[writer["spec"]["serviceName"]]
+    assert endpoints == [f"dns://{governing['metadata']['name']}.{namespace}.svc.cluster.local:{flight_port}"]
+    assert governing["spec"]["clusterIP"] == "None", "only a headless Service resolves to every writer pod"
+    # A writer replaying its WAL stays in the acceptors' writer set: its entries wait for it (and fail
+    # over after writer_failover_secs) instead of moving at every restart.
+    assert governing["spec"].get("publishNotReadyAddresses") is True
+    flight = {p["port"]: p["targetPort"] for p in governing["spec"]["ports"]}
+    container_ports = {p["name"]: p["containerPort"] for p in container_of(writer)["ports"]}
+    assert container_ports.get(flight.get(flight_port), flight.get(flight_port)) == flight_port
+    from signaldb.config import SETTINGS
+
+    parse = next(s for s in SETTINGS if s.key == "acceptor.writer_endpoints").parse
+    assert parse(endpoints) == tuple(endpoints)
 
 
 def test_configmap_toml_loads_and_agrees_with_the_env(tmp_path):
@@ -382,6 +496,10 @@ def test_promtool_rule_unit_tests():
     run_promtool("test", "rules", "alerts_test.yml")
 
 
+RUNBOOK_BASE = ("{{ with $externalLabels.runbook_base_url }}{{ . }}{{ else }}"
+                "https://github.com/signaldb/signaldb/blob/main/docs/operations.md{{ end }}")
+
+
 def alert_rules() -> list[dict]:
     return [r for g in load_docs(PROM / "alerts.yml")[0]["groups"] for r in g["rules"] if "alert" in r]
 
@@ -396,8 +514,9 @@ def test_alerts_have_for_severity_and_a_runbook_that_exists():
         assert r["labels"]["severity"] in ("warning", "critical"), name
         ann = r["annotations"]
         assert ann.get("summary") and ann.get("description"), name
-        doc, _, anchor = ann["runbook_url"].partition("#")
-        assert doc == "docs/operations.md" and anchor in anchors, f"{name}: runbook {ann['runbook_url']} not found"
+        # <base>#<anchor>: the base from the external label runbook_base_url, else the docs on GitHub.
+        base, _, anchor = ann["runbook_url"].partition("#")
+        assert base == RUNBOOK_BASE and anchor in anchors, f"{name}: runbook {ann['runbook_url']} not found"
     scraped = {job["job_name"] for job in load_docs(PROM / "prometheus.yml")[0]["scrape_configs"]}
     assert scraped == {"signaldb-acceptor", "signaldb-writer"}
 
@@ -440,6 +559,12 @@ def test_alert_metrics_exist_in_a_real_scrape(tmp_path):
         assert any(m.startswith("signaldb_writer_") for m in used), "expected at least one writer alert"
         missing = sorted(m for m in used if m not in exported)
         assert not missing, f"alerts.yml uses metrics neither service exports: {missing}"
+        used = dashboard_metric_names()
+        assert {"process_resident_memory_bytes", "signaldb_receiver_refused_requests_total"} <= used
+        missing = sorted(m for m in used if m not in exported | ONLY_IN_A_CONTAINER)
+        assert not missing, f"the Grafana dashboard uses metrics neither service exports: {missing}"
+        assert 'signaldb_build_info{component="acceptor"' in acceptor.metrics()
+        assert 'signaldb_build_info{component="writer"' in writer.metrics()
 
         # The image's HEALTHCHECK script, against the real health ports.
         check = [sys.executable, str(DEPLOY / "healthcheck.py")]
@@ -447,6 +572,87 @@ def test_alert_metrics_exist_in_a_real_scrape(tmp_path):
         assert subprocess.run([*check, writer.health_url("/livez")], timeout=30).returncode == 0
     finally:
         pipeline.stop()
+
+
+# --- Grafana ------------------------------------------------------------------------------------
+
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "signaldb.json"
+# Grafana's variables, replaced by what Grafana would put there, so the query parses as PromQL.
+GRAFANA_VARS = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m", "$instance": ".*"}
+
+
+# Exported only where there is a cgroup memory limit (a container), not on this machine.
+ONLY_IN_A_CONTAINER = {"signaldb_memory_limit_bytes"}
+
+
+def test_memory_limit_is_read_from_cgroup_v2_and_v1(tmp_path):
+    from signaldb.service.metrics import memory_limit_bytes
+
+    assert memory_limit_bytes(tmp_path) is None  # no cgroup files: no limit
+    (tmp_path / "memory.max").write_text("max\n")
+    assert memory_limit_bytes(tmp_path) is None
+    (tmp_path / "memory.max").write_text("536870912\n")
+    assert memory_limit_bytes(tmp_path) == 512 << 20
+    (tmp_path / "memory.max").unlink()
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1 "unlimited"
+    assert memory_limit_bytes(tmp_path) is None
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("1073741824\n")
+    assert memory_limit_bytes(tmp_path) == 1 << 30
+
+
+def dashboard_exprs() -> list[str]:
+    import json
+
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    for var in dash["templating"]["list"]:
+        query = var.get("query")
+        if isinstance(query, dict):  # label_values(metric, label): the metric is a selector
+            exprs.append(re.fullmatch(r"label_values\((.+), *\w+\)", query["query"]).group(1))
+    out = []
+    for e in exprs:
+        for var, value in GRAFANA_VARS.items():
+            e = e.replace(var, value)
+        assert "$" not in e, f"unknown Grafana variable in {e}"
+        out.append(e)
+    return out
+
+
+def dashboard_metric_names() -> set[str]:
+    return {m for e in dashboard_exprs() for m in re.findall(r"\b(?:signaldb|process|python)_[a-z_]+\b", e)}
+
+
+def test_grafana_dashboard_expressions_parse(tmp_path):
+    """Every query in the dashboard goes through Prometheus's own parser (promtool, as recording
+    rules); the panels an operator needs are there."""
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 20
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query{i}", "expr": e}
+                                                        for i, e in enumerate(exprs)]}]}
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(rules))
+    out = subprocess.run([promtool(), "check", "rules", str(tmp_path / "dashboard.yml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = dashboard_metric_names()
+    for needed in ("signaldb_receiver_accepted_spans_total", "signaldb_receiver_refused_requests_total",
+                   "signaldb_receiver_ack_duration_seconds_bucket", "signaldb_wal_unprocessed_bytes",
+                   "signaldb_wal_max_backlog_bytes", "signaldb_wal_oldest_unprocessed_age_seconds",
+                   "signaldb_wal_fsync_duration_seconds_bucket", "signaldb_forward_rows_total",
+                   "signaldb_writer_rows_written_total", "signaldb_writer_files_written_total"):
+        assert needed in names, f"dashboard has no panel on {needed}"
+
+
+def test_compose_provisions_grafana_with_the_dashboard():
+    grafana = compose()["services"]["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"]), "pin Grafana by version"
+    mounts = {v.split(":")[1]: (DEPLOY / v.split(":")[0]).resolve() for v in grafana["volumes"] if v.startswith("./")}
+    provider = load_docs(mounts["/etc/grafana/provisioning/dashboards"] / "signaldb.yml")[0]
+    dash_dir = provider["providers"][0]["options"]["path"]
+    assert mounts[dash_dir] == DASHBOARD.parent.resolve()
+    source = load_docs(mounts["/etc/grafana/provisioning/datasources"] / "prometheus.yml")[0]["datasources"][0]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
 
 
 def test_healthcheck_fails_when_nothing_listens():
@@ -505,7 +711,7 @@ def test_dockerfile_is_multistage_non_root_and_read_only_ready():
             f"build tools in the runtime stage: {args}"
     image = froms[-1].split()[0]  # ${PYTHON_IMAGE} -> its ARG default
     image = re.sub(r"\$\{(\w+)\}", lambda m: re.search(rf"ARG {m.group(1)}=(\S+)", text).group(1), image)
-    assert image.startswith("python:3.11-slim"), image
+    assert re.match(r"python:3\.11(\.\d+)?-slim", image), image  # 3.11, pinned to a patch release
     assert any(i == "RUN" and "pip install" in a and ".whl" in a for i, a in runtime), "installs the wheel"
     users = [a for i, a in runtime if i == "USER"]
     assert users and users[-1].split(":")[0] == str(IMAGE_USER), "the runtime stage must end as UID 1000"

@@ -159,8 +159,9 @@ def s3_objects(weed, prefix: str):
 class Clients(ThreadedLoad):
     """Threads sending unique spans through every acceptor; remembers what was acknowledged."""
 
-    def __init__(self, cluster: Cluster, per_acceptor: int = 2, spans: int = 5) -> None:
+    def __init__(self, cluster: Cluster, per_acceptor: int = 2, spans: int = 5, tag: str = "") -> None:
         super().__init__(len(cluster.acceptors) * per_acceptor)
+        self.tag = tag  # tells the span names of two loads on one cluster apart
         self.cluster = cluster
         self.spans = spans
         self.per_acceptor = per_acceptor
@@ -171,7 +172,7 @@ class Clients(ThreadedLoad):
         target = _FixedPort(self.cluster.http_ports[a])
         i = 0
         while not self.stopping:
-            prefix, i = f"a{a}t{n}r{i}", i + 1
+            prefix, i = f"{self.tag}a{a}t{n}r{i}", i + 1
             now = time.time_ns()
             try:
                 status, _, _ = post(target, "/v1/traces", spans_request(prefix, [(now, now + 5)] * self.spans,

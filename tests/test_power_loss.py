@@ -302,6 +302,31 @@ def test_handles_from_before_a_power_cut_are_dead(syncfs: SyncFsMount) -> None:
     assert (d / "f").read_bytes() == b"x"
 
 
+def test_a_write_error_under_an_open_wal_is_walpoisonederror_sync_and_async(syncfs: SyncFsMount) -> None:
+    """A power cut kills the open WAL's file handles: its next write fails with EIO and
+    poisons it (fail-stop). The async waiter and later blocking appends get
+    WalPoisonedError: typed by the engine error's kind, not read from its message."""
+    import asyncio
+
+    from signaldb.wal import Wal, WalError, WalPoisonedError
+
+    w = Wal(syncfs.path / "wal", max_segment_size=SEGMENT_SIZE)
+    try:
+        w.append(b"before the cut")
+        syncfs.power_cut(tear=False)
+        with pytest.raises(WalPoisonedError):
+            asyncio.run(asyncio.wait_for(w.append_async(b"async, after the cut"), timeout=30))
+        with pytest.raises(WalPoisonedError):
+            w.append(b"blocking, after the cut")
+        s = w.stats()
+        assert s.poisoned and s.poisoned_reason, s
+    finally:
+        try:
+            w.close()
+        except WalError:
+            pass
+
+
 # -- the WAL under power cuts ------------------------------------------------------
 
 

@@ -115,3 +115,20 @@ def test_run_refuses_bad_configuration(tmp_path):
     out = subprocess.run([sys.executable, "-m", "signaldb.cli", "run", "--sync-mode", "never"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 2 and out.stderr.startswith("configuration error: wal.sync_mode:")
+
+
+def test_run_passes_sighup_on_to_both_children(tmp_path):
+    run = Run(tmp_path, flight_port=free_port())
+    try:
+        acceptor = run.listening("acceptor")
+        run.listening("writer")
+        run.proc.send_signal(signal.SIGHUP)
+        reloaded = lambda: {ln.get("service") for ln in list(run.lines)  # noqa: E731
+                            if ln.get("msg") == "SIGHUP: configuration reloaded"}
+        wait_until(lambda: reloaded() == {"acceptor", "writer"}, timeout=30, what="both children reloaded")
+        assert run.proc.poll() is None
+        assert run.post(acceptor["http_port"], "after-hup") == 200
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(60) == 0
+    finally:
+        run.close()

@@ -91,6 +91,7 @@ def test_unwritable_directory_raises_walerror_naming_the_path(public_tmp, layout
     out = _as_nobody(wal_path)
     assert not out["ok"], f"nobody opened a WAL in {layout}: {out}"
     assert out["is_wal_error"], f"expected a WalError, got {out['type']}: {out['message']}"
+    assert out["type"] == "WalPermissionError", out  # typed by its io kind: also a PermissionError
     msg = out["message"]
     assert msg.startswith("WAL directory not writable:"), msg
     assert wal_path in msg, f"message does not name {wal_path}: {msg}"

@@ -19,7 +19,7 @@ import pyarrow.flight as flight
 import pytest
 from helpers.net import http_get
 from helpers.procstat import memory
-from test_writer_process import procs, wait_settled  # noqa: F401 (procs is a fixture)
+from test_writer_process import wait_settled
 from helpers.writer import HOUR_NS, T0, WriterProcess, convert, duckdb_rows, parquet_files, put, traces_request
 
 MIB = 1 << 20

@@ -39,12 +39,14 @@ from signaldb.writer.service import WriterService
 
 
 class InProcessWriter:
-    """A WriterService on its own event loop thread, as a test fixture."""
+    """A WriterService on its own event loop thread, as a test fixture. Plain files by default
+    (these tests pin the file layout); ``--catalog-url`` in ``flags`` overrides it."""
 
     def __init__(self, tmp: pathlib.Path, *flags: str) -> None:
         parser = argparse.ArgumentParser()
         config.add_flags(parser, "writer")
         args = parser.parse_args([
+            "--catalog-url", "none",
             "--wal-dir", str(tmp / "wal"), "--storage-url", f"file://{tmp / 'data'}",
             "--flight-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", *flags])
         self.root = tmp / "data"

@@ -30,7 +30,7 @@ from helpers.writer import (
     stray_files,
     traces_request,
 )
-from test_writer_process import _fill_wal, procs, wait_settled  # noqa: F401 (procs is a fixture)
+from test_writer_process import _fill_wal, wait_settled
 
 from signaldb.writer.sink import file_path
 from signaldb.writer.storage import LocalStore, ObjectConflict

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -41,14 +40,6 @@ def wait_settled(w: WriterProcess, timeout: float = 30.0) -> dict:
             return health
         time.sleep(0.05)
     raise AssertionError(f"writer did not settle: {health}")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[WriterProcess]]:
-    started: list[WriterProcess] = []
-    yield started
-    for w in started:
-        w.close()
 
 
 def _writer(procs: list[WriterProcess], tmp: pathlib.Path, *args: str, env: dict[str, str] | None = None
@@ -206,7 +197,7 @@ def test_health_readiness_and_metrics_endpoints(procs: list[WriterProcess], tmp_
                  'signaldb_writer_duplicate_entries_total{table="traces"} 1.0',
                  "signaldb_writer_object_put_duration_seconds_count 1.0",
                  "signaldb_writer_object_put_errors_total 0.0",
-                 'signaldb_wal_unprocessed_entries{service="writer"} 0.0'):
+                 'signaldb_wal_unprocessed_entries{component="writer"} 0.0'):
         assert line in text, line
     for name in ("signaldb_writer_bytes_written_total", "signaldb_wal_fsync_duration_seconds_bucket",
                  "signaldb_wal_segments", "signaldb_wal_disk_usage_bytes", "signaldb_wal_corrupt_entries_total"):

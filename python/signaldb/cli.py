@@ -10,12 +10,14 @@ backoff; one that dies more than ``MAX_RESTARTS`` times in ``RESTART_WINDOW_SECS
 or exits with a configuration error, stops both with a message that says which
 and why. Children get SIGTERM if the supervisor itself is killed (PDEATHSIG).
 
-Their JSON log lines pass through to this process's stderr unchanged.
+Their JSON log lines pass through to this process's stderr unchanged, or
+rendered as text lines when this process logs text (a terminal, ``make run``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import logging
@@ -27,11 +29,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from signaldb.config import FLAGS, Config, ConfigError, add_flags, flag_dest, load
 from signaldb.service.lifecycle import EXIT_CONFIG
-from signaldb.service.logsetup import setup_logging
+from signaldb.service.logsetup import render_text, resolve_format, setup_logging
 
+_text_logs = False  # set in main(): render the children's JSON lines as text
 log = logging.getLogger("signaldb.run")
 
 MAX_RESTARTS = 5
@@ -42,16 +46,14 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the supervisor dies."""
-    try:
+    with contextlib.suppress(OSError):  # not Linux: children then outlive a SIGKILLed supervisor
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: children then outlive a SIGKILLed supervisor
 
 
 class Child:
     """One supervised service process."""
 
-    def __init__(self, name: str, argv: list[str], on_line: Callable[[Child, dict], None]) -> None:
+    def __init__(self, name: str, argv: list[str], on_line: Callable[[Child, dict[str, Any]], None]) -> None:
         self.name = name
         self.argv = argv
         self._on_line = on_line
@@ -62,20 +64,32 @@ class Child:
 
     def start(self) -> None:
         self.listening.clear()
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+        # JSON logs whatever this process shows: the supervisor reads them (ports, failures).
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "SIGNALDB_LOG_FORMAT": "json"},
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         threading.Thread(target=self._pump, args=(self.proc,), name=f"{self.name}-log", daemon=True).start()
         log.info("child started", extra={"child": self.name, "child_pid": self.proc.pid})
 
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
-            sys.stderr.buffer.write(raw)
-            sys.stderr.buffer.flush()
             try:
                 line = json.loads(raw)
             except ValueError:
-                continue
+                line = None
+            if _text_logs and isinstance(line, dict):
+                # The children always log JSON (their stderr is this pipe); on a terminal we show text.
+                sys.stderr.write(render_text(line) + "\n")
+                sys.stderr.flush()
+            else:
+                sys.stderr.buffer.write(raw)
+                sys.stderr.buffer.flush()
             if isinstance(line, dict):
                 self._on_line(self, line)
 
@@ -105,7 +119,13 @@ class Supervisor:
         self.stop_requested = threading.Event()
         self.failure: str | None = None
 
-    def _on_line(self, child: Child, line: dict) -> None:
+    def reload(self) -> None:
+        for child in (self.writer, self.acceptor):
+            if child.alive():
+                assert child.proc is not None
+                child.proc.send_signal(signal.SIGHUP)
+
+    def _on_line(self, child: Child, line: dict[str, Any]) -> None:
         if line.get("msg") == "listening":
             child.ports = {k: v for k, v in line.items() if k.endswith("_port") and isinstance(v, int)}
             child.listening.set()
@@ -115,8 +135,9 @@ class Supervisor:
             self._start(self.writer)
             self._point_acceptor_at_writer()
             self._start(self.acceptor)
-            log.info("signaldb is running", extra={"writer_ports": self.writer.ports,
-                                                   "acceptor_ports": self.acceptor.ports})
+            log.info(
+                "signaldb is running", extra={"writer_ports": self.writer.ports, "acceptor_ports": self.acceptor.ports}
+            )
             self._watch()
         except _Stop as stop:
             self.failure = str(stop)
@@ -172,11 +193,12 @@ class Supervisor:
         child.exits.append(now)
         while child.exits and now - child.exits[0] > RESTART_WINDOW_SECS:
             child.exits.popleft()
-        log.error("child exited", extra={"child": child.name, "exit_code": code,
-                                         "exits_in_window": len(child.exits)})
+        log.error("child exited", extra={"child": child.name, "exit_code": code, "exits_in_window": len(child.exits)})
         if len(child.exits) > MAX_RESTARTS:
-            raise _Stop(f"the {child.name} exited {len(child.exits)} times within {RESTART_WINDOW_SECS:.0f}s "
-                        f"(last exit code {code}); stopping both. See its log lines above.")
+            raise _Stop(
+                f"the {child.name} exited {len(child.exits)} times within {RESTART_WINDOW_SECS:.0f}s "
+                f"(last exit code {code}); stopping both. See its log lines above."
+            )
         time.sleep(min(2 ** (len(child.exits) - 1) * 0.5, 10.0))  # backoff before the restart
 
     def _stop_all(self) -> None:
@@ -202,7 +224,7 @@ def _child_argv(module: str, command: str, args: argparse.Namespace, run_flags: 
     child_flags = {key: flag for flag, key in FLAGS[command].items()}
     for flag, key in run_flags.items():
         value = getattr(args, flag_dest(flag), None)
-        if value is not None and key in child_flags:
+        if value is not None and key in child_flags and key != "log_format":  # children log JSON
             argv += [f"--{child_flags[key]}", value]
     return argv
 
@@ -210,21 +232,56 @@ def _child_argv(module: str, command: str, args: argparse.Namespace, run_flags: 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="signaldb", description="SignalDB: durable OpenTelemetry ingest.")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="writer + acceptor together on this machine, local storage",
-                         description="Runs signaldb-writer and signaldb-acceptor as supervised child processes. "
-                                     "Ctrl-C stops both cleanly.")
+    run = sub.add_parser(
+        "run",
+        help="writer + acceptor together on this machine, local storage",
+        description="Runs signaldb-writer and signaldb-acceptor as supervised child processes. "
+        "Ctrl-C stops both cleanly.",
+    )
     add_flags(run, "run")
+    maintain = sub.add_parser(
+        "maintain",
+        help="Iceberg table maintenance once (compaction, retention, "
+        "snapshot expiry, orphan cleanup), e.g. as a Kubernetes CronJob",
+        description="Runs writer/maintenance.py once over every table of the catalog and "
+        "prints what it did as JSON. Exit code 1 when a step failed.",
+    )
+    add_flags(maintain, "maintain")
+    maintain.add_argument("--table", action="append", default=None, help="only this table (repeatable)")
     return p
+
+
+def maintain(config: Config, tables: list[str] | None) -> int:
+    """``signaldb maintain``: one maintenance run; the writer id in compacted file names is
+    ``maintain-<host>``."""
+    import socket
+
+    from signaldb.service.metrics import new_registry
+    from signaldb.writer.maintenance import Maintenance
+    from signaldb.writer.metrics import WriterMetrics
+
+    if not config.catalog.enabled:
+        print("signaldb maintain: storage.catalog_url is none: there are no tables to maintain", file=sys.stderr)
+        return EXIT_CONFIG
+    host = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())[:40] or "host"
+    job = Maintenance(config, f"maintain-{host}", WriterMetrics(new_registry("maintain")))
+    reports = job.run_once(tables)
+    print(json.dumps([r.as_dict() for r in reports], indent=1))
+    return 1 if any(r.errors for r in reports) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        config = load(args, "run")
+        config = load(args, args.command)
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.log_level, "run")
+    setup_logging(config.log_level, args.command, config.log_format)
+    if args.command == "maintain":
+        return maintain(config, args.table)
+    global _text_logs
+    _text_logs = resolve_format(config.log_format) == "text"
     supervisor = Supervisor(
         config,
         _child_argv("signaldb.writer.main", "writer", args, FLAGS["run"]),
@@ -232,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.stop_requested.set())
+    # SIGHUP reloads (docs/operations.md, Signals): passed on to both children, which reread the file.
+    signal.signal(signal.SIGHUP, lambda *_: supervisor.reload())
     log.info("starting", extra={"pid": os.getpid(), "storage": config.storage_url})
     return supervisor.run()
 

@@ -130,7 +130,8 @@ def _address(raw: Any) -> Address:
     return Address(host, int(port_text))
 
 
-ENDPOINT_SCHEMES = ("grpc://", "grpc+tcp://", "grpc+tls://")
+# dns://name:port: every address the name resolves to is a writer (signaldb.acceptor.writer_set).
+ENDPOINT_SCHEMES = ("grpc://", "grpc+tcp://", "grpc+tls://", "dns://")
 
 
 def _endpoints(raw: Any) -> tuple[str, ...]:
@@ -142,7 +143,9 @@ def _endpoints(raw: Any) -> tuple[str, ...]:
         url = _string(item).strip()
         if not url.startswith(ENDPOINT_SCHEMES):
             raise ValueError(f"each endpoint must start with {', '.join(ENDPOINT_SCHEMES)}; got {item!r}")
-        _address(url.split("://", 1)[1])
+        address = _address(url.split("://", 1)[1])
+        if url.startswith("dns://") and address.port == 0:
+            raise ValueError(f"a dns:// endpoint needs the writers' port; got {item!r}")
         endpoints.append(url)
     if not endpoints:
         raise ValueError("needs at least one endpoint")
@@ -151,10 +154,36 @@ def _endpoints(raw: Any) -> tuple[str, ...]:
     return tuple(endpoints)
 
 
+def _origins(raw: Any) -> tuple[str, ...]:
+    """CORS origins: ``scheme://host[:port]``, one ``*`` wildcard in the host, or ``*`` alone."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"must be a list of origins or a comma-separated string; got {raw!r}")
+    origins = tuple(_string(item).strip() for item in items if _string(item).strip())
+    for origin in origins:
+        if origin != "*" and (not re.fullmatch(r"https?://[^/?#\s]+", origin) or origin.count("*") > 1):
+            raise ValueError(
+                f"each origin must be * or http(s)://host[:port] (one * allowed in the host); got {origin!r}"
+            )
+    return origins
+
+
+def _header_names(raw: Any) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"must be a list of header names or a comma-separated string; got {raw!r}")
+    names = tuple(_string(item).strip().lower() for item in items if _string(item).strip())
+    for name in names:
+        if name != "*" and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", name):
+            raise ValueError(f"not a header name: {name!r}")
+    return names
+
+
 def _catalog_url(raw: Any) -> str:
     url = _string(raw).strip()
-    if url in ("", "none") or url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://",
-                                                "http://", "https://")):
+    if url in ("", "none") or url.startswith(
+        ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "http://", "https://")
+    ):
         return url
     raise ValueError(f"must be sqlite:///PATH, postgresql://..., http(s)://... or none; got {raw!r:.200}")
 
@@ -185,102 +214,338 @@ class Setting:
 MIB = 1 << 20
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("log_level", "info", _choice("debug", "info", "warning", "error"), "SIGNALDB_LOG_LEVEL",
-            "log verbosity; debug shows per-entry WAL activity"),
+    Setting(
+        "log_level",
+        "info",
+        _choice("debug", "info", "warning", "error"),
+        "SIGNALDB_LOG_LEVEL",
+        "log verbosity; debug shows per-entry WAL activity",
+    ),
+    Setting(
+        "log_format",
+        "auto",
+        _choice("auto", "json", "text"),
+        "SIGNALDB_LOG_FORMAT",
+        "json: JSON lines; text: one readable line per record; auto: text on a terminal, else json",
+    ),
     Setting("wal.max_segment_size", MIB, _int(4096, 1 << 31), "WAL_MAX_SEGMENT_SIZE", "max bytes per segment file"),
-    Setting("wal.max_buffer_entries", 1000, _int(1, 1_000_000), "WAL_MAX_BUFFER_ENTRIES",
-            "max entries per group commit / buffered before a forced flush"),
-    Setting("wal.flush_interval_secs", 10.0, _float(0.001, 86400), "WAL_FLUSH_INTERVAL_SECS",
-            "longest an entry nobody waits on stays unflushed"),
-    Setting("wal.sync_mode", "immediate", _choice("immediate", "batched"), "WAL_SYNC_MODE",
-            "immediate: ack after fsync; batched: ack after write"),
-    Setting("wal.max_backlog_bytes", 1 << 30, _int(0), "WAL_MAX_BACKLOG_BYTES",
-            "unprocessed bytes above which the service pushes back (503 / UNAVAILABLE)"),
+    Setting(
+        "wal.max_buffer_entries",
+        1000,
+        _int(1, 1_000_000),
+        "WAL_MAX_BUFFER_ENTRIES",
+        "max entries per group commit / buffered before a forced flush",
+    ),
+    Setting(
+        "wal.flush_interval_secs",
+        10.0,
+        _float(0.001, 86400),
+        "WAL_FLUSH_INTERVAL_SECS",
+        "longest an entry nobody waits on stays unflushed",
+    ),
+    Setting(
+        "wal.sync_mode",
+        "immediate",
+        _choice("immediate", "batched"),
+        "WAL_SYNC_MODE",
+        "immediate: ack after fsync; batched: ack after write",
+    ),
+    Setting(
+        "wal.max_backlog_bytes",
+        1 << 30,
+        _int(0),
+        "WAL_MAX_BACKLOG_BYTES",
+        "unprocessed bytes above which the service pushes back (503 / UNAVAILABLE)",
+    ),
     Setting("wal.acceptor.wal_dir", ".wal/acceptor", _path, "ACCEPTOR_WAL_DIR", "acceptor WAL directory"),
     Setting("wal.writer.wal_dir", ".wal/writer", _path, "WRITER_WAL_DIR", "writer WAL directory"),
     Setting("acceptor.grpc_addr", "127.0.0.1:4317", _address, "ACCEPTOR_GRPC_ADDR", "OTLP/gRPC listen address"),
     Setting("acceptor.http_addr", "127.0.0.1:4318", _address, "ACCEPTOR_HTTP_ADDR", "OTLP/HTTP listen address"),
-    Setting("acceptor.health_addr", "127.0.0.1:8080", _address, "ACCEPTOR_HEALTH_ADDR",
-            "health and metrics listen address"),
-    Setting("acceptor.writer_endpoints", "grpc://127.0.0.1:50061", _endpoints, "ACCEPTOR_WRITER_ENDPOINTS",
-            "comma-separated writer Flight endpoints"),
-    Setting("acceptor.writer_failover_secs", 300.0, _float(0, 30 * 86400), "ACCEPTOR_WRITER_FAILOVER_SECS",
-            "after this long unreachable, a writer's entries go to the next writer (needs a catalog); 0: never"),
-    Setting("acceptor.writer_dns_refresh_secs", 30.0, _float(1, 86400), "ACCEPTOR_WRITER_DNS_REFRESH_SECS",
-            "how often dns://name:port writer endpoints are resolved again"),
-    Setting("acceptor.max_request_bytes", 64 * MIB, _int(1024, 1 << 31), "ACCEPTOR_MAX_REQUEST_BYTES",
-            "largest OTLP request body after decompression"),
-    Setting("acceptor.max_converted_bytes", 256 * MIB, _int(MIB, 1 << 30), "ACCEPTOR_MAX_CONVERTED_BYTES",
-            "largest size a request's rows may reach once resource/scope fields are repeated on each row"),
-    Setting("acceptor.max_future_secs", 3600.0, _float(0, 10 * 365 * 86400), "ACCEPTOR_MAX_FUTURE_SECS",
-            "items timed further in the future are rejected (partial success)"),
-    Setting("acceptor.max_age_secs", 7 * 86400.0, _float(0, 100 * 365 * 86400), "ACCEPTOR_MAX_AGE_SECS",
-            "items older than this are rejected (partial success); 0 accepts any age"),
-    Setting("acceptor.forward_batch_entries", 500, _int(1, 100_000), "ACCEPTOR_FORWARD_BATCH_ENTRIES",
-            "WAL entries the forwarder converts and sends per round"),
-    Setting("acceptor.forward_batch_bytes", 8 * MIB, _int(1024, 1 << 30), "ACCEPTOR_FORWARD_BATCH_BYTES",
-            "raw request bytes the forwarder takes per round (at least one entry)"),
-    Setting("acceptor.dead_letter_dir", "", _optional_string, "ACCEPTOR_DEAD_LETTER_DIR",
-            "where entries the writer rejects go (default: <acceptor wal_dir>/dead-letter)"),
-    Setting("acceptor.shutdown_timeout_secs", 20.0, _float(0.1, 3600), "ACCEPTOR_SHUTDOWN_TIMEOUT_SECS",
-            "longest SIGTERM waits for in-flight requests before closing"),
-    Setting("acceptor.max_header_bytes", 16 * 1024, _int(1024, 1 << 20), "ACCEPTOR_MAX_HEADER_BYTES",
-            "largest request headers: gRPC metadata in all, OTLP/HTTP each header line"),
-    Setting("acceptor.max_header_count", 100, _int(8, 10_000), "ACCEPTOR_MAX_HEADER_COUNT",
-            "most header fields in one OTLP/HTTP request"),
-    Setting("acceptor.max_concurrent_streams", 100, _int(1, 100_000), "ACCEPTOR_MAX_CONCURRENT_STREAMS",
-            "most gRPC calls at once on one connection"),
-    Setting("acceptor.http_max_connections", 4096, _int(1, 1_000_000), "ACCEPTOR_HTTP_MAX_CONNECTIONS",
-            "most OTLP/HTTP connections open at once; more are closed at accept (lowered to fit the open-files limit)"),
-    Setting("acceptor.grpc_max_connections", 4096, _int(1, 1_000_000), "ACCEPTOR_GRPC_MAX_CONNECTIONS",
-            "most OTLP/gRPC connections open at once; more are closed at accept (lowered to fit the open-files limit)"),
-    Setting("acceptor.header_timeout_secs", 10.0, _float(0.1, 3600), "ACCEPTOR_HEADER_TIMEOUT_SECS",
-            "OTLP/HTTP: longest from a request's first byte to the end of its headers (408, closed); "
-            "gRPC and TLS: longest handshake"),
-    Setting("acceptor.body_timeout_secs", 10.0, _float(0.1, 3600), "ACCEPTOR_BODY_TIMEOUT_SECS",
-            "OTLP/HTTP: time allowed for a body, plus 1 s per body_min_rate_bytes received (408, closed)"),
-    Setting("acceptor.body_min_rate_bytes", 16 * 1024, _int(1, 1 << 30), "ACCEPTOR_BODY_MIN_RATE_BYTES",
-            "OTLP/HTTP: bytes per second a body must keep up, after body_timeout_secs"),
-    Setting("acceptor.idle_timeout_secs", 60.0, _float(0.1, 86400), "ACCEPTOR_IDLE_TIMEOUT_SECS",
-            "a connection with no request in progress is closed after this long (HTTP keep-alive, gRPC idle)"),
-    Setting("acceptor.grpc_max_connection_age_secs", 1800.0, _float(0, 30 * 86400),
-            "ACCEPTOR_GRPC_MAX_CONNECTION_AGE_SECS",
-            "gRPC connections are closed (GOAWAY, 30 s grace for running calls) after this long; 0: never"),
-    Setting("acceptor.grpc_keepalive_secs", 60.0, _float(1, 86400), "ACCEPTOR_GRPC_KEEPALIVE_SECS",
-            "the acceptor pings gRPC clients this often and closes a connection whose ping goes unanswered 20 s"),
-    Setting("acceptor.reserved_fds", 256, _int(16, 1_000_000), "ACCEPTOR_RESERVED_FDS",
-            "descriptors kept free of client connections for the WAL, Flight clients and files"),
+    Setting(
+        "acceptor.health_addr", "127.0.0.1:8080", _address, "ACCEPTOR_HEALTH_ADDR", "health and metrics listen address"
+    ),
+    Setting(
+        "acceptor.writer_endpoints",
+        "grpc://127.0.0.1:50061",
+        _endpoints,
+        "ACCEPTOR_WRITER_ENDPOINTS",
+        "comma-separated writer Flight endpoints: grpc://, grpc+tls://, or dns://NAME:PORT (every address of NAME)",
+    ),
+    Setting(
+        "acceptor.writer_failover_secs",
+        300.0,
+        _float(0, 30 * 86400),
+        "ACCEPTOR_WRITER_FAILOVER_SECS",
+        "after this long unreachable, a writer's entries go to the next writer (needs a catalog); 0: never",
+    ),
+    Setting(
+        "acceptor.writer_dns_refresh_secs",
+        30.0,
+        _float(1, 86400),
+        "ACCEPTOR_WRITER_DNS_REFRESH_SECS",
+        "how often dns://name:port writer endpoints are resolved again",
+    ),
+    Setting(
+        "acceptor.max_request_bytes",
+        64 * MIB,
+        _int(1024, 1 << 31),
+        "ACCEPTOR_MAX_REQUEST_BYTES",
+        "largest OTLP request body after decompression",
+    ),
+    Setting(
+        "acceptor.max_converted_bytes",
+        256 * MIB,
+        _int(MIB, 1 << 30),
+        "ACCEPTOR_MAX_CONVERTED_BYTES",
+        "largest size a request's rows may reach once resource/scope fields are repeated on each row",
+    ),
+    Setting(
+        "acceptor.max_future_secs",
+        3600.0,
+        _float(0, 10 * 365 * 86400),
+        "ACCEPTOR_MAX_FUTURE_SECS",
+        "items timed further in the future are rejected (partial success)",
+    ),
+    Setting(
+        "acceptor.max_age_secs",
+        7 * 86400.0,
+        _float(0, 100 * 365 * 86400),
+        "ACCEPTOR_MAX_AGE_SECS",
+        "items older than this are rejected (partial success); 0 accepts any age",
+    ),
+    Setting(
+        "acceptor.forward_batch_entries",
+        500,
+        _int(1, 100_000),
+        "ACCEPTOR_FORWARD_BATCH_ENTRIES",
+        "WAL entries the forwarder converts and sends per round",
+    ),
+    Setting(
+        "acceptor.forward_batch_bytes",
+        8 * MIB,
+        _int(1024, 1 << 30),
+        "ACCEPTOR_FORWARD_BATCH_BYTES",
+        "raw request bytes the forwarder takes per round (at least one entry)",
+    ),
+    Setting(
+        "acceptor.dead_letter_dir",
+        "",
+        _optional_string,
+        "ACCEPTOR_DEAD_LETTER_DIR",
+        "where entries the writer rejects go (default: <acceptor wal_dir>/dead-letter)",
+    ),
+    Setting(
+        "acceptor.shutdown_timeout_secs",
+        20.0,
+        _float(0.1, 3600),
+        "ACCEPTOR_SHUTDOWN_TIMEOUT_SECS",
+        "longest SIGTERM waits for in-flight requests before closing",
+    ),
+    Setting(
+        "acceptor.max_header_bytes",
+        16 * 1024,
+        _int(1024, 1 << 20),
+        "ACCEPTOR_MAX_HEADER_BYTES",
+        "largest request headers: gRPC metadata in all, OTLP/HTTP each header line",
+    ),
+    Setting(
+        "acceptor.max_header_count",
+        100,
+        _int(8, 10_000),
+        "ACCEPTOR_MAX_HEADER_COUNT",
+        "most header fields in one OTLP/HTTP request",
+    ),
+    Setting(
+        "acceptor.max_concurrent_streams",
+        100,
+        _int(1, 100_000),
+        "ACCEPTOR_MAX_CONCURRENT_STREAMS",
+        "most gRPC calls at once on one connection",
+    ),
+    Setting(
+        "acceptor.http_max_connections",
+        4096,
+        _int(1, 1_000_000),
+        "ACCEPTOR_HTTP_MAX_CONNECTIONS",
+        "most OTLP/HTTP connections open at once; more are closed at accept (lowered to fit the open-files limit)",
+    ),
+    Setting(
+        "acceptor.grpc_max_connections",
+        4096,
+        _int(1, 1_000_000),
+        "ACCEPTOR_GRPC_MAX_CONNECTIONS",
+        "most OTLP/gRPC connections open at once; more are closed at accept (lowered to fit the open-files limit)",
+    ),
+    Setting(
+        "acceptor.header_timeout_secs",
+        10.0,
+        _float(0.1, 3600),
+        "ACCEPTOR_HEADER_TIMEOUT_SECS",
+        "OTLP/HTTP: longest from a request's first byte to the end of its headers (408, closed); "
+        "gRPC and TLS: longest handshake",
+    ),
+    Setting(
+        "acceptor.body_timeout_secs",
+        10.0,
+        _float(0.1, 3600),
+        "ACCEPTOR_BODY_TIMEOUT_SECS",
+        "OTLP/HTTP: time allowed for a body, plus 1 s per body_min_rate_bytes received (408, closed)",
+    ),
+    Setting(
+        "acceptor.body_min_rate_bytes",
+        16 * 1024,
+        _int(1, 1 << 30),
+        "ACCEPTOR_BODY_MIN_RATE_BYTES",
+        "OTLP/HTTP: bytes per second a body must keep up, after body_timeout_secs",
+    ),
+    Setting(
+        "acceptor.idle_timeout_secs",
+        60.0,
+        _float(0.1, 86400),
+        "ACCEPTOR_IDLE_TIMEOUT_SECS",
+        "a connection with no request in progress is closed after this long (HTTP keep-alive, gRPC idle)",
+    ),
+    Setting(
+        "acceptor.grpc_max_connection_age_secs",
+        1800.0,
+        _float(0, 30 * 86400),
+        "ACCEPTOR_GRPC_MAX_CONNECTION_AGE_SECS",
+        "gRPC connections are closed (GOAWAY, 30 s grace for running calls) after this long; 0: never",
+    ),
+    Setting(
+        "acceptor.grpc_keepalive_secs",
+        60.0,
+        _float(1, 86400),
+        "ACCEPTOR_GRPC_KEEPALIVE_SECS",
+        "the acceptor pings gRPC clients this often and closes a connection whose ping goes unanswered 20 s",
+    ),
+    Setting(
+        "acceptor.cors_allowed_origins",
+        (),
+        _origins,
+        "ACCEPTOR_CORS_ALLOWED_ORIGINS",
+        "OTLP/HTTP: browser origins allowed to send (CORS), e.g. https://app.example.com or "
+        "https://*.example.com; empty: CORS off",
+    ),
+    Setting(
+        "acceptor.cors_allowed_headers",
+        (),
+        _header_names,
+        "ACCEPTOR_CORS_ALLOWED_HEADERS",
+        "OTLP/HTTP CORS: request headers allowed besides Accept(-Language), Content-Type, Content-Language, "
+        "Content-Encoding, X-Requested-With (list Authorization to send a token); * allows any",
+    ),
+    Setting(
+        "acceptor.cors_max_age_secs",
+        0,
+        _int(0, 86400),
+        "ACCEPTOR_CORS_MAX_AGE_SECS",
+        "OTLP/HTTP CORS: how long a browser may cache a preflight answer; 0: no Access-Control-Max-Age",
+    ),
+    Setting(
+        "acceptor.reserved_fds",
+        256,
+        _int(16, 1_000_000),
+        "ACCEPTOR_RESERVED_FDS",
+        "descriptors kept free of client connections for the WAL, Flight clients and files",
+    ),
     Setting("writer.flight_addr", "127.0.0.1:50061", _address, "WRITER_FLIGHT_ADDR", "Flight listen address"),
-    Setting("writer.health_addr", "127.0.0.1:8081", _address, "WRITER_HEALTH_ADDR",
-            "health and metrics listen address"),
-    Setting("writer.file_max_bytes", 128 * MIB, _int(1024, 1 << 34), "WRITER_FILE_MAX_BYTES",
-            "Arrow bytes buffered per table and hour before a Parquet file is written"),
-    Setting("writer.file_max_age_secs", 60.0, _float(0.01, 86400), "WRITER_FILE_MAX_AGE_SECS",
-            "longest rows wait before their Parquet file is written"),
-    Setting("writer.shutdown_timeout_secs", 30.0, _float(0.1, 3600), "WRITER_SHUTDOWN_TIMEOUT_SECS",
-            "longest SIGTERM waits to write out open files"),
-    Setting("writer.max_buffered_bytes", 512 * MIB, _int(MIB, 1 << 40), "WRITER_MAX_BUFFERED_BYTES",
-            "Arrow bytes held in memory for Parquet files not yet written, over all tables and hours"),
-    Setting("writer.max_batch_bytes", 512 * MIB, _int(MIB, 1 << 34), "WRITER_MAX_BATCH_BYTES",
-            "largest Flight batch (Arrow buffer bytes) the writer stores; bigger ones are refused "
-            "(keep it above acceptor.max_converted_bytes: an entry is never split across batches)"),
-    Setting("storage.url", "file://.data", _storage_url, "SIGNALDB_STORAGE_URL",
-            "where Parquet goes: file://PATH or s3://BUCKET/PREFIX"),
-    Setting("storage.catalog_url", "", _catalog_url, "SIGNALDB_CATALOG_URL",
-            "Iceberg catalog: sqlite:///PATH, postgresql://..., http(s)://... (REST) or none (plain Parquet "
-            "files); default: sqlite file catalog.db beside file:// data, none for s3:// storage"),
-    Setting("storage.retention_hours", 0, _int(0, 100 * 365 * 24), "SIGNALDB_RETENTION_HOURS",
-            "hours of data kept in the Iceberg tables (by the rows' time); 0 keeps everything"),
-    Setting("storage.compaction_target_bytes", 128 * MIB, _int(MIB, 1 << 36), "SIGNALDB_COMPACTION_TARGET_BYTES",
-            "compaction rewrites a closed hour's small files into files of about this size"),
-    Setting("storage.maintenance_interval_secs", 600.0, _float(0, 7 * 86400), "SIGNALDB_MAINTENANCE_INTERVAL_SECS",
-            "how often a writer runs compaction, retention, snapshot expiry and orphan cleanup; 0: never"),
-    Setting("storage.snapshot_max_age_secs", 3600.0, _float(0, 365 * 86400), "SIGNALDB_SNAPSHOT_MAX_AGE_SECS",
-            "snapshots older than this are expired (their exactly-once claims are kept in a table property)"),
-    Setting("storage.orphan_min_age_secs", 86400.0, _float(0, 365 * 86400), "SIGNALDB_ORPHAN_MIN_AGE_SECS",
-            "data files no snapshot references are deleted once this old (longer than any writer takes to commit)"),
-    Setting("security.auth_token", "", _optional_string, "SIGNALDB_AUTH_TOKEN",
-            "when set, OTLP and Flight requests need Authorization: Bearer <token>"),
+    Setting(
+        "writer.health_addr", "127.0.0.1:8081", _address, "WRITER_HEALTH_ADDR", "health and metrics listen address"
+    ),
+    Setting(
+        "writer.file_max_bytes",
+        128 * MIB,
+        _int(1024, 1 << 34),
+        "WRITER_FILE_MAX_BYTES",
+        "Arrow bytes buffered per table and hour before a Parquet file is written",
+    ),
+    Setting(
+        "writer.file_max_age_secs",
+        60.0,
+        _float(0.01, 86400),
+        "WRITER_FILE_MAX_AGE_SECS",
+        "longest rows wait before their Parquet file is written",
+    ),
+    Setting(
+        "writer.shutdown_timeout_secs",
+        30.0,
+        _float(0.1, 3600),
+        "WRITER_SHUTDOWN_TIMEOUT_SECS",
+        "longest SIGTERM waits to write out open files",
+    ),
+    Setting(
+        "writer.max_buffered_bytes",
+        512 * MIB,
+        _int(MIB, 1 << 40),
+        "WRITER_MAX_BUFFERED_BYTES",
+        "Arrow bytes held in memory for Parquet files not yet written, over all tables and hours",
+    ),
+    Setting(
+        "writer.max_batch_bytes",
+        512 * MIB,
+        _int(MIB, 1 << 34),
+        "WRITER_MAX_BATCH_BYTES",
+        "largest Flight batch (Arrow buffer bytes) the writer stores; bigger ones are refused "
+        "(keep it above acceptor.max_converted_bytes: an entry is never split across batches)",
+    ),
+    Setting(
+        "storage.url",
+        "file://.data",
+        _storage_url,
+        "SIGNALDB_STORAGE_URL",
+        "where Parquet goes: file://PATH or s3://BUCKET/PREFIX",
+    ),
+    Setting(
+        "storage.catalog_url",
+        "",
+        _catalog_url,
+        "SIGNALDB_CATALOG_URL",
+        "Iceberg catalog: sqlite:///PATH, postgresql://..., http(s)://... (REST) or none (plain Parquet "
+        "files); default: sqlite file catalog.db beside file:// data, none for s3:// storage",
+    ),
+    Setting(
+        "storage.retention_hours",
+        0,
+        _int(0, 100 * 365 * 24),
+        "SIGNALDB_RETENTION_HOURS",
+        "hours of data kept in the Iceberg tables (by the rows' time); 0 keeps everything",
+    ),
+    Setting(
+        "storage.compaction_target_bytes",
+        128 * MIB,
+        _int(MIB, 1 << 36),
+        "SIGNALDB_COMPACTION_TARGET_BYTES",
+        "compaction rewrites a closed hour's small files into files of about this size",
+    ),
+    Setting(
+        "storage.maintenance_interval_secs",
+        600.0,
+        _float(0, 7 * 86400),
+        "SIGNALDB_MAINTENANCE_INTERVAL_SECS",
+        "how often a writer runs compaction, retention, snapshot expiry and orphan cleanup; 0: never",
+    ),
+    Setting(
+        "storage.snapshot_max_age_secs",
+        3600.0,
+        _float(0, 365 * 86400),
+        "SIGNALDB_SNAPSHOT_MAX_AGE_SECS",
+        "snapshots older than this are expired (their exactly-once claims are kept in a table property)",
+    ),
+    Setting(
+        "storage.orphan_min_age_secs",
+        86400.0,
+        _float(0, 365 * 86400),
+        "SIGNALDB_ORPHAN_MIN_AGE_SECS",
+        "data files no snapshot references are deleted once this old (longer than any writer takes to commit)",
+    ),
+    Setting(
+        "security.auth_token",
+        "",
+        _optional_string,
+        "SIGNALDB_AUTH_TOKEN",
+        "when set, OTLP and Flight requests need Authorization: Bearer <token>",
+    ),
     Setting("security.tls_cert", "", _optional_string, "SIGNALDB_TLS_CERT", "PEM certificate: serve TLS"),
     Setting("security.tls_key", "", _optional_string, "SIGNALDB_TLS_KEY", "PEM private key for tls_cert"),
 )
@@ -290,6 +555,7 @@ _BY_KEY = {s.key: s for s in SETTINGS}
 # Command-line flags per command: flag name -> setting key. Shared flags first.
 _COMMON_FLAGS = {
     "log-level": "log_level",
+    "log-format": "log_format",
     "sync-mode": "wal.sync_mode",
     "max-segment-size": "wal.max_segment_size",
     "max-buffer-entries": "wal.max_buffer_entries",
@@ -326,10 +592,18 @@ _RUN_FLAGS = {
     "flight-addr": "writer.flight_addr",
     "storage-url": "storage.url",
 }
+# signaldb maintain: table maintenance once (writer/maintenance.py); the writer's storage settings.
+_MAINTAIN_FLAGS = {
+    "log-level": "log_level",
+    "storage-url": "storage.url",
+    "catalog-url": "storage.catalog_url",
+    "file-max-age-secs": "writer.file_max_age_secs",
+}
 FLAGS: dict[str, dict[str, str]] = {
     "acceptor": {**_COMMON_FLAGS, **_ACCEPTOR_FLAGS},
     "writer": {**_COMMON_FLAGS, **_WRITER_FLAGS},
     "run": {**_COMMON_FLAGS, **_RUN_FLAGS},
+    "maintain": _MAINTAIN_FLAGS,
 }
 
 
@@ -347,8 +621,13 @@ class WalConfig:
 
     def open(self) -> Wal:
         """Opens (creating it durably, 0700, if missing) and replays the WAL these settings describe."""
-        return Wal(self.wal_dir, max_segment_size=self.max_segment_size, max_buffer_entries=self.max_buffer_entries,
-                   flush_interval_secs=self.flush_interval_secs, sync_mode=self.sync_mode)  # type: ignore[arg-type]
+        return Wal(
+            self.wal_dir,
+            max_segment_size=self.max_segment_size,
+            max_buffer_entries=self.max_buffer_entries,
+            flush_interval_secs=self.flush_interval_secs,
+            sync_mode=self.sync_mode,  # type: ignore[arg-type]  # checked by _choice when loaded
+        )
 
 
 @dataclass(frozen=True)
@@ -379,6 +658,9 @@ class AcceptorConfig:
     reserved_fds: int = 256
     writer_failover_secs: float = 300.0
     writer_dns_refresh_secs: float = 30.0
+    cors_allowed_origins: tuple[str, ...] = ()
+    cors_allowed_headers: tuple[str, ...] = ()
+    cors_max_age_secs: int = 0
 
 
 @dataclass(frozen=True)
@@ -417,7 +699,7 @@ def default_catalog_url(storage_url: str) -> str:
     """The embedded default: a SQLite catalog file beside ``file://`` data; ``none`` for S3
     (several writers need a shared catalog: PostgreSQL or REST, set explicitly)."""
     if storage_url.startswith("file://"):
-        return f"sqlite:///{(Path(storage_url[len('file://'):]) / 'catalog.db').absolute()}"
+        return f"sqlite:///{(Path(storage_url[len('file://') :]) / 'catalog.db').absolute()}"
     return "none"
 
 
@@ -443,6 +725,7 @@ class Config:
     security: SecurityConfig
     sources: Mapping[str, str]  # key -> "default" | "toml" | "env" | "flag", for the startup log
     catalog: CatalogConfig = CatalogConfig("none")
+    log_format: str = "auto"
 
     def wal_for(self, service: str) -> WalConfig:
         return self.acceptor_wal if service == "acceptor" else self.writer_wal
@@ -457,8 +740,13 @@ def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
     for flag, key in FLAGS[command].items():
         setting = _BY_KEY[key]
         env = f" (${setting.env})" if setting.env else ""
-        parser.add_argument(f"--{flag}", dest=flag_dest(flag), metavar="VALUE", default=None,
-                            help=f"{setting.help}; TOML {key}{env}; default {setting.default!r}")
+        parser.add_argument(
+            f"--{flag}",
+            dest=flag_dest(flag),
+            metavar="VALUE",
+            default=None,
+            help=f"{setting.help}; TOML {key}{env}; default {setting.default!r}",
+        )
 
 
 def flag_dest(flag: str) -> str:
@@ -494,8 +782,11 @@ def load(
         try:
             values[setting.key] = setting.parse(raw[setting.key])
         except ValueError as err:
-            origin = {"env": f" (from ${setting.env})", "flag": " (from the command line)",
-                      "toml": f" (in {config_path})"}.get(sources[setting.key], "")
+            origin = {
+                "env": f" (from ${setting.env})",
+                "flag": " (from the command line)",
+                "toml": f" (in {config_path})",
+            }.get(sources[setting.key], "")
             raise ConfigError(f"{setting.key}: {err}{origin}") from None
     cfg = _build(values, sources)
     check_flight_auth(cfg, command)
@@ -522,19 +813,25 @@ def check_flight_auth(cfg: Config, command: str) -> None:
     with every call). TLS alone encrypts but does not tell who the peer is."""
     if cfg.security.auth_token:
         return
-    fix = ("set security.auth_token ($SIGNALDB_AUTH_TOKEN, the same value on acceptors and writers; "
-           "docs/operations.md, Security) or use a loopback address")
+    fix = (
+        "set security.auth_token ($SIGNALDB_AUTH_TOKEN, the same value on acceptors and writers; "
+        "docs/operations.md, Security) or use a loopback address"
+    )
     if command in ("writer", "run"):
         addr = cfg.writer.flight_addr
         if not is_loopback(addr.host):
-            raise ConfigError(f"writer.flight_addr: {addr} is not a loopback address and Flight "
-                              f"would accept batches from anyone who can reach it; {fix}")
+            raise ConfigError(
+                f"writer.flight_addr: {addr} is not a loopback address and Flight "
+                f"would accept batches from anyone who can reach it; {fix}"
+            )
     if command in ("acceptor", "run"):
         for endpoint in cfg.acceptor.writer_endpoints:
             host = endpoint.split("://", 1)[1].rpartition(":")[0]
             if not is_loopback(host):
-                raise ConfigError(f"acceptor.writer_endpoints: {endpoint} is not on loopback and Flight to it "
-                                  f"would be unauthenticated; {fix}")
+                raise ConfigError(
+                    f"acceptor.writer_endpoints: {endpoint} is not on loopback and Flight to it "
+                    f"would be unauthenticated; {fix}"
+                )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -588,6 +885,7 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
     dead_letter = v["acceptor.dead_letter_dir"]
     return Config(
         log_level=v["log_level"],
+        log_format=v["log_format"],
         acceptor_wal=acceptor_wal,
         writer_wal=writer_wal,
         acceptor=AcceptorConfig(
@@ -617,6 +915,9 @@ def _build(v: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
             reserved_fds=v["acceptor.reserved_fds"],
             writer_failover_secs=v["acceptor.writer_failover_secs"],
             writer_dns_refresh_secs=v["acceptor.writer_dns_refresh_secs"],
+            cors_allowed_origins=v["acceptor.cors_allowed_origins"],
+            cors_allowed_headers=v["acceptor.cors_allowed_headers"],
+            cors_max_age_secs=v["acceptor.cors_max_age_secs"],
         ),
         writer=WriterConfig(
             flight_addr=v["writer.flight_addr"],

@@ -36,21 +36,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow.flight as flight
 
+from signaldb import otlp
+
 PROTOCOL_VERSION = 1
 
-#: Tables the writer accepts (DESIGN.md "Parquet output" and the extra metric types).
-TABLES = (
-    "traces",
-    "logs",
-    "metrics_gauge",
-    "metrics_sum",
-    "metrics_histogram",
-    "metrics_exponential_histogram",
-    "metrics_summary",
-)
+#: Tables the writer accepts: every table the OTLP conversion produces (``otlp.TABLES``,
+#: the one list; DESIGN.md "Parquet output" names the first five).
+TABLES: tuple[str, ...] = tuple(table for tables in otlp.TABLES.values() for table in tables)
 
 
 class ProtocolError(ValueError):
@@ -63,8 +59,12 @@ ACCEPTOR_ID_RULE = "1 to 128 printable ASCII characters, no space and no '/'"
 def check_acceptor_id(value: object) -> str:
     """The one rule for acceptor ids, applied by the writer to every stream and by the
     acceptor to its ``acceptor-id`` file at start. No '/': ``source_key`` uses it."""
-    if (not isinstance(value, str) or not 0 < len(value) <= 128
-            or not all(0x21 <= ord(c) <= 0x7E for c in value) or "/" in value):
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= 128
+        or not all(0x21 <= ord(c) <= 0x7E for c in value)
+        or "/" in value
+    ):
         raise ProtocolError(f"acceptor_id must be {ACCEPTOR_ID_RULE}; got {str(value)[:200]!r}")
     return value
 
@@ -94,12 +94,15 @@ class StreamHeader:
         table, acceptor_id = body.get("table"), body.get("acceptor_id")
         if table not in TABLES:
             raise ProtocolError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
-        check_acceptor_id(acceptor_id)
-        return cls(table=table, acceptor_id=acceptor_id)
+        return cls(table=table, acceptor_id=check_acceptor_id(acceptor_id))
 
 
-def encode_batch_metadata(entries: Sequence[tuple[int, int]], acceptor_id: str | None = None,
-                          min_unprocessed: int | None = None, incarnation: int = 0) -> bytes:
+def encode_batch_metadata(
+    entries: Sequence[tuple[int, int]],
+    acceptor_id: str | None = None,
+    min_unprocessed: int | None = None,
+    incarnation: int = 0,
+) -> bytes:
     """``entries``: (acceptor entry id, rows of this batch from it), in row order.
 
     ``min_unprocessed``: every acceptor entry id below it is processed (acked
@@ -142,9 +145,13 @@ def decode_batch_metadata(raw: bytes | None, num_rows: int, acceptor_id: str | N
         raise ProtocolError("batch app_metadata needs a non-empty 'entries' list")
     parsed: list[tuple[int, int]] = []
     for item in entries:
-        if (not isinstance(item, list) or len(item) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
-                or item[0] < 0 or item[1] < 0):
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+            or item[0] < 0
+            or item[1] < 0
+        ):
             raise ProtocolError(f"each entry must be [id, rows] with non-negative integers; got {item!r}")
         parsed.append((item[0], item[1]))
     if len({eid for eid, _ in parsed}) != len(parsed):
@@ -158,8 +165,12 @@ def decode_batch_metadata(raw: bytes | None, num_rows: int, acceptor_id: str | N
     incarnation = body.get("incarnation")
     if incarnation is None:
         return BatchMetadata(parsed, floor)
-    if (not isinstance(incarnation, str) or len(incarnation) != 16
-            or incarnation.strip("0123456789abcdef") or int(incarnation, 16) == 0):
+    if (
+        not isinstance(incarnation, str)
+        or len(incarnation) != 16
+        or incarnation.strip("0123456789abcdef")
+        or int(incarnation, 16) == 0
+    ):
         raise ProtocolError(f"incarnation must be 16 lowercase hex digits, not all zero; got {incarnation!r}")
     return BatchMetadata(parsed, floor, int(incarnation, 16))
 
@@ -176,7 +187,7 @@ def decode_ack(raw: bytes) -> tuple[list[int], list[int]]:
     return [int(x) for x in entries], [int(x) for x in duplicates]
 
 
-def _json_object(raw: bytes | str, what: str) -> dict:
+def _json_object(raw: bytes | str, what: str) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:

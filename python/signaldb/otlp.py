@@ -118,13 +118,13 @@ from signaldb._native import NativePanicError, OtlpContentTypeError, OtlpDecodeE
 
 __all__ = [
     "CONVERT_CEILING",
+    "TABLES",
     "Checked",
     "ConversionResult",
     "NativePanicError",
     "OtlpContentTypeError",
     "OtlpDecodeError",
     "OtlpTooLargeError",
-    "TABLES",
     "TimeWindow",
     "check",
     "convert",
@@ -195,8 +195,14 @@ class Checked:
     converted_bytes: int
 
 
-def convert(kind: Kind | str, body: bytes, content_type: str = PROTOBUF, *, window: TimeWindow | None = None,
-            max_converted_bytes: int = CONVERT_CEILING) -> ConversionResult:
+def convert(
+    kind: Kind | str,
+    body: bytes,
+    content_type: str = PROTOBUF,
+    *,
+    window: TimeWindow | None = None,
+    max_converted_bytes: int = CONVERT_CEILING,
+) -> ConversionResult:
     """Converts one OTLP export request into Arrow record batches.
 
     Raises ``OtlpDecodeError`` for bad input, ``OtlpTooLargeError`` (a subclass)
@@ -222,12 +228,19 @@ def count_items(kind: Kind | str, body: bytes, content_type: str = PROTOBUF) -> 
     return items, dict(rejected)
 
 
-def check(kind: Kind | str, body: bytes, content_type: str = PROTOBUF, *, window: TimeWindow | None = None,
-          max_converted_bytes: int = CONVERT_CEILING) -> Checked:
+def check(
+    kind: Kind | str,
+    body: bytes,
+    content_type: str = PROTOBUF,
+    *,
+    window: TimeWindow | None = None,
+    max_converted_bytes: int = CONVERT_CEILING,
+) -> Checked:
     """Validates a request exactly as ``convert`` would with the same window and
     limit, without building Arrow arrays; raises like ``convert``."""
-    items, rejected, converted = _native.otlp_count_items(kind, body, content_type, _window(window),
-                                                          max_converted_bytes)
+    items, rejected, converted = _native.otlp_count_items(
+        kind, body, content_type, _window(window), max_converted_bytes
+    )
     return Checked(items, dict(rejected), converted)
 
 

@@ -23,9 +23,40 @@ from types import TracebackType
 from typing import Literal
 
 from signaldb import _native
-from signaldb._native import Entry, WalError, WalFullError
+from signaldb._native import (
+    Entry,
+    WalClosedError,
+    WalError,
+    WalFileExistsError,
+    WalFileNotFoundError,
+    WalFullError,
+    WalInUseError,
+    WalIoError,
+    WalIsADirectoryError,
+    WalNotADirectoryError,
+    WalPermissionError,
+    WalPoisonedError,
+    WalStats,
+)
 
-__all__ = ["Entry", "Wal", "WalError", "WalFullError", "KINDS", "SyncMode"]
+__all__ = [
+    "KINDS",
+    "Entry",
+    "SyncMode",
+    "Wal",
+    "WalClosedError",
+    "WalError",
+    "WalFileExistsError",
+    "WalFileNotFoundError",
+    "WalFullError",
+    "WalInUseError",
+    "WalIoError",
+    "WalIsADirectoryError",
+    "WalNotADirectoryError",
+    "WalPermissionError",
+    "WalPoisonedError",
+    "WalStats",
+]
 
 SyncMode = Literal["immediate", "batched"]
 KINDS: dict[str, int] = {
@@ -89,25 +120,25 @@ class _LoopWaiters:
         self._resolve()
 
     def _resolve(self) -> None:
+        # The engine hands over failures as exceptions already typed by their kind
+        # (WalFullError, WalPoisonedError, WalIoError, ...): nothing is read from the text.
         poisoned = self._native.poisoned()
-        acked = self._native.acked_id()
+        done = self._native.done_id()
         check_failures = self._native.has_failures()
         while self._waiting:
             eid, fut = self._waiting[0]
             failure = self._native.take_failure(eid) if check_failures else None
-            if failure is None and eid > acked:
+            if failure is None and eid > done:
                 if poisoned is None:
                     break
-                failure = poisoned
+                failure = type(poisoned)(*poisoned.args)  # one instance per waiter: tracebacks differ
             self._waiting.popleft()
             if fut.done():  # cancelled by its caller; the entry is still in the WAL
                 continue
             if failure is None:
                 fut.set_result(eid)
-            elif failure.startswith("WAL full"):
-                fut.set_exception(WalFullError(failure))
             else:
-                fut.set_exception(WalError(failure))
+                fut.set_exception(failure)
 
     def close_soon(self) -> None:
         """Closes from any thread: in the loop's own thread, or scheduled into it."""
@@ -136,7 +167,7 @@ class _LoopWaiters:
         self._rfd = self._wfd = -1
         for _, fut in self._waiting:
             if not fut.done() and not self._loop.is_closed():
-                fut.set_exception(error or WalError("WAL closed"))
+                fut.set_exception(error or WalClosedError("WAL closed"))
         self._waiting.clear()
 
 
@@ -169,8 +200,11 @@ class Wal:
         self.path = os.fspath(path)
         self.sync_mode = sync_mode
         self._native = _native.NativeWal(
-            self.path, int(max_segment_size), int(max_buffer_entries),
-            float(flush_interval_secs), sync_mode,
+            self.path,
+            int(max_segment_size),
+            int(max_buffer_entries),
+            float(flush_interval_secs),
+            sync_mode,
         )
         self._loops: dict[asyncio.AbstractEventLoop, _LoopWaiters] = {}
         self._loops_lock = threading.Lock()
@@ -194,7 +228,7 @@ class Wal:
         code = _kind_code(kind)
         data = _as_bytes(payload)
         if self.closed:
-            raise WalError("WAL is closed")
+            raise WalClosedError("WAL is closed")
         loop = asyncio.get_running_loop()
         waiters = self._waiters_for(loop)
         if len(data) >= _ENQUEUE_IN_EXECUTOR_BYTES:
@@ -266,13 +300,20 @@ class Wal:
 
     # -- state -------------------------------------------------------------
 
-    def stats(self) -> dict[str, object]:
-        """Counters and gauges; see docs/wal-format.md "Statistics"."""
+    def stats(self) -> WalStats:
+        """Counters and gauges as typed attributes (``stats().unprocessed_entries``);
+        see docs/wal-format.md "Statistics". Also reads like a dict (``stats()["next_id"]``,
+        ``.get``, ``.items()``; ``.to_dict()`` for JSON). Reads the oldest unprocessed
+        record from disk: for one figure per request or round, use the calls below."""
         return self._native.stats()
 
     def unprocessed_bytes(self) -> int:
-        """``stats()["unprocessed_bytes"]`` alone, cheap enough to check per request."""
+        """``stats().unprocessed_bytes`` alone, cheap enough to check per request."""
         return self._native.unprocessed_bytes()
+
+    def processed_watermark(self) -> int:
+        """``stats().processed_watermark`` alone: every id at or below it is processed."""
+        return self._native.processed_watermark()
 
     @property
     def closed(self) -> bool:

@@ -21,9 +21,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from signaldb import _native
+
+if TYPE_CHECKING:  # typing-only names of the stub (no runtime classes)
+    from signaldb._native import SegmentScan, WalMetadata
 
 EXIT_OK = 0
 EXIT_CORRUPT = 1
@@ -34,7 +37,7 @@ EXIT_USAGE = 2
 class SegmentView:
     name: str
     path: Path
-    report: dict[str, Any]
+    report: SegmentScan
     processed_in_range: int = 0
 
     @property
@@ -49,7 +52,7 @@ class SegmentView:
 @dataclass
 class WalView:
     path: Path
-    metadata: dict[str, Any] | None
+    metadata: WalMetadata | None
     segments: list[SegmentView] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     spares: list[str] = field(default_factory=list)  # the next segment, made ahead: all zero, no entries
@@ -97,7 +100,7 @@ def load_view(wal_dir: Path) -> WalView:
     """Scans every segment of `wal_dir` (read-only)."""
     meta = _native.read_metadata(str(wal_dir))
     view = WalView(path=wal_dir, metadata=meta)
-    processed_ids = sorted(int(i) for i in (meta or {}).get("processed_ids", []))
+    processed_ids = sorted(meta["processed_ids"]) if meta else []
     files = _segment_files(wal_dir)
     # A spare made ahead (all zero) follows the newest segment: leave it out,
     # so that segment counts as the newest (an append in flight there is a torn tail).
@@ -113,7 +116,7 @@ def load_view(wal_dir: Path) -> WalView:
             raise SystemExit(f"signaldb-wal: {e}") from None
         seg = SegmentView(name=path.name, path=path, report=report)
         first, last = report["first_id"], report["last_id"]
-        if first is not None and processed_ids:
+        if first is not None and last is not None and processed_ids:
             seg.processed_in_range = sum(1 for pid in processed_ids if first <= pid <= last)
         view.segments.append(seg)
         view.scanned_bytes += int(report["file_len"])
@@ -137,13 +140,16 @@ def cmd_inspect(view: WalView, as_json: bool) -> int:
     if meta is None:
         print("  metadata.json: missing or invalid (a service replays every entry on open)")
     else:
-        print(f"  next id {meta['next_id']}, processed watermark {meta['processed_watermark']}, "
-              f"{len(meta['processed_ids'])} processed above it, last flush {meta['last_flush']}")
+        print(
+            f"  next id {meta['next_id']}, processed watermark {meta['processed_watermark']}, "
+            f"{len(meta['processed_ids'])} processed above it, last flush {meta['last_flush']}"
+        )
     total = sum(int(s.report["entries"]) for s in view.segments)
-    print(f"  {len(view.segments)} segments, {total} entries, {view.unprocessed} unprocessed, "
-          f"{view.scanned_bytes} bytes on disk")
-    print(f"  {'segment':<14}{'bytes':>10}{'entries':>9}{'ids':>22}{'traces':>8}{'logs':>7}"
-          f"{'metrics':>8}  state")
+    print(
+        f"  {len(view.segments)} segments, {total} entries, {view.unprocessed} unprocessed, "
+        f"{view.scanned_bytes} bytes on disk"
+    )
+    print(f"  {'segment':<14}{'bytes':>10}{'entries':>9}{'ids':>22}{'traces':>8}{'logs':>7}{'metrics':>8}  state")
     for s in view.segments:
         r = s.report
         state = "ok"
@@ -151,9 +157,11 @@ def cmd_inspect(view: WalView, as_json: bool) -> int:
             state = f"CORRUPT ({len(s.corrupt) + (not r['header_ok'])} regions)"
         elif s.torn:
             state = f"torn tail at offset {s.torn[0][1]}"
-        print(f"  {s.name:<14}{r['file_len']:>10}{r['entries']:>9}"
-              f"{_fmt_ids(r['first_id'], r['last_id']):>22}{r['traces']:>8}{r['logs']:>7}"
-              f"{r['metrics']:>8}  {state}")
+        print(
+            f"  {s.name:<14}{r['file_len']:>10}{r['entries']:>9}"
+            f"{_fmt_ids(r['first_id'], r['last_id']):>22}{r['traces']:>8}{r['logs']:>7}"
+            f"{r['metrics']:>8}  {state}"
+        )
     if view.spares:
         print(f"  spare (next segment, made ahead): {', '.join(view.spares)}")
     if view.quarantined:
@@ -176,9 +184,11 @@ def cmd_verify(view: WalView, as_json: bool) -> int:
         print(f"torn tail {name} at offset {off}: {n} bytes (an unacknowledged write; erased on next open)")
     entries = sum(int(s.report["entries"]) for s in view.segments)
     verdict = "FAILED" if corruption else "OK"
-    print(f"verify {verdict}: {len(view.segments)} segments, {entries} entries, "
-          f"{len(corruption)} corrupt regions, {view.scanned_bytes} bytes in {view.seconds:.3f}s "
-          f"({rate:.0f} MB/s)")
+    print(
+        f"verify {verdict}: {len(view.segments)} segments, {entries} entries, "
+        f"{len(corruption)} corrupt regions, {view.scanned_bytes} bytes in {view.seconds:.3f}s "
+        f"({rate:.0f} MB/s)"
+    )
     return EXIT_CORRUPT if corruption else EXIT_OK
 
 
@@ -195,8 +205,7 @@ def _payload_text(payload: bytes, mode: str, width: int) -> str:
 
 
 def cmd_dump(view: WalView, show_all: bool, limit: int | None, payload_mode: str, width: int) -> int:
-    meta = view.metadata or {}
-    processed = set(int(i) for i in meta.get("processed_ids", []))
+    processed = set(view.metadata["processed_ids"]) if view.metadata else set()
     printed = 0
     for s in view.segments:
         offset, last_id = 0, 0
@@ -212,10 +221,12 @@ def cmd_dump(view: WalView, show_all: bool, limit: int | None, payload_mode: str
                 done = e.id <= view.watermark or e.id in processed
                 if done and not show_all:
                     continue
-                ts = dt.datetime.fromtimestamp(e.timestamp_ns / 1e9, tz=dt.timezone.utc)
+                ts = dt.datetime.fromtimestamp(e.timestamp_ns / 1e9, tz=dt.UTC)
                 flag = "processed" if done else "unprocessed"
-                print(f"{e.id}\t{e.kind}\t{ts.isoformat()}\t{len(e.payload)}\t{flag}\t"
-                      f"{_payload_text(e.payload, payload_mode, width)}")
+                print(
+                    f"{e.id}\t{e.kind}\t{ts.isoformat()}\t{len(e.payload)}\t{flag}\t"
+                    f"{_payload_text(e.payload, payload_mode, width)}"
+                )
                 printed += 1
                 if limit is not None and printed >= limit:
                     return EXIT_OK
@@ -270,8 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("dir", nargs="?", help="the WAL directory (default: from --config / env / .wal/<service>)")
-        p.add_argument("--service", choices=["acceptor", "writer"], default="acceptor",
-                       help="whose WAL when DIR is omitted (default acceptor)")
+        p.add_argument(
+            "--service",
+            choices=["acceptor", "writer"],
+            default="acceptor",
+            help="whose WAL when DIR is omitted (default acceptor)",
+        )
         p.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name in ("inspect", "verify"):
             p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -35,8 +35,9 @@ class Received:
 
 
 class FlightRecorder(flight.FlightServerBase):
-    def __init__(self, port: int = 0, **kwargs) -> None:
-        super().__init__(f"grpc://127.0.0.1:{port}", **kwargs)
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", scheme: str = "grpc", **kwargs) -> None:
+        super().__init__(f"{scheme}://{host}:{port}", **kwargs)
+        self.host, self.scheme = host, scheme
         self.received: list[Received] = []
         self.streams = 0
         self.lock = threading.Lock()
@@ -51,7 +52,7 @@ class FlightRecorder(flight.FlightServerBase):
 
     @property
     def url(self) -> str:
-        return f"grpc://127.0.0.1:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def do_put(self, context, descriptor, reader, writer):
         header = StreamHeader.from_descriptor(descriptor)

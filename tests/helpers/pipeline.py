@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+from helpers import iceberg
 from helpers.acceptor_proc import AcceptorProcess
 from helpers.net import free_port
 
@@ -77,8 +78,14 @@ class Pipeline:
     # -- reading Parquet back ----------------------------------------------------
 
     def table(self, name: str) -> pa.Table:
+        """Every row of table ``name``: with the embedded catalog, of the files its current
+        snapshot references (helpers/iceberg.py), else of every complete file."""
         root = self.storage_dir / name
-        files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith(".")) if root.exists() else []
+        committed = iceberg.committed_files(self.storage_dir, name)
+        if committed is not None:
+            files = committed
+        else:
+            files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith(".")) if root.exists() else []
         if not files:
             return pa.table({})
         return ds.dataset([str(f) for f in files], format="parquet", partitioning="hive").to_table()

@@ -21,6 +21,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
+from helpers import iceberg
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -39,6 +40,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from signaldb import otlp
+from signaldb.writer.catalog import to_storage
+from signaldb.writer.tables import TABLES
 from signaldb.flight_protocol import StreamHeader, decode_ack, encode_batch_metadata
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -168,13 +171,23 @@ def put_request(client: flight.FlightClient, kind: str, body: bytes, entry_id: i
 
 
 def parquet_files(root: pathlib.Path, table: str | None = None) -> list[pathlib.Path]:
+    """The data files: with the embedded catalog, those its tables reference now (see
+    helpers/iceberg.py); without, every complete Parquet file under the root."""
+    if table is not None:
+        committed = iceberg.committed_files(root, table)
+        if committed is not None:
+            return committed
+    elif iceberg.catalog_of(root) is not None:
+        return sorted(f for t in TABLES for f in iceberg.committed_files(root, t) or [])
     base = root / table if table else root
     return sorted(p for p in base.rglob("*.parquet") if not p.name.startswith("."))
 
 
 def stray_files(root: pathlib.Path) -> list[pathlib.Path]:
-    """Anything under the storage root that is not a complete Parquet file (temp files, leftovers)."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and (p.name.startswith(".") or p.suffix != ".parquet"))
+    """Anything under the storage root that is not a complete Parquet file (temp files, leftovers);
+    the catalog database and the tables' metadata are not strays."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and (p.name.startswith(".") or p.suffix != ".parquet")
+                  and not iceberg.is_catalog_file(root, p))
 
 
 def read_table(root: pathlib.Path, table: str) -> pa.Table:
@@ -197,8 +210,11 @@ KEYS = {
 
 
 def assert_same_rows(got: pa.Table, want: pa.Table, table: str) -> None:
-    """Exactly the rows sent: same schema, same multiset of rows (order aside)."""
+    """Exactly the rows sent: same schema, same multiset of rows (order aside). Rows read from
+    an Iceberg table have its column types (microseconds, int64): ``want`` is compared in those."""
     keys = [(k, "ascending") for k in KEYS[table]]
+    if any(pa.types.is_timestamp(f.type) and f.type.unit == "us" for f in got.schema):
+        want = to_storage(table, want)
     got = got.select(want.schema.names).cast(want.schema)
     assert got.num_rows == want.num_rows, f"{table}: {got.num_rows} rows in Parquet, {want.num_rows} sent"
     assert got.sort_by(keys).equals(want.sort_by(keys)), f"{table}: rows differ"
@@ -206,10 +222,12 @@ def assert_same_rows(got: pa.Table, want: pa.Table, table: str) -> None:
 
 def duckdb_rows(root: pathlib.Path, table: str, query: str) -> list[tuple]:
     """Runs ``query`` in DuckDB with ``{src}`` standing for the table's Parquet files (hive
-    partitioning on: ``date`` and ``hour`` are columns)."""
-    pattern = str(root / table / "**" / "*.parquet")
+    partitioning on: ``date`` and ``hour`` are columns). With a catalog, the files its table
+    references (a glob would also see uncommitted files)."""
+    committed = iceberg.committed_files(root, table)
+    source = repr([str(f) for f in committed]) if committed is not None else repr(str(root / table / "**" / "*.parquet"))
     with duckdb.connect() as con:
-        return con.execute(query.format(src=f"read_parquet('{pattern}', hive_partitioning = true)")).fetchall()
+        return con.execute(query.format(src=f"read_parquet({source}, hive_partitioning = true)")).fetchall()
 
 
 # -- a writer process ----------------------------------------------------------
@@ -222,7 +240,8 @@ class WriterProcess:
                  args: Sequence[str] = ()) -> None:
         self.tmp = tmp
         self.storage_url = storage_url or f"file://{tmp / 'data'}"
-        self.env = {**os.environ, **(env or {})}
+        # Plain files unless the test names a catalog: these tests pin the file layout.
+        self.env = {**os.environ, "SIGNALDB_CATALOG_URL": "none", **(env or {})}
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.flight_port = self.health_port = 0
@@ -266,6 +285,29 @@ class WriterProcess:
             except ValueError:
                 lines.append({"raw": raw})
         return lines
+
+    def health(self) -> dict:
+        from helpers.net import http_get
+
+        return json.loads(http_get(self.url("/health"))[1])
+
+    def settled(self, timeout: float = 60.0) -> dict:
+        """Waits until nothing is unprocessed in the WAL or held by the sink; returns /health."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.health()
+            if body["wal"]["unprocessed_entries"] == 0 and body["writer"]["unprocessed_entries"] == 0:
+                return body
+            time.sleep(0.05)
+        raise AssertionError(f"writer did not settle: {body}")
+
+    def metric(self, name: str) -> float:
+        """The sum of every sample of ``name`` (all labels) on /metrics."""
+        from helpers.net import http_get
+
+        text = http_get(self.url("/metrics"))[1].decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name) and not line.startswith("#"))
 
     def client(self) -> flight.FlightClient:
         return flight.connect(f"grpc://127.0.0.1:{self.flight_port}")

@@ -27,9 +27,18 @@ class Admission:
         self._max_backlog_bytes = max_backlog_bytes
         self._disk_full_at: float | None = None
 
+    @property
+    def disk_full(self) -> bool:
+        """True during the cool-down after an append found the disk full."""
+        return self._disk_full_at is not None and time.monotonic() - self._disk_full_at < DISK_FULL_COOLDOWN_SECS
+
+    @property
+    def max_backlog_bytes(self) -> int:
+        return self._max_backlog_bytes
+
     def refusal(self) -> str | None:
         """Why a request would be refused now, or None to admit it."""
-        if self._disk_full_at is not None and time.monotonic() - self._disk_full_at < DISK_FULL_COOLDOWN_SECS:
+        if self.disk_full:
             return "disk full"
         backlog = self._wal.unprocessed_bytes()
         if self._max_backlog_bytes and backlog > self._max_backlog_bytes:

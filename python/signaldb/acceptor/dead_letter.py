@@ -41,19 +41,23 @@ class DeadLetters:
             content_type, body, window = None, memoryview(payload), None
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         stem = f"{entry_id:020d}.{kind}"
-        info = {"entry_id": entry_id, "kind": kind, "content_type": content_type, "reason": reason,
-                "acceptor_id": self._acceptor_id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "window": None if window is None else {"min_ns": window.min_ns, "max_ns": window.max_ns,
-                                                       "now_ns": window.now_ns}}
+        info = {
+            "entry_id": entry_id,
+            "kind": kind,
+            "content_type": content_type,
+            "reason": reason,
+            "acceptor_id": self._acceptor_id,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "window": None
+            if window is None
+            else {"min_ns": window.min_ns, "max_ns": window.max_ns, "now_ns": window.now_ns},
+        }
         # The payload first: a .json without its .otlp would describe nothing.
         write_synced(self.directory / f"{stem}.otlp", bytes(body))
         write_synced(self.directory / f"{stem}.json", json.dumps(info, indent=1).encode())
         fsync_dir(self.directory)
         self.count += 1
-        log.error("entry moved to dead-letter directory",
-                  extra={"entry_id": entry_id, "signal": kind, "reason": reason, "dir": str(self.directory)})
-
-    def existing(self) -> int:
-        if not self.directory.is_dir():
-            return 0
-        return sum(1 for p in self.directory.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+        log.error(
+            "entry moved to dead-letter directory",
+            extra={"entry_id": entry_id, "signal": kind, "reason": reason, "dir": str(self.directory)},
+        )

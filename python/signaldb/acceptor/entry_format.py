@@ -54,8 +54,9 @@ def encode(body: bytes, content_type: str, window: TimeWindow, incarnation: int 
     ``incarnation`` 0 writes the older 0x03/0x04 form (tests and tools only)."""
     if incarnation == LEGACY_INCARNATION:
         return bytes((_WINDOWED[content_type],)) + _WINDOW.pack(*window.as_tuple()) + body
-    return (bytes((_INCARNATED[content_type],)) + _WINDOW.pack(*window.as_tuple())
-            + _INCARNATION.pack(incarnation) + body)
+    return (
+        bytes((_INCARNATED[content_type],)) + _WINDOW.pack(*window.as_tuple()) + _INCARNATION.pack(incarnation) + body
+    )
 
 
 def incarnation_of(payload: bytes) -> int:

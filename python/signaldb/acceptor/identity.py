@@ -48,7 +48,8 @@ def load_or_create(wal_dir: Path) -> str:
             raise AcceptorIdError(
                 f"acceptor id file {path} is invalid (want {ACCEPTOR_ID_RULE}, found {raw[:64]!r}); "
                 "restore it from a backup of this WAL directory, or remove it to give this "
-                "directory a new acceptor id") from None
+                "directory a new acceptor id"
+            ) from None
     new_id = uuid.uuid4().hex
     # Durable before use: a rename lost to a power cut would mint a second id.
     replace_durably(path, (new_id + "\n").encode())

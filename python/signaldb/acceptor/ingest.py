@@ -24,18 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from signaldb import otlp
-from signaldb.acceptor import entry_format
+from signaldb.acceptor import entry_format, responses
 from signaldb.acceptor.admission import RETRY_AFTER_SECS, Admission
+from signaldb.acceptor.refusals import Reason, RefusalRecorder, Refused
 from signaldb.acceptor.telemetry import AcceptorMetrics
-from signaldb.wal import Wal, WalError, WalFullError
+from signaldb.wal import Wal, WalClosedError, WalError, WalFullError, WalPoisonedError
 
 log = logging.getLogger(__name__)
 
 # Validating a large body takes milliseconds: do it off the event loop.
 _INLINE_VALIDATE_BYTES = 256 * 1024
-# At most one log line per refusal reason per this many seconds (a hostile or broken
-# client must not flood the log); the counters count every one.
-_LOG_EVERY_SECS = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,18 +47,6 @@ class Limits:
 
     def window(self, now_ns: int) -> otlp.TimeWindow:
         return otlp.TimeWindow.around(now_ns, self.max_age_secs, self.max_future_secs)
-
-
-class Refused(Exception):
-    """A request the acceptor does not take. ``category`` picks the status:
-    invalid (400 / INVALID_ARGUMENT), too_large (413 / RESOURCE_EXHAUSTED),
-    unavailable (503 / UNAVAILABLE, retryable), unauthenticated (401 / UNAUTHENTICATED)."""
-
-    def __init__(self, category: str, message: str, retry_after_secs: int | None = None) -> None:
-        super().__init__(message)
-        self.category = category
-        self.message = message
-        self.retry_after_secs = retry_after_secs
 
 
 @dataclass(frozen=True)
@@ -86,7 +72,8 @@ class Ingest:
         self._admission = admission
         self._metrics = metrics
         self.limits = limits
-        self._last_logged: dict[str, float] = {}
+        # Counts and logs refusals; the receivers hand it theirs too (one place for all).
+        self.refusals = RefusalRecorder(metrics)
         self._on_fatal = on_fatal
         self._on_accepted = on_accepted  # wakes the forwarder
         self._incarnation = incarnation  # written into every entry (entry_format)
@@ -98,82 +85,84 @@ class Ingest:
         return self.limits.max_request_bytes
 
     async def export(self, kind: str, body: bytes, content_type: str, transport: str) -> Accepted:
-        """Takes one decompressed OTLP request; returns once it is durable, or raises ``Refused``."""
-        try:
-            accepted = await self._export(kind, body, content_type, transport)
-        except Refused as refused:
-            self._metrics.requests.labels(transport, kind, refused.category).inc()
-            if refused.category != "unavailable":  # backpressure is counted and logged where it starts
-                self._log_refusal(refused.category, "request refused", kind, transport, refused.message)
-            raise
+        """Takes one decompressed OTLP request; returns once it is durable, or raises ``Refused``.
+
+        The caller (a receiver) hands a ``Refused`` to ``self.refusals.record``, with the
+        ones it raised itself before the body got here."""
+        accepted = await self._export(kind, body, content_type, transport)
         self._metrics.requests.labels(transport, kind, "accepted").inc()
         return accepted
 
     async def _export(self, kind: str, body: bytes, content_type: str, transport: str) -> Accepted:
         if not self.accepting:
-            raise Refused("unavailable", "acceptor is shutting down", RETRY_AFTER_SECS)
+            raise Refused(Reason.SHUTTING_DOWN, "acceptor is shutting down", RETRY_AFTER_SECS)
+        if content_type == otlp.JSON and not body.strip():
+            body = b"{}"  # an empty OTLP/JSON body is an empty request, as an empty protobuf body is
         if len(body) > self.max_request_bytes:
-            raise Refused("too_large", f"request body is {len(body)} bytes after decompression; "
-                                       f"the limit is {self.max_request_bytes}")
+            raise Refused(
+                Reason.TOO_LARGE,
+                f"request body is {len(body)} bytes after decompression; the limit is {self.max_request_bytes}",
+            )
         window = self.limits.window(time.time_ns())
         items, rejected = await self._validate(kind, body, content_type, window)
         rejected_total = sum(rejected.values())
-        reason = self._admission.refusal()
-        if reason is not None:
-            self._metrics.refused[kind].labels(transport, "backpressure").inc(items)
-            raise Refused("unavailable", f"acceptor is pushing back: {reason}", RETRY_AFTER_SECS)
+        why = self._admission.refusal()
+        if why is not None:
+            reason = Reason.DISK_FULL if self._admission.disk_full else Reason.BACKPRESSURE
+            self._metrics.refused[kind].labels(transport, reason.label).inc(items)
+            raise Refused(reason, f"acceptor is pushing back: {why}", RETRY_AFTER_SECS)
 
         started = time.perf_counter()
-        entry_id = await self._append(kind, entry_format.encode(body, content_type, window, self._incarnation), items, transport)
+        entry = entry_format.encode(body, content_type, window, self._incarnation)
+        entry_id = await self._append(kind, entry, items, transport)
         self._metrics.ack_latency.labels(kind).observe(time.perf_counter() - started)
         self._metrics.accepted[kind].labels(transport).inc(items)
         self._metrics.request_bytes.labels(kind).inc(len(body))
         message = "; ".join(f"{n} rejected: {why}" for why, n in sorted(rejected.items()))
         for why, n in rejected.items():
             self._metrics.refused[kind].labels(transport, why).inc(n)
-            self._log_refusal(why, "items rejected", kind, transport, message)
+            self.refusals.log_sampled(
+                f"items:{why}",
+                "items rejected",
+                {"reason": why, "signal": kind, "transport": transport, "detail": message[:300]},
+            )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("accepted", extra={"entry_id": entry_id, "signal": kind, "items": items, "bytes": len(body)})
         return Accepted(entry_id, items, rejected_total, message)
 
-    async def _validate(self, kind: str, body: bytes, content_type: str,
-                        window: otlp.TimeWindow) -> tuple[int, dict[str, int]]:
+    async def _validate(
+        self, kind: str, body: bytes, content_type: str, window: otlp.TimeWindow
+    ) -> tuple[int, dict[str, int]]:
         def check() -> otlp.Checked:
-            return otlp.check(kind, body, content_type, window=window,
-                              max_converted_bytes=self.limits.max_converted_bytes)
+            return otlp.check(
+                kind, body, content_type, window=window, max_converted_bytes=self.limits.max_converted_bytes
+            )
+
         try:
             checked = check() if len(body) <= _INLINE_VALIDATE_BYTES else await asyncio.to_thread(check)
         except otlp.OtlpTooLargeError as err:
-            raise Refused("invalid", f"{err} (acceptor.max_converted_bytes)") from None
+            raise Refused(Reason.CONVERTED_TOO_LARGE, f"{err} (acceptor.max_converted_bytes)") from None
         except otlp.OtlpDecodeError as err:
-            raise Refused("invalid", str(err)) from None
+            raise Refused(Reason.MALFORMED, str(err), field=responses.field_of(str(err))) from None
         except otlp.NativePanicError as err:  # a bug in the core: refuse this request, keep serving
             log.error("validation failed inside the Rust core", extra={"signal": kind, "error": str(err)})
-            raise Refused("invalid", f"request could not be validated: {err}") from None
+            raise Refused(Reason.MALFORMED, f"request could not be validated: {err}") from None
         return checked.items, checked.rejected
-
-    def _log_refusal(self, reason: str, what: str, kind: str, transport: str, message: str) -> None:
-        """One warning per reason per ``_LOG_EVERY_SECS`` (the counters have the totals)."""
-        now = time.monotonic()
-        if now - self._last_logged.get(reason, -_LOG_EVERY_SECS) < _LOG_EVERY_SECS:
-            return
-        self._last_logged[reason] = now
-        log.warning(what, extra={"reason": reason, "signal": kind, "transport": transport, "detail": message[:300]})
 
     async def _append(self, kind: str, payload: bytes, items: int, transport: str) -> int:
         try:
             entry_id = await self._wal.append_async(payload, kind)
         except WalFullError as err:
             self._admission.note_disk_full()
-            self._metrics.refused[kind].labels(transport, "disk_full").inc(items)
+            self._metrics.refused[kind].labels(transport, Reason.DISK_FULL.label).inc(items)
             log.warning("WAL full: refusing requests until space frees", extra={"error": str(err)})
-            raise Refused("unavailable", f"acceptor disk is full: {err}", RETRY_AFTER_SECS) from None
+            raise Refused(Reason.DISK_FULL, f"acceptor disk is full: {err}", RETRY_AFTER_SECS) from None
         except WalError as err:
-            self._metrics.refused[kind].labels(transport, "wal_error").inc(items)
-            if self._wal.closed or self._wal.stats().get("poisoned"):
+            self._metrics.refused[kind].labels(transport, Reason.WAL_ERROR.label).inc(items)
+            if isinstance(err, WalPoisonedError | WalClosedError) or self._wal.closed:
                 # Fail-stop: a failed fsync is never retried; the process restarts and replays.
                 self._on_fatal(f"WAL failed: {err}")
-            raise Refused("unavailable", f"acceptor WAL error: {err}", RETRY_AFTER_SECS) from None
+            raise Refused(Reason.WAL_ERROR, f"acceptor WAL error: {err}", RETRY_AFTER_SECS) from None
         self._admission.note_append_ok()
         self._on_accepted()
         return entry_id

@@ -9,7 +9,7 @@ import sys
 
 from signaldb.acceptor import identity
 from signaldb.acceptor.service import AcceptorService
-from signaldb.config import Config, add_flags, load
+from signaldb.config import Config, ConfigError, add_flags, load
 from signaldb.service.lifecycle import EXIT_FAILURE, run_main, wait_for_stop_signal
 from signaldb.service.logsetup import setup_logging
 from signaldb.service.statefiles import StartupFileError
@@ -22,14 +22,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="signaldb-acceptor",
         description="Receives OTLP over gRPC and HTTP, makes each request durable in a WAL before "
-                    "answering, and forwards it to signaldb-writer over Arrow Flight.",
+        "answering, and forwards it to signaldb-writer over Arrow Flight.",
         epilog="Precedence: defaults < TOML (--config / $SIGNALDB_CONFIG) < environment < flags. "
-               "See docs/operations.md.")
+        "See docs/operations.md.",
+    )
     add_flags(p, "acceptor")
     return p
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     service = AcceptorService(config)
     try:
         await service.start()
@@ -42,7 +43,16 @@ async def serve(config: Config) -> int:
     except BaseException:
         await service.stop()
         raise
-    stop_signal = asyncio.create_task(wait_for_stop_signal())
+
+    async def reload() -> None:
+        try:
+            new = load(args, "acceptor")
+        except ConfigError as err:
+            log.error("SIGHUP: configuration not reloaded; the running one stays", extra={"error": str(err)})
+            return
+        await service.reload(new)
+
+    stop_signal = asyncio.create_task(wait_for_stop_signal(reload))
     fatal = asyncio.create_task(service.wait_fatal())
     done, _ = await asyncio.wait({stop_signal, fatal}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
@@ -62,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> int:
         config = load(args, "acceptor")
-        setup_logging(config.log_level, "acceptor")
-        return await serve(config)
+        setup_logging(config.log_level, "acceptor", config.log_format)
+        return await serve(config, args)
 
     return run_main(run)
 

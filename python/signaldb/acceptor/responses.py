@@ -10,25 +10,16 @@ client should retry.
 from __future__ import annotations
 
 import json
+import re
 
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
+from signaldb.acceptor.refusals import Reason
 from signaldb.otlp import JSON
 
 # The partial_success field name per signal (protobuf field 1 of ExportXPartialSuccess).
 _REJECTED_FIELD = {"traces": "rejectedSpans", "logs": "rejectedLogRecords", "metrics": "rejectedDataPoints"}
-
-GRPC_CODE = {  # our refusal categories -> google.rpc.Code
-    "invalid": code_pb2.INVALID_ARGUMENT,
-    "too_large": code_pb2.RESOURCE_EXHAUSTED,
-    "unavailable": code_pb2.UNAVAILABLE,
-    "unauthenticated": code_pb2.UNAUTHENTICATED,
-    # HTTP-only refusals (gRPC frames these itself):
-    "wrong_method": code_pb2.UNIMPLEMENTED,
-    "wrong_media_type": code_pb2.INVALID_ARGUMENT,
-    "timeout": code_pb2.DEADLINE_EXCEEDED,  # a request body too slow to arrive (408)
-}
 
 
 def _varint(n: int) -> bytes:
@@ -48,8 +39,8 @@ def export_response(kind: str, rejected: int, message: str, content_type: str) -
     if content_type == JSON:
         if not rejected and not message:
             return b"{}"
-        partial = {_REJECTED_FIELD[kind]: str(rejected), "errorMessage": message}
-        return json.dumps({"partialSuccess": partial}).encode()
+        fields = {_REJECTED_FIELD[kind]: str(rejected), "errorMessage": message}
+        return json.dumps({"partialSuccess": fields}).encode()
     if not rejected and not message:
         return b""
     text = message.encode()
@@ -59,11 +50,20 @@ def export_response(kind: str, rejected: int, message: str, content_type: str) -
     return b"\x0a" + _varint(len(partial)) + partial
 
 
-def status(category: str, message: str, retry_after_secs: int | None = None) -> status_pb2.Status:
-    st = status_pb2.Status(code=GRPC_CODE[category], message=message)
+def status(
+    reason: Reason, message: str, retry_after_secs: int | None = None, field: str | None = None
+) -> status_pb2.Status:
+    """The ``google.rpc.Status``; a retry hint becomes a ``RetryInfo`` detail, the offending
+    field of an invalid request a ``BadRequest`` detail (``field_violations``)."""
+    st = status_pb2.Status(code=reason.rpc_code, message=message)
     if retry_after_secs is not None:
         detail = any_pb2.Any()
         detail.Pack(retry_info(retry_after_secs))
+        st.details.append(detail)
+    if field:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         st.details.append(detail)
     return st
 
@@ -76,16 +76,35 @@ def status_body(st: status_pb2.Status, content_type: str) -> bytes:
     """An HTTP error body in the request's encoding."""
     if content_type == JSON:
         body: dict[str, object] = {"code": st.code, "message": st.message}
-        if st.details:
-            body["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                                "retryDelay": f"{_retry_delay_secs(st)}s"}]
+        details: list[dict[str, object]] = []
+        for detail in st.details:
+            info, bad = error_details_pb2.RetryInfo(), error_details_pb2.BadRequest()
+            if detail.Unpack(info):
+                details.append(
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{info.retry_delay.seconds}s"}
+                )
+            elif detail.Unpack(bad):
+                details.append(
+                    {
+                        "@type": "type.googleapis.com/google.rpc.BadRequest",
+                        "fieldViolations": [
+                            {"field": v.field, "description": v.description} for v in bad.field_violations
+                        ],
+                    }
+                )
+        if details:
+            body["details"] = details
         return json.dumps(body).encode()
-    return st.SerializeToString()
+    serialized: bytes = st.SerializeToString()
+    return serialized
 
 
-def _retry_delay_secs(st: status_pb2.Status) -> int:
-    for detail in st.details:
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            return int(info.retry_delay.seconds)
-    return 0
+# "invalid [OTLP/JSON ]ExportXServiceRequest: <path>: <problem>" (signaldb_otlp::DecodeError's
+# Display: the path in the request's own naming, lowerCamelCase JSON paths for OTLP/JSON).
+_DECODE_PATH = re.compile(r"^invalid (?:OTLP/JSON )?\w+: ([A-Za-z_]\w*(?:\[\d+\])?(?:\.[A-Za-z_]\w*(?:\[\d+\])?)*): ")
+
+
+def field_of(message: str) -> str | None:
+    """The offending field's path a decode error names, if it names one."""
+    m = _DECODE_PATH.match(message)
+    return m.group(1) if m else None

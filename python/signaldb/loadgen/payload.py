@@ -33,7 +33,7 @@ import os
 import random
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 SIGNALS = ("traces", "logs", "metrics")
 # What one item is, per signal, in report keys and the acceptor's metric names.
@@ -113,15 +113,31 @@ def _attrs(field: int, attrs: Sequence[tuple[str, object]]) -> bytes:
 # -- realistic content -----------------------------------------------------------------------
 
 _METHODS = ("GET", "GET", "GET", "POST", "PUT", "DELETE")
-_ROUTES = ("/api/v1/items/{id}", "/api/v1/orders/{id}", "/api/v1/cart", "/api/v1/users/{id}/profile",
-           "/checkout", "/healthz")
+_ROUTES = (
+    "/api/v1/items/{id}",
+    "/api/v1/orders/{id}",
+    "/api/v1/cart",
+    "/api/v1/users/{id}/profile",
+    "/checkout",
+    "/healthz",
+)
 _DB_OPS = ("SELECT orders", "SELECT items", "INSERT order_lines", "UPDATE carts", "redis GET", "redis SET")
 _RPCS = ("inventory.Inventory/Reserve", "pricing.Pricing/Quote", "payments.Payments/Authorize")
 _SERVERS = ("shop.example.com", "api.example.com", "db-01.internal", "cache-02.internal")
-_AGENTS = ("Mozilla/5.0 (X11; Linux x86_64)", "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4)",
-           "okhttp/4.12.0", "python-requests/2.32.3")
-_LOG_BODIES = ("request handled", "cache miss, loading from database", "order {n} reserved",
-               "retrying upstream call (attempt {n})", "slow query: {n} ms", "user {n} signed in")
+_AGENTS = (
+    "Mozilla/5.0 (X11; Linux x86_64)",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4)",
+    "okhttp/4.12.0",
+    "python-requests/2.32.3",
+)
+_LOG_BODIES = (
+    "request handled",
+    "cache miss, loading from database",
+    "order {n} reserved",
+    "retrying upstream call (attempt {n})",
+    "slow query: {n} ms",
+    "user {n} signed in",
+)
 _SEVERITIES = ((9, "INFO"), (9, "INFO"), (9, "INFO"), (5, "DEBUG"), (13, "WARN"), (17, "ERROR"))
 
 
@@ -195,13 +211,18 @@ def _spans(rng: random.Random, trace_id: bytes, items: int, attributes: int, bas
             else:
                 name, kind = "process " + rng.choice(("cart", "order", "payment")), 1  # INTERNAL
         error = rng.random() < 0.02
-        body = (_len(1, trace_id) + _len(2, span_ids[i])
-                + (_len(4, span_ids[rng.randrange(i)]) if i else b"")
-                + _str(5, name) + _uint(6, kind)
-                + _fixed64(7, start) + _fixed64(8, start + duration)
-                + _attrs(9, _span_attrs(rng, attributes, i))
-                + (_len(15, _str(2, "upstream error") + _uint(3, 2)) if error else b"")  # Status
-                + _fixed32(16, 0x101))  # flags: sampled, has-parent-is-remote known
+        body = (
+            _len(1, trace_id)
+            + _len(2, span_ids[i])
+            + (_len(4, span_ids[rng.randrange(i)]) if i else b"")
+            + _str(5, name)
+            + _uint(6, kind)
+            + _fixed64(7, start)
+            + _fixed64(8, start + duration)
+            + _attrs(9, _span_attrs(rng, attributes, i))
+            + (_len(15, _str(2, "upstream error") + _uint(3, 2)) if error else b"")  # Status
+            + _fixed32(16, 0x101)
+        )  # flags: sampled, has-parent-is-remote known
         out.append(_len(2, body))  # ScopeSpans.spans = 2
     return b"".join(out)
 
@@ -212,9 +233,17 @@ def _log_records(rng: random.Random, trace_id: bytes, items: int, attributes: in
         t = base_ns + i * 30_000 + rng.randrange(10_000)
         sev, sev_text = rng.choice(_SEVERITIES)
         msg = rng.choice(_LOG_BODIES).format(n=rng.randrange(10_000))
-        body = (_fixed64(1, t) + _uint(2, sev) + _str(3, sev_text) + _len(5, _any_value(msg))
-                + _attrs(6, _span_attrs(rng, attributes, i)) + _fixed32(8, 1)
-                + _len(9, trace_id) + _len(10, _nonzero_bytes(rng, 8)) + _fixed64(11, t + 1_000))
+        body = (
+            _fixed64(1, t)
+            + _uint(2, sev)
+            + _str(3, sev_text)
+            + _len(5, _any_value(msg))
+            + _attrs(6, _span_attrs(rng, attributes, i))
+            + _fixed32(8, 1)
+            + _len(9, trace_id)
+            + _len(10, _nonzero_bytes(rng, 8))
+            + _fixed64(11, t + 1_000)
+        )
         out.append(_len(2, body))  # ScopeLogs.log_records = 2
     return b"".join(out)
 
@@ -238,11 +267,17 @@ def _metrics(rng: random.Random, items: int, attributes: int, base_ns: int) -> b
                 pt = attrs + _fixed64(2, start_ns) + _fixed64(3, base_ns) + _double(4, rng.uniform(0, 100))
             else:  # histogram point
                 counts = [rng.randrange(100) for _ in range(len(bounds) + 1)]
-                pt = (attrs + _fixed64(2, start_ns) + _fixed64(3, base_ns) + _fixed64(4, sum(counts))
-                      + _double(5, sum(counts) * 42.0)
-                      + _len(6, struct.pack(f"<{len(counts)}Q", *counts))
-                      + _len(7, struct.pack(f"<{len(bounds)}d", *bounds))
-                      + _double(11, 0.5) + _double(12, 1500.0))
+                pt = (
+                    attrs
+                    + _fixed64(2, start_ns)
+                    + _fixed64(3, base_ns)
+                    + _fixed64(4, sum(counts))
+                    + _double(5, sum(counts) * 42.0)
+                    + _len(6, struct.pack(f"<{len(counts)}Q", *counts))
+                    + _len(7, struct.pack(f"<{len(bounds)}d", *bounds))
+                    + _double(11, 0.5)
+                    + _double(12, 1500.0)
+                )
             points.append(_len(1, pt))
         data = b"".join(points)
         if form == 0:
@@ -250,8 +285,12 @@ def _metrics(rng: random.Random, items: int, attributes: int, base_ns: int) -> b
         elif form == 1:
             metric = _str(1, f"app.queue.depth.{m}") + _str(3, "{item}") + _len(5, data)
         else:
-            metric = (_str(1, f"app.request.duration.{m}") + _str(2, "request duration") + _str(3, "ms")
-                      + _len(9, data + _uint(2, 2)))
+            metric = (
+                _str(1, f"app.request.duration.{m}")
+                + _str(2, "request duration")
+                + _str(3, "ms")
+                + _len(9, data + _uint(2, 2))
+            )
         out.append(_len(2, metric))  # ScopeMetrics.metrics = 2
         m += 1
     return b"".join(out)
@@ -287,13 +326,20 @@ class Prebuilt:
         parts = list(self._parts)
         j, at = self._hex_part, self._hex_at
         part = parts[j]
-        parts[j] = part[:at] + request_id.hex().encode() + part[at + 32:]
+        parts[j] = part[:at] + request_id.hex().encode() + part[at + 32 :]
         return request_id.join(parts)
 
 
-def build_request(signal: str, items: int, attributes: int, service: str = "loadgen",
-                  seed: int | None = None, request_id: bytes | None = None,
-                  base_ns: int | None = None, instance: int = 0) -> Prebuilt:
+def build_request(
+    signal: str,
+    items: int,
+    attributes: int,
+    service: str = "loadgen",
+    seed: int | None = None,
+    request_id: bytes | None = None,
+    base_ns: int | None = None,
+    instance: int = 0,
+) -> Prebuilt:
     """Encodes one ``Export{Trace,Logs,Metrics}ServiceRequest``."""
     if signal not in SIGNALS:
         raise ValueError(f"signal must be one of {SIGNALS}, not {signal!r}")
@@ -319,13 +365,15 @@ def build_request(signal: str, items: int, attributes: int, service: str = "load
     return Prebuilt(body, rid, items)
 
 
-def build_requests(signal: str, count: int, items: int, attributes: int, service: str = "loadgen",
-                   seed: int | None = None) -> list[Prebuilt]:
+def build_requests(
+    signal: str, count: int, items: int, attributes: int, service: str = "loadgen", seed: int | None = None
+) -> list[Prebuilt]:
     """``count`` distinct requests (different ids, content and resource instances)."""
     seed = seed if seed is not None else int.from_bytes(os.urandom(8), "little")
     base = time.time_ns()
-    return [build_request(signal, items, attributes, service, seed=seed + k, base_ns=base, instance=k)
-            for k in range(count)]
+    return [
+        build_request(signal, items, attributes, service, seed=seed + k, base_ns=base, instance=k) for k in range(count)
+    ]
 
 
 class Stamper:
@@ -350,7 +398,7 @@ def parse_partial_success(response: bytes) -> int:
         return 0
     rejected = 0
 
-    def fields(buf: bytes):
+    def fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
         pos = 0
         while pos < len(buf):
             key, pos = _read_varint(buf, pos)
@@ -360,7 +408,7 @@ def parse_partial_success(response: bytes) -> int:
                 yield field, value
             elif wire == _LEN:
                 n, pos = _read_varint(buf, pos)
-                yield field, buf[pos:pos + n]
+                yield field, buf[pos : pos + n]
                 pos += n
             elif wire == _I64:
                 pos += 8

@@ -28,6 +28,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from signaldb.loadgen.payload import (
     HTTP_PATHS,
@@ -103,19 +104,33 @@ class Report:
 
     def as_dict(self) -> dict[str, object]:
         d: dict[str, object] = {
-            "signal": self.signal, "transport": self.transport, "endpoint": self.endpoint,
-            "concurrency": self.concurrency, "channels": self.channels, "rate_target": self.rate_target,
-            "items_per_request": self.items_per_request, "request_bytes": self.request_bytes,
+            "signal": self.signal,
+            "transport": self.transport,
+            "endpoint": self.endpoint,
+            "concurrency": self.concurrency,
+            "channels": self.channels,
+            "rate_target": self.rate_target,
+            "items_per_request": self.items_per_request,
+            "request_bytes": self.request_bytes,
             "elapsed_s": round(self.elapsed_s, 4),
-            "requests_ok": self.requests_ok, "requests_refused": self.requests_refused,
-            "requests_failed": self.requests_failed, "requests_given_up": self.requests_given_up,
-            "item": self.item, "items_acknowledged": self.items_acknowledged,
-            "items_per_s": round(self.items_per_s, 1), "items_rejected": self.items_rejected,
-            f"{self.item}_acknowledged": self.items_acknowledged, f"{self.item}_per_s": round(self.items_per_s, 1),
+            "requests_ok": self.requests_ok,
+            "requests_refused": self.requests_refused,
+            "requests_failed": self.requests_failed,
+            "requests_given_up": self.requests_given_up,
+            "item": self.item,
+            "items_acknowledged": self.items_acknowledged,
+            "items_per_s": round(self.items_per_s, 1),
+            "items_rejected": self.items_rejected,
+            f"{self.item}_acknowledged": self.items_acknowledged,
+            f"{self.item}_per_s": round(self.items_per_s, 1),
             "mb_per_s": round(self.bytes_acknowledged / self.elapsed_s / 1e6, 2) if self.elapsed_s > 0 else 0.0,
-            "latency_ms": self.latency_ms, "errors": self.errors, "first_error": self.first_error,
+            "latency_ms": self.latency_ms,
+            "errors": self.errors,
+            "first_error": self.first_error,
             "cpu_s": round(self.cpu_s, 3),
-            "cpu_us_per_item": round(self.cpu_s / self.items_acknowledged * 1e6, 3) if self.items_acknowledged else None,
+            "cpu_us_per_item": (
+                round(self.cpu_s / self.items_acknowledged * 1e6, 3) if self.items_acknowledged else None
+            ),
         }
         return d
 
@@ -123,20 +138,30 @@ class Report:
         lat = self.latency_ms
         rate = f"{self.rate_target:,.0f} {self.item}/s target" if self.rate_target else "flat out"
         lines = [
-            (f"signaldb-loadgen: {self.signal} over {self.transport} to {self.endpoint}, "
-             f"{self.concurrency} streams on {self.channels} channel(s), {rate}, "
-             f"{self.items_per_request} {self.item}/request ({self.request_bytes:,} bytes)"),
-            (f"requests:     ok {self.requests_ok:,}  refused {self.requests_refused:,}  "
-             f"failed {self.requests_failed:,}  given up {self.requests_given_up:,}"),
+            (
+                f"signaldb-loadgen: {self.signal} over {self.transport} to {self.endpoint}, "
+                f"{self.concurrency} streams on {self.channels} channel(s), {rate}, "
+                f"{self.items_per_request} {self.item}/request ({self.request_bytes:,} bytes)"
+            ),
+            (
+                f"requests:     ok {self.requests_ok:,}  refused {self.requests_refused:,}  "
+                f"failed {self.requests_failed:,}  given up {self.requests_given_up:,}"
+            ),
             f"acknowledged: {self.items_acknowledged:,} {self.item} in {self.elapsed_s:.2f} s = "
             f"{self.items_per_s:,.0f} {self.item}/s ({self.bytes_acknowledged / max(self.elapsed_s, 1e-9) / 1e6:,.1f}"
             f" MB/s)" + (f", {self.items_rejected:,} rejected" if self.items_rejected else ""),
-            "ack latency:  " + (f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms  p99 {lat['p99']:.2f} ms  "
-                                f"max {lat['max']:.2f} ms" if lat else "no acknowledged request"),
+            "ack latency:  "
+            + (
+                f"p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms"
+                if lat
+                else "no acknowledged request"
+            ),
         ]
         if self.items_acknowledged:
-            lines.append(f"loadgen cpu:  {self.cpu_s:.2f} s = {self.cpu_s / self.items_acknowledged * 1e6:.2f} us/"
-                         f"{self.item.removesuffix('s')}")
+            lines.append(
+                f"loadgen cpu:  {self.cpu_s:.2f} s = {self.cpu_s / self.items_acknowledged * 1e6:.2f} us/"
+                f"{self.item.removesuffix('s')}"
+            )
         if self.errors:
             lines.append("errors:       " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.errors.items())))
         if self.first_error:
@@ -144,7 +169,7 @@ class Report:
         return "\n".join(lines)
 
 
-def percentiles(values: array | list[float]) -> dict[str, float]:
+def percentiles(values: array[float] | list[float]) -> dict[str, float]:
     """p50/p90/p99/max in ms of latencies in seconds (nearest-rank)."""
     if not values:
         return {}
@@ -152,10 +177,14 @@ def percentiles(values: array | list[float]) -> dict[str, float]:
     n = len(s)
 
     def rank(p: float) -> float:
-        return s[min(n - 1, max(0, int(p * n + 0.999999) - 1))] * 1e3
+        return float(s[min(n - 1, max(0, int(p * n + 0.999999) - 1))]) * 1e3
 
-    return {"p50": round(rank(0.50), 3), "p90": round(rank(0.90), 3), "p99": round(rank(0.99), 3),
-            "max": round(s[-1] * 1e3, 3)}
+    return {
+        "p50": round(rank(0.50), 3),
+        "p90": round(rank(0.90), 3),
+        "p99": round(rank(0.99), 3),
+        "max": round(s[-1] * 1e3, 3),
+    }
 
 
 class Stats:
@@ -217,8 +246,11 @@ class GrpcTransport:
         from grpc import aio
 
         self._grpc = grpc
-        options: list[tuple[str, object]] = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 << 20),
-                   ("grpc.use_local_subchannel_pool", 1)]  # a connection per channel, not one shared
+        options: list[tuple[str, object]] = [
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]  # a connection per channel, not one shared
         if cfg.server_name:
             options.append(("grpc.ssl_target_name_override", cfg.server_name))
         compression = grpc.Compression.Gzip if cfg.gzip else None
@@ -228,30 +260,30 @@ class GrpcTransport:
                 root = f.read()
         self.channels = []
         for i in range(cfg.resolved_channels()):
-            opts = options + [("signaldb.loadgen.channel", i)]
+            opts = [*options, ("signaldb.loadgen.channel", i)]
             if cfg.tls or cfg.ca_file:
-                ch = aio.secure_channel(cfg.endpoint, grpc.ssl_channel_credentials(root), options=opts,
-                                        compression=compression)
+                ch = aio.secure_channel(
+                    cfg.endpoint, grpc.ssl_channel_credentials(root), options=opts, compression=compression
+                )
             else:
                 ch = aio.insecure_channel(cfg.endpoint, options=opts, compression=compression)
             self.channels.append(ch)
         method = f"/{SERVICES[cfg.signal]}/Export"
-        self.calls = [ch.unary_unary(method, request_serializer=None, response_deserializer=None)
-                      for ch in self.channels]
+        self.calls = [
+            ch.unary_unary(method, request_serializer=None, response_deserializer=None) for ch in self.channels
+        ]
         self.metadata = tuple((k.lower(), v) for k, v in cfg.headers) or None
         self.timeout = cfg.timeout
 
     async def send(self, stream: int, body: bytes) -> Outcome:
         grpc = self._grpc
         try:
-            response = await self.calls[stream % len(self.calls)](body, timeout=self.timeout,
-                                                                  metadata=self.metadata)
+            response = await self.calls[stream % len(self.calls)](body, timeout=self.timeout, metadata=self.metadata)
         except grpc.aio.AioRpcError as err:
             code = err.code()
             hint = _grpc_retry_after(err.trailing_metadata())
             key = f"grpc {code.name}"
-            if code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED
-                                                        and hint is not None):
+            if code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is not None):
                 return Outcome("refused", retry_after=hint, key=key, message=err.details() or "")
             return Outcome("failed", key=key, message=err.details() or "")
         return Outcome("ok", rejected=parse_partial_success(response) if response else 0)
@@ -261,7 +293,7 @@ class GrpcTransport:
             await ch.close()
 
 
-def _grpc_retry_after(trailers) -> float | None:
+def _grpc_retry_after(trailers: Any) -> float | None:
     """The RetryInfo delay from ``google.rpc.retryinfo-bin`` or the ``grpc-status-details-bin`` Status."""
     if not trailers:
         return None
@@ -272,12 +304,12 @@ def _grpc_retry_after(trailers) -> float | None:
         try:
             if key == "google.rpc.retryinfo-bin":
                 info = error_details_pb2.RetryInfo.FromString(value)
-                return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+                return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
             if key == "grpc-status-details-bin":
                 for detail in status_pb2.Status.FromString(value).details:
                     info = error_details_pb2.RetryInfo()
                     if detail.Unpack(info):
-                        return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+                        return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
         except DecodeError:  # a malformed hint is no hint
             pass
     return None
@@ -298,7 +330,8 @@ class HttpTransport:
             ssl_ctx = ssl.create_default_context(cafile=cfg.ca_file)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=cfg.concurrency, ssl=ssl_ctx if ssl_ctx else False),
-            timeout=aiohttp.ClientTimeout(total=cfg.timeout))
+            timeout=aiohttp.ClientTimeout(total=cfg.timeout),
+        )
         self.server_hostname = cfg.server_name
         self.headers = {"Content-Type": "application/x-protobuf", **dict(cfg.headers)}
         if cfg.gzip:
@@ -308,8 +341,9 @@ class HttpTransport:
     async def send(self, stream: int, body: bytes) -> Outcome:
         aiohttp = self._aiohttp
         try:
-            async with self.session.post(self.url, data=body, headers=self.headers,
-                                         server_hostname=self.server_hostname) as resp:
+            async with self.session.post(
+                self.url, data=body, headers=self.headers, server_hostname=self.server_hostname
+            ) as resp:
                 data = await resp.read()
                 if resp.status == 200:
                     return Outcome("ok", rejected=parse_partial_success(data) if data else 0)
@@ -338,9 +372,13 @@ class HttpTransport:
 ProgressFn = Callable[[Stats, float, float | None, bool], None]
 
 
-async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
-                    prebuilt: list[Prebuilt] | None = None, progress_interval: float = 0.5,
-                    stop_on_sigint: bool = False) -> Report:
+async def run_async(
+    cfg: LoadConfig,
+    progress: ProgressFn | None = None,
+    prebuilt: list[Prebuilt] | None = None,
+    progress_interval: float = 0.5,
+    stop_on_sigint: bool = False,
+) -> Report:
     """Runs the load described by ``cfg`` and returns its report.
 
     ``progress(stats, elapsed, fraction_done_or_None, final)`` is called every
@@ -353,11 +391,16 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
         cfg.duration = 10.0
     if cfg.transport not in ("grpc", "http"):
         raise ValueError(f"transport must be grpc or http, not {cfg.transport!r}")
-    if cfg.concurrency < 1 or cfg.max_retries < 0 or cfg.max_retry_delay < 0 or (cfg.rate is not None
-                                                                                and cfg.rate <= 0):
+    if (
+        cfg.concurrency < 1
+        or cfg.max_retries < 0
+        or cfg.max_retry_delay < 0
+        or (cfg.rate is not None and cfg.rate <= 0)
+    ):
         raise ValueError("need concurrency >= 1, max_retries >= 0, max_retry_delay >= 0 and rate > 0")
-    reqs = prebuilt or build_requests(cfg.signal, cfg.prebuilt, cfg.items_per_request, cfg.attributes,
-                                      cfg.service, cfg.seed)
+    reqs = prebuilt or build_requests(
+        cfg.signal, cfg.prebuilt, cfg.items_per_request, cfg.attributes, cfg.service, cfg.seed
+    )
     items = reqs[0].items
     transport = GrpcTransport(cfg) if cfg.transport == "grpc" else HttpTransport(cfg)
     # Bodies for HTTP gzip are compressed per request only when stamped; otherwise once.
@@ -366,7 +409,8 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
     stamper = Stamper()
     stats = Stats()
     bucket = TokenBucket(cfg.rate, max(float(items), cfg.rate * 0.05)) if cfg.rate else None
-    ack_log = open(cfg.ack_log, "w") if cfg.ack_log else None
+    # Opened off the loop; closed in the run's `finally` below.
+    ack_log = await asyncio.to_thread(open, cfg.ack_log, "w") if cfg.ack_log else None
     remaining = [cfg.requests if cfg.requests is not None else -1]
     t0 = time.monotonic()
     cpu0 = time.process_time()
@@ -461,6 +505,7 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
     tick = asyncio.create_task(ticker()) if progress else None
     loop = asyncio.get_running_loop()
     if stop_on_sigint:
+
         def on_sigint() -> None:
             stopping[0] = True
             loop.remove_signal_handler(signal.SIGINT)  # the next Ctrl-C is a KeyboardInterrupt
@@ -483,15 +528,29 @@ async def run_async(cfg: LoadConfig, progress: ProgressFn | None = None,
     if progress:
         progress(stats, elapsed, 1.0, True)
     return Report(
-        signal=cfg.signal, transport=cfg.transport, endpoint=cfg.endpoint, concurrency=cfg.concurrency,
-        channels=cfg.resolved_channels() if cfg.transport == "grpc" else 1, rate_target=cfg.rate,
-        items_per_request=items, request_bytes=len(reqs[0].body), elapsed_s=elapsed,
-        requests_ok=stats.ok, requests_refused=stats.refused, requests_failed=stats.failed,
-        requests_given_up=stats.given_up, items_acknowledged=stats.items, items_rejected=stats.rejected,
-        bytes_acknowledged=stats.bytes, latency_ms=percentiles(stats.latencies), errors=dict(stats.errors),
-        first_error=stats.first_error, cpu_s=cpu)
+        signal=cfg.signal,
+        transport=cfg.transport,
+        endpoint=cfg.endpoint,
+        concurrency=cfg.concurrency,
+        channels=cfg.resolved_channels() if cfg.transport == "grpc" else 1,
+        rate_target=cfg.rate,
+        items_per_request=items,
+        request_bytes=len(reqs[0].body),
+        elapsed_s=elapsed,
+        requests_ok=stats.ok,
+        requests_refused=stats.refused,
+        requests_failed=stats.failed,
+        requests_given_up=stats.given_up,
+        items_acknowledged=stats.items,
+        items_rejected=stats.rejected,
+        bytes_acknowledged=stats.bytes,
+        latency_ms=percentiles(stats.latencies),
+        errors=dict(stats.errors),
+        first_error=stats.first_error,
+        cpu_s=cpu,
+    )
 
 
-def run(cfg: LoadConfig, progress: ProgressFn | None = None, **kwargs) -> Report:
+def run(cfg: LoadConfig, progress: ProgressFn | None = None, **kwargs: Any) -> Report:
     """Synchronous wrapper of :func:`run_async` (its own event loop)."""
     return asyncio.run(run_async(cfg, progress, **kwargs))

@@ -32,13 +32,12 @@ class Sink:
         import grpc
         from grpc import aio
 
-        async def export(request: bytes, context) -> bytes:
+        async def export(request: bytes, context: Any) -> bytes:
             self.requests += 1
             self.bytes += len(request)
             return b""
 
-        self._server = aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                           ("grpc.so_reuseport", 0)])
+        self._server = aio.server(options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.so_reuseport", 0)])
         for service in SERVICES.values():
             handler = grpc.unary_unary_rpc_method_handler(export)  # raw bytes in and out
             self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
@@ -87,8 +86,12 @@ async def serve(host: str, grpc_port: int, http_port: int | None, quiet: bool = 
         now = time.monotonic()
         if not quiet and sink.requests != last[1]:
             dt = now - last[0]
-            print(f"sink: {(sink.requests - last[1]) / dt:,.0f} requests/s, "
-                  f"{(sink.bytes - last[2]) / dt / 1e6:,.1f} MB/s", file=sys.stderr, flush=True)
+            print(
+                f"sink: {(sink.requests - last[1]) / dt:,.0f} requests/s, "
+                f"{(sink.bytes - last[2]) / dt / 1e6:,.1f} MB/s",
+                file=sys.stderr,
+                flush=True,
+            )
         last = (now, sink.requests, sink.bytes)
     await sink.stop()
     print(f"sink: {sink.requests:,} requests, {sink.bytes:,} bytes in {time.monotonic() - t0:.1f} s", flush=True)

@@ -77,11 +77,20 @@ def raise_nofile_limit(service: str) -> tuple[int, int]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
         except (ValueError, OSError) as err:
-            log.warning("could not raise the open-files limit",
-                        extra={"service": service, "soft": before, "hard": hard, "error": str(err)})
-    log.info("open-files limit", extra={"service": service, "soft_before": before, "soft": soft,
-                                         "hard": hard if hard != resource.RLIM_INFINITY else "unlimited",
-                                         "open_fds": open_fds()})
+            log.warning(
+                "could not raise the open-files limit",
+                extra={"service": service, "soft": before, "hard": hard, "error": str(err)},
+            )
+    log.info(
+        "open-files limit",
+        extra={
+            "service": service,
+            "soft_before": before,
+            "soft": soft,
+            "hard": hard if hard != resource.RLIM_INFINITY else "unlimited",
+            "open_fds": open_fds(),
+        },
+    )
     return soft, hard
 
 
@@ -106,8 +115,9 @@ def open_fds() -> int:
         return 0
 
 
-def plan_caps(wanted: Mapping[str, int], reserve: int, limit: int | None = None,
-              in_use: int | None = None) -> dict[str, int]:
+def plan_caps(
+    wanted: Mapping[str, int], reserve: int, limit: int | None = None, in_use: int | None = None
+) -> dict[str, int]:
     """Per-listener caps that, with what is open and the reserve, fit under the soft limit.
 
     Configured caps that do not fit are scaled down in proportion (never below ``MIN_CAP``)."""
@@ -119,13 +129,21 @@ def plan_caps(wanted: Mapping[str, int], reserve: int, limit: int | None = None,
         caps = dict(wanted)
     else:
         caps = {name: max(MIN_CAP, want * max(available, 0) // total) for name, want in wanted.items()}
-        log.warning("connection caps lowered to keep the descriptor reserve: raise the hard open-files "
-                    "limit (ulimit -Hn, LimitNOFILE=, the container runtime) to allow the configured caps",
-                    extra={"open_files_limit": limit, "open_fds": in_use, "reserved_fds": reserve,
-                           "configured": dict(wanted), "caps": caps,
-                           "reserve_left": limit - in_use - sum(caps.values())})
-    log.info("connection caps", extra={"caps": caps, "open_files_limit": limit, "open_fds": in_use,
-                                       "reserved_fds": reserve})
+        log.warning(
+            "connection caps lowered to keep the descriptor reserve: raise the hard open-files "
+            "limit (ulimit -Hn, LimitNOFILE=, the container runtime) to allow the configured caps",
+            extra={
+                "open_files_limit": limit,
+                "open_fds": in_use,
+                "reserved_fds": reserve,
+                "configured": dict(wanted),
+                "caps": caps,
+                "reserve_left": limit - in_use - sum(caps.values()),
+            },
+        )
+    log.info(
+        "connection caps", extra={"caps": caps, "open_files_limit": limit, "open_fds": in_use, "reserved_fds": reserve}
+    )
     return caps
 
 
@@ -150,9 +168,15 @@ class ConnectionGuard:
             self._unlogged_refused += 1
             now = time.monotonic()
             if now - self._last_log >= _LOG_EVERY_SECS:
-                log.warning("connections refused: listener at its connection cap",
-                            extra={"listener": self.listener, "max_connections": self.max_connections,
-                                   "refused": self._unlogged_refused, "refused_total": self.refused_total})
+                log.warning(
+                    "connections refused: listener at its connection cap",
+                    extra={
+                        "listener": self.listener,
+                        "max_connections": self.max_connections,
+                        "refused": self._unlogged_refused,
+                        "refused_total": self.refused_total,
+                    },
+                )
                 self._unlogged_refused, self._last_log = 0, now
             return False
         self.open += 1
@@ -168,25 +192,29 @@ class ConnectionGuard:
 class ConnectionCollector(Collector):
     """``signaldb_connections_*`` for the guards a service owns."""
 
-    def __init__(self, guards: Callable[[], list[ConnectionGuard]], service: str) -> None:
+    def __init__(self, guards: Callable[[], list[ConnectionGuard]], component: str) -> None:
         self._guards = guards
-        self._service = service
+        self._component = component
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["service", "listener"]
+        labels = ["component", "listener"]  # not "service": see signaldb.service.metrics
         opened = GaugeMetricFamily("signaldb_connections_open", "Client connections open now.", labels=labels)
         cap = GaugeMetricFamily("signaldb_connections_max", "Connection cap of the listener.", labels=labels)
-        refused = CounterMetricFamily("signaldb_connections_refused_total",
-                                      "Connections closed at once because the listener was at its cap.",
-                                      labels=labels)
-        timed_out = CounterMetricFamily("signaldb_connections_timed_out_total",
-                                        "HTTP connections closed by the header-read or body-read timeout.",
-                                        labels=[*labels, "phase"])
+        refused = CounterMetricFamily(
+            "signaldb_connections_refused_total",
+            "Connections closed at once because the listener was at its cap.",
+            labels=labels,
+        )
+        timed_out = CounterMetricFamily(
+            "signaldb_connections_timed_out_total",
+            "HTTP connections closed by the header-read or body-read timeout.",
+            labels=[*labels, "phase"],
+        )
         for g in self._guards():
-            values = [self._service, g.listener]
+            values = [self._component, g.listener]
             opened.add_metric(values, g.open)
             cap.add_metric(values, g.max_connections)
             refused.add_metric(values, g.refused_total)
@@ -202,6 +230,7 @@ class _CountedSocket(socket.socket):
     """An accepted connection; closing it gives its slot back (once)."""
 
     __slots__ = ("_guard_release",)
+    _guard_release: Callable[[], None] | None
 
     def close(self) -> None:
         try:
@@ -220,6 +249,7 @@ class _GuardedListener(socket.socket):
     keeps the descriptor for at most one ``accept()`` call."""
 
     __slots__ = ("_guard",)
+    _guard: ConnectionGuard
 
     def accept(self) -> tuple[socket.socket, Any]:
         guard: ConnectionGuard = self._guard
@@ -242,7 +272,7 @@ class HttpLimits:
     idle_timeout_secs: float = 60.0
 
 
-_TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+_TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
 class _Timed(asyncio.Protocol):
@@ -251,8 +281,9 @@ class _Timed(asyncio.Protocol):
     ``_track_requests`` (a middleware, so it runs once headers are parsed)
     disarms it and marks the connection busy until the handler returns."""
 
-    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard, header_timeout: float,
-                 states: dict[object, _Timed]) -> None:
+    def __init__(
+        self, inner: asyncio.Protocol, guard: ConnectionGuard, header_timeout: float, states: dict[object, _Timed]
+    ) -> None:
         self.inner = inner
         self._guard = guard
         self._header_timeout = header_timeout
@@ -310,8 +341,9 @@ class _Timed(asyncio.Protocol):
 
 def _request_tracker(states: dict[object, _Timed]) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
-    async def track(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                    ) -> web.StreamResponse:
+    async def track(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         conn = states.get(request.transport)
         if conn is not None:
             conn.request_started()
@@ -327,10 +359,17 @@ def _request_tracker(states: dict[object, _Timed]) -> Callable[..., Awaitable[we
 class GuardedSite(web.BaseSite):
     """Like aiohttp's ``SockSite``, with the guard's listener and the header timer."""
 
-    __slots__ = ("_sock", "_guard", "_header_timeout", "_states", "_name")
+    __slots__ = ("_guard", "_header_timeout", "_name", "_sock", "_states")
 
-    def __init__(self, runner: web.AppRunner, sock: socket.socket, guard: ConnectionGuard,
-                 header_timeout: float, states: dict[object, _Timed], ssl_context: Any = None) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        sock: socket.socket,
+        guard: ConnectionGuard,
+        header_timeout: float,
+        states: dict[object, _Timed],
+        ssl_context: Any = None,
+    ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._sock, self._guard, self._header_timeout, self._states = sock, guard, header_timeout, states
         host, port = sock.getsockname()[:2]
@@ -346,8 +385,12 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         guard, timeout, states = self._guard, self._header_timeout, self._states
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Timed(server(), guard, timeout, states), sock=self._sock, ssl=self._ssl_context,
-            backlog=self._backlog, ssl_handshake_timeout=timeout if self._ssl_context else None)
+            lambda: _Timed(server(), guard, timeout, states),
+            sock=self._sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=timeout if self._ssl_context else None,
+        )
 
 
 def bind_guarded(host: str, port: int, guard: ConnectionGuard) -> list[socket.socket]:
@@ -371,8 +414,8 @@ def bind_guarded(host: str, port: int, guard: ConnectionGuard) -> list[socket.so
             sock.bind(sockaddr)
             sock.setblocking(False)
     except BaseException:
-        for sock in socks:
-            sock.close()
+        for opened in socks:
+            opened.close()
         raise
     return socks
 

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_synced(path: Path, data: bytes, mode: int = 0o600,
-                 before_rename: Callable[[], None] | None = None) -> None:
+def write_synced(path: Path, data: bytes, mode: int = 0o600, before_rename: Callable[[], None] | None = None) -> None:
     """Writes ``data`` to a temp file, fsyncs it and renames it to ``path``.
 
     The directory is *not* fsynced: callers writing several files fsync it once
@@ -35,7 +34,7 @@ def write_file_synced(path: Path, data: bytes, mode: int, exclusive: bool = Fals
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -50,8 +49,9 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def replace_durably(path: Path, data: bytes, mode: int = 0o600,
-                    before_rename: Callable[[], None] | None = None) -> None:
+def replace_durably(
+    path: Path, data: bytes, mode: int = 0o600, before_rename: Callable[[], None] | None = None
+) -> None:
     """``write_synced`` and then ``fsync_dir`` of its directory."""
     write_synced(path, data, mode, before_rename)
     fsync_dir(path.parent)

@@ -10,7 +10,7 @@ the reasons the service should get no traffic (empty when ready).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -20,11 +20,12 @@ from signaldb.config import Address
 from signaldb.service import metrics
 from signaldb.service.connections import ConnectionCollector, ConnectionGuard, HttpLimits
 from signaldb.service.http_site import start_site
+from signaldb.wal import WalStats
 
 log = logging.getLogger(__name__)
 
 
-def wal_fields(stats: dict[str, Any]) -> dict[str, Any]:
+def wal_fields(stats: WalStats | Mapping[str, Any]) -> dict[str, Any]:
     """A WAL's ``stats()`` for a ``/health`` body: all of it but the fsync histogram
     (its buckets are for /metrics, and their +Inf bound is not JSON)."""
     return {k: v for k, v in stats.items() if k != "fsync_duration_buckets"}

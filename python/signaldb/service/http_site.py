@@ -10,13 +10,17 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from signaldb.config import Address
-from signaldb.service.connections import (ConnectionGuard, HttpLimits, GuardedSite, bind_guarded,
-                                          install_tracking)
+from signaldb.service.connections import ConnectionGuard, GuardedSite, HttpLimits, bind_guarded, install_tracking
 
 
-async def start_site(app: web.Application, addr: Address, ssl_context: ssl.SSLContext | None = None,
-                     limits: HttpLimits | None = None, guard: ConnectionGuard | None = None,
-                     **runner_kwargs: Any) -> tuple[web.AppRunner, int]:
+async def start_site(
+    app: web.Application,
+    addr: Address,
+    ssl_context: ssl.SSLContext | None = None,
+    limits: HttpLimits | None = None,
+    guard: ConnectionGuard | None = None,
+    **runner_kwargs: Any,
+) -> tuple[web.AppRunner, int]:
     """Binds and serves ``app``; returns the runner (``cleanup()`` stops it) and the bound port.
 
     Connections are bounded (``signaldb.service.connections``): at most
@@ -29,8 +33,9 @@ async def start_site(app: web.Application, addr: Address, ssl_context: ssl.SSLCo
     limits = limits or HttpLimits()
     guard = guard or ConnectionGuard("http", limits.max_connections)
     states = install_tracking(app)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           keepalive_timeout=limits.idle_timeout_secs, **runner_kwargs)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=limits.idle_timeout_secs, **runner_kwargs
+    )
     await runner.setup()
     try:
         socks = bind_guarded(addr.host, addr.port, guard)

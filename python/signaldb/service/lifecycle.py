@@ -1,4 +1,4 @@
-"""Process lifecycle: run a service until SIGTERM/SIGINT, then stop it in bounded time."""
+"""Process lifecycle: run a service until SIGTERM/SIGINT, then stop it in bounded time; SIGHUP reloads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from signaldb.config import ConfigError
 from signaldb.service.memory import keep_large_buffers
@@ -17,22 +18,52 @@ EXIT_CONFIG = 2  # bad configuration: do not restart in a loop
 EXIT_FAILURE = 1
 
 
-async def wait_for_stop_signal() -> str:
-    """Returns the name of the first SIGTERM or SIGINT received."""
+async def wait_for_stop_signal(on_reload: Callable[[], Awaitable[None]] | None = None) -> str:
+    """Returns the name of the first SIGTERM or SIGINT received.
+
+    SIGHUP (whose default action would end the process without a word) runs ``on_reload``
+    (reread the configuration, apply what can change while running); without one it is
+    logged and ignored. Reloads run one at a time; a SIGHUP during one runs another after."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[str] = loop.create_future()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig.name)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s.name))
+        loop.add_signal_handler(sig, on_signal, sig)
+    reloads: asyncio.Queue[None] = asyncio.Queue()
+    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
+
+    async def reload_loop() -> None:
+        while True:
+            await reloads.get()
+            while not reloads.empty():  # several SIGHUPs at once: one reload
+                reloads.get_nowait()
+            if on_reload is None:
+                log.info("SIGHUP: nothing to reload")
+                continue
+            try:
+                await on_reload()
+            except Exception:  # a failed reload keeps the running configuration
+                log.exception("SIGHUP: reload failed; the running configuration is unchanged")
+
+    reloader = asyncio.create_task(reload_loop())
     try:
         return await received
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        reloader.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # while stopping: not the default (exit)
 
 
-def run_main(main: Callable[[], Awaitable[int]]) -> int:
+def run_main(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Runs ``main`` and maps startup errors to exit codes with one clear line."""
     keep_large_buffers()  # before the first big buffer: see signaldb.service.memory
+    # Until the service is up and handles it, a SIGHUP must not end the process (its default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         return asyncio.run(main())
     except ConfigError as err:

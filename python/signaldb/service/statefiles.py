@@ -19,15 +19,23 @@ class StartupFileError(Exception):
 
 
 _FIXES = {
-    "metadata.json": ("remove it (rmdir); the WAL then replays every entry still in its segments, its "
-                      "documented fallback for an unusable metadata.json (one scan of the segments at "
-                      "start; the next stage deduplicates by entry id)"),
-    "acceptor-id": ("remove it only if it is empty and this WAL directory is new, else restore the file "
-                    "from this WAL directory's backup: the id names every entry this acceptor sent"),
-    "writer-id": ("remove it only if it is empty and this WAL directory is new, else restore the file "
-                  "from this WAL directory's backup: the id is in every Parquet object this writer named"),
-    "writer-state.json": ("remove it only if it is empty and this WAL directory never held a state file, "
-                          "else restore the file from this WAL directory's backup"),
+    "metadata.json": (
+        "remove it (rmdir); the WAL then replays every entry still in its segments, its "
+        "documented fallback for an unusable metadata.json (one scan of the segments at "
+        "start; the next stage deduplicates by entry id)"
+    ),
+    "acceptor-id": (
+        "remove it only if it is empty and this WAL directory is new, else restore the file "
+        "from this WAL directory's backup: the id names every entry this acceptor sent"
+    ),
+    "writer-id": (
+        "remove it only if it is empty and this WAL directory is new, else restore the file "
+        "from this WAL directory's backup: the id is in every Parquet object this writer named"
+    ),
+    "writer-state.json": (
+        "remove it only if it is empty and this WAL directory never held a state file, "
+        "else restore the file from this WAL directory's backup"
+    ),
 }
 
 
@@ -40,8 +48,9 @@ def check_regular_files(wal_dir: Path, names: tuple[str, ...]) -> None:
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as err:
-            raise StartupFileError(f"{path} cannot be examined ({err.strerror or err}); fix its permissions "
-                                   "or the disk") from None
+            raise StartupFileError(
+                f"{path} cannot be examined ({err.strerror or err}); fix its permissions or the disk"
+            ) from None
         if not stat.S_ISREG(mode):
             kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
             raise StartupFileError(f"{path} is {kind}; {_FIXES.get(name, 'remove or restore it')}")

@@ -15,3 +15,7 @@ Modules, in the order data flows through them:
 - ``main``     the ``signaldb-writer`` process: config, JSON logs, signals, exit codes.
 - ``crashpoints`` named SIGKILL points for the crash tests (inert unless set).
 """
+
+from signaldb.service.logsetup import quiet_grpc_core
+
+quiet_grpc_core()  # before any submodule imports grpc (signaldb.service.logsetup)

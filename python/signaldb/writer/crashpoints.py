@@ -18,7 +18,7 @@ _skip = int(os.environ.get("SIGNALDB_TEST_CRASH_SKIP", "0") or 0)
 
 def reached(name: str) -> None:
     global _skip
-    if _AT != name:
+    if name != _AT:
         return
     if _skip > 0:
         _skip -= 1

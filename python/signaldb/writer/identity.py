@@ -60,17 +60,19 @@ def load_or_create(wal_dir: Path, had_data: bool) -> tuple[str, bool]:
             raise WriterIdError(
                 f"writer id file {path} is invalid (want 32 lowercase hex digits, found {raw[:64]!r}); "
                 "restore it from a backup of this WAL directory, or remove it only if no object in "
-                "storage can carry this directory's id")
+                "storage can carry this directory's id"
+            )
         return text, False
     new_id = uuid.uuid4().hex
     replace_durably(path, (new_id + "\n").encode(), 0o644)
     if had_data:
-        log.warning("writer id created for a WAL directory that already holds data (written by a version "
-                    "without writer ids); files planned before keep their names",
-                    extra={"writer_id": new_id, "path": str(path)})
+        log.warning(
+            "writer id created for a WAL directory that already holds data (written by a version "
+            "without writer ids); files planned before keep their names",
+            extra={"writer_id": new_id, "path": str(path)},
+        )
     else:
-        log.info("new writer: writer id created with its WAL directory",
-                 extra={"writer_id": new_id, "path": str(path)})
+        log.info("new writer: writer id created with its WAL directory", extra={"writer_id": new_id, "path": str(path)})
     return new_id, True
 
 

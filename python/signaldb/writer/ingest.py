@@ -110,9 +110,11 @@ class WriterFlightServer(flight.FlightServerBase):
             if due:
                 self._last_logged[reason] = now
         if due:
-            log.warning("refused invalid Flight batch (further refusals for this reason are only counted for "
-                        f"{REFUSAL_LOG_INTERVAL_SECS:.0f}s: signaldb_writer_refused_batches_total)",
-                        extra={"reason": reason, "error": message, "acceptor_id": acceptor_id})
+            log.warning(
+                "refused invalid Flight batch (further refusals for this reason are only counted for "
+                f"{REFUSAL_LOG_INTERVAL_SECS:.0f}s: signaldb_writer_refused_batches_total)",
+                extra={"reason": reason, "error": message, "acceptor_id": acceptor_id},
+            )
         return pa.ArrowInvalid(f"refused ({reason}): {message}")
 
     def _unavailable(self, reason: str, message: str) -> flight.FlightUnavailableError:
@@ -139,8 +141,12 @@ class WriterFlightServer(flight.FlightServerBase):
             with self._calls_lock:
                 self.open_calls -= 1
 
-    def _put(self, descriptor: flight.FlightDescriptor, reader: flight.MetadataRecordBatchReader,
-             writer: flight.FlightMetadataWriter) -> None:
+    def _put(
+        self,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
         if self.stopping:
             raise flight.FlightUnavailableError("writer shutting down; retry")
         try:
@@ -164,8 +170,13 @@ class WriterFlightServer(flight.FlightServerBase):
                 with self._calls_lock:
                     self.busy_calls -= 1
 
-    def _handle(self, header: StreamHeader, want: pa.Schema, chunk: flight.FlightStreamChunk,
-                writer: flight.FlightMetadataWriter) -> None:
+    def _handle(
+        self,
+        header: StreamHeader,
+        want: pa.Schema,
+        chunk: flight.FlightStreamChunk,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
         if self.stopping:  # this batch is not stored: the acceptor resends it (to this writer, later)
             raise flight.FlightUnavailableError("writer shutting down; retry")
         if chunk.data is None:
@@ -194,8 +205,11 @@ class WriterFlightServer(flight.FlightServerBase):
         if self.over_backlog():
             raise self._unavailable("backlog", "writer WAL backlog over wal.max_backlog_bytes; retry later")
         if not self._sink.wait_for_room(ROOM_WAIT_SECS):
-            raise self._unavailable("memory", "writer buffers at writer.max_buffered_bytes (Parquet files not "
-                                              "written fast enough, or the object store is down); retry later")
+            raise self._unavailable(
+                "memory",
+                "writer buffers at writer.max_buffered_bytes (Parquet files not "
+                "written fast enough, or the object store is down); retry later",
+            )
         ids = [eid for eid, _ in entries]
         try:
             new, duplicates = self._ledger.reserve(key, ids)

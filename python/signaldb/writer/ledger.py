@@ -81,6 +81,18 @@ class IdSet:
             self._lo.insert(i + 1, value)
             self._hi.insert(i + 1, value)
 
+    def add_range(self, lo: int, hi: int) -> None:
+        """Adds every value in ``[lo, hi]``: merges the ranges it touches into one."""
+        if hi < lo:
+            return
+        first = bisect.bisect_left(self._hi, lo - 1)  # the first range ending at or after lo - 1
+        last = bisect.bisect_right(self._lo, hi + 1)  # one past the last range starting by hi + 1
+        if first < last:
+            lo = min(lo, self._lo[first])
+            hi = max(hi, self._hi[last - 1])
+        self._lo[first:last] = [lo]
+        self._hi[first:last] = [hi]
+
     def drop_below(self, floor: int) -> None:
         """Forgets every value below ``floor``."""
         i = bisect.bisect_left(self._hi, floor)  # the first range that reaches floor
@@ -109,8 +121,8 @@ class Ledger:
         self._in_flight: dict[Key, set[int]] = {}
         # Per source: the highest acceptor entry id stored (pending or done), or floor - 1.
         self._max_stored: dict[str, int] = {source: floor - 1 for source, floor in self._floors.items()}
-        for (source, _), done in self._done.items():
-            ranges = done.ranges()
+        for (source, _), ids in self._done.items():
+            ranges = ids.ranges()
             if ranges:
                 self._max_stored[source] = max(self._max_stored.get(source, -1), ranges[-1][1])
 
@@ -135,8 +147,9 @@ class Ledger:
         Bounded by what this writer has seen: at most the highest id stored from it
         plus one, and at most the smallest of ``batch_ids`` (the batch carrying it)."""
         with self._lock:
-            min_unprocessed = min(min_unprocessed, self._max_stored.get(acceptor_id, -1) + 1,
-                                  min(batch_ids, default=min_unprocessed))
+            min_unprocessed = min(
+                min_unprocessed, self._max_stored.get(acceptor_id, -1) + 1, min(batch_ids, default=min_unprocessed)
+            )
             if min_unprocessed <= self._floors.get(acceptor_id, 0):
                 return
             self._floors[acceptor_id] = min_unprocessed

@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 
-from signaldb.config import add_flags, load
+from signaldb.config import ConfigError, add_flags, load
+from signaldb.service import reload as reloading
 from signaldb.service.lifecycle import EXIT_FAILURE, run_main, wait_for_stop_signal
-from signaldb.service.logsetup import setup_logging
+from signaldb.service.logsetup import set_level, setup_logging
 from signaldb.service.statefiles import StartupFileError
 from signaldb.wal import WalError
 from signaldb.writer.identity import WriterIdError
@@ -25,25 +26,33 @@ from signaldb.writer.state import StateFileError
 log = logging.getLogger("signaldb.writer")
 
 # Startup failures whose message says all there is to say (which file, what to do).
-KNOWN_STARTUP_ERRORS = (StartupFileError, StateFileError, WriterIdError, WalError, IsADirectoryError, NotADirectoryError,
-                        PermissionError)
+KNOWN_STARTUP_ERRORS = (
+    StartupFileError,
+    StateFileError,
+    WriterIdError,
+    WalError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="signaldb-writer",
-        description="SignalDB writer: Arrow Flight in, writer WAL, Parquet out (file:// or s3://).")
+        description="SignalDB writer: Arrow Flight in, writer WAL, Parquet out (file:// or s3://).",
+    )
     add_flags(parser, "writer")
     return parser
 
 
 async def _serve(args: argparse.Namespace, services: list[WriterService]) -> int:
     cfg = load(args, "writer")
-    setup_logging(cfg.log_level, "writer")  # before the WAL opens: the Rust side caches levels
+    setup_logging(cfg.log_level, "writer", cfg.log_format)  # before the WAL opens: the Rust side caches levels
     service = WriterService(cfg)
     services.append(service)
     # Listen for SIGTERM from the start: a stop during a long replay must still be clean.
-    stop = asyncio.create_task(wait_for_stop_signal())
+    stop = asyncio.create_task(wait_for_stop_signal(lambda: _reload(args, service)))
     await asyncio.sleep(0)
     start = asyncio.create_task(service.start())
     await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -65,6 +74,22 @@ async def _serve(args: argparse.Namespace, services: list[WriterService]) -> int
     log.info("stopping", extra={"signal": signame})
     await service.stop()
     return 0
+
+
+async def _reload(args: argparse.Namespace, service: WriterService) -> None:
+    """SIGHUP: the log level takes effect; every other change is named as needing a restart."""
+    try:
+        new = load(args, "writer")
+    except ConfigError as err:
+        log.error("SIGHUP: configuration not reloaded; the running one stays", extra={"error": str(err)})
+        return
+    old = service.cfg
+    changed = reloading.changed_settings(old, new)
+    applied = []
+    if "log_level" in changed:
+        set_level(new.log_level)
+        applied.append("log_level")
+    reloading.report(applied, [key for key in changed if key != "log_level"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,9 +78,25 @@ def order_rows(table: str, batches: Sequence[pa.RecordBatch]) -> pa.Table:
     return pa.Table.from_batches([p[5] for p in pieces], schema=batches[0].schema)
 
 
-def build(table: str, batches: Sequence[pa.RecordBatch]) -> tuple[bytes, int]:
-    """Returns (file bytes, rows)."""
+# A bloom filter on trace_id lets a trace lookup skip files whose min/max say nothing
+# (ids are random): over 40 files, 30 ms instead of 75-81 ms (issue 16). ~1.2 bytes per row.
+BLOOM_FPP = 0.01
+
+
+def _bloom(data: pa.Table) -> dict[str, object]:
+    if "trace_id" not in data.schema.names or data.num_rows == 0:
+        return {}
+    return {"bloom_filter_options": {"trace_id": {"ndv": max(data.num_rows, 64), "fpp": BLOOM_FPP}}}
+
+
+def build(table: str, batches: Sequence[pa.RecordBatch], storage_types: bool = False) -> tuple[bytes, int]:
+    """Returns (file bytes, rows). ``storage_types``: the Iceberg table's column types
+    (``catalog.to_storage``: microsecond timestamps, int64 for unsigned columns)."""
     data = order_rows(table, batches)
+    if storage_types:
+        from signaldb.writer.catalog import to_storage
+
+        data = to_storage(table, data)
     sink = pa.BufferOutputStream()
     pq.write_table(
         data,
@@ -91,5 +107,6 @@ def build(table: str, batches: Sequence[pa.RecordBatch]) -> tuple[bytes, int]:
         row_group_size=ROW_GROUP_ROWS,
         sorting_columns=pq.SortingColumn.from_ordering(data.schema, [("service_name", "ascending")], "at_end"),
         **_options(data.schema),
+        **_bloom(data),
     )
     return sink.getvalue().to_pybytes(), data.num_rows

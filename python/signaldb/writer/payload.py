@@ -59,8 +59,10 @@ def encode(record: WalRecord) -> bytes:
     except (pa.ArrowInvalid, OSError):  # the estimate was short (never seen): grow as needed
         growing = pa.BufferOutputStream()
         _write(growing, prefix, record.batch)
-        return growing.getvalue().to_pybytes()
-    return buffer.slice(0, sink.tell()).to_pybytes()
+        grown: bytes = growing.getvalue().to_pybytes()
+        return grown
+    encoded: bytes = buffer.slice(0, sink.tell()).to_pybytes()
+    return encoded
 
 
 def _write(sink: pa.NativeFile, prefix: bytes, batch: pa.RecordBatch) -> None:

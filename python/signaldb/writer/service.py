@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import secrets
+import threading
 from typing import Any
 
 from signaldb.config import Config
@@ -20,10 +20,13 @@ from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.metrics import WalCollector, new_registry
 from signaldb.service.security import read_pem_pair
 from signaldb.service.statefiles import check_regular_files
-from signaldb.wal import Wal
+from signaldb.wal import Wal, WalStats
 from signaldb.writer import identity, state
+from signaldb.writer.catalog import Tables
+from signaldb.writer.committer import Committer
 from signaldb.writer.ingest import WriterFlightServer
 from signaldb.writer.ledger import Ledger
+from signaldb.writer.maintenance import Maintenance
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.sink import Sink
 from signaldb.writer.storage import open_store
@@ -33,11 +36,14 @@ log = logging.getLogger(__name__)
 # Longest a stop waits for batches being stored when it closes Flight (at most a third of
 # writer.shutdown_timeout_secs): an append takes milliseconds, idle streams are not waited for.
 FLIGHT_DRAIN_SECS = 5.0
+# Longest a stop waits for a maintenance run to notice it (reading or writing one file).
+MAINTENANCE_STOP_SECS = 5.0
+
 
 class WriterService:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.registry = new_registry()
+        self.registry = new_registry("writer")
         self.metrics = WriterMetrics(self.registry)
         self.wal: Wal | None = None
         self.sink: Sink | None = None
@@ -45,13 +51,15 @@ class WriterService:
         self.health: HealthServer | None = None
         self.replaying = True
         self.stopping = False
+        self.committer: Committer | None = None  # None: storage.catalog_url none (plain files)
+        self.maintenance: Maintenance | None = None  # table maintenance thread (writer/maintenance.py)
         self.writer_id = ""  # <wal_dir>/writer-id, read (or created) when the WAL opens
         self.flight_left_open = 0  # Flight calls the stop could not end (see _stop_flight)
         # Drawn at every start, never stored: in the hash of every file name planned in this
         # life, so a restored or copied WAL directory, which hands out writer WAL ids again,
         # never plans a name an earlier life used (sink.file_path, docs/operations.md).
         self.life = secrets.token_hex(8)
-        self.registry.register(WalCollector(lambda: self.wal, "writer"))
+        self.registry.register(WalCollector(lambda: self.wal, "writer", cfg.writer_wal.max_backlog_bytes))
 
     @property
     def flight_port(self) -> int:
@@ -63,8 +71,9 @@ class WriterService:
 
     async def start(self) -> None:
         raise_nofile_limit("writer")  # Flight streams, Parquet files and the WAL all need descriptors
-        self.health = HealthServer(self.cfg.writer.health_addr, self.registry, self._health, self._not_ready,
-                                   service="writer")
+        self.health = HealthServer(
+            self.cfg.writer.health_addr, self.registry, self._health, self._not_ready, service="writer"
+        )
         await self.health.start()
         log.info("health listening", extra={"health_port": self.health_port})  # probes work during replay
         loop = asyncio.get_running_loop()
@@ -72,9 +81,19 @@ class WriterService:
         if self.stopping:
             return
         self.flight = await loop.run_in_executor(None, self._start_flight)
-        log.info("listening", extra={"flight_port": self.flight_port, "health_port": self.health_port,
-                                     "writer_id": self.writer_id, "life": self.life,
-                                     "storage": self.cfg.storage_url})
+        if self.committer is not None and self.cfg.catalog.maintenance_interval_secs > 0 and not self.stopping:
+            self.maintenance = Maintenance(self.cfg, self.writer_id, self.metrics)
+            self.maintenance.start()
+        log.info(
+            "listening",
+            extra={
+                "flight_port": self.flight_port,
+                "health_port": self.health_port,
+                "writer_id": self.writer_id,
+                "life": self.life,
+                "storage": self.cfg.storage_url,
+            },
+        )
 
     def _open_and_replay(self) -> None:
         wcfg = self.cfg.wal_for("writer")
@@ -87,9 +106,27 @@ class WriterService:
         log.info("writer id", extra={"writer_id": self.writer_id, "wal_dir": str(wcfg.wal_dir)})
         saved = state.load(wcfg.wal_dir)
         self.ledger = Ledger.from_snapshot(saved.done, saved.floors)
-        self.sink = Sink(self.wal, wcfg.wal_dir, self.writer_id, open_store(self.cfg.storage_url), self.ledger,
-                         saved, self.metrics, self.cfg.writer.file_max_bytes, self.cfg.writer.file_max_age_secs,
-                         self.cfg.writer.max_buffered_bytes, life=self.life)
+        self.committer = None
+        if self.cfg.catalog.enabled:
+            log.info("Iceberg catalog", extra={"catalog": self.cfg.catalog.redacted})
+            self.committer = Committer(
+                Tables(self.cfg.catalog, self.cfg.storage_url), self.writer_id, self.life, self.metrics
+            )
+        self.sink = Sink(
+            self.wal,
+            wcfg.wal_dir,
+            self.writer_id,
+            open_store(self.cfg.storage_url),
+            self.ledger,
+            saved,
+            self.metrics,
+            self.cfg.writer.file_max_bytes,
+            self.cfg.writer.file_max_age_secs,
+            self.cfg.writer.max_buffered_bytes,
+            life=self.life,
+            committer=self.committer,
+            max_uncommitted_secs=self.cfg.catalog.orphan_min_age_secs / 2,
+        )
         self.sink.start()
         if self.stopping:
             self.sink.abort_replay()
@@ -103,9 +140,17 @@ class WriterService:
         addr, security = self.cfg.writer.flight_addr, self.cfg.security
         scheme = "grpc+tls" if security.tls else "grpc"
         assert self.wal is not None and self.sink is not None
-        return WriterFlightServer(f"{scheme}://{addr}", self.wal, self.sink, self.ledger, self.metrics,
-                                  self.cfg.writer_wal.max_backlog_bytes, security.auth_token,
-                                  read_pem_pair(security), self.cfg.writer.max_batch_bytes)
+        return WriterFlightServer(
+            f"{scheme}://{addr}",
+            self.wal,
+            self.sink,
+            self.ledger,
+            self.metrics,
+            self.cfg.writer_wal.max_backlog_bytes,
+            security.auth_token,
+            read_pem_pair(security),
+            self.cfg.writer.max_batch_bytes,
+        )
 
     async def stop(self) -> bool:
         """Stops accepting, writes out open files, closes the WAL; True when nothing was left behind."""
@@ -115,6 +160,8 @@ class WriterService:
         deadline = loop.time() + budget
         if self.sink is not None:
             self.sink.abort_replay()
+        if self.maintenance is not None:  # checks between files and steps; a cut run leaves only orphans
+            await loop.run_in_executor(None, self.maintenance.stop, min(budget / 3, MAINTENANCE_STOP_SECS))
         if self.flight is not None:
             await self._stop_flight(min(budget / 3, FLIGHT_DRAIN_SECS))
         clean = True
@@ -148,18 +195,22 @@ class WriterService:
         threading.Thread(target=shutdown, name="flight-shutdown", daemon=True).start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while not done.is_set() and flight.busy_calls > 0 and loop.time() < deadline:
+        # Polled, not awaited: `done` is a threading.Event set by the shutdown thread, and
+        # busy_calls is a counter the Flight threads change.
+        while not done.is_set() and flight.busy_calls > 0 and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # batches being stored finish; idle streams are not waited for
         await asyncio.sleep(0.05)
         if not done.is_set():
             self.flight_left_open = flight.open_calls or 1
-            log.warning("Flight streams still open at shutdown (idle clients, or a batch still arriving); "
-                        "they are cut when the process exits, their acceptors resend",
-                        extra={"streams": flight.open_calls, "busy": flight.busy_calls})
+            log.warning(
+                "Flight streams still open at shutdown (idle clients, or a batch still arriving); "
+                "they are cut when the process exits, their acceptors resend",
+                extra={"streams": flight.open_calls, "busy": flight.busy_calls},
+            )
 
     # -- health ------------------------------------------------------------------
 
-    def _wal_stats(self) -> dict[str, Any] | None:
+    def _wal_stats(self) -> WalStats | None:
         wal = self.wal
         if wal is None or wal.closed:
             return None
@@ -176,19 +227,25 @@ class WriterService:
             body["writer"] = self.sink.stats()
         body["drained"] = self._drained(stats)
         body["storage"] = self.cfg.storage_url
+        body["catalog"] = self.cfg.catalog.redacted
         if self.writer_id:
             body["writer_id"] = self.writer_id
         return body
 
-    def _drained(self, wal_stats: dict[str, Any] | None) -> bool:
+    def _drained(self, wal_stats: WalStats | None) -> bool:
         """Everything this writer acknowledged is in storage: nothing unprocessed in its WAL,
         nothing buffered, planned or blocked. The signal to wait for before removing a writer
         (docs/operations.md, Scaling writers)."""
         if self.replaying or wal_stats is None or self.sink is None:
             return False
         sink = self.sink.stats()
-        return (int(wal_stats["unprocessed_entries"]) == 0 and sink["unprocessed_entries"] == 0
-                and sink["open_files"] == 0 and sink["files_to_retry"] == 0 and sink["conflicting_files"] == 0)
+        return (
+            wal_stats.unprocessed_entries == 0
+            and sink["unprocessed_entries"] == 0
+            and sink["open_files"] == 0
+            and sink["files_to_retry"] == 0
+            and sink["conflicting_files"] == 0
+        )
 
     def _not_ready(self) -> list[str]:
         reasons = []
@@ -198,9 +255,9 @@ class WriterService:
             reasons.append("shutting down")
         stats = self._wal_stats()
         if stats is not None:
-            if stats["poisoned"]:
-                reasons.append(f"WAL stopped after a failed fsync: {stats.get('poisoned_reason')}")
-            if int(stats["unprocessed_bytes"]) > self.cfg.writer_wal.max_backlog_bytes:
+            if stats.poisoned:
+                reasons.append(f"WAL stopped after a failed fsync: {stats.poisoned_reason}")
+            if stats.unprocessed_bytes > self.cfg.writer_wal.max_backlog_bytes:
                 reasons.append("WAL backlog over wal.max_backlog_bytes")
         if self.sink is not None and self.sink.over_limit():
             reasons.append("buffers at writer.max_buffered_bytes")

@@ -81,6 +81,8 @@ import pyarrow as pa
 from signaldb.service.durable import fsync_dir, replace_durably, write_synced
 from signaldb.wal import Wal
 from signaldb.writer import crashpoints, parquet, payload, state
+from signaldb.writer.claims import ClaimMap, entries_by_partition
+from signaldb.writer.committer import Committer, FileToCommit
 from signaldb.writer.ledger import IdSet, Key, Ledger
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.storage import ObjectConflict, ObjectStore, StoreAborted, put_with_retry
@@ -106,6 +108,8 @@ class _Entry:
     acceptor_ids: list[int]
     partitions: tuple[str, ...]  # every partition the entry has rows in
     outstanding: set[str]  # partitions whose rows are not yet in a written (or dead-lettered) file
+    # With a catalog: per partition, the acceptor entry ids with rows in it (the claim its file makes).
+    part_ids: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,9 +137,13 @@ class _Plan:
     splittable: bool = True
     superseded: bool = False  # split up: its entry plans replaced it in the state file
     conflicts: int = 0  # puts refused: the object exists with other content (see _conflict)
+    put_done: bool = False  # with a catalog: the object is durable, the commit still to come
+    put_at: float = 0.0  # monotonic time of the put (a file left uncommitted too long is planned again)
 
 
-def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], life: str = "") -> str:
+def file_path(
+    writer_id: str, table: str, partition: str, wal_ids: list[int], life: str = "", directory: str | None = None
+) -> str:
     """``<table>/date=.../hour=../<writer id>-<first>-<last>-<hash>.parquet``. The hash also
     covers ``life``, a random value drawn at every writer start: writer WAL ids come from the
     directory's history, so a restored backup of it, or a second writer started from a copy,
@@ -145,16 +153,28 @@ def file_path(writer_id: str, table: str, partition: str, wal_ids: list[int], li
     older version (no writer id: ``<first>-<last>-<hash>``) are kept as they are too."""
     key = f"{writer_id}/{table}/{partition}:{','.join(map(str, wal_ids))}" + (f"@{life}" if life else "")
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return f"{table}/{partition}/{writer_id}-{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
+    return f"{directory or table}/{partition}/{writer_id}-{wal_ids[0]}-{wal_ids[-1]}-{digest}.parquet"
 
 
-def _plan(writer_id: str, table: str, partition: str, parts: Iterable[tuple[int, pa.RecordBatch]],
-          life: str = "") -> _Plan:
+def _plan(
+    writer_id: str,
+    table: str,
+    partition: str,
+    parts: Iterable[tuple[int, pa.RecordBatch]],
+    life: str = "",
+    directory: str | None = None,
+) -> _Plan:
     ordered = sorted(parts, key=lambda p: p[0])  # wal id order: a rewrite holds the same rows
     wal_ids = [wid for wid, _ in ordered]
     batches = [b for _, b in ordered]
-    return _Plan(file_path(writer_id, table, partition, wal_ids, life), table, partition, wal_ids, batches,
-                 sum(b.nbytes for b in batches))
+    return _Plan(
+        file_path(writer_id, table, partition, wal_ids, life, directory),
+        table,
+        partition,
+        wal_ids,
+        batches,
+        sum(b.nbytes for b in batches),
+    )
 
 
 class Sink:
@@ -171,9 +191,14 @@ class Sink:
         file_max_age_secs: float,
         max_buffered_bytes: int = 512 << 20,
         life: str = "",
+        committer: Committer | None = None,
+        max_uncommitted_secs: float = 43200.0,
     ) -> None:
         self._wal = wal
         self._life = life  # this start's random value, in the names it plans (file_path)
+        self._committer = committer  # None: plain files (storage.catalog_url none)
+        self._max_uncommitted_secs = max_uncommitted_secs  # see _commit_files
+        self._replans = 0  # plans made again after a commit found rows claimed (see _replan)
         self._wal_dir = Path(wal_dir)
         self._writer_id = writer_id
         self._store = store
@@ -194,6 +219,7 @@ class Sink:
         self._buffers: dict[tuple[str, str], _Buffer] = {}
         self._retry: list[_Plan] = []  # plans saved in the state file whose write failed
         self._conflicting: set[str] = set()  # paths whose put met an object with other content
+        self._instant: list[int] = []  # entries whose rows were all committed elsewhere: just complete them
         self._replayed = False
         self._abort_replay = False
         self._stopping = False
@@ -208,11 +234,30 @@ class Sink:
 
     def add(self, wal_id: int, record: payload.WalRecord) -> None:
         """Buffers a durable writer WAL entry's rows."""
+        record, part_ids = self._unclaimed(record)
         parts = split_by_hour(record.table, record.batch)
         with self._cond:
-            self._entries[wal_id] = _Entry((record.acceptor_id, record.table), record.entry_ids, tuple(parts),
-                                           set(parts))
+            self._entries[wal_id] = _Entry(
+                (record.acceptor_id, record.table), record.entry_ids, tuple(parts), set(parts), part_ids
+            )
             self._buffer(wal_id, record.table, parts.items())
+            if not parts:  # every row committed already (by another writer): nothing to write
+                self._instant.append(wal_id)
+                self._cond.notify()
+
+    def _unclaimed(self, record: payload.WalRecord) -> tuple[payload.WalRecord, dict[str, list[int]]]:
+        """With a catalog: the record without rows already committed (``claims``), and the
+        acceptor entry ids per partition its files will claim. Without: as it is."""
+        if self._committer is None:
+            return record, {}
+        record, dropped = self._committer.without_claimed(record)
+        if dropped:
+            self._metrics.claimed_elsewhere.labels(record.table).inc(dropped)
+            log.info(
+                "rows already committed are not written again",
+                extra={"table": record.table, "source": record.acceptor_id, "rows": dropped},
+            )
+        return record, entries_by_partition(record)
 
     def _buffer(self, wal_id: int, table: str, parts: Iterable[tuple[str, pa.RecordBatch]]) -> None:
         now = time.monotonic()
@@ -267,6 +312,8 @@ class Sink:
 
     def replay(self) -> int:
         """Re-reads every unprocessed entry (call once, before ingest starts); returns their number."""
+        if self._committer is not None:
+            self._catalog_replay_start()
         with self._state_lock:
             covered = {(wid, rec.partition): path for path, rec in self._state.files.items() for wid in rec.wal_ids}
         rewrite: dict[str, list[tuple[int, pa.RecordBatch]]] = {}
@@ -281,6 +328,7 @@ class Sink:
             seen += 1
             try:
                 record = payload.decode(entry.payload)
+                record, part_ids = self._unclaimed(record)
                 parts = split_by_hour(record.table, record.batch)
             except Exception as err:  # CRC-valid but unreadable: a bug or version skew, never a crash loop
                 self._dead_letter(entry.id, entry.payload, err)
@@ -309,7 +357,7 @@ class Sink:
                 while self._held >= self._limit and self._buffers and not self._abort_replay:
                     self._cond.notify()
                     self._room.wait(_REPLAY_ROOM_WAIT_SECS)
-                self._entries[entry.id] = _Entry(key, record.entry_ids, tuple(parts), outstanding)
+                self._entries[entry.id] = _Entry(key, record.entry_ids, tuple(parts), outstanding, part_ids)
                 self._buffer(entry.id, record.table, free)
             if not outstanding:
                 complete.append(entry.id)
@@ -327,13 +375,17 @@ class Sink:
             rec = self._state.files[path]
             plan = _plan(self._writer_id, rec.table, rec.partition, planned_parts, life=self._life)
             if plan.wal_ids != sorted(rec.wal_ids):  # an entry vanished from the WAL (quarantined as corrupt)
-                log.error("planned file lost entries; rewriting what remains under its name",
-                          extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids})
+                log.error(
+                    "planned file lost entries; rewriting what remains under its name",
+                    extra={"path": path, "had": rec.wal_ids, "found": plan.wal_ids},
+                )
             plan.path = path  # always the saved name: also a plan saved by a version without writer ids
             plan.splittable = False
             plans.append(plan)
-        log.info("replay read", extra={"entries": seen, "already_committed": len(already_done),
-                                       "files_to_rewrite": len(plans)})
+        log.info(
+            "replay read",
+            extra={"entries": seen, "already_committed": len(already_done), "files_to_rewrite": len(plans)},
+        )
         with self._cond:
             self._retry.extend(plans)  # the flusher writes these first, exactly as planned
             self._held += sum(p.nbytes for p in plans)  # bounded by the last life's limit
@@ -344,6 +396,36 @@ class Sink:
             self._commit(complete)
         return seen
 
+    def _catalog_replay_start(self) -> None:
+        """With a catalog, before the replay: read every table's claims (retrying while the
+        catalog is unreachable: the replay's decisions depend on them), and forget the plans
+        that were never committed. A file no commit references is invisible to the table, so
+        its rows are simply planned again, under new names; the old object is an orphan that
+        maintenance deletes. (Without a catalog a planned file must be rewritten under its
+        saved name instead: a reader of the files may already see it.)"""
+        assert self._committer is not None
+        delay = 0.5
+        while not self._abort_replay:
+            try:
+                self._committer.refresh_all()
+                break
+            except Exception as err:
+                self._metrics.commit_errors.labels("*").inc()
+                log.warning(
+                    "catalog unreachable at start; retrying before the replay",
+                    extra={"error": str(err)[:500], "retry_in_secs": delay},
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        with self._state_lock:
+            stale = [path for path, rec in self._state.files.items() if not rec.settled]
+            for path in stale:
+                del self._state.files[path]
+            if stale:
+                self._save_state()
+        if stale:
+            log.info("uncommitted files from the last run are planned again", extra={"files": len(stale)})
+
     def _dead_letter(self, wal_id: int, data: bytes, err: Exception) -> None:
         """Keeps an unreadable entry's payload in ``<wal_dir>/dead-letter/`` before it is marked."""
         directory = self._wal_dir / DEAD_LETTER_DIR
@@ -352,8 +434,10 @@ class Sink:
         replace_durably(target, data)
         fsync_dir(self._wal_dir)  # the dead-letter directory may be new
         self._metrics.dead_letter_entries.inc()
-        log.error("unreadable writer WAL entry moved to dead-letter",
-                  extra={"wal_id": wal_id, "path": str(target), "error": repr(err)})
+        log.error(
+            "unreadable writer WAL entry moved to dead-letter",
+            extra={"wal_id": wal_id, "path": str(target), "error": repr(err)},
+        )
 
     # -- the flusher -----------------------------------------------------------
 
@@ -374,20 +458,60 @@ class Sink:
     def _give_up(self) -> bool:
         return self._stopping and time.monotonic() >= self._deadline
 
+    def _name_salt(self) -> str:
+        """The life in new file names; after a replan, also the replan count, so that a plan
+        made again from the same WAL ids never gets the name of the one it replaces."""
+        return self._life if not self._replans else f"{self._life}.{self._replans}"
+
+    def _table_dir(self, table: str) -> str | None:
+        """Where ``table``'s files go, relative to storage; None while not known yet (a REST
+        catalog places its tables itself: ``_resolve_table_dirs``)."""
+        return table if self._committer is None else self._committer.known_data_dir(table)
+
+    def _resolve_table_dirs(self) -> None:
+        """Learns the data directory of every buffered table that lacks one (a catalog call,
+        so outside the lock; a failure is retried at the next cycle)."""
+        if self._committer is None:
+            return
+        with self._cond:
+            tables = {t for t, _ in self._buffers}
+        for table in tables:
+            if self._committer.known_data_dir(table) is None:
+                try:
+                    self._committer.data_dir(table)
+                except Exception as err:
+                    self._metrics.commit_errors.labels(table).inc()
+                    log.warning(
+                        "catalog unreachable; the table's files wait", extra={"table": table, "error": str(err)[:500]}
+                    )
+                    time.sleep(_FAILED_CYCLE_PAUSE_SECS)
+
+    def _unresolved(self) -> bool:
+        """A buffered table's data directory is still unknown (call with ``_cond`` held)."""
+        return any(self._table_dir(t) is None for t, _ in self._buffers)
+
     def _run(self) -> None:
         while True:
+            self._resolve_table_dirs()
             with self._cond:
                 plans = self._next_plans()
-                while not plans and not self._stopping:
+                while not plans and not self._instant and not self._stopping and not self._unresolved():
                     self._cond.wait(self._wait_secs())
                     plans = self._next_plans()
-                if not plans and self._stopping:
-                    return
+                instant, self._instant = self._instant, []
+                if not plans and not instant and self._stopping:
+                    return  # (a table whose directory is unknown keeps its rows in the WAL)
+            if instant:
+                self._commit(instant)
+            if not plans:
+                continue
             try:
                 self._write(plans)
             except StoreAborted as err:
-                log.warning("shutdown deadline reached; unwritten rows stay in the WAL for the next start",
-                            extra={"error": str(err)})
+                log.warning(
+                    "shutdown deadline reached; unwritten rows stay in the WAL for the next start",
+                    extra={"error": str(err)},
+                )
                 return
             except Exception:
                 log.exception("writing Parquet failed; retrying the same files")
@@ -412,6 +536,7 @@ class Sink:
         """Failed plans (as they were) whose pause is over, the buffers that are due, and,
         while the held bytes are over half the bound, the oldest of the other buffers."""
         now = time.monotonic()
+
         # At shutdown everything is tried at once, except plans blocked by a conflicting object:
         # they would only meet it again (and spin); they stay in the WAL for the next start.
         def take(p: _Plan) -> bool:
@@ -420,9 +545,18 @@ class Sink:
         plans = [p for p in self._retry if take(p)]
         if plans:
             self._retry = [p for p in self._retry if not take(p)]
-        due = [k for k, b in self._buffers.items()
-               if self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age]
-        plans += [_plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._life) for k in due]
+        due = [
+            k
+            for k, b in self._buffers.items()
+            if self._table_dir(k[0]) is not None
+            and (self._stopping or b.nbytes >= self._max_bytes or now - b.opened >= self._max_age)
+        ]
+        plans += [
+            _plan(
+                self._writer_id, *k, self._buffers.pop(k).parts, life=self._name_salt(), directory=self._table_dir(k[0])
+            )
+            for k in due
+        ]
         # Everything planned now is released once written: flush early until the rest is under the mark.
         left = self._held - sum(p.nbytes for p in plans if not p.released)
         early = 0
@@ -430,14 +564,24 @@ class Sink:
             for k in sorted(self._buffers, key=lambda k: self._buffers[k].opened):
                 if left <= self._flush_mark:
                     break
-                plan = _plan(self._writer_id, *k, self._buffers.pop(k).parts, life=self._life)
+                if self._table_dir(k[0]) is None:
+                    continue
+                plan = _plan(
+                    self._writer_id,
+                    *k,
+                    self._buffers.pop(k).parts,
+                    life=self._name_salt(),
+                    directory=self._table_dir(k[0]),
+                )
                 plans.append(plan)
                 left -= plan.nbytes
                 early += 1
         if early:
             self._metrics.early_files.inc(early)
-            log.debug("writing buffers early: buffered bytes over half of writer.max_buffered_bytes",
-                      extra={"files": early, "buffered_bytes": self._held, "limit": self._limit})
+            log.debug(
+                "writing buffers early: buffered bytes over half of writer.max_buffered_bytes",
+                extra={"files": early, "buffered_bytes": self._held, "limit": self._limit},
+            )
         if plans:
             self._update_gauges()
         return plans
@@ -451,12 +595,16 @@ class Sink:
                 self._save_state()  # step 1: the plan is durable before any byte of the file
         crashpoints.reached("after_plan")
         settled = []
+        to_commit = []  # with a catalog: plans whose object is durable, to add to their table
         for p in plans:
             with self._state_lock:
                 already = self._state.files[p.path].settled
+            if p.put_done and not already:
+                to_commit.append(p)  # a cycle that failed at the commit: the object is there
+                continue
             if not already:
                 try:
-                    data, rows = parquet.build(p.table, p.batches)
+                    data, rows = parquet.build(p.table, p.batches, storage_types=self._committer is not None)
                 except Exception as err:  # the data itself (or memory): never the store
                     again = self._build_failed(p, err)
                     if again:
@@ -472,16 +620,24 @@ class Sink:
                     crashpoints.reached("after_put")
                     if p.conflicts:
                         self._resolved(p)
-                    with self._state_lock:
-                        self._state.files[p.path].written = True
                     self._metrics.files_written.labels(p.table).inc()
                     self._metrics.rows_written.labels(p.table).inc(rows)
                     self._metrics.bytes_written.labels(p.table).inc(len(data))
                     log.debug("file written", extra={"path": p.path, "rows": rows, "bytes": len(data)})
+                    if self._committer is not None:
+                        p.put_done, p.put_at = True, time.monotonic()  # settled once committed
+                        to_commit.append(p)
+                        with self._cond:
+                            self._release(p)  # the rows are durable in the object (and the WAL)
+                        continue
+                    with self._state_lock:
+                        self._state.files[p.path].written = True
             settled.append(p)
             with self._cond:
                 self._release(p)
-        complete = []
+        complete: list[int] = []
+        if to_commit:
+            settled += self._commit_files(to_commit, complete)
         with self._cond:
             for p in settled:
                 for wid in p.wal_ids:
@@ -491,6 +647,85 @@ class Sink:
                         if not entry.outstanding:
                             complete.append(wid)
         self._commit(complete)
+
+    # -- the catalog commit (storage.catalog_url not none) --------------------------
+
+    def _commit_files(self, plans: list[_Plan], complete: list[int]) -> list[_Plan]:
+        """Adds the written files to their tables, one commit per table; returns the plans
+        committed (now settled). A file whose rows another commit claimed already is left out
+        and its other rows are planned again (``_replan``); entries that thereby complete are
+        appended to ``complete``. Catalog errors propagate: the cycle is retried as it is."""
+        assert self._committer is not None
+        by_table: dict[str, list[_Plan]] = {}
+        now = time.monotonic()
+        for p in plans:
+            if now - p.put_at > self._max_uncommitted_secs:
+                # Maintenance deletes files no snapshot references once storage.orphan_min_age_secs
+                # old: a file whose commit waited half that long (a long catalog outage) is not
+                # committed any more; its rows are planned again into a new one.
+                complete += self._replan(p, "its commit waited longer than half of storage.orphan_min_age_secs")
+                continue
+            by_table.setdefault(p.table, []).append(p)
+        committed = []
+        for table, group in by_table.items():
+            files = [FileToCommit(p.path, p.partition, tuple(p.wal_ids), self._claim_of(p)) for p in group]
+            taken = {f.path for f in self._committer.for_table(table).commit(files, self._give_up)}
+            for p in group:
+                if p.path in taken:
+                    complete += self._replan(p, "another commit holds some of its rows")
+                else:
+                    committed.append(p)
+            with self._state_lock:
+                for p in group:
+                    if p.path not in taken:
+                        self._state.files[p.path].written = True
+        return committed
+
+    def _claim_of(self, p: _Plan) -> ClaimMap:
+        """{partition: {source: acceptor entry ids}} of the rows in ``p``."""
+        sources: dict[str, list[int]] = {}
+        with self._cond:
+            for wid in p.wal_ids:
+                entry = self._entries.get(wid)
+                if entry is not None:
+                    sources.setdefault(entry.key[0], []).extend(entry.part_ids.get(p.partition, ()))
+        return {p.partition: sources}
+
+    def _replan(self, p: _Plan, reason: str) -> list[int]:
+        """``p``'s file stays uncommitted (an orphan, deleted by maintenance): some of its rows
+        were committed by another commit, or it waited too long for its commit. Its entries'
+        rows of that partition are read again from the WAL, the claimed ones dropped, and the
+        rest buffered again (new names: ``_name_salt``).
+        Returns the entries this completes (nothing of theirs left to write)."""
+        p.superseded = True  # never retried as it is (a failure later in this cycle must not revive it)
+        with self._state_lock:
+            self._state.files.pop(p.path, None)
+            self._save_state()
+        self._replans += 1
+        self._metrics.replanned_files.labels(p.table).inc()
+        log.warning(
+            "file not committed; planning its rows again",
+            extra={"reason": reason, "path": p.path, "table": p.table, "partition": p.partition, "wal_ids": p.wal_ids},
+        )
+        complete: list[int] = []
+        for wid in p.wal_ids:
+            data = self._read_payload(wid)
+            rows = None
+            if data is not None:
+                record, part_ids = self._unclaimed(payload.decode(data))
+                rows = split_by_hour(record.table, record.batch).get(p.partition)
+            with self._cond:
+                entry = self._entries.get(wid)
+                if entry is None:
+                    continue
+                if rows is None:
+                    entry.outstanding.discard(p.partition)
+                    if not entry.outstanding:
+                        complete.append(wid)
+                    continue
+                entry.part_ids[p.partition] = part_ids.get(p.partition, [])
+                self._buffer(wid, p.table, [(p.partition, rows)])
+        return complete
 
     def _conflict(self, p: _Plan, err: ObjectConflict) -> None:
         """The object ``p`` names exists with other content: never overwritten. The plan keeps
@@ -505,9 +740,18 @@ class Sink:
             self._conflicting.add(p.path)
             self._metrics.conflicting_files.set(len(self._conflicting))
             self._retry.append(p)  # at once: a later failure in this cycle must not lose it
-        log.error("object exists with other content; not overwritten, its rows stay in the WAL",
-                  extra={"path": p.path, "store": err.url, "table": p.table, "partition": p.partition,
-                         "wal_ids": p.wal_ids, "attempt": p.conflicts, "retry_in_secs": delay})
+        log.error(
+            "object exists with other content; not overwritten, its rows stay in the WAL",
+            extra={
+                "path": p.path,
+                "store": err.url,
+                "table": p.table,
+                "partition": p.partition,
+                "wal_ids": p.wal_ids,
+                "attempt": p.conflicts,
+                "retry_in_secs": delay,
+            },
+        )
 
     def _resolved(self, p: _Plan) -> None:
         with self._cond:
@@ -521,13 +765,16 @@ class Sink:
         self._metrics.build_errors.inc()
         p.not_before = time.monotonic() + BUILD_RETRY_PAUSE_SECS
         if isinstance(err, MemoryError):  # not the data's fault: retried, never dead-lettered
-            log.warning("building a Parquet file ran out of memory; will retry",
-                        extra={"path": p.path, "error": repr(err)})
+            log.warning(
+                "building a Parquet file ran out of memory; will retry", extra={"path": p.path, "error": repr(err)}
+            )
             return [p]
         p.build_failures += 1
         if p.build_failures < BUILD_ATTEMPTS:
-            log.warning("building a Parquet file failed; will retry",
-                        extra={"path": p.path, "attempt": p.build_failures, "error": repr(err)})
+            log.warning(
+                "building a Parquet file failed; will retry",
+                extra={"path": p.path, "attempt": p.build_failures, "error": repr(err)},
+            )
             return [p]
         if p.splittable and len(p.wal_ids) > 1:
             return self._split(p, err)
@@ -538,8 +785,17 @@ class Sink:
         """Replaces ``p`` by one plan per entry, so that only the entries whose rows cannot be
         built go to dead-letter. Safe because ``p`` was planned in this life and never built,
         so no object of that name exists; the swap is one state save (old plan or new ones)."""
-        subs = [_plan(self._writer_id, p.table, p.partition, [(wid, batch)], life=self._life)
-                for wid, batch in zip(p.wal_ids, p.batches, strict=True)]
+        subs = [
+            _plan(
+                self._writer_id,
+                p.table,
+                p.partition,
+                [(wid, batch)],
+                life=self._name_salt(),
+                directory=self._table_dir(p.table),
+            )
+            for wid, batch in zip(p.wal_ids, p.batches, strict=True)
+        ]
         for sub in subs:
             sub.build_failures = BUILD_ATTEMPTS - 1  # the rows already failed together: one try each
         with self._state_lock:
@@ -548,9 +804,10 @@ class Sink:
                 self._state.files[sub.path] = state.FileRecord(sub.table, sub.partition, sub.wal_ids)
             self._save_state()
         p.released, p.superseded, p.batches = True, True, []  # its bytes are the subs' now (same batches)
-        log.warning("building a Parquet file failed repeatedly; trying its entries one by one",
-                    extra={"path": p.path, "wal_ids": p.wal_ids, "attempts": p.build_failures,
-                           "error": repr(err)})
+        log.warning(
+            "building a Parquet file failed repeatedly; trying its entries one by one",
+            extra={"path": p.path, "wal_ids": p.wal_ids, "attempts": p.build_failures, "error": repr(err)},
+        )
         return subs
 
     def _dead_letter_plan(self, p: _Plan, err: Exception) -> None:
@@ -587,16 +844,24 @@ class Sink:
                 "partitions_dead_lettered": dead,
                 "partitions_in_parquet": [x for x in partitions if x not in dead],
                 "note": "the .entry file holds the whole writer WAL entry; only its rows in "
-                        "partitions_dead_lettered are missing from Parquet, its rows in "
-                        "partitions_in_parquet are written to Parquet as usual (re-ingest only the former)",
+                "partitions_dead_lettered are missing from Parquet, its rows in "
+                "partitions_in_parquet are written to Parquet as usual (re-ingest only the former)",
             }
             write_synced(record_file, json.dumps(record, indent=1).encode())
         fsync_dir(directory)
         fsync_dir(self._wal_dir)  # the dead-letter directory may be new
         self._metrics.dead_letter_entries.inc(new)
-        log.error("Parquet file could not be built; its entries moved to dead-letter",
-                  extra={"path": p.path, "wal_ids": p.wal_ids, "partition": p.partition,
-                         "dead_letter_dir": str(directory), "attempts": p.build_failures, "error": repr(err)})
+        log.error(
+            "Parquet file could not be built; its entries moved to dead-letter",
+            extra={
+                "path": p.path,
+                "wal_ids": p.wal_ids,
+                "partition": p.partition,
+                "dead_letter_dir": str(directory),
+                "attempts": p.build_failures,
+                "error": repr(err),
+            },
+        )
         crashpoints.reached("after_dead_letter")
         with self._state_lock:
             self._state.files[p.path].dead_letter = reason
@@ -623,8 +888,7 @@ class Sink:
                     self._entries.pop(wid, None)
                 live = set(self._entries)
             if replayed:  # before that, an entry not yet re-read would look complete
-                for path in [p for p, r in self._state.files.items()
-                             if r.settled and not live.intersection(r.wal_ids)]:
+                for path in [p for p, r in self._state.files.items() if r.settled and not live.intersection(r.wal_ids)]:
                     del self._state.files[path]
             self._save_state()
         if wal_ids:
@@ -648,4 +912,3 @@ class Sink:
                 "files_to_retry": len(self._retry),
                 "conflicting_files": len(self._conflicting),
             }
-

@@ -63,8 +63,10 @@ class State:
             "floors": self.floors,
             "committed": self.committed,
             # dead_letter only when set: a state file without one still loads in older versions.
-            "files": {path: {k: v for k, v in vars(rec).items() if k != "dead_letter" or v}
-                      for path, rec in self.files.items()},
+            "files": {
+                path: {k: v for k, v in vars(rec).items() if k != "dead_letter" or v}
+                for path, rec in self.files.items()
+            },
         }
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -74,9 +76,11 @@ class StateFileError(Exception):
 
 
 # What the operator can do, in every refusal (docs/operations.md, Troubleshooting).
-_FIX = ("restore this file from a backup taken with its WAL directory; or, accepting that rows may be "
-        "written twice (at-least-once for the recent window, see docs/operations.md \"Troubleshooting: "
-        "writer-state.json\"), move it aside and start again")
+_FIX = (
+    "restore this file from a backup taken with its WAL directory; or, accepting that rows may be "
+    'written twice (at-least-once for the recent window, see docs/operations.md "Troubleshooting: '
+    'writer-state.json"), move it aside and start again'
+)
 
 
 def load(wal_dir: Path) -> State:
@@ -92,11 +96,14 @@ def load(wal_dir: Path) -> State:
     except FileNotFoundError:
         return State()
     except IsADirectoryError:
-        raise StateFileError(f"writer state file {path} is a directory, not a file; if it is empty and this WAL "
-                             f"directory never held a state file, remove it; otherwise {_FIX}") from None
+        raise StateFileError(
+            f"writer state file {path} is a directory, not a file; if it is empty and this WAL "
+            f"directory never held a state file, remove it; otherwise {_FIX}"
+        ) from None
     except OSError as err:
-        raise StateFileError(f"writer state file {path} cannot be read ({err.strerror or err}); "
-                             "fix its permissions or the disk") from None
+        raise StateFileError(
+            f"writer state file {path} cannot be read ({err.strerror or err}); fix its permissions or the disk"
+        ) from None
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
@@ -105,13 +112,17 @@ def load(wal_dir: Path) -> State:
     if not isinstance(body, dict):
         raise StateFileError(f"writer state file {path} is not a JSON object; {_FIX}")
     if body.get("v") != VERSION:
-        raise StateFileError(f"writer state file {path} has format version {body.get('v')!r}, this writer reads "
-                             f"version {VERSION} (written by another SignalDB version? run that version, or "
-                             f"{_FIX})")
+        raise StateFileError(
+            f"writer state file {path} has format version {body.get('v')!r}, this writer reads "
+            f"version {VERSION} (written by another SignalDB version? run that version, or "
+            f"{_FIX})"
+        )
     try:
         files = {str(p): _file_record(rec) for p, rec in _mapping(body.get("files", {})).items()}
-        done = {str(a): {str(t): _ranges(r) for t, r in _mapping(tables).items()}
-                for a, tables in _mapping(body.get("done", {})).items()}
+        done = {
+            str(a): {str(t): _ranges(r) for t, r in _mapping(tables).items()}
+            for a, tables in _mapping(body.get("done", {})).items()
+        }
         floors = {str(a): _int(f) for a, f in _mapping(body.get("floors", {})).items()}
         committed = _ranges(body.get("committed", []))
     except (TypeError, ValueError) as err:
@@ -119,7 +130,7 @@ def load(wal_dir: Path) -> State:
     return State(done=done, floors=floors, committed=committed, files=files)
 
 
-def _mapping(value: Any) -> dict:
+def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError(f"expected an object, found {type(value).__name__}")
     return value
@@ -153,8 +164,13 @@ def _file_record(rec: Any) -> FileRecord:
     unknown = set(rec) - {"table", "partition", "wal_ids", "written", "dead_letter"}
     if unknown:
         raise ValueError(f"file record has unknown fields {sorted(unknown)}")
-    return FileRecord(table=table, partition=partition, wal_ids=[_int(i) for i in wal_ids],
-                      written=bool(rec.get("written", False)), dead_letter=str(rec.get("dead_letter", "")))
+    return FileRecord(
+        table=table,
+        partition=partition,
+        wal_ids=[_int(i) for i in wal_ids],
+        written=bool(rec.get("written", False)),
+        dead_letter=str(rec.get("dead_letter", "")),
+    )
 
 
 def save(wal_dir: Path, state: State) -> None:

@@ -28,10 +28,13 @@ writer waits for the store rather than dropping anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -68,15 +71,31 @@ def same_content(existing: bytes, data: bytes) -> bool:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(pa.BufferReader(existing)).equals(pq.read_table(pa.BufferReader(data)))
+        same: bool = pq.read_table(pa.BufferReader(existing)).equals(pq.read_table(pa.BufferReader(data)))
+        return same
     except Exception:  # not Parquet, or unreadable: other content
         return False
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object found by ``list``: its path relative to the store, age and size."""
+
+    path: str
+    modified: float  # seconds since the epoch (file mtime, or S3 Last-Modified)
+    size: int
 
 
 class ObjectStore(Protocol):
     url: str
 
     def put(self, path: str, data: bytes) -> None: ...
+
+    def list(self, prefix: str) -> Iterator[StoredObject]: ...
+
+    def delete(self, path: str) -> None: ...
+
+    def remove_empty_dir(self, path: str) -> bool: ...
 
 
 class LocalStore:
@@ -92,10 +111,8 @@ class LocalStore:
             missing.append(directory)
             directory = directory.parent
         for d in reversed(missing):
-            try:
+            with contextlib.suppress(FileExistsError):
                 d.mkdir()
-            except FileExistsError:
-                pass
             fsync_dir(d.parent)
 
     def put(self, path: str, data: bytes) -> None:
@@ -119,12 +136,41 @@ class LocalStore:
         _unlink_missing_ok(temp)
         fsync_dir(target.parent)
 
+    # Listing and deleting are for table maintenance (orphan cleanup) only.
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Every regular file under ``prefix`` (a directory path relative to the root), recursively."""
+        base = self.root / prefix
+        for directory, _dirs, names in os.walk(base):
+            for name in names:
+                full = Path(directory) / name
+                try:
+                    st = full.lstat()
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                if stat.S_ISREG(st.st_mode):
+                    yield StoredObject(str(full.relative_to(self.root)), st.st_mtime, st.st_size)
+
+    def delete(self, path: str) -> None:
+        """Removes ``path`` durably (the directory entry's removal is fsynced); gone already is fine."""
+        target = self.root / path
+        _unlink_missing_ok(target)
+        fsync_dir(target.parent)
+
+    def remove_empty_dir(self, path: str) -> bool:
+        """Removes the directory ``path`` if it is empty; False if it is not (or is gone)."""
+        target = self.root / path
+        try:
+            target.rmdir()
+        except OSError:
+            return False
+        fsync_dir(target.parent)
+        return True
+
 
 def _unlink_missing_ok(path: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class S3Store:
@@ -136,16 +182,24 @@ class S3Store:
         # Short client timeouts and few internal retries: put_with_retry owns the patience.
         self._store = _S3.from_url(
             url.rstrip("/"),
-            client_options={"allow_http": endpoint.startswith("http://"), "timeout": timedelta(seconds=60),
-                            "connect_timeout": timedelta(seconds=5)},
-            retry_config={"max_retries": 1, "retry_timeout": timedelta(seconds=30),
-                          "backoff": {"init_backoff": timedelta(milliseconds=100),
-                                      "max_backoff": timedelta(seconds=1), "base": 2}},
+            client_options={
+                "allow_http": endpoint.startswith("http://"),
+                "timeout": timedelta(seconds=60),
+                "connect_timeout": timedelta(seconds=5),
+            },
+            retry_config={
+                "max_retries": 1,
+                "retry_timeout": timedelta(seconds=30),
+                "backoff": {
+                    "init_backoff": timedelta(milliseconds=100),
+                    "max_backoff": timedelta(seconds=1),
+                    "base": 2,
+                },
+            },
         )
 
     def put(self, path: str, data: bytes) -> None:
         import obstore
-
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
         try:
@@ -154,6 +208,21 @@ class S3Store:
             existing = bytes(obstore.get(self._store, path).bytes())
             if not same_content(existing, data):
                 raise ObjectConflict(self.url, path) from None
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        import obstore
+
+        for chunk in obstore.list(self._store, prefix.rstrip("/") + "/", chunk_size=1000):
+            for meta in chunk:
+                yield StoredObject(meta["path"], meta["last_modified"].timestamp(), int(meta["size"]))
+
+    def delete(self, path: str) -> None:
+        import obstore
+
+        obstore.delete(self._store, path)  # a missing object is not an error on S3
+
+    def remove_empty_dir(self, path: str) -> bool:
+        return False  # S3 has no directories
 
 
 def open_store(url: str) -> ObjectStore:
@@ -179,8 +248,10 @@ def put_with_retry(
             failures += 1
             metrics.put_errors.inc()
             if failures == 1 or failures % 10 == 0:
-                log.warning("object store put failed; retrying",
-                            extra={"path": path, "store": store.url, "failures": failures, "error": str(err)})
+                log.warning(
+                    "object store put failed; retrying",
+                    extra={"path": path, "store": store.url, "failures": failures, "error": str(err)},
+                )
             if _sleep_unless(give_up, delay):
                 raise StoreAborted(f"gave up writing {path} after {failures} failures: {err}") from err
             delay = min(delay * 2, _BACKOFF_MAX)

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from signaldb import otlp
 from signaldb.flight_protocol import TABLES
 
-__all__ = ["TABLES", "kind_of", "partition_name", "reference_schema", "split_by_hour"]
+__all__ = ["TABLES", "hours_of", "kind_of", "partition_name", "reference_schema", "split_by_hour"]
 
 _NS_PER_HOUR = 3_600_000_000_000
 
@@ -61,11 +61,16 @@ def partition_name(hour: int) -> str:
     return f"date={start:%Y-%m-%d}/hour={start:%H}"
 
 
+def hours_of(table: str, batch: pa.RecordBatch) -> pa.Array:
+    """Each row's hour partition, as hours since the epoch."""
+    return pc.divide(_row_times_ns(table, batch), _NS_PER_HOUR)
+
+
 def split_by_hour(table: str, batch: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
     """The batch's rows grouped by hour partition, each group in its original order."""
     if batch.num_rows == 0:
         return {}
-    hours = pc.divide(_row_times_ns(table, batch), _NS_PER_HOUR)
+    hours = hours_of(table, batch)
     distinct = pc.unique(hours).to_pylist()
     if len(distinct) == 1:  # the usual case: one request, one hour
         return {partition_name(distinct[0]): batch}

@@ -92,8 +92,9 @@ def _children(array: pa.Array) -> list[tuple[pa.Field, pa.Array]]:
             out.append((t.field(i), child if valid is None else child.filter(valid)))
         return out
     if isinstance(t, pa.MapType):
-        entries = pa.ListArray.from_arrays(array.offsets, array.values,
-                                           mask=array.is_null() if array.null_count else None)
+        entries = pa.ListArray.from_arrays(
+            array.offsets, array.values, mask=array.is_null() if array.null_count else None
+        )
         return [(pa.field("entries", array.values.type, nullable=False), entries.flatten())]
     if isinstance(t, pa.ListType | pa.LargeListType):
         return [(t.value_field, array.flatten())]  # only valid lists, only this slice

@@ -1,12 +1,40 @@
 //! The exception tree, declared once, and the one conversion into it.
 //!
 //! Every engine error type maps to exactly one Python exception through
-//! `ToPyErr`; `without_gil` runs an engine call with the GIL released and
-//! converts its error, for the WAL and the OTLP bindings alike.
+//! `ToPyErr`, chosen by the error's kind, never by its message text;
+//! `without_gil` runs an engine call with the GIL released and converts its
+//! error, for the WAL and the OTLP bindings alike.
+//!
+//! ```text
+//! WalError(Exception)
+//! ├── WalFullError          disk full: the append was rolled back, retry later
+//! ├── WalPoisonedError      an fsync/write failed: fail-stop, restart to replay
+//! ├── WalClosedError        the WAL was closed
+//! ├── WalInUseError         another process or handle holds the directory
+//! └── WalIoError(OSError)   any other I/O failure, errno/strerror/filename set;
+//!     ├── WalFileNotFoundError(FileNotFoundError)
+//!     ├── WalPermissionError(PermissionError)
+//!     ├── WalFileExistsError(FileExistsError)
+//!     ├── WalNotADirectoryError(NotADirectoryError)
+//!     └── WalIsADirectoryError(IsADirectoryError)
+//! ValueError: WalError::InvalidArgument; OtlpDecodeError → OtlpTooLargeError;
+//!             OtlpContentTypeError
+//! NativePanicError(Exception): a panic in the core, caught at the boundary
+//! ```
+//!
+//! The `WalIoError` family follows polars' error.rs: an `io::ErrorKind` maps
+//! to the matching `OSError` subclass, so `except PermissionError` works on a
+//! WAL error as it does on `open()`'s. An unsupported segment format stays a
+//! bare `WalError`.
+
+use std::io;
+use std::path::Path;
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
 use signaldb_otlp::DecodeError;
 use signaldb_wal::WalError as EngineError;
 
@@ -17,6 +45,83 @@ create_exception!(
     WalError,
     "The WAL disk is full: the append was rolled back; retry once space is free."
 );
+create_exception!(
+    signaldb._native,
+    WalPoisonedError,
+    WalError,
+    "An fsync or write failed earlier: the WAL stopped acknowledging (fail-stop); restart to replay."
+);
+create_exception!(signaldb._native, WalClosedError, WalError, "The WAL was closed.");
+create_exception!(
+    signaldb._native,
+    WalInUseError,
+    WalError,
+    "Another process (or another handle in this one) has the WAL directory open."
+);
+
+/// The `WalIoError` family: `(name, io kind, OSError subclass, doc)`. The first
+/// row is the family's base, for every io kind not listed. `create_exception!`
+/// takes one base only, so these are built with `type()` when the module loads.
+const IO_CLASSES: [(&str, Option<io::ErrorKind>, &str, &str); 6] = [
+    ("WalIoError", None, "OSError", "An I/O failure in the WAL; errno, strerror and filename as on OSError."),
+    ("WalFileNotFoundError", Some(io::ErrorKind::NotFound), "FileNotFoundError", "A WAL file or directory is missing."),
+    ("WalPermissionError", Some(io::ErrorKind::PermissionDenied), "PermissionError", "The WAL directory or a file in it may not be written."),
+    ("WalFileExistsError", Some(io::ErrorKind::AlreadyExists), "FileExistsError", "A WAL file that must be new exists."),
+    ("WalNotADirectoryError", Some(io::ErrorKind::NotADirectory), "NotADirectoryError", "A WAL path component is not a directory."),
+    ("WalIsADirectoryError", Some(io::ErrorKind::IsADirectory), "IsADirectoryError", "A WAL file path is a directory."),
+];
+
+/// The classes of `IO_CLASSES`, in its order.
+static IO_TYPES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
+
+fn io_types(py: Python<'_>) -> PyResult<&Vec<Py<PyType>>> {
+    IO_TYPES.get_or_try_init(py, || {
+        let builtins = py.import("builtins")?;
+        let type_ = py.get_type::<PyType>();
+        let mut types: Vec<Py<PyType>> = Vec::with_capacity(IO_CLASSES.len());
+        for (name, _, os_base, doc) in IO_CLASSES {
+            let family = match types.first() {
+                Some(base) => base.bind(py).clone().into_any(),
+                None => py.get_type::<WalError>().into_any(),
+            };
+            let bases = PyTuple::new(py, [family, builtins.getattr(os_base)?])?;
+            let attrs = PyDict::new(py);
+            attrs.set_item("__module__", "signaldb._native")?;
+            attrs.set_item("__doc__", doc)?;
+            // str() stays the engine's message: OSError's own __str__ would render
+            // "[Errno 13] Permission denied: 'path'" once errno and filename are set.
+            attrs.set_item("__str__", builtins.getattr("BaseException")?.getattr("__str__")?)?;
+            let cls = type_.call1((name, bases, attrs))?.cast_into::<PyType>()?;
+            types.push(cls.unbind());
+        }
+        Ok(types)
+    })
+}
+
+/// A `WalIoError` (or the subclass for the error's io kind) whose message is
+/// `message` (as `str()` shows it) and whose `errno`, `strerror` and
+/// `filename` are set as `OSError` would set them.
+fn io_error(message: String, source: &io::Error, filename: Option<&Path>) -> PyErr {
+    Python::attach(|py| {
+        let build = || -> PyResult<PyErr> {
+            let types = io_types(py)?;
+            let row = IO_CLASSES.iter().position(|(_, kind, _, _)| *kind == Some(source.kind())).unwrap_or(0);
+            let exc = types[row].bind(py).call1((message.clone(),))?;
+            if let Some(code) = source.raw_os_error() {
+                exc.setattr("errno", code)?;
+                let text = io::Error::from_raw_os_error(code).to_string();
+                let strerror = text.split(" (os error").next().unwrap_or(&text).to_owned();
+                exc.setattr("strerror", strerror)?;
+            }
+            if let Some(path) = filename {
+                exc.setattr("filename", path.to_string_lossy())?;
+            }
+            Ok(PyErr::from_value(exc))
+        };
+        build().unwrap_or_else(|e| e)
+    })
+}
+
 // The OTLP exceptions subclass ValueError: bad input, not a failed operation.
 create_exception!(
     signaldb._native,
@@ -49,6 +154,12 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("WalError", py.get_type::<WalError>())?;
     m.add("WalFullError", py.get_type::<WalFullError>())?;
+    m.add("WalPoisonedError", py.get_type::<WalPoisonedError>())?;
+    m.add("WalClosedError", py.get_type::<WalClosedError>())?;
+    m.add("WalInUseError", py.get_type::<WalInUseError>())?;
+    for ((name, ..), cls) in IO_CLASSES.iter().zip(io_types(py)?) {
+        m.add(*name, cls.bind(py))?;
+    }
     m.add("OtlpDecodeError", py.get_type::<OtlpDecodeError>())?;
     m.add("OtlpTooLargeError", py.get_type::<OtlpTooLargeError>())?;
     m.add("OtlpContentTypeError", py.get_type::<OtlpContentTypeError>())?;
@@ -69,13 +180,29 @@ pub trait ToPyErr {
     fn to_py_err(self) -> PyErr;
 }
 
+/// The one place an engine error's kind picks its Python class; the message
+/// stays the engine's `Display` (DESIGN.md: "WAL directory not writable: …").
 impl ToPyErr for EngineError {
     fn to_py_err(self) -> PyErr {
+        let message = self.to_string();
         match self {
-            EngineError::Full(_) => WalFullError::new_err(self.to_string()),
-            EngineError::InvalidArgument(_) => PyValueError::new_err(self.to_string()),
-            other => WalError::new_err(other.to_string()),
+            EngineError::Full(_) => WalFullError::new_err(message),
+            EngineError::Poisoned(_) => WalPoisonedError::new_err(message),
+            EngineError::Closed => WalClosedError::new_err(message),
+            EngineError::InUse { .. } => WalInUseError::new_err(message),
+            EngineError::InvalidArgument(_) => PyValueError::new_err(message),
+            EngineError::NotWritable { path, source } => io_error(message, &source, Some(&path)),
+            EngineError::Io { source, .. } => io_error(message, &source, None),
+            EngineError::UnsupportedFormat { .. } => WalError::new_err(message),
         }
+    }
+}
+
+/// For calls that cannot fail but still go through `without_gil` (to release
+/// the GIL around a lock, and to turn a panic into `NativePanicError`).
+impl ToPyErr for std::convert::Infallible {
+    fn to_py_err(self) -> PyErr {
+        match self {}
     }
 }
 
@@ -114,6 +241,15 @@ where
         Ok(result) => result.map_err(ToPyErr::to_py_err),
         Err(payload) => Err(NativePanicError::new_err(panic_message(payload.as_ref()))),
     }
+}
+
+/// `without_gil` for an engine call that cannot fail: a lock taken, a value read.
+pub fn released<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    F: Send + FnOnce() -> T,
+    T: Send,
+{
+    without_gil(py, || Ok::<T, std::convert::Infallible>(f()))
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -4,19 +4,22 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::exceptions::PyBaseException;
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyList};
+use pyo3::IntoPyObjectExt;
 use signaldb_wal::format::HeaderState;
 use signaldb_wal::scan::DamageKind;
 use signaldb_wal::{inspect, metadata, Config, Kind, SyncMode, Wal, WalError as EngineError};
 
-use crate::errors::without_gil;
+use crate::errors::{released, to_py_err, without_gil};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeWal>()?;
     m.add_class::<PyEntry>()?;
+    m.add_class::<PyWalStats>()?;
     m.add("KIND_TRACES", Kind::Traces as u8)?;
     m.add("KIND_LOGS", Kind::Logs as u8)?;
     m.add("KIND_METRICS", Kind::Metrics as u8)?;
@@ -100,7 +103,7 @@ impl NativeWal {
             max_segment_size,
             max_buffer_entries,
             flush_interval: Duration::from_secs_f64(flush_interval_secs),
-            sync_mode: sync_mode.parse::<SyncMode>().map_err(crate::errors::to_py_err)?,
+            sync_mode: sync_mode.parse::<SyncMode>().map_err(to_py_err)?,
             faults: None,
         };
         let wal = without_gil(py, move || Wal::open(path, cfg))?;
@@ -122,7 +125,9 @@ impl NativeWal {
         without_gil(py, || self.wal.enqueue(&payload, kind))
     }
 
-    fn acked_id(&self) -> u64 {
+    /// Highest id whose fate is decided (acknowledged unless `take_failure` has it).
+    /// An atomic load: no lock, so the GIL stays held.
+    fn done_id(&self) -> u64 {
         self.wal.done_id()
     }
 
@@ -130,21 +135,25 @@ impl NativeWal {
         self.wal.has_failures()
     }
 
-    fn take_failure(&self, py: Python<'_>, id: u64) -> Option<String> {
-        py.detach(|| self.wal.take_failure(id)).map(|e| e.to_string())
+    /// Why `id`'s async append failed, as the exception to raise (typed by the
+    /// error's kind, as a blocking append would raise it); once.
+    fn take_failure(&self, py: Python<'_>, id: u64) -> PyResult<Option<Py<PyBaseException>>> {
+        let failure = released(py, || self.wal.take_failure(id))?;
+        Ok(failure.map(|e| to_py_err(e).into_value(py)))
     }
 
-    fn poisoned(&self, py: Python<'_>) -> Option<String> {
-        py.detach(|| self.wal.poisoned())
-            .map(|p| EngineError::Poisoned(p).to_string())
+    /// The `WalPoisonedError` every pending append fails with, once the WAL stopped.
+    fn poisoned(&self, py: Python<'_>) -> PyResult<Option<Py<PyBaseException>>> {
+        let why = released(py, || self.wal.poisoned())?;
+        Ok(why.map(|p| to_py_err(EngineError::Poisoned(p)).into_value(py)))
     }
 
-    fn register_notify_fd(&self, py: Python<'_>, fd: i32) {
-        py.detach(|| self.wal.register_notify_fd(fd))
+    fn register_notify_fd(&self, py: Python<'_>, fd: i32) -> PyResult<()> {
+        released(py, || self.wal.register_notify_fd(fd))
     }
 
-    fn unregister_notify_fd(&self, py: Python<'_>, fd: i32) {
-        py.detach(|| self.wal.unregister_notify_fd(fd))
+    fn unregister_notify_fd(&self, py: Python<'_>, fd: i32) -> PyResult<()> {
+        released(py, || self.wal.unregister_notify_fd(fd))
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
@@ -164,40 +173,20 @@ impl NativeWal {
         to_py_entries(py, entries)
     }
 
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = py.detach(|| self.wal.stats());
-        let d = PyDict::new(py);
-        d.set_item("unprocessed_entries", s.unprocessed_entries)?;
-        d.set_item("unprocessed_bytes", s.unprocessed_bytes)?;
-        d.set_item("total_segments", s.total_segments)?;
-        d.set_item("disk_usage_bytes", s.disk_usage_bytes)?;
-        d.set_item("last_flush", s.last_flush)?;
-        d.set_item("next_id", s.next_id)?;
-        d.set_item("processed_watermark", s.processed_watermark)?;
-        d.set_item("appended_entries", s.appended_entries)?;
-        d.set_item("appended_bytes", s.appended_bytes)?;
-        d.set_item("processed_entries", s.processed_entries)?;
-        d.set_item("corrupt_entries", s.corrupt_entries)?;
-        d.set_item("corrupt_bytes", s.corrupt_bytes)?;
-        d.set_item("torn_tails_truncated", s.torn_tails_truncated)?;
-        d.set_item("failed_appends", s.failed_appends)?;
-        d.set_item("fsync_count", s.fsync_count)?;
-        d.set_item("fsync_seconds_total", s.fsync_seconds_total)?;
-        d.set_item("fsync_seconds_max", s.fsync_seconds_max)?;
-        let buckets: Vec<(f64, u64)> = s.fsync_histogram.buckets.clone();
-        d.set_item("fsync_duration_buckets", PyList::new(py, buckets.iter().map(|&(le, c)| vec![le, c as f64]))?)?;
-        d.set_item("segments_created", s.segments_created)?;
-        d.set_item("segments_deleted", s.segments_deleted)?;
-        d.set_item("metadata_writes", s.metadata_writes)?;
-        d.set_item("oldest_unprocessed_timestamp_ns", s.oldest_unprocessed_timestamp_ns)?;
-        d.set_item("poisoned", s.poisoned.is_some())?;
-        d.set_item("poisoned_reason", s.poisoned)?;
-        d.set_item("sync_mode", if s.sync_mode == SyncMode::Immediate { "immediate" } else { "batched" })?;
-        Ok(d)
+    /// Every counter and gauge; reads the oldest unprocessed record's header
+    /// from disk. For one figure per request or round, use the calls below.
+    fn stats(&self, py: Python<'_>) -> PyResult<PyWalStats> {
+        Ok(PyWalStats::from(released(py, || self.wal.stats())?))
     }
 
-    fn unprocessed_bytes(&self) -> u64 {
-        self.wal.unprocessed_bytes()
+    /// `stats().unprocessed_bytes` alone: two short locks, taken without the GIL.
+    fn unprocessed_bytes(&self, py: Python<'_>) -> PyResult<u64> {
+        released(py, || self.wal.unprocessed_bytes())
+    }
+
+    /// `stats().processed_watermark` alone: one short lock, taken without the GIL.
+    fn processed_watermark(&self, py: Python<'_>) -> PyResult<u64> {
+        released(py, || self.wal.processed_watermark())
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
@@ -210,10 +199,146 @@ impl NativeWal {
     }
 }
 
+/// Declares `WalStats` (one attribute per figure, each documented once here)
+/// and its read-only mapping face from one list of fields, so the attributes,
+/// the keys and `to_dict()` cannot drift apart.
+macro_rules! wal_stats {
+    ($($(#[doc = $doc:literal])+ $name:ident: $ty:ty = |$s:ident| $value:expr;)+) => {
+        /// A WAL's counters and gauges at one moment (`Wal.stats()`); see
+        /// docs/wal-format.md "Statistics". Attributes are typed; the object
+        /// also reads like the dict `stats()` used to return (`s["key"]`,
+        /// `s.get(key)`, `keys()`, `items()`), and `to_dict()` gives that dict
+        /// (the `/health` body's `"wal"` object).
+        #[pyclass(name = "WalStats", module = "signaldb._native", frozen, get_all)]
+        pub struct PyWalStats {
+            $($(#[doc = $doc])+ $name: $ty,)+
+        }
+
+        impl From<signaldb_wal::WalStats> for PyWalStats {
+            fn from(s: signaldb_wal::WalStats) -> PyWalStats {
+                PyWalStats { $($name: { let $s = &s; $value },)+ }
+            }
+        }
+
+        impl PyWalStats {
+            const KEYS: &'static [&'static str] = &[$(stringify!($name)),+];
+
+            fn value<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+                Ok(match key {
+                    $(stringify!($name) => Some(self.$name.clone().into_bound_py_any(py)?),)+
+                    _ => None,
+                })
+            }
+        }
+    };
+}
+
+wal_stats! {
+    /// Entries appended and not yet marked processed.
+    unprocessed_entries: u64 = |s| s.unprocessed_entries;
+    /// Record bytes of the segments that still hold an unprocessed entry (the backlog).
+    unprocessed_bytes: u64 = |s| s.unprocessed_bytes;
+    /// Segment files in the WAL.
+    total_segments: u64 = |s| s.total_segments;
+    /// Bytes the WAL occupies on disk (segments and the prepared spare).
+    disk_usage_bytes: u64 = |s| s.disk_usage_bytes;
+    /// When the last fsync finished (RFC 3339), or None before the first.
+    last_flush: Option<String> = |s| s.last_flush.clone();
+    /// The id the next append gets.
+    next_id: u64 = |s| s.next_id;
+    /// Every id at or below it is processed.
+    processed_watermark: u64 = |s| s.processed_watermark;
+    /// Entries appended since open.
+    appended_entries: u64 = |s| s.appended_entries;
+    /// Payload bytes appended since open.
+    appended_bytes: u64 = |s| s.appended_bytes;
+    /// Entries marked processed since open.
+    processed_entries: u64 = |s| s.processed_entries;
+    /// Corrupt entries found (and skipped) since open.
+    corrupt_entries: u64 = |s| s.corrupt_entries;
+    /// Bytes of those corrupt entries.
+    corrupt_bytes: u64 = |s| s.corrupt_bytes;
+    /// Torn tails cut off at open.
+    torn_tails_truncated: u64 = |s| s.torn_tails_truncated;
+    /// Appends that failed (disk full, I/O error).
+    failed_appends: u64 = |s| s.failed_appends;
+    /// fsync/fdatasync calls since open.
+    fsync_count: u64 = |s| s.fsync_count;
+    /// Seconds spent in fsync since open.
+    fsync_seconds_total: f64 = |s| s.fsync_seconds_total;
+    /// The slowest fsync since open, in seconds.
+    fsync_seconds_max: f64 = |s| s.fsync_seconds_max;
+    /// Cumulative fsync histogram: `(upper bound in seconds, count)`, the last bound +Inf.
+    fsync_duration_buckets: Vec<(f64, u64)> = |s| s.fsync_histogram.buckets.clone();
+    /// Segment files created since open.
+    segments_created: u64 = |s| s.segments_created;
+    /// Processed segment files deleted since open.
+    segments_deleted: u64 = |s| s.segments_deleted;
+    /// `metadata.json` checkpoints written since open.
+    metadata_writes: u64 = |s| s.metadata_writes;
+    /// Append time (ns since the epoch) of the oldest unprocessed entry, or None.
+    oldest_unprocessed_timestamp_ns: Option<i64> = |s| s.oldest_unprocessed_timestamp_ns;
+    /// True once a failed fsync or write stopped the WAL (fail-stop).
+    poisoned: bool = |s| s.poisoned.is_some();
+    /// Why the WAL stopped, or None.
+    poisoned_reason: Option<String> = |s| s.poisoned.clone();
+    /// "immediate" or "batched".
+    sync_mode: &'static str = |s| if s.sync_mode == SyncMode::Immediate { "immediate" } else { "batched" };
+}
+
+#[pymethods]
+impl PyWalStats {
+    fn __getitem__<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+        self.value(py, key)?.ok_or_else(|| PyKeyError::new_err(key.to_owned()))
+    }
+
+    #[pyo3(signature = (key, default = None))]
+    fn get<'py>(&self, py: Python<'py>, key: &str, default: Option<Bound<'py, PyAny>>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        Ok(self.value(py, key)?.or(default))
+    }
+
+    fn __contains__(&self, key: &str) -> bool {
+        Self::KEYS.contains(&key)
+    }
+
+    fn __len__(&self) -> usize {
+        Self::KEYS.len()
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        PyList::new(py, Self::KEYS)?.try_iter()
+    }
+
+    fn keys(&self) -> Vec<&'static str> {
+        Self::KEYS.to_vec()
+    }
+
+    fn values<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        Self::KEYS.iter().map(|k| Ok(self.value(py, k)?.expect("a known key"))).collect()
+    }
+
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Vec<(&'static str, Bound<'py, PyAny>)>> {
+        Self::KEYS.iter().map(|k| Ok((*k, self.value(py, k)?.expect("a known key")))).collect()
+    }
+
+    /// The figures as a plain dict, key for key as `stats()` returned it before.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.items(py)? {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("WalStats({})", self.to_dict(py)?.repr()?))
+    }
+}
+
 /// `<wal_dir>/metadata.json` as a dict (read-only); None when absent or invalid.
 #[pyfunction]
 fn read_metadata<'py>(py: Python<'py>, wal_dir: PathBuf) -> PyResult<Option<Bound<'py, PyDict>>> {
-    let Ok(Some(m)) = py.detach(|| metadata::load(&wal_dir)) else { return Ok(None) };
+    let Some(m) = released(py, || metadata::load(&wal_dir).ok().flatten())? else { return Ok(None) };
     let d = PyDict::new(py);
     d.set_item("format_version", m.format_version)?;
     d.set_item("next_id", m.next_id)?;
@@ -230,9 +355,10 @@ fn read_metadata<'py>(py: Python<'py>, wal_dir: PathBuf) -> PyResult<Option<Boun
 #[pyfunction]
 #[pyo3(signature = (path, is_last = false, above_id = 0))]
 fn scan_segment<'py>(py: Python<'py>, path: PathBuf, is_last: bool, above_id: u64) -> PyResult<Bound<'py, PyDict>> {
-    let r = py
-        .detach(|| inspect::scan_segment_file(&path, is_last, above_id))
-        .map_err(|e| crate::errors::to_py_err(EngineError::io(format!("reading {}", path.display()), e)))?;
+    let r = without_gil(py, || {
+        inspect::scan_segment_file(&path, is_last, above_id)
+            .map_err(|e| EngineError::io(format!("reading {}", path.display()), e))
+    })?;
     let d = PyDict::new(py);
     let header = match r.header {
         HeaderState::Valid(h) => format!("valid (version {}, base id {})", h.version, h.base_id),
@@ -264,8 +390,9 @@ fn scan_segment<'py>(py: Python<'py>, path: PathBuf, is_last: bool, above_id: u6
 /// Read-only: up to `limit` valid entries of a segment file from `offset`.
 #[pyfunction]
 fn read_segment(py: Python<'_>, path: PathBuf, offset: u64, limit: usize) -> PyResult<(Vec<Py<PyEntry>>, u64)> {
-    let (entries, next) = py
-        .detach(|| inspect::read_segment_entries(&path, offset, limit))
-        .map_err(|e| crate::errors::to_py_err(EngineError::io(format!("reading {}", path.display()), e)))?;
+    let (entries, next) = without_gil(py, || {
+        inspect::read_segment_entries(&path, offset, limit)
+            .map_err(|e| EngineError::io(format!("reading {}", path.display()), e))
+    })?;
     Ok((to_py_entries(py, entries)?, next))
 }

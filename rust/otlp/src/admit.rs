@@ -30,7 +30,8 @@
 //!   large allocation: conversion stays within memory the operator chose,
 //!   and an acknowledged request never fails for size later.
 
-use crate::common::{render, AnyValue, KeyValue, Resource, Scope};
+use crate::common::{AnyValue, KeyValue, Resource, Scope};
+use crate::render::render;
 use crate::error::{DecodeError, Result};
 
 /// The most `max_converted_bytes` may be: every string column of one batch
@@ -213,7 +214,7 @@ impl Admit {
     }
 }
 
-/// The bytes an attribute value takes as a map value (`common::render`).
+/// The bytes an attribute value takes as a map value (`render::render`).
 fn rendered_len(v: AnyValue<'_>, scratch: &mut String) -> Result<u64> {
     Ok(render(v, scratch)?.map_or(0, |s| s.len() as u64))
 }

@@ -14,7 +14,8 @@ use arrow_array::{
 use arrow_buffer::{Buffer, NullBuffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema};
 
-use crate::common::{render, write_json, AnyValue, KeyValue, Resource, Scope, HEX_PAIRS};
+use crate::common::{AnyValue, KeyValue, Resource, Scope};
+use crate::render::{format_i64, render, write_json, HEX_PAIRS};
 use crate::error::{DecodeError, Result};
 
 /// A finished column: name, array, nullable.
@@ -277,26 +278,6 @@ impl StrCol {
     }
 }
 
-/// `v` in decimal into the end of `buf`, as `format!("{v}")` writes it.
-#[inline]
-pub fn format_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut n = v.unsigned_abs();
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if v < 0 {
-        i -= 1;
-        buf[i] = b'-';
-    }
-    &buf[i..]
-}
-
 /// Lowercase-hex ids; an empty id is null.
 #[derive(Default)]
 pub struct IdCol(StrCol);
@@ -513,14 +494,6 @@ impl ResourceScopeCols {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimal() {
-        let mut buf = [0u8; 20];
-        for v in [0, 1, -1, 9, 10, -10, 123456789, i64::MAX, i64::MIN, i64::MIN + 1] {
-            assert_eq!(format_i64(v, &mut buf), v.to_string().as_bytes());
-        }
-    }
 
     #[test]
     fn strings_ids_and_nulls() {

@@ -1,6 +1,6 @@
 //! Views of the messages every signal shares (AnyValue, KeyValue, Resource,
-//! InstrumentationScope), parsed in place, plus the id checks and the
-//! canonical-JSON rendering of AnyValue.
+//! InstrumentationScope), parsed in place, the shared resource → scope → item
+//! walk, and the id checks. Rendering values as text lives in `render`.
 //!
 //! Protobuf semantics kept: a scalar that appears twice takes its last value;
 //! a singular embedded message that appears twice is merged (its repeated
@@ -332,7 +332,10 @@ where
     while let Some((f, v)) = r.next()? {
         if f == 1 {
             let b = v.bytes().at(names.resources, i)?;
-            walk_resource(b, names, &mut res, &mut scope, &mut item).at(names.resources, i)?;
+            walk_level(b, &mut res, names.scopes, |scopes, res| {
+                walk_level(scopes, &mut scope, names.items, |it, scope| item(it, res, scope))
+            })
+            .at(names.resources, i)?;
             i += 1;
         }
     }
@@ -360,65 +363,68 @@ pub fn count_items_hint(buf: &[u8]) -> usize {
     n
 }
 
-#[inline]
-fn walk_resource<'a, F>(
-    buf: &'a [u8],
-    names: &Nesting,
-    res: &mut Resource<'a>,
-    scope: &mut Scope<'a>,
-    item: &mut F,
-) -> Result<()>
-where
-    F: FnMut(&'a [u8], &Resource<'a>, &Scope<'a>) -> Result<()>,
-{
-    res.clear();
-    let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match f {
-            1 => res.merge(v.bytes().within("resource")?).within("resource")?,
-            3 => res.schema_url = v.string().within("schema_url")?,
-            _ => {}
-        }
-    }
-    let mut r = Reader::new(buf);
-    let mut j = 0;
-    while let Some((f, v)) = r.next()? {
-        if f == 2 {
-            let b = v.bytes().at(names.scopes, j)?;
-            walk_scope(b, names, res, scope, item).at(names.scopes, j)?;
-            j += 1;
-        }
-    }
-    Ok(())
+/// A Resource or an InstrumentationScope: the head of one nesting level,
+/// merged from field 1 of its container, with the container's schema_url (field 3).
+trait Head<'a> {
+    /// The field name in error paths.
+    const FIELD: &'static str;
+    fn reset(&mut self);
+    fn merge_from(&mut self, buf: &'a [u8]) -> Result<()>;
+    fn set_schema_url(&mut self, url: &'a str);
 }
 
+impl<'a> Head<'a> for Resource<'a> {
+    const FIELD: &'static str = "resource";
+    fn reset(&mut self) {
+        self.clear()
+    }
+    fn merge_from(&mut self, buf: &'a [u8]) -> Result<()> {
+        self.merge(buf)
+    }
+    fn set_schema_url(&mut self, url: &'a str) {
+        self.schema_url = url;
+    }
+}
+
+impl<'a> Head<'a> for Scope<'a> {
+    const FIELD: &'static str = "scope";
+    fn reset(&mut self) {
+        self.clear()
+    }
+    fn merge_from(&mut self, buf: &'a [u8]) -> Result<()> {
+        self.merge(buf)
+    }
+    fn set_schema_url(&mut self, url: &'a str) {
+        self.schema_url = url;
+    }
+}
+
+/// One level of the walk (a ResourceX or a ScopeX message): merges its head
+/// over the whole message first (protobuf allows it after the children), then
+/// calls `child` on each field 2 with the head; a child's error gets
+/// `children[i]` prepended.
 #[inline]
-fn walk_scope<'a, F>(
-    buf: &'a [u8],
-    names: &Nesting,
-    res: &Resource<'a>,
-    scope: &mut Scope<'a>,
-    item: &mut F,
-) -> Result<()>
+fn walk_level<'a, H, F>(buf: &'a [u8], head: &mut H, children: &'static str, mut child: F) -> Result<()>
 where
-    F: FnMut(&'a [u8], &Resource<'a>, &Scope<'a>) -> Result<()>,
+    H: Head<'a>,
+    F: FnMut(&'a [u8], &H) -> Result<()>,
 {
-    scope.clear();
+    head.reset();
     let mut r = Reader::new(buf);
     while let Some((f, v)) = r.next()? {
         match f {
-            1 => scope.merge(v.bytes().within("scope")?).within("scope")?,
-            3 => scope.schema_url = v.string().within("schema_url")?,
+            1 => head.merge_from(v.bytes().within(H::FIELD)?).within(H::FIELD)?,
+            3 => head.set_schema_url(v.string().within("schema_url")?),
             _ => {}
         }
     }
     let mut r = Reader::new(buf);
-    let mut k = 0;
+    let mut i = 0;
     while let Some((f, v)) = r.next()? {
         if f == 2 {
-            let b = v.bytes().at(names.items, k)?;
-            item(b, res, scope).at(names.items, k)?;
-            k += 1;
+            let b = v.bytes().at(children, i)?;
+            child(b, head).at(children, i)?;
+            i += 1;
         }
     }
     Ok(())
@@ -458,227 +464,9 @@ pub fn timestamp(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| DecodeError::new(format!("timestamp {v} ns is beyond year 2262")))
 }
 
-/// The two lowercase hex digits of every byte value.
-pub(crate) static HEX_PAIRS: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut t = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
-        i += 1;
-    }
-    t
-};
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (the proto3 JSON form of `bytes`).
-pub fn base64_encode(data: &[u8], out: &mut String) {
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(B64[(n >> 18) as usize & 63] as char);
-        out.push(B64[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { B64[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { B64[n as usize & 63] as char } else { '=' });
-    }
-}
-
-/// Renders a non-string AnyValue as canonical JSON into `out`:
-/// `true`, `42`, `1.5`, `"NaN"`/`"Infinity"`/`"-Infinity"`, bytes as a base64
-/// string, arrays as `[...]`, kvlists as `{"k":...}` in wire order, an empty
-/// value as `null`; no whitespace, UTF-8 unescaped beyond JSON's rules.
-pub fn write_json(v: AnyValue<'_>, out: &mut String, depth: u32) -> Result<()> {
-    match v {
-        AnyValue::Empty => out.push_str("null"),
-        AnyValue::Str(s) => write_json_string(s, out),
-        AnyValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
-        AnyValue::Int(i) => {
-            let mut buf = [0u8; 20];
-            let digits = crate::columns::format_i64(i, &mut buf);
-            out.push_str(std::str::from_utf8(digits).unwrap_or_default());
-        }
-        AnyValue::Double(d) => write_json_double(d, out),
-        AnyValue::Bytes(b) => {
-            out.push('"');
-            base64_encode(b, out);
-            out.push('"');
-        }
-        AnyValue::Array(b) => {
-            out.push('[');
-            let mut first = true;
-            for_each_array_value(b, depth + 1, |item| {
-                if !first {
-                    out.push(',');
-                }
-                first = false;
-                write_json(item, out, depth + 1)
-            })?;
-            out.push(']');
-        }
-        AnyValue::Kvlist(b) => {
-            out.push('{');
-            let mut first = true;
-            for_each_kvlist_value(b, depth + 1, |kv| {
-                if !first {
-                    out.push(',');
-                }
-                first = false;
-                write_json_string(kv.key, out);
-                out.push(':');
-                write_json(kv.value, out, depth + 1)
-            })?;
-            out.push('}');
-        }
-    }
-    Ok(())
-}
-
-/// A double as Python's `json.dumps`/`repr` writes it: the shortest
-/// round-trip digits, fixed notation for exponents -4..=15 (`1.0`, `0.0001`,
-/// `-0.0`), otherwise `1e+16`, `1.5e-07`; non-finite values as the proto3
-/// JSON strings `"NaN"`, `"Infinity"`, `"-Infinity"`.
-pub fn write_json_double(d: f64, out: &mut String) {
-    if d.is_nan() {
-        out.push_str("\"NaN\"");
-        return;
-    }
-    if d.is_infinite() {
-        out.push_str(if d > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
-        return;
-    }
-    // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
-    let sci = format!("{d:e}");
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let (neg, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => (true, m),
-        None => (false, mantissa),
-    };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    if neg {
-        out.push('-');
-    }
-    if (-4..16).contains(&exp) {
-        if exp >= 0 {
-            let int_len = exp as usize + 1;
-            if digits.len() <= int_len {
-                out.push_str(&digits);
-                out.extend(std::iter::repeat_n('0', int_len - digits.len()));
-                out.push_str(".0");
-            } else {
-                out.push_str(&digits[..int_len]);
-                out.push('.');
-                out.push_str(&digits[int_len..]);
-            }
-        } else {
-            out.push_str("0.");
-            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
-            out.push_str(&digits);
-        }
-    } else {
-        out.push_str(&digits[..1]);
-        if digits.len() > 1 {
-            out.push('.');
-            out.push_str(&digits[1..]);
-        }
-        out.push('e');
-        out.push(if exp < 0 { '-' } else { '+' });
-        let a = exp.unsigned_abs();
-        if a < 10 {
-            out.push('0');
-        }
-        out.push_str(&a.to_string());
-    }
-}
-
-pub fn write_json_string(s: &str, out: &mut String) {
-    out.push('"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0x08 => Some("\\b"),
-            0x0c => Some("\\f"),
-            0..=0x1f => None,
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        match esc {
-            Some(e) => out.push_str(e),
-            None => {
-                const H: &[u8; 16] = b"0123456789abcdef";
-                out.push_str("\\u00");
-                out.push(H[(b >> 4) as usize] as char);
-                out.push(H[(b & 15) as usize] as char);
-            }
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
-}
-
-/// The map value of an attribute (and the `body` of a log): a string as is,
-/// anything else as canonical JSON, an empty AnyValue as null.
-#[inline]
-pub fn render<'s>(v: AnyValue<'s>, scratch: &'s mut String) -> Result<Option<&'s str>> {
-    match v {
-        AnyValue::Str(s) => Ok(Some(s)),
-        AnyValue::Empty => Ok(None),
-        other => {
-            scratch.clear();
-            write_json(other, scratch, 0)?;
-            Ok(Some(scratch.as_str()))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")] {
-            let mut s = String::new();
-            base64_encode(i.as_bytes(), &mut s);
-            assert_eq!(s, o);
-        }
-    }
-
-    #[test]
-    fn json_strings_and_doubles() {
-        let mut s = String::new();
-        write_json_string("a\"b\\c\n\u{1}é", &mut s);
-        assert_eq!(s, r#""a\"b\\c\n\u0001é""#);
-        for (d, o) in [
-            (1.0, "1.0"),
-            (0.1, "0.1"),
-            (-0.0, "-0.0"),
-            (0.0, "0.0"),
-            (123.456, "123.456"),
-            (1e15, "1000000000000000.0"),
-            (1e16, "1e+16"),
-            (1.5e-7, "1.5e-07"),
-            (0.0001, "0.0001"),
-            (1e-5, "1e-05"),
-            (-2.5e300, "-2.5e+300"),
-            (5e-324, "5e-324"),
-            (f64::MAX, "1.7976931348623157e+308"),
-            (f64::NAN, "\"NaN\""),
-            (f64::NEG_INFINITY, "\"-Infinity\""),
-        ] {
-            let mut s = String::new();
-            write_json_double(d, &mut s);
-            assert_eq!(s, o);
-        }
-    }
 
     fn varint(mut v: u64, out: &mut Vec<u8>) {
         while v >= 0x80 {

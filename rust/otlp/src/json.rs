@@ -623,7 +623,7 @@ mod tests {
     fn base64_roundtrip() {
         for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
             let mut enc = String::new();
-            crate::common::base64_encode(s.as_bytes(), &mut enc);
+            crate::render::base64_encode(s.as_bytes(), &mut enc);
             assert_eq!(base64_decode(&enc).unwrap(), s.as_bytes());
             assert_eq!(base64_decode(enc.trim_end_matches('=')).unwrap(), s.as_bytes());
         }

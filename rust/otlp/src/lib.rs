@@ -30,7 +30,7 @@
 //! DESIGN.md "Parquet output". In short: ids are lowercase hex (absent → null),
 //! times `timestamp[ns, UTC]`, attributes `map<string, string>` where a
 //! string stays as is and any other AnyValue becomes canonical JSON
-//! (`common::write_json`), events/links/exemplars/quantiles are lists of
+//! (`render::write_json`), events/links/exemplars/quantiles are lists of
 //! structs, enums stay integers.
 
 pub mod admit;
@@ -40,6 +40,7 @@ pub mod error;
 pub mod json;
 pub mod logs;
 pub mod metrics;
+pub mod render;
 pub mod traces;
 pub mod wire;
 

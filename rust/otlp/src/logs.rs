@@ -3,10 +3,11 @@
 use crate::admit::Admit;
 use crate::columns::*;
 use crate::common::{
-    optional_span_id, optional_trace_id, parse_any_value, push_attribute, render, timestamp, walk_items, AnyValue,
+    optional_span_id, optional_trace_id, parse_any_value, push_attribute, timestamp, walk_items, AnyValue,
     KeyValue, Nesting, Resource, Scope,
 };
 use crate::error::{Context, Result};
+use crate::render::render;
 use crate::wire::Reader;
 
 /// One log record, parsed in place; reused from record to record.

@@ -108,9 +108,11 @@ fn load_metadata(dir: &Path) -> Result<(Metadata, bool)> {
         Ok(Some(m)) => Ok((m, true)),
         Ok(None) => Ok((Metadata::default(), false)),
         Err(metadata::LoadError::Invalid(why)) => {
+            let file = dir.join(metadata::METADATA_FILE);
             log::warn!(
+                file:% = file.display(), why:% = why;
                 "WAL metadata {} is unusable ({why}); replaying every entry in the segments",
-                dir.join(metadata::METADATA_FILE).display()
+                file.display()
             );
             Ok((Metadata::default(), false))
         }
@@ -132,7 +134,8 @@ fn quarantine(dir: &Path, seg_name: &str, image: &[u8], d: &Damage) -> Option<Pa
     match attempt() {
         Ok(()) => Some(path),
         Err(e) => {
-            log::error!("WAL quarantine of {seg_name} at offset {} failed: {e}", d.offset);
+            log::error!(segment = seg_name, offset = d.offset, error:% = e;
+                "WAL quarantine of {seg_name} at offset {} failed: {e}", d.offset);
             None
         }
     }
@@ -167,8 +170,8 @@ impl Progress {
         if self.seen.is_multiple_of(4096) && self.last_log.elapsed() >= PROGRESS_EVERY {
             self.last_log = Instant::now();
             match self.expected {
-                Some(m) => log::info!("WAL replay: {}/{m} entries", self.seen),
-                None => log::info!("WAL replay: {} entries", self.seen),
+                Some(m) => log::info!(entries = self.seen, expected = m; "WAL replay: {}/{m} entries", self.seen),
+                None => log::info!(entries = self.seen; "WAL replay: {} entries", self.seen),
             }
         }
     }
@@ -281,6 +284,7 @@ impl Walk<'_> {
             }
             Verdict::TornRotation => {
                 log::warn!(
+                    segment = seg_name.as_str();
                     "WAL torn tail: segment {seg_name} holds no valid header and no complete record \
                      (a rotation interrupted by a crash); removed"
                 );
@@ -302,11 +306,13 @@ impl Walk<'_> {
                     // Keep a copy: a bit flip in the very last record reads the same as a torn write.
                     let saved = quarantine(self.dir, &seg_name, &image, d);
                     log::warn!(
+                        segment = seg_name.as_str(), offset = d.offset, bytes = d.len,
+                        copy:% = saved.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
                         "WAL torn tail in segment {seg_name} at offset {}: {} bytes of an unacknowledged \
                          write erased{}",
                         d.offset,
                         d.len,
-                        saved.map(|p| format!(" (copy in {})", p.display())).unwrap_or_default()
+                        saved.as_ref().map(|p| format!(" (copy in {})", p.display())).unwrap_or_default()
                     );
                     file_len = erase_torn_tail(&path, d, file_len, self.max_segment_size)
                         .map_err(|e| io_err("truncating torn tail of", &path, e))?;
@@ -428,6 +434,8 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
     }
     let unprocessed = processed.unprocessed_count(next_id);
     log::info!(
+        unprocessed_entries = unprocessed, segments = segments.len(), dir:% = dir.display(),
+        scanned_entries = progress.seen, secs = progress.started.elapsed().as_secs_f64();
         "WAL replay done: {unprocessed} unprocessed entries in {} segments of {} (scanned {} entries in {:.3}s)",
         segments.len(),
         dir.display(),
@@ -442,10 +450,12 @@ fn report_corruption(dir: &Path, seg_name: &str, image: &[u8], d: &Damage, stats
     stats.corrupt_entries.fetch_add(1, Relaxed);
     stats.corrupt_bytes.fetch_add(d.len as u64, Relaxed);
     log::error!(
+        segment = seg_name, offset = d.offset, bytes = d.len,
+        quarantine:% = saved.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         "WAL corruption in segment {seg_name} at offset {}: {} bytes skipped{}",
         d.offset,
         d.len,
-        saved.map(|p| format!(", copied to {}", p.display())).unwrap_or_default()
+        saved.as_ref().map(|p| format!(", copied to {}", p.display())).unwrap_or_default()
     );
 }
 

@@ -159,6 +159,31 @@ fn failing_rename_at_rotation_fails_the_append_and_the_next_rotation_works() {
     assert_clean_reopen(dir.path(), 4096, &acked);
 }
 
+/// An async append's failure (`enqueue` + `take_failure`) keeps its kind and
+/// errno: the bindings raise the same typed exception as for a blocking append.
+#[test]
+fn an_async_append_failure_keeps_its_errno() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    // Armed before open (skipping the open's own segment), as above: the spare
+    // made ahead fails too, so the rotation meets the failure itself.
+    faults.arm(FaultPoint::SegmentRename, FaultAction::Error(EIO), 1, None);
+    let wal = open(dir.path(), 4096, &faults);
+    append_n(&wal, 12, 300);
+    let id = wal.enqueue(&[1u8; 300], Kind::Traces).unwrap();
+    wal.flush().unwrap();
+    faults.clear();
+    assert!(wal.done_id() >= id);
+    match wal.take_failure(id) {
+        Some(WalError::Io { context, source }) => {
+            assert_eq!(source.raw_os_error(), Some(EIO), "{context}: {source}");
+            assert!(context.starts_with("WAL append: "), "{context}");
+        }
+        other => panic!("expected an Io failure, got {other:?}"),
+    }
+    assert!(wal.take_failure(id).is_none(), "a failure is taken once");
+}
+
 #[test]
 fn failing_directory_fsync_is_fail_stop() {
     let dir = tempfile::tempdir().unwrap();

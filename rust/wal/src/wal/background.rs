@@ -172,7 +172,8 @@ impl Inner {
         self.segments.table.write().unwrap().retain(|s| !doomed.iter().any(|d| d.index == s.index));
         for s in &doomed {
             if let Err(e) = std::fs::remove_file(&s.path) {
-                log::warn!("WAL could not delete processed segment {}: {e}", s.path.display());
+                log::warn!(path:% = s.path.display(), error:% = e;
+                    "WAL could not delete processed segment {}: {e}", s.path.display());
             } else {
                 self.stats.segments_deleted.fetch_add(1, Relaxed);
                 log::debug!("WAL deleted processed segment {}", s.name());

@@ -192,7 +192,8 @@ impl Inner {
         let took = t.elapsed();
         self.stats.record_fsync(took);
         if took > SLOW_FSYNC {
-            log::warn!("WAL fdatasync took {:.3}s in {}", took.as_secs_f64(), self.dir.display());
+            log::warn!(secs = took.as_secs_f64(), dir:% = self.dir.display();
+                "WAL fdatasync took {:.3}s in {}", took.as_secs_f64(), self.dir.display());
         }
         match r {
             Ok(()) => {
@@ -282,12 +283,8 @@ impl Inner {
     pub(super) fn fail_records(&self, recs: &[Queued], err: WalError) -> bool {
         let (first, last) = (recs[0].id, recs[recs.len() - 1].id);
         self.stats.failed_appends.fetch_add(recs.len() as u64, Relaxed);
-        log::warn!("WAL append of ids {first}..={last} failed: {err}");
-        let failure = match err {
-            WalError::Full(detail) => Failure { kind: FailKind::Full, detail },
-            WalError::Poisoned(detail) => Failure { kind: FailKind::Poisoned, detail },
-            other => Failure { kind: FailKind::Io, detail: other.to_string() },
-        };
+        log::warn!(first_id = first, last_id = last, error:% = err; "WAL append of ids {first}..={last} failed: {err}");
+        let failure = Failure::from_error(err);
         lock(&self.marks.processed).add_gap(first, last);
         let mut st = lock(&self.commit.state);
         for r in recs {

@@ -210,19 +210,44 @@ struct Failure {
     detail: String,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// `Io` keeps the errno (or the io kind) so that an async caller gets the
+/// same typed error (an `OSError` subclass in Python) as a synchronous one.
+#[derive(Clone, Debug)]
 enum FailKind {
     Full,
     Poisoned,
-    Io,
+    /// `context` is empty for an engine error that is not an `Io` one.
+    Io { context: String, errno: Option<i32>, kind: std::io::ErrorKind },
 }
 
 impl Failure {
+    fn from_error(err: WalError) -> Failure {
+        match err {
+            WalError::Full(detail) => Failure { kind: FailKind::Full, detail },
+            WalError::Poisoned(detail) => Failure { kind: FailKind::Poisoned, detail },
+            WalError::Io { context, source } => Failure {
+                kind: FailKind::Io { context, errno: source.raw_os_error(), kind: source.kind() },
+                detail: source.to_string(),
+            },
+            other => Failure {
+                kind: FailKind::Io { context: String::new(), errno: None, kind: std::io::ErrorKind::Other },
+                detail: other.to_string(),
+            },
+        }
+    }
+
     fn into_error(self) -> WalError {
         match self.kind {
             FailKind::Full => WalError::Full(self.detail),
             FailKind::Poisoned => WalError::Poisoned(self.detail),
-            FailKind::Io => WalError::io("WAL append", std::io::Error::other(self.detail)),
+            FailKind::Io { context, errno, kind } => {
+                let source = match errno {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(kind, self.detail),
+                };
+                let context = if context.is_empty() { "WAL append".to_owned() } else { format!("WAL append: {context}") };
+                WalError::io(context, source)
+            }
         }
     }
 }
@@ -663,6 +688,12 @@ impl Wal {
         self.inner.unprocessed_bytes()
     }
 
+    /// `stats().processed_watermark` alone: every id at or below it is processed.
+    /// One short lock, no disk I/O (the forwarder asks once per round).
+    pub fn processed_watermark(&self) -> u64 {
+        lock(&self.inner.marks.processed).watermark()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Acquire)
     }
@@ -861,7 +892,8 @@ impl Inner {
     }
 
     fn poison(&self, why: String) {
-        log::error!("WAL {} stops accepting writes (fail-stop): {why}", self.dir.display());
+        log::error!(dir:% = self.dir.display(), error = why.as_str();
+            "WAL {} stops accepting writes (fail-stop): {why}", self.dir.display());
         let mut st = lock(&self.commit.state);
         if st.poisoned.is_none() {
             st.poisoned = Some(why);

@@ -46,6 +46,7 @@ impl Inner {
                     Step::Damaged { offset, next } => {
                         self.stats.corrupt_entries.fetch_add(1, Relaxed);
                         log::error!(
+                            segment:% = seg.name(), offset = offset;
                             "WAL corruption in segment {} at offset {offset} found while reading; skipped to {}",
                             seg.name(),
                             next.map_or("the end of the segment".into(), |n| format!("offset {n}"))

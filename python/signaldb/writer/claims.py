@@ -1,0 +1,211 @@
+"""Who committed which rows: the record that makes "exactly once" a property of the table.
+
+An acceptor entry is named forever by (source, table, entry id) (``ledger``);
+its rows of one table fall into one or more hour partitions. Every commit a
+writer makes to an Iceberg table carries, in its snapshot summary, a *claim*:
+for each partition of the commit's files, the acceptor entry ids per source
+whose rows of that partition the files hold (``signaldb.claims``, JSON
+``{partition: {source: [[lo, hi], ...]}}``).
+
+The rule, checked against the table's claims right before every commit, on
+the commit's own snapshot base (a concurrent commit makes ours fail and we
+read its claims before trying again): **a (partition, source, entry id) is
+committed at most once**. Rows whose triple is claimed already are dropped
+(``without_claimed``), whoever claimed them: another writer the entry was sent
+to after a failover, an earlier life of this writer whose commit landed before
+a crash took the state save with it, or a commit whose answer was lost.
+
+Claims are per partition, not per entry, because a writer may commit an
+entry's hours in separate commits (its buffers are written by size and age);
+a second writer holding the same entry then drops exactly the hours already
+committed and commits the rest.
+
+Expiring snapshots would lose their claims, so maintenance folds them into the
+table property ``signaldb.claims`` first (``encode_folded``), in a commit of
+its own that precedes the expiry.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from collections.abc import Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from signaldb.writer.ledger import IdSet
+from signaldb.writer.payload import WalRecord
+from signaldb.writer.tables import hours_of, partition_name
+
+SUMMARY_KEY = "signaldb.claims"
+FOLDED_PROPERTY = "signaldb.claims"
+
+# {partition: {source: [entry ids]}}: what one file (or commit) holds.
+ClaimMap = dict[str, dict[str, list[int]]]
+
+
+class Claims:
+    """The union of claims read from a table: (partition, source) -> ``IdSet``."""
+
+    def __init__(self) -> None:
+        self._sets: dict[tuple[str, str], IdSet] = {}
+        self._sources: set[str] = set()  # every source with a claim (a cheap first check)
+
+    def _set(self, partition: str, source: str) -> IdSet:
+        self._sources.add(source)
+        return self._sets.setdefault((partition, source), IdSet())
+
+    def add_ranges(self, partition: str, source: str, ranges: Iterable[Iterable[int]]) -> None:
+        target = self._set(partition, source)
+        for lo, hi in ranges:
+            target.add_range(int(lo), int(hi))
+
+    def add_json(self, text: str) -> None:
+        for partition, sources in json.loads(text).items():
+            for source, ranges in sources.items():
+                self.add_ranges(partition, source, ranges)
+
+    def add_map(self, claim: ClaimMap) -> None:
+        for partition, sources in claim.items():
+            for source, ids in sources.items():
+                target = self._set(partition, source)
+                for i in ids:
+                    target.add(i)
+
+    def holds(self, partition: str, source: str, entry_id: int) -> bool:
+        found = self._sets.get((partition, source))
+        return found is not None and entry_id in found
+
+    def has_source(self, source: str) -> bool:
+        return source in self._sources
+
+    def overlap(self, claim: ClaimMap) -> ClaimMap:
+        """The part of ``claim`` that is claimed already."""
+        out: ClaimMap = {}
+        for partition, sources in claim.items():
+            for source, ids in sources.items():
+                found = self._sets.get((partition, source))
+                if found is None:
+                    continue
+                taken = [i for i in ids if i in found]
+                if taken:
+                    out.setdefault(partition, {})[source] = taken
+        return out
+
+    def drop_partitions_before(self, partition: str) -> None:
+        """Forgets claims of partitions older than ``partition`` (names sort by time)."""
+        self._sets = {k: v for k, v in self._sets.items() if k[0] >= partition}
+        self._sources = {s for _, s in self._sets}
+
+    def as_ranges(self) -> dict[str, dict[str, list[list[int]]]]:
+        out: dict[str, dict[str, list[list[int]]]] = {}
+        for (partition, source), ids in sorted(self._sets.items()):
+            ranges = ids.ranges()
+            if ranges:
+                out.setdefault(partition, {})[source] = ranges
+        return out
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+
+def encode_map(claim: ClaimMap) -> str:
+    """A commit's claim as the summary value: ids as merged ranges."""
+    return json.dumps(
+        {
+            p: {s: IdSet((i, i) for i in ids).ranges() for s, ids in sources.items()}
+            for p, sources in sorted(claim.items())
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+
+
+def encode_folded(claims: Claims) -> str:
+    """The folded claims as a table property: zlib-compressed JSON, base64 (properties are strings)."""
+    raw = json.dumps(claims.as_ranges(), separators=(",", ":")).encode()
+    return "z1:" + base64.b64encode(zlib.compress(raw, 6)).decode()
+
+
+def decode_folded(value: str) -> str:
+    if value.startswith("z1:"):
+        return zlib.decompress(base64.b64decode(value[3:])).decode()
+    return value
+
+
+def merge_maps(maps: Iterable[ClaimMap]) -> ClaimMap:
+    out: dict[str, dict[str, set[int]]] = {}
+    for claim in maps:
+        for partition, sources in claim.items():
+            for source, ids in sources.items():
+                out.setdefault(partition, {}).setdefault(source, set()).update(ids)
+    return {p: {s: sorted(ids) for s, ids in sources.items()} for p, sources in out.items()}
+
+
+# -- rows and the entries they come from -----------------------------------------
+
+
+def _row_entry_ids(record: WalRecord) -> pa.Array:
+    """Each row's acceptor entry id (entries list their rows in order)."""
+    runs = [(eid, rows) for eid, rows in record.entries if rows]
+    ends, total = [], 0
+    for _, rows in runs:
+        total += rows
+        ends.append(total)
+    encoded = pa.RunEndEncodedArray.from_arrays(pa.array(ends, pa.int64()), pa.array([e for e, _ in runs], pa.int64()))
+    return pc.run_end_decode(encoded)
+
+
+def entries_by_partition(record: WalRecord) -> dict[str, list[int]]:
+    """For each hour partition of the record's rows, the acceptor entry ids with rows in it."""
+    if record.batch.num_rows == 0:
+        return {}
+    hours = hours_of(record.table, record.batch)
+    distinct = pc.unique(hours).to_pylist()
+    if len(distinct) == 1:
+        return {partition_name(distinct[0]): [eid for eid, rows in record.entries if rows]}
+    eids = _row_entry_ids(record)
+    return {partition_name(h): sorted(pc.unique(eids.filter(pc.equal(hours, h))).to_pylist()) for h in distinct}
+
+
+def without_claimed(record: WalRecord, claims: Claims) -> tuple[WalRecord, int]:
+    """``record`` without the rows whose (partition, source, entry) ``claims`` holds, and the
+    number of rows dropped. Costs a few lookups when nothing is claimed (the usual case)."""
+    source = record.acceptor_id
+    if record.batch.num_rows == 0 or not claims.has_source(source):
+        return record, 0
+    parts = entries_by_partition(record)
+    taken = [(p, e) for p, ids in parts.items() for e in ids if claims.holds(p, source, e)]
+    if not taken:
+        return record, 0
+    hours = hours_of(record.table, record.batch)
+    by_name = {partition_name(h): h for h in pc.unique(hours).to_pylist()}
+    eids = _row_entry_ids(record)
+    drop = pa.array([False] * len(eids))
+    for p, e in taken:
+        drop = pc.or_(drop, pc.and_(pc.equal(hours, by_name[p]), pc.equal(eids, e)))
+    keep = pc.invert(drop)
+    batch = record.batch.filter(keep)
+    kept_ids = eids.filter(keep)
+    # Entries keep their order; their row counts shrink (to 0 when all their rows were claimed).
+    counts = {v["values"]: v["counts"] for v in pc.value_counts(kept_ids).to_pylist()} if len(kept_ids) else {}
+    entries = tuple((eid, int(counts.get(eid, 0))) for eid, _ in record.entries)
+    return WalRecord(record.acceptor_id, record.table, entries, batch), record.batch.num_rows - batch.num_rows
+
+
+def summary_claims(summary: Mapping[str, str]) -> str | None:
+    return summary.get(SUMMARY_KEY)
+
+
+__all__ = [
+    "ClaimMap",
+    "Claims",
+    "decode_folded",
+    "encode_folded",
+    "encode_map",
+    "entries_by_partition",
+    "merge_maps",
+    "without_claimed",
+]
