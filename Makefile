@@ -72,6 +72,7 @@ test: build lint test-rust test-python ## everything CI runs: lint + cargo test 
 bench: build ## benchmarks with baselines, one side-by-side table from one run
 	$(PY) benches/run.py
 	$(PY) benches/bench_otlp.py --seconds 2
+	cargo run --release -q -p signaldb-wal-bench -- --dir target/wal-bench  # the engine vs okaywal, raft-engine, raw fdatasync
 
 bench-e2e: build ## end to end into Parquet: durable spans/s, ack p50/p99 at half rate, immediate vs batched
 	$(PY) benches/bench_e2e.py

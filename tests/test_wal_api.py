@@ -823,3 +823,24 @@ def test_checkpoint_makes_processed_marks_durable_at_once(wal_dir):
         wal.mark_processed(ids[:2])
         wal.checkpoint()
         assert _native.read_metadata(str(wal_dir))["processed_watermark"] == ids[1] > before
+
+
+def test_cli_leaves_the_spare_out_of_a_live_wal(tmp_path, capsys) -> None:  # noqa: ANN001
+    """The next segment, made ahead (all zero), is shown as the spare, not as a segment:
+    the one before it stays the newest (an append in flight there is a torn tail)."""
+    from signaldb import wal_cli
+
+    wal_dir = tmp_path / "w"
+    with Wal(wal_dir, max_segment_size=4096) as w:
+        for _ in range(8):  # over a quarter of the segment: the spare is made in the background
+            w.append(b"x" * 300, kind="logs")
+        seg_dir = wal_dir / "segments"
+        deadline = time.monotonic() + 5
+        while sorted(p.name for p in seg_dir.iterdir() if p.name[0].isdigit()) != ["000001.wal", "000002.wal"]:
+            assert time.monotonic() < deadline, sorted(p.name for p in seg_dir.iterdir())
+            time.sleep(0.01)
+        view = wal_cli.load_view(wal_dir)
+        assert view.spares == ["000002.wal"] and [s.name for s in view.segments] == ["000001.wal"]
+        assert wal_cli.cmd_verify(view, as_json=False) == wal_cli.EXIT_OK
+        wal_cli.cmd_inspect(view, as_json=False)
+        assert "spare (next segment, made ahead): 000002.wal" in capsys.readouterr().out

@@ -55,6 +55,7 @@ class WalView:
     metadata: WalMetadata | None
     segments: list[SegmentView] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    spares: list[str] = field(default_factory=list)  # the next segment, made ahead: all zero, no entries
     scanned_bytes: int = 0
     seconds: float = 0.0
 
@@ -84,12 +85,27 @@ def _segment_files(wal_dir: Path) -> list[Path]:
     return [seg_dir / n for n in names]
 
 
+def _all_zero(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                if chunk.strip(b"\0"):
+                    return False
+    except FileNotFoundError:  # used or deleted by the live WAL meanwhile
+        return False
+    return True
+
+
 def load_view(wal_dir: Path) -> WalView:
     """Scans every segment of `wal_dir` (read-only)."""
     meta = _native.read_metadata(str(wal_dir))
     view = WalView(path=wal_dir, metadata=meta)
     processed_ids = sorted(meta["processed_ids"]) if meta else []
     files = _segment_files(wal_dir)
+    # A spare made ahead (all zero) follows the newest segment: leave it out,
+    # so that segment counts as the newest (an append in flight there is a torn tail).
+    while files and _all_zero(files[-1]):
+        view.spares.insert(0, files.pop().name)
     started = time.perf_counter()
     for i, path in enumerate(files):
         try:
@@ -146,6 +162,8 @@ def cmd_inspect(view: WalView, as_json: bool) -> int:
             f"{_fmt_ids(r['first_id'], r['last_id']):>22}{r['traces']:>8}{r['logs']:>7}"
             f"{r['metrics']:>8}  {state}"
         )
+    if view.spares:
+        print(f"  spare (next segment, made ahead): {', '.join(view.spares)}")
     if view.quarantined:
         print(f"  quarantine/: {len(view.quarantined)} files")
     return EXIT_OK

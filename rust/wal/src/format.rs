@@ -84,6 +84,21 @@ impl RecordHeader {
     }
 }
 
+/// The 28-byte header of the record holding `payload`; its CRC covers the
+/// payload too, so header and payload can be written from separate buffers.
+pub fn encode_record_header(id: u64, timestamp_ns: i64, kind: Kind, payload: &[u8]) -> [u8; RECORD_HEADER_LEN] {
+    assert!(payload.len() <= MAX_PAYLOAD_LEN, "payload length checked by the caller");
+    assert!(id != 0, "record ids start at 1");
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&id.to_le_bytes());
+    h[16..24].copy_from_slice(&timestamp_ns.to_le_bytes());
+    h[24] = kind as u8;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[4..]), payload);
+    h[0..4].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
 /// Appends one framed record to `out`.
 pub fn encode_record(out: &mut Vec<u8>, id: u64, timestamp_ns: i64, kind: Kind, payload: &[u8]) {
     assert!(payload.len() <= MAX_PAYLOAD_LEN, "payload length checked by the caller");
@@ -212,6 +227,13 @@ mod tests {
         assert!(header_is_plausible(&h, buf.len()));
         assert!(record_crc_ok(&buf));
         assert_eq!(&buf[RECORD_HEADER_LEN..], b"hello");
+    }
+
+    #[test]
+    fn header_alone_matches_the_whole_record() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, 9, -3, Kind::Metrics, b"split across two buffers");
+        assert_eq!(encode_record_header(9, -3, Kind::Metrics, b"split across two buffers"), buf[..RECORD_HEADER_LEN]);
     }
 
     #[test]

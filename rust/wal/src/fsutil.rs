@@ -42,6 +42,29 @@ pub fn ensure_dir_all(dir: &Path) -> io::Result<()> {
     ensure_dir(dir).map(|_| ())
 }
 
+/// Renames `from` to `to`, failing with `AlreadyExists` rather than replacing
+/// a file (a segment name must never be reused over live data).
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    let c = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(e);
+    }
+    // A filesystem without RENAME_NOREPLACE (some FUSE ones): check, then rename.
+    // The WAL's own callers hold the lock that makes the check race-free.
+    if fs::symlink_metadata(to).is_ok() {
+        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+    }
+    fs::rename(from, to)
+}
+
 /// Opens (creating 0600) a file for reading and writing.
 pub fn open_rw(path: &Path, create: bool) -> io::Result<File> {
     OpenOptions::new().read(true).write(true).create(create).mode(FILE_MODE).open(path)

@@ -105,6 +105,16 @@ impl Processed {
         handed_out.saturating_sub(self.watermark).saturating_sub(self.above.len() as u64 + self.gap_ids)
     }
 
+    /// Processed ids at or above `from`, ascending (a reader's view of the marks).
+    pub fn above_from(&self, from: u64) -> Vec<u64> {
+        if self.above.is_empty() {
+            return Vec::new();
+        }
+        let mut v: Vec<u64> = self.above.iter().copied().filter(|&id| id >= from).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Processed ids above the watermark, ascending (for the checkpoint).
     pub fn above_sorted(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.above.iter().copied().collect();

@@ -1,15 +1,16 @@
 //! Reading records back from a segment file, in order, with bounded buffering.
 //!
 //! Used by the engine's `read_unprocessed` (the forwarder's tail) and by the
-//! read-only inspection tools. Every record's CRC is verified again on the way
-//! out: a record is returned intact or not at all.
+//! read-only inspection tools. Every record's CRC is verified on the way out
+//! (a record is returned intact or not at all), except where recovery verified
+//! it just before (`trust_until`): each CRC is checked once per open.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::format::{decode_record_header, RecordHeader, RECORD_HEADER_LEN};
+use crate::format::{decode_record_header, header_is_plausible, RecordHeader, RECORD_HEADER_LEN};
 use crate::scan::{nonzero_end, resync, valid_record_at};
 
 const READ_CHUNK: usize = 1 << 20;
@@ -39,11 +40,20 @@ pub struct SegmentReader {
     prev_id: u64,
     buf: Vec<u8>,
     buf_start: u64,
+    /// Records ending at or before this offset were CRC-checked by recovery: not again.
+    trusted_end: u64,
 }
 
 impl SegmentReader {
     pub fn open(path: &Path, start: u64, end: u64, prev_id: u64) -> io::Result<SegmentReader> {
-        Ok(SegmentReader { file: File::open(path)?, end, pos: start, prev_id, buf: Vec::new(), buf_start: start })
+        Ok(SegmentReader { file: File::open(path)?, end, pos: start, prev_id, buf: Vec::new(), buf_start: start, trusted_end: 0 })
+    }
+
+    /// Records that end at or before `end` are taken as verified (recovery
+    /// checked their CRCs and the bytes are immutable since): framing and id
+    /// order are still checked, the CRC is not computed again.
+    pub fn trust_until(&mut self, end: u64) {
+        self.trusted_end = end;
     }
 
     pub fn position(&self) -> u64 {
@@ -86,7 +96,11 @@ impl SegmentReader {
         let offset = self.pos;
         if offset + rec_len as u64 <= self.end && self.fill(offset, rec_len)? {
             let rel = (offset - self.buf_start) as usize;
-            if valid_record_at(&self.buf[rel..rel + rec_len], 0, self.prev_id).is_some() {
+            let rec = &self.buf[rel..rel + rec_len];
+            let trusted = offset + rec_len as u64 <= self.trusted_end
+                && header.id > self.prev_id
+                && header_is_plausible(&header, rec_len);
+            if trusted || valid_record_at(rec, 0, self.prev_id).is_some() {
                 self.pos += rec_len as u64;
                 self.prev_id = header.id;
                 return Ok(Step::Record { header, offset, payload: &self.buf[rel + RECORD_HEADER_LEN..rel + rec_len] });

@@ -1,23 +1,45 @@
 //! Opening a WAL directory: read the checkpoint, scan every segment that may
-//! hold unprocessed entries (verifying every CRC), repair what a crash left,
-//! and hand the engine its starting state.
+//! hold unprocessed entries (verifying every CRC, once), repair what a crash
+//! left, and hand the engine its starting state.
 //!
 //! Replay before append: nothing is written until recovery has decided where
-//! the valid data ends. What it repairs, per `scan`'s decision table:
-//! - a torn tail in the last segment is zeroed (and the file cut back to its
-//!   preallocated size), then fsynced, so appends land cleanly after it;
-//! - corruption is copied to `quarantine/`, counted and logged as
-//!   "WAL corruption", and skipped; the segment is left as it is (a sealed
-//!   segment is deleted once everything in it is processed);
-//! - a segment with a zero header and no records (crash during rotation) is
-//!   removed, so there is never an empty segment.
+//! the valid data ends. Each segment file goes through one step
+//! (`recover_segment`), which reads it once and decides by this table
+//! (`classify`; the table-driven test below mirrors it). "Trailing" files are
+//! the ones after the last file holding any non-zero byte; "last" is that
+//! file. Records are scanned by `scan`'s own decision table (torn tail in the
+//! last segment, corruption elsewhere).
+//!
+//! | header      | valid records | other bytes | position | verdict        | action |
+//! |-------------|---------------|-------------|----------|----------------|--------|
+//! | other version | any         | any         | any      | `Refuse`       | error, change nothing |
+//! | zero        | none          | all zero    | trailing | `Spare`        | delete (a spare made ahead, or a rotation cut before its first fdatasync) |
+//! | zero        | none          | all zero    | older    | `Empty`        | delete (never keep an empty segment) |
+//! | damaged     | none, no damage after it | | older | `Empty`       | report the header as corruption, delete |
+//! | zero/damaged| none          | non-zero    | last     | `TornRotation` | delete, count a torn tail (header and first records never synced) |
+//! | valid       | any           | any         | last     | `Active`       | keep; torn tail erased; appends continue in it |
+//! | valid       | any           | any         | older    | `Sealed`       | keep |
+//! | zero/damaged| some, or none with damage | | any    | `DamagedHeader`| quarantine the header (if damaged), keep the records, never append to it |
+//!
+//! A spare's name was made durable (directory fsync) before it could get a
+//! record, and its first records are acknowledged only after an fdatasync of
+//! the file: so a spare cut by a power loss holds either nothing (all zero)
+//! or a torn tail after a valid header, never acknowledged data in a file
+//! whose name may vanish.
 //!
 //! Memory: one segment image at a time, plus the segment table.
+//!
+//! One pass: each record's CRC is checked once here; the segments recovery
+//! verified are marked so (`SegmentInfo::verified_end`), and the first read
+//! of the unprocessed entries trusts those bytes instead of checking them
+//! again. The next file is read ahead (`posix_fadvise(WILLNEED)`) while the
+//! current one is checked.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, WalError};
@@ -155,6 +177,185 @@ impl Progress {
     }
 }
 
+/// What recovery does with one segment file (the module doc's table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Refuse,
+    Spare,
+    Empty,
+    TornRotation,
+    Active,
+    Sealed,
+    DamagedHeader,
+}
+
+/// The decision table: `records` valid records found, `damaged` whether the
+/// scan found damage, `all_zero` whether every byte is zero, `is_last` /
+/// `trailing` its position (see the module doc).
+pub fn classify(header: HeaderState, records: u64, damaged: bool, all_zero: bool, is_last: bool, trailing: bool) -> Verdict {
+    match header {
+        HeaderState::UnsupportedVersion(_) => Verdict::Refuse,
+        HeaderState::Zero if records == 0 && all_zero => {
+            if trailing {
+                Verdict::Spare
+            } else {
+                Verdict::Empty
+            }
+        }
+        HeaderState::Zero | HeaderState::Damaged if records == 0 && is_last => Verdict::TornRotation,
+        // A damaged header over nothing at all (no records, no damage after it).
+        HeaderState::Damaged if records == 0 && !damaged => Verdict::Empty,
+        HeaderState::Valid(_) if is_last => Verdict::Active,
+        HeaderState::Valid(_) => Verdict::Sealed,
+        // Records without a sound header, or damage alone: keep what verifies.
+        HeaderState::Zero | HeaderState::Damaged => Verdict::DamagedHeader,
+    }
+}
+
+/// State carried from one segment to the next.
+struct Walk<'a> {
+    dir: &'a Path,
+    seg_dir: PathBuf,
+    max_segment_size: u64,
+    stats: &'a Stats,
+    watermark: u64,
+    processed: Processed,
+    /// The next id expected, for gap detection.
+    expected_id: u64,
+    /// The id before the next record (chains ids across segments).
+    prev_id: u64,
+    max_base_id: u64,
+    progress: Progress,
+}
+
+fn io_err(what: &str, p: &Path, e: io::Error) -> WalError {
+    WalError::io(format!("{what} {}", p.display()), e)
+}
+
+/// Hints the kernel to read `path` now, so the disk works while we check the current file.
+fn read_ahead(path: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = File::open(path) {
+        // SAFETY: advice on a file descriptor we own; failure is harmless.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+    }
+}
+
+impl Walk<'_> {
+    fn remove(&self, path: &Path, what: &str) -> Result<()> {
+        fs::remove_file(path).map_err(|e| io_err(what, path, e))?;
+        fsutil::fsync_dir(&self.seg_dir).map_err(|e| io_err("syncing", &self.seg_dir, e))
+    }
+
+    /// One segment: scan, classify, repair. Returns the segment to keep, if any.
+    fn recover_segment(&mut self, index: u64, path: PathBuf, image: Vec<u8>, is_last: bool) -> Result<Option<SegmentInfo>> {
+        let seg_name = crate::format::segment_file_name(index);
+        let header = decode_segment_header(&image);
+        if let HeaderState::Valid(h) = header {
+            self.prev_id = self.prev_id.max(h.base_id.saturating_sub(1));
+            self.max_base_id = self.max_base_id.max(h.base_id);
+        }
+        let chain_start = self.prev_id;
+        let (watermark, expected_id, processed, progress) =
+            (self.watermark, &mut self.expected_id, &mut self.processed, &mut self.progress);
+        let scan = scan_records(&image, SEGMENT_HEADER_LEN, chain_start, is_last, |h, _| {
+            if h.id > watermark {
+                if h.id > *expected_id {
+                    processed.add_gap(*expected_id, h.id - 1);
+                }
+                *expected_id = h.id + 1;
+            }
+            progress.tick();
+        });
+        let all_zero = scan.records == 0 && scan.damages.is_empty() && image.iter().all(|&b| b == 0);
+        let verdict = classify(header, scan.records, !scan.damages.is_empty(), all_zero, is_last, false);
+        match verdict {
+            Verdict::Refuse => {
+                let HeaderState::UnsupportedVersion(version) = header else { unreachable!() };
+                return Err(WalError::UnsupportedFormat { path, version });
+            }
+            Verdict::Spare | Verdict::Empty => {
+                if header == HeaderState::Damaged {
+                    let d = Damage { kind: DamageKind::Corrupt, offset: 0, len: SEGMENT_HEADER_LEN.min(image.len()) };
+                    report_corruption(self.dir, &seg_name, &image, &d, self.stats);
+                }
+                self.remove(&path, "removing empty segment")?;
+                return Ok(None);
+            }
+            Verdict::TornRotation => {
+                log::warn!(
+                    segment = seg_name.as_str();
+                    "WAL torn tail: segment {seg_name} holds no valid header and no complete record \
+                     (a rotation interrupted by a crash); removed"
+                );
+                self.stats.torn_tails_truncated.fetch_add(1, Relaxed);
+                self.remove(&path, "removing empty segment")?;
+                return Ok(None);
+            }
+            Verdict::DamagedHeader if header == HeaderState::Damaged => {
+                let d = Damage { kind: DamageKind::Corrupt, offset: 0, len: SEGMENT_HEADER_LEN.min(image.len()) };
+                report_corruption(self.dir, &seg_name, &image, &d, self.stats);
+            }
+            Verdict::DamagedHeader | Verdict::Active | Verdict::Sealed => {}
+        }
+        let mut file_len = image.len() as u64;
+        for d in &scan.damages {
+            match d.kind {
+                DamageKind::Corrupt => report_corruption(self.dir, &seg_name, &image, d, self.stats),
+                DamageKind::TornTail => {
+                    // Keep a copy: a bit flip in the very last record reads the same as a torn write.
+                    let saved = quarantine(self.dir, &seg_name, &image, d);
+                    log::warn!(
+                        segment = seg_name.as_str(), offset = d.offset, bytes = d.len,
+                        copy:% = saved.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                        "WAL torn tail in segment {seg_name} at offset {}: {} bytes of an unacknowledged \
+                         write erased{}",
+                        d.offset,
+                        d.len,
+                        saved.as_ref().map(|p| format!(" (copy in {})", p.display())).unwrap_or_default()
+                    );
+                    file_len = erase_torn_tail(&path, d, file_len, self.max_segment_size)
+                        .map_err(|e| io_err("truncating torn tail of", &path, e))?;
+                    self.stats.torn_tails_truncated.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        if let Some(last) = scan.last_id {
+            self.prev_id = last;
+        }
+        let known_damage: Vec<u64> =
+            scan.damages.iter().filter(|d| d.kind == DamageKind::Corrupt).map(|d| d.offset as u64).collect();
+        Ok(Some(SegmentInfo {
+            index,
+            path,
+            first_id: scan.first_id,
+            last_id: scan.last_id,
+            data_end: scan.data_end as u64,
+            file_len,
+            sealed: verdict != Verdict::Active,
+            // Every CRC up to here was checked just now; damage makes a reader re-check.
+            verified_end: if known_damage.is_empty() { scan.data_end as u64 } else { 0 },
+            known_damage,
+            prev_id: chain_start,
+        }))
+    }
+}
+
+/// Whether every byte of the file is zero (a spare, or an empty file).
+fn all_zero_file(path: &Path) -> io::Result<bool> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
+}
+
 /// Recovers `dir` (which exists and is locked by the caller).
 pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recovered> {
     let seg_dir = dir.join(SEGMENTS_DIR);
@@ -164,9 +365,23 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
     let highest_mark = meta.processed_ids.iter().copied().max().unwrap_or(0).max(meta.processed_watermark);
     meta.next_id = meta.next_id.max(highest_mark.saturating_add(1));
     let watermark = meta.processed_watermark;
-    let mut processed = Processed::new(watermark, meta.processed_ids.iter().copied());
-    let io_err = |what: &str, p: &Path, e| WalError::io(format!("{what} {}", p.display()), e);
+    let processed = Processed::new(watermark, meta.processed_ids.iter().copied());
     let mut files = list_segments(&seg_dir, true).map_err(|e| io_err("listing", &seg_dir, e))?;
+
+    // Trailing spares (the `Spare` row): all-zero files after the last one with data.
+    let mut spares = 0;
+    while let Some((_, path)) = files.last() {
+        if !all_zero_file(path).map_err(|e| io_err("reading", path, e))? {
+            break;
+        }
+        let (index, path) = files.pop().unwrap();
+        log::debug!("WAL removes spare segment {} (made ahead, never used)", crate::format::segment_file_name(index));
+        fs::remove_file(&path).map_err(|e| io_err("removing spare segment", &path, e))?;
+        spares += 1;
+    }
+    if spares > 0 {
+        fsutil::fsync_dir(&seg_dir).map_err(|e| io_err("syncing", &seg_dir, e))?;
+    }
 
     // Segments wholly at or below the watermark: the next segment's base id says so.
     let mut skip = 0;
@@ -178,121 +393,40 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
     }
     for (_, path) in files.drain(..skip) {
         fs::remove_file(&path).map_err(|e| io_err("removing processed segment", &path, e))?;
-        stats.segments_deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.segments_deleted.fetch_add(1, Relaxed);
     }
     if skip > 0 {
         fsutil::fsync_dir(&seg_dir).map_err(|e| io_err("syncing", &seg_dir, e))?;
     }
 
     let unprocessed_hint = meta.next_id.checked_sub(1 + watermark).filter(|_| metadata_found);
-    let mut progress =
-        Progress { started: Instant::now(), last_log: Instant::now(), expected: unprocessed_hint, seen: 0 };
-    let mut segments = Vec::new();
-    let mut expected_id = watermark + 1; // the next id we expect to see, for gap detection
-    let mut prev_id = 0u64;
-    let mut max_base_id = 0u64;
-    let mut last_is_appendable = false;
+    let mut walk = Walk {
+        dir,
+        seg_dir: seg_dir.clone(),
+        max_segment_size,
+        stats,
+        watermark,
+        processed,
+        expected_id: watermark + 1,
+        prev_id: 0,
+        max_base_id: 0,
+        progress: Progress { started: Instant::now(), last_log: Instant::now(), expected: unprocessed_hint, seen: 0 },
+    };
+    let mut segments: Vec<SegmentInfo> = Vec::new();
     let count = files.len();
-    for (pos, (index, path)) in files.into_iter().enumerate() {
-        let is_last = pos + 1 == count;
+    for pos in 0..count {
+        if let Some((_, next)) = files.get(pos + 1) {
+            read_ahead(next);
+        }
+        let (index, path) = files[pos].clone();
         let image = read_file(&path).map_err(|e| io_err("reading", &path, e))?;
-        let seg_name = crate::format::segment_file_name(index);
-        let header = decode_segment_header(&image);
-        let mut header_sound = false;
-        match header {
-            HeaderState::Valid(h) => {
-                prev_id = prev_id.max(h.base_id.saturating_sub(1));
-                max_base_id = max_base_id.max(h.base_id);
-                header_sound = true;
-            }
-            HeaderState::UnsupportedVersion(version) => {
-                return Err(WalError::UnsupportedFormat { path, version })
-            }
-            HeaderState::Zero | HeaderState::Damaged => {}
+        if let Some(info) = walk.recover_segment(index, path, image, pos + 1 == count)? {
+            segments.push(info);
         }
-        let chain_start = prev_id;
-        let mut ids_seen = 0u64;
-        let scan = scan_records(&image, SEGMENT_HEADER_LEN, prev_id, is_last, |h, _| {
-            if h.id > watermark {
-                if h.id > expected_id {
-                    processed.add_gap(expected_id, h.id - 1);
-                }
-                expected_id = h.id + 1;
-            }
-            ids_seen += 1;
-            progress.tick();
-        });
-        if is_last && !header_sound && scan.records == 0 {
-            // A rotation the crash interrupted: the header (and perhaps a first
-            // record) never fully reached the disk, so nothing in it was
-            // acknowledged. Remove it, as a torn tail: there is never an empty segment.
-            if image.iter().any(|&b| b != 0) {
-                log::warn!(
-                    segment = seg_name.as_str();
-                    "WAL torn tail: segment {seg_name} holds no valid header and no complete record \
-                     (a rotation interrupted by a crash); removed"
-                );
-                stats.torn_tails_truncated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            fs::remove_file(&path).map_err(|e| io_err("removing empty segment", &path, e))?;
-            fsutil::fsync_dir(&seg_dir).map_err(|e| io_err("syncing", &seg_dir, e))?;
-            continue;
-        }
-        if header == HeaderState::Damaged {
-            let d = Damage { kind: DamageKind::Corrupt, offset: 0, len: SEGMENT_HEADER_LEN.min(image.len()) };
-            report_corruption(dir, &seg_name, &image, &d, stats);
-        }
-        let mut file_len = image.len() as u64;
-        for d in &scan.damages {
-            match d.kind {
-                DamageKind::Corrupt => report_corruption(dir, &seg_name, &image, d, stats),
-                DamageKind::TornTail => {
-                    // Keep a copy: a bit flip in the very last record reads the same as a torn write.
-                    let saved = quarantine(dir, &seg_name, &image, d);
-                    log::warn!(
-                        segment = seg_name.as_str(), offset = d.offset, bytes = d.len,
-                        copy:% = saved.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-                        "WAL torn tail in segment {seg_name} at offset {}: {} bytes of an unacknowledged \
-                         write erased{}",
-                        d.offset,
-                        d.len,
-                        saved.as_ref().map(|p| format!(" (copy in {})", p.display())).unwrap_or_default()
-                    );
-                    file_len = erase_torn_tail(&path, d, file_len, max_segment_size)
-                        .map_err(|e| io_err("truncating torn tail of", &path, e))?;
-                    stats.torn_tails_truncated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        }
-        if let Some(last) = scan.last_id {
-            prev_id = last;
-        }
-        drop(image);
-        if ids_seen == 0 && !header_sound && scan.damages.is_empty() {
-            // Created during a rotation that never wrote anything: never keep an empty segment.
-            fs::remove_file(&path).map_err(|e| io_err("removing empty segment", &path, e))?;
-            fsutil::fsync_dir(&seg_dir).map_err(|e| io_err("syncing", &seg_dir, e))?;
-            continue;
-        }
-        let known_damage =
-            scan.damages.iter().filter(|d| d.kind == DamageKind::Corrupt).map(|d| d.offset as u64).collect();
-        last_is_appendable = is_last && header_sound;
-        segments.push(SegmentInfo {
-            index,
-            path,
-            first_id: scan.first_id,
-            last_id: scan.last_id,
-            data_end: scan.data_end as u64,
-            file_len,
-            sealed: true,
-            known_damage,
-            prev_id: chain_start,
-        });
     }
-    if let Some(last) = segments.last_mut() {
-        last.sealed = !last_is_appendable;
-    }
+    let last_is_appendable = segments.last().is_some_and(|s| !s.sealed);
 
+    let Walk { mut processed, expected_id, prev_id, max_base_id, progress, .. } = walk;
     let next_id = meta.next_id.max(prev_id + 1).max(max_base_id).max(watermark + 1).max(1);
     if next_id > expected_id {
         // Ids handed out before the crash whose records never reached the disk.
@@ -313,8 +447,8 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
 
 fn report_corruption(dir: &Path, seg_name: &str, image: &[u8], d: &Damage, stats: &Stats) {
     let saved = quarantine(dir, seg_name, image, d);
-    stats.corrupt_entries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    stats.corrupt_bytes.fetch_add(d.len as u64, std::sync::atomic::Ordering::Relaxed);
+    stats.corrupt_entries.fetch_add(1, Relaxed);
+    stats.corrupt_bytes.fetch_add(d.len as u64, Relaxed);
     log::error!(
         segment = seg_name, offset = d.offset, bytes = d.len,
         quarantine:% = saved.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
@@ -323,4 +457,128 @@ fn report_corruption(dir: &Path, seg_name: &str, image: &[u8], d: &Damage, stats
         d.len,
         saved.as_ref().map(|p| format!(", copied to {}", p.display())).unwrap_or_default()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    //! The module doc's decision table, row by row: first as `classify` sees
+    //! it, then as whole files in a directory that `recover` opens.
+    use super::*;
+    use crate::format::{encode_record, encode_segment_header, Kind, SegmentHeader};
+
+    const V: HeaderState = HeaderState::Valid(SegmentHeader { version: 1, flags: 0, base_id: 1 });
+
+    #[test]
+    fn decision_table() {
+        use HeaderState::{Damaged, UnsupportedVersion, Zero};
+        use Verdict::*;
+        // (header, records, damaged, all_zero, is_last, trailing) -> verdict
+        let rows = [
+            (UnsupportedVersion(9), 3, false, false, true, false, Refuse),
+            (UnsupportedVersion(9), 0, false, false, false, false, Refuse),
+            (Zero, 0, false, true, true, true, Spare),
+            (Zero, 0, false, true, false, false, Empty),
+            (Damaged, 0, false, false, false, false, Empty),
+            (Zero, 0, true, false, true, false, TornRotation),
+            (Damaged, 0, true, false, true, false, TornRotation),
+            (Damaged, 0, false, false, true, false, TornRotation),
+            (V, 0, false, false, true, false, Active),
+            (V, 5, true, false, true, false, Active),
+            (V, 5, false, false, false, false, Sealed),
+            (V, 0, true, false, false, false, Sealed),
+            (Zero, 2, false, false, false, false, DamagedHeader),
+            (Damaged, 2, true, false, true, false, DamagedHeader),
+            (Damaged, 0, true, false, false, false, DamagedHeader),
+        ];
+        for (i, &(h, records, damaged, zero, last, trailing, want)) in rows.iter().enumerate() {
+            assert_eq!(classify(h, records, damaged, zero, last, trailing), want, "row {i}");
+        }
+    }
+
+    fn segment(base_id: u64, ids: &[u64], len: usize) -> Vec<u8> {
+        let mut buf = encode_segment_header(base_id).to_vec();
+        for &id in ids {
+            encode_record(&mut buf, id, 0, Kind::Logs, &[id as u8; 40]);
+        }
+        buf.resize(len.max(buf.len()), 0);
+        buf
+    }
+
+    /// A kept segment: index, first and last id, sealed.
+    type Kept = (u64, Option<u64>, Option<u64>, bool);
+
+    /// Files (index, bytes) as a crash left them -> (segments kept, next id,
+    /// torn tails counted, files left in segments/).
+    fn recover_files(files: &[(u64, Vec<u8>)]) -> (Vec<Kept>, u64, u64, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let seg_dir = dir.path().join(SEGMENTS_DIR);
+        fs::create_dir_all(&seg_dir).unwrap();
+        for (index, bytes) in files {
+            fs::write(seg_dir.join(crate::format::segment_file_name(*index)), bytes).unwrap();
+        }
+        let stats = Stats::default();
+        let rec = recover(dir.path(), 4096, &stats).unwrap();
+        let kept = rec.segments.iter().map(|s| (s.index, s.first_id, s.last_id, s.sealed)).collect();
+        let mut left: Vec<String> =
+            fs::read_dir(&seg_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        (kept, rec.next_id, stats.torn_tails_truncated.load(Relaxed), left)
+    }
+
+    #[test]
+    fn spare_segment_without_records_is_removed() {
+        // Power cut with a spare made ahead: the active segment keeps appending.
+        let (kept, next, torn, left) = recover_files(&[(1, segment(1, &[1, 2, 3], 4096)), (2, vec![0; 4096])]);
+        assert_eq!(kept, vec![(1, Some(1), Some(3), false)]);
+        assert_eq!((next, torn), (4, 0));
+        assert_eq!(left, vec!["000001.wal"]);
+        // A bare spare (empty file) is a spare too.
+        let (kept, _, _, left) = recover_files(&[(1, segment(1, &[1], 4096)), (2, Vec::new())]);
+        assert_eq!(kept, vec![(1, Some(1), Some(1), false)]);
+        assert_eq!(left, vec!["000001.wal"]);
+    }
+
+    #[test]
+    fn spare_segment_with_records_is_the_active_segment() {
+        // Rotation into the spare reached the disk: it is the active segment.
+        let (kept, next, _, _) = recover_files(&[(1, segment(1, &[1, 2], 4096)), (2, segment(3, &[3, 4], 4096))]);
+        assert_eq!(kept, vec![(1, Some(1), Some(2), true), (2, Some(3), Some(4), false)]);
+        assert_eq!(next, 5);
+    }
+
+    #[test]
+    fn spare_segment_with_a_torn_first_write_is_removed() {
+        // Header and first records written into the spare but cut before the
+        // fdatasync: part of it reached the disk (here a record, no header).
+        let mut torn = vec![0u8; 4096];
+        let full = segment(3, &[3], 4096);
+        torn[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + 30].copy_from_slice(&full[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + 30]);
+        let (kept, next, torn_count, left) = recover_files(&[(1, segment(1, &[1, 2], 4096)), (2, torn)]);
+        // Segment 1 stays sealed (the rotation fdatasynced it whole); the engine starts a new one.
+        assert_eq!(kept, vec![(1, Some(1), Some(2), true)]);
+        assert_eq!((next, torn_count), (3, 1));
+        assert_eq!(left, vec!["000001.wal"]);
+    }
+
+    #[test]
+    fn torn_tail_before_a_spare_is_a_torn_tail_not_corruption() {
+        // The spare after it does not make the active segment "older".
+        let mut active = segment(1, &[1, 2, 3], 4096);
+        let end = SEGMENT_HEADER_LEN + 2 * (RECORD_HEADER_LEN_FOR_TEST + 40);
+        active[end + 5] ^= 0xff; // record 3 torn
+        let (kept, next, torn, _) = recover_files(&[(1, active), (2, vec![0; 4096])]);
+        assert_eq!(kept, vec![(1, Some(1), Some(2), false)]);
+        assert_eq!((next, torn), (3, 1));
+    }
+
+    const RECORD_HEADER_LEN_FOR_TEST: usize = crate::format::RECORD_HEADER_LEN;
+
+    #[test]
+    fn empty_segment_in_the_middle_is_removed() {
+        let (kept, next, _, left) =
+            recover_files(&[(1, segment(1, &[1], 4096)), (2, vec![0; 4096]), (3, segment(2, &[2], 4096))]);
+        assert_eq!(kept, vec![(1, Some(1), Some(1), true), (3, Some(2), Some(2), false)]);
+        assert_eq!(next, 3);
+        assert_eq!(left, vec!["000001.wal", "000003.wal"]);
+    }
 }

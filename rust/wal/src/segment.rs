@@ -1,17 +1,13 @@
-//! Segment files: the table of segments the WAL holds, and creating new ones.
+//! Segment files: the table of segments the WAL holds, and the files new
+//! segments are made from.
 //!
 //! A new segment is preallocated with zeros and fsynced *before* it is used:
 //! an fdatasync into already-written blocks need not update the inode, which
 //! on this class of disk gives 1.66x the syncs per second of appending to a
-//! growing file. Creation order (each step durable before the next):
-//!
-//! 1. write `segments/.prealloc-<pid>-<n>.wal` full of zeros, `fsync` it;
-//! 2. rename it to `segments/NNNNNN.wal`, `fsync` the directory;
-//! 3. write the segment header at offset 0 (made durable by the first group
-//!    commit's fdatasync, together with the first records).
-//!
-//! A crash between 2 and 3 leaves a segment whose header is zero; recovery
-//! removes it when it holds nothing.
+//! growing file. The order in which a spare becomes a segment (temp file,
+//! rename, directory fsync, header) is in `wal/rotation.rs`; a crash at any
+//! point leaves either a `.prealloc-*` temp file or a trailing segment with a
+//! zero header and no records, and recovery removes both.
 
 use std::fs::{self, File};
 use std::io;
@@ -41,6 +37,10 @@ pub struct SegmentInfo {
     pub file_len: u64,
     /// Complete and fsynced; no more records go in.
     pub sealed: bool,
+    /// Records before this offset were CRC-checked by recovery and the bytes
+    /// have not changed since (a sealed segment, or the active one below its
+    /// first new write): the first read trusts them. 0: check everything.
+    pub verified_end: u64,
     /// Offsets of damaged ranges recovery already reported (readers skip them quietly).
     pub known_damage: Vec<u64>,
     /// The id before this segment's first record, as recovery chained it:
@@ -77,12 +77,14 @@ impl ActiveSegment {
 /// A zero-filled, fsynced file waiting to become the next segment.
 #[derive(Debug)]
 pub struct Spare {
+    /// The segment number it is named for (0 while it still has its temp name).
+    pub index: u64,
     pub path: PathBuf,
     pub file: File,
     pub len: u64,
 }
 
-/// Writes a spare of `len` zero bytes into `seg_dir` (step 1 above).
+/// Writes a spare of `len` zero bytes into `seg_dir` under a temp name, fsynced.
 pub fn prepare_spare(seg_dir: &Path, len: u64) -> io::Result<Spare> {
     let n = SPARE_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = seg_dir.join(format!("{SPARE_PREFIX}{}-{n}.wal", std::process::id()));
@@ -93,7 +95,7 @@ pub fn prepare_spare(seg_dir: &Path, len: u64) -> io::Result<Spare> {
         let _ = fs::remove_file(&path);
         return Err(e);
     }
-    Ok(Spare { path, file, len })
+    Ok(Spare { index: 0, path, file, len })
 }
 
 /// A segment created empty under its final name (no preallocation): for a
@@ -104,8 +106,9 @@ pub fn create_bare(path: &Path) -> io::Result<File> {
     fs::OpenOptions::new().read(true).write(true).create_new(true).mode(fsutil::FILE_MODE).open(path)
 }
 
-/// Step 3 above: a spare already renamed to segment `index` (and its
-/// directory fsynced) gets its header and becomes the active segment.
+/// A spare already named segment `index` (and its directory fsynced) gets
+/// its header and becomes the active segment. The header reaches the disk
+/// with the first group's fdatasync.
 pub fn start_segment(spare: Spare, index: u64, base_id: u64) -> io::Result<ActiveSegment> {
     spare.file.write_all_at(&encode_segment_header(base_id), 0)?;
     Ok(ActiveSegment {

@@ -89,7 +89,8 @@ fn processed_segments_are_deleted_after_checkpoint() {
     let s = wal.stats();
     assert_eq!(s.unprocessed_entries, 0);
     assert_eq!(s.total_segments, 1, "only the active segment remains");
-    assert_eq!(segment_files(dir.path()).len(), 1);
+    // The active segment, and the spare made ahead for the next one (issue 17).
+    assert!(segment_files(dir.path()).len() <= 2, "{:?}", segment_files(dir.path()));
     wal.close().unwrap();
     let wal = Wal::open(dir.path(), cfg(4096)).unwrap();
     assert!(all_entries(&wal).is_empty());
@@ -365,7 +366,7 @@ fn ids_never_repeat_even_when_acknowledged_records_are_lost() {
         lost_ids = (0..3).map(|_| wal.append(b"acked, never synced", Kind::Traces).unwrap()).collect();
         std::mem::forget(wal); // a crash: no close, no flush
     }
-    let seg = segment_files(dir.path()).pop().unwrap();
+    let seg = segment_files(dir.path())[0].clone(); // the one with records (a spare may follow it)
     let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 3 * (RECORD_HEADER_LEN + 19)], synced_end as u64).unwrap();
     drop(f);

@@ -7,17 +7,17 @@ use super::*;
 impl Inner {
     pub(super) fn flusher_loop(&self) {
         let mut last_sync = Instant::now();
-        let mut st = lock(&self.ack);
+        let mut st = lock(&self.commit.state);
         loop {
             if st.shutdown {
                 return;
             }
             let interval_due = last_sync.elapsed() >= self.cfg.flush_interval;
-            let async_due = st.async_wanted > self.done_id.load(Acquire) && st.poisoned.is_none();
+            let async_due = st.async_wanted > self.commit.done_id.load(Acquire) && st.poisoned.is_none();
             let sync_due = st.sync_wanted;
             if !(async_due || sync_due || interval_due) {
                 let timeout = self.cfg.flush_interval.saturating_sub(last_sync.elapsed());
-                st = self.flusher_cv.wait_timeout(st, timeout).unwrap_or_else(|p| p.into_inner()).0;
+                st = self.commit.flusher_cv.wait_timeout(st, timeout).unwrap_or_else(|p| p.into_inner()).0;
                 continue;
             }
             st.sync_wanted = false;
@@ -25,8 +25,20 @@ impl Inner {
             drop(st);
             match self.cfg.sync_mode {
                 SyncMode::Immediate => {
-                    let pending = lock(&self.queue).next_id - 1;
-                    self.commit_until(if interval_due { pending } else { target });
+                    // Drive until nothing written waits for a sync: under load
+                    // this thread keeps one fdatasync in flight back to back.
+                    let mut target = target.max(self.commit.handled_id.load(Acquire));
+                    if interval_due {
+                        target = target.max(lock(&self.commit.queue).next_id - 1);
+                    }
+                    loop {
+                        self.commit_until(target, true);
+                        let handled = self.commit.handled_id.load(Acquire);
+                        if handled <= target || self.is_poisoned() || self.closed.load(Acquire) {
+                            break;
+                        }
+                        target = handled;
+                    }
                 }
                 SyncMode::Batched => {
                     self.write_queued();
@@ -38,27 +50,27 @@ impl Inner {
             if sync_due || interval_due {
                 last_sync = Instant::now();
             }
-            st = lock(&self.ack);
+            st = lock(&self.commit.state);
         }
     }
 
     pub(super) fn wake_housekeeper(&self, f: impl FnOnce(&mut HouseState)) {
-        let mut h = lock(&self.house);
+        let mut h = lock(&self.house.state);
         f(&mut h);
-        self.house_cv.notify_one();
+        self.house.cv.notify_one();
     }
 
     pub(super) fn housekeeper_loop(&self) {
         loop {
             // A wanted checkpoint waits until CHECKPOINT_INTERVAL after the last one: sleep
             // until then (not spin: processed marks keep `checkpoint_wanted` set meanwhile).
-            let until_due = CHECKPOINT_INTERVAL.saturating_sub(lock(&self.checkpoint_lock).elapsed());
+            let until_due = CHECKPOINT_INTERVAL.saturating_sub(lock(&self.marks.checkpoint_lock).elapsed());
             let (spare_wanted, checkpoint_wanted) = {
-                let mut h = lock(&self.house);
+                let mut h = lock(&self.house.state);
                 let checkpoint_now = h.checkpoint_wanted && until_due.is_zero();
                 if !h.shutdown && !h.spare_wanted && !checkpoint_now {
                     let timeout = if h.checkpoint_wanted { until_due.min(HOUSEKEEPING_TICK) } else { HOUSEKEEPING_TICK };
-                    h = self.house_cv.wait_timeout(h, timeout).unwrap_or_else(|p| p.into_inner()).0;
+                    h = self.house.cv.wait_timeout(h, timeout).unwrap_or_else(|p| p.into_inner()).0;
                 }
                 if h.shutdown {
                     return;
@@ -69,47 +81,46 @@ impl Inner {
                 self.prepare_spare();
             }
             // Reserve the next block of ids ahead of need, off the append path.
-            let next_id = lock(&self.queue).next_id;
-            if self.id_reserved.load(Acquire).saturating_sub(next_id) < ID_RESERVATION_BLOCK / 2 {
+            let next_id = lock(&self.commit.queue).next_id;
+            if self.marks.id_reserved.load(Acquire).saturating_sub(next_id) < ID_RESERVATION_BLOCK / 2 {
                 if let Err(e) = self.checkpoint_reserving(next_id.saturating_add(ID_RESERVATION_BLOCK)) {
                     log::warn!("WAL could not reserve ids ahead (will retry): {e}");
                 }
             }
-            let due = lock(&self.checkpoint_lock).elapsed() >= CHECKPOINT_INTERVAL;
+            let due = lock(&self.marks.checkpoint_lock).elapsed() >= CHECKPOINT_INTERVAL;
             if checkpoint_wanted && due {
-                lock(&self.house).checkpoint_wanted = false;
+                lock(&self.house.state).checkpoint_wanted = false;
                 if let Err(e) = self.checkpoint() {
                     log::warn!("WAL checkpoint failed (will retry): {e}");
-                    lock(&self.house).checkpoint_wanted = true;
+                    lock(&self.house.state).checkpoint_wanted = true;
                 }
             }
         }
     }
 
+    /// Makes the spare for the segment after the active one, if none is ready.
     pub(super) fn prepare_spare(&self) {
-        // A rotation preallocating right now: it will have its segment; do not compete for space.
-        let Ok(_creating) = self.spare_creation.try_lock() else { return };
-        if lock(&self.spare).is_some() || Instant::now() < *lock(&self.spare_retry_at) {
+        // Blocks while a rotation takes the spare and moves `active_index`.
+        let _creating = lock(&self.segments.spare_creation);
+        if lock(&self.segments.spare).is_some()
+            || Instant::now() < *lock(&self.segments.spare_retry_at)
+            || self.is_poisoned()
+            || self.closed.load(Acquire)
+        {
             return;
         }
-        match self.preallocate(self.cfg.max_segment_size) {
+        let index = self.segments.active_index.load(Acquire) + 1;
+        match self.make_spare(index, !self.preallocation_pays()) {
             Ok(s) => {
-                if self.spare_failing.swap(false, Relaxed) {
+                if self.segments.spare_failing.swap(false, Relaxed) {
                     log::info!("WAL preallocates segments again in {}", self.seg_dir.display());
                 }
-                let mut slot = lock(&self.spare);
-                if slot.is_none() {
-                    *slot = Some(s);
-                } else {
-                    // A rotation prepared its own meanwhile: ours is surplus.
-                    drop(slot);
-                    let _ = std::fs::remove_file(&s.path);
-                }
+                *lock(&self.segments.spare) = Some(s);
             }
             Err(e) => {
                 // On a full disk, do not write and delete a segment's worth of zeros per append.
-                *lock(&self.spare_retry_at) = Instant::now() + SPARE_RETRY_BACKOFF;
-                if !self.spare_failing.swap(true, Relaxed) {
+                *lock(&self.segments.spare_retry_at) = Instant::now() + SPARE_RETRY_BACKOFF;
+                if !self.segments.spare_failing.swap(true, Relaxed) {
                     log::warn!("WAL could not preallocate the next segment (will retry at rotation): {e}");
                 }
             }
@@ -123,14 +134,14 @@ impl Inner {
 
     /// A checkpoint that also reserves ids below `reserve` (if above the current reservation).
     pub(super) fn checkpoint_reserving(&self, reserve: u64) -> Result<()> {
-        let mut last = lock(&self.checkpoint_lock);
-        let next_id = self.id_reserved.load(Acquire).max(reserve);
+        let mut last = lock(&self.marks.checkpoint_lock);
+        let next_id = self.marks.id_reserved.load(Acquire).max(reserve);
         let (watermark, processed_ids) = {
-            let mut p = lock(&self.processed);
+            let mut p = lock(&self.marks.processed);
             p.dirty = false;
             (p.watermark(), p.above_sorted())
         };
-        let table: Vec<SegmentInfo> = self.table.read().unwrap().clone();
+        let table: Vec<SegmentInfo> = self.segments.table.read().unwrap().clone();
         let meta = Metadata {
             next_id,
             processed_watermark: watermark,
@@ -144,11 +155,11 @@ impl Inner {
         };
         let stored = self.fault_err(FaultPoint::MetadataWrite).and_then(|_| metadata::store(&self.dir, &meta));
         stored.map_err(|e| {
-            lock(&self.processed).dirty = true;
+            lock(&self.marks.processed).dirty = true;
             WalError::io(format!("writing {}", self.dir.join(metadata::METADATA_FILE).display()), e)
         })?;
         self.stats.metadata_writes.fetch_add(1, Relaxed);
-        self.id_reserved.fetch_max(next_id, AcqRel);
+        self.marks.id_reserved.fetch_max(next_id, AcqRel);
         *last = Instant::now();
         // The checkpoint saying these are processed is durable: now they may go.
         let doomed: Vec<SegmentInfo> = table
@@ -158,7 +169,7 @@ impl Inner {
         if doomed.is_empty() {
             return Ok(());
         }
-        self.table.write().unwrap().retain(|s| !doomed.iter().any(|d| d.index == s.index));
+        self.segments.table.write().unwrap().retain(|s| !doomed.iter().any(|d| d.index == s.index));
         for s in &doomed {
             if let Err(e) = std::fs::remove_file(&s.path) {
                 log::warn!(path:% = s.path.display(), error:% = e;

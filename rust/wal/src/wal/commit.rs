@@ -1,98 +1,186 @@
-//! Group commit: who writes and fsyncs which records, and when they count as
-//! acknowledged. See the module doc of `wal` for the protocol.
+//! The commit pipeline: who writes and fsyncs which records, and when they
+//! count as acknowledged. See the module doc of `wal` for the protocol.
+//!
+//! Invariants (immediate mode):
+//! - `done_id <= synced_id <= handled_id`, except for failed ids, which are
+//!   decided (in `failures`) before `handled_id` passes them;
+//! - a sync makes durable exactly the ids up to the `sync_target` it read
+//!   before calling fdatasync (records written later wait for the next one);
+//! - at most one fdatasync of the active segment is in flight (`syncing`);
+//!   a rotation's fdatasync of the segment it seals may run beside it.
 
 use super::*;
 
+/// How long a waiter sleeps before looking again by itself. Only a safety
+/// net: every sync wakes its waiters, and whoever leaves written records
+/// behind hands them to the flusher.
+const WAIT_RECHECK: Duration = Duration::from_millis(10);
+
 impl Inner {
-    /// Immediate mode: leads or joins group commits until `target` is decided.
-    pub(super) fn commit_until(&self, target: u64) {
-        let mut st = lock(&self.ack);
+    /// Immediate mode: writes and syncs (or waits for whoever does) until
+    /// `target` is decided. `flusher`: the flusher thread, which keeps driving
+    /// while records wait; an appender whose own records are durable hands
+    /// the rest over to it instead of paying for another sync.
+    pub(super) fn commit_until(&self, target: u64, flusher: bool) {
         loop {
-            if self.acked_threshold_reached(target) || st.poisoned.is_some() {
+            if self.commit.done_id.load(Acquire) >= target {
                 return;
             }
-            if !st.leader_busy {
-                st.leader_busy = true;
+            self.write_pending();
+            let st = lock(&self.commit.state);
+            if st.poisoned.is_some() {
                 drop(st);
-                self.lead_group();
-                st = lock(&self.ack);
-                st.leader_busy = false;
-                self.ack_cv.notify_all();
-                self.flusher_cv.notify_one();
+                // A writer may still hold our (borrowed) records: wait until it is done.
+                drop(lock(&self.segments.io));
+                return;
+            }
+            let pending = self.commit.handled_id.load(Acquire) > self.commit.synced_id.load(Acquire);
+            if self.commit.done_id.load(Acquire) >= target {
+                // Left behind: written records no sync covers yet, or queued ones
+                // a full group left for the next round.
+                let left = pending || !lock(&self.commit.queue).items.is_empty();
+                if left && !st.syncing && !flusher {
+                    self.hand_to_flusher(st);
+                }
+                return;
+            }
+            if pending && !st.syncing {
+                self.sync_round(st, flusher);
                 continue;
             }
-            st = self.ack_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            // A sync is in flight: the one that covers `target` is that one if
+            // it reaches it, else the next (records written meanwhile).
+            let seq = if st.syncing && target <= st.in_flight_upto { st.sync_seq } else { st.sync_seq + 1 };
+            drop(st);
+            self.wait_for_sync(seq);
         }
     }
 
-    /// Takes the next group from the queue. If the previous group served
-    /// several callers, they are likely on their way back with their next
-    /// record (threads that just woke up, re-taking the GIL): wait for them a
-    /// little, at most about one fsync, so they share the next fsync instead
-    /// of each paying for one. A lone writer (previous group of one) never waits.
-    pub(super) fn gather_group(&self) -> Vec<Queued> {
-        let cap = self.cfg.max_buffer_entries;
-        let expected = self.last_group_callers.load(Relaxed) as usize;
-        let mut q = lock(&self.queue);
-        if expected > 1 && q.callers < expected && q.items.len() < cap {
-            let wait = Duration::from_nanos(self.last_fsync_nanos.load(Relaxed).clamp(20_000, 1_000_000));
-            let deadline = Instant::now() + wait;
-            q.leader_gathering = true;
-            while q.callers < expected && q.items.len() < cap {
-                let now = Instant::now();
-                if now >= deadline {
+    fn hand_to_flusher(&self, mut st: MutexGuard<'_, CommitState>) {
+        st.sync_wanted = true;
+        self.commit.flusher_cv.notify_one();
+    }
+
+    /// One fdatasync covering everything written so far; then wakes the
+    /// callers it acknowledged. Called with `state` held and no sync in flight.
+    fn sync_round(&self, mut st: MutexGuard<'_, CommitState>, flusher: bool) {
+        let Some((file, upto)) = lock(&self.commit.sync_target).clone() else { return };
+        st.syncing = true;
+        st.sync_seq += 1;
+        st.in_flight_upto = upto;
+        self.commit.sync_started.fetch_max(upto, AcqRel);
+        let seq = st.sync_seq;
+        drop(st);
+        // A rotation may have synced these already (sealing the segment).
+        let ok = upto <= self.commit.synced_id.load(Acquire) || self.sync_file(&file);
+        if ok {
+            self.commit.synced_id.fetch_max(upto, AcqRel);
+            self.commit.done_id.fetch_max(upto, AcqRel);
+        }
+        let mut st = lock(&self.commit.state);
+        st.syncing = false;
+        let more = self.commit.handled_id.load(Acquire) > upto || !lock(&self.commit.queue).items.is_empty();
+        if ok && more && !flusher {
+            // Records written behind this sync: the flusher starts the next at
+            // once, and this caller returns (its own records are durable).
+            self.hand_to_flusher(st);
+        } else {
+            drop(st);
+        }
+        self.complete_slot(seq);
+        self.notify_async_waiters();
+    }
+
+    /// Waits until sync `seq` completed (or a safety recheck is due).
+    fn wait_for_sync(&self, seq: u64) {
+        if !self.is_closed_or_poisoned() {
+            self.commit.slots[(seq % 2) as usize].wait(seq, WAIT_RECHECK);
+        }
+    }
+
+    fn is_closed_or_poisoned(&self) -> bool {
+        self.closed.load(Acquire) || self.is_poisoned()
+    }
+
+    fn complete_slot(&self, seq: u64) {
+        self.commit.slots[(seq % 2) as usize].complete(seq);
+    }
+
+    /// Wakes every waiter (poisoning, close): they look at the state again.
+    pub(super) fn wake_all_waiters(&self) {
+        for slot in &self.commit.slots {
+            // Waking without completing: the waiters recheck and find the poison or the close.
+            // SAFETY: FUTEX_WAKE on a live u32.
+            unsafe {
+                libc::syscall(libc::SYS_futex, slot.completed.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX)
+            };
+        }
+    }
+
+    /// Immediate mode: writes whatever is queued, unless another thread holds
+    /// `io` (it looks at the queue again after letting go, so nothing queued
+    /// before that is left behind).
+    pub(super) fn write_pending(&self) {
+        loop {
+            if self.commit.poisoned.load(Acquire) {
+                return;
+            }
+            let mut io = match self.segments.io.try_lock() {
+                Ok(io) => io,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            loop {
+                // The next sync covers what is written above the last one started:
+                // at most `max_buffer_entries` (whole calls; one bigger call goes alone).
+                let behind = self.commit.sync_started.load(Acquire).max(self.commit.synced_id.load(Acquire));
+                let unsynced = self.commit.handled_id.load(Acquire).saturating_sub(behind) as usize;
+                let cap = self.cfg.max_buffer_entries;
+                if unsynced >= cap {
                     break;
                 }
-                q = self.arrivals_cv.wait_timeout(q, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+                let group = if unsynced == 0 {
+                    lock(&self.commit.queue).take(cap)
+                } else {
+                    lock(&self.commit.queue).take_within(cap - unsynced)
+                };
+                let Some(last) = group.last().map(|r| r.id) else { break };
+                self.write_group(&mut io, group);
+                self.after_write(&io, last);
             }
-            q.leader_gathering = false;
+            drop(io);
+            if lock(&self.commit.queue).items.is_empty() {
+                return;
+            }
         }
-        let (group, callers) = q.take(cap);
-        self.last_group_callers.store(callers as u64, Relaxed);
-        group
     }
 
-    /// One group commit: gather up to `max_buffer_entries`, write, fdatasync, publish.
-    pub(super) fn lead_group(&self) {
-        let mut io = lock(&self.io);
-        let group = self.gather_group();
-        let last = group.last().map(|r| r.id);
-        // Records written before a failure in this group still need their fsync.
-        self.write_group(&mut io, group);
-        let file = io.active.as_ref().map(|a| Arc::clone(&a.file));
-        let written = io.written_id;
-        drop(io);
-        if written > self.synced_id.load(Acquire) && !self.is_poisoned() {
-            if let Some(file) = file {
-                if !self.sync_file(&file) {
-                    return; // poisoned: waiters wake and fail
-                }
-                self.synced_id.fetch_max(written, AcqRel);
-            }
+    /// After a group is written (or failed): the next sync covers it, readers
+    /// may look at it once it is acknowledged.
+    fn after_write(&self, io: &Io, last: u64) {
+        if let Some(active) = io.active.as_ref() {
+            *lock(&self.commit.sync_target) = Some((Arc::clone(&active.file), last));
         }
-        self.publish_active();
-        if let Some(last) = last {
-            self.done_id.fetch_max(last, AcqRel);
-        }
-        self.notify_async_waiters();
+        self.commit.handled_id.fetch_max(last, AcqRel);
+        self.publish_locked(io);
     }
 
     /// Batched mode: write everything queued (no fsync); publish; ask for an fsync when due.
     pub(super) fn write_queued(&self) {
-        let mut io = lock(&self.io);
-        let (group, _) = lock(&self.queue).take(usize::MAX);
+        let mut io = lock(&self.segments.io);
+        let group = lock(&self.commit.queue).take(usize::MAX);
         let Some(last) = group.last().map(|r| r.id) else { return };
         self.write_group(&mut io, group);
-        let unsynced = io.written_id.saturating_sub(self.synced_id.load(Acquire));
         // Publish while still holding `io`: an appender whose record another
         // thread wrote must find it acknowledged once it gets `io` itself.
-        self.publish_locked(&io);
-        self.done_id.fetch_max(last, AcqRel);
+        self.after_write(&io, last);
+        self.commit.done_id.fetch_max(last, AcqRel);
         drop(io);
+        let unsynced = last.saturating_sub(self.commit.synced_id.load(Acquire));
         if unsynced >= self.cfg.max_buffer_entries as u64 {
-            let mut st = lock(&self.ack);
+            let mut st = lock(&self.commit.state);
             st.sync_wanted = true;
-            self.flusher_cv.notify_one();
+            self.commit.flusher_cv.notify_one();
         }
         self.notify_async_waiters();
     }
@@ -103,7 +191,6 @@ impl Inner {
         let r = self.fault_err(FaultPoint::SegmentSync).and_then(|_| fsutil::fdatasync(file));
         let took = t.elapsed();
         self.stats.record_fsync(took);
-        self.last_fsync_nanos.store(took.as_nanos() as u64, Relaxed);
         if took > SLOW_FSYNC {
             log::warn!(secs = took.as_secs_f64(), dir:% = self.dir.display();
                 "WAL fdatasync took {:.3}s in {}", took.as_secs_f64(), self.dir.display());
@@ -124,7 +211,7 @@ impl Inner {
     /// Returns false when something failed (failures recorded, or poisoned).
     pub(super) fn write_group(&self, io: &mut Io, group: Vec<Queued>) -> bool {
         let calls = call_bounds(&group);
-        let bytes_of = |a: usize, b: usize| group[a..b].iter().map(|r| r.bytes.len() as u64).sum::<u64>();
+        let bytes_of = |a: usize, b: usize| group[a..b].iter().map(|r| r.len()).sum::<u64>();
         let max = self.cfg.max_segment_size;
         let mut c = 0;
         while c < calls.len() {
@@ -147,7 +234,8 @@ impl Inner {
                 next += 1;
             }
             let last = calls[next - 1].1;
-            let bufs: Vec<&[u8]> = group[first..last].iter().map(|r| r.bytes.as_slice()).collect();
+            let bufs: Vec<&[u8]> =
+                group[first..last].iter().flat_map(|r| [&r.header[..], r.payload.as_slice()]).collect();
             let start = active.write_offset;
             if let Err(e) = self.write_run(&active.file, &bufs, start) {
                 let rolled_back = self.roll_back(active, start, run_bytes);
@@ -161,11 +249,10 @@ impl Inner {
                 return self.fail_records(&group[first..], err);
             }
             active.write_offset += run_bytes;
-            let avg = self.group_bytes_avg.load(Relaxed);
-            self.group_bytes_avg.store((avg * 7 + run_bytes) / 8, Relaxed);
+            let avg = self.segments.group_bytes_avg.load(Relaxed);
+            self.segments.group_bytes_avg.store((avg * 7 + run_bytes) / 8, Relaxed);
             active.first_id.get_or_insert(group[first].id);
             active.last_id = Some(group[last - 1].id);
-            io.written_id = group[last - 1].id;
             c = next;
         }
         true
@@ -198,25 +285,23 @@ impl Inner {
         self.stats.failed_appends.fetch_add(recs.len() as u64, Relaxed);
         log::warn!(first_id = first, last_id = last, error:% = err; "WAL append of ids {first}..={last} failed: {err}");
         let failure = Failure::from_error(err);
-        lock(&self.processed).add_gap(first, last);
-        let mut st = lock(&self.ack);
+        lock(&self.marks.processed).add_gap(first, last);
+        let mut st = lock(&self.commit.state);
         for r in recs {
             st.failures.insert(r.id, failure.clone());
         }
-        self.has_failures.store(true, Release);
+        self.commit.has_failures.store(true, Release);
         false
     }
 
-    /// Makes the active segment's newly written records visible to readers.
-    pub(super) fn publish_active(&self) {
-        let io = lock(&self.io);
-        self.publish_locked(&io);
-    }
-
+    /// Makes the active segment's newly written records visible in the table
+    /// (readers still stop at `done_id`); asks for a spare once a quarter of
+    /// the segment is used and none is ready (not earlier: a WAL opened and
+    /// closed with a few entries should not write a segment of zeros).
     pub(super) fn publish_locked(&self, io: &Io) {
         let Some(active) = io.active.as_ref() else { return };
         let (index, offset, first, last) = (active.index, active.write_offset, active.first_id, active.last_id);
-        let mut table = self.table.write().unwrap();
+        let mut table = self.segments.table.write().unwrap();
         if let Some(s) = table.iter_mut().rev().find(|s| s.index == index) {
             if offset > s.data_end {
                 s.data_end = offset;
@@ -225,22 +310,22 @@ impl Inner {
             }
         }
         drop(table);
-        if offset * 2 > self.cfg.max_segment_size && self.preallocation_pays() && lock(&self.spare).is_none() {
+        if offset * 4 > self.cfg.max_segment_size && lock(&self.segments.spare).is_none() {
             self.wake_housekeeper(|h| h.spare_wanted = true);
         }
     }
 
     /// Everything queued so far is written and fsynced.
     pub(super) fn flush_all(&self) -> Result<()> {
-        let target = lock(&self.queue).next_id - 1;
+        let target = lock(&self.commit.queue).next_id - 1;
         match self.cfg.sync_mode {
-            SyncMode::Immediate => self.commit_until(target),
+            SyncMode::Immediate => self.commit_until(target, false),
             SyncMode::Batched => {
                 self.write_queued();
                 self.sync_written();
             }
         }
-        if let Some(p) = lock(&self.ack).poisoned.clone() {
+        if let Some(p) = lock(&self.commit.state).poisoned.clone() {
             return Err(WalError::Poisoned(p));
         }
         Ok(())
@@ -248,17 +333,12 @@ impl Inner {
 
     /// Batched mode: fdatasync what has been written.
     pub(super) fn sync_written(&self) {
-        let (file, written) = {
-            let io = lock(&self.io);
-            (io.active.as_ref().map(|a| Arc::clone(&a.file)), io.written_id)
-        };
-        if written <= self.synced_id.load(Acquire) {
+        let Some((file, upto)) = lock(&self.commit.sync_target).clone() else { return };
+        if upto <= self.commit.synced_id.load(Acquire) {
             return;
         }
-        if let Some(file) = file {
-            if self.sync_file(&file) {
-                self.synced_id.fetch_max(written, AcqRel);
-            }
+        if self.sync_file(&file) {
+            self.commit.synced_id.fetch_max(upto, AcqRel);
         }
     }
 }

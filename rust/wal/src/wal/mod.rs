@@ -3,37 +3,45 @@
 //!
 //! # Threads and locks
 //!
-//! Appenders encode their records and queue them (`queue` lock: ids are handed
-//! out in queue order). Whoever holds `io` drains the queue in order and
-//! writes it; so records reach the file in id order.
+//! Appenders encode their records and queue them (`commit.queue`: ids are
+//! handed out in queue order). Whoever holds `segments.io` drains the queue in
+//! order and writes it; so records reach the file in id order. An appender
+//! that finds `io` taken leaves its records to the holder, which looks at the
+//! queue again after letting go (nothing is stranded).
 //!
-//! In `immediate` mode one appender at a time is the *leader*: it drains up to
-//! `max_buffer_entries` records, writes them with one `pwritev` and one
-//! `fdatasync`, publishes the result and wakes everyone. Appenders that queued
-//! meanwhile wait, and the first to wake leads the next group. A lone writer
-//! leads its own group at once (no timer, no hand-off); under load the groups
-//! grow to whatever arrived during the previous fsync. `append_async` callers
-//! cannot block, so the *flusher* thread leads on their behalf.
+//! In `immediate` mode the commit is a two-stage pipeline: records are written
+//! (page cache) while the previous group's `fdatasync` is in flight, and one
+//! `fdatasync` at a time makes everything written before it started durable.
+//! An appender whose records are written starts that sync itself when none is
+//! in flight (a lone writer pays one write and one fdatasync, no hand-off);
+//! otherwise it waits for the sync that covers it, on the wait slot of that
+//! sync's parity, so a finished sync wakes exactly the callers it acknowledged.
+//! A sync that finds more records written behind it when it completes is
+//! followed at once by the next: the flusher thread drives those (an appender
+//! whose own records are durable hands over and returns), so under load the
+//! disk always has a sync in flight. `append_async` callers cannot block, so
+//! the flusher drives on their behalf too.
 //!
 //! In `batched` mode appenders write their own records (page cache) and
 //! return; the flusher fsyncs when `max_buffer_entries` entries are unsynced
 //! or `flush_interval` has passed.
 //!
-//! The *housekeeper* thread prepares the next segment file ahead of rotation,
-//! writes the checkpoint (`metadata.json`) at most every
-//! `CHECKPOINT_INTERVAL` when processed marks changed, and then deletes sealed
-//! segments whose entries are all processed: after the checkpoint that allows
-//! it is durable.
+//! The *housekeeper* thread creates the next segment durably ahead of
+//! rotation (a *spare*: see `rotation.rs`), writes the checkpoint
+//! (`metadata.json`) at most every `CHECKPOINT_INTERVAL` when processed marks
+//! changed, and then deletes sealed segments whose entries are all processed:
+//! after the checkpoint that allows it is durable.
 //!
-//! Lock order: `io` → `queue`; `io` → `table`; `ack` is never held while
-//! taking another lock except `queue` (for a cheap length check).
+//! The lock order is on [`Inner`].
 //!
 //! # Durability ordering (immediate mode)
 //!
 //! write(records) → fdatasync(segment) → publish `done_id` → wake waiters.
-//! At rotation: fdatasync(old segment) → rename spare → fsync(dir) → write
-//! header + records → fdatasync(new segment). An fsync error poisons the WAL:
-//! it is never retried, nothing more is acknowledged (fail-stop).
+//! Ahead of time (housekeeper): spare zero-filled → fsync → rename to the next
+//! segment number → fsync(dir). At rotation: fdatasync(old segment) → header +
+//! records into the spare → fdatasync(new segment) → acknowledge. An fsync
+//! error poisons the WAL: it is never retried, nothing more is acknowledged
+//! (fail-stop).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -46,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{is_out_of_space, Result, WalError};
 use crate::faults::{FaultAction, FaultPoint};
-use crate::format::{encode_record, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{encode_record_header, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::fsutil;
 use crate::metadata::{self, Metadata, SegmentMeta};
 use crate::processed::{Mark, Processed};
@@ -107,16 +115,45 @@ struct Queued {
     id: u64,
     /// First record of an append call (one waiting caller per such record).
     starts_call: bool,
-    bytes: Vec<u8>,
+    header: [u8; RECORD_HEADER_LEN],
+    payload: Payload,
+}
+
+impl Queued {
+    /// Bytes on disk.
+    fn len(&self) -> u64 {
+        (RECORD_HEADER_LEN + self.payload.as_slice().len()) as u64
+    }
+}
+
+/// A queued record's payload: a copy (`Wal::enqueue`, whose caller returns
+/// at once), or the caller's own bytes (`append`, `append_batch`: no copy).
+enum Payload {
+    Owned(Vec<u8>),
+    /// Valid while the appender waits. It waits until its ids are decided,
+    /// which happens only after the writer is done with its records; when it
+    /// stops waiting early (poisoned), it first takes `segments.io` once, so
+    /// no writer still holds its records, and `poison` has emptied the queue.
+    Borrowed { ptr: *const u8, len: usize },
+}
+
+// SAFETY: a borrowed payload is only read while its appender is blocked
+// waiting (see `Payload::Borrowed`); the bytes are immutable meanwhile.
+unsafe impl Send for Payload {}
+
+impl Payload {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Owned(v) => v,
+            // SAFETY: see `Payload::Borrowed`.
+            Payload::Borrowed { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
 }
 
 struct Queue {
     next_id: u64,
     items: VecDeque<Queued>,
-    /// Append calls with records in `items`.
-    callers: usize,
-    /// A leader is waiting for more callers to join its group.
-    leader_gathering: bool,
 }
 
 /// `[start, end)` index ranges of the append calls in a group, in order.
@@ -134,23 +171,36 @@ fn call_bounds(group: &[Queued]) -> Vec<(usize, usize)> {
 impl Queue {
     /// Takes up to `max` records, oldest first, never splitting an append
     /// call (a batch larger than `max` is a group of its own); returns them
-    /// and how many callers they serve.
-    fn take(&mut self, max: usize) -> (Vec<Queued>, usize) {
+    fn take(&mut self, max: usize) -> Vec<Queued> {
         let mut n = self.items.len().min(max.max(1));
         while n < self.items.len() && !self.items[n].starts_call {
             n += 1;
         }
-        let group: Vec<Queued> = self.items.drain(..n).collect();
-        let callers = group.iter().filter(|r| r.starts_call).count();
-        self.callers -= callers;
-        (group, callers)
+        self.items.drain(..n).collect()
+    }
+
+    /// Whole calls, oldest first, as many as fit in `room` records (none if
+    /// the first does not fit: it waits for a group of its own).
+    fn take_within(&mut self, room: usize) -> Vec<Queued> {
+        let mut n = 0;
+        let mut end = 0;
+        while end < self.items.len() {
+            end += 1;
+            while end < self.items.len() && !self.items[end].starts_call {
+                end += 1;
+            }
+            if end > room {
+                break;
+            }
+            n = end;
+        }
+        self.items.drain(..n).collect()
     }
 }
 
+/// The active segment; held (`Segments::io`) by whoever writes records.
 struct Io {
     active: Option<ActiveSegment>,
-    /// Highest id written to the OS.
-    written_id: u64,
 }
 
 /// Why an append failed: out of space (retry later) or the WAL stopped.
@@ -202,18 +252,153 @@ impl Failure {
     }
 }
 
+/// Who is syncing, what failed, and the flusher's orders (`Commit::state`).
 #[derive(Default)]
-struct AckState {
-    /// A leader is writing/syncing a group.
-    leader_busy: bool,
+struct CommitState {
+    /// An fdatasync is in flight (one at a time).
+    syncing: bool,
+    /// Number of syncs started; the one in flight (if `syncing`) is this one.
+    sync_seq: u64,
+    /// The sync in flight makes ids up to this durable.
+    in_flight_upto: u64,
     /// Ids whose append failed (rolled back), with the reason.
     failures: HashMap<u64, Failure>,
     poisoned: Option<String>,
-    /// Highest id an async appender waits for (the flusher leads until it is done).
+    /// Highest id an async appender waits for (the flusher drives until it is done).
     async_wanted: u64,
+    /// Immediate mode: written records wait for a sync nobody drives (the flusher takes over).
     /// Batched mode: an fsync is due (buffer threshold reached).
     sync_wanted: bool,
     shutdown: bool,
+}
+
+/// Waiters for the syncs of one parity: sync `n` wakes exactly the callers
+/// whose records it made durable (`slots[n % 2]`), not the ones waiting for
+/// the next sync (no stampede). A futex word, not a mutex and condvar: the
+/// woken callers do not queue up again on a mutex to leave.
+#[derive(Default)]
+struct WaitSlot {
+    /// Low 32 bits of the last sync of this parity that completed.
+    completed: std::sync::atomic::AtomicU32,
+}
+
+impl WaitSlot {
+    /// Whether sync `seq` (of this slot's parity) has completed, given the word's value.
+    fn reached(word: u32, seq: u64) -> bool {
+        // Wrapping comparison: the word holds seq's low bits; waiters are never 2^31 syncs behind.
+        (word.wrapping_sub(seq as u32) as i32) >= 0
+    }
+
+    /// Sleeps until sync `seq` completed, `timeout` passed, or a spurious wake-up.
+    fn wait(&self, seq: u64, timeout: Duration) {
+        let word = self.completed.load(Acquire);
+        if Self::reached(word, seq) {
+            return;
+        }
+        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+        // SAFETY: FUTEX_WAIT on a live u32 we own; it returns at once if the word changed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.completed.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                word,
+                &ts as *const libc::timespec,
+            )
+        };
+    }
+
+    /// Sync `seq` completed: wake everyone sleeping on this slot.
+    fn complete(&self, seq: u64) {
+        self.completed.fetch_max_wrapping(seq as u32);
+        // SAFETY: FUTEX_WAKE on a live u32 we own.
+        unsafe {
+            libc::syscall(libc::SYS_futex, self.completed.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX)
+        };
+    }
+}
+
+/// `fetch_max` in wrapping (serial number) order for the slot words.
+trait FetchMaxWrapping {
+    fn fetch_max_wrapping(&self, v: u32);
+}
+
+impl FetchMaxWrapping for std::sync::atomic::AtomicU32 {
+    fn fetch_max_wrapping(&self, v: u32) {
+        let mut cur = self.load(Acquire);
+        while !WaitSlot::reached(cur, v as u64) {
+            match self.compare_exchange_weak(cur, v, AcqRel, Acquire) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+/// The commit pipeline (immediate mode): appenders write their records (under
+/// `Segments::io`), then one fdatasync at a time makes everything written so far
+/// durable while the next records are being written.
+struct Commit {
+    queue: Mutex<Queue>,
+    state: Mutex<CommitState>,
+    slots: [WaitSlot; 2],
+    /// The flusher waits here (with `state`).
+    flusher_cv: Condvar,
+    /// What the next sync covers: the active segment's file and the highest id
+    /// written (or failed) in it; set by writers under `Segments::io`.
+    sync_target: Mutex<Option<(Arc<File>, u64)>>,
+    /// Highest id written to the OS or failed (its fate is known but for the sync).
+    handled_id: AtomicU64,
+    /// The `upto` of the last sync started: the next sync covers ids above it,
+    /// and writers keep that to `max_buffer_entries` (a group commit's cap).
+    sync_started: AtomicU64,
+    synced_id: AtomicU64,
+    /// Highest id whose fate is decided: acknowledged, or failed (see `failures`).
+    done_id: AtomicU64,
+    has_failures: AtomicBool,
+    /// Set by `poison` before it empties the queue; `enqueue` checks it under
+    /// the queue lock, so no record is queued after the queue was emptied.
+    poisoned: AtomicBool,
+}
+
+/// The segment files: the active one, the table readers see, the spare.
+struct Segments {
+    io: Mutex<Io>,
+    table: RwLock<Vec<SegmentInfo>>,
+    /// The next segment, created durably ahead of rotation (see `rotation.rs`).
+    spare: Mutex<Option<Spare>>,
+    /// Held while a spare is being created (one at a time), and by a rotation
+    /// while it takes the spare and moves `active_index`.
+    spare_creation: Mutex<()>,
+    /// Index of the active segment (the spare is made for the one after it).
+    active_index: AtomicU64,
+    /// The last spare preallocation failed (logged once per episode).
+    spare_failing: AtomicBool,
+    /// When the housekeeper may try preallocating again after a failure.
+    spare_retry_at: Mutex<Instant>,
+    /// Moving average of bytes per write run: decides whether preallocation pays.
+    group_bytes_avg: AtomicU64,
+}
+
+/// Processed marks, the checkpoint, and the id reservation.
+struct Marks {
+    processed: Mutex<Processed>,
+    checkpoint_lock: Mutex<Instant>,
+    /// Ids below this are durably reserved (metadata.json's `next_id`): a
+    /// restart continues from here, so ids never repeat.
+    id_reserved: AtomicU64,
+}
+
+/// The housekeeper's orders.
+struct House {
+    state: Mutex<HouseState>,
+    cv: Condvar,
+}
+
+/// Consumers: the tail cursor and the async wake-up fds.
+struct Readers {
+    notify_fds: Mutex<Vec<RawFd>>,
+    cursor: Mutex<Option<Cursor>>,
 }
 
 #[derive(Default)]
@@ -231,45 +416,24 @@ struct Cursor {
     offset: u64,
 }
 
+/// The engine, one struct per concern. Lock order (a lock may be taken
+/// while holding the ones to its left, never the other way):
+///
+/// `segments.io` → `marks.processed` → `commit.state` → `commit.queue` / `commit.sync_target`;
+/// `segments.io` → `segments.spare_creation` → `segments.spare`;
+/// `segments.io` → `segments.table`; `marks.checkpoint_lock` → `marks.processed`, `segments.table`.
+/// `commit.slots[_]`, `house.state`, `readers.*` and `stats` are leaves.
 struct Inner {
     dir: PathBuf,
     seg_dir: PathBuf,
     cfg: Config,
     /// The directory lock; released (dropped) at close.
     dir_lock: Mutex<Option<File>>,
-    queue: Mutex<Queue>,
-    /// Signalled when a caller queues while a leader is gathering its group.
-    arrivals_cv: Condvar,
-    /// Callers served by the previous group commit: how many to expect back.
-    last_group_callers: AtomicU64,
-    last_fsync_nanos: AtomicU64,
-    /// Moving average of bytes per write run: decides whether preallocation pays.
-    group_bytes_avg: AtomicU64,
-    io: Mutex<Io>,
-    table: RwLock<Vec<SegmentInfo>>,
-    spare: Mutex<Option<Spare>>,
-    ack: Mutex<AckState>,
-    ack_cv: Condvar,
-    flusher_cv: Condvar,
-    /// Highest id whose fate is decided: acknowledged, or failed (see `failures`).
-    done_id: AtomicU64,
-    synced_id: AtomicU64,
-    has_failures: AtomicBool,
-    /// The last spare preallocation failed (logged once per episode).
-    spare_failing: AtomicBool,
-    /// Held while a spare segment is being zero-filled (one at a time).
-    spare_creation: Mutex<()>,
-    /// When the housekeeper may try preallocating again after a failure.
-    spare_retry_at: Mutex<Instant>,
-    processed: Mutex<Processed>,
-    checkpoint_lock: Mutex<Instant>,
-    /// Ids below this are durably reserved (metadata.json's `next_id`): a
-    /// restart continues from here, so ids never repeat.
-    id_reserved: AtomicU64,
-    house: Mutex<HouseState>,
-    house_cv: Condvar,
-    notify_fds: Mutex<Vec<RawFd>>,
-    cursor: Mutex<Option<Cursor>>,
+    commit: Commit,
+    segments: Segments,
+    marks: Marks,
+    house: House,
+    readers: Readers,
     stats: Stats,
     closed: AtomicBool,
 }
@@ -332,46 +496,50 @@ impl Wal {
             dir: dir.clone(),
             seg_dir,
             dir_lock: Mutex::new(Some(lock_file)),
-            queue: Mutex::new(Queue {
-                next_id: rec.next_id,
-                items: VecDeque::new(),
-                callers: 0,
-                leader_gathering: false,
-            }),
-            arrivals_cv: Condvar::new(),
-            last_group_callers: AtomicU64::new(0),
-            last_fsync_nanos: AtomicU64::new(0),
-            group_bytes_avg: AtomicU64::new(0),
-            io: Mutex::new(Io { active: None, written_id }),
-            table: RwLock::new(Vec::new()),
-            spare: Mutex::new(None),
-            ack: Mutex::new(AckState::default()),
-            ack_cv: Condvar::new(),
-            flusher_cv: Condvar::new(),
-            done_id: AtomicU64::new(written_id),
-            synced_id: AtomicU64::new(written_id),
-            has_failures: AtomicBool::new(false),
-            spare_failing: AtomicBool::new(false),
-            spare_creation: Mutex::new(()),
-            spare_retry_at: Mutex::new(Instant::now()),
-            processed: Mutex::new(rec.processed),
-            checkpoint_lock: Mutex::new(Instant::now()),
-            id_reserved: AtomicU64::new(rec.next_id),
-            house: Mutex::new(HouseState::default()),
-            house_cv: Condvar::new(),
-            notify_fds: Mutex::new(Vec::new()),
-            cursor: Mutex::new(None),
+            commit: Commit {
+                queue: Mutex::new(Queue { next_id: rec.next_id, items: VecDeque::new() }),
+                state: Mutex::new(CommitState::default()),
+                slots: Default::default(),
+                flusher_cv: Condvar::new(),
+                sync_target: Mutex::new(None),
+                handled_id: AtomicU64::new(written_id),
+                sync_started: AtomicU64::new(written_id),
+                synced_id: AtomicU64::new(written_id),
+                done_id: AtomicU64::new(written_id),
+                has_failures: AtomicBool::new(false),
+                poisoned: AtomicBool::new(false),
+            },
+            segments: Segments {
+                io: Mutex::new(Io { active: None }),
+                table: RwLock::new(Vec::new()),
+                spare: Mutex::new(None),
+                spare_creation: Mutex::new(()),
+                active_index: AtomicU64::new(0),
+                spare_failing: AtomicBool::new(false),
+                spare_retry_at: Mutex::new(Instant::now()),
+                group_bytes_avg: AtomicU64::new(0),
+            },
+            marks: Marks {
+                processed: Mutex::new(rec.processed),
+                checkpoint_lock: Mutex::new(Instant::now()),
+                id_reserved: AtomicU64::new(rec.next_id),
+            },
+            house: House { state: Mutex::new(HouseState::default()), cv: Condvar::new() },
+            readers: Readers { notify_fds: Mutex::new(Vec::new()), cursor: Mutex::new(None) },
             stats,
             closed: AtomicBool::new(false),
             cfg,
         });
         if active.is_none() {
             let index = table.last().map_or(1, |s| s.index + 1);
-            active = Some(inner.create_segment(index, rec.next_id, false)?);
+            active = Some(inner.create_segment(index, rec.next_id)?);
             table.push(info_of(active.as_ref().unwrap(), &inner.seg_dir));
         }
-        lock(&inner.io).active = active;
-        *inner.table.write().unwrap() = table;
+        let active = active.expect("active segment");
+        inner.segments.active_index.store(active.index, Relaxed);
+        *lock(&inner.commit.sync_target) = Some((Arc::clone(&active.file), written_id));
+        lock(&inner.segments.io).active = Some(active);
+        *inner.segments.table.write().unwrap() = table;
         // Persist what recovery learned (gaps, removed segments) and reserve ids before appending.
         inner.checkpoint_reserving(rec.next_id.saturating_add(ID_RESERVATION_BLOCK))?;
 
@@ -403,7 +571,7 @@ impl Wal {
 
     /// Appends one record; returns its id once acknowledged.
     pub fn append(&self, payload: &[u8], kind: Kind) -> Result<u64> {
-        let id = self.inner.enqueue(std::iter::once(payload), kind)?;
+        let id = self.inner.enqueue(std::iter::once(payload), kind, true)?;
         self.inner.await_ids(id, id)?;
         Ok(id)
     }
@@ -414,7 +582,7 @@ impl Wal {
         if n == 0 {
             return Err(WalError::InvalidArgument("append_batch needs at least one payload".into()));
         }
-        let first = self.inner.enqueue(payloads, kind)?;
+        let first = self.inner.enqueue(payloads, kind, true)?;
         self.inner.await_ids(first, first + n - 1)?;
         Ok(first)
     }
@@ -422,43 +590,43 @@ impl Wal {
     /// Queues a record without waiting. The flusher acknowledges it; watch
     /// `done_id`, `take_failure` and `poisoned`, or register a notify fd.
     pub fn enqueue(&self, payload: &[u8], kind: Kind) -> Result<u64> {
-        let id = self.inner.enqueue(std::iter::once(payload), kind)?;
-        let mut st = lock(&self.inner.ack);
+        let id = self.inner.enqueue(std::iter::once(payload), kind, false)?;
+        let mut st = lock(&self.inner.commit.state);
         st.async_wanted = st.async_wanted.max(id);
-        self.inner.flusher_cv.notify_one();
+        self.inner.commit.flusher_cv.notify_one();
         Ok(id)
     }
 
     /// Highest id whose fate is decided: acknowledged unless `take_failure` says otherwise.
     pub fn done_id(&self) -> u64 {
-        self.inner.done_id.load(Acquire)
+        self.inner.commit.done_id.load(Acquire)
     }
 
     pub fn has_failures(&self) -> bool {
-        self.inner.has_failures.load(Acquire)
+        self.inner.commit.has_failures.load(Acquire)
     }
 
     /// The reason `id`'s append failed, once (the entry is forgotten after).
     pub fn take_failure(&self, id: u64) -> Option<WalError> {
-        let mut st = lock(&self.inner.ack);
+        let mut st = lock(&self.inner.commit.state);
         let r = st.failures.remove(&id).map(Failure::into_error);
         if st.failures.is_empty() {
-            self.inner.has_failures.store(false, Release);
+            self.inner.commit.has_failures.store(false, Release);
         }
         r
     }
 
     pub fn poisoned(&self) -> Option<String> {
-        lock(&self.inner.ack).poisoned.clone()
+        lock(&self.inner.commit.state).poisoned.clone()
     }
 
     /// `fd` gets one byte written after every group commit (async wake-ups).
     pub fn register_notify_fd(&self, fd: RawFd) {
-        lock(&self.inner.notify_fds).push(fd);
+        lock(&self.inner.readers.notify_fds).push(fd);
     }
 
     pub fn unregister_notify_fd(&self, fd: RawFd) {
-        lock(&self.inner.notify_fds).retain(|&f| f != fd);
+        lock(&self.inner.readers.notify_fds).retain(|&f| f != fd);
     }
 
     /// Makes everything appended so far durable, then checkpoints processed
@@ -480,13 +648,13 @@ impl Wal {
     /// Marks entries processed (idempotent). Unknown ids are an error.
     pub fn mark_processed(&self, ids: &[u64]) -> Result<()> {
         self.inner.check_open()?;
-        let next_id = lock(&self.inner.queue).next_id;
+        let next_id = lock(&self.inner.commit.queue).next_id;
         if let Some(&bad) = ids.iter().find(|&&id| id == 0 || id >= next_id) {
             return Err(WalError::InvalidArgument(format!(
                 "mark_processed: no WAL entry has id {bad} (ids so far are 1..{next_id})"
             )));
         }
-        let mut p = lock(&self.inner.processed);
+        let mut p = lock(&self.inner.marks.processed);
         let before = p.watermark();
         let mut new = 0;
         for &id in ids {
@@ -523,7 +691,7 @@ impl Wal {
     /// `stats().processed_watermark` alone: every id at or below it is processed.
     /// One short lock, no disk I/O (the forwarder asks once per round).
     pub fn processed_watermark(&self) -> u64 {
-        lock(&self.inner.processed).watermark()
+        lock(&self.inner.marks.processed).watermark()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -535,28 +703,33 @@ impl Wal {
         if self.inner.closed.load(Acquire) {
             return Ok(());
         }
-        let result = if lock(&self.inner.ack).poisoned.is_none() { self.inner.flush_all() } else { Ok(()) };
+        let result = if lock(&self.inner.commit.state).poisoned.is_none() { self.inner.flush_all() } else { Ok(()) };
         if let Err(e) = self.inner.checkpoint() {
             // Entries are durable in the segments; a missed checkpoint only means a replay.
             log::warn!("WAL checkpoint at close failed: {e}");
         }
         self.inner.closed.store(true, Release);
         {
-            let mut st = lock(&self.inner.ack);
+            let mut st = lock(&self.inner.commit.state);
             st.shutdown = true;
-            self.inner.ack_cv.notify_all();
-            self.inner.flusher_cv.notify_all();
+            self.inner.commit.flusher_cv.notify_all();
         }
+        self.inner.wake_all_waiters();
         self.inner.wake_housekeeper(|h| h.shutdown = true);
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
         self.inner.notify_async_waiters();
-        if let Some(spare) = lock(&self.inner.spare).take() {
+        let spare = {
+            let _creating = lock(&self.inner.segments.spare_creation);
+            lock(&self.inner.segments.spare).take()
+        };
+        if let Some(spare) = spare {
+            // Not needed: a spare left behind (a crash) is removed by recovery just the same.
             let _ = std::fs::remove_file(&spare.path);
             let _ = fsutil::fsync_dir(&self.inner.seg_dir);
         }
-        lock(&self.inner.io).active = None; // closes the segment file
+        lock(&self.inner.segments.io).active = None; // closes the segment file
         lock(&self.inner.dir_lock).take(); // releases the flock: the directory may be reopened
         result
     }
@@ -579,6 +752,7 @@ fn info_of(a: &ActiveSegment, seg_dir: &Path) -> SegmentInfo {
         data_end: a.write_offset,
         file_len: a.prealloc_len.max(a.write_offset),
         sealed: false,
+        verified_end: 0,
         known_damage: Vec::new(),
         prev_id: a.prev_id,
     }
@@ -616,20 +790,17 @@ impl Inner {
 
     /// Makes ids below `wanted` (and a block more) durable as reserved.
     fn reserve_ids(&self, wanted: u64) -> Result<()> {
-        if self.id_reserved.load(Acquire) >= wanted {
+        if self.marks.id_reserved.load(Acquire) >= wanted {
             return Ok(());
         }
         self.checkpoint_reserving(wanted.saturating_add(ID_RESERVATION_BLOCK))
     }
 
-    fn acked_threshold_reached(&self, id: u64) -> bool {
-        self.done_id.load(Acquire) >= id
-    }
-
-    /// Encodes and queues records; returns the first id.
-    fn enqueue<'a>(&self, payloads: impl Iterator<Item = &'a [u8]>, kind: Kind) -> Result<u64> {
+    /// Encodes and queues records; returns the first id. `borrow`: the
+    /// caller waits for the outcome (`await_ids`), so its bytes are not copied.
+    fn enqueue<'a>(&self, payloads: impl Iterator<Item = &'a [u8]>, kind: Kind, borrow: bool) -> Result<u64> {
         self.check_open()?;
-        if let Some(p) = &lock(&self.ack).poisoned {
+        if let Some(p) = &lock(&self.commit.state).poisoned {
             return Err(WalError::Poisoned(p.clone()));
         }
         let payloads: Vec<&[u8]> = payloads.collect();
@@ -640,36 +811,39 @@ impl Inner {
             )));
         }
         let now = stats::unix_nanos_now();
-        let mut q = lock(&self.queue);
+        let mut q = lock(&self.commit.queue);
+        if self.commit.poisoned.load(Acquire) {
+            drop(q);
+            let why = lock(&self.commit.state).poisoned.clone().unwrap_or_default();
+            return Err(WalError::Poisoned(why));
+        }
         // Hand out only ids below the durable reservation, so that no id is
         // ever handed out twice, even if acknowledged entries die in a power
         // cut (batched mode) before their records reach the disk.
         let Some(end) = q.next_id.checked_add(payloads.len() as u64).filter(|&e| e < MAX_ID) else {
             return Err(WalError::InvalidArgument("WAL ids are exhausted (next id near 2^64)".into()));
         };
-        while end > self.id_reserved.load(Acquire) {
+        while end > self.marks.id_reserved.load(Acquire) {
             let wanted = end;
             drop(q);
             self.reserve_ids(wanted)?;
-            q = lock(&self.queue);
+            q = lock(&self.commit.queue);
         }
         let first = q.next_id;
         let mut bytes_total = 0;
         for payload in payloads {
             let id = q.next_id;
-            let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
-            encode_record(&mut bytes, id, now, kind, payload);
+            let header = encode_record_header(id, now, kind, payload);
             bytes_total += payload.len() as u64;
-            q.items.push_back(Queued { id, starts_call: id == first, bytes });
+            let payload = if borrow {
+                Payload::Borrowed { ptr: payload.as_ptr(), len: payload.len() }
+            } else {
+                Payload::Owned(payload.to_vec())
+            };
+            q.items.push_back(Queued { id, starts_call: id == first, header, payload });
             q.next_id += 1;
         }
         let n = q.next_id - first;
-        if n > 0 {
-            q.callers += 1;
-            if q.leader_gathering {
-                self.arrivals_cv.notify_one();
-            }
-        }
         drop(q);
         self.stats.appended_entries.fetch_add(n, Relaxed);
         self.stats.appended_bytes.fetch_add(bytes_total, Relaxed);
@@ -679,12 +853,12 @@ impl Inner {
     /// Waits until ids `first..=last` are decided; errors if any failed.
     fn await_ids(&self, first: u64, last: u64) -> Result<()> {
         match self.cfg.sync_mode {
-            SyncMode::Immediate => self.commit_until(last),
+            SyncMode::Immediate => self.commit_until(last, false),
             SyncMode::Batched => {
                 self.write_queued();
-                let st = lock(&self.ack);
+                let st = lock(&self.commit.state);
                 if st.sync_wanted {
-                    self.flusher_cv.notify_one();
+                    self.commit.flusher_cv.notify_one();
                 }
             }
         }
@@ -692,22 +866,22 @@ impl Inner {
     }
 
     fn outcome(&self, first: u64, last: u64) -> Result<()> {
-        let mut st = lock(&self.ack);
+        let mut st = lock(&self.commit.state);
         let mut failure = None;
-        if self.has_failures.load(Acquire) {
+        if self.commit.has_failures.load(Acquire) {
             for id in first..=last {
                 if let Some(f) = st.failures.remove(&id) {
                     failure.get_or_insert(f);
                 }
             }
             if st.failures.is_empty() {
-                self.has_failures.store(false, Release);
+                self.commit.has_failures.store(false, Release);
             }
         }
         if let Some(f) = failure {
             return Err(f.into_error());
         }
-        if self.done_id.load(Acquire) >= last {
+        if self.commit.done_id.load(Acquire) >= last {
             return Ok(());
         }
         match &st.poisoned {
@@ -720,17 +894,15 @@ impl Inner {
     fn poison(&self, why: String) {
         log::error!(dir:% = self.dir.display(), error = why.as_str();
             "WAL {} stops accepting writes (fail-stop): {why}", self.dir.display());
-        let mut st = lock(&self.ack);
+        let mut st = lock(&self.commit.state);
         if st.poisoned.is_none() {
             st.poisoned = Some(why);
         }
-        let mut q = lock(&self.queue);
-        q.items.clear();
-        q.callers = 0;
-        drop(q);
-        self.ack_cv.notify_all();
-        self.flusher_cv.notify_all();
+        self.commit.poisoned.store(true, Release);
+        lock(&self.commit.queue).items.clear();
+        self.commit.flusher_cv.notify_all();
         drop(st);
+        self.wake_all_waiters();
         self.notify_async_waiters();
     }
 
@@ -750,11 +922,11 @@ impl Inner {
     }
 
     fn is_poisoned(&self) -> bool {
-        lock(&self.ack).poisoned.is_some()
+        lock(&self.commit.state).poisoned.is_some()
     }
 
     fn notify_async_waiters(&self) {
-        let fds = lock(&self.notify_fds);
+        let fds = lock(&self.readers.notify_fds);
         for &fd in fds.iter() {
             // SAFETY: writing one byte from a valid buffer; a full pipe (EAGAIN) already has a wake-up.
             unsafe { libc::write(fd, [1u8].as_ptr() as *const libc::c_void, 1) };

@@ -8,18 +8,24 @@ impl Inner {
         if limit == 0 {
             return Ok(out);
         }
-        let visible = self.done_id.load(Acquire);
-        let watermark = lock(&self.processed).watermark();
+        let visible = self.commit.done_id.load(Acquire);
+        // One look at the marks per call, not one lock per record: an entry
+        // marked while we read may still be returned (it was unprocessed when asked).
+        let (watermark, marked) = {
+            let p = lock(&self.marks.processed);
+            let w = p.watermark();
+            (w, p.above_from(after_id.max(w) + 1))
+        };
         let start_id = after_id.max(watermark) + 1;
         let table: Vec<SegmentInfo> = self
-            .table
+            .segments.table
             .read()
             .unwrap()
             .iter()
             .filter(|s| s.last_id.is_some_and(|l| l >= start_id))
             .cloned()
             .collect();
-        let cursor = if use_cursor { *lock(&self.cursor) } else { None };
+        let cursor = if use_cursor { *lock(&self.readers.cursor) } else { None };
         let mut bytes = 0usize;
         let mut last_pos = None;
         'segments: for seg in &table {
@@ -31,8 +37,9 @@ impl Inner {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted: all processed
                 Err(e) => return Err(WalError::io(format!("reading {}", seg.path.display()), e)),
             };
+            reader.trust_until(seg.verified_end);
             loop {
-                let step = reader.next_step().map_err(io_err(format!("reading {}", seg.path.display())))?;
+                let step = reader.next_step().map_err(|e| WalError::io(format!("reading {}", seg.path.display()), e))?;
                 match step {
                     Step::End => break,
                     Step::Damaged { offset, .. } if seg.known_damage.contains(&offset) => {}
@@ -49,7 +56,7 @@ impl Inner {
                         if header.id > visible {
                             break 'segments;
                         }
-                        if header.id < start_id || lock(&self.processed).is_processed(header.id) {
+                        if header.id < start_id || marked.binary_search(&header.id).is_ok() {
                             continue;
                         }
                         bytes += payload.len();
@@ -69,7 +76,7 @@ impl Inner {
         }
         if use_cursor {
             if let Some(c) = last_pos {
-                *lock(&self.cursor) = Some(c);
+                *lock(&self.readers.cursor) = Some(c);
             }
         }
         Ok(out)
@@ -83,7 +90,7 @@ impl Inner {
     /// Record bytes of the segments that still hold an entry above `watermark`
     /// (the backlog the services compare with `max_backlog_bytes`).
     pub(super) fn unprocessed_bytes_above(&self, watermark: u64) -> u64 {
-        let table = self.table.read().unwrap();
+        let table = self.segments.table.read().unwrap();
         table
             .iter()
             .filter(|s| s.last_id.is_some_and(|l| l > watermark))
@@ -93,22 +100,22 @@ impl Inner {
 
     /// `unprocessed_bytes` alone: cheap enough to ask per request (two short locks).
     pub(super) fn unprocessed_bytes(&self) -> u64 {
-        let watermark = lock(&self.processed).watermark();
+        let watermark = lock(&self.marks.processed).watermark();
         self.unprocessed_bytes_above(watermark)
     }
 
     pub(super) fn stats_snapshot(&self) -> WalStats {
-        let next_id = lock(&self.queue).next_id;
+        let next_id = lock(&self.commit.queue).next_id;
         let (unprocessed, watermark) = {
-            let p = lock(&self.processed);
+            let p = lock(&self.marks.processed);
             (p.unprocessed_count(next_id), p.watermark())
         };
         let (segments, disk) = {
-            let table = self.table.read().unwrap();
+            let table = self.segments.table.read().unwrap();
             (table.len() as u64, table.iter().map(|s| s.file_len.max(s.data_end)).sum::<u64>())
         };
         let unprocessed_bytes = self.unprocessed_bytes_above(watermark);
-        let spare = lock(&self.spare).as_ref().map_or(0, |s| s.len);
+        let spare = lock(&self.segments.spare).as_ref().map_or(0, |s| s.len);
         let s = &self.stats;
         WalStats {
             unprocessed_entries: unprocessed,
@@ -133,7 +140,7 @@ impl Inner {
             segments_deleted: s.segments_deleted.load(Relaxed),
             metadata_writes: s.metadata_writes.load(Relaxed),
             oldest_unprocessed_timestamp_ns: if unprocessed > 0 { self.oldest_unprocessed_timestamp() } else { None },
-            poisoned: lock(&self.ack).poisoned.clone(),
+            poisoned: lock(&self.commit.state).poisoned.clone(),
             sync_mode: self.cfg.sync_mode,
         }
     }

@@ -1,5 +1,23 @@
 //! Sealing the active segment and starting the next one, with the
 //! failpoints around each durable step.
+//!
+//! The next segment is made ahead of need by the housekeeper, as a *spare*:
+//! a file already under its final name (`NNNNNN.wal`, the active index + 1),
+//! zero-filled and fsynced, with the segments directory fsynced after the
+//! rename. Order (each step durable before the next):
+//!
+//! 1. `.prealloc-<pid>-<n>.wal` written with zeros, `fsync` (skipped for a
+//!    *bare* spare, made when groups are large: an empty file that grows);
+//! 2. rename to `NNNNNN.wal` (no replace), `fsync` the directory;
+//! 3. at rotation: `fdatasync` the old segment, then header + records into
+//!    the spare, then the group's `fdatasync`, then acknowledge.
+//!
+//! So a rotation costs no directory fsync on the ack path. A power cut
+//! leaves at most one trailing segment with a zero header and no records (a
+//! spare, or a rotation cut before its first fdatasync); recovery removes it
+//! (`recovery.rs`, decision table). Without a spare (the housekeeper was
+//! late, or its last attempt failed) the rotation makes one itself, the same
+//! way, on the ack path.
 
 use super::*;
 
@@ -12,13 +30,6 @@ impl Inner {
             self.poison(why.clone());
             WalError::Poisoned(why)
         })
-    }
-
-    /// Writes a zero-filled spare segment file (the `SegmentPreallocate` failpoint sits here).
-    pub(super) fn preallocate(&self, len: u64) -> Result<Spare> {
-        self.fault_err(FaultPoint::SegmentPreallocate)
-            .and_then(|_| segment::prepare_spare(&self.seg_dir, len))
-            .map_err(|e| self.creation_error(e))
     }
 
     fn creation_error(&self, e: std::io::Error) -> WalError {
@@ -34,20 +45,42 @@ impl Inner {
     /// `call_bytes`.
     pub(super) fn rotate(&self, io: &mut Io, base_id: u64, call_bytes: u64) -> Result<()> {
         let old = io.active.as_ref().expect("active segment");
-        let unsynced = old.last_id.is_some_and(|last| last > self.synced_id.load(Acquire));
+        // The old segment is durable whole before the new one gets a byte:
+        // recovery may then call damage in a sealed segment corruption.
+        let unsynced = old.last_id.is_some_and(|last| last > self.commit.synced_id.load(Acquire));
         if unsynced && !self.sync_file(&old.file) {
             return Err(WalError::Poisoned("fdatasync failed while sealing a segment".into()));
         }
         let sealed_last = old.last_id;
         let sealed_index = old.index;
         let sealed_end = old.write_offset;
-        // A call that fills the segment by itself overwrites every byte: zeros first would be waste.
-        let bare = call_bytes + SEGMENT_HEADER_LEN as u64 >= self.cfg.max_segment_size || !self.preallocation_pays();
-        let new = self.create_segment(sealed_index + 1, base_id, bare)?;
         if let Some(last) = sealed_last {
-            self.synced_id.fetch_max(last, AcqRel);
+            self.commit.synced_id.fetch_max(last, AcqRel);
         }
-        let mut table = self.table.write().unwrap();
+        let index = sealed_index + 1;
+        let new = {
+            // Held until `active_index` moves, so the housekeeper never makes a spare for this index.
+            let _creating = lock(&self.segments.spare_creation);
+            let ready = lock(&self.segments.spare).take();
+            let spare = match ready {
+                Some(s) if s.index == index => s,
+                other => {
+                    if let Some(stale) = other {
+                        log::warn!("WAL spare segment {} does not follow {sealed_index}; removing it", stale.index);
+                        let _ = std::fs::remove_file(&stale.path);
+                    }
+                    // A call that fills the segment by itself overwrites every byte: zeros first would be waste.
+                    let bare = call_bytes + SEGMENT_HEADER_LEN as u64 >= self.cfg.max_segment_size || !self.preallocation_pays();
+                    self.make_spare(index, bare).inspect_err(|_| {
+                        *lock(&self.segments.spare_retry_at) = Instant::now() + SPARE_RETRY_BACKOFF;
+                    })?
+                }
+            };
+            let seg = self.start(spare, base_id)?;
+            self.segments.active_index.store(index, Release);
+            seg
+        };
+        let mut table = self.segments.table.write().unwrap();
         if let Some(s) = table.iter_mut().find(|s| s.index == sealed_index) {
             s.sealed = true;
             s.data_end = sealed_end;
@@ -67,43 +100,59 @@ impl Inner {
     /// 50 KB per group commit (0.07 ms at 700 MB/s) the saved latency wins;
     /// above it, bandwidth does, and segments are created bare and grow.
     pub(super) fn preallocation_pays(&self) -> bool {
-        self.group_bytes_avg.load(Relaxed) < LARGE_GROUP_BYTES
+        self.segments.group_bytes_avg.load(Relaxed) < LARGE_GROUP_BYTES
     }
 
-    /// Creates segment `index`: from the spare, a fresh preallocation, or
-    /// (`bare`) an empty file that grows with its records.
-    pub(super) fn create_segment(&self, index: u64, base_id: u64, bare: bool) -> Result<ActiveSegment> {
+    /// Makes segment file `index` durably, empty of records (steps 1 and 2 of
+    /// the module doc). The caller holds `spare_creation`.
+    pub(super) fn make_spare(&self, index: u64, bare: bool) -> Result<Spare> {
         let path = self.seg_dir.join(crate::format::segment_file_name(index));
         let spare = if bare {
-            // An empty file under its final name: create → fsync(dir) → header.
-            let created = self
+            let file = self
                 .fault_err(FaultPoint::SegmentPreallocate)
                 .and_then(|_| segment::create_bare(&path))
                 .map_err(|e| self.creation_error(e))?;
-            Spare { path: path.clone(), file: created, len: 0 }
+            Spare { index, path, file, len: 0 }
         } else {
-            // One preallocation at a time (the housekeeper's or ours): on a
-            // nearly full disk, two would compete for the same space.
-            let creating = lock(&self.spare_creation);
-            let spare = match lock(&self.spare).take() {
-                Some(s) => s,
-                None => self.preallocate(self.cfg.max_segment_size).inspect_err(|_| {
-                    *lock(&self.spare_retry_at) = Instant::now() + SPARE_RETRY_BACKOFF;
-                })?,
-            };
-            drop(creating);
-            // rename → fsync(dir) → header: the new name is durable before anything is acknowledged in it.
-            let renamed = self.fault_err(FaultPoint::SegmentRename).and_then(|_| std::fs::rename(&spare.path, &path));
+            let tmp = self
+                .fault_err(FaultPoint::SegmentPreallocate)
+                .and_then(|_| segment::prepare_spare(&self.seg_dir, self.cfg.max_segment_size))
+                .map_err(|e| self.creation_error(e))?;
+            let renamed = self.fault_err(FaultPoint::SegmentRename).and_then(|_| fsutil::rename_noreplace(&tmp.path, &path));
             if let Err(e) = renamed {
-                let _ = std::fs::remove_file(&spare.path);
+                let _ = std::fs::remove_file(&tmp.path);
                 return Err(WalError::io(format!("creating segment {}", path.display()), e));
             }
-            spare
+            Spare { index, path, file: tmp.file, len: tmp.len }
         };
-        self.sync_seg_dir()?;
-        let seg = segment::start_segment(spare, index, base_id)
-            .map_err(io_err(format!("writing the header of {}", path.display())))?;
-        self.stats.segments_created.fetch_add(1, Relaxed);
-        Ok(seg)
+        if let Err(e) = self.sync_seg_dir() {
+            // Fail-stop (poisoned); the file goes so no one uses a name that may not be durable.
+            let _ = std::fs::remove_file(&spare.path);
+            return Err(e);
+        }
+        Ok(spare)
+    }
+
+    /// Step 3: the spare gets its header and becomes the active segment.
+    fn start(&self, spare: Spare, base_id: u64) -> Result<ActiveSegment> {
+        let path = spare.path.clone();
+        let index = spare.index;
+        match segment::start_segment(spare, index, base_id) {
+            Ok(seg) => {
+                self.stats.segments_created.fetch_add(1, Relaxed);
+                Ok(seg)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(WalError::io(format!("writing the header of {}", path.display()), e))
+            }
+        }
+    }
+
+    /// Creates and starts segment `index` now (at open, when there is no active segment).
+    pub(super) fn create_segment(&self, index: u64, base_id: u64) -> Result<ActiveSegment> {
+        let _creating = lock(&self.segments.spare_creation);
+        let spare = self.make_spare(index, false)?;
+        self.start(spare, base_id)
     }
 }
