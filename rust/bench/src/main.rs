@@ -108,7 +108,12 @@ trait Engine: Send + Sync {
 }
 
 /// Appends for `secs` from `threads` threads, each call `per_call` records; records/s.
-fn timed(engine: &dyn Engine, threads: usize, secs: f64, mut call: impl FnMut(&dyn Engine) + Clone + Send) -> (f64, Duration) {
+fn timed(
+    engine: &dyn Engine,
+    threads: usize,
+    secs: f64,
+    mut call: impl FnMut(&dyn Engine) + Clone + Send,
+) -> (f64, Duration) {
     let stop = AtomicBool::new(false);
     let count = AtomicU64::new(0);
     let start = Instant::now();
@@ -183,7 +188,12 @@ impl okaywal::LogManager for OkayReader {
         }
         Ok(())
     }
-    fn checkpoint_to(&mut self, _: okaywal::EntryId, _: &mut okaywal::SegmentReader, _: &okaywal::WriteAheadLog) -> std::io::Result<()> {
+    fn checkpoint_to(
+        &mut self,
+        _: okaywal::EntryId,
+        _: &mut okaywal::SegmentReader,
+        _: &okaywal::WriteAheadLog,
+    ) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -208,7 +218,11 @@ impl Engine for Okay {
 fn okay_config(dir: &Path, keep_all: bool) -> okaywal::Configuration {
     let cfg = okaywal::Configuration::default_for(dir);
     // To read 1M records back they must not be checkpointed away meanwhile.
-    if keep_all { cfg.checkpoint_after_bytes(u64::MAX / 2) } else { cfg }
+    if keep_all {
+        cfg.checkpoint_after_bytes(u64::MAX / 2)
+    } else {
+        cfg
+    }
 }
 
 fn open_okay(dir: &Path, keep_all: bool) -> Okay {
@@ -368,9 +382,13 @@ fn main() {
     let rec = payload(RECORD, 1);
     let batch: Vec<Vec<u8>> = (0..BATCH as u64).map(|i| payload(RECORD, i)).collect();
     let big = payload(BIG, 7);
-    let names = ["1 one producer, durable per record", "2 64 producers, durable per record",
-        "3 batches of 1,000, durable per batch", "4 1 MiB records, durable per record",
-        "5 reopen + read 1M records, cold"];
+    let names = [
+        "1 one producer, durable per record",
+        "2 64 producers, durable per record",
+        "3 batches of 1,000, durable per batch",
+        "4 1 MiB records, durable per record",
+        "5 reopen + read 1M records, cold",
+    ];
     // rates[workload][engine] in records/s
     let mut rates = vec![vec![0f64; o.engines.len()]; 5];
     let mut counters: Vec<Option<Counters>> = (0..5).map(|_| None).collect();
@@ -409,7 +427,10 @@ fn main() {
             rates[w][ei] = records[ei] / secs[ei];
             eprintln!("{name:12} workload {}: {:>12.0} records/s", w + 1, rates[w][ei]);
             if name == "signaldb" {
-                counters[w] = Some(Counters { records_per_sync: records[ei] / syncs.max(1) as f64, sync_share: sync_secs / secs[ei] });
+                counters[w] = Some(Counters {
+                    records_per_sync: records[ei] / syncs.max(1) as f64,
+                    sync_share: sync_secs / secs[ei],
+                });
             }
         }
         drop(engines);

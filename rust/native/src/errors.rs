@@ -65,9 +65,24 @@ create_exception!(
 const IO_CLASSES: [(&str, Option<io::ErrorKind>, &str, &str); 6] = [
     ("WalIoError", None, "OSError", "An I/O failure in the WAL; errno, strerror and filename as on OSError."),
     ("WalFileNotFoundError", Some(io::ErrorKind::NotFound), "FileNotFoundError", "A WAL file or directory is missing."),
-    ("WalPermissionError", Some(io::ErrorKind::PermissionDenied), "PermissionError", "The WAL directory or a file in it may not be written."),
-    ("WalFileExistsError", Some(io::ErrorKind::AlreadyExists), "FileExistsError", "A WAL file that must be new exists."),
-    ("WalNotADirectoryError", Some(io::ErrorKind::NotADirectory), "NotADirectoryError", "A WAL path component is not a directory."),
+    (
+        "WalPermissionError",
+        Some(io::ErrorKind::PermissionDenied),
+        "PermissionError",
+        "The WAL directory or a file in it may not be written.",
+    ),
+    (
+        "WalFileExistsError",
+        Some(io::ErrorKind::AlreadyExists),
+        "FileExistsError",
+        "A WAL file that must be new exists.",
+    ),
+    (
+        "WalNotADirectoryError",
+        Some(io::ErrorKind::NotADirectory),
+        "NotADirectoryError",
+        "A WAL path component is not a directory.",
+    ),
     ("WalIsADirectoryError", Some(io::ErrorKind::IsADirectory), "IsADirectoryError", "A WAL file path is a directory."),
 ];
 

@@ -23,8 +23,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 fn args(kind: &str, content_type: &str) -> PyResult<(Signal, Encoding)> {
-    let signal = Signal::parse(kind)
-        .ok_or_else(|| PyValueError::new_err(format!("unknown OTLP kind {kind:?}: expected traces, logs or metrics")))?;
+    let signal = Signal::parse(kind).ok_or_else(|| {
+        PyValueError::new_err(format!("unknown OTLP kind {kind:?}: expected traces, logs or metrics"))
+    })?;
     let enc = Encoding::from_content_type(content_type).ok_or_else(|| unsupported_content_type(content_type))?;
     Ok((signal, enc))
 }
@@ -43,7 +44,8 @@ fn policy(window: Option<(i64, i64, i64)>, max_converted_bytes: u64) -> PyResult
 /// `(items, rejected by reason, converted bytes)`.
 type CountsOut = (u64, Vec<(&'static str, u64)>, u64);
 
-type Exported = (Vec<(&'static str, signaldb_otlp::FFI_ArrowSchema, signaldb_otlp::FFI_ArrowArray)>, Vec<(&'static str, u64)>, u64);
+type Exported =
+    (Vec<(&'static str, signaldb_otlp::FFI_ArrowSchema, signaldb_otlp::FFI_ArrowArray)>, Vec<(&'static str, u64)>, u64);
 
 /// Converts one export request. Returns `(tables, rejected, items)` where
 /// tables is a list of `(name, schema_capsule, array_capsule)`.

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pyo3::exceptions::PyBaseException;
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::exceptions::PyBaseException;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList};
 use pyo3::IntoPyObjectExt;
 use signaldb_wal::format::HeaderState;
@@ -168,7 +168,13 @@ impl NativeWal {
         without_gil(py, || self.wal.mark_processed(&ids))
     }
 
-    fn read_unprocessed(&self, py: Python<'_>, after_id: u64, limit: usize, max_bytes: usize) -> PyResult<Vec<Py<PyEntry>>> {
+    fn read_unprocessed(
+        &self,
+        py: Python<'_>,
+        after_id: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> PyResult<Vec<Py<PyEntry>>> {
         let entries = without_gil(py, || self.wal.read_unprocessed(after_id, limit, max_bytes))?;
         to_py_entries(py, entries)
     }
@@ -293,7 +299,12 @@ impl PyWalStats {
     }
 
     #[pyo3(signature = (key, default = None))]
-    fn get<'py>(&self, py: Python<'py>, key: &str, default: Option<Bound<'py, PyAny>>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         Ok(self.value(py, key)?.or(default))
     }
 

@@ -31,8 +31,8 @@
 //!   and an acknowledged request never fails for size later.
 
 use crate::common::{AnyValue, KeyValue, Resource, Scope};
-use crate::render::render;
 use crate::error::{DecodeError, Result};
+use crate::render::render;
 
 /// The most `max_converted_bytes` may be: every string column of one batch
 /// then stays far below Arrow's 2 GiB (i32 offsets) limit.
@@ -150,7 +150,11 @@ impl Admit {
 
     /// Rejections by reason, in a fixed order, only the reasons that occurred.
     pub fn rejected(&self) -> Vec<(&'static str, u64)> {
-        Reason::ALL.iter().filter(|r| self.rejected[**r as usize] > 0).map(|r| (r.as_str(), self.rejected[*r as usize])).collect()
+        Reason::ALL
+            .iter()
+            .filter(|r| self.rejected[**r as usize] > 0)
+            .map(|r| (r.as_str(), self.rejected[*r as usize]))
+            .collect()
     }
 
     /// Bytes of rows admitted so far (see the module docs).
@@ -225,7 +229,8 @@ mod tests {
 
     #[test]
     fn window_decisions() {
-        let mut a = Admit::new(Policy { window: Some(TimeWindow { min_ns: 10, max_ns: 20, now_ns: 15 }), ..Policy::default() });
+        let mut a =
+            Admit::new(Policy { window: Some(TimeWindow { min_ns: 10, max_ns: 20, now_ns: 15 }), ..Policy::default() });
         assert_eq!(a.check_time(0), Some(Reason::TimeMissing));
         assert_eq!(a.check_time(9), Some(Reason::TimeTooOld));
         assert_eq!(a.check_time(10), None);

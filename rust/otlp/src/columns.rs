@@ -5,18 +5,18 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow_array::types::TimestampNanosecondType;
 use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampNanosecondType;
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray, MapArray,
-    PrimitiveArray, RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray, MapArray, PrimitiveArray,
+    RecordBatch, StringArray, StructArray, UInt32Array, UInt64Array,
 };
 use arrow_buffer::{Buffer, NullBuffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema};
 
 use crate::common::{AnyValue, KeyValue, Resource, Scope};
-use crate::render::{format_i64, render, write_json, HEX_PAIRS};
 use crate::error::{DecodeError, Result};
+use crate::render::{format_i64, render, write_json, HEX_PAIRS};
 
 /// A finished column: name, array, nullable.
 pub type Column = (&'static str, ArrayRef, bool);
@@ -34,10 +34,7 @@ pub fn ts_array(v: Vec<i64>) -> ArrayRef {
 }
 
 pub fn ts_opt_array(v: Vec<i64>, valid: Vec<bool>) -> ArrayRef {
-    Arc::new(
-        PrimitiveArray::<TimestampNanosecondType>::new(ScalarBuffer::from(v), nulls(valid))
-            .with_timezone("UTC"),
-    )
+    Arc::new(PrimitiveArray::<TimestampNanosecondType>::new(ScalarBuffer::from(v), nulls(valid)).with_timezone("UTC"))
 }
 
 fn nulls(valid: Vec<bool>) -> Option<NullBuffer> {
@@ -386,10 +383,8 @@ impl AttrCol {
     }
 
     pub fn finish(self) -> Result<ArrayRef> {
-        let fields = Fields::from(vec![
-            Field::new("key", DataType::Utf8, false),
-            Field::new("value", DataType::Utf8, true),
-        ]);
+        let fields =
+            Fields::from(vec![Field::new("key", DataType::Utf8, false), Field::new("value", DataType::Utf8, true)]);
         let entries = StructArray::try_new(fields.clone(), vec![self.keys.finish()?, self.values.finish()?], None)?;
         let field = Arc::new(Field::new("entries", DataType::Struct(fields), false));
         let offsets = OffsetBuffer::new(ScalarBuffer::from(self.offsets));
@@ -510,7 +505,15 @@ mod tests {
         let got: Vec<Option<&str>> = a.iter().collect();
         assert_eq!(
             got,
-            [Some("a"), None, Some("00112233445566778899aabbccddeeff"), Some("ab01ff"), Some("-42"), Some("é"), Some("")]
+            [
+                Some("a"),
+                None,
+                Some("00112233445566778899aabbccddeeff"),
+                Some("ab01ff"),
+                Some("-42"),
+                Some("é"),
+                Some("")
+            ]
         );
         assert!(StrCol::new().finish().unwrap().is_empty());
     }

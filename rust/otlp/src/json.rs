@@ -59,8 +59,7 @@ const SPAN_KIND: &[(&str, i32)] = &[
     ("SPAN_KIND_PRODUCER", 4),
     ("SPAN_KIND_CONSUMER", 5),
 ];
-const STATUS_CODE: &[(&str, i32)] =
-    &[("STATUS_CODE_UNSET", 0), ("STATUS_CODE_OK", 1), ("STATUS_CODE_ERROR", 2)];
+const STATUS_CODE: &[(&str, i32)] = &[("STATUS_CODE_UNSET", 0), ("STATUS_CODE_OK", 1), ("STATUS_CODE_ERROR", 2)];
 const TEMPORALITY: &[(&str, i32)] = &[
     ("AGGREGATION_TEMPORALITY_UNSPECIFIED", 0),
     ("AGGREGATION_TEMPORALITY_DELTA", 1),
@@ -174,12 +173,8 @@ fn span() -> &'static [F] {
     S
 }
 fn event() -> &'static [F] {
-    static S: &[F] = &[
-        f("timeUnixNano", "time_unix_nano", 1, T::Fixed64),
-        f("name", "name", 2, T::Str),
-        attrs(3),
-        dropped(4),
-    ];
+    static S: &[F] =
+        &[f("timeUnixNano", "time_unix_nano", 1, T::Fixed64), f("name", "name", 2, T::Str), attrs(3), dropped(4)];
     S
 }
 fn link() -> &'static [F] {
@@ -320,8 +315,7 @@ fn histogram_point() -> &'static [F] {
     S
 }
 fn buckets() -> &'static [F] {
-    static S: &[F] =
-        &[f("offset", "offset", 1, T::Sint32), r("bucketCounts", "bucket_counts", 2, T::Uint64)];
+    static S: &[F] = &[f("offset", "offset", 1, T::Sint32), r("bucketCounts", "bucket_counts", 2, T::Uint64)];
     S
 }
 fn exp_point() -> &'static [F] {
@@ -503,16 +497,16 @@ fn uint(v: &Value, max: u64) -> Result<u64> {
         Value::Number(n) => {
             if let Some(u) = n.as_u64() {
                 u
-            } else if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18446744073709551616.0) {
+            } else if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18446744073709551616.0)
+            {
                 f as u64
             } else {
                 return Err(DecodeError::new(format!("expected an unsigned integer, got {n}")));
             }
         }
-        Value::String(s) => s
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| DecodeError::new(format!("expected an unsigned integer, got {s:?}")))?,
+        Value::String(s) => {
+            s.trim().parse::<u64>().map_err(|_| DecodeError::new(format!("expected an unsigned integer, got {s:?}")))?
+        }
         _ => return Err(DecodeError::new("expected an unsigned integer (number or string)")),
     };
     if n > max {

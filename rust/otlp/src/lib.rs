@@ -44,9 +44,9 @@ pub mod render;
 pub mod traces;
 pub mod wire;
 
+pub use admit::{Policy, TimeWindow, CONVERT_CEILING};
 pub use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 pub use arrow_array::RecordBatch;
-pub use admit::{Policy, TimeWindow, CONVERT_CEILING};
 pub use error::{DecodeError, Result};
 
 use std::borrow::Cow;

@@ -3,8 +3,8 @@
 use crate::admit::Admit;
 use crate::columns::*;
 use crate::common::{
-    optional_span_id, optional_trace_id, parse_any_value, push_attribute, timestamp, walk_items, AnyValue,
-    KeyValue, Nesting, Resource, Scope,
+    optional_span_id, optional_trace_id, parse_any_value, push_attribute, timestamp, walk_items, AnyValue, KeyValue,
+    Nesting, Resource, Scope,
 };
 use crate::error::{Context, Result};
 use crate::render::render;

@@ -17,13 +17,8 @@ use crate::common::{
 use crate::error::{Context, DecodeError, Result};
 use crate::wire::{Reader, Value};
 
-pub const TABLES: &[&str] = &[
-    "metrics_gauge",
-    "metrics_sum",
-    "metrics_histogram",
-    "metrics_exponential_histogram",
-    "metrics_summary",
-];
+pub const TABLES: &[&str] =
+    &["metrics_gauge", "metrics_sum", "metrics_histogram", "metrics_exponential_histogram", "metrics_summary"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
@@ -335,7 +330,9 @@ fn check_point(kind: Kind, p: &Point<'_>, admit: &Admit) -> Option<Reason> {
             // "The number of elements in bucket_counts array must be by one greater than the
             // number of elements in explicit_bounds array", or both are empty.
             let buckets = p.bucket_counts.len();
-            if (buckets == 0 && !p.explicit_bounds.is_empty()) || (buckets > 0 && buckets != p.explicit_bounds.len() + 1) {
+            if (buckets == 0 && !p.explicit_bounds.is_empty())
+                || (buckets > 0 && buckets != p.explicit_bounds.len() + 1)
+            {
                 return Some(Reason::HistogramBucketsMismatch);
             }
             // "The sum of the bucket_counts must equal the value in the count field."
@@ -629,7 +626,13 @@ impl Default for Tables {
     fn default() -> Self {
         Tables {
             gauge: Gauge { c: PointCols::new(), value: vec![], value_int: vec![] },
-            sum: Sum { c: PointCols::new(), value: vec![], value_int: vec![], is_monotonic: vec![], temporality: vec![] },
+            sum: Sum {
+                c: PointCols::new(),
+                value: vec![],
+                value_int: vec![],
+                is_monotonic: vec![],
+                temporality: vec![],
+            },
             histogram: Histogram {
                 c: PointCols::new(),
                 count: vec![],
@@ -738,8 +741,7 @@ impl<'a> MetricSink<'a> for Tables {
 
 impl Tables {
     pub fn rows(&self) -> u64 {
-        (self.gauge.c.rows + self.sum.c.rows + self.histogram.c.rows + self.exp.c.rows + self.summary.c.rows)
-            as u64
+        (self.gauge.c.rows + self.sum.c.rows + self.histogram.c.rows + self.exp.c.rows + self.summary.c.rows) as u64
     }
 
     pub fn finish(self) -> Result<Vec<(&'static str, arrow_array::RecordBatch)>> {

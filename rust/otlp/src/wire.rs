@@ -115,9 +115,9 @@ impl<'a> Value<'a> {
                         b.len()
                     )));
                 }
-                out.extend(b.chunks_exact(8).map(|c| {
-                    u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-                }));
+                out.extend(
+                    b.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+                );
             }
             other => return Err(other.mismatch("fixed64 or packed")),
         }
@@ -246,9 +246,7 @@ impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let left = self.buf.len() - self.pos;
         if n > left {
-            return Err(DecodeError::new(format!(
-                "truncated: field needs {n} bytes, {left} left"
-            )));
+            return Err(DecodeError::new(format!("truncated: field needs {n} bytes, {left} left")));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -343,16 +341,13 @@ impl<'a> Reader<'a> {
                 }
                 2 => {
                     let len = self.varint()?;
-                    let len = usize::try_from(len)
-                        .map_err(|_| DecodeError::new("length prefix too large"))?;
+                    let len = usize::try_from(len).map_err(|_| DecodeError::new("length prefix too large"))?;
                     self.take(len)?;
                 }
                 3 => self.skip_group(f, depth + 1)?,
                 4 => {
                     if f != field {
-                        return Err(DecodeError::new(format!(
-                            "end-group tag for field {f} inside group {field}"
-                        )));
+                        return Err(DecodeError::new(format!("end-group tag for field {f} inside group {field}")));
                     }
                     return Ok(());
                 }

@@ -9,7 +9,9 @@ use arrow_array::{Array, MapArray, RecordBatch, StringArray};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList};
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
+};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
@@ -39,7 +41,10 @@ fn any_value() -> impl Strategy<Value = AnyValue> {
                 .prop_map(|values| AnyValue { value: Some(any_value::Value::ArrayValue(ArrayValue { values })) }),
             prop::collection::vec(("[a-z]{0,3}", inner), 0..3).prop_map(|kvs| AnyValue {
                 value: Some(any_value::Value::KvlistValue(KeyValueList {
-                    values: kvs.into_iter().map(|(key, v)| KeyValue { key, value: Some(v), ..Default::default() }).collect(),
+                    values: kvs
+                        .into_iter()
+                        .map(|(key, v)| KeyValue { key, value: Some(v), ..Default::default() })
+                        .collect(),
                 })),
             }),
         ]
@@ -48,8 +53,11 @@ fn any_value() -> impl Strategy<Value = AnyValue> {
 
 fn attributes() -> impl Strategy<Value = Vec<KeyValue>> {
     prop::collection::vec(
-        ("[a-z.]{0,6}", prop::option::of(any_value()))
-            .prop_map(|(key, value)| KeyValue { key, value, ..Default::default() }),
+        ("[a-z.]{0,6}", prop::option::of(any_value())).prop_map(|(key, value)| KeyValue {
+            key,
+            value,
+            ..Default::default()
+        }),
         0..4,
     )
 }
@@ -103,7 +111,14 @@ fn span_strategy() -> impl Strategy<Value = Span> {
     let scalars = (".{0,8}", ".{0,4}", any::<i32>(), ts(), ts(), any::<u32>(), any::<[u32; 3]>());
     let status = prop::option::of((any::<i32>(), ".{0,5}").prop_map(|(code, message)| Status { code, message }));
     (ids, scalars, attributes(), events, links, status).prop_map(
-        |((trace_id, span_id, parent_span_id), (name, trace_state, kind, start, end, flags, d), attributes, events, links, status)| Span {
+        |(
+            (trace_id, span_id, parent_span_id),
+            (name, trace_state, kind, start, end, flags, d),
+            attributes,
+            events,
+            links,
+            status,
+        )| Span {
             trace_id,
             span_id,
             parent_span_id,
@@ -151,35 +166,46 @@ fn logs_request() -> impl Strategy<Value = ExportLogsServiceRequest> {
             span_id,
             event_name,
         });
-    let scope_logs = (scope(), prop::collection::vec(record, 0..4))
-        .prop_map(|(scope, log_records)| ScopeLogs { scope, log_records, schema_url: String::new() });
+    let scope_logs = (scope(), prop::collection::vec(record, 0..4)).prop_map(|(scope, log_records)| ScopeLogs {
+        scope,
+        log_records,
+        schema_url: String::new(),
+    });
     let resource_logs = (resource(), prop::collection::vec(scope_logs, 0..3))
         .prop_map(|(resource, scope_logs)| ResourceLogs { resource, scope_logs, schema_url: String::new() });
     prop::collection::vec(resource_logs, 0..3).prop_map(|resource_logs| ExportLogsServiceRequest { resource_logs })
 }
 
 fn metrics_request() -> impl Strategy<Value = ExportMetricsServiceRequest> {
-    let number = || (ts(), ts(), attributes(), prop::option::of(prop_oneof![
-        any::<f64>().prop_map(number_data_point::Value::AsDouble),
-        any::<i64>().prop_map(number_data_point::Value::AsInt),
-    ]))
-    .prop_map(|(s, t, attributes, value)| NumberDataPoint {
-        attributes,
-        start_time_unix_nano: s,
-        time_unix_nano: t,
-        value,
-        ..Default::default()
-    });
+    let number = || {
+        (
+            ts(),
+            ts(),
+            attributes(),
+            prop::option::of(prop_oneof![
+                any::<f64>().prop_map(number_data_point::Value::AsDouble),
+                any::<i64>().prop_map(number_data_point::Value::AsInt),
+            ]),
+        )
+            .prop_map(|(s, t, attributes, value)| NumberDataPoint {
+                attributes,
+                start_time_unix_nano: s,
+                time_unix_nano: t,
+                value,
+                ..Default::default()
+            })
+    };
     // count: the buckets' sum (valid) or anything (rejected unless it happens to match)
-    let hist = (ts(), any::<u64>(), any::<bool>(), prop::option::of(any::<f64>()), prop::collection::vec(0u64..1 << 40, 0..4))
-        .prop_map(|(t, count, valid, sum, bucket_counts)| HistogramDataPoint {
-            time_unix_nano: t,
-            count: if valid { bucket_counts.iter().sum() } else { count },
-            sum,
-            explicit_bounds: (0..bucket_counts.len().saturating_sub(1)).map(|i| i as f64).collect(),
-            bucket_counts,
-            ..Default::default()
-        });
+    let hist =
+        (ts(), any::<u64>(), any::<bool>(), prop::option::of(any::<f64>()), prop::collection::vec(0u64..1 << 40, 0..4))
+            .prop_map(|(t, count, valid, sum, bucket_counts)| HistogramDataPoint {
+                time_unix_nano: t,
+                count: if valid { bucket_counts.iter().sum() } else { count },
+                sum,
+                explicit_bounds: (0..bucket_counts.len().saturating_sub(1)).map(|i| i as f64).collect(),
+                bucket_counts,
+                ..Default::default()
+            });
     let data = prop_oneof![
         prop::collection::vec(number(), 0..3).prop_map(|data_points| Some(metric::Data::Gauge(Gauge { data_points }))),
         (prop::collection::vec(number(), 0..3), any::<bool>(), 0i32..3).prop_map(|(data_points, m, t)| Some(
@@ -191,8 +217,11 @@ fn metrics_request() -> impl Strategy<Value = ExportMetricsServiceRequest> {
         Just(None),
     ];
     let m = (".{0,5}", data).prop_map(|(name, data)| Metric { name, data, ..Default::default() });
-    let scope_metrics = (scope(), prop::collection::vec(m, 0..4))
-        .prop_map(|(scope, metrics)| ScopeMetrics { scope, metrics, schema_url: String::new() });
+    let scope_metrics = (scope(), prop::collection::vec(m, 0..4)).prop_map(|(scope, metrics)| ScopeMetrics {
+        scope,
+        metrics,
+        schema_url: String::new(),
+    });
     let resource_metrics = (resource(), prop::collection::vec(scope_metrics, 0..3))
         .prop_map(|(resource, scope_metrics)| ResourceMetrics { resource, scope_metrics, schema_url: String::new() });
     prop::collection::vec(resource_metrics, 0..3)

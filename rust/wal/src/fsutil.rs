@@ -46,7 +46,9 @@ pub fn ensure_dir_all(dir: &Path) -> io::Result<()> {
 /// a file (a segment name must never be reused over live data).
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     use std::ffi::CString;
-    let c = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
     let (f, t) = (c(from)?, c(to)?);
     // SAFETY: both are valid NUL-terminated paths.
     let rc = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };

@@ -26,9 +26,16 @@ pub struct Entry {
 
 /// What `SegmentReader::next` found.
 pub enum Step<'a> {
-    Record { header: RecordHeader, offset: u64, payload: &'a [u8] },
+    Record {
+        header: RecordHeader,
+        offset: u64,
+        payload: &'a [u8],
+    },
     /// Bytes from `offset` to `next` hold no valid record (damage found at read time).
-    Damaged { offset: u64, next: Option<u64> },
+    Damaged {
+        offset: u64,
+        next: Option<u64>,
+    },
     End,
 }
 
@@ -46,7 +53,15 @@ pub struct SegmentReader {
 
 impl SegmentReader {
     pub fn open(path: &Path, start: u64, end: u64, prev_id: u64) -> io::Result<SegmentReader> {
-        Ok(SegmentReader { file: File::open(path)?, end, pos: start, prev_id, buf: Vec::new(), buf_start: start, trusted_end: 0 })
+        Ok(SegmentReader {
+            file: File::open(path)?,
+            end,
+            pos: start,
+            prev_id,
+            buf: Vec::new(),
+            buf_start: start,
+            trusted_end: 0,
+        })
     }
 
     /// Records that end at or before `end` are taken as verified (recovery

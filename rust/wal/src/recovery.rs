@@ -192,7 +192,14 @@ pub enum Verdict {
 /// The decision table: `records` valid records found, `damaged` whether the
 /// scan found damage, `all_zero` whether every byte is zero, `is_last` /
 /// `trailing` its position (see the module doc).
-pub fn classify(header: HeaderState, records: u64, damaged: bool, all_zero: bool, is_last: bool, trailing: bool) -> Verdict {
+pub fn classify(
+    header: HeaderState,
+    records: u64,
+    damaged: bool,
+    all_zero: bool,
+    is_last: bool,
+    trailing: bool,
+) -> Verdict {
     match header {
         HeaderState::UnsupportedVersion(_) => Verdict::Refuse,
         HeaderState::Zero if records == 0 && all_zero => {
@@ -248,7 +255,13 @@ impl Walk<'_> {
     }
 
     /// One segment: scan, classify, repair. Returns the segment to keep, if any.
-    fn recover_segment(&mut self, index: u64, path: PathBuf, image: Vec<u8>, is_last: bool) -> Result<Option<SegmentInfo>> {
+    fn recover_segment(
+        &mut self,
+        index: u64,
+        path: PathBuf,
+        image: Vec<u8>,
+        is_last: bool,
+    ) -> Result<Option<SegmentInfo>> {
         let seg_name = crate::format::segment_file_name(index);
         let header = decode_segment_header(&image);
         if let HeaderState::Valid(h) = header {
@@ -552,7 +565,8 @@ mod tests {
         // fdatasync: part of it reached the disk (here a record, no header).
         let mut torn = vec![0u8; 4096];
         let full = segment(3, &[3], 4096);
-        torn[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + 30].copy_from_slice(&full[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + 30]);
+        torn[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + 30]
+            .copy_from_slice(&full[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + 30]);
         let (kept, next, torn_count, left) = recover_files(&[(1, segment(1, &[1, 2], 4096)), (2, torn)]);
         // Segment 1 stays sealed (the rotation fdatasynced it whole); the engine starts a new one.
         assert_eq!(kept, vec![(1, Some(1), Some(2), true)]);

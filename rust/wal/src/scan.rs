@@ -18,9 +18,7 @@
 //! got its first byte) is damage to acknowledged data: the WAL copies it to
 //! quarantine, counts it and goes on. `tests` below mirror this table.
 
-use crate::format::{
-    decode_record_header, header_is_plausible, record_crc_ok, RecordHeader, RECORD_HEADER_LEN,
-};
+use crate::format::{decode_record_header, header_is_plausible, record_crc_ok, RecordHeader, RECORD_HEADER_LEN};
 
 /// Which row of the decision table a damaged region falls in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,9 +65,7 @@ pub fn resync(buf: &[u8], from: usize, prev_id: u64) -> Option<usize> {
     (from..=last_start).find(|&q| {
         // Cheap filters first (kind byte and reserved bytes) so zero and
         // random regions cost one comparison per byte, not a CRC.
-        matches!(buf[q + 24], 1..=3)
-            && buf[q + 25..q + 28] == [0, 0, 0]
-            && valid_record_at(buf, q, prev_id).is_some()
+        matches!(buf[q + 24], 1..=3) && buf[q + 25..q + 28] == [0, 0, 0] && valid_record_at(buf, q, prev_id).is_some()
     })
 }
 

@@ -58,11 +58,7 @@ impl Stats {
             cumulative += self.fsync_buckets[i].load(Relaxed);
             buckets.push((le, cumulative));
         }
-        FsyncHistogram {
-            buckets,
-            count: cumulative,
-            sum_seconds: self.fsync_nanos_total.load(Relaxed) as f64 / 1e9,
-        }
+        FsyncHistogram { buckets, count: cumulative, sum_seconds: self.fsync_nanos_total.load(Relaxed) as f64 / 1e9 }
     }
 
     pub fn last_flush_rfc3339(&self) -> Option<String> {
@@ -83,12 +79,7 @@ pub fn rfc3339_from_unix_nanos(nanos: i64) -> String {
     let micros = nanos.rem_euclid(1_000_000_000) / 1000;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).

@@ -243,7 +243,9 @@ fn concurrent_appenders_share_fsyncs() {
         .map(|t| {
             let wal = Arc::clone(&wal);
             std::thread::spawn(move || {
-                (0..100u64).map(|i| (wal.append(&payload(t * 1000 + i, 64), Kind::Traces).unwrap(), t * 1000 + i)).collect::<Vec<_>>()
+                (0..100u64)
+                    .map(|i| (wal.append(&payload(t * 1000 + i, 64), Kind::Traces).unwrap(), t * 1000 + i))
+                    .collect::<Vec<_>>()
             })
         })
         .collect();

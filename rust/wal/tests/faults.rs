@@ -191,7 +191,7 @@ fn failing_directory_fsync_is_fail_stop() {
     faults.arm(FaultPoint::DirSync, FaultAction::Error(EIO), 1, Some(1));
     let wal = open(dir.path(), 4096, &faults);
     let first = wal.append(&[1u8; 1500], Kind::Traces).unwrap(); // a quarter used: the spare is made
-    // The spare's directory fsync fails in the background: fail-stop all the same.
+                                                                 // The spare's directory fsync fails in the background: fail-stop all the same.
     assert!(eventually(|| wal.poisoned().is_some()), "a failed directory fsync poisons the WAL");
     assert!(matches!(wal.append(&[1u8; 300], Kind::Traces), Err(WalError::Poisoned(_))));
     assert!(matches!(wal.append(b"x", Kind::Traces), Err(WalError::Poisoned(_))));

@@ -69,7 +69,8 @@ impl Inner {
                 let mut h = lock(&self.house.state);
                 let checkpoint_now = h.checkpoint_wanted && until_due.is_zero();
                 if !h.shutdown && !h.spare_wanted && !checkpoint_now {
-                    let timeout = if h.checkpoint_wanted { until_due.min(HOUSEKEEPING_TICK) } else { HOUSEKEEPING_TICK };
+                    let timeout =
+                        if h.checkpoint_wanted { until_due.min(HOUSEKEEPING_TICK) } else { HOUSEKEEPING_TICK };
                     h = self.house.cv.wait_timeout(h, timeout).unwrap_or_else(|p| p.into_inner()).0;
                 }
                 if h.shutdown {
@@ -162,10 +163,8 @@ impl Inner {
         self.marks.id_reserved.fetch_max(next_id, AcqRel);
         *last = Instant::now();
         // The checkpoint saying these are processed is durable: now they may go.
-        let doomed: Vec<SegmentInfo> = table
-            .into_iter()
-            .filter(|s| s.sealed && s.last_id.is_none_or(|l| l <= watermark))
-            .collect();
+        let doomed: Vec<SegmentInfo> =
+            table.into_iter().filter(|s| s.sealed && s.last_id.is_none_or(|l| l <= watermark)).collect();
         if doomed.is_empty() {
             return Ok(());
         }

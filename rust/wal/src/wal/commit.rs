@@ -112,7 +112,12 @@ impl Inner {
             // Waking without completing: the waiters recheck and find the poison or the close.
             // SAFETY: FUTEX_WAKE on a live u32.
             unsafe {
-                libc::syscall(libc::SYS_futex, slot.completed.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX)
+                libc::syscall(
+                    libc::SYS_futex,
+                    slot.completed.as_ptr(),
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    i32::MAX,
+                )
             };
         }
     }
@@ -229,7 +234,8 @@ impl Inner {
             let active = io.active.as_mut().unwrap();
             let mut run_bytes = bytes_of(calls[c].0, calls[c].1);
             let mut next = c + 1;
-            while next < calls.len() && active.write_offset + run_bytes + bytes_of(calls[next].0, calls[next].1) <= max {
+            while next < calls.len() && active.write_offset + run_bytes + bytes_of(calls[next].0, calls[next].1) <= max
+            {
                 run_bytes += bytes_of(calls[next].0, calls[next].1);
                 next += 1;
             }

@@ -134,7 +134,10 @@ enum Payload {
     /// which happens only after the writer is done with its records; when it
     /// stops waiting early (poisoned), it first takes `segments.io` once, so
     /// no writer still holds its records, and `poison` has emptied the queue.
-    Borrowed { ptr: *const u8, len: usize },
+    Borrowed {
+        ptr: *const u8,
+        len: usize,
+    },
 }
 
 // SAFETY: a borrowed payload is only read while its appender is blocked
@@ -217,7 +220,11 @@ enum FailKind {
     Full,
     Poisoned,
     /// `context` is empty for an engine error that is not an `Io` one.
-    Io { context: String, errno: Option<i32>, kind: std::io::ErrorKind },
+    Io {
+        context: String,
+        errno: Option<i32>,
+        kind: std::io::ErrorKind,
+    },
 }
 
 impl Failure {
@@ -245,7 +252,8 @@ impl Failure {
                     Some(code) => std::io::Error::from_raw_os_error(code),
                     None => std::io::Error::new(kind, self.detail),
                 };
-                let context = if context.is_empty() { "WAL append".to_owned() } else { format!("WAL append: {context}") };
+                let context =
+                    if context.is_empty() { "WAL append".to_owned() } else { format!("WAL append: {context}") };
                 WalError::io(context, source)
             }
         }
@@ -295,7 +303,10 @@ impl WaitSlot {
         if Self::reached(word, seq) {
             return;
         }
-        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
         // SAFETY: FUTEX_WAIT on a live u32 we own; it returns at once if the word changed.
         unsafe {
             libc::syscall(
@@ -313,7 +324,12 @@ impl WaitSlot {
         self.completed.fetch_max_wrapping(seq as u32);
         // SAFETY: FUTEX_WAKE on a live u32 we own.
         unsafe {
-            libc::syscall(libc::SYS_futex, self.completed.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX)
+            libc::syscall(
+                libc::SYS_futex,
+                self.completed.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            )
         };
     }
 }
@@ -550,7 +566,10 @@ impl Wal {
 
     fn start_threads(&self) -> Result<()> {
         let mut threads = lock(&self.threads);
-        for (name, body) in [("signaldb-wal-flusher", Inner::flusher_loop as fn(&Inner)), ("signaldb-wal-house", Inner::housekeeper_loop)] {
+        for (name, body) in [
+            ("signaldb-wal-flusher", Inner::flusher_loop as fn(&Inner)),
+            ("signaldb-wal-house", Inner::housekeeper_loop),
+        ] {
             let inner = Arc::clone(&self.inner);
             let handle = std::thread::Builder::new()
                 .name(name.into())

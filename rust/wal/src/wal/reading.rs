@@ -3,7 +3,13 @@
 use super::*;
 
 impl Inner {
-    pub(super) fn read_unprocessed(&self, after_id: u64, limit: usize, max_bytes: usize, use_cursor: bool) -> Result<Vec<Entry>> {
+    pub(super) fn read_unprocessed(
+        &self,
+        after_id: u64,
+        limit: usize,
+        max_bytes: usize,
+        use_cursor: bool,
+    ) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
@@ -18,7 +24,8 @@ impl Inner {
         };
         let start_id = after_id.max(watermark) + 1;
         let table: Vec<SegmentInfo> = self
-            .segments.table
+            .segments
+            .table
             .read()
             .unwrap()
             .iter()
@@ -39,7 +46,8 @@ impl Inner {
             };
             reader.trust_until(seg.verified_end);
             loop {
-                let step = reader.next_step().map_err(|e| WalError::io(format!("reading {}", seg.path.display()), e))?;
+                let step =
+                    reader.next_step().map_err(|e| WalError::io(format!("reading {}", seg.path.display()), e))?;
                 match step {
                     Step::End => break,
                     Step::Damaged { offset, .. } if seg.known_damage.contains(&offset) => {}

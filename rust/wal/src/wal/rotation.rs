@@ -70,7 +70,8 @@ impl Inner {
                         let _ = std::fs::remove_file(&stale.path);
                     }
                     // A call that fills the segment by itself overwrites every byte: zeros first would be waste.
-                    let bare = call_bytes + SEGMENT_HEADER_LEN as u64 >= self.cfg.max_segment_size || !self.preallocation_pays();
+                    let bare = call_bytes + SEGMENT_HEADER_LEN as u64 >= self.cfg.max_segment_size
+                        || !self.preallocation_pays();
                     self.make_spare(index, bare).inspect_err(|_| {
                         *lock(&self.segments.spare_retry_at) = Instant::now() + SPARE_RETRY_BACKOFF;
                     })?
@@ -118,7 +119,8 @@ impl Inner {
                 .fault_err(FaultPoint::SegmentPreallocate)
                 .and_then(|_| segment::prepare_spare(&self.seg_dir, self.cfg.max_segment_size))
                 .map_err(|e| self.creation_error(e))?;
-            let renamed = self.fault_err(FaultPoint::SegmentRename).and_then(|_| fsutil::rename_noreplace(&tmp.path, &path));
+            let renamed =
+                self.fault_err(FaultPoint::SegmentRename).and_then(|_| fsutil::rename_noreplace(&tmp.path, &path));
             if let Err(e) = renamed {
                 let _ = std::fs::remove_file(&tmp.path);
                 return Err(WalError::io(format!("creating segment {}", path.display()), e));
