@@ -63,6 +63,16 @@ The ``.json`` lists both sets (``partitions_dead_lettered``,
 ``partitions_in_parquet``): re-ingest only the rows of the former. The entry's
 acceptor ids count as done: a resend is acked as a duplicate. A MemoryError
 while building is not counted (it is not the data's fault): the plan is retried.
+
+With a catalog (``committer``), a written file counts only once its commit
+landed (``_commit_files``): see docs/operations.md, "Iceberg tables".
+
+Locks, in the only order they are ever nested: ``_state_lock`` (the state file
+and ``_committed``) before ``_cond`` (entries, buffers, retries, held bytes;
+``_room`` shares its lock). The committer's own lock is never taken while
+either is held (claims are checked outside them). The ledger has its own lock
+and is called with neither held, except ``snapshot`` from ``_save_state``
+(under ``_state_lock``).
 """
 
 from __future__ import annotations
