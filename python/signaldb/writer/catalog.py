@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from signaldb.config import CatalogConfig
-from signaldb.writer.tables import TABLES, reference_schema
+from signaldb.writer.tables import TABLES, reference_schema, time_column
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ TABLE_PROPERTIES = {
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "100",
 }
-
-
-def time_column(table: str) -> str:
-    return "start_time" if table == "traces" else "time"
 
 
 # -- column types --------------------------------------------------------------

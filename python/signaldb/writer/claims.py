@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -193,10 +193,6 @@ def without_claimed(record: WalRecord, claims: Claims) -> tuple[WalRecord, int]:
     counts = {v["values"]: v["counts"] for v in pc.value_counts(kept_ids).to_pylist()} if len(kept_ids) else {}
     entries = tuple((eid, int(counts.get(eid, 0))) for eid, _ in record.entries)
     return WalRecord(record.acceptor_id, record.table, entries, batch), record.batch.num_rows - batch.num_rows
-
-
-def summary_claims(summary: Mapping[str, str]) -> str | None:
-    return summary.get(SUMMARY_KEY)
 
 
 __all__ = [

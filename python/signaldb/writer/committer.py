@@ -41,6 +41,7 @@ from signaldb.writer.claims import (
     Claims,
     decode_folded,
     encode_map,
+    merge_maps,
     without_claimed,
 )
 from signaldb.writer.ledger import IdSet
@@ -156,11 +157,7 @@ class TableCommitter:
             return taken
 
     def _summary(self, files: Sequence[FileToCommit]) -> dict[str, str]:
-        claim: dict[str, dict[str, list[int]]] = {}
-        for f in files:
-            for partition, sources in f.claim.items():
-                for source, ids in sources.items():
-                    claim.setdefault(partition, {}).setdefault(source, []).extend(ids)
+        claim = merge_maps(f.claim for f in files)
         wal = IdSet((w, w) for f in files for w in f.wal_ids)
         return {
             WRITER_KEY: self._writer_id,

@@ -70,11 +70,11 @@ import pyarrow.parquet as pq
 
 from signaldb.config import Config
 from signaldb.writer import parquet
-from signaldb.writer.catalog import Tables, storage_root_uri, storage_schema, time_column
+from signaldb.writer.catalog import Tables, storage_root_uri, storage_schema
 from signaldb.writer.claims import FOLDED_PROPERTY, SUMMARY_KEY, Claims, decode_folded, encode_folded
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.storage import ObjectConflict, ObjectStore, StoreAborted, open_store, put_with_retry
-from signaldb.writer.tables import partition_name
+from signaldb.writer.tables import partition_name, time_column
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from signaldb.writer import tables
+
 ROW_GROUP_ROWS = 512 * 1024
 COMPRESSION_LEVEL = 1
 # Below this many rows per run on average, slicing costs more than sorting rows.
 MIN_AVERAGE_RUN_ROWS = 64
-
-
-def _time_column(table: str) -> str:
-    return "start_time" if table == "traces" else "time"
 
 
 # Ids are random and (nearly) unique per row: a dictionary only costs time and then
@@ -62,7 +60,7 @@ def _service_key(service: str | None) -> tuple[bool, str]:
 
 def order_rows(table: str, batches: Sequence[pa.RecordBatch]) -> pa.Table:
     """The rows of ``batches`` grouped by service (see the module docstring)."""
-    time_column = _time_column(table)
+    time_column = tables.time_column(table)
     encoded = [pc.run_end_encode(b.column("service_name")) for b in batches]
     runs = sum(len(e.run_ends) for e in encoded)
     if runs and sum(b.num_rows for b in batches) / runs < MIN_AVERAGE_RUN_ROWS:

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from signaldb import otlp
 from signaldb.flight_protocol import TABLES
 
-__all__ = ["TABLES", "hours_of", "kind_of", "partition_name", "reference_schema", "split_by_hour"]
+__all__ = ["TABLES", "hours_of", "kind_of", "partition_name", "reference_schema", "split_by_hour", "time_column"]
 
 _NS_PER_HOUR = 3_600_000_000_000
 
@@ -41,13 +41,17 @@ def reference_schema(table: str) -> pa.Schema:
     return _reference_schemas()[table]
 
 
+def time_column(table: str) -> str:
+    """The column a table's rows are placed in time by (partitions, sort order)."""
+    return "start_time" if table == "traces" else "time"
+
+
 def _row_times_ns(table: str, batch: pa.RecordBatch) -> pa.Array:
     """Nanoseconds since the epoch that place each row in an hour partition.
 
     OTLP times are unsigned and the conversion refuses any past 2262, so they
     are never negative: integer division is the floor."""
-    column = "start_time" if table == "traces" else "time"
-    times = batch.column(column).cast(pa.int64())
+    times = batch.column(time_column(table)).cast(pa.int64())
     if table == "logs":
         # A log record may leave `time` unset (0); its observed time is the next best clock.
         observed = batch.column("observed_time").cast(pa.int64())
