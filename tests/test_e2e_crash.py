@@ -77,7 +77,12 @@ def fixed_pipeline(tmp_path, request):
         show_logs_if_failed(request, p)
 
 
-@pytest.mark.parametrize("cycles", [pytest.param(200, marks=pytest.mark.stress) if STRESS else 10])
+# 200 cycles take ~4-6 min here (each writer start loads the catalog's tables, ~0.6 s):
+# past pytest's default 300 s, so the stress variant has its own limit.
+STRESS_CYCLES = pytest.param(200, marks=[pytest.mark.stress, pytest.mark.timeout(1200)])
+
+
+@pytest.mark.parametrize("cycles", [STRESS_CYCLES if STRESS else 10])
 def test_sigkill_acceptor_writer_and_both_under_load(fixed_pipeline, cycles):
     p = fixed_pipeline.start()
     victims = ("acceptor", "writer", "both")

@@ -298,6 +298,7 @@ def _without(cluster: Cluster, gone: AcceptorProcess) -> Cluster:
 
 
 @pytest.mark.stress
+@pytest.mark.timeout(1200)  # 40 cycles of restarts, each writer start loading the catalog
 def test_three_writers_two_acceptors_one_directory_long(cluster_factory):
     cluster = cluster_factory()
     clients, watcher = exercise(cluster, scaled(10, 40), local_objects(cluster.storage_dir))
