@@ -67,12 +67,20 @@ while building is not counted (it is not the data's fault): the plan is retried.
 With a catalog (``committer``), a written file counts only once its commit
 landed (``_commit_files``): see docs/operations.md, "Iceberg tables".
 
+The dedupe ledger (``ledger.Ledger``: which acceptor entries this writer holds)
+is the sink's alone: built here from the state file, filled by the replay
+(pending ids), completed in step 3 and persisted with every state save. The
+Flight side asks it through two narrow calls, ``raise_floor`` and ``reserve``
+(a ``ledger.Reservation``: in flight while the batch is appended, then pending),
+and the service never touches it.
+
 Locks, in the only order they are ever nested: ``_state_lock`` (the state file
 and ``_committed``) before ``_cond`` (entries, buffers, retries, held bytes;
-``_room`` shares its lock). The committer's own lock is never taken while
-either is held (claims are checked outside them). The ledger has its own lock
-and is called with neither held, except ``snapshot`` from ``_save_state``
-(under ``_state_lock``).
+``_room`` shares its lock), and either of them before the ledger's own lock,
+the innermost (taken under ``_state_lock`` only by ``snapshot`` in
+``_save_state``; every other ledger call is made with neither held, and the
+ledger calls out to nothing). The committer's own lock is never taken while
+either is held (claims are checked outside them).
 """
 
 from __future__ import annotations
@@ -93,7 +101,7 @@ from signaldb.wal import Wal
 from signaldb.writer import crashpoints, parquet, payload, state
 from signaldb.writer.claims import ClaimMap, entries_by_partition
 from signaldb.writer.committer import Committer, FileToCommit
-from signaldb.writer.ledger import IdSet, Key, Ledger
+from signaldb.writer.ledger import IdSet, Key, Ledger, Reservation
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.storage import ObjectConflict, ObjectStore, StoreAborted, put_with_retry
 from signaldb.writer.tables import split_by_hour
@@ -194,7 +202,6 @@ class Sink:
         wal_dir: Path,
         writer_id: str,
         store: ObjectStore,
-        ledger: Ledger,
         saved: state.State,
         metrics: WriterMetrics,
         file_max_bytes: int,
@@ -212,7 +219,7 @@ class Sink:
         self._wal_dir = Path(wal_dir)
         self._writer_id = writer_id
         self._store = store
-        self._ledger = ledger
+        self._ledger = Ledger.from_snapshot(saved.done, saved.floors)  # owned here (module doc)
         self._state = saved
         self._metrics = metrics
         self._max_bytes = file_max_bytes
@@ -254,6 +261,17 @@ class Sink:
             if not parts:  # every row committed already (by another writer): nothing to write
                 self._instant.append(wal_id)
                 self._cond.notify()
+
+    # -- the dedupe ledger, for the Flight side ------------------------------------
+
+    def raise_floor(self, source: str, min_unprocessed: int, batch_ids: list[int]) -> None:
+        """A batch's ``min_unprocessed`` (``Ledger.raise_floor``: bounded by what was stored)."""
+        self._ledger.raise_floor(source, min_unprocessed, batch_ids)
+
+    def reserve(self, key: Key, entry_ids: list[int]) -> Reservation:
+        """Splits a batch's ids into new and duplicate and holds the new ones while the batch is
+        appended (``Reservation``); raises ``ledger.Busy`` when another stream holds one."""
+        return Reservation(self._ledger, key, entry_ids)
 
     def _unclaimed(self, record: payload.WalRecord) -> tuple[payload.WalRecord, dict[str, list[int]]]:
         """With a catalog: the record without rows already committed (``claims``), and the
