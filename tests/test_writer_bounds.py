@@ -326,13 +326,14 @@ def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
     assert dead["level"] == "error" and dead["attempts"] == 3 and len(dead["wal_ids"]) == 1
 
     dl = tmp_path / "wal" / "dead-letter"
-    assert sorted(p.name for p in dl.iterdir()) == [f"{dead['wal_ids'][0]}.entry", f"{dead['wal_ids'][0]}.json"]
-    record = json.loads((dl / f"{dead['wal_ids'][0]}.json").read_text())
+    stem = f"{dead['wal_ids'][0]:020d}.traces"  # signaldb.service.dead_letters
+    assert sorted(p.name for p in dl.iterdir()) == [f"{stem}.entry", f"{stem}.json"]
+    record = json.loads((dl / f"{stem}.json").read_text())
     assert record["acceptor_entry_ids"] == [4] and record["acceptor_id"] == "acc-1"
     assert record["partitions_dead_lettered"] == ["date=2026-11-24/hour=02"]
     assert record["partitions_in_parquet"] == ["date=2026-11-24/hour=01"]
     assert "non-nullable but contains nulls" in record["reason"]
-    saved = payload.decode((dl / f"{dead['wal_ids'][0]}.entry").read_bytes())
+    saved = payload.decode((dl / f"{stem}.entry").read_bytes())
     assert saved.entries == ((4, entry4.num_rows),) and saved.batch.equals(entry4)
     # Parquet: every good row once, and entry 4's hour-0 rows (documented: also in its payload).
     assert traces_rows(root) == expected_rows({**good, 4: bad_hour0})
@@ -354,4 +355,4 @@ def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
     assert not [m for m in log_msgs(w) if "Parquet file" in m["msg"] and m["level"] != "debug"]
     assert w.stop() == 0
     assert traces_rows(root) == expected_rows({**good, 4: bad_hour0})
-    assert sorted(p.name for p in dl.iterdir()) == [f"{dead['wal_ids'][0]}.entry", f"{dead['wal_ids'][0]}.json"]
+    assert sorted(p.name for p in dl.iterdir()) == [f"{stem}.entry", f"{stem}.json"]

@@ -275,7 +275,9 @@ def test_an_unreadable_wal_entry_goes_to_dead_letter_instead_of_a_crash_loop(
         bad = wal.append(b"SDW9 not a writer payload", kind="traces")
     w = _writer(procs, tmp_path, "--file-max-age-secs", "0.05").start()
     wait_settled(w)
-    assert (tmp_path / "wal" / "dead-letter" / f"{bad}.entry").read_bytes() == b"SDW9 not a writer payload"
+    dl, stem = tmp_path / "wal" / "dead-letter", f"{bad:020d}.traces"  # signaldb.service.dead_letters
+    assert (dl / f"{stem}.entry").read_bytes() == b"SDW9 not a writer payload"
+    assert "cannot be read" in json.loads((dl / f"{stem}.json").read_text())["reason"]
     assert [line["wal_id"] for line in w.log_lines() if line.get("level") == "error"] == [bad]
     assert w.stop() == 0
     assert_same_rows(read_table(tmp_path / "data", "traces"), want, "traces")
