@@ -302,8 +302,12 @@ def acceptor_factory(tmp_path, request):
 
     started: list[AcceptorProcess] = []
 
-    def make(env: dict[str, str] | None = None, args: list[str] | None = None, start: bool = True,
-             workdir: pathlib.Path | None = None) -> AcceptorProcess:
+    def make(
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        start: bool = True,
+        workdir: pathlib.Path | None = None,
+    ) -> AcceptorProcess:
         proc = AcceptorProcess(workdir=workdir or tmp_path, env=dict(env or {}), args=list(args or []))
         started.append(proc)
         return proc.start() if start else proc
@@ -377,9 +381,28 @@ def tls_pair(tmp_path):
     import subprocess
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 

@@ -7,6 +7,7 @@ import pathlib
 import stat
 
 import pytest
+
 from signaldb.service.dead_letters import MAX_REASON_CHARS, DeadLetters
 
 
@@ -14,8 +15,10 @@ def test_payload_and_sidecar_are_written_create_only_and_private(tmp_path: pathl
     dl = DeadLetters(tmp_path / "wal" / "dead-letter", "acceptor")
     path, new = dl.put(7, "traces", b"body", "otlp", "x" * (MAX_REASON_CHARS + 10), {"content_type": None})
     assert new and dl.count == 1
-    assert sorted(p.name for p in dl.directory.iterdir()) == ["00000000000000000007.traces.json",
-                                                              "00000000000000000007.traces.otlp"]
+    assert sorted(p.name for p in dl.directory.iterdir()) == [
+        "00000000000000000007.traces.json",
+        "00000000000000000007.traces.otlp",
+    ]
     sidecar = json.loads(path.read_text())
     assert sidecar["format"] == 1 and sidecar["service"] == "acceptor" and sidecar["entry_id"] == 7
     assert sidecar["payload"] == "00000000000000000007.traces.otlp" and sidecar["payload_bytes"] == 4
@@ -25,12 +28,12 @@ def test_payload_and_sidecar_are_written_create_only_and_private(tmp_path: pathl
 
 
 def test_the_same_entry_again_updates_its_sidecar_and_another_entry_under_a_reused_id_is_kept(
-        tmp_path: pathlib.Path) -> None:
+    tmp_path: pathlib.Path,
+) -> None:
     dl = DeadLetters(tmp_path, "writer")
     dl.put(3, "logs", b"one", "entry", "first", lambda previous: {"hours": [1], "before": previous})
     # Met again (a crash before the WAL mark): same name, the sidecar sees what it said before.
-    path, new = dl.put(3, "logs", b"one", "entry", "second",
-                       lambda previous: {"hours": [*previous["hours"], 2]})
+    path, new = dl.put(3, "logs", b"one", "entry", "second", lambda previous: {"hours": [*previous["hours"], 2]})
     assert not new and dl.count == 1 and json.loads(path.read_text())["hours"] == [1, 2]
     # The id handed out again (restored WAL directory) with other bytes: never replaces the first.
     path, new = dl.put(3, "logs", b"two", "entry", "third")

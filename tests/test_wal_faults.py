@@ -77,8 +77,9 @@ def test_control_nobody_can_create_a_wal_where_it_may_write(public_tmp):
     assert out["ok"], out
 
 
-@pytest.mark.parametrize("layout", ["missing dir in root-owned parent", "existing root-owned 0755 dir",
-                                    "existing root-owned WAL"])
+@pytest.mark.parametrize(
+    "layout", ["missing dir in root-owned parent", "existing root-owned 0755 dir", "existing root-owned WAL"]
+)
 def test_unwritable_directory_raises_walerror_naming_the_path(public_tmp, layout):
     wal_path = os.path.join(public_tmp, "wal")
     if layout == "existing root-owned 0755 dir":
@@ -140,6 +141,7 @@ def test_disk_full_raises_walfullerror_and_recovers(small_fs):
     acked: dict[int, bytes] = {}
     w = Wal(wal_path, max_segment_size=256 * 1024)
     try:
+
         def one(i):
             p = tagged_payload(f"a{i}", PAYLOAD)
             acked[w.append(p, kind="logs")] = p
@@ -226,6 +228,7 @@ def test_append_batch_on_a_full_disk_is_all_or_nothing(small_fs, sync_mode):
     failed_batches: list[list[bytes]] = []
     w = Wal(wal_path, max_segment_size=256 * 1024, sync_mode=sync_mode)
     try:
+
         def one(i):
             p = tagged_payload(f"a{i}", PAYLOAD)
             acked[w.append(p, kind="logs")] = p
@@ -275,7 +278,7 @@ def test_threads_hitting_disk_full_together(small_fs, sync_mode):
                     return
                 with lock:
                     acked[eid] = p
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     try:

@@ -158,6 +158,4 @@ class _StressMachine(WalMachine):
 
 
 TestWalStatefulStress = pytest.mark.timeout(3600)(pytest.mark.stress(_StressMachine.TestCase))
-TestWalStatefulStress.settings = settings(
-    max_examples=500 if STRESS else 100, stateful_step_count=80, **_common
-)
+TestWalStatefulStress.settings = settings(max_examples=500 if STRESS else 100, stateful_step_count=80, **_common)

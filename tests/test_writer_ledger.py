@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from signaldb.writer.ledger import Busy, IdSet, Ledger, Reservation
 
-ops = st.lists(st.one_of(st.tuples(st.just("add"), st.integers(0, 60)),
-                         st.tuples(st.just("drop_below"), st.integers(0, 60))), max_size=80)
+ops = st.lists(
+    st.one_of(st.tuples(st.just("add"), st.integers(0, 60)), st.tuples(st.just("drop_below"), st.integers(0, 60))),
+    max_size=80,
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -12,10 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import urllib.request
 
 
 @dataclass
@@ -48,8 +47,13 @@ class AcceptorProcess:
         # no lower bound unless a test sets one (the time-window tests do).
         env.setdefault("ACCEPTOR_MAX_AGE_SECS", "0")
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", self.module, *self.args],
-                                     cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [*self.prefix, sys.executable, "-m", self.module, *self.args],
+            cwd=self.workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         if wait:
             self.wait_listening(timeout)

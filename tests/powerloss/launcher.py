@@ -79,14 +79,15 @@ class SyncFsMount:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(SYNCFS_PY), str(self.path)],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while not os.path.ismount(self.path):
             if self.proc.poll() is not None:
                 raise FuseUnavailable(
-                    f"SyncFS exited with status {self.proc.returncode} before mounting {self.path}:\n"
-                    + self.log_text()
+                    f"SyncFS exited with status {self.proc.returncode} before mounting {self.path}:\n" + self.log_text()
                 )
             if time.monotonic() > deadline:
                 self.stop()
