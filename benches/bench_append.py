@@ -133,10 +133,7 @@ def test_threads(benchmark, workdir, key, pass_no):
 
 @case_params("batch")
 def test_batch(benchmark, workdir, key, pass_no):
-    if key == "ours_seg64":
-        store = open_ours(workdir, max_segment_size=64 * MIB)
-    else:
-        store = open_store(key, workdir)
+    store = open_ours(workdir, max_segment_size=64 * MIB) if key == "ours_seg64" else open_store(key, workdir)
     payloads = [PAYLOAD_200] * BATCH_SIZE
     count = Counting()
     if key == "raw":
@@ -175,10 +172,7 @@ def test_batch(benchmark, workdir, key, pass_no):
 
 @case_params("mib")
 def test_mib(benchmark, workdir, key, pass_no):
-    if key == "ours_seg64":
-        store = open_ours(workdir, max_segment_size=64 * MIB)
-    else:
-        store = open_store(key, workdir)
+    store = open_ours(workdir, max_segment_size=64 * MIB) if key == "ours_seg64" else open_store(key, workdir)
     append, payload, count = store.append, PAYLOAD_MIB, Counting()
 
     def op(n: int) -> None:

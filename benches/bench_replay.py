@@ -154,7 +154,9 @@ def test_verify(benchmark, request, key, pass_no):
         calls = scan_calls(scan, files)
         # One untimed pass: warms the page cache and checks what the scan says.
         results = [scan(p, **kw) for p, kw in calls]
-        bad = [(p, r) for (p, _), r in zip(calls, results) if r.get("damages") or r.get("header_ok") is False]
+        bad = [
+            (p, r) for (p, _), r in zip(calls, results, strict=True) if r.get("damages") or r.get("header_ok") is False
+        ]
         assert not bad, f"scan_segment reports damage in a clean WAL: {bad[:2]}"
         keys = sorted(results[0]) if results else []
         benchmark.extra_info["scan_result_keys"] = keys

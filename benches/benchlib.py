@@ -415,7 +415,7 @@ class RocksStore:
 
     def append_batch(self, payloads: list[bytes]) -> None:
         wb = self.WriteBatch(raw_mode=True)
-        for k, p in zip(self._keys(len(payloads)), payloads):
+        for k, p in zip(self._keys(len(payloads)), payloads, strict=True):
             wb.put(k.to_bytes(8, "big"), p)
         self.db.write(wb, write_opt=self.wo)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -20,10 +21,8 @@ def workdir(request):
 
 def pytest_sessionfinish(session, exitstatus):
     root = bench_root()
-    try:
-        root.rmdir()  # only if empty: leaves anything a crashed run left behind
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # not empty: leaves anything a crashed run left behind
+        root.rmdir()
 
 
 def pytest_runtest_logreport(report):

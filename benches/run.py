@@ -14,6 +14,7 @@ status stays 0. The exit status is non-zero only when a benchmark could not run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -425,10 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(report, indent=1))
     finally:
         for p in (json_path, outcomes_path):
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(p)
-            except OSError:
-                pass
 
     if not report:
         print(f"\npytest exited with status {rc} and wrote no benchmark report (crashed?): no table.", file=sys.stderr)

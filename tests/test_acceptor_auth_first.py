@@ -121,7 +121,7 @@ def test_grpc_unauthenticated_60mib_is_refused_on_headers_without_reading_the_bo
         #    server's HTTP/2 flow control lets us and count what got out before the status came.
         for metadata in ([("authorization", "Bearer wrong")], []):
             sid = conn.start_call(EXPORT, metadata, message_bytes=60 * MIB)
-            conn.run_until(lambda: conn.streams[sid].done, time.monotonic() + 10)
+            conn.run_until(lambda sid=sid: conn.streams[sid].done, time.monotonic() + 10)
             result = conn.streams[sid]
             assert result.grpc_status == UNAUTHENTICATED, result
             assert result.answered_after_secs < 5, result
@@ -193,7 +193,9 @@ def test_grpc_many_unauthenticated_streams_with_large_headers_stay_bounded(recor
     conns = [H2GrpcConnection("127.0.0.1", acceptor.ports["grpc_port"]) for _ in range(5)]
     try:
         for conn in conns:
-            conn.run_until(lambda: bool(conn.conn.remote_settings.max_concurrent_streams < 1000), time.monotonic() + 5)
+            conn.run_until(
+                lambda conn=conn: bool(conn.conn.remote_settings.max_concurrent_streams < 1000), time.monotonic() + 5
+            )
             assert conn.conn.remote_settings.max_concurrent_streams == 50  # the setting reaches the wire
             assert conn.conn.remote_settings.max_header_list_size == limit
         near, over = "n" * (limit - 1200), "o" * (limit + 2000)
@@ -216,7 +218,9 @@ def test_grpc_many_unauthenticated_streams_with_large_headers_stay_bounded(recor
                     sids.append((conn, sid, kind))
             for conn in conns:
                 conn.run_until(
-                    lambda: all(s.done for s in conn.streams.values()) and conn.conn.open_outbound_streams == 0,
+                    lambda conn=conn: (
+                        all(s.done for s in conn.streams.values()) and conn.conn.open_outbound_streams == 0
+                    ),
                     deadline,
                 )
             for conn, sid, kind in sids:

@@ -230,7 +230,7 @@ def test_latin1_byte_in_grpc_authorization_metadata_is_unauthenticated(fast):
     try:
         for value in (b"Bearer \xe9t\xe9", b"Bearer " + TOKEN.encode() + b"\xff"):
             sid = conn.start_call(EXPORT, [(b"authorization", value)], message_bytes=10)
-            conn.run_until(lambda: conn.streams[sid].done, time.monotonic() + 5)
+            conn.run_until(lambda sid=sid: conn.streams[sid].done, time.monotonic() + 5)
             assert conn.streams[sid].grpc_status == UNAUTHENTICATED, conn.streams[sid]
     finally:
         conn.close()

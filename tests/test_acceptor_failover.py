@@ -54,7 +54,7 @@ def test_dns_endpoints_parse_mixed_with_grpc_ones():
         with pytest.raises(ConfigError, match=f"acceptor.writer_endpoints: .*{why}"):
             load(None, "acceptor", environ={"ACCEPTOR_WRITER_ENDPOINTS": bad, "SIGNALDB_AUTH_TOKEN": "t"})
     # A name other than localhost may resolve anywhere: Flight to it needs the token.
-    with pytest.raises(ConfigError, match="security.auth_token"):
+    with pytest.raises(ConfigError, match=r"security\.auth_token"):
         load(None, "acceptor", environ={"ACCEPTOR_WRITER_ENDPOINTS": "dns://writers.example:50061"})
     load(None, "acceptor", environ={"ACCEPTOR_WRITER_ENDPOINTS": "dns://localhost:50061"})
 

@@ -121,8 +121,8 @@ def test_zstd_and_snappy_bodies_are_accepted_with_the_same_limit(acceptor, recor
         (bytes(cramjam.snappy.compress(body)), "snappy", "application/x-protobuf", 3),  # framing format
         (bytes(cramjam.snappy.compress(body)), "x-snappy-framed", "application/x-protobuf", 3),
     ]
-    for data, encoding, content_type, spans in cases:
-        status, headers, out = post(
+    for data, encoding, content_type, _spans in cases:
+        status, _, out = post(
             acceptor, "/v1/traces", data, content_type=content_type, headers={"Content-Encoding": encoding}
         )
         assert status == 200, (encoding, out)
@@ -192,17 +192,18 @@ service:
       processors: [batch]
       exporters: [otlphttp]
 """)
-    out = open(tmp_path / "collector.out", "wb")
-    proc = subprocess.Popen([str(collector_binary()), "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and acceptor.metric("signaldb_receiver_accepted_log_records_total") < 50:
-            assert proc.poll() is None, (tmp_path / "collector.out").read_text()
-            time.sleep(0.2)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        out.close()
+    with open(tmp_path / "collector.out", "wb") as out:
+        proc = subprocess.Popen(
+            [str(collector_binary()), "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and acceptor.metric("signaldb_receiver_accepted_log_records_total") < 50:
+                assert proc.poll() is None, (tmp_path / "collector.out").read_text()
+                time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(30)
     assert acceptor.metric("signaldb_receiver_accepted_log_records_total", transport="http") == 50, (
         tmp_path / "collector.out"
     ).read_text()[-3000:]
@@ -221,7 +222,7 @@ def test_unknown_grpc_encoding_gets_grpcs_own_answer_and_the_log_stays_json(acce
     for encoding in ("zstd", "gzip"):
         conn = H2GrpcConnection(host, int(port))
         sid = conn.start_call(TRACES, [("grpc-encoding", encoding)], message_bytes=0)
-        conn.run_until(lambda: conn.streams[sid].done, time.monotonic() + 10)
+        conn.run_until(lambda conn=conn, sid=sid: conn.streams[sid].done, time.monotonic() + 10)
         result = conn.streams[sid]
         conn.close()
         if encoding == "zstd":

@@ -149,8 +149,8 @@ def test_hour_partitioned_table_and_concurrent_commits(catalog_props, tmp_path):
 
     print(
         f"\n[{kind(catalog_props)}] commit latency alone: {ms(solo['ok'])}; "
-        f"2 processes racing: ok {ms(sum((r['ok'] for r in results), []))}, "
-        f"conflicts {conflicts} (failed attempts {ms(sum((r['failed'] for r in results), []))})"
+        f"2 processes racing: ok {ms([t for r in results for t in r['ok']])}, "
+        f"conflicts {conflicts} (failed attempts {ms([t for r in results for t in r['failed']])})"
     )
 
 

@@ -394,7 +394,7 @@ def test_configmap_toml_loads_and_agrees_with_the_env(tmp_path):
     for command in ("acceptor", "writer"):
         # unknown keys, bad values raise; the token comes from the Secret
         load(None, command, environ={"SIGNALDB_CONFIG": str(path), "SIGNALDB_AUTH_TOKEN": "from-the-secret"})
-        with pytest.raises(ConfigError, match="security.auth_token"):  # without it: refused, not unauthenticated
+        with pytest.raises(ConfigError, match=r"security\.auth_token"):  # without it: refused, not unauthenticated
             load(None, command, environ={"SIGNALDB_CONFIG": str(path)})
     toml = tomllib.loads(path.read_text())
     known = settings_by_env()

@@ -377,7 +377,7 @@ def test_a_log_record_without_any_time_is_stamped_when_taken(pipeline_factory):
             )
         ]
     )
-    status, _, out = post(pipeline.acceptor, "/v1/logs", request.SerializeToString())
+    status, _, _ = post(pipeline.acceptor, "/v1/logs", request.SerializeToString())
     assert status == 200
     wait_until(pipeline.drained, timeout=30, what="pipeline drained")
     wait_until(lambda: pipeline.table("logs").num_rows == 1, timeout=30, what="log row")

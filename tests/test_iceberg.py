@@ -153,7 +153,7 @@ def test_every_table_is_an_iceberg_table_with_partitions_sort_order_and_claims(
     path = planned[0].removeprefix("file://")
     assert pathlib.Path(path).name.startswith(w.health()["writer_id"])
     meta = pq.ParquetFile(path).metadata.row_group(0)
-    trace_id = [meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == "trace_id"][0]
+    trace_id = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == "trace_id")
     assert trace_id.to_dict()["bloom_filter_offset"] is not None
     assert w.metric("signaldb_writer_catalog_commits_total") >= 3
     assert w.stop() == 0

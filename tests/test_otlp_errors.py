@@ -60,7 +60,7 @@ def span_request(**fields: object) -> bytes:
     ],
 )
 def test_errors_name_the_field(body: bytes, message: str) -> None:
-    with pytest.raises(otlp.OtlpDecodeError, match="^invalid ExportTraceServiceRequest: ") as e:
+    with pytest.raises(otlp.OtlpDecodeError, match=r"^invalid ExportTraceServiceRequest: ") as e:
         otlp.convert("traces", body)
     assert message in str(e.value)
     assert isinstance(e.value, ValueError)

@@ -204,7 +204,7 @@ METRIC_TABLES = {
             "max",
             "aggregation_temporality",
         ),
-    ),  # fmt: skip
+    ),
     "summary": ("metrics_summary", ("count", "sum", "quantile_values")),
 }
 

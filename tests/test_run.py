@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -65,10 +66,8 @@ class Run:
         for raw in self.proc.stderr:
             text = raw.decode(errors="replace")
             self.raw.append(text)
-            try:
+            with contextlib.suppress(ValueError):
                 self.lines.append(json.loads(text))
-            except ValueError:
-                pass
 
     def listening(self, service: str, count: int = 1) -> dict:
         wait_until(lambda: len(self._listening(service)) >= count, timeout=60, what=f"{service} listening")
@@ -153,9 +152,10 @@ def test_run_passes_sighup_on_to_both_children(tmp_path):
         acceptor = run.listening("acceptor")
         run.listening("writer")
         run.proc.send_signal(signal.SIGHUP)
-        reloaded = lambda: {
-            ln.get("service") for ln in list(run.lines) if ln.get("msg") == "SIGHUP: configuration reloaded"
-        }
+
+        def reloaded() -> set:
+            return {ln.get("service") for ln in list(run.lines) if ln.get("msg") == "SIGHUP: configuration reloaded"}
+
         wait_until(lambda: reloaded() == {"acceptor", "writer"}, timeout=30, what="both children reloaded")
         assert run.proc.poll() is None
         assert run.post(acceptor["http_port"], "after-hup") == 200

@@ -42,7 +42,7 @@ def _run_threads(wal: Wal, n_threads: int, per_thread: int, results: dict, error
                 if s % 10 == 9:
                     seqs = [s * 1000 + j for j in range(3)]
                     ids = wal.append_batch([_payload(who, q) for q in seqs], kind=_kind(who, s))
-                    got.extend((q, i, _kind(who, s)) for q, i in zip(seqs, ids))
+                    got.extend((q, i, _kind(who, s)) for q, i in zip(seqs, ids, strict=True))
                 else:
                     got.append((s, wal.append(_payload(who, s), kind=_kind(who, s)), _kind(who, s)))
         except BaseException as e:
@@ -340,7 +340,8 @@ def test_sync_appends_in_threads_do_not_block_the_event_loop(wal_dir):
 
             w_big = threading.Thread(target=big_writer)
             w_big.start()
-            while any(t.is_alive() for t in threads) or w_big.is_alive():
+            # Polled: threads cannot set an asyncio.Event, and these sleeps are the ticks measured.
+            while any(t.is_alive() for t in threads) or w_big.is_alive():  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             w_big.join()
 
@@ -365,7 +366,8 @@ def test_close_from_another_thread_wakes_pending_append_async(tmp_path):
         started = threading.Event()
         outcome: dict = {}
 
-        async def main() -> None:
+        # This round's WAL, event and outcome, bound now (the closures run in another thread).
+        async def main(w: Wal = w, started: threading.Event = started) -> None:
             async def appender(k: int) -> None:
                 while True:
                     try:
@@ -376,7 +378,7 @@ def test_close_from_another_thread_wakes_pending_append_async(tmp_path):
 
             await asyncio.gather(*(appender(k) for k in range(50)))
 
-        def loop_thread() -> None:
+        def loop_thread(outcome: dict = outcome) -> None:
             try:
                 asyncio.run(asyncio.wait_for(main(), timeout=5))  # the timer also wakes a stuck loop
                 outcome["ok"] = True

@@ -188,7 +188,7 @@ def _check_copy_inner(
         except Exception as e:
             problems.add("reopen after recovery raised", f"{label} (reopen {attempt}): {type(e).__name__}: {e}")
             return
-        if again != got + [(new, "metrics", b"after damage")]:
+        if again != [*got, (new, "metrics", b"after damage")]:
             problems.add(
                 "entries changed on reopen",
                 f"{label} (reopen {attempt}): before {[g[0] for g in got]}+{new}, after {[a[0] for a in again]}",
@@ -230,7 +230,7 @@ def _flip_cases(base: Base, payload_stride: int):
         tail = list(range(seg.data_end, min(len(buf), seg.data_end + RECORD_HEADER_LEN + 2)))
         if len(buf) > seg.data_end:
             rng = random.Random(name)
-            tail += rng.sample(range(seg.data_end, len(buf)), min(12, len(buf) - seg.data_end)) + [len(buf) - 1]
+            tail += [*rng.sample(range(seg.data_end, len(buf)), min(12, len(buf) - seg.data_end)), len(buf) - 1]
         for off in sorted(set(tail)):
             yield rel, off, set(), True, "zero fill", si == last
     meta = (base.path / "metadata.json").read_bytes()
@@ -375,7 +375,7 @@ def test_garbage_segment_in_the_middle(tmp_path, caplog):
     assert _corruption_logged(caplog)
     assert new > max(entries)
     with Wal(path, **OPTS) as w:
-        assert [e.id for e in w.unprocessed()] == sorted(got) + [new]
+        assert [e.id for e in w.unprocessed()] == [*sorted(got), new]
 
 
 @pytest.mark.parametrize("damage", ["deleted", "empty", "garbage", "truncated", "wrong checksum"])

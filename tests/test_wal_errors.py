@@ -94,7 +94,7 @@ def test_waiters_pending_at_close_get_walclosederror_or_their_id(tmp_path) -> No
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(main())
-    assert all(isinstance(r, int) or isinstance(r, WalClosedError) for r in results), results
+    assert all(isinstance(r, (int, WalClosedError)) for r in results), results
 
 
 def test_stats_is_typed_and_reads_like_the_dict_it_was(tmp_path) -> None:

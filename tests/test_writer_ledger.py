@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,7 +32,7 @@ def test_idset_behaves_like_a_set_and_stays_merged(script: list[tuple[str, int]]
         assert len(ids) == len(model)
         # Sorted, disjoint and never adjacent: the most compact form.
         assert all(lo <= hi for lo, hi in ranges)
-        assert all(a[1] + 1 < b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+        assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(ranges))
         assert IdSet(ranges).ranges() == ranges
 
 

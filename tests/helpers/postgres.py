@@ -9,6 +9,7 @@ Authentication is ``trust``: the server is reachable from loopback only, for the
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -171,10 +172,8 @@ class Postgres:
             pid = int(pid_file.read_text().split()[0])
         except (FileNotFoundError, IndexError, ValueError):
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

@@ -76,7 +76,7 @@ def worker(wal, cycle: int, seed: int) -> None:
         else:
             seqs = [next(_seq) for _ in range(rng.randint(2, 12))]
             ids = wal.append_batch([payload_for(cycle, s) for s in seqs], kind=KINDS[k])
-            acked([(s, eid, k) for s, eid in zip(seqs, ids)])
+            acked([(s, eid, k) for s, eid in zip(seqs, ids, strict=True)])
 
 
 def flusher(wal, seed: int) -> None:

@@ -9,6 +9,7 @@ docs/iceberg-findings.md."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -104,7 +105,6 @@ class Weed:
         if fresh:
             self.dir = self.dir.with_name(self.dir.name + "-again")
         self.dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.dir / "weed.log", "ab")
         # Its Iceberg and Lance catalogs listen on fixed ports by default: off, or on a free
         # port (they would collide with any other weed on the machine).
         iceberg = (
@@ -116,30 +116,30 @@ class Weed:
         # with 8 the second table bucket gets no writable volume (INTERNAL_FAILURE on upload).
         # Volumes are sparse files, so a high cap costs nothing until written.
         max_volumes = 200 if self.iceberg else 8
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "server",
-                f"-dir={self.dir}",
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                f"-master.port={self.master}",
-                f"-volume.port={self.volume}",
-                "-master.volumeSizeLimitMB=64",
-                f"-volume.max={max_volumes}",
-                "-filer",
-                f"-filer.port={self.filer}",
-                "-s3",
-                f"-s3.port={self.s3}",
-                *iceberg,
-                "-s3.port.lance=0",
-                # No telemetry: the tests are offline.
-                "-master.telemetry=false",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(self.dir / "weed.log", "ab") as log:  # the child has its own descriptor
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "server",
+                    f"-dir={self.dir}",
+                    "-ip=127.0.0.1",
+                    "-ip.bind=127.0.0.1",
+                    f"-master.port={self.master}",
+                    f"-volume.port={self.volume}",
+                    "-master.volumeSizeLimitMB=64",
+                    f"-volume.max={max_volumes}",
+                    "-filer",
+                    f"-filer.port={self.filer}",
+                    "-s3",
+                    f"-s3.port={self.s3}",
+                    *iceberg,
+                    "-s3.port.lance=0",
+                    # No telemetry: the tests are offline.
+                    "-master.telemetry=false",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         error: Exception | None = None
         while time.monotonic() < deadline:
@@ -147,10 +147,8 @@ class Weed:
                 pytest.fail(f"weed exited with {self.proc.returncode}: {(self.dir / 'weed.log').read_text()[-2000:]}")
             try:
                 client = self.client()
-                try:
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):  # a restart over the same dir
                     client.create_bucket(Bucket=BUCKET)
-                except client.exceptions.BucketAlreadyOwnedByYou:
-                    pass  # a restart over the same directory
                 client.put_object(Bucket=BUCKET, Key="probe/ok", Body=b"ok")
                 client.delete_object(Bucket=BUCKET, Key="probe/ok")
                 if self.iceberg:

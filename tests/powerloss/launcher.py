@@ -76,7 +76,7 @@ class SyncFsMount:
         self.path.mkdir(parents=True, exist_ok=True)
         if os.path.ismount(self.path):
             raise RuntimeError(f"{self.path} is already a mount point")
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- open while mounted, closed in unmount
         self.proc = subprocess.Popen(
             [sys.executable, str(SYNCFS_PY), str(self.path)],
             stdin=subprocess.DEVNULL,
