@@ -61,8 +61,8 @@ test-python: build $(SYSTEM_STAMP) ## pytest
 	$(PY) -m pytest -q
 
 lint: build ## ruff (lint + format check), mypy, stubtest of _native.pyi, cargo fmt --check
-	$(VENV)/bin/ruff check python
-	$(VENV)/bin/ruff format --check python
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest signaldb._native --mypy-config-file pyproject.toml
 	cargo fmt --all --check

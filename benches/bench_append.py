@@ -77,8 +77,7 @@ def single_producer(benchmark, workdir, store_key: str, *, case: str, key: str, 
         count.entries += n
 
     try:
-        measure(benchmark, op, case=case, key=key, pass_no=pass_no,
-                entries_per_op=1, bytes_per_op=len(payload))
+        measure(benchmark, op, case=case, key=key, pass_no=pass_no, entries_per_op=1, bytes_per_op=len(payload))
         if store_key == "ours":
             check_ours(benchmark, store, count.entries)
     finally:
@@ -112,8 +111,16 @@ def test_threads(benchmark, workdir, key, pass_no):
         count.entries += n * THREADS
 
     try:
-        measure(benchmark, op, case="threads", key=key, pass_no=pass_no,
-                entries_per_op=THREADS, bytes_per_op=THREADS * len(payload), round_s=0.25)
+        measure(
+            benchmark,
+            op,
+            case="threads",
+            key=key,
+            pass_no=pass_no,
+            entries_per_op=THREADS,
+            bytes_per_op=THREADS * len(payload),
+            round_s=0.25,
+        )
         if key == "ours":
             check_ours(benchmark, store, count.entries)
     finally:
@@ -126,10 +133,7 @@ def test_threads(benchmark, workdir, key, pass_no):
 
 @case_params("batch")
 def test_batch(benchmark, workdir, key, pass_no):
-    if key == "ours_seg64":
-        store = open_ours(workdir, max_segment_size=64 * MIB)
-    else:
-        store = open_store(key, workdir)
+    store = open_ours(workdir, max_segment_size=64 * MIB) if key == "ours_seg64" else open_store(key, workdir)
     payloads = [PAYLOAD_200] * BATCH_SIZE
     count = Counting()
     if key == "raw":
@@ -148,8 +152,15 @@ def test_batch(benchmark, workdir, key, pass_no):
             count.entries += n * BATCH_SIZE
 
     try:
-        measure(benchmark, op, case="batch", key=key, pass_no=pass_no,
-                entries_per_op=BATCH_SIZE, bytes_per_op=BATCH_SIZE * len(PAYLOAD_200))
+        measure(
+            benchmark,
+            op,
+            case="batch",
+            key=key,
+            pass_no=pass_no,
+            entries_per_op=BATCH_SIZE,
+            bytes_per_op=BATCH_SIZE * len(PAYLOAD_200),
+        )
         if key.startswith("ours"):
             check_ours(benchmark, store, count.entries)
     finally:
@@ -161,10 +172,7 @@ def test_batch(benchmark, workdir, key, pass_no):
 
 @case_params("mib")
 def test_mib(benchmark, workdir, key, pass_no):
-    if key == "ours_seg64":
-        store = open_ours(workdir, max_segment_size=64 * MIB)
-    else:
-        store = open_store(key, workdir)
+    store = open_ours(workdir, max_segment_size=64 * MIB) if key == "ours_seg64" else open_store(key, workdir)
     append, payload, count = store.append, PAYLOAD_MIB, Counting()
 
     def op(n: int) -> None:
@@ -173,8 +181,7 @@ def test_mib(benchmark, workdir, key, pass_no):
         count.entries += n
 
     try:
-        measure(benchmark, op, case="mib", key=key, pass_no=pass_no,
-                entries_per_op=1, bytes_per_op=len(payload))
+        measure(benchmark, op, case="mib", key=key, pass_no=pass_no, entries_per_op=1, bytes_per_op=len(payload))
         if key.startswith("ours"):
             check_ours(benchmark, store, count.entries)
     finally:

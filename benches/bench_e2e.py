@@ -74,8 +74,20 @@ def commit_stats(p: Pipeline) -> tuple[float, float]:
 
 
 def loadgen(endpoint: str, seconds: float, concurrency: int, rate: float | None = None) -> dict:
-    args = [sys.executable, "-m", "signaldb.loadgen", "--endpoint", endpoint, "--duration", str(seconds),
-            "--concurrency", str(concurrency), "--unique", "--json", "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "signaldb.loadgen",
+        "--endpoint",
+        endpoint,
+        "--duration",
+        str(seconds),
+        "--concurrency",
+        str(concurrency),
+        "--unique",
+        "--json",
+        "--quiet",
+    ]
     if rate:
         args += ["--rate", str(int(rate))]
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120)
@@ -117,11 +129,22 @@ def run_mode(run: str, seconds: float, latency_seconds: float, concurrency: int,
         e2e = in_parquet / (done - started)
         half = loadgen(endpoint, latency_seconds, concurrency, rate=max(1.0, e2e / 2))
         commits, commit_secs = commit_stats(p)
-        return {"mode": run, "commits": commits, "commit_ms": commit_secs * 1000, "acked_spans_per_s": flat["spans_per_s"], "spans_acked": acked,
-                "spans_in_parquet": in_parquet, "e2e_spans_per_s": e2e, "drain_secs": done - started - seconds,
-                "half_rate": e2e / 2, "half_achieved": half["spans_per_s"],
-                "p50_ms": half["latency_ms"]["p50"], "p99_ms": half["latency_ms"]["p99"],
-                "flat_p50_ms": flat["latency_ms"]["p50"], "flat_p99_ms": flat["latency_ms"]["p99"]}
+        return {
+            "mode": run,
+            "commits": commits,
+            "commit_ms": commit_secs * 1000,
+            "acked_spans_per_s": flat["spans_per_s"],
+            "spans_acked": acked,
+            "spans_in_parquet": in_parquet,
+            "e2e_spans_per_s": e2e,
+            "drain_secs": done - started - seconds,
+            "half_rate": e2e / 2,
+            "half_achieved": half["spans_per_s"],
+            "p50_ms": half["latency_ms"]["p50"],
+            "p99_ms": half["latency_ms"]["p99"],
+            "flat_p50_ms": flat["latency_ms"]["p50"],
+            "flat_p99_ms": flat["latency_ms"]["p99"],
+        }
     finally:
         p.stop()
 
@@ -131,35 +154,47 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=40.0, help="flat-out load (default 40)")
     ap.add_argument("--latency-seconds", type=float, default=15.0, help="load at half rate (default 15)")
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--modes", default="immediate,batched,immediate+none",
-                    help="WAL sync modes; '+none' runs without a catalog (plain files) for the commit's cost")
+    ap.add_argument(
+        "--modes",
+        default="immediate,batched,immediate+none",
+        help="WAL sync modes; '+none' runs without a catalog (plain files) for the commit's cost",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args()
     root = REPO / ".bench-tmp"
-    results = [run_mode(m, args.seconds, args.latency_seconds, args.concurrency, root)
-               for m in args.modes.split(",")]
+    results = [run_mode(m, args.seconds, args.latency_seconds, args.concurrency, root) for m in args.modes.split(",")]
 
-    print(f"\nend to end: loadgen (gRPC, 512 spans x 10 attributes, {args.concurrency} streams, "
-          f"{args.seconds:.0f} s) -> acceptor -> Flight -> writer -> Parquet committed to Iceberg "
-          f"(embedded SQLite catalog, local disk; '+none': plain files)")
-    print(f"{'WAL mode':<16} {'acked spans/s':>14} {'durable e2e spans/s':>20} {'drain s':>8} "
-          f"{'ack p50/p99 at half rate':>26} {'flat-out p50/p99':>18} {'commits':>8} {'ms/commit':>10}")
+    print(
+        f"\nend to end: loadgen (gRPC, 512 spans x 10 attributes, {args.concurrency} streams, "
+        f"{args.seconds:.0f} s) -> acceptor -> Flight -> writer -> Parquet committed to Iceberg "
+        f"(embedded SQLite catalog, local disk; '+none': plain files)"
+    )
+    print(
+        f"{'WAL mode':<16} {'acked spans/s':>14} {'durable e2e spans/s':>20} {'drain s':>8} "
+        f"{'ack p50/p99 at half rate':>26} {'flat-out p50/p99':>18} {'commits':>8} {'ms/commit':>10}"
+    )
     for r in results:
-        print(f"{r['mode']:<16} {r['acked_spans_per_s']:>14,.0f} {r['e2e_spans_per_s']:>20,.0f} "
-              f"{r['drain_secs']:>8.1f} {r['p50_ms']:>12.2f} / {r['p99_ms']:<7.2f} ms "
-              f"{r['flat_p50_ms']:>7.1f} / {r['flat_p99_ms']:<6.1f} ms {r['commits']:>8.0f} {r['commit_ms']:>10.1f}")
+        print(
+            f"{r['mode']:<16} {r['acked_spans_per_s']:>14,.0f} {r['e2e_spans_per_s']:>20,.0f} "
+            f"{r['drain_secs']:>8.1f} {r['p50_ms']:>12.2f} / {r['p99_ms']:<7.2f} ms "
+            f"{r['flat_p50_ms']:>7.1f} / {r['flat_p99_ms']:<6.1f} ms {r['commits']:>8.0f} {r['commit_ms']:>10.1f}"
+        )
     by_mode = {r["mode"]: r for r in results}
     if "immediate" in by_mode:
         e2e = by_mode["immediate"]["e2e_spans_per_s"]
-        print(f"goal: immediate mode >= {GOAL_SPANS:,} durable spans/s end to end: {e2e:,.0f} "
-              f"{'PASS' if e2e >= GOAL_SPANS else 'MISS'}")
+        print(
+            f"goal: immediate mode >= {GOAL_SPANS:,} durable spans/s end to end: {e2e:,.0f} "
+            f"{'PASS' if e2e >= GOAL_SPANS else 'MISS'}"
+        )
     if {"immediate", "immediate+none"} <= set(by_mode):
         ratio = by_mode["immediate"]["e2e_spans_per_s"] / by_mode["immediate+none"]["e2e_spans_per_s"]
         print(f"commit cost: immediate with the catalog = {ratio:.2f}x immediate with plain files")
     if {"immediate", "batched"} <= set(by_mode):
         ratio = by_mode["immediate"]["e2e_spans_per_s"] / by_mode["batched"]["e2e_spans_per_s"]
-        print(f"goal: immediate >= {GOAL_IMMEDIATE_VS_BATCHED}x batched: {ratio:.2f}x "
-              f"{'PASS' if ratio >= GOAL_IMMEDIATE_VS_BATCHED else 'MISS'}")
+        print(
+            f"goal: immediate >= {GOAL_IMMEDIATE_VS_BATCHED}x batched: {ratio:.2f}x "
+            f"{'PASS' if ratio >= GOAL_IMMEDIATE_VS_BATCHED else 'MISS'}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

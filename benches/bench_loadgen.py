@@ -38,8 +38,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     args = ap.parse_args()
-    sink = subprocess.Popen([sys.executable, "-m", "signaldb.loadgen", "sink", "--port", "0", "--http-port", "0",
-                             "--quiet"], stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "signaldb.loadgen", "sink", "--port", "0", "--http-port", "0", "--quiet"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         parts = sink.stdout.readline().split()  # sink listening: grpc H:P, http H:P
         grpc_ep, http_ep = parts[3].rstrip(","), parts[5]
@@ -47,17 +50,33 @@ def main() -> int:
             print(f"{'row':<42} {'spans/s':>10} {'MB/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'cpu us/span':>11}")
         for name, extra in ROWS:
             ep = http_ep if "http" in extra else grpc_ep
-            out = subprocess.run([sys.executable, "-m", "signaldb.loadgen", "--endpoint", ep, "--duration",
-                                  str(args.seconds), "--quiet", "--json", *extra],
-                                 capture_output=True, text=True, check=False)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "signaldb.loadgen",
+                    "--endpoint",
+                    ep,
+                    "--duration",
+                    str(args.seconds),
+                    "--quiet",
+                    "--json",
+                    *extra,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             report = json.loads(out.stdout.strip().splitlines()[-1])
             if args.json:
                 print(json.dumps({"row": name, **report}))
                 continue
             mark = "" if report["spans_per_s"] >= GOAL or "--gzip" in extra else "  MISS"
-            print(f"{name:<42} {report['spans_per_s']:>10,.0f} {report['mb_per_s']:>7,.0f} "
-                  f"{report['latency_ms'].get('p50', 0):>7.1f} {report['latency_ms'].get('p99', 0):>7.1f} "
-                  f"{report['cpu_us_per_item'] or 0:>11.2f}{mark}")
+            print(
+                f"{name:<42} {report['spans_per_s']:>10,.0f} {report['mb_per_s']:>7,.0f} "
+                f"{report['latency_ms'].get('p50', 0):>7.1f} {report['latency_ms'].get('p99', 0):>7.1f} "
+                f"{report['cpu_us_per_item'] or 0:>11.2f}{mark}"
+            )
     finally:
         sink.terminate()
         sink.communicate(timeout=10)

@@ -100,9 +100,9 @@ def main() -> int:
     from google.protobuf.internal import api_implementation
     from google.protobuf.json_format import MessageToDict
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    from test_otlp_reference import assert_batches_equal, reference_tables
 
     from signaldb import otlp
+    from test_otlp_reference import assert_batches_equal, reference_tables
 
     body = make_request()
     doc = MessageToDict(ExportTraceServiceRequest.FromString(body), use_integers_for_enums=True)
@@ -137,8 +137,10 @@ def main() -> int:
     py_rate = spans_per_s["pure Python on upb (-> pyarrow)"]
     ratio = rust_rate / py_rate
 
-    print(f"OTLP -> Arrow, {SPANS} spans x {ATTRS} attributes per request ({len(body)} B protobuf, "
-          f"{len(json_body)} B JSON); protobuf runtime: {api_implementation.Type()}; pyarrow {pa.__version__}")
+    print(
+        f"OTLP -> Arrow, {SPANS} spans x {ATTRS} attributes per request ({len(body)} B protobuf, "
+        f"{len(json_body)} B JSON); protobuf runtime: {api_implementation.Type()}; pyarrow {pa.__version__}"
+    )
     print(f"{'':40} {'spans/s':>12} {'requests/s':>11} {'us/request':>11}")
     for k, v in spans_per_s.items():
         print(f"{k:40} {v:12,.0f} {v / SPANS:11,.0f} {1e6 * SPANS / v:11.1f}")

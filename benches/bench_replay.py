@@ -7,7 +7,6 @@ written once per run by the engine itself (immediate mode, append_batch(1000)).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -127,9 +126,19 @@ def test_verify(benchmark, request, key, pass_no):
                 got = naive_scan(path)
                 assert got == REPLAY_ENTRIES, got
 
-        measure(benchmark, op, case="verify", key=key, pass_no=pass_no,
-                entries_per_op=REPLAY_ENTRIES, bytes_per_op=size, round_s=0.0, min_rounds=3,
-                seconds=2.0, note="naive file, read whole + per-frame zlib.crc32")
+        measure(
+            benchmark,
+            op,
+            case="verify",
+            key=key,
+            pass_no=pass_no,
+            entries_per_op=REPLAY_ENTRIES,
+            bytes_per_op=size,
+            round_s=0.0,
+            min_rounds=3,
+            seconds=2.0,
+            note="naive file, read whole + per-frame zlib.crc32",
+        )
         return
 
     wal_dir = request.getfixturevalue("replay_wal")
@@ -145,13 +154,16 @@ def test_verify(benchmark, request, key, pass_no):
         calls = scan_calls(scan, files)
         # One untimed pass: warms the page cache and checks what the scan says.
         results = [scan(p, **kw) for p, kw in calls]
-        bad = [(p, r) for (p, _), r in zip(calls, results)
-               if r.get("damages") or r.get("header_ok") is False]
+        bad = [
+            (p, r) for (p, _), r in zip(calls, results, strict=True) if r.get("damages") or r.get("header_ok") is False
+        ]
         assert not bad, f"scan_segment reports damage in a clean WAL: {bad[:2]}"
         keys = sorted(results[0]) if results else []
         benchmark.extra_info["scan_result_keys"] = keys
-        sample = {k: (v if isinstance(v, (int, float, str, bool, type(None))) else type(v).__name__)
-                  for k, v in (results[-1].items() if results else [])}
+        sample = {
+            k: (v if isinstance(v, (int, float, str, bool, type(None))) else type(v).__name__)
+            for k, v in (results[-1].items() if results else [])
+        }
         benchmark.extra_info["scan_result_last"] = sample
         counts = [_as_count(r.get("entries")) for r in results]
         if all(c is not None for c in counts):
@@ -162,9 +174,18 @@ def test_verify(benchmark, request, key, pass_no):
                 for p, kw in calls:
                     scan(p, **kw)
 
-        measure(benchmark, op, case="verify", key=key, pass_no=pass_no,
-                entries_per_op=REPLAY_ENTRIES, bytes_per_op=total, round_s=0.0, min_rounds=5,
-                note=f"{len(files)} segment files, {total / 1e6:.0f} MB incl. preallocated tail")
+        measure(
+            benchmark,
+            op,
+            case="verify",
+            key=key,
+            pass_no=pass_no,
+            entries_per_op=REPLAY_ENTRIES,
+            bytes_per_op=total,
+            round_s=0.0,
+            min_rounds=5,
+            note=f"{len(files)} segment files, {total / 1e6:.0f} MB incl. preallocated tail",
+        )
     elif key == "raw":
         names = [str(p) for p in files]
         buf = bytearray(64 << 10)  # streaming reads stay in cache: the ceiling
@@ -176,12 +197,22 @@ def test_verify(benchmark, request, key, pass_no):
                         while f.readinto(buf):
                             pass
 
-        measure(benchmark, op, case="verify", key=key, pass_no=pass_no,
-                entries_per_op=REPLAY_ENTRIES, bytes_per_op=total, round_s=0.0, min_rounds=5)
+        measure(
+            benchmark,
+            op,
+            case="verify",
+            key=key,
+            pass_no=pass_no,
+            entries_per_op=REPLAY_ENTRIES,
+            bytes_per_op=total,
+            round_s=0.0,
+            min_rounds=5,
+        )
     elif key == "iter":
         Wal = engine()
         wal = Wal(wal_dir)
         try:
+
             def op(n: int) -> None:
                 for _ in range(n):
                     count = 0
@@ -189,10 +220,19 @@ def test_verify(benchmark, request, key, pass_no):
                         count += 1
                     assert count == REPLAY_ENTRIES, count
 
-            measure(benchmark, op, case="verify", key=key, pass_no=pass_no,
-                    entries_per_op=REPLAY_ENTRIES, bytes_per_op=REPLAY_ENTRIES * len(PAYLOAD_200),
-                    round_s=0.0, min_rounds=3, seconds=2.0,
-                    note="MB/s counts payload bytes; Entry objects made in bounded chunks")
+            measure(
+                benchmark,
+                op,
+                case="verify",
+                key=key,
+                pass_no=pass_no,
+                entries_per_op=REPLAY_ENTRIES,
+                bytes_per_op=REPLAY_ENTRIES * len(PAYLOAD_200),
+                round_s=0.0,
+                min_rounds=3,
+                seconds=2.0,
+                note="MB/s counts payload bytes; Entry objects made in bounded chunks",
+            )
         finally:
             wal.close()
     else:
@@ -258,7 +298,9 @@ print(json.dumps({
 def reopen_once(path: Path, expected: int) -> dict:
     proc = subprocess.run(
         [sys.executable, "-c", REOPEN_SCRIPT, str(path), str(expected)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if proc.returncode != 0:
         raise AssertionError(f"reopen subprocess failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -291,8 +333,12 @@ def test_reopen(benchmark, request, key, pass_no):
         return statistics.median(r[field] for r in results)
 
     benchmark.extra_info.update(
-        case="reopen", key=key, pass_no=pass_no, entries=expected,
-        entries_per_round=1, bytes_per_round=0,
+        case="reopen",
+        key=key,
+        pass_no=pass_no,
+        entries=expected,
+        entries_per_round=1,
+        bytes_per_round=0,
         reopen_s=[r["reopen_s"] for r in results],
         open_s=[r["open_s"] for r in results],
         close_s=[r["close_s"] for r in results],

@@ -17,8 +17,8 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -64,8 +64,7 @@ CASES: dict[str, Case] = {
             ("naive", "naive Python WAL: write + fdatasync per append"),
             ("raw", "raw os.write + fdatasync, 200 B, growing file"),
         ),
-        (("ours", 1), ("rocksdb", 1), ("sqlite", 1), ("naive", 1), ("raw", 1),
-         ("rocksdb", 2), ("ours", 2)),
+        (("ours", 1), ("rocksdb", 1), ("sqlite", 1), ("naive", 1), ("raw", 1), ("rocksdb", 2), ("ours", 2)),
     ),
     "threads": Case(
         f"2. {THREADS} threads, each appending durably one entry at a time (200 B)",
@@ -87,8 +86,16 @@ CASES: dict[str, Case] = {
             ("naive", f"naive Python WAL: {BATCH_SIZE} frames, 1 write + fdatasync"),
             ("raw", "raw os.write(200 KB) + fdatasync, growing file"),
         ),
-        (("ours", 1), ("rocksdb", 1), ("sqlite", 1), ("naive", 1), ("raw", 1),
-         ("ours_seg64", 1), ("rocksdb", 2), ("ours", 2)),
+        (
+            ("ours", 1),
+            ("rocksdb", 1),
+            ("sqlite", 1),
+            ("naive", 1),
+            ("raw", 1),
+            ("ours_seg64", 1),
+            ("rocksdb", 2),
+            ("ours", 2),
+        ),
     ),
     "mib": Case(
         "4. 1 MiB entries, durable per entry",
@@ -246,10 +253,7 @@ class ThreadGang:
         self._n = 0
         self._stop = False
         self._errors: list[BaseException] = []
-        self._threads = [
-            threading.Thread(target=self._run, name=f"bench-{i}", daemon=True)
-            for i in range(nthreads)
-        ]
+        self._threads = [threading.Thread(target=self._run, name=f"bench-{i}", daemon=True) for i in range(nthreads)]
         for t in self._threads:
             t.start()
 
@@ -363,15 +367,11 @@ class SqliteStore:
     commit."""
 
     def __init__(self, dirpath: Path) -> None:
-        self.conn = sqlite3.connect(
-            dirpath / "bench.sqlite", isolation_level=None, check_same_thread=False
-        )
+        self.conn = sqlite3.connect(dirpath / "bench.sqlite", isolation_level=None, check_same_thread=False)
         mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         assert mode == "wal", mode
         self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute(
-            "CREATE TABLE wal (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, payload BLOB NOT NULL)"
-        )
+        self.conn.execute("CREATE TABLE wal (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, payload BLOB NOT NULL)")
         self.sql = "INSERT INTO wal (kind, payload) VALUES (1, ?)"
 
     def append(self, payload: bytes) -> None:
@@ -415,7 +415,7 @@ class RocksStore:
 
     def append_batch(self, payloads: list[bytes]) -> None:
         wb = self.WriteBatch(raw_mode=True)
-        for k, p in zip(self._keys(len(payloads)), payloads):
+        for k, p in zip(self._keys(len(payloads)), payloads, strict=True):
             wb.put(k.to_bytes(8, "big"), p)
         self.db.write(wb, write_opt=self.wo)
 

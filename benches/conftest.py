@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -20,10 +21,8 @@ def workdir(request):
 
 def pytest_sessionfinish(session, exitstatus):
     root = bench_root()
-    try:
-        root.rmdir()  # only if empty: leaves anything a crashed run left behind
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # not empty: leaves anything a crashed run left behind
+        root.rmdir()
 
 
 def pytest_runtest_logreport(report):
@@ -40,12 +39,17 @@ def pytest_runtest_logreport(report):
     elif report.failed:
         text = getattr(report, "longreprtext", "") or ""
         lines = [ln for ln in text.splitlines() if ln.startswith("E ")]
-        reason = (lines[0][2:].strip() if lines else text.strip().splitlines()[-1:] or [""])
+        reason = lines[0][2:].strip() if lines else text.strip().splitlines()[-1:] or [""]
         reason = reason if isinstance(reason, str) else reason[0]
     with open(path, "a") as f:
-        f.write(json.dumps({
-            "nodeid": report.nodeid,
-            "when": report.when,
-            "outcome": report.outcome,
-            "reason": reason[:300],
-        }) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "nodeid": report.nodeid,
+                    "when": report.when,
+                    "outcome": report.outcome,
+                    "reason": reason[:300],
+                }
+            )
+            + "\n"
+        )

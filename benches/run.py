@@ -14,8 +14,8 @@ status stays 0. The exit status is non-zero only when a benchmark could not run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import datetime as dt
 import json
 import os
 import platform
@@ -152,8 +152,10 @@ def print_rate_case(name: str, rows: dict[tuple[str, str], Row]) -> None:
     if not any(rows[(name, k)].ok or rows[(name, k)].status for k, _ in case.rows):
         print("  (not run)")
         return
-    print(f"  {'row':<{LABEL_W}} {'entries/s':>12} {'MB/s':>9} {'spread':>7} {'rounds':>8} {'ours is':>9}"
-          f"  {'entries/sync':>22}")
+    print(
+        f"  {'row':<{LABEL_W}} {'entries/s':>12} {'MB/s':>9} {'spread':>7} {'rounds':>8} {'ours is':>9}"
+        f"  {'entries/sync':>22}"
+    )
     ours = rows.get((name, "ours"))
     for key, label in case.rows:
         row = rows[(name, key)]
@@ -166,8 +168,10 @@ def print_rate_case(name: str, rows: dict[tuple[str, str], Row]) -> None:
         if key != "ours" and ours is not None and ours.ok:
             vs = fmt_ratio(ours.rate / row.rate)
         rounds = "+".join(str(r) for r in row.rounds)
-        print(f"  {trunc(label, LABEL_W):<{LABEL_W}} {fmt_rate(row.rate):>12} "
-              f"{fmt_rate(row.bw / 1e6):>9} {spread:>7} {rounds:>8} {vs:>9}  {row.per_sync():>22}")
+        print(
+            f"  {trunc(label, LABEL_W):<{LABEL_W}} {fmt_rate(row.rate):>12} "
+            f"{fmt_rate(row.bw / 1e6):>9} {spread:>7} {rounds:>8} {vs:>9}  {row.per_sync():>22}"
+        )
         if row.status:
             print(f"  {'':<{LABEL_W}} {trunc(row.status, 80)}")
 
@@ -178,8 +182,10 @@ def print_reopen_case(rows: dict[tuple[str, str], Row]) -> None:
     if not any(rows[("reopen", k)].ok or rows[("reopen", k)].status for k, _ in case.rows):
         print("  (not run)")
         return
-    print(f"  {'row':<{LABEL_W - 14}} {'reopen s':>9} {'open+close s':>14} {'peak RSS +MB':>13} "
-          f"{'anon/file +MB at open':>22} {'tail(500) ms':>13} {'segs':>5}")
+    print(
+        f"  {'row':<{LABEL_W - 14}} {'reopen s':>9} {'open+close s':>14} {'peak RSS +MB':>13} "
+        f"{'anon/file +MB at open':>22} {'tail(500) ms':>13} {'segs':>5}"
+    )
     for key, label in case.rows:
         row = rows[("reopen", key)]
         if not row.ok:
@@ -193,8 +199,10 @@ def print_reopen_case(rows: dict[tuple[str, str], Row]) -> None:
         anon = med(row.values("anon_growth_open")) / 1e6
         filep = med(row.values("file_growth_open")) / 1e6
         tail = med(row.values("tail500_s")) * 1e3
-        print(f"  {trunc(label, LABEL_W - 14):<{LABEL_W - 14}} {reopen:>9.3f} {oc:>14} {peak:>13.1f} "
-              f"{f'{anon:.1f} / {filep:.1f}':>22} {tail:>13.2f} {e.get('segments', '?'):>5}")
+        print(
+            f"  {trunc(label, LABEL_W - 14):<{LABEL_W - 14}} {reopen:>9.3f} {oc:>14} {peak:>13.1f} "
+            f"{f'{anon:.1f} / {filep:.1f}':>22} {tail:>13.2f} {e.get('segments', '?'):>5}"
+        )
         if not e.get("hwm_reset", True):
             print("  (could not reset VmHWM: peak growth is measured from the pre-open high-water mark)")
 
@@ -211,16 +219,19 @@ class Goal:
 
 
 GOALS = [
-    Goal("1", "single producer vs RocksDB put sync, per record",
-         ("single", "ours"), ("single", "rocksdb"), 1.3),
-    Goal("2", "64 threads (group commit) vs our single producer",
-         ("threads", "ours"), ("threads", "ours_1"), 15.0),
-    Goal("3", "append_batch(1000) vs RocksDB WriteBatch(1000) sync",
-         ("batch", "ours"), ("batch", "rocksdb"), 2.0),
-    Goal("4", "1 MiB entries vs raw write+fdatasync of 1 MiB",
-         ("mib", "ours"), ("mib", "raw"), 0.8, metric="bw", as_percent=True),
-    Goal("5a", "verify scan (scan_segment) from page cache",
-         ("verify", "ours"), None, 1e9, metric="bw"),
+    Goal("1", "single producer vs RocksDB put sync, per record", ("single", "ours"), ("single", "rocksdb"), 1.3),
+    Goal("2", "64 threads (group commit) vs our single producer", ("threads", "ours"), ("threads", "ours_1"), 15.0),
+    Goal("3", "append_batch(1000) vs RocksDB WriteBatch(1000) sync", ("batch", "ours"), ("batch", "rocksdb"), 2.0),
+    Goal(
+        "4",
+        "1 MiB entries vs raw write+fdatasync of 1 MiB",
+        ("mib", "ours"),
+        ("mib", "raw"),
+        0.8,
+        metric="bw",
+        as_percent=True,
+    ),
+    Goal("5a", "verify scan (scan_segment) from page cache", ("verify", "ours"), None, 1e9, metric="bw"),
 ]
 
 NOISY_SPREAD = 0.5  # IQR/median of per-round rates above which a verdict is flagged
@@ -257,8 +268,7 @@ def print_goals(rows: dict[tuple[str, str], Row]) -> int:
         noisy = any(r.spread > NOISY_SPREAD for r in (num, den) if r is not None)
         if den is None:  # absolute bandwidth
             gbs = val(num) / 1e9
-            line(g.ident, g.text, f"{gbs:.2f} GB/s", f">= {g.target / 1e9:g} GB/s",
-                 val(num) >= g.target, noisy)
+            line(g.ident, g.text, f"{gbs:.2f} GB/s", f">= {g.target / 1e9:g} GB/s", val(num) >= g.target, noisy)
             continue
         ratio = val(num) / val(den)
         shown = f"{ratio * 100:.0f}%" if g.as_percent else fmt_ratio(ratio)
@@ -269,8 +279,13 @@ def print_goals(rows: dict[tuple[str, str], Row]) -> int:
     big, small = rows[("reopen", "ours")], rows[("reopen", "ours_2k")]
     if big.ok:
         reopen = statistics.median(big.values("reopen_s"))
-        line("5b", "reopen, 1,000,000 unprocessed entries: time", f"{reopen:.3f} s (median)",
-             f"<= {REOPEN_LIMIT_S:g} s", reopen <= REOPEN_LIMIT_S)
+        line(
+            "5b",
+            "reopen, 1,000,000 unprocessed entries: time",
+            f"{reopen:.3f} s (median)",
+            f"<= {REOPEN_LIMIT_S:g} s",
+            reopen <= REOPEN_LIMIT_S,
+        )
         peak = max(big.values("peak_rss_growth"))
         measured = f"peak RSS +{peak / 1e6:.1f} MB"
         ok = peak <= REOPEN_RSS_LIMIT
@@ -285,8 +300,10 @@ def print_goals(rows: dict[tuple[str, str], Row]) -> int:
     else:
         line("5b", "reopen, 1,000,000 unprocessed entries", "not measured", "", None)
     if noisy_seen:
-        print(f"  (noisy) = a compared row's spread exceeds {NOISY_SPREAD:.0%}: the VM was busy "
-              f"during it; rerun before trusting that verdict.")
+        print(
+            f"  (noisy) = a compared row's spread exceeds {NOISY_SPREAD:.0%}: the VM was busy "
+            f"during it; rerun before trusting that verdict."
+        )
     return missed
 
 
@@ -334,11 +351,13 @@ def print_table(report: dict, outcomes: list[dict], header: list[str]) -> int:
     print(f"SignalDB WAL benchmarks, {when} UTC (pytest-benchmark {report.get('version', '?')})")
     for h in header:
         print(h)
-    print("entries/s and MB/s (payload bytes, 1 MB = 10^6 B) are medians over rounds, both passes "
-          "merged; spread = IQR/median;\n'ours is' = our rate / that row's rate; entries/sync = "
-          "entries per fdatasync @ mean fdatasync, and the share of\nthe row's time spent in "
-          "fdatasync (engine rows, from the WAL's stats()). "
-          "Durable rows return only after fdatasync/fsync.")
+    print(
+        "entries/s and MB/s (payload bytes, 1 MB = 10^6 B) are medians over rounds, both passes "
+        "merged; spread = IQR/median;\n'ours is' = our rate / that row's rate; entries/sync = "
+        "entries per fdatasync @ mean fdatasync, and the share of\nthe row's time spent in "
+        "fdatasync (engine rows, from the WAL's stats()). "
+        "Durable rows return only after fdatasync/fsync."
+    )
     for name in CASES:
         if name == "reopen":
             print_reopen_case(rows)
@@ -366,8 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     root = bench_root()
     kind = fs_type(root)
     if kind in TMPFS_LIKE:
-        print(f"warning: scratch dir {root} is on {kind}, not a real disk: fsync costs nothing "
-              f"there. Set SIGNALDB_BENCH_TMP to a directory on the disk.", file=sys.stderr)
+        print(
+            f"warning: scratch dir {root} is on {kind}, not a real disk: fsync costs nothing "
+            f"there. Set SIGNALDB_BENCH_TMP to a directory on the disk.",
+            file=sys.stderr,
+        )
     header = environment(root)
 
     fd, json_path = tempfile.mkstemp(prefix="signaldb-bench-", suffix=".json")
@@ -376,11 +398,16 @@ def main(argv: list[str] | None = None) -> int:
     os.close(fd)
     env = dict(os.environ, SIGNALDB_BENCH_TMP=str(root), SIGNALDB_BENCH_OUTCOMES=outcomes_path)
     cmd = [
-        sys.executable, "-m", "pytest",
+        sys.executable,
+        "-m",
+        "pytest",
         *[str(HERE / s) for s in SUITES],
-        "-o", "python_files=bench_*.py",
-        "-p", "no:cacheprovider",
-        "-v", "--tb=short",
+        "-o",
+        "python_files=bench_*.py",
+        "-p",
+        "no:cacheprovider",
+        "-v",
+        "--tb=short",
         "--benchmark-quiet",
         f"--benchmark-json={json_path}",
         *pytest_args,
@@ -399,21 +426,23 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(report, indent=1))
     finally:
         for p in (json_path, outcomes_path):
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(p)
-            except OSError:
-                pass
 
     if not report:
-        print(f"\npytest exited with status {rc} and wrote no benchmark report "
-              f"(crashed?): no table.", file=sys.stderr)
+        print(f"\npytest exited with status {rc} and wrote no benchmark report (crashed?): no table.", file=sys.stderr)
         return 1
-    header.append(f"{'':>{len(str(root)) + 12}}at end:   load average "
-                  f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}, {pressure()}")
+    header.append(
+        f"{'':>{len(str(root)) + 12}}at end:   load average "
+        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}, {pressure()}"
+    )
     print_table(report, outcomes, header)
     if rc not in (0, 5):
-        print(f"\npytest exited with status {rc}: some benchmarks could not run (see above). "
-              f"Speed misses alone never cause this.", file=sys.stderr)
+        print(
+            f"\npytest exited with status {rc}: some benchmarks could not run (see above). "
+            f"Speed misses alone never cause this.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

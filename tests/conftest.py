@@ -7,7 +7,9 @@ engine writes what the document says.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import os
 import pathlib
 import random
@@ -125,10 +127,8 @@ def open_wal() -> Iterator[Callable[..., object]]:
 
     yield _open
     for w in opened:
-        try:
+        with contextlib.suppress(Exception):  # the test already failed on whatever made close fail
             w.close()
-        except Exception:  # the test already failed on whatever made close fail
-            pass
 
 
 @dataclass
@@ -168,7 +168,7 @@ def entries_of(wal: object) -> list[tuple[int, str, bytes]]:
 
 
 def assert_strictly_increasing(ids: list[int], what: str = "ids") -> None:
-    bad = [(a, b) for a, b in zip(ids, ids[1:]) if b <= a]
+    bad = [(a, b) for a, b in itertools.pairwise(ids) if b <= a]
     assert not bad, f"{what} not strictly increasing, first offending pairs: {bad[:5]}"
 
 
@@ -272,10 +272,8 @@ def dir_size(path: os.PathLike[str] | str) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += os.stat(os.path.join(root, f)).st_size
-            except FileNotFoundError:
-                pass
     return total
 
 
@@ -302,8 +300,12 @@ def acceptor_factory(tmp_path, request):
 
     started: list[AcceptorProcess] = []
 
-    def make(env: dict[str, str] | None = None, args: list[str] | None = None, start: bool = True,
-             workdir: pathlib.Path | None = None) -> AcceptorProcess:
+    def make(
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        start: bool = True,
+        workdir: pathlib.Path | None = None,
+    ) -> AcceptorProcess:
         proc = AcceptorProcess(workdir=workdir or tmp_path, env=dict(env or {}), args=list(args or []))
         started.append(proc)
         return proc.start() if start else proc
@@ -377,9 +379,28 @@ def tls_pair(tmp_path):
     import subprocess
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 

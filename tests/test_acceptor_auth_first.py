@@ -9,10 +9,10 @@ from __future__ import annotations
 import gzip
 import socket
 import time
+import urllib.request
 
 import grpc
 import pytest
-import urllib.request
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -29,17 +29,30 @@ RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]  # 8
 
 
 def trace_request(n: int = 2, name: str = "op") -> bytes:
-    spans = [Span(trace_id=bytes([7] * 16), span_id=bytes([3] * 7 + [i + 1]), name=f"{name}-{i}",
-                  start_time_unix_nano=1_700_000_000_000_000_000, end_time_unix_nano=1_700_000_000_000_001_000)
-             for i in range(n)]
-    return ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
-                                     ).SerializeToString()
+    spans = [
+        Span(
+            trace_id=bytes([7] * 16),
+            span_id=bytes([3] * 7 + [i + 1]),
+            name=f"{name}-{i}",
+            start_time_unix_nano=1_700_000_000_000_000_000,
+            end_time_unix_nano=1_700_000_000_000_001_000,
+        )
+        for i in range(n)
+    ]
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
+    ).SerializeToString()
 
 
 @pytest.fixture
 def acceptor(recorder, acceptor_factory):
-    return acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "SIGNALDB_AUTH_TOKEN": TOKEN,
-                             "ACCEPTOR_MAX_REQUEST_BYTES": str(64 * MIB)})
+    return acceptor_factory(
+        {
+            "ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
+            "SIGNALDB_AUTH_TOKEN": TOKEN,
+            "ACCEPTOR_MAX_REQUEST_BYTES": str(64 * MIB),
+        }
+    )
 
 
 def rss_mib(acceptor) -> float:
@@ -50,16 +63,21 @@ def appended(acceptor) -> int:
     return acceptor.health()["wal"]["appended_entries"]
 
 
-def grpc_export(acceptor, body: bytes, token: str | None = TOKEN, compression=None, metadata=(),
-                timeout: float = 10) -> bytes:
+def grpc_export(
+    acceptor, body: bytes, token: str | None = TOKEN, compression=None, metadata=(), timeout: float = 10
+) -> bytes:
     md = [*metadata] + ([("authorization", f"Bearer {token}")] if token is not None else [])
     with grpc.insecure_channel(acceptor.grpc_target, options=[("grpc.max_send_message_length", 100 * MIB)]) as ch:
         return ch.unary_unary(EXPORT)(body, metadata=md, timeout=timeout, compression=compression)
 
 
 def http_post(acceptor, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    req = urllib.request.Request(acceptor.http_url("/v1/traces"), data=body, method="POST",
-                                 headers={"Content-Type": "application/x-protobuf", **headers})
+    req = urllib.request.Request(
+        acceptor.http_url("/v1/traces"),
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/x-protobuf", **headers},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, resp.read()
@@ -86,8 +104,10 @@ def raw_http(acceptor, head: bytes, body: bytes = b"", wait: float = 3.0) -> tup
 
 
 def http_head(content_length: int, extra: bytes = b"") -> bytes:
-    return (b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\n"
-            b"Content-Length: %d\r\n%s\r\n" % (content_length, extra))
+    return (
+        b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\n"
+        b"Content-Length: %d\r\n%s\r\n" % (content_length, extra)
+    )
 
 
 # --- gRPC ------------------------------------------------------------------------------------
@@ -101,7 +121,7 @@ def test_grpc_unauthenticated_60mib_is_refused_on_headers_without_reading_the_bo
         #    server's HTTP/2 flow control lets us and count what got out before the status came.
         for metadata in ([("authorization", "Bearer wrong")], []):
             sid = conn.start_call(EXPORT, metadata, message_bytes=60 * MIB)
-            conn.run_until(lambda: conn.streams[sid].done, time.monotonic() + 10)
+            conn.run_until(lambda sid=sid: conn.streams[sid].done, time.monotonic() + 10)
             result = conn.streams[sid]
             assert result.grpc_status == UNAUTHENTICATED, result
             assert result.answered_after_secs < 5, result
@@ -111,14 +131,16 @@ def test_grpc_unauthenticated_60mib_is_refused_on_headers_without_reading_the_bo
             assert result.sent_body_bytes <= 16 * MIB, result
         # 2. Headers only, the message never sent and the stream left open: still answered at
         #    once, so the server cannot have waited for (or inflated) any of the body.
-        sid = conn.start_call(EXPORT, [("grpc-encoding", "gzip")], message_bytes=60 * MIB, send_bytes=0,
-                              end_stream=False)
+        sid = conn.start_call(
+            EXPORT, [("grpc-encoding", "gzip")], message_bytes=60 * MIB, send_bytes=0, end_stream=False
+        )
         conn.run_until(lambda: conn.streams[sid].done, time.monotonic() + 5)
         assert conn.streams[sid].grpc_status == UNAUTHENTICATED, conn.streams[sid]
         assert conn.streams[sid].sent_body_bytes == 0
         # Control: the same call with the right token is waited on (grpc wants its message).
-        sid = conn.start_call(EXPORT, [("authorization", f"Bearer {TOKEN}")], message_bytes=1000, send_bytes=0,
-                              end_stream=False)
+        sid = conn.start_call(
+            EXPORT, [("authorization", f"Bearer {TOKEN}")], message_bytes=1000, send_bytes=0, end_stream=False
+        )
         conn.run_until(lambda: conn.streams[sid].done, time.monotonic() + 0.5)
         assert not conn.streams[sid].done, conn.streams[sid]
     finally:
@@ -149,24 +171,31 @@ def test_grpc_authenticated_requests_still_work(acceptor):
         grpc_export(acceptor, b"\xff\xff\xff")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # An unknown method is still UNIMPLEMENTED, token or not.
-    with grpc.insecure_channel(acceptor.grpc_target) as ch:
-        with pytest.raises(grpc.RpcError) as err:
-            ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Nope")(b"", timeout=5)
+    with grpc.insecure_channel(acceptor.grpc_target) as ch, pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Nope")(b"", timeout=5)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert appended(acceptor) == 2
 
 
 def test_grpc_many_unauthenticated_streams_with_large_headers_stay_bounded(recorder, acceptor_factory):
     limit = 16 * 1024
-    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "SIGNALDB_AUTH_TOKEN": TOKEN,
-                                 "ACCEPTOR_MAX_REQUEST_BYTES": str(64 * MIB),
-                                 "ACCEPTOR_MAX_HEADER_BYTES": str(limit), "ACCEPTOR_MAX_CONCURRENT_STREAMS": "50"})
+    acceptor = acceptor_factory(
+        {
+            "ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
+            "SIGNALDB_AUTH_TOKEN": TOKEN,
+            "ACCEPTOR_MAX_REQUEST_BYTES": str(64 * MIB),
+            "ACCEPTOR_MAX_HEADER_BYTES": str(limit),
+            "ACCEPTOR_MAX_CONCURRENT_STREAMS": "50",
+        }
+    )
     grpc_export(acceptor, trace_request(1, "warm-up"))
     rss_before = rss_mib(acceptor)
     conns = [H2GrpcConnection("127.0.0.1", acceptor.ports["grpc_port"]) for _ in range(5)]
     try:
         for conn in conns:
-            conn.run_until(lambda: bool(conn.conn.remote_settings.max_concurrent_streams < 1000), time.monotonic() + 5)
+            conn.run_until(
+                lambda conn=conn: bool(conn.conn.remote_settings.max_concurrent_streams < 1000), time.monotonic() + 5
+            )
             assert conn.conn.remote_settings.max_concurrent_streams == 50  # the setting reaches the wire
             assert conn.conn.remote_settings.max_header_list_size == limit
         near, over = "n" * (limit - 1200), "o" * (limit + 2000)
@@ -179,12 +208,21 @@ def test_grpc_many_unauthenticated_streams_with_large_headers_stay_bounded(recor
                     kind = "over" if i % 5 == 0 else "near"
                     pad = over if kind == "over" else near
                     # Declares a 1 MiB message, sends 64 KiB of it and leaves the stream open.
-                    sid = conn.start_call(EXPORT, [("x-pad", pad), ("authorization", "Bearer wrong")],
-                                          message_bytes=MIB, send_bytes=64 * 1024, end_stream=False)
+                    sid = conn.start_call(
+                        EXPORT,
+                        [("x-pad", pad), ("authorization", "Bearer wrong")],
+                        message_bytes=MIB,
+                        send_bytes=64 * 1024,
+                        end_stream=False,
+                    )
                     sids.append((conn, sid, kind))
             for conn in conns:
-                conn.run_until(lambda: all(s.done for s in conn.streams.values())
-                               and conn.conn.open_outbound_streams == 0, deadline)
+                conn.run_until(
+                    lambda conn=conn: (
+                        all(s.done for s in conn.streams.values()) and conn.conn.open_outbound_streams == 0
+                    ),
+                    deadline,
+                )
             for conn, sid, kind in sids:
                 statuses[kind].append(conn.streams[sid].grpc_status)
             assert time.monotonic() < deadline, f"wave {wave} not answered in time"
@@ -195,8 +233,10 @@ def test_grpc_many_unauthenticated_streams_with_large_headers_stay_bounded(recor
     finally:
         for conn in conns:
             conn.close()
-    print(f"acceptor RSS {rss_before:.0f} -> {rss_after:.0f} MiB after 1000 unauthenticated streams "
-          f"(5 connections, headers {len(near)} and {len(over)} bytes)")
+    print(
+        f"acceptor RSS {rss_before:.0f} -> {rss_after:.0f} MiB after 1000 unauthenticated streams "
+        f"(5 connections, headers {len(near)} and {len(over)} bytes)"
+    )
     assert rss_after - rss_before < 100, (rss_before, rss_after)  # measured: +15 to +26 MiB
     # Headers over the limit are refused for authenticated clients too (clearly, not a hang).
     with pytest.raises(grpc.RpcError) as err:
@@ -222,16 +262,24 @@ def test_http_unauthenticated_large_body_is_refused_before_it_is_read(acceptor):
     # Authenticated requests work, plain and gzip; the wrong token gets 401.
     body = trace_request(2)
     assert http_post(acceptor, body, {"Authorization": f"Bearer {TOKEN}"})[0] == 200
-    assert http_post(acceptor, gzip.compress(body), {"Authorization": f"Bearer {TOKEN}",
-                                                      "Content-Encoding": "gzip"})[0] == 200
+    assert (
+        http_post(acceptor, gzip.compress(body), {"Authorization": f"Bearer {TOKEN}", "Content-Encoding": "gzip"})[0]
+        == 200
+    )
     assert http_post(acceptor, body, {"Authorization": "Bearer nope"})[0] == 401
     assert appended(acceptor) == 2
 
 
 def test_http_headers_over_the_limits_get_4xx_and_the_server_stays_up(recorder, acceptor_factory):
     limit = 8 * 1024
-    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "SIGNALDB_AUTH_TOKEN": TOKEN,
-                                 "ACCEPTOR_MAX_HEADER_BYTES": str(limit), "ACCEPTOR_MAX_HEADER_COUNT": "40"})
+    acceptor = acceptor_factory(
+        {
+            "ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
+            "SIGNALDB_AUTH_TOKEN": TOKEN,
+            "ACCEPTOR_MAX_HEADER_BYTES": str(limit),
+            "ACCEPTOR_MAX_HEADER_COUNT": "40",
+        }
+    )
     auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
     body = trace_request(1)
     # Within the limits: judged normally.

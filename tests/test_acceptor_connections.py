@@ -27,11 +27,19 @@ TOKEN = "s3cret-token"
 
 
 def trace_request(i: int, n: int = 4) -> bytes:
-    spans = [Span(trace_id=(i + 1).to_bytes(16, "big"), span_id=(j + 1).to_bytes(8, "big"), name=f"op-{j}",
-                  start_time_unix_nano=1_700_000_000_000_000_000, end_time_unix_nano=1_700_000_000_000_001_000)
-             for j in range(n)]
-    return ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
-                                     ).SerializeToString()
+    spans = [
+        Span(
+            trace_id=(i + 1).to_bytes(16, "big"),
+            span_id=(j + 1).to_bytes(8, "big"),
+            name=f"op-{j}",
+            start_time_unix_nano=1_700_000_000_000_000_000,
+            end_time_unix_nano=1_700_000_000_000_001_000,
+        )
+        for j in range(n)
+    ]
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])]
+    ).SerializeToString()
 
 
 def open_conns(port: int, n: int, timeout: float = 5.0) -> list[socket.socket]:
@@ -75,9 +83,15 @@ def closed_by_server(socks: list[socket.socket], wait: float) -> tuple[int, list
 @pytest.fixture
 def fast(recorder, acceptor_factory):
     """An acceptor with short timeouts, so the probes take seconds."""
-    return acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "SIGNALDB_AUTH_TOKEN": TOKEN,
-                             "ACCEPTOR_HEADER_TIMEOUT_SECS": "1.5", "ACCEPTOR_BODY_TIMEOUT_SECS": "1.5",
-                             "ACCEPTOR_IDLE_TIMEOUT_SECS": "3"})
+    return acceptor_factory(
+        {
+            "ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
+            "SIGNALDB_AUTH_TOKEN": TOKEN,
+            "ACCEPTOR_HEADER_TIMEOUT_SECS": "1.5",
+            "ACCEPTOR_BODY_TIMEOUT_SECS": "1.5",
+            "ACCEPTOR_IDLE_TIMEOUT_SECS": "3",
+        }
+    )
 
 
 # --- header-read and idle timeouts ---------------------------------------------------------------
@@ -93,7 +107,7 @@ def test_300_connections_trickling_headers_are_closed_after_the_header_timeout(f
         for i in range(4):  # 2 s of trickling: the timeout must come in the middle of it
             for s in socks:
                 with contextlib.suppress(OSError):
-                    s.send(head[i:i + 1])
+                    s.send(head[i : i + 1])
             time.sleep(0.5)
         closed, said = closed_by_server(socks, wait=3.0)
         took = time.monotonic() - started
@@ -138,14 +152,16 @@ def test_body_trickling_one_byte_a_second_is_cut_off_with_408(fast):
     (1.5 s) + 1 s per body_min_rate_bytes (16 KiB) received: a 408 and the connection closed."""
     body = trace_request(1)
     with socket.create_connection(("127.0.0.1", fast.ports["http_port"]), timeout=5) as sock:
-        sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                     b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body))
+        sock.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
         started = time.monotonic()
         answer = b""
         for i in range(len(body)):  # one byte every 0.25 s, until the server answers
             try:
-                sock.send(body[i:i + 1])
+                sock.send(body[i : i + 1])
             except OSError:
                 break
             readable, _, _ = select.select([sock], [], [], 0.25)
@@ -173,12 +189,14 @@ def test_a_body_at_a_normal_rate_is_not_cut_off(fast):
     body = trace_request(2, n=3000)  # ~150 KB: 1.5 s + ~9 s allowed
     assert len(body) > 100_000
     with socket.create_connection(("127.0.0.1", fast.ports["http_port"]), timeout=10) as sock:
-        sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                     b"Authorization: Bearer " + TOKEN.encode() + b"\r\nConnection: close\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body))
+        sock.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
         step = len(body) // 8 + 1
         for i in range(0, len(body), step):
-            sock.sendall(body[i:i + step])
+            sock.sendall(body[i : i + step])
             time.sleep(0.25)
         answer = b""
         while chunk := sock.recv(4096):
@@ -195,9 +213,11 @@ def test_latin1_byte_in_authorization_header_is_401_not_500(fast):
     body = trace_request(3)
     for value in (b"Bearer \xe9t\xe9", b"Bearer " + TOKEN.encode() + b"\xff", b"\xe9\xe9"):
         with socket.create_connection(("127.0.0.1", fast.ports["http_port"]), timeout=5) as sock:
-            sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                         b"Authorization: " + value + b"\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            sock.sendall(
+                b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                b"Authorization: " + value + b"\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
             answer = b""
             while chunk := sock.recv(4096):
                 answer += chunk
@@ -210,7 +230,7 @@ def test_latin1_byte_in_grpc_authorization_metadata_is_unauthenticated(fast):
     try:
         for value in (b"Bearer \xe9t\xe9", b"Bearer " + TOKEN.encode() + b"\xff"):
             sid = conn.start_call(EXPORT, [(b"authorization", value)], message_bytes=10)
-            conn.run_until(lambda: conn.streams[sid].done, time.monotonic() + 5)
+            conn.run_until(lambda sid=sid: conn.streams[sid].done, time.monotonic() + 5)
             assert conn.streams[sid].grpc_status == UNAUTHENTICATED, conn.streams[sid]
     finally:
         conn.close()
@@ -243,8 +263,10 @@ def test_wal_appends_survive_1100_idle_connections_under_a_low_open_files_limit(
     files``. Here the hard limit is 512 (prlimit), segments are 4 KiB so appends keep creating
     segments, and 1,100 idle HTTP, 300 idle gRPC and 100 health connections are open: all 60
     gRPC exports and HTTP exports on an open connection succeed."""
-    acc = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "WAL_MAX_SEGMENT_SIZE": "4096",
-                            "ACCEPTOR_RESERVED_FDS": "64"}, start=False)
+    acc = acceptor_factory(
+        {"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "WAL_MAX_SEGMENT_SIZE": "4096", "ACCEPTOR_RESERVED_FDS": "64"},
+        start=False,
+    )
     acc.prefix = ["prlimit", "--nofile=256:512", "--"]
     acc.start()
     caps = next(line for line in acc.log_lines() if line.get("msg") == "connection caps")
@@ -272,8 +294,10 @@ def test_wal_appends_survive_1100_idle_connections_under_a_low_open_files_limit(
         print(f"descriptors open under the flood: {peak_fds} of 512")
         assert peak_fds <= 512 - 64, peak_fds  # the reserve stayed free
         body = trace_request(1000)
-        http_conn.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        http_conn.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
         assert http_conn.recv(4096).startswith(b"HTTP/1.1 200")
         health = acc.health()  # a health connection made while the listener is full may be refused
     except OSError:

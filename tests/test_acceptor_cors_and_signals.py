@@ -13,7 +13,6 @@ import time
 import urllib.request
 
 import grpc
-import pytest
 
 from test_acceptor_bad_input import post, trace_request
 
@@ -30,8 +29,11 @@ def options(acceptor, path: str, headers: dict[str, str]) -> tuple[int, dict]:
 
 
 def preflight(acceptor, origin: str, request_headers: str = "content-type", method: str = "POST"):
-    return options(acceptor, "/v1/traces", {"Origin": origin, "Access-Control-Request-Method": method,
-                                            "Access-Control-Request-Headers": request_headers})
+    return options(
+        acceptor,
+        "/v1/traces",
+        {"Origin": origin, "Access-Control-Request-Method": method, "Access-Control-Request-Headers": request_headers},
+    )
 
 
 def test_cors_is_off_by_default(recorder, acceptor_factory):
@@ -43,11 +45,15 @@ def test_cors_is_off_by_default(recorder, acceptor_factory):
 
 
 def test_cors_preflight_and_requests_as_the_collector_answers(recorder, acceptor_factory):
-    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
-                                 "ACCEPTOR_CORS_ALLOWED_ORIGINS": "https://app.example.com,https://*.shop.example",
-                                 "ACCEPTOR_CORS_ALLOWED_HEADERS": "authorization,x-tenant",
-                                 "ACCEPTOR_CORS_MAX_AGE_SECS": "600",
-                                 "SIGNALDB_AUTH_TOKEN": "t0ken"})
+    acceptor = acceptor_factory(
+        {
+            "ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
+            "ACCEPTOR_CORS_ALLOWED_ORIGINS": "https://app.example.com,https://*.shop.example",
+            "ACCEPTOR_CORS_ALLOWED_HEADERS": "authorization,x-tenant",
+            "ACCEPTOR_CORS_MAX_AGE_SECS": "600",
+            "SIGNALDB_AUTH_TOKEN": "t0ken",
+        }
+    )
     # An allowed origin: 204 with the grant, echoing the requested headers. No token needed.
     status, h = preflight(acceptor, "https://app.example.com", "Content-Type, Authorization, X-Tenant")
     assert status == 204
@@ -59,18 +65,30 @@ def test_cors_preflight_and_requests_as_the_collector_answers(recorder, acceptor
     # A wildcard origin matches its subdomains only.
     assert preflight(acceptor, "https://eu.shop.example")[1]["Access-Control-Allow-Origin"] == "https://eu.shop.example"
     # No grant (still 204, as rs/cors answers): another origin, a header not listed, a method not POST.
-    for args in (("https://evil.example",), ("https://shop.example.evil",), ("https://app.example.com", "x-other"),
-                 ("https://app.example.com", "content-type", "PUT")):
+    for args in (
+        ("https://evil.example",),
+        ("https://shop.example.evil",),
+        ("https://app.example.com", "x-other"),
+        ("https://app.example.com", "content-type", "PUT"),
+    ):
         status, h = preflight(acceptor, *args)
         assert status == 204 and "Access-Control-Allow-Origin" not in h, args
     # The actual request, and a refusal: both readable by the browser of an allowed origin.
-    status, h, _ = post(acceptor, "/v1/traces", trace_request(1),
-                        headers={"Origin": "https://app.example.com", "Authorization": "Bearer t0ken"})
+    status, h, _ = post(
+        acceptor,
+        "/v1/traces",
+        trace_request(1),
+        headers={"Origin": "https://app.example.com", "Authorization": "Bearer t0ken"},
+    )
     assert status == 200 and h["Access-Control-Allow-Origin"] == "https://app.example.com" and h["Vary"] == "Origin"
     status, h, _ = post(acceptor, "/v1/traces", trace_request(1), headers={"Origin": "https://app.example.com"})
     assert status == 401 and h["Access-Control-Allow-Origin"] == "https://app.example.com"
-    status, h, _ = post(acceptor, "/v1/traces", trace_request(1),
-                        headers={"Origin": "https://evil.example", "Authorization": "Bearer t0ken"})
+    status, h, _ = post(
+        acceptor,
+        "/v1/traces",
+        trace_request(1),
+        headers={"Origin": "https://evil.example", "Authorization": "Bearer t0ken"},
+    )
     assert status == 200 and "Access-Control-Allow-Origin" not in h
     # Preflights are not refusals.
     assert acceptor.metric("signaldb_receiver_refused_requests_total", reason="wrong_method") == 0
@@ -106,9 +124,28 @@ def wait_log(proc, predicate, timeout: float = 10.0) -> dict:
 
 def make_cert(tmp_path, name: str) -> tuple:
     cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    f"/CN={name}", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -125,10 +162,12 @@ def test_sighup_reloads_token_log_level_cors_and_certificates(tmp_path, recorder
     toml = tmp_path / "signaldb.toml"
 
     def write_config(token: str, level: str, origins: list[str], max_request: int) -> None:
-        toml.write_text(f'log_level = "{level}"\n[security]\nauth_token = "{token}"\n'
-                        f'tls_cert = "{live_cert}"\ntls_key = "{live_key}"\n'
-                        f'[acceptor]\ncors_allowed_origins = {json.dumps(origins)}\n'
-                        f'max_request_bytes = {max_request}\n')
+        toml.write_text(
+            f'log_level = "{level}"\n[security]\nauth_token = "{token}"\n'
+            f'tls_cert = "{live_cert}"\ntls_key = "{live_key}"\n'
+            f"[acceptor]\ncors_allowed_origins = {json.dumps(origins)}\n"
+            f"max_request_bytes = {max_request}\n"
+        )
 
     write_config("first", "info", [], 1 << 20)
     acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "SIGNALDB_CONFIG": str(toml)})
@@ -154,16 +193,22 @@ def test_sighup_reloads_token_log_level_cors_and_certificates(tmp_path, recorder
     assert grpc_export(acceptor, "first", root_b) == grpc.StatusCode.UNAUTHENTICATED
     assert served_cert(acceptor.ports["http_port"]).strip() == cert_b.read_text().strip()
     ctx = ssl.create_default_context(cafile=str(cert_b))
-    req = urllib.request.Request(f"https://127.0.0.1:{acceptor.ports['http_port']}/v1/traces", data=trace_request(1),
-                                 headers={"Content-Type": "application/x-protobuf", "Authorization": "Bearer second",
-                                          "Origin": "https://app.example.com"})
+    req = urllib.request.Request(
+        f"https://127.0.0.1:{acceptor.ports['http_port']}/v1/traces",
+        data=trace_request(1),
+        headers={
+            "Content-Type": "application/x-protobuf",
+            "Authorization": "Bearer second",
+            "Origin": "https://app.example.com",
+        },
+    )
     with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
         assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     # debug is on: the acceptor logs per-request lines now.
     wait_log(acceptor, lambda line: line.get("level") == "debug" and line.get("msg") == "accepted")
 
     # A configuration that no longer loads changes nothing.
-    toml.write_text("[wal]\nsync_mode = \"sometimes\"\n")
+    toml.write_text('[wal]\nsync_mode = "sometimes"\n')
     acceptor.proc.send_signal(signal.SIGHUP)
     err = wait_log(acceptor, lambda line: line.get("msg", "").startswith("SIGHUP: configuration not reloaded"))
     assert "wal.sync_mode" in err["error"]
@@ -176,8 +221,9 @@ def test_sighup_keeps_the_writer_running(tmp_path):
 
     toml = tmp_path / "writer.toml"
     toml.write_text('log_level = "info"\n')
-    writer = WriterProcess(workdir=tmp_path, env={"SIGNALDB_CONFIG": str(toml),
-                                                  "SIGNALDB_STORAGE_URL": f"file://{tmp_path / 'data'}"}).start()
+    writer = WriterProcess(
+        workdir=tmp_path, env={"SIGNALDB_CONFIG": str(toml), "SIGNALDB_STORAGE_URL": f"file://{tmp_path / 'data'}"}
+    ).start()
     try:
         toml.write_text('log_level = "debug"\n[writer]\nfile_max_age_secs = 5\n')
         writer.proc.send_signal(signal.SIGHUP)
@@ -194,11 +240,23 @@ def run_on_a_terminal(env: dict[str, str], tmp_path, seconds: float = 4.0) -> st
     """Runs an acceptor with stderr on a pseudo-terminal; returns what it printed there."""
     tmp_path.mkdir(parents=True)
     master, slave = pty.openpty()
-    full = {**os.environ, "ACCEPTOR_WAL_DIR": str(tmp_path / "wal"), "ACCEPTOR_GRPC_ADDR": "127.0.0.1:0",
-            "ACCEPTOR_HTTP_ADDR": "127.0.0.1:0", "ACCEPTOR_HEALTH_ADDR": "127.0.0.1:0",
-            "ACCEPTOR_WRITER_ENDPOINTS": "grpc://127.0.0.1:9", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "signaldb.acceptor.main"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=slave, env=full, cwd=tmp_path)
+    full = {
+        **os.environ,
+        "ACCEPTOR_WAL_DIR": str(tmp_path / "wal"),
+        "ACCEPTOR_GRPC_ADDR": "127.0.0.1:0",
+        "ACCEPTOR_HTTP_ADDR": "127.0.0.1:0",
+        "ACCEPTOR_HEALTH_ADDR": "127.0.0.1:0",
+        "ACCEPTOR_WRITER_ENDPOINTS": "grpc://127.0.0.1:9",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "signaldb.acceptor.main"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env=full,
+        cwd=tmp_path,
+    )
     os.close(slave)
     out = b""
     deadline = time.monotonic() + seconds

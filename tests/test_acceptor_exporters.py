@@ -45,10 +45,12 @@ def exporters(kind: str, transport: str, acceptor):
     if transport == "grpc":
         endpoint = f"http://{acceptor.grpc_target}"
         return {"traces": GrpcSpanExporter, "logs": GrpcLogExporter, "metrics": GrpcMetricExporter}[kind](
-            endpoint=endpoint, insecure=True)
+            endpoint=endpoint, insecure=True
+        )
     path = {"traces": "/v1/traces", "logs": "/v1/logs", "metrics": "/v1/metrics"}[kind]
     return {"traces": HttpSpanExporter, "logs": HttpLogExporter, "metrics": HttpMetricExporter}[kind](
-        endpoint=acceptor.http_url(path))
+        endpoint=acceptor.http_url(path)
+    )
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
@@ -57,7 +59,7 @@ def test_spans_from_sdk_exporter_arrive_as_rows(transport, recorder, acceptor_fa
     spans = make_spans(f"svc-{transport}", 20)
     exporter = exporters("traces", transport, acceptor)
     for i in range(0, len(spans), 10):
-        assert exporter.export(spans[i:i + 10]) == SpanExportResult.SUCCESS
+        assert exporter.export(spans[i : i + 10]) == SpanExportResult.SUCCESS
     exporter.shutdown()
 
     recorder.wait_for(lambda: len(recorder.rows("traces")) == len(spans))
@@ -90,8 +92,7 @@ def test_logs_from_sdk_exporter_arrive_as_rows(transport, recorder, acceptor_fac
     logger = provider.get_logger("log-scope")
     bodies = ["plain text", {"structured": 1}, 42, True, ["a", 2]]
     for i, body in enumerate(bodies):
-        logger.emit(body=body, severity_number=SeverityNumber.WARN, severity_text="WARN",
-                    attributes={"i": i})
+        logger.emit(body=body, severity_number=SeverityNumber.WARN, severity_text="WARN", attributes={"i": i})
     provider.shutdown()
 
     recorder.wait_for(lambda: len(recorder.rows("logs")) == len(bodies))
@@ -117,8 +118,13 @@ def test_metrics_from_sdk_exporter_arrive_as_rows(transport, recorder, acceptor_
     exporter.shutdown()
     provider.shutdown()
 
-    recorder.wait_for(lambda: len(recorder.rows("metrics_sum")) == 2 and len(recorder.rows("metrics_histogram")) == 1
-                      and len(recorder.rows("metrics_gauge")) == 1)
+    recorder.wait_for(
+        lambda: (
+            len(recorder.rows("metrics_sum")) == 2
+            and len(recorder.rows("metrics_histogram")) == 1
+            and len(recorder.rows("metrics_gauge")) == 1
+        )
+    )
     sums = {r["metric_name"]: r for r in recorder.rows("metrics_sum")}
     assert sums["requests"]["value"] == 5 and sums["requests"]["is_monotonic"] is True
     assert sums["inflight"]["value"] == -2 and sums["inflight"]["is_monotonic"] is False

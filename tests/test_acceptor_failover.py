@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import scaled
 from helpers.acceptor_proc import AcceptorProcess
 from helpers.flight_recorder import FlightRecorder
 from helpers.net import free_port, wait_until
-from test_acceptor_bad_input import post, trace_request
-from test_multinode import Clients, Cluster
-
-from conftest import scaled
 from signaldb.acceptor.routing import RoutingTable, ranked, route
 from signaldb.config import ConfigError, load
+from test_acceptor_bad_input import post, trace_request
+from test_multinode import Clients, Cluster
 
 TOKEN = "dns-test-token"  # a dns:// name is not loopback: Flight to it needs the token
 
@@ -37,17 +37,24 @@ TOKEN = "dns-test-token"  # a dns:// name is not loopback: Flight to it needs th
 
 
 def test_dns_endpoints_parse_mixed_with_grpc_ones():
-    cfg = load(None, "acceptor", environ={
-        "ACCEPTOR_WRITER_ENDPOINTS": "grpc://127.0.0.1:1,dns://writers.example:50061,grpc+tls://[::1]:2",
-        "SIGNALDB_AUTH_TOKEN": "t"})
-    assert cfg.acceptor.writer_endpoints == ("grpc://127.0.0.1:1", "dns://writers.example:50061",
-                                             "grpc+tls://[::1]:2")
-    for bad, why in (("dns://writers.example", "HOST:PORT"), ("dns://writers.example:0", "port"),
-                     ("dns://:50061", "HOST:PORT")):
+    cfg = load(
+        None,
+        "acceptor",
+        environ={
+            "ACCEPTOR_WRITER_ENDPOINTS": "grpc://127.0.0.1:1,dns://writers.example:50061,grpc+tls://[::1]:2",
+            "SIGNALDB_AUTH_TOKEN": "t",
+        },
+    )
+    assert cfg.acceptor.writer_endpoints == ("grpc://127.0.0.1:1", "dns://writers.example:50061", "grpc+tls://[::1]:2")
+    for bad, why in (
+        ("dns://writers.example", "HOST:PORT"),
+        ("dns://writers.example:0", "port"),
+        ("dns://:50061", "HOST:PORT"),
+    ):
         with pytest.raises(ConfigError, match=f"acceptor.writer_endpoints: .*{why}"):
             load(None, "acceptor", environ={"ACCEPTOR_WRITER_ENDPOINTS": bad, "SIGNALDB_AUTH_TOKEN": "t"})
     # A name other than localhost may resolve anywhere: Flight to it needs the token.
-    with pytest.raises(ConfigError, match="security.auth_token"):
+    with pytest.raises(ConfigError, match=r"security\.auth_token"):
         load(None, "acceptor", environ={"ACCEPTOR_WRITER_ENDPOINTS": "dns://writers.example:50061"})
     load(None, "acceptor", environ={"ACCEPTOR_WRITER_ENDPOINTS": "dns://localhost:50061"})
 
@@ -76,8 +83,9 @@ def test_claims_keep_each_entry_on_one_lane_through_route_changes(tmp_path):
     a, b = "grpc://127.0.0.1:1", "grpc://127.0.0.1:2"
     with Wal(tmp_path / "wal") as wal:
         wal.append_batch([b"x"] * 40)
-        fw = Forwarder(wal, "acc", [a, b], metrics=None, dead_letters=None, batch_entries=100,
-                       batch_bytes=1 << 20, failover_secs=2)
+        fw = Forwarder(
+            wal, "acc", [a, b], metrics=None, dead_letters=None, batch_entries=100, batch_bytes=1 << 20, failover_secs=2
+        )
         entries = list(wal.unprocessed())
         fw.begin_read(a)
         in_flight_on_a = fw.claim(entries, a)
@@ -117,14 +125,23 @@ class HostsFile:
 
     def prefix(self) -> list[str]:
         """Runs the command with this file as /etc/hosts (root: unshare + bind mount)."""
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                'mount --bind "$0" /etc/hosts && exec "$@"', str(self.path)]
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"',
+            str(self.path),
+        ]
 
 
 def sent(acceptor, n: int, name: str) -> None:
     for i in range(n):
-        status, _, body = post(acceptor, "/v1/traces", trace_request(1, f"{name}{i}"),
-                               headers={"Authorization": f"Bearer {TOKEN}"})
+        status, _, body = post(
+            acceptor, "/v1/traces", trace_request(1, f"{name}{i}"), headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         assert status == 200, body
 
 
@@ -135,11 +152,17 @@ def test_dns_endpoint_follows_the_name_as_writers_come_and_go(tmp_path, request)
     url = {ip: r.url for ip, r in recorders.items()}
     hosts = HostsFile(tmp_path / "hosts")
     hosts.set(["127.0.0.2", "127.0.0.3", "::1"])
-    acceptor = AcceptorProcess(workdir=tmp_path, prefix=hosts.prefix(), env={
-        "ACCEPTOR_WRITER_ENDPOINTS": f"dns://writers.test:{port}", "ACCEPTOR_WRITER_DNS_REFRESH_SECS": "1",
-        "SIGNALDB_AUTH_TOKEN": TOKEN,
-        # No catalog: no failover, so only a change of the name's addresses moves entries.
-        "SIGNALDB_CATALOG_URL": "none"})
+    acceptor = AcceptorProcess(
+        workdir=tmp_path,
+        prefix=hosts.prefix(),
+        env={
+            "ACCEPTOR_WRITER_ENDPOINTS": f"dns://writers.test:{port}",
+            "ACCEPTOR_WRITER_DNS_REFRESH_SECS": "1",
+            "SIGNALDB_AUTH_TOKEN": TOKEN,
+            # No catalog: no failover, so only a change of the name's addresses moves entries.
+            "SIGNALDB_CATALOG_URL": "none",
+        },
+    )
 
     down: set[str] = set()
 
@@ -172,11 +195,15 @@ def test_dns_endpoint_follows_the_name_as_writers_come_and_go(tmp_path, request)
         assert waiting > 0, "entries routed to the stopped writer went elsewhere without a catalog"
         # ... until the name stops listing it (and ::1) and lists .4 instead: they re-route to .3 and .4.
         hosts.set(["127.0.0.3", "127.0.0.4"])
-        wait_until(lambda: acceptor.health()["wal"]["unprocessed_entries"] == 0, timeout=60,
-                   what="re-routed and acked")
+        wait_until(lambda: acceptor.health()["wal"]["unprocessed_entries"] == 0, timeout=60, what="re-routed and acked")
         assert len(delivered()) == 60 and ids("127.0.0.4")
-        wait_until(lambda: [w["endpoint"] for w in acceptor.health()["forwarder"]["writers"]]
-                   == [url["127.0.0.3"], url["127.0.0.4"]], what="the lane of .2 stopped")
+        wait_until(
+            lambda: (
+                [w["endpoint"] for w in acceptor.health()["forwarder"]["writers"]]
+                == [url["127.0.0.3"], url["127.0.0.4"]]
+            ),
+            what="the lane of .2 stopped",
+        )
 
         # Resolution fails (the name is gone): the last good addresses stay.
         hosts.set([])
@@ -184,8 +211,10 @@ def test_dns_endpoint_follows_the_name_as_writers_come_and_go(tmp_path, request)
         sent(acceptor, 20, "third")
         wait_until(lambda: len(delivered()) == 80, what="sent to the last good writers")
         assert acceptor.metric("signaldb_forwarder_writers") == 2
-        assert any(line.get("msg") == "writer DNS resolution failed; keeping the last good addresses"
-                   for line in acceptor.log_lines())
+        assert any(
+            line.get("msg") == "writer DNS resolution failed; keeping the last good addresses"
+            for line in acceptor.log_lines()
+        )
         # Every entry reached exactly one writer, once.
         assert sum(r.duplicates for r in recorders.values()) == 0
         assert sum(len(ids(ip)) for ip in recorders) == 80, "an entry reached two writers"
@@ -212,39 +241,69 @@ def test_dns_endpoint_with_tls_checks_the_certificate_against_the_name(tmp_path,
     import pyarrow.flight as flight
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=writers.test", "-addext", "subjectAltName=DNS:writers.test",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=writers.test",
+            "-addext",
+            "subjectAltName=DNS:writers.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     pair = [flight.CertKeyPair(cert.read_bytes(), key.read_bytes())]
     port = free_port()
     by_name = FlightRecorder(port=port, host="127.0.0.2", scheme="grpc+tls", tls_certificates=pair)
     by_address = FlightRecorder(port=port, host="127.0.0.3", scheme="grpc+tls", tls_certificates=pair)
     hosts = HostsFile(tmp_path / "hosts")
     hosts.set(["127.0.0.2"])
-    acceptor = AcceptorProcess(workdir=tmp_path, prefix=hosts.prefix(), env={
-        "ACCEPTOR_WRITER_ENDPOINTS": f"dns://writers.test:{port},{by_address.url}",
-        "SIGNALDB_AUTH_TOKEN": TOKEN, "SIGNALDB_TLS_CERT": str(cert), "SIGNALDB_TLS_KEY": str(key),
-        "SIGNALDB_CATALOG_URL": "none"})  # no failover: entries of the address stay with it
+    acceptor = AcceptorProcess(
+        workdir=tmp_path,
+        prefix=hosts.prefix(),
+        env={
+            "ACCEPTOR_WRITER_ENDPOINTS": f"dns://writers.test:{port},{by_address.url}",
+            "SIGNALDB_AUTH_TOKEN": TOKEN,
+            "SIGNALDB_TLS_CERT": str(cert),
+            "SIGNALDB_TLS_KEY": str(key),
+            "SIGNALDB_CATALOG_URL": "none",
+        },
+    )  # no failover: entries of the address stay with it
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False  # the acceptor's certificate names writers.test, not 127.0.0.1
     try:
         acceptor.start()
         for i in range(20):
-            req = urllib.request.Request(acceptor.http_url("/v1/traces").replace("http:", "https:"),
-                                         data=trace_request(1, f"tls{i}"),
-                                         headers={"Content-Type": "application/x-protobuf",
-                                                  "Authorization": f"Bearer {TOKEN}"})
+            req = urllib.request.Request(
+                acceptor.http_url("/v1/traces").replace("http:", "https:"),
+                data=trace_request(1, f"tls{i}"),
+                headers={"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {TOKEN}"},
+            )
             with urllib.request.urlopen(req, context=context, timeout=10) as resp:
                 assert resp.status == 200
         name_url = f"grpc+tls://127.0.0.2:{port}"
-        wait_until(lambda: by_name.entry_ids() and acceptor.metric("signaldb_forward_errors_total",
-                                                                   writer=by_address.url) > 0,
-                   what="delivered by name, refused by address")
+        wait_until(
+            lambda: by_name.entry_ids() and acceptor.metric("signaldb_forward_errors_total", writer=by_address.url) > 0,
+            what="delivered by name, refused by address",
+        )
         assert acceptor.metric("signaldb_forward_writer_up", writer=name_url) == 1
         assert not by_address.entry_ids()
         routed = [name_url, by_address.url]
-        wait_until(lambda: len(by_name.entry_ids()) == sum(route(i, routed) == 0 for i in range(1, 21)),
-                   what="every entry of the name's writer")
+        wait_until(
+            lambda: len(by_name.entry_ids()) == sum(route(i, routed) == 0 for i in range(1, 21)),
+            what="every entry of the name's writer",
+        )
     finally:
         if acceptor.proc is not None and acceptor.proc.poll() is None:
             acceptor.kill()
@@ -282,19 +341,28 @@ def test_failover_to_the_other_writer_and_back_under_load(tmp_path, request):
         assert acceptor.health()["forwarder"]["failover_secs"] == 2
         clients = Clients(cluster, per_acceptor=3, spans=250, tag="first")
         with clients:
-            wait_until(lambda: entries_to(acceptor, p0) > 5 and entries_to(acceptor, p1) > 5, timeout=60,
-                       what="load flowing to both writers")
+            wait_until(
+                lambda: entries_to(acceptor, p0) > 5 and entries_to(acceptor, p1) > 5,
+                timeout=60,
+                what="load flowing to both writers",
+            )
             w0.kill()
-            wait_until(lambda: acceptor.metric("signaldb_forwarder_failovers_total",
-                                               writer=f"grpc://127.0.0.1:{p0}") == 1, timeout=30,
-                       what="writer 0 failed over")
+            wait_until(
+                lambda: acceptor.metric("signaldb_forwarder_failovers_total", writer=f"grpc://127.0.0.1:{p0}") == 1,
+                timeout=30,
+                what="writer 0 failed over",
+            )
             assert acceptor.metric("signaldb_forwarder_writers_failed_over") == 1
             failed_over_at = entries_to(acceptor, p1)
-            wait_until(lambda: entries_to(acceptor, p1) > failed_over_at + 20, timeout=60,
-                       what="entries flowing to writer 1")
+            wait_until(
+                lambda: entries_to(acceptor, p1) > failed_over_at + 20, timeout=60, what="entries flowing to writer 1"
+            )
         # Writer 0 is still down: everything acknowledged reaches writer 1.
-        wait_until(lambda: acceptor.health()["wal"]["unprocessed_entries"] == 0, timeout=60,
-                   what="acceptor drained to writer 1 alone")
+        wait_until(
+            lambda: acceptor.health()["wal"]["unprocessed_entries"] == 0,
+            timeout=60,
+            what="acceptor drained to writer 1 alone",
+        )
         line = next(x for x in acceptor.log_lines() if x.get("msg") == "writer failed over")
         assert line["writer"] == f"grpc://127.0.0.1:{p0}" and line["next_writers"] == [f"grpc://127.0.0.1:{p1}"]
         assert line["unreachable_since"] and line["unreachable_secs"] >= 2
@@ -302,27 +370,38 @@ def test_failover_to_the_other_writer_and_back_under_load(tmp_path, request):
         assert status[f"grpc://127.0.0.1:{p0}"]["failed_over"] is True
 
         w0.start()  # same port, same WAL: the same writer, back
-        wait_until(lambda: acceptor.metric("signaldb_forwarder_writers_failed_over") == 0, timeout=30,
-                   what="writer 0 back")
+        wait_until(
+            lambda: acceptor.metric("signaldb_forwarder_writers_failed_over") == 0, timeout=30, what="writer 0 back"
+        )
         back_at = entries_to(acceptor, p0)
         with Clients(cluster, per_acceptor=3, spans=250, tag="second") as more:
-            wait_until(lambda: entries_to(acceptor, p0) > back_at + 5, timeout=60,
-                       what="writer 0 getting its entries again")
+            wait_until(
+                lambda: entries_to(acceptor, p0) > back_at + 5, timeout=60, what="writer 0 getting its entries again"
+            )
             # A hung writer: SIGSTOP. Its calls time out (5 s at most with failover on), then it fails over.
             w1.proc.send_signal(signal.SIGSTOP)
             try:
-                wait_until(lambda: acceptor.metric("signaldb_forwarder_failovers_total",
-                                                   writer=f"grpc://127.0.0.1:{p1}") == 1, timeout=60,
-                           what="writer 1 failed over")
+                wait_until(
+                    lambda: acceptor.metric("signaldb_forwarder_failovers_total", writer=f"grpc://127.0.0.1:{p1}") == 1,
+                    timeout=60,
+                    what="writer 1 failed over",
+                )
                 stopped_at = entries_to(acceptor, p0)
-                wait_until(lambda: entries_to(acceptor, p0) > stopped_at + 20, timeout=60,
-                           what="writer 1's entries flowing to writer 0")
+                wait_until(
+                    lambda: entries_to(acceptor, p0) > stopped_at + 20,
+                    timeout=60,
+                    what="writer 1's entries flowing to writer 0",
+                )
             finally:
                 w1.proc.send_signal(signal.SIGCONT)
-            wait_until(lambda: acceptor.metric("signaldb_forwarder_writers_failed_over") == 0, timeout=30,
-                       what="writer 1 back")
-            wait_until(lambda: len(clients.acked) + len(more.acked) >= target_spans, timeout=300,
-                       what=f"{target_spans} spans acknowledged")
+            wait_until(
+                lambda: acceptor.metric("signaldb_forwarder_writers_failed_over") == 0, timeout=30, what="writer 1 back"
+            )
+            wait_until(
+                lambda: len(clients.acked) + len(more.acked) >= target_spans,
+                timeout=300,
+                what=f"{target_spans} spans acknowledged",
+            )
         acked = clients.acked | more.acked
         assert acceptor.metric("signaldb_forwarder_failovers_total") == 2
 
@@ -339,8 +418,10 @@ def test_failover_to_the_other_writer_and_back_under_load(tmp_path, request):
         dupes = {name: n for name, n in got.items() if n > 1}
         assert not dupes, f"{len(dupes)} of {len(acked)} spans stored more than once, e.g. {list(dupes.items())[:3]}"
         dropped = sum(w.metric("signaldb_writer_rows_committed_elsewhere_total") for w in (w0, w1))
-        print(f"{len(acked)} acknowledged spans exactly once across two failovers; "
-              f"{dropped:.0f} rows dropped at commit as committed by the other writer")
+        print(
+            f"{len(acked)} acknowledged spans exactly once across two failovers; "
+            f"{dropped:.0f} rows dropped at commit as committed by the other writer"
+        )
     finally:
         for w in (w0, w1):
             if w.proc is not None and w.proc.poll() is None:

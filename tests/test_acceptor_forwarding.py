@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
 from helpers.flight_recorder import FlightRecorder
 from helpers.net import free_port, wait_until
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from test_acceptor_bad_input import grpc_export, post, trace_request
-
 from signaldb.acceptor import forwarder
 from signaldb.acceptor.forwarder import route
+from test_acceptor_bad_input import grpc_export, post, trace_request
 
 
 def test_batches_span_entries_and_carry_source_ids(acceptor_factory, tmp_path):
@@ -137,8 +137,7 @@ def retry_delay(err: grpc.RpcError) -> tuple[int, int]:
 
 def test_backlog_limit_pushes_back_then_recovers(acceptor_factory):
     port = free_port()
-    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{port}",
-                                 "WAL_MAX_BACKLOG_BYTES": "1"})
+    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{port}", "WAL_MAX_BACKLOG_BYTES": "1"})
     assert post(acceptor, "/v1/traces", trace_request(1, "first"))[0] == 200
     status, headers, body = post(acceptor, "/v1/traces", trace_request(1, "second"))
     assert status == 503 and int(headers["Retry-After"]) >= 1
@@ -174,8 +173,9 @@ def small_disk(tmp_path):
 
 def test_full_disk_answers_503_and_recovers_when_space_frees(acceptor_factory, small_disk):
     port = free_port()
-    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{port}",
-                                 "ACCEPTOR_WAL_DIR": str(small_disk / "wal")})
+    acceptor = acceptor_factory(
+        {"ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{port}", "ACCEPTOR_WAL_DIR": str(small_disk / "wal")}
+    )
     big = trace_request(1, "x" * 200_000)
     accepted = 0
     for _ in range(60):
@@ -203,8 +203,15 @@ def test_full_disk_answers_503_and_recovers_when_space_frees(acceptor_factory, s
 def test_new_entries_wake_every_lane():
     # Each lane has its own wake-up: with one shared event, the first lane to wake
     # cleared it and the others noticed new entries only at their next 0.5 s poll.
-    fw = forwarder.Forwarder(wal=None, acceptor_id="a", endpoints=["grpc://127.0.0.1:1", "grpc://127.0.0.1:2"],
-                             metrics=None, dead_letters=None, batch_entries=1, batch_bytes=1)
+    fw = forwarder.Forwarder(
+        wal=None,
+        acceptor_id="a",
+        endpoints=["grpc://127.0.0.1:1", "grpc://127.0.0.1:2"],
+        metrics=None,
+        dead_letters=None,
+        batch_entries=1,
+        batch_bytes=1,
+    )
     fw.lanes[0].wake.set()
     fw.lanes[0].wake.clear()  # lane 0 woke and went back to sleep
     fw.notify()

@@ -15,12 +15,13 @@ import urllib.request
 
 import grpc
 import pytest
-from helpers.flight_recorder import FlightRecorder
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
+
+from helpers.flight_recorder import FlightRecorder
+from helpers.net import free_port, wait_until
 from test_acceptor_bad_input import grpc_export, post, trace_request
 from test_acceptor_exporters import make_spans
-from helpers.net import free_port, wait_until
 
 
 def test_sigkill_then_restart_replays_everything_acknowledged(acceptor_factory, tmp_path):
@@ -85,21 +86,35 @@ def test_sigterm_under_load_exits_cleanly_and_keeps_every_ack(recorder, acceptor
 
 def run_acceptor(args: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
     import os
-    return subprocess.run([sys.executable, "-m", "signaldb.acceptor.main", *args], cwd=cwd,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+    return subprocess.run(
+        [sys.executable, "-m", "signaldb.acceptor.main", *args],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("args,env,toml,key", [
-    ([], {"WAL_SYNC_MODE": "sometimes"}, None, "wal.sync_mode"),
-    ([], {"ACCEPTOR_GRPC_ADDR": "localhost"}, None, "acceptor.grpc_addr"),
-    ([], {"WAL_MAX_SEGMENT_SIZE": "-5"}, None, "wal.max_segment_size"),
-    ([], {"ACCEPTOR_WRITER_ENDPOINTS": "http://x:1"}, None, "acceptor.writer_endpoints"),
-    (["--max-backlog-bytes", "lots"], {}, None, "wal.max_backlog_bytes"),
-    ([], {}, "[wal]\nmax_segment_sise = 5\n", "wal.max_segment_sise"),
-    ([], {}, "[acceptor]\ngrpc_addr = 4317\n", "acceptor.grpc_addr"),
-    ([], {"SIGNALDB_TLS_CERT": "/nonexistent.pem", "SIGNALDB_TLS_KEY": "/nonexistent.key"}, None,
-     "security.tls_cert"),
-])
+@pytest.mark.parametrize(
+    "args,env,toml,key",
+    [
+        ([], {"WAL_SYNC_MODE": "sometimes"}, None, "wal.sync_mode"),
+        ([], {"ACCEPTOR_GRPC_ADDR": "localhost"}, None, "acceptor.grpc_addr"),
+        ([], {"WAL_MAX_SEGMENT_SIZE": "-5"}, None, "wal.max_segment_size"),
+        ([], {"ACCEPTOR_WRITER_ENDPOINTS": "http://x:1"}, None, "acceptor.writer_endpoints"),
+        (["--max-backlog-bytes", "lots"], {}, None, "wal.max_backlog_bytes"),
+        ([], {}, "[wal]\nmax_segment_sise = 5\n", "wal.max_segment_sise"),
+        ([], {}, "[acceptor]\ngrpc_addr = 4317\n", "acceptor.grpc_addr"),
+        (
+            [],
+            {"SIGNALDB_TLS_CERT": "/nonexistent.pem", "SIGNALDB_TLS_KEY": "/nonexistent.key"},
+            None,
+            "security.tls_cert",
+        ),
+    ],
+)
 def test_invalid_configuration_is_a_startup_error_naming_the_key(tmp_path, args, env, toml, key):
     if toml is not None:
         (tmp_path / "signaldb.toml").write_text(toml)
@@ -110,10 +125,12 @@ def test_invalid_configuration_is_a_startup_error_naming_the_key(tmp_path, args,
 
 
 def test_precedence_defaults_toml_env_flags(tmp_path, recorder, acceptor_factory):
-    (tmp_path / "c.toml").write_text(f'[wal]\nsync_mode = "batched"\nmax_backlog_bytes = 5\n'
-                                     f'[acceptor]\nwriter_endpoints = ["{recorder.url}"]\n')
-    acceptor = acceptor_factory({"WAL_MAX_BACKLOG_BYTES": "7"},
-                                args=["--config", str(tmp_path / "c.toml"), "--max-backlog-bytes", "100000000"])
+    (tmp_path / "c.toml").write_text(
+        f'[wal]\nsync_mode = "batched"\nmax_backlog_bytes = 5\n[acceptor]\nwriter_endpoints = ["{recorder.url}"]\n'
+    )
+    acceptor = acceptor_factory(
+        {"WAL_MAX_BACKLOG_BYTES": "7"}, args=["--config", str(tmp_path / "c.toml"), "--max-backlog-bytes", "100000000"]
+    )
     assert acceptor.health()["wal"]["sync_mode"] == "batched"  # from TOML
     assert post(acceptor, "/v1/traces", trace_request(1))[0] == 200  # flag beat env and TOML (5, 7)
     assert post(acceptor, "/v1/traces", trace_request(1))[0] == 200
@@ -131,12 +148,20 @@ def test_health_endpoints(recorder, acceptor_factory):
     # Labelled series appear with their first sample: wait for the first forwarding round.
     wait_until(lambda: acceptor.metric("signaldb_forward_entries_total") >= 1, what="forwarded")
     text = acceptor.metrics()
-    for name in ("signaldb_wal_fsync_duration_seconds_bucket", "signaldb_wal_unprocessed_entries",
-                 "signaldb_wal_segments", "signaldb_wal_disk_usage_bytes", "signaldb_wal_corrupt_entries_total",
-                 "signaldb_receiver_accepted_spans_total", "signaldb_receiver_refused_spans_total",
-                 "signaldb_receiver_accepted_log_records_total", "signaldb_receiver_accepted_metric_points_total",
-                 "signaldb_wal_oldest_unprocessed_age_seconds", "signaldb_forward_duration_seconds_bucket",
-                 "signaldb_forward_errors_total"):
+    for name in (
+        "signaldb_wal_fsync_duration_seconds_bucket",
+        "signaldb_wal_unprocessed_entries",
+        "signaldb_wal_segments",
+        "signaldb_wal_disk_usage_bytes",
+        "signaldb_wal_corrupt_entries_total",
+        "signaldb_receiver_accepted_spans_total",
+        "signaldb_receiver_refused_spans_total",
+        "signaldb_receiver_accepted_log_records_total",
+        "signaldb_receiver_accepted_metric_points_total",
+        "signaldb_wal_oldest_unprocessed_age_seconds",
+        "signaldb_forward_duration_seconds_bucket",
+        "signaldb_forward_errors_total",
+    ):
         assert name in text, name
     assert acceptor.metric("signaldb_wal_fsync_duration_seconds_count") >= 1
 
@@ -149,8 +174,9 @@ def test_bearer_token_auth(recorder, acceptor_factory):
     with pytest.raises(grpc.RpcError) as err:
         grpc_export(acceptor, trace_request(1))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    exporter = GrpcSpanExporter(endpoint=f"http://{acceptor.grpc_target}", insecure=True,
-                                headers={"authorization": "Bearer s3cret"})
+    exporter = GrpcSpanExporter(
+        endpoint=f"http://{acceptor.grpc_target}", insecure=True, headers={"authorization": "Bearer s3cret"}
+    )
     assert exporter.export(make_spans("auth", 1)) == SpanExportResult.SUCCESS
     exporter.shutdown()
     assert acceptor.health()["wal"]["appended_entries"] == 2
@@ -158,17 +184,23 @@ def test_bearer_token_auth(recorder, acceptor_factory):
 
 def test_tls_on_both_receivers(recorder, acceptor_factory, tls_pair):
     cert, key = tls_pair
-    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
-                                 "SIGNALDB_TLS_CERT": str(cert), "SIGNALDB_TLS_KEY": str(key)})
+    acceptor = acceptor_factory(
+        {"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "SIGNALDB_TLS_CERT": str(cert), "SIGNALDB_TLS_KEY": str(key)}
+    )
     ctx = ssl.create_default_context(cafile=str(cert))
-    req = urllib.request.Request(f"https://127.0.0.1:{acceptor.ports['http_port']}/v1/traces",
-                                 data=trace_request(2), headers={"Content-Type": "application/x-protobuf"})
+    req = urllib.request.Request(
+        f"https://127.0.0.1:{acceptor.ports['http_port']}/v1/traces",
+        data=trace_request(2),
+        headers={"Content-Type": "application/x-protobuf"},
+    )
     with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
         assert resp.status == 200
     with pytest.raises(OSError):  # plain HTTP to a TLS port is refused
         post(acceptor, "/v1/traces", trace_request(1))
-    exporter = GrpcSpanExporter(endpoint=f"https://127.0.0.1:{acceptor.ports['grpc_port']}",
-                                credentials=grpc.ssl_channel_credentials(cert.read_bytes()))
+    exporter = GrpcSpanExporter(
+        endpoint=f"https://127.0.0.1:{acceptor.ports['grpc_port']}",
+        credentials=grpc.ssl_channel_credentials(cert.read_bytes()),
+    )
     assert exporter.export(make_spans("tls", 1)) == SpanExportResult.SUCCESS
     exporter.shutdown()
     recorder.wait_for(lambda: len(recorder.rows("traces")) == 4)
@@ -205,10 +237,26 @@ def test_grpc_and_flight_busy_together(recorder, acceptor_factory):
 def test_an_unwritable_wal_directory_fails_startup_with_one_clear_line(tmp_path):
     blocker = tmp_path / "not-a-dir"  # a file where the WAL directory's parent should be
     blocker.write_text("")
-    result = subprocess.run([sys.executable, "-m", "signaldb.acceptor.main", "--wal-dir", str(blocker / "wal"),
-                             "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-                             "--health-addr", "127.0.0.1:0"],
-                            capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "signaldb.acceptor.main",
+            "--wal-dir",
+            str(blocker / "wal"),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--health-addr",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 1
     [failure] = [json.loads(line) for line in result.stderr.splitlines() if '"startup failed"' in line]
     assert "WAL directory not writable" in failure["error"] and str(blocker) in failure["error"]

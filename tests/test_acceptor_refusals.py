@@ -45,11 +45,22 @@ def test_every_http_refusal_is_counted_by_reason_and_logged_with_the_client(acce
         ("wrong_method", 2, lambda: post(acceptor, "/v1/metrics", b"", method="GET")),
         ("malformed", 4, lambda: post(acceptor, "/v1/traces", b"\xff\xff\xff")),
         ("bad_compression", 1, lambda: post(acceptor, "/v1/traces", b"not gzip", headers={"Content-Encoding": "gzip"})),
-        ("too_large", 1, lambda: post(acceptor, "/v1/traces", gzip.compress(bytes(LIMIT + 10)),
-                                      headers={"Content-Encoding": "gzip"})),
+        (
+            "too_large",
+            1,
+            lambda: post(
+                acceptor, "/v1/traces", gzip.compress(bytes(LIMIT + 10)), headers={"Content-Encoding": "gzip"}
+            ),
+        ),
     ]
-    expected_status = {"unsupported_encoding": 415, "unsupported_media_type": 415, "wrong_method": 405,
-                       "malformed": 400, "bad_compression": 400, "too_large": 413}
+    expected_status = {
+        "unsupported_encoding": 415,
+        "unsupported_media_type": 415,
+        "wrong_method": 405,
+        "malformed": 400,
+        "bad_compression": 400,
+        "too_large": 413,
+    }
     for reason, n, send in cases:
         for _ in range(n):
             assert send()[0] == expected_status[reason], reason
@@ -110,9 +121,10 @@ def test_zstd_and_snappy_bodies_are_accepted_with_the_same_limit(acceptor, recor
         (bytes(cramjam.snappy.compress(body)), "snappy", "application/x-protobuf", 3),  # framing format
         (bytes(cramjam.snappy.compress(body)), "x-snappy-framed", "application/x-protobuf", 3),
     ]
-    for data, encoding, content_type, spans in cases:
-        status, headers, out = post(acceptor, "/v1/traces", data, content_type=content_type,
-                                    headers={"Content-Encoding": encoding})
+    for data, encoding, content_type, _spans in cases:
+        status, _, out = post(
+            acceptor, "/v1/traces", data, content_type=content_type, headers={"Content-Encoding": encoding}
+        )
         assert status == 200, (encoding, out)
     assert appended(acceptor) == len(cases)
     recorder.wait_for(lambda: len(recorder.rows("traces")) == sum(c[3] for c in cases))
@@ -122,11 +134,16 @@ def test_zstd_and_snappy_bodies_are_accepted_with_the_same_limit(acceptor, recor
     assert len(bomb) < 10_000
     status, _, out = post(acceptor, "/v1/traces", bomb, headers={"Content-Encoding": "zstd"})
     assert status == 413, out
-    status, _, _ = post(acceptor, "/v1/traces", bytes(cramjam.snappy.compress_raw(bytes(LIMIT + 1))),
-                        headers={"Content-Encoding": "snappy"})
+    status, _, _ = post(
+        acceptor,
+        "/v1/traces",
+        bytes(cramjam.snappy.compress_raw(bytes(LIMIT + 1))),
+        headers={"Content-Encoding": "snappy"},
+    )
     assert status == 413
-    status, _, out = post(acceptor, "/v1/traces", zstandard.ZstdCompressor().compress(body)[:-4],
-                          headers={"Content-Encoding": "zstd"})
+    status, _, out = post(
+        acceptor, "/v1/traces", zstandard.ZstdCompressor().compress(body)[:-4], headers={"Content-Encoding": "zstd"}
+    )
     assert status == 400 and b"zstd" in out
     st = status_pb2.Status.FromString(out)
     assert st.code == 3 and "truncated zstd body" in st.message
@@ -159,7 +176,7 @@ receivers:
     start_at: beginning
 exporters:
   otlphttp:
-    endpoint: http://127.0.0.1:{acceptor.ports['http_port']}
+    endpoint: http://127.0.0.1:{acceptor.ports["http_port"]}
     compression: {compression}
     encoding: proto
 processors:
@@ -175,19 +192,21 @@ service:
       processors: [batch]
       exporters: [otlphttp]
 """)
-    out = open(tmp_path / "collector.out", "wb")
-    proc = subprocess.Popen([str(collector_binary()), "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and acceptor.metric("signaldb_receiver_accepted_log_records_total") < 50:
-            assert proc.poll() is None, (tmp_path / "collector.out").read_text()
-            time.sleep(0.2)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        out.close()
-    assert acceptor.metric("signaldb_receiver_accepted_log_records_total", transport="http") == 50, \
-        (tmp_path / "collector.out").read_text()[-3000:]
+    with open(tmp_path / "collector.out", "wb") as out:
+        proc = subprocess.Popen(
+            [str(collector_binary()), "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and acceptor.metric("signaldb_receiver_accepted_log_records_total") < 50:
+                assert proc.poll() is None, (tmp_path / "collector.out").read_text()
+                time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert acceptor.metric("signaldb_receiver_accepted_log_records_total", transport="http") == 50, (
+        tmp_path / "collector.out"
+    ).read_text()[-3000:]
     assert refused(acceptor) == 0
     recorder.wait_for(lambda: len(recorder.rows("logs")) == 50)
     assert sorted(r["body"] for r in recorder.rows("logs")) == sorted(lines)
@@ -203,7 +222,7 @@ def test_unknown_grpc_encoding_gets_grpcs_own_answer_and_the_log_stays_json(acce
     for encoding in ("zstd", "gzip"):
         conn = H2GrpcConnection(host, int(port))
         sid = conn.start_call(TRACES, [("grpc-encoding", encoding)], message_bytes=0)
-        conn.run_until(lambda: conn.streams[sid].done, time.monotonic() + 10)
+        conn.run_until(lambda conn=conn, sid=sid: conn.streams[sid].done, time.monotonic() + 10)
         result = conn.streams[sid]
         conn.close()
         if encoding == "zstd":
@@ -213,8 +232,9 @@ def test_unknown_grpc_encoding_gets_grpcs_own_answer_and_the_log_stays_json(acce
             assert result.grpc_status == 0, result
     acceptor.stop()
     raw = acceptor.log_text().splitlines()
-    assert raw and all(line.startswith("{") and json.loads(line) for line in raw), \
-        [line for line in raw if not line.startswith("{")]
+    assert raw and all(line.startswith("{") and json.loads(line) for line in raw), [
+        line for line in raw if not line.startswith("{")
+    ]
 
 
 def test_empty_bodies_succeed_and_invalid_ones_name_the_field(acceptor):
@@ -225,9 +245,22 @@ def test_empty_bodies_succeed_and_invalid_ones_name_the_field(acceptor):
     assert appended(acceptor) == 2
 
     # OTLP/JSON errors name the JSON path, in the message and in a google.rpc.BadRequest detail.
-    bad_json = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
-        {"traceId": "01" * 16, "spanId": "02" * 8, "name": "ok"},
-        {"traceId": "zz", "spanId": "02" * 8, "name": "bad"}]}]}]}).encode()
+    bad_json = json.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "scopeSpans": [
+                        {
+                            "spans": [
+                                {"traceId": "01" * 16, "spanId": "02" * 8, "name": "ok"},
+                                {"traceId": "zz", "spanId": "02" * 8, "name": "bad"},
+                            ]
+                        }
+                    ]
+                }
+            ]
+        }
+    ).encode()
     status, _, out = post(acceptor, "/v1/traces", bad_json, content_type="application/json")
     assert status == 400
     body = json.loads(out)
@@ -242,8 +275,11 @@ def test_empty_bodies_succeed_and_invalid_ones_name_the_field(acceptor):
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-    bad_pb = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[
-        Span(trace_id=b"12", span_id=b"12345678", name="bad")])])]).SerializeToString()
+    bad_pb = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(scope_spans=[ScopeSpans(spans=[Span(trace_id=b"12", span_id=b"12345678", name="bad")])])
+        ]
+    ).SerializeToString()
 
     def violation(st: status_pb2.Status) -> str:
         bad = error_details_pb2.BadRequest()
@@ -253,9 +289,8 @@ def test_empty_bodies_succeed_and_invalid_ones_name_the_field(acceptor):
     status, _, out = post(acceptor, "/v1/traces", bad_pb)
     assert status == 400
     assert violation(status_pb2.Status.FromString(out)) == "resource_spans[0].scope_spans[0].spans[0].trace_id"
-    with grpc.insecure_channel(acceptor.grpc_target) as channel:
-        with pytest.raises(grpc.RpcError) as err:
-            channel.unary_unary(TRACES)(bad_pb, timeout=10)
+    with grpc.insecure_channel(acceptor.grpc_target) as channel, pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary(TRACES)(bad_pb, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     trailers = dict(err.value.trailing_metadata())
     st = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])

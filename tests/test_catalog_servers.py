@@ -27,13 +27,13 @@ from helpers.catalog_child import ARROW_SCHEMA, HOUR, rows
 
 pytest.importorskip("pyiceberg")  # a runtime dependency (pyproject.toml): present after `make venv`
 
-from pyiceberg.catalog import Catalog, load_catalog  # noqa: E402
-from pyiceberg.exceptions import CommitFailedException  # noqa: E402
-from pyiceberg.partitioning import PartitionField, PartitionSpec  # noqa: E402
-from pyiceberg.schema import Schema  # noqa: E402
-from pyiceberg.table import Table  # noqa: E402
-from pyiceberg.transforms import HourTransform  # noqa: E402
-from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType  # noqa: E402
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import HourTransform
+from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 
 CHILD = pathlib.Path(__file__).parent / "helpers" / "catalog_child.py"
 NAMESPACE = "signaldb"
@@ -82,14 +82,30 @@ def ms(values: list[float]) -> str:
     return f"median {statistics.median(values) * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms, n={len(values)}"
 
 
-def run_children(props: dict, table: str, workers: list[str], commits: int, n_rows: int,
-                 go_file: pathlib.Path | None) -> list[dict]:
+def run_children(
+    props: dict, table: str, workers: list[str], commits: int, n_rows: int, go_file: pathlib.Path | None
+) -> list[dict]:
     procs = []
     for worker in workers:
-        arg = json.dumps({"catalog": props, "table": f"{NAMESPACE}.{table}", "worker": worker,
-                          "commits": commits, "rows": n_rows, "go_file": str(go_file) if go_file else None})
-        procs.append(subprocess.Popen([sys.executable, str(CHILD), arg], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=dict(os.environ)))
+        arg = json.dumps(
+            {
+                "catalog": props,
+                "table": f"{NAMESPACE}.{table}",
+                "worker": worker,
+                "commits": commits,
+                "rows": n_rows,
+                "go_file": str(go_file) if go_file else None,
+            }
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(CHILD), arg],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=dict(os.environ),
+            )
+        )
     if go_file is not None:
         go_file.touch()
     results = []
@@ -118,19 +134,24 @@ def test_hour_partitioned_table_and_concurrent_commits(catalog_props, tmp_path):
     table = open_catalog(catalog_props).load_table(f"{NAMESPACE}.race")
     total = (solo_commits + 2 * commits) * n_rows
     assert table.scan().to_arrow().num_rows == total
-    landed = [(s.summary.additional_properties.get("test.worker"), s.summary.additional_properties.get("test.seq"))
-              for s in table.snapshots()]
-    expected = [("solo", str(i)) for i in range(solo_commits)] + \
-        [(w, str(i)) for w in ("a", "b") for i in range(commits)]
+    landed = [
+        (s.summary.additional_properties.get("test.worker"), s.summary.additional_properties.get("test.seq"))
+        for s in table.snapshots()
+    ]
+    expected = [("solo", str(i)) for i in range(solo_commits)] + [
+        (w, str(i)) for w in ("a", "b") for i in range(commits)
+    ]
     # A commit that raised CommitFailedException did not land; one that returned landed once.
     assert sorted(landed) == sorted(expected)
     # Hidden partitioning: every data file is in the one hour the rows fall in.
     hours = {t.file.partition[0] for t in table.scan().plan_files()}
-    assert hours == {int((HOUR - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).total_seconds() // 3600)}
+    assert hours == {int((HOUR - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds() // 3600)}
 
-    print(f"\n[{kind(catalog_props)}] commit latency alone: {ms(solo['ok'])}; "
-          f"2 processes racing: ok {ms(sum((r['ok'] for r in results), []))}, "
-          f"conflicts {conflicts} (failed attempts {ms(sum((r['failed'] for r in results), []))})")
+    print(
+        f"\n[{kind(catalog_props)}] commit latency alone: {ms(solo['ok'])}; "
+        f"2 processes racing: ok {ms([t for r in results for t in r['ok']])}, "
+        f"conflicts {conflicts} (failed attempts {ms([t for r in results for t in r['failed']])})"
+    )
 
 
 def test_add_files_of_our_own_parquet(catalog_props):
@@ -143,11 +164,19 @@ def test_add_files_of_our_own_parquet(catalog_props):
     paths = []
     for i in range(2):
         path = f"{table.location()}/data/ts_hour=2026-12-01-10/ours-{i}-{uuid.uuid4().hex}.parquet"
-        with table.io.new_output(path).create() as stream:
-            with pq.ParquetWriter(stream, ARROW_SCHEMA, compression="zstd", compression_level=3,
-                                  write_statistics=True, write_page_index=True,
-                                  bloom_filter_options={"worker": {"ndv": 10, "fpp": 0.01}}) as writer:
-                writer.write_table(data)
+        with (
+            table.io.new_output(path).create() as stream,
+            pq.ParquetWriter(
+                stream,
+                ARROW_SCHEMA,
+                compression="zstd",
+                compression_level=3,
+                write_statistics=True,
+                write_page_index=True,
+                bloom_filter_options={"worker": {"ndv": 10, "fpp": 0.01}},
+            ) as writer,
+        ):
+            writer.write_table(data)
         paths.append(path)
 
     start = time.perf_counter()
@@ -185,4 +214,3 @@ def test_postgres_outage_mid_run(postgres, tmp_path):
     table = open_catalog(props).load_table(f"{NAMESPACE}.outage")
     assert table.scan().to_arrow().num_rows == 20
     assert len(table.snapshots()) == 2  # the failed commit left no snapshot
-

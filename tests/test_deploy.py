@@ -32,8 +32,16 @@ YAML_FILES = sorted([*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])
 
 # Environment variables a SignalDB container may carry besides the settings in
 # signaldb.config.SETTINGS (checked against that table in the tests below).
-EXTRA_ENV = {"SIGNALDB_CONFIG", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-             "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "AWS_ALLOW_HTTP"}
+EXTRA_ENV = {
+    "SIGNALDB_CONFIG",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_SESSION_TOKEN",
+    "AWS_ALLOW_HTTP",
+}
 
 
 def load_docs(path: Path) -> list:
@@ -42,8 +50,7 @@ def load_docs(path: Path) -> list:
 
 
 def k8s_objects() -> list[dict]:
-    return [doc for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml"
-            for doc in load_docs(path)]
+    return [doc for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml" for doc in load_docs(path)]
 
 
 def workloads() -> list[dict]:
@@ -101,8 +108,14 @@ def github_anchors(markdown: str) -> set[str]:
 
 
 def test_deploy_has_the_expected_files():
-    for rel in ("Dockerfile", "docker-compose.yml", "healthcheck.py", "prometheus/alerts.yml",
-                "prometheus/prometheus.yml", "kubernetes/kustomization.yaml"):
+    for rel in (
+        "Dockerfile",
+        "docker-compose.yml",
+        "healthcheck.py",
+        "prometheus/alerts.yml",
+        "prometheus/prometheus.yml",
+        "kubernetes/kustomization.yaml",
+    ):
         assert (DEPLOY / rel).is_file(), f"deploy/{rel} is missing"
     assert (REPO / ".dockerignore").is_file()
 
@@ -159,7 +172,9 @@ def matches(selector: dict, labels: dict) -> bool:
 def test_networkpolicy_lets_only_acceptors_reach_the_writers_flight_port():
     (policy,) = by_kind("NetworkPolicy")
     spec = policy["spec"]
-    assert matches(spec["podSelector"], pod_labels("writer")) and not matches(spec["podSelector"], pod_labels("acceptor"))
+    assert matches(spec["podSelector"], pod_labels("writer")) and not matches(
+        spec["podSelector"], pod_labels("acceptor")
+    )
     assert spec["policyTypes"] == ["Ingress"]
     writer = container_of(next(w for w in workloads() if service_of(w) == "writer"))
     port_names = {p["name"]: p["containerPort"] for p in writer["ports"]}
@@ -182,8 +197,11 @@ def test_optional_servicemonitor_scrapes_both_services_under_the_alerts_job_name
     assert sm["kind"] == "ServiceMonitor" and sm["apiVersion"] == "monitoring.coreos.com/v1"
     spec = sm["spec"]
     ports = {e["port"] for e in spec["endpoints"]}
-    scraped = [svc for svc in by_kind("Service") if matches(spec["selector"], svc["metadata"]["labels"])
-               and ports & {p["name"] for p in svc["spec"]["ports"]}]
+    scraped = [
+        svc
+        for svc in by_kind("Service")
+        if matches(spec["selector"], svc["metadata"]["labels"]) and ports & {p["name"] for p in svc["spec"]["ports"]}
+    ]
     jobs = {svc["metadata"]["labels"][spec["jobLabel"]] for svc in scraped}
     assert jobs == {"signaldb-acceptor", "signaldb-writer"}  # the jobs alerts.yml and prometheus.yml use
     for svc in scraped:
@@ -293,7 +311,7 @@ def test_k8s_workloads_are_stateful_locked_down_and_probed():
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]], f"{name}: /tmp must be an emptyDir"
         if service == "writer" and env["SIGNALDB_STORAGE_URL"].startswith("file://"):
-            parquet_dir = env["SIGNALDB_STORAGE_URL"][len("file://"):]
+            parquet_dir = env["SIGNALDB_STORAGE_URL"][len("file://") :]
             assert parquet_dir in mounts, f"{name}: Parquet directory {parquet_dir} is not a volume"
         assert env.get("SIGNALDB_CONFIG") and Path(env["SIGNALDB_CONFIG"]).parent.as_posix() in mounts
 
@@ -340,8 +358,9 @@ def test_k8s_services_pdbs_and_writer_endpoints():
     pdbs = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
     for w in (acceptor, writer):
         labels = w["spec"]["template"]["metadata"]["labels"]
-        assert any(all(labels.get(k) == v for k, v in p["spec"]["selector"]["matchLabels"].items()) for p in pdbs), \
+        assert any(all(labels.get(k) == v for k, v in p["spec"]["selector"]["matchLabels"].items()) for p in pdbs), (
             f"no PodDisruptionBudget for {w['metadata']['name']}"
+        )
 
     # The acceptors find every writer replica through the writers' headless Service (dns://, every
     # address of the name is a writer, resolved again every writer_dns_refresh_secs): scaling the
@@ -375,7 +394,7 @@ def test_configmap_toml_loads_and_agrees_with_the_env(tmp_path):
     for command in ("acceptor", "writer"):
         # unknown keys, bad values raise; the token comes from the Secret
         load(None, command, environ={"SIGNALDB_CONFIG": str(path), "SIGNALDB_AUTH_TOKEN": "from-the-secret"})
-        with pytest.raises(ConfigError, match="security.auth_token"):  # without it: refused, not unauthenticated
+        with pytest.raises(ConfigError, match=r"security\.auth_token"):  # without it: refused, not unauthenticated
             load(None, command, environ={"SIGNALDB_CONFIG": str(path)})
     toml = tomllib.loads(path.read_text())
     known = settings_by_env()
@@ -385,8 +404,9 @@ def test_configmap_toml_loads_and_agrees_with_the_env(tmp_path):
             if name in known and value is not None:
                 in_toml = toml_value(toml, known[name].key)
                 if in_toml is not None:
-                    assert known[name].parse(value) == known[name].parse(in_toml), \
+                    assert known[name].parse(value) == known[name].parse(in_toml), (
                         f"{w['metadata']['name']}: {name}={value} but signaldb.toml {known[name].key}={in_toml}"
+                    )
     for name, value in dockerfile_env().items():
         if name in known:
             in_toml = toml_value(toml, known[name].key)
@@ -427,7 +447,8 @@ def test_compose_services_run_locked_down_with_their_own_wal_volumes():
         health = env[f"{name.upper()}_HEALTH_ADDR"]
         assert health.startswith("0.0.0.0:"), f"{name}: health must be reachable from other containers"
         assert "/livez" in " ".join(s["healthcheck"]["test"]) and health.rsplit(":", 1)[1] in " ".join(
-            s["healthcheck"]["test"]), f"{name}: healthcheck on its own /livez"
+            s["healthcheck"]["test"]
+        ), f"{name}: healthcheck on its own /livez"
         grace = int(str(s["stop_grace_period"]).rstrip("s"))
         assert grace > float(env[f"{name.upper()}_SHUTDOWN_TIMEOUT_SECS"]), f"{name}: stop_grace_period"
     assert len(set(wal_volumes)) == 2, "each service needs its own WAL volume"
@@ -496,8 +517,10 @@ def test_promtool_rule_unit_tests():
     run_promtool("test", "rules", "alerts_test.yml")
 
 
-RUNBOOK_BASE = ("{{ with $externalLabels.runbook_base_url }}{{ . }}{{ else }}"
-                "https://github.com/signaldb/signaldb/blob/main/docs/operations.md{{ end }}")
+RUNBOOK_BASE = (
+    "{{ with $externalLabels.runbook_base_url }}{{ . }}{{ else }}"
+    "https://github.com/signaldb/signaldb/blob/main/docs/operations.md{{ end }}"
+)
 
 
 def alert_rules() -> list[dict]:
@@ -530,8 +553,12 @@ def exported_names(text: str) -> set[str]:
     from prometheus_client.parser import text_string_to_metric_families
 
     names = set()
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",),
-                "summary": ("_sum", "_count", "")}
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "gauge": ("",),
+        "summary": ("_sum", "_count", ""),
+    }
     for family in text_string_to_metric_families(text):
         names.update(s.name for s in family.samples)
         names.update(family.name + sfx for sfx in suffixes.get(family.type, ()))
@@ -551,8 +578,9 @@ def test_alert_metrics_exist_in_a_real_scrape(tmp_path):
         assert status == 200
         deadline = time.monotonic() + 30  # the forward and file metrics follow the writer's work
         while time.monotonic() < deadline and not (
-                acceptor.metric("signaldb_forward_entries_total") >= 1
-                and writer.metric("signaldb_writer_files_written_total") >= 1):
+            acceptor.metric("signaldb_forward_entries_total") >= 1
+            and writer.metric("signaldb_writer_files_written_total") >= 1
+        ):
             time.sleep(0.05)
         exported = exported_names(acceptor.metrics()) | exported_names(writer.metrics())
         used = alert_metric_names()
@@ -629,18 +657,29 @@ def test_grafana_dashboard_expressions_parse(tmp_path):
     rules); the panels an operator needs are there."""
     exprs = dashboard_exprs()
     assert len(exprs) >= 20
-    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query{i}", "expr": e}
-                                                        for i, e in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {"name": "dashboard", "rules": [{"record": f"dashboard:query{i}", "expr": e} for i, e in enumerate(exprs)]}
+        ]
+    }
     (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(rules))
-    out = subprocess.run([promtool(), "check", "rules", str(tmp_path / "dashboard.yml")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [promtool(), "check", "rules", str(tmp_path / "dashboard.yml")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     names = dashboard_metric_names()
-    for needed in ("signaldb_receiver_accepted_spans_total", "signaldb_receiver_refused_requests_total",
-                   "signaldb_receiver_ack_duration_seconds_bucket", "signaldb_wal_unprocessed_bytes",
-                   "signaldb_wal_max_backlog_bytes", "signaldb_wal_oldest_unprocessed_age_seconds",
-                   "signaldb_wal_fsync_duration_seconds_bucket", "signaldb_forward_rows_total",
-                   "signaldb_writer_rows_written_total", "signaldb_writer_files_written_total"):
+    for needed in (
+        "signaldb_receiver_accepted_spans_total",
+        "signaldb_receiver_refused_requests_total",
+        "signaldb_receiver_ack_duration_seconds_bucket",
+        "signaldb_wal_unprocessed_bytes",
+        "signaldb_wal_max_backlog_bytes",
+        "signaldb_wal_oldest_unprocessed_age_seconds",
+        "signaldb_wal_fsync_duration_seconds_bucket",
+        "signaldb_forward_rows_total",
+        "signaldb_writer_rows_written_total",
+        "signaldb_writer_files_written_total",
+    ):
         assert needed in names, f"dashboard has no panel on {needed}"
 
 
@@ -661,8 +700,12 @@ def test_healthcheck_fails_when_nothing_listens():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connection refused
-        out = subprocess.run([sys.executable, str(DEPLOY / "healthcheck.py"), f"http://127.0.0.1:{port}/livez"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, str(DEPLOY / "healthcheck.py"), f"http://127.0.0.1:{port}/livez"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert out.returncode == 1 and "healthcheck" in out.stderr
 
 
@@ -707,8 +750,9 @@ def test_dockerfile_is_multistage_non_root_and_read_only_ready():
     runtime = stages[-1]
     text = (DEPLOY / "Dockerfile").read_text()
     for instr, args in runtime:
-        assert not (instr == "RUN" and re.search(r"\b(maturin|cargo|rustup|apt-get install)\b", args)), \
+        assert not (instr == "RUN" and re.search(r"\b(maturin|cargo|rustup|apt-get install)\b", args)), (
             f"build tools in the runtime stage: {args}"
+        )
     image = froms[-1].split()[0]  # ${PYTHON_IMAGE} -> its ARG default
     image = re.sub(r"\$\{(\w+)\}", lambda m: re.search(rf"ARG {m.group(1)}=(\S+)", text).group(1), image)
     assert re.match(r"python:3\.11(\.\d+)?-slim", image), image  # 3.11, pinned to a patch release
@@ -723,32 +767,46 @@ def test_dockerfile_is_multistage_non_root_and_read_only_ready():
     assert env["WRITER_WAL_DIR"] == "/data/wal/writer"
     assert env["SIGNALDB_STORAGE_URL"] == "file:///data/parquet"
     assert env["HOME"].startswith(("/tmp", "/data")), "HOME must be writable"
-    for key in ("ACCEPTOR_GRPC_ADDR", "ACCEPTOR_HTTP_ADDR", "ACCEPTOR_HEALTH_ADDR", "WRITER_FLIGHT_ADDR",
-                "WRITER_HEALTH_ADDR"):
+    for key in (
+        "ACCEPTOR_GRPC_ADDR",
+        "ACCEPTOR_HTTP_ADDR",
+        "ACCEPTOR_HEALTH_ADDR",
+        "WRITER_FLIGHT_ADDR",
+        "WRITER_HEALTH_ADDR",
+    ):
         assert env[key].startswith("0.0.0.0:"), f"{key}: loopback is useless inside a container"
-    check_env({k: v for k, v in env.items() if k.isupper() and not k.startswith(("PYTHON", "PIP_", "HOME"))},
-              "Dockerfile ENV")
+    check_env(
+        {k: v for k, v in env.items() if k.isupper() and not k.startswith(("PYTHON", "PIP_", "HOME"))}, "Dockerfile ENV"
+    )
 
     exposed = {int(p) for i, a in runtime if i == "EXPOSE" for p in a.split()}
     assert exposed == {4317, 4318, 8080, 8081, 50061}
     health = [a for i, a in runtime if i == "HEALTHCHECK"]
     assert health and "/livez" in health[0] and "python" in health[0] and "curl" not in health[0]
     assert [a for i, a in runtime if i == "CMD"] == ['["signaldb", "run"]']
-    assert any(i == "RUN" and "/data/wal" in a and "-o 1000" in a for i, a in runtime), \
+    assert any(i == "RUN" and "/data/wal" in a and "-o 1000" in a for i, a in runtime), (
         "/data/wal must exist and belong to UID 1000 (volumes copy its ownership)"
+    )
 
 
 def test_dockerignore_keeps_build_outputs_out_and_sources_in():
-    patterns = [p.strip().rstrip("/") for p in (REPO / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip().rstrip("/")
+        for p in (REPO / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
     for required in ("target", ".venv", ".wal", ".data", ".bench-tmp", "fuzz/target"):
         assert required in patterns or f"**/{required}" in patterns, f".dockerignore should exclude {required}/"
 
     def ignored(rel: str) -> bool:
         parts = rel.split("/")
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        return any(fnmatch.fnmatch(prefix, pat) or fnmatch.fnmatch(prefix, pat.removeprefix("**/"))
-                   for pat in patterns if not pat.startswith("!") for prefix in prefixes)
+        return any(
+            fnmatch.fnmatch(prefix, pat) or fnmatch.fnmatch(prefix, pat.removeprefix("**/"))
+            for pat in patterns
+            if not pat.startswith("!")
+            for prefix in prefixes
+        )
 
     copied = []
     for stage in dockerfile_stages():
@@ -800,28 +858,50 @@ def test_acceptor_runs_as_uid_1000_on_a_read_only_root(recorder, container_dirs,
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
         pytest.skip("needs root, unshare and setpriv (util-linux) to emulate the container")
     data, tmp = container_dirs
-    probe = subprocess.run(["setpriv", f"--reuid={IMAGE_USER}", f"--regid={IMAGE_USER}", "--clear-groups",
-                            sys.executable, "-c", "import signaldb.acceptor.service"], capture_output=True)
+    probe = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={IMAGE_USER}",
+            f"--regid={IMAGE_USER}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "import signaldb.acceptor.service",
+        ],
+        capture_output=True,
+    )
     if probe.returncode != 0:
         pytest.skip(f"this venv's Python is not usable by UID {IMAGE_USER}: {probe.stderr.decode()[-300:]}")
 
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "VIRTUAL_ENV")}
     env.update({k: v for k, v in dockerfile_env().items() if not k.startswith("PIP_")})
-    env.update({
-        "HOME": str(tmp), "TMPDIR": str(tmp),
-        "ACCEPTOR_WAL_DIR": str(data / "wal" / "acceptor"),
-        # The image binds 0.0.0.0 on fixed ports; here port 0 avoids clashes with other tests.
-        "ACCEPTOR_GRPC_ADDR": "0.0.0.0:0", "ACCEPTOR_HTTP_ADDR": "0.0.0.0:0", "ACCEPTOR_HEALTH_ADDR": "0.0.0.0:0",
-        "ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
-        "ACCEPTOR_MAX_AGE_SECS": "0",  # trace_request carries fixed 2023 times
-    })
-    script = (f"mount --bind {data} {data} && mount --bind {tmp} {tmp} && mount -o remount,bind,ro / && "
-              f"exec setpriv --reuid={IMAGE_USER} --regid={IMAGE_USER} --clear-groups "
-              f"--inh-caps=-all --bounding-set=-all {sys.executable} -m signaldb.acceptor.main")
+    env.update(
+        {
+            "HOME": str(tmp),
+            "TMPDIR": str(tmp),
+            "ACCEPTOR_WAL_DIR": str(data / "wal" / "acceptor"),
+            # The image binds 0.0.0.0 on fixed ports; here port 0 avoids clashes with other tests.
+            "ACCEPTOR_GRPC_ADDR": "0.0.0.0:0",
+            "ACCEPTOR_HTTP_ADDR": "0.0.0.0:0",
+            "ACCEPTOR_HEALTH_ADDR": "0.0.0.0:0",
+            "ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
+            "ACCEPTOR_MAX_AGE_SECS": "0",  # trace_request carries fixed 2023 times
+        }
+    )
+    script = (
+        f"mount --bind {data} {data} && mount --bind {tmp} {tmp} && mount -o remount,bind,ro / && "
+        f"exec setpriv --reuid={IMAGE_USER} --regid={IMAGE_USER} --clear-groups "
+        f"--inh-caps=-all --bounding-set=-all {sys.executable} -m signaldb.acceptor.main"
+    )
     log_path = tmp_path / "acceptor.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                                cwd=data, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            cwd=data,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         ports = None
         deadline = time.monotonic() + 60
@@ -832,8 +912,11 @@ def test_acceptor_runs_as_uid_1000_on_a_read_only_root(recorder, container_dirs,
                     ports = json.loads(line)
             time.sleep(0.05)
         assert ports, f"acceptor did not start:\n{log_path.read_text()}"
-        req = urllib.request.Request(f"http://127.0.0.1:{ports['http_port']}/v1/traces", data=trace_request(1, "ro"),
-                                     headers={"Content-Type": "application/x-protobuf"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{ports['http_port']}/v1/traces",
+            data=trace_request(1, "ro"),
+            headers={"Content-Type": "application/x-protobuf"},
+        )
         with urllib.request.urlopen(req, timeout=30) as resp:
             assert resp.status == 200
         recorder.wait_for(lambda: len(recorder.rows("traces")) == 1, timeout=30)

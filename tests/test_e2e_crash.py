@@ -17,12 +17,12 @@ import urllib.error
 import urllib.request
 
 import pytest
+
+from conftest import STRESS
 from helpers.load import ThreadedLoad
 from helpers.net import free_port, wait_until
 from helpers.pipeline import Pipeline, show_logs_if_failed
 from test_acceptor_bad_input import trace_request
-
-from conftest import STRESS
 
 
 class Load(ThreadedLoad):
@@ -40,8 +40,9 @@ class Load(ThreadedLoad):
         while not self.stopping:
             prefix = f"t{n}r{i}"
             i += 1
-            req = urllib.request.Request(self.url, data=trace_request(self.spans, prefix),
-                                         headers={"Content-Type": "application/x-protobuf"})
+            req = urllib.request.Request(
+                self.url, data=trace_request(self.spans, prefix), headers={"Content-Type": "application/x-protobuf"}
+            )
             try:
                 with urllib.request.urlopen(req, timeout=10) as resp:
                     if resp.status == 200:
@@ -107,8 +108,14 @@ def test_sigkill_acceptor_writer_and_both_under_load(fixed_pipeline, cycles):
 def test_writer_away_backlog_builds_readiness_fails_then_catches_up(tmp_path, request):
     away = 60.0  # a minute, as operators see it (an upgrade, a node drain)
     http_port = free_port()
-    p = Pipeline(tmp_path, env={"ACCEPTOR_HTTP_ADDR": f"127.0.0.1:{http_port}",
-                                "WAL_MAX_BACKLOG_BYTES": str(3 << 20), "WAL_MAX_SEGMENT_SIZE": str(1 << 20)})
+    p = Pipeline(
+        tmp_path,
+        env={
+            "ACCEPTOR_HTTP_ADDR": f"127.0.0.1:{http_port}",
+            "WAL_MAX_BACKLOG_BYTES": str(3 << 20),
+            "WAL_MAX_SEGMENT_SIZE": str(1 << 20),
+        },
+    )
     p.http_port = http_port
     try:
         p.start()
@@ -139,8 +146,11 @@ def test_object_store_away_for_a_while_nothing_lost_files_arrive_once(weed, tmp_
     is in the bucket exactly once."""
     http_port = free_port()
     prefix = f"e2e/{request.node.name}"
-    p = Pipeline(tmp_path, storage_url=f"s3://{BUCKET}/{prefix}",
-                 env={**S3_ENV, "AWS_ENDPOINT_URL": weed.endpoint, "ACCEPTOR_HTTP_ADDR": f"127.0.0.1:{http_port}"})
+    p = Pipeline(
+        tmp_path,
+        storage_url=f"s3://{BUCKET}/{prefix}",
+        env={**S3_ENV, "AWS_ENDPOINT_URL": weed.endpoint, "ACCEPTOR_HTTP_ADDR": f"127.0.0.1:{http_port}"},
+    )
     try:
         p.start()
         weed.stop()

@@ -21,10 +21,6 @@ import time
 import grpc
 import pyarrow as pa
 import pytest
-from helpers.load import ThreadedLoad
-from helpers.net import wait_until
-from helpers.pipeline import Pipeline, show_logs_if_failed
-from helpers.procstat import MIB, memory
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -49,12 +45,16 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from conftest import scaled
+from helpers.load import ThreadedLoad
+from helpers.net import wait_until
+from helpers.pipeline import Pipeline, show_logs_if_failed
+from helpers.procstat import MIB, memory
 from signaldb import _native, otlp
 from signaldb.acceptor import entry_format
 from signaldb.wal import Wal
 from test_acceptor_bad_input import grpc_export, post
-
-from conftest import scaled
 
 HOUR_NS = 3600 * 10**9
 DAY_NS = 24 * HOUR_NS
@@ -69,10 +69,19 @@ def resource(service: str, attr_bytes: int = 0) -> Resource:
 
 
 def spans_request(service: str, times: list[tuple[int, int]], attr_bytes: int = 0, trace: int = 1) -> bytes:
-    spans = [Span(trace_id=trace.to_bytes(16, "big"), span_id=(i + 1).to_bytes(8, "big"), name=f"{service}-{i}",
-                  start_time_unix_nano=start, end_time_unix_nano=end) for i, (start, end) in enumerate(times)]
-    return ExportTraceServiceRequest(resource_spans=[ResourceSpans(
-        resource=resource(service, attr_bytes), scope_spans=[ScopeSpans(spans=spans)])]).SerializeToString()
+    spans = [
+        Span(
+            trace_id=trace.to_bytes(16, "big"),
+            span_id=(i + 1).to_bytes(8, "big"),
+            name=f"{service}-{i}",
+            start_time_unix_nano=start,
+            end_time_unix_nano=end,
+        )
+        for i, (start, end) in enumerate(times)
+    ]
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(resource=resource(service, attr_bytes), scope_spans=[ScopeSpans(spans=spans)])]
+    ).SerializeToString()
 
 
 def amplified(spans: int, attr_bytes: int, service: str = "amplified") -> bytes:
@@ -196,10 +205,28 @@ def test_items_outside_the_time_window_are_rejected_by_partial_success(pipeline_
     assert partial.rejected_spans == 4
     for reason in ("time_too_old", "time_in_future", "time_missing", "span_end_before_start"):
         assert f"1 rejected: {reason}" in partial.error_message
-    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
-        {"traceId": "ab" * 16, "spanId": f"{i + 1:016x}", "name": f"json-{i}",
-         "startTimeUnixNano": str(t), "endTimeUnixNano": str(t + 5)}
-        for i, t in enumerate([now, now - 30 * DAY_NS])]}]}]}).encode()
+    body = json.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "scopeSpans": [
+                        {
+                            "spans": [
+                                {
+                                    "traceId": "ab" * 16,
+                                    "spanId": f"{i + 1:016x}",
+                                    "name": f"json-{i}",
+                                    "startTimeUnixNano": str(t),
+                                    "endTimeUnixNano": str(t + 5),
+                                }
+                                for i, t in enumerate([now, now - 30 * DAY_NS])
+                            ]
+                        }
+                    ]
+                }
+            ]
+        }
+    ).encode()
     status, _, out = post(acceptor, "/v1/traces", body, "application/json")
     assert status == 200 and json.loads(out)["partialSuccess"]["rejectedSpans"] == "1"
     wait_until(pipeline.drained, timeout=30, what="pipeline drained")
@@ -242,67 +269,130 @@ def histogram_point(t: int, count: int, buckets: list[int], bounds: list[float])
 def test_invalid_metric_points_are_rejected_and_valid_ones_kept(pipeline_factory):
     pipeline = pipeline_factory()
     now = time.time_ns()
-    histogram = Metric(name="h", histogram=Histogram(aggregation_temporality=2, data_points=[
-        histogram_point(now, 3, [1, 2], [10.0]),  # valid
-        histogram_point(now, 3, [1, 2], []),  # buckets not bounds + 1
-        histogram_point(now, 4, [1, 2], [10.0]),  # count is not the buckets' sum
-        histogram_point(now, 3, [1, 1, 1], [5.0, 5.0]),  # bounds not strictly increasing
-        histogram_point(now, 3, [1, 1, 1], [1.0, math.nan]),  # NaN bound
-        histogram_point(now, 7, [], []),  # no buckets at all: valid
-    ]))
-    summary = Metric(name="s", summary=Summary(data_points=[
-        SummaryDataPoint(time_unix_nano=now, count=1, quantile_values=[
-            SummaryDataPoint.ValueAtQuantile(quantile=0.5, value=1.0)]),  # valid
-        SummaryDataPoint(time_unix_nano=now, count=1, quantile_values=[
-            SummaryDataPoint.ValueAtQuantile(quantile=1.5, value=1.0)]),
-        SummaryDataPoint(time_unix_nano=now, count=1, quantile_values=[
-            SummaryDataPoint.ValueAtQuantile(quantile=math.nan, value=1.0)]),
-        SummaryDataPoint(time_unix_nano=now, count=1, quantile_values=[
-            SummaryDataPoint.ValueAtQuantile(quantile=0.9, value=-1.0)]),
-    ]))
+    histogram = Metric(
+        name="h",
+        histogram=Histogram(
+            aggregation_temporality=2,
+            data_points=[
+                histogram_point(now, 3, [1, 2], [10.0]),  # valid
+                histogram_point(now, 3, [1, 2], []),  # buckets not bounds + 1
+                histogram_point(now, 4, [1, 2], [10.0]),  # count is not the buckets' sum
+                histogram_point(now, 3, [1, 1, 1], [5.0, 5.0]),  # bounds not strictly increasing
+                histogram_point(now, 3, [1, 1, 1], [1.0, math.nan]),  # NaN bound
+                histogram_point(now, 7, [], []),  # no buckets at all: valid
+            ],
+        ),
+    )
+    summary = Metric(
+        name="s",
+        summary=Summary(
+            data_points=[
+                SummaryDataPoint(
+                    time_unix_nano=now,
+                    count=1,
+                    quantile_values=[SummaryDataPoint.ValueAtQuantile(quantile=0.5, value=1.0)],
+                ),  # valid
+                SummaryDataPoint(
+                    time_unix_nano=now,
+                    count=1,
+                    quantile_values=[SummaryDataPoint.ValueAtQuantile(quantile=1.5, value=1.0)],
+                ),
+                SummaryDataPoint(
+                    time_unix_nano=now,
+                    count=1,
+                    quantile_values=[SummaryDataPoint.ValueAtQuantile(quantile=math.nan, value=1.0)],
+                ),
+                SummaryDataPoint(
+                    time_unix_nano=now,
+                    count=1,
+                    quantile_values=[SummaryDataPoint.ValueAtQuantile(quantile=0.9, value=-1.0)],
+                ),
+            ]
+        ),
+    )
     buckets = ExponentialHistogramDataPoint.Buckets
-    exp = Metric(name="e", exponential_histogram=ExponentialHistogram(aggregation_temporality=2, data_points=[
-        ExponentialHistogramDataPoint(time_unix_nano=now, scale=3, count=6, zero_count=1,
-                                      positive=buckets(offset=0, bucket_counts=[2, 3])),  # valid
-        ExponentialHistogramDataPoint(time_unix_nano=now, scale=21, count=1, zero_count=1),
-        ExponentialHistogramDataPoint(time_unix_nano=now, scale=0, count=9, zero_count=1,
-                                      negative=buckets(offset=0, bucket_counts=[2])),
-    ]))
-    request = ExportMetricsServiceRequest(resource_metrics=[ResourceMetrics(
-        resource=resource("metrics-svc"), scope_metrics=[ScopeMetrics(metrics=[histogram, summary, exp])])])
+    exp = Metric(
+        name="e",
+        exponential_histogram=ExponentialHistogram(
+            aggregation_temporality=2,
+            data_points=[
+                ExponentialHistogramDataPoint(
+                    time_unix_nano=now, scale=3, count=6, zero_count=1, positive=buckets(offset=0, bucket_counts=[2, 3])
+                ),  # valid
+                ExponentialHistogramDataPoint(time_unix_nano=now, scale=21, count=1, zero_count=1),
+                ExponentialHistogramDataPoint(
+                    time_unix_nano=now, scale=0, count=9, zero_count=1, negative=buckets(offset=0, bucket_counts=[2])
+                ),
+            ],
+        ),
+    )
+    request = ExportMetricsServiceRequest(
+        resource_metrics=[
+            ResourceMetrics(
+                resource=resource("metrics-svc"), scope_metrics=[ScopeMetrics(metrics=[histogram, summary, exp])]
+            )
+        ]
+    )
     status, _, out = post(pipeline.acceptor, "/v1/metrics", request.SerializeToString())
     assert status == 200
     partial = ExportMetricsServiceResponse.FromString(out).partial_success
     assert partial.rejected_data_points == 4 + 3 + 2
-    for reason, n in [("histogram_bucket_counts_not_bounds_plus_one", 1), ("histogram_count_not_sum_of_buckets", 1),
-                      ("histogram_bounds_not_increasing", 2), ("summary_quantile_out_of_range", 2),
-                      ("summary_value_invalid", 1), ("exponential_histogram_scale_out_of_range", 1),
-                      ("exponential_histogram_count_not_sum_of_buckets", 1)]:
+    for reason, n in [
+        ("histogram_bucket_counts_not_bounds_plus_one", 1),
+        ("histogram_count_not_sum_of_buckets", 1),
+        ("histogram_bounds_not_increasing", 2),
+        ("summary_quantile_out_of_range", 2),
+        ("summary_value_invalid", 1),
+        ("exponential_histogram_scale_out_of_range", 1),
+        ("exponential_histogram_count_not_sum_of_buckets", 1),
+    ]:
         assert f"{n} rejected: {reason}" in partial.error_message, partial.error_message
     wait_until(pipeline.drained, timeout=30, what="pipeline drained")
     wait_until(lambda: pipeline.table("metrics_summary").num_rows == 1, timeout=30, what="summary row")
     assert sorted(pipeline.table("metrics_histogram").column("count").to_pylist()) == [3, 7]
     assert pipeline.table("metrics_exponential_histogram").column("count").to_pylist() == [6]
-    assert pipeline.acceptor.metric("signaldb_receiver_refused_metric_points_total",
-                                    reason="histogram_bounds_not_increasing") == 2
+    assert (
+        pipeline.acceptor.metric(
+            "signaldb_receiver_refused_metric_points_total", reason="histogram_bounds_not_increasing"
+        )
+        == 2
+    )
 
 
 def test_a_log_record_without_any_time_is_stamped_when_taken(pipeline_factory):
     pipeline = pipeline_factory()
     before = time.time_ns()
-    request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(resource=resource("logs-svc"), scope_logs=[
-        ScopeLogs(log_records=[LogRecord(body=AnyValue(string_value="no clock")),
-                               LogRecord(time_unix_nano=before - 30 * DAY_NS, body=AnyValue(string_value="old"))])])])
-    status, _, out = post(pipeline.acceptor, "/v1/logs", request.SerializeToString())
+    request = ExportLogsServiceRequest(
+        resource_logs=[
+            ResourceLogs(
+                resource=resource("logs-svc"),
+                scope_logs=[
+                    ScopeLogs(
+                        log_records=[
+                            LogRecord(body=AnyValue(string_value="no clock")),
+                            LogRecord(time_unix_nano=before - 30 * DAY_NS, body=AnyValue(string_value="old")),
+                        ]
+                    )
+                ],
+            )
+        ]
+    )
+    status, _, _ = post(pipeline.acceptor, "/v1/logs", request.SerializeToString())
     assert status == 200
     wait_until(pipeline.drained, timeout=30, what="pipeline drained")
     wait_until(lambda: pipeline.table("logs").num_rows == 1, timeout=30, what="log row")
     # The Iceberg table (the default) stores microseconds and files the record under its
     # observed time in `time` too (docs/operations.md, Iceberg tables); plain files keep time 0.
     logs = pipeline.table("logs")
-    [(body, logged, observed)] = zip(*(logs.column(c).cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_pylist()
-                                     if c != "body" else logs.column(c).to_pylist()
-                                     for c in ("body", "time", "observed_time")), strict=True)
+    [(body, logged, observed)] = zip(
+        *(
+            logs.column(c).cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_pylist()
+            if c != "body"
+            else logs.column(c).to_pylist()
+            for c in ("body", "time", "observed_time")
+        ),
+        strict=True,
+    )
     assert body == "no clock" and logged in (0, observed)
     assert before // 1000 * 1000 <= observed <= time.time_ns()
 

@@ -15,6 +15,9 @@ import threading
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from helpers import iceberg
 from helpers.writer import (
     Sent,
@@ -27,8 +30,6 @@ from helpers.writer import (
     put_request,
     traces_request,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from signaldb.writer.claims import Claims, entries_by_partition, without_claimed
 from signaldb.writer.payload import WalRecord
 from signaldb.writer.tables import split_by_hour
@@ -37,13 +38,13 @@ HOUR_NS = 3_600_000_000_000
 T_HOUR = 1_795_485_600_000_000_000  # 2026-11-24 02:00 UTC, an hour boundary
 
 
-def _writer(procs: list[WriterProcess], tmp: pathlib.Path, storage: pathlib.Path, *args: str,
-            env: dict[str, str] | None = None) -> WriterProcess:
+def _writer(
+    procs: list[WriterProcess], tmp: pathlib.Path, storage: pathlib.Path, *args: str, env: dict[str, str] | None = None
+) -> WriterProcess:
     """A writer with its own WAL directory under ``tmp`` and the default (embedded) catalog
     beside ``storage``."""
     tmp.mkdir(parents=True, exist_ok=True)
-    w = WriterProcess(tmp, storage_url=f"file://{storage}", args=args,
-                      env={"SIGNALDB_CATALOG_URL": "", **(env or {})})
+    w = WriterProcess(tmp, storage_url=f"file://{storage}", args=args, env={"SIGNALDB_CATALOG_URL": "", **(env or {})})
     procs.append(w)
     return w
 
@@ -68,8 +69,12 @@ def _record(entries: list[tuple[int, list[int]]]) -> WalRecord:
     return WalRecord("acc-1/0000000000000001", "traces", tuple(listed), pa.concat_batches(batches))
 
 
-entry_hours = st.lists(st.tuples(st.integers(1, 30), st.lists(st.integers(0, 3), min_size=1, max_size=4)),
-                       min_size=1, max_size=6, unique_by=lambda e: e[0])
+entry_hours = st.lists(
+    st.tuples(st.integers(1, 30), st.lists(st.integers(0, 3), min_size=1, max_size=4)),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda e: e[0],
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -77,8 +82,16 @@ entry_hours = st.lists(st.tuples(st.integers(1, 30), st.lists(st.integers(0, 3),
 def test_without_claimed_drops_exactly_the_claimed_partition_rows(entries, claimed) -> None:
     record = _record(entries)
     claims = Claims()
-    names = {h: next(iter(split_by_hour("traces", convert("traces", traces_request(
-        0, spans=1, start_ns=T_HOUR + h * HOUR_NS))["traces"]))) for h in range(4)}
+    names = {
+        h: next(
+            iter(
+                split_by_hour(
+                    "traces", convert("traces", traces_request(0, spans=1, start_ns=T_HOUR + h * HOUR_NS))["traces"]
+                )
+            )
+        )
+        for h in range(4)
+    }
     for hour, eid in claimed:
         claims.add_ranges(names[hour], record.acceptor_id, [[eid, eid]])
     kept, dropped = without_claimed(record, claims)
@@ -95,14 +108,18 @@ def test_without_claimed_drops_exactly_the_claimed_partition_rows(entries, claim
 
 
 def test_every_table_is_an_iceberg_table_with_partitions_sort_order_and_claims(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     storage = tmp_path / "data"
     w = _writer(procs, tmp_path / "w1", storage, "--file-max-age-secs", "0.2").start()
     sent, client = Sent(), w.client()
     entry = 0
     for seed in range(3):
-        for kind, body in (("traces", traces_request(seed, start_ns=T_HOUR + seed * HOUR_NS)),
-                           ("logs", logs_request(seed)), ("metrics", metrics_request(seed))):
+        for kind, body in (
+            ("traces", traces_request(seed, start_ns=T_HOUR + seed * HOUR_NS)),
+            ("logs", logs_request(seed)),
+            ("metrics", metrics_request(seed)),
+        ):
             entry += 1
             put_request(client, kind, body, entry, sent=sent)
     client.close()
@@ -125,8 +142,10 @@ def test_every_table_is_an_iceberg_table_with_partitions_sort_order_and_claims(
     # Hidden partitioning: a time filter plans only that hour's files, no date/hour predicate.
     from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
-    hour3 = And(GreaterThanOrEqual("start_time", "2026-11-24T03:00:00+00:00"),
-                LessThan("start_time", "2026-11-24T04:00:00+00:00"))
+    hour3 = And(
+        GreaterThanOrEqual("start_time", "2026-11-24T03:00:00+00:00"),
+        LessThan("start_time", "2026-11-24T04:00:00+00:00"),
+    )
     planned = [t.file.file_path for t in traces.scan(row_filter=hour3).plan_files()]
     assert len(planned) == 1 and "hour=03" in planned[0]
     assert traces.scan(row_filter=hour3).to_arrow().num_rows == 5
@@ -134,16 +153,18 @@ def test_every_table_is_an_iceberg_table_with_partitions_sort_order_and_claims(
     path = planned[0].removeprefix("file://")
     assert pathlib.Path(path).name.startswith(w.health()["writer_id"])
     meta = pq.ParquetFile(path).metadata.row_group(0)
-    trace_id = [meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == "trace_id"][0]
+    trace_id = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == "trace_id")
     assert trace_id.to_dict()["bloom_filter_offset"] is not None
     assert w.metric("signaldb_writer_catalog_commits_total") >= 3
     assert w.stop() == 0
 
 
-@pytest.mark.parametrize("point", ["after_plan", "after_put", "before_catalog_commit", "after_catalog_commit",
-                                   "after_commit"])
+@pytest.mark.parametrize(
+    "point", ["after_plan", "after_put", "before_catalog_commit", "after_catalog_commit", "after_commit"]
+)
 def test_a_crash_at_each_step_around_the_commit_leaves_every_row_once(
-        procs: list[WriterProcess], tmp_path: pathlib.Path, point: str) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path, point: str
+) -> None:
     storage = tmp_path / "data"
     w = _writer(procs, tmp_path / "w1", storage, "--file-max-age-secs", "0.3")
     w.start(env={"SIGNALDB_TEST_CRASH_AT": point})
@@ -172,7 +193,8 @@ def test_a_crash_at_each_step_around_the_commit_leaves_every_row_once(
 
 
 def test_two_writers_holding_the_same_entries_commit_each_row_once(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     """A failover: the acceptor sent entries to writer A, lost the acks, and sent them to B.
     Both store them, both commit at about the same time to one table: each row lands once,
     and the writer that lost the race counts the rows it dropped."""
@@ -180,8 +202,10 @@ def test_two_writers_holding_the_same_entries_commit_each_row_once(
     a = _writer(procs, tmp_path / "a", storage, "--file-max-age-secs", "0.5").start()
     b = _writer(procs, tmp_path / "b", storage, "--file-max-age-secs", "0.5").start()
     sent = Sent()
-    batches = {e: convert("traces", traces_request(e, spans=3, start_ns=T_HOUR + (e % 3) * HOUR_NS))["traces"]
-               for e in range(1, 41)}
+    batches = {
+        e: convert("traces", traces_request(e, spans=3, start_ns=T_HOUR + (e % 3) * HOUR_NS))["traces"]
+        for e in range(1, 41)
+    }
     for b_ in batches.values():
         sent.add("traces", b_)
 
@@ -192,8 +216,10 @@ def test_two_writers_holding_the_same_entries_commit_each_row_once(
         client.close()
 
     # A gets 1..30, B gets 11..40: 11..30 go to both, at the same time.
-    threads = [threading.Thread(target=feed, args=(a, list(range(1, 31)))),
-               threading.Thread(target=feed, args=(b, list(range(11, 41))))]
+    threads = [
+        threading.Thread(target=feed, args=(a, list(range(1, 31)))),
+        threading.Thread(target=feed, args=(b, list(range(11, 41)))),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -202,8 +228,9 @@ def test_two_writers_holding_the_same_entries_commit_each_row_once(
     b.settled()
     rows = table_rows(storage, "traces")
     assert_same_rows(rows, sent.table("traces"), "traces")
-    dropped = a.metric("signaldb_writer_rows_committed_elsewhere_total") + \
-        b.metric("signaldb_writer_rows_committed_elsewhere_total")
+    dropped = a.metric("signaldb_writer_rows_committed_elsewhere_total") + b.metric(
+        "signaldb_writer_rows_committed_elsewhere_total"
+    )
     assert dropped == 20 * 3  # every doubly held row was dropped by exactly one of them
     # Every (partition, entry) is claimed by exactly one commit.
     seen: dict[tuple[str, int], int] = {}
@@ -217,7 +244,8 @@ def test_two_writers_holding_the_same_entries_commit_each_row_once(
 
 
 def test_a_writer_back_from_a_crash_drops_what_another_writer_committed_meanwhile(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     """A stores entries and dies before its commit; the acceptor fails over to B, which commits
     them; A comes back and replays its WAL: nothing of those entries is committed twice."""
     storage = tmp_path / "data"

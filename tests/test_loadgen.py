@@ -13,29 +13,35 @@ import sys
 import time
 
 import pytest
-from helpers.flight_recorder import FlightRecorder
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from helpers.net import free_port
-from test_otlp_reference import plain_rows
 
+from helpers.flight_recorder import FlightRecorder
+from helpers.net import free_port
 from signaldb import otlp
 from signaldb.loadgen import LoadConfig, Stamper, build_request, build_requests, run
 from signaldb.loadgen.payload import REQUEST_ID_KEY, parse_partial_success
 from signaldb.loadgen.runner import TokenBucket, percentiles
+from test_otlp_reference import plain_rows
 
-ACCEPTED = {"traces": "signaldb_receiver_accepted_spans_total",
-            "logs": "signaldb_receiver_accepted_log_records_total",
-            "metrics": "signaldb_receiver_accepted_metric_points_total"}
-TABLES = {"traces": ["traces"], "logs": ["logs"],
-          "metrics": ["metrics_sum", "metrics_gauge", "metrics_histogram"]}
+ACCEPTED = {
+    "traces": "signaldb_receiver_accepted_spans_total",
+    "logs": "signaldb_receiver_accepted_log_records_total",
+    "metrics": "signaldb_receiver_accepted_metric_points_total",
+}
+TABLES = {"traces": ["traces"], "logs": ["logs"], "metrics": ["metrics_sum", "metrics_gauge", "metrics_histogram"]}
 
 
 def loadgen(*args: str, timeout: float = 60) -> tuple[dict, subprocess.CompletedProcess]:
     """Runs ``python -m signaldb.loadgen ... --json`` and returns its report."""
-    proc = subprocess.run([sys.executable, "-m", "signaldb.loadgen", *args, "--json"],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "signaldb.loadgen", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.stdout.strip(), f"no report (exit {proc.returncode}):\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc
 
@@ -49,8 +55,11 @@ def rows(recorder: FlightRecorder, signal: str) -> list[dict]:
 
 @pytest.mark.parametrize("signal", ["traces", "logs", "metrics"])
 def test_prebuilt_requests_decode_convert_and_stamp(signal):
-    decoders = {"traces": ExportTraceServiceRequest, "logs": ExportLogsServiceRequest,
-                "metrics": ExportMetricsServiceRequest}
+    decoders = {
+        "traces": ExportTraceServiceRequest,
+        "logs": ExportLogsServiceRequest,
+        "metrics": ExportMetricsServiceRequest,
+    }
     reqs = build_requests(signal, 3, 40, 7, service="shop", seed=5)
     assert len({r.body for r in reqs}) == 3 and len({r.request_id for r in reqs}) == 3
     for req in reqs:
@@ -65,7 +74,8 @@ def test_prebuilt_requests_decode_convert_and_stamp(signal):
     stamped = reqs[0].stamp(new_id)
     assert len(stamped) == len(reqs[0].body)
     assert stamped == reqs[0].body.replace(reqs[0].request_id, new_id).replace(
-        reqs[0].request_id.hex().encode(), new_id.hex().encode())
+        reqs[0].request_id.hex().encode(), new_id.hex().encode()
+    )
     result = otlp.convert(signal, stamped)
     for table in result.tables.values():
         for row in plain_rows(table):
@@ -83,9 +93,13 @@ def test_sizes_attributes_and_partial_success():
     req = build_request("traces", 512, 10, seed=1)
     spans = ExportTraceServiceRequest.FromString(req.body).resource_spans[0].scope_spans[0].spans
     assert len(spans) == 512 and all(len(s.attributes) == 10 for s in spans)
-    assert all(len(s.attributes) == 20 for s in
-               ExportTraceServiceRequest.FromString(build_request("traces", 2, 20).body)
-               .resource_spans[0].scope_spans[0].spans)
+    assert all(
+        len(s.attributes) == 20
+        for s in ExportTraceServiceRequest.FromString(build_request("traces", 2, 20).body)
+        .resource_spans[0]
+        .scope_spans[0]
+        .spans
+    )
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
     resp = ExportTraceServiceResponse()
@@ -110,8 +124,21 @@ def test_percentiles_and_token_bucket():
 def test_acknowledged_spans_reach_the_writer_exactly_once(recorder, acceptor_factory, tmp_path):
     acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url})
     ack_log = tmp_path / "acked.txt"
-    report, proc = loadgen("--endpoint", acceptor.grpc_target, "--duration", "2", "--concurrency", "4",
-                           "--spans-per-request", "32", "--attributes", "4", "--unique", "--ack-log", str(ack_log))
+    report, proc = loadgen(
+        "--endpoint",
+        acceptor.grpc_target,
+        "--duration",
+        "2",
+        "--concurrency",
+        "4",
+        "--spans-per-request",
+        "32",
+        "--attributes",
+        "4",
+        "--unique",
+        "--ack-log",
+        str(ack_log),
+    )
     assert proc.returncode == 0, proc.stderr
     acked = report["spans_acknowledged"]
     assert report["requests_ok"] > 5 and report["requests_failed"] == 0 and report["requests_refused"] == 0
@@ -135,8 +162,19 @@ def test_acknowledged_spans_reach_the_writer_exactly_once(recorder, acceptor_fac
 def test_logs_and_metrics_by_request_count(recorder, acceptor_factory, signal, tmp_path):
     acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url})
     ack_log = tmp_path / "acked.txt"
-    report = run(LoadConfig(endpoint=acceptor.grpc_target, signal=signal, requests=25, concurrency=3,
-                            items_per_request=20, attributes=3, unique=True, ack_log=str(ack_log), service="api"))
+    report = run(
+        LoadConfig(
+            endpoint=acceptor.grpc_target,
+            signal=signal,
+            requests=25,
+            concurrency=3,
+            items_per_request=20,
+            attributes=3,
+            unique=True,
+            ack_log=str(ack_log),
+            service="api",
+        )
+    )
     assert (report.requests_ok, report.requests_failed, report.items_acknowledged) == (25, 0, 500)
     assert acceptor.metric(ACCEPTED[signal]) == 500
     recorder.wait_for(lambda: len(rows(recorder, signal)) >= 500)
@@ -149,15 +187,49 @@ def test_logs_and_metrics_by_request_count(recorder, acceptor_factory, signal, t
 def test_http_transport_gzip_and_auth_header(recorder, acceptor_factory):
     acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "SIGNALDB_AUTH_TOKEN": "s3cret"})
     http = f"127.0.0.1:{acceptor.ports['http_port']}"
-    report, proc = loadgen("--transport", "http", "--endpoint", http, "--requests", "4", "--gzip",
-                           "--spans-per-request", "16", "--header", "authorization=Bearer wrong", "--quiet")
+    report, proc = loadgen(
+        "--transport",
+        "http",
+        "--endpoint",
+        http,
+        "--requests",
+        "4",
+        "--gzip",
+        "--spans-per-request",
+        "16",
+        "--header",
+        "authorization=Bearer wrong",
+        "--quiet",
+    )
     assert proc.returncode == 1 and report["requests_ok"] == 0 and report["requests_failed"] == 4
     assert report["errors"] == {"http 401": 4}
-    report, proc = loadgen("--transport", "http", "--endpoint", http, "--requests", "12", "--gzip",
-                           "--spans-per-request", "16", "--header", "authorization=Bearer s3cret", "--unique")
+    report, proc = loadgen(
+        "--transport",
+        "http",
+        "--endpoint",
+        http,
+        "--requests",
+        "12",
+        "--gzip",
+        "--spans-per-request",
+        "16",
+        "--header",
+        "authorization=Bearer s3cret",
+        "--unique",
+    )
     assert proc.returncode == 0 and report["requests_ok"] == 12 and report["spans_acknowledged"] == 192
-    report, proc = loadgen("--endpoint", acceptor.grpc_target, "--requests", "5", "--gzip",
-                           "--spans-per-request", "16", "-H", "authorization=Bearer s3cret", "--quiet")
+    report, proc = loadgen(
+        "--endpoint",
+        acceptor.grpc_target,
+        "--requests",
+        "5",
+        "--gzip",
+        "--spans-per-request",
+        "16",
+        "-H",
+        "authorization=Bearer s3cret",
+        "--quiet",
+    )
     assert report["requests_ok"] == 5 and report["spans_acknowledged"] == 80
     assert acceptor.metric(ACCEPTED["traces"]) == 192 + 80
     recorder.wait_for(lambda: len(recorder.rows("traces")) == 272)
@@ -165,26 +237,77 @@ def test_http_transport_gzip_and_auth_header(recorder, acceptor_factory):
 
 def test_tls_with_ca_file(recorder, acceptor_factory, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url,
-                                 "SIGNALDB_TLS_CERT": str(cert), "SIGNALDB_TLS_KEY": str(key)})
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    acceptor = acceptor_factory(
+        {"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "SIGNALDB_TLS_CERT": str(cert), "SIGNALDB_TLS_KEY": str(key)}
+    )
     for transport, port in (("grpc", acceptor.ports["grpc_port"]), ("http", acceptor.ports["http_port"])):
-        report, _ = loadgen("--transport", transport, "--endpoint", f"localhost:{port}", "--ca-file", str(cert),
-                            "--requests", "3", "--spans-per-request", "8", "--quiet")
+        report, _ = loadgen(
+            "--transport",
+            transport,
+            "--endpoint",
+            f"localhost:{port}",
+            "--ca-file",
+            str(cert),
+            "--requests",
+            "3",
+            "--spans-per-request",
+            "8",
+            "--quiet",
+        )
         assert report["requests_ok"] == 3, report
-    report, _ = loadgen("--endpoint", f"localhost:{acceptor.ports['grpc_port']}", "--requests", "1",
-                        "--timeout", "3", "--max-retries", "0", "--quiet")  # plaintext to a TLS port
+    report, _ = loadgen(
+        "--endpoint",
+        f"localhost:{acceptor.ports['grpc_port']}",
+        "--requests",
+        "1",
+        "--timeout",
+        "3",
+        "--max-retries",
+        "0",
+        "--quiet",
+    )  # plaintext to a TLS port
     assert report["requests_ok"] == 0
     assert acceptor.metric(ACCEPTED["traces"]) == 48
 
 
 def test_refusals_are_counted_and_retried_not_fatal(acceptor_factory):
-    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{free_port()}",
-                                 "WAL_MAX_BACKLOG_BYTES": "1"})
-    report, proc = loadgen("--endpoint", acceptor.grpc_target, "--duration", "2", "--concurrency", "4",
-                           "--spans-per-request", "16", "--max-retry-delay", "0.2")
+    acceptor = acceptor_factory(
+        {"ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{free_port()}", "WAL_MAX_BACKLOG_BYTES": "1"}
+    )
+    report, proc = loadgen(
+        "--endpoint",
+        acceptor.grpc_target,
+        "--duration",
+        "2",
+        "--concurrency",
+        "4",
+        "--spans-per-request",
+        "16",
+        "--max-retry-delay",
+        "0.2",
+    )
     assert proc.returncode == 0, proc.stderr  # the first request got in before the backlog built up
     assert report["requests_refused"] > 4, report
     assert report["requests_failed"] == 0
@@ -194,8 +317,18 @@ def test_refusals_are_counted_and_retried_not_fatal(acceptor_factory):
 
 
 def test_unreachable_endpoint_is_refused_not_a_crash():
-    report, proc = loadgen("--endpoint", f"127.0.0.1:{free_port()}", "--duration", "1", "--concurrency", "2",
-                           "--spans-per-request", "4", "--max-retry-delay", "0.1")
+    report, proc = loadgen(
+        "--endpoint",
+        f"127.0.0.1:{free_port()}",
+        "--duration",
+        "1",
+        "--concurrency",
+        "2",
+        "--spans-per-request",
+        "4",
+        "--max-retry-delay",
+        "0.1",
+    )
     assert proc.returncode == 1 and report["requests_ok"] == 0 and report["requests_refused"] >= 2
     assert "Traceback" not in proc.stderr
 
@@ -205,8 +338,12 @@ def test_unreachable_endpoint_is_refused_not_a_crash():
 
 @pytest.fixture
 def sink():
-    proc = subprocess.Popen([sys.executable, "-m", "signaldb.loadgen", "sink", "--port", "0", "--http-port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "signaldb.loadgen", "sink", "--port", "0", "--http-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # "sink listening: grpc 127.0.0.1:N, http 127.0.0.1:M"
         assert line.startswith("sink listening"), line + proc.stderr.read()
@@ -218,19 +355,54 @@ def sink():
 
 
 def test_rate_mode_holds_the_target(sink):
-    report, proc = loadgen("--endpoint", sink["grpc"], "--rate", "20000", "--duration", "2",
-                           "--spans-per-request", "100", "--concurrency", "4")
+    report, proc = loadgen(
+        "--endpoint",
+        sink["grpc"],
+        "--rate",
+        "20000",
+        "--duration",
+        "2",
+        "--spans-per-request",
+        "100",
+        "--concurrency",
+        "4",
+    )
     assert proc.returncode == 0 and report["rate_target"] == 20000
     assert 0.5 * 20000 <= report["spans_per_s"] <= 1.3 * 20000, report
-    report, _ = loadgen("--transport", "http", "--endpoint", sink["http"], "--rate", "5000", "--duration", "2",
-                        "--spans-per-request", "50", "--quiet")
+    report, _ = loadgen(
+        "--transport",
+        "http",
+        "--endpoint",
+        sink["http"],
+        "--rate",
+        "5000",
+        "--duration",
+        "2",
+        "--spans-per-request",
+        "50",
+        "--quiet",
+    )
     assert 0.5 * 5000 <= report["spans_per_s"] <= 1.3 * 5000, report
 
 
 def test_text_report_and_progress_lines(sink):
-    proc = subprocess.run([sys.executable, "-m", "signaldb.loadgen", "--endpoint", sink["grpc"], "--duration", "2.5",
-                           "--spans-per-request", "64"], capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "signaldb.loadgen",
+            "--endpoint",
+            sink["grpc"],
+            "--duration",
+            "2.5",
+            "--spans-per-request",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for needle in ("requests:     ok", "acknowledged: ", " spans in ", "spans/s", "ack latency:  p50", "p99"):
@@ -241,9 +413,23 @@ def test_text_report_and_progress_lines(sink):
 
 
 def test_ctrl_c_stops_sending_and_still_reports(sink):
-    proc = subprocess.Popen([sys.executable, "-m", "signaldb.loadgen", "--endpoint", sink["grpc"], "--duration", "60",
-                             "--spans-per-request", "64", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "signaldb.loadgen",
+            "--endpoint",
+            sink["grpc"],
+            "--duration",
+            "60",
+            "--spans-per-request",
+            "64",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = proc.stderr.readline()  # "loadgen: built ...": sending starts right after
     assert first.startswith("loadgen: built"), first
     time.sleep(1.0)
@@ -256,8 +442,15 @@ def test_ctrl_c_stops_sending_and_still_reports(sink):
 
 
 def test_bad_arguments_exit_2():
-    for args in (["--concurrency", "0"], ["--header", "novalue"], ["--signal", "profiles"], ["--rate", "-1"],
-                 ["--max-retries", "-1"], ["--attributes", "-2"]):
-        proc = subprocess.run([sys.executable, "-m", "signaldb.loadgen", *args], capture_output=True, text=True,
-                              check=False)
+    for args in (
+        ["--concurrency", "0"],
+        ["--header", "novalue"],
+        ["--signal", "profiles"],
+        ["--rate", "-1"],
+        ["--max-retries", "-1"],
+        ["--attributes", "-2"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "signaldb.loadgen", *args], capture_output=True, text=True, check=False
+        )
         assert proc.returncode == 2, (args, proc.stderr)

@@ -23,10 +23,12 @@ def test_wal_corruption_and_replay_lines_have_fields(tmp_path):
     seg.write_bytes(bytes(data))
 
     # A process of its own: the Rust side caches logger levels at first use (pyo3-log).
-    script = ("import sys; from signaldb.service.logsetup import setup_logging; from signaldb.wal import Wal\n"
-              "setup_logging('info', 'test', 'json')\n"
-              "with Wal(sys.argv[1], sync_mode='immediate') as wal:\n"
-              "    assert len(list(wal.unprocessed())) == 4\n")
+    script = (
+        "import sys; from signaldb.service.logsetup import setup_logging; from signaldb.wal import Wal\n"
+        "setup_logging('info', 'test', 'json')\n"
+        "with Wal(sys.argv[1], sync_mode='immediate') as wal:\n"
+        "    assert len(list(wal.unprocessed())) == 4\n"
+    )
     run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     out = run.stderr

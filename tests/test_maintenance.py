@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pyarrow.compute as pc
 import pytest
+
 from helpers import iceberg
 from helpers.net import http_get
 from helpers.writer import WriterProcess, convert, put, put_request, traces_request
@@ -27,7 +28,7 @@ from signaldb.service.metrics import new_registry
 from signaldb.writer import parquet
 from signaldb.writer.catalog import Tables
 from signaldb.writer.claims import FOLDED_PROPERTY, Claims, decode_folded
-from signaldb.writer.maintenance import Maintenance, plan_groups, _Live
+from signaldb.writer.maintenance import Maintenance, _Live, plan_groups
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.storage import open_store
 from signaldb.writer.tables import partition_name
@@ -45,11 +46,16 @@ def procs() -> Iterator[list[WriterProcess]]:
         w.close()
 
 
-def _writer(procs: list[WriterProcess], tmp: pathlib.Path, storage: pathlib.Path, *args: str,
-            env: dict[str, str] | None = None) -> WriterProcess:
+def _writer(
+    procs: list[WriterProcess], tmp: pathlib.Path, storage: pathlib.Path, *args: str, env: dict[str, str] | None = None
+) -> WriterProcess:
     tmp.mkdir(parents=True, exist_ok=True)
-    w = WriterProcess(tmp, storage_url=f"file://{storage}", args=args,
-                      env={"SIGNALDB_CATALOG_URL": "", "SIGNALDB_MAINTENANCE_INTERVAL_SECS": "0", **(env or {})})
+    w = WriterProcess(
+        tmp,
+        storage_url=f"file://{storage}",
+        args=args,
+        env={"SIGNALDB_CATALOG_URL": "", "SIGNALDB_MAINTENANCE_INTERVAL_SECS": "0", **(env or {})},
+    )
     procs.append(w)
     return w
 
@@ -76,8 +82,11 @@ def _settled(w: WriterProcess, timeout: float = 30.0) -> None:
 
 def _metric(w: WriterProcess, name: str, match: str = "") -> float:
     text = http_get(w.url("/metrics"))[1].decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and match in line and not line.startswith("#"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and match in line and not line.startswith("#")
+    )
 
 
 def _span_ids(entry: int) -> set[str]:
@@ -113,9 +122,11 @@ def _check_snapshot(table, snapshot) -> int:
     want: set[str] = set()
     for e in _claimed_entries(table, snapshot):
         want |= _span_ids(e)
-    assert set(ids) == want, (f"snapshot {snapshot.snapshot_id} ({snapshot.summary.operation}): "
-                              f"{len(want - set(ids))} rows missing, {len(set(ids) - want)} unexpected: "
-                              f"{sorted(want ^ set(ids))[:12]}")
+    assert set(ids) == want, (
+        f"snapshot {snapshot.snapshot_id} ({snapshot.summary.operation}): "
+        f"{len(want - set(ids))} rows missing, {len(set(ids) - want)} unexpected: "
+        f"{sorted(want ^ set(ids))[:12]}"
+    )
     return len(ids)
 
 
@@ -130,22 +141,33 @@ def test_plan_groups_bins_small_files_of_closed_hours_only() -> None:
     def f(path: str, hour: int, size: int) -> _Live:
         return _Live(None, path, hour, size, 1)
 
-    files = [f("t/h10/a", 10, 30), f("t/h10/b", 10, 30), f("t/h10/c", 10, 50), f("t/h10/big", 10, 60),
-             f("t/h11/a", 11, 10), f("t/h11/b", 11, 10),  # hour 11 is open
-             f("t/h9/a", 9, 10),  # alone in its hour: nothing to merge
-             f("t/h5/a", 5, 10), f("t/h5/b", 5, 10)]  # about to be dropped by retention
+    files = [
+        f("t/h10/a", 10, 30),
+        f("t/h10/b", 10, 30),
+        f("t/h10/c", 10, 50),
+        f("t/h10/big", 10, 60),
+        f("t/h11/a", 11, 10),
+        f("t/h11/b", 11, 10),  # hour 11 is open
+        f("t/h9/a", 9, 10),  # alone in its hour: nothing to merge
+        f("t/h5/a", 5, 10),
+        f("t/h5/b", 5, 10),
+    ]  # about to be dropped by retention
     groups = plan_groups(files, target_bytes=100, closed_before_hour=11, keep_from_hour=6)
     assert [[x.path for x in g] for g in groups] == [["t/h10/a", "t/h10/b"]]  # c would pass 100; big is not small
     groups = plan_groups(files, target_bytes=200, closed_before_hour=12)
-    assert [[x.path for x in g] for g in groups] == [["t/h5/a", "t/h5/b"], ["t/h10/a", "t/h10/b", "t/h10/big", "t/h10/c"],
-                                                     ["t/h11/a", "t/h11/b"]]  # 60 < 200 / 2: small now
+    assert [[x.path for x in g] for g in groups] == [
+        ["t/h5/a", "t/h5/b"],
+        ["t/h10/a", "t/h10/b", "t/h10/big", "t/h10/c"],
+        ["t/h11/a", "t/h11/b"],
+    ]  # 60 < 200 / 2: small now
 
 
 # -- compaction -----------------------------------------------------------------------
 
 
 def test_compaction_while_a_writer_commits_and_a_reader_scans_is_exact_at_every_snapshot(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     """The writer keeps committing small files into the very hour being compacted (late data
     for a closed hour: the hardest case, every compaction races a commit); a reader scans the
     current snapshot in a loop. At every snapshot the reader sees — and at every snapshot in
@@ -172,10 +194,19 @@ def test_compaction_while_a_writer_commits_and_a_reader_scans_is_exact_at_every_
     def feed() -> None:
         try:
             for e in range(10, 250):
-                put(client, "traces", "acc-1", [(convert("traces", traces_request(
-                    e, spans=SPANS, start_ns=T_HOUR + e * 1000))["traces"], [(e, SPANS)])])
+                put(
+                    client,
+                    "traces",
+                    "acc-1",
+                    [
+                        (
+                            convert("traces", traces_request(e, spans=SPANS, start_ns=T_HOUR + e * 1000))["traces"],
+                            [(e, SPANS)],
+                        )
+                    ],
+                )
                 time.sleep(0.01)
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+        except BaseException as err:
             errors.append(err)
         finally:
             done.set()
@@ -186,7 +217,7 @@ def test_compaction_while_a_writer_commits_and_a_reader_scans_is_exact_at_every_
                 table = iceberg.load(storage, "traces")
                 snapshot = table.current_snapshot()
                 seen.append(_check_snapshot(table, snapshot))
-        except BaseException as err:  # noqa: BLE001
+        except BaseException as err:
             errors.append(err)
 
     def maintain(m: Maintenance, pause: float) -> None:
@@ -194,11 +225,15 @@ def test_compaction_while_a_writer_commits_and_a_reader_scans_is_exact_at_every_
             while not done.is_set():
                 runs.extend(m.run_once(["traces"]))
                 time.sleep(pause)
-        except BaseException as err:  # noqa: BLE001
+        except BaseException as err:
             errors.append(err)
 
-    threads = [threading.Thread(target=feed), threading.Thread(target=read),
-               threading.Thread(target=maintain, args=(job, 0.2)), threading.Thread(target=maintain, args=(other, 0.3))]
+    threads = [
+        threading.Thread(target=feed),
+        threading.Thread(target=read),
+        threading.Thread(target=maintain, args=(job, 0.2)),
+        threading.Thread(target=maintain, args=(other, 0.3)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -220,14 +255,18 @@ def test_compaction_while_a_writer_commits_and_a_reader_scans_is_exact_at_every_
     assert len(_live_paths(storage)) == 1 + open_files
     conflicts = sum(m.metrics.commit_conflicts.labels("traces")._value.get() for m in (job, other))
     given_up = sum(r.compaction_given_up for r in runs)
-    print(f"\nreader checked {len(seen)} snapshots while {len(compactions)} compactions landed "
-          f"({sum(r.compacted_files for r in runs)} files); {conflicts:.0f} conflicts, {given_up} groups given up; "
-          f"{len(table.snapshots())} snapshots in history all exact")
+    print(
+        f"\nreader checked {len(seen)} snapshots while {len(compactions)} compactions landed "
+        f"({sum(r.compacted_files for r in runs)} files); {conflicts:.0f} conflicts, {given_up} groups given up; "
+        f"{len(table.snapshots())} snapshots in history all exact"
+    )
     client.close()
     assert w.stop() == 0
 
 
-def test_signaldb_maintain_compacts_keeping_the_writer_options(tmp_path: pathlib.Path, procs: list[WriterProcess]) -> None:
+def test_signaldb_maintain_compacts_keeping_the_writer_options(
+    tmp_path: pathlib.Path, procs: list[WriterProcess]
+) -> None:
     """``signaldb maintain`` compacts; the new file is ordered by service, zstd, with the trace_id
     bloom filter."""
     import pyarrow.parquet as pq
@@ -236,15 +275,20 @@ def test_signaldb_maintain_compacts_keeping_the_writer_options(tmp_path: pathlib
     w = _writer(procs, tmp_path / "w", storage, "--file-max-age-secs", "0.1").start()
     client = w.client()
     for e in range(1, 6):
-        put_request(client, "traces", traces_request(e, spans=SPANS, start_ns=T_HOUR + e,
-                                                     services=("b-svc", "a-svc")), e)
+        put_request(
+            client, "traces", traces_request(e, spans=SPANS, start_ns=T_HOUR + e, services=("b-svc", "a-svc")), e
+        )
         time.sleep(0.25)
     _settled(w)
     assert len(_live_paths(storage)) >= 2
     # As a CronJob would run it.
-    done = subprocess.run([sys.executable, "-m", "signaldb.cli", "maintain", "--storage-url", f"file://{storage}",
-                           "--table", "traces"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SIGNALDB_CATALOG_URL": ""})
+    done = subprocess.run(
+        [sys.executable, "-m", "signaldb.cli", "maintain", "--storage-url", f"file://{storage}", "--table", "traces"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SIGNALDB_CATALOG_URL": ""},
+    )
     assert done.returncode == 0, done.stderr
     [report] = json.loads(done.stdout)
     assert report["table"] == "traces" and report["compacted_files"] >= 2 and not report["errors"]
@@ -262,10 +306,12 @@ def test_signaldb_maintain_compacts_keeping_the_writer_options(tmp_path: pathlib
 
 
 def test_the_writer_runs_maintenance_in_the_background_and_stops_promptly(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     storage = tmp_path / "data"
-    w = _writer(procs, tmp_path / "w", storage, "--file-max-age-secs", "0.1",
-                env={"SIGNALDB_MAINTENANCE_INTERVAL_SECS": "0.5"}).start()
+    w = _writer(
+        procs, tmp_path / "w", storage, "--file-max-age-secs", "0.1", env={"SIGNALDB_MAINTENANCE_INTERVAL_SECS": "0.5"}
+    ).start()
     client = w.client()
     for e in range(1, 8):
         put_request(client, "traces", traces_request(e, spans=SPANS, start_ns=T_HOUR + e), e)
@@ -290,7 +336,8 @@ def test_the_writer_runs_maintenance_in_the_background_and_stops_promptly(
 
 
 def test_retention_drops_old_hours_only_and_their_folded_claims(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     storage = tmp_path / "data"
     w = _writer(procs, tmp_path / "w", storage, "--file-max-age-secs", "0.1").start()
     client = w.client()
@@ -303,8 +350,9 @@ def test_retention_drops_old_hours_only_and_their_folded_claims(
     _settled(w)
     old_partition = partition_name(T_HOUR // HOUR_NS)
     assert any(old_partition in str(p) for p in _live_paths(storage))
-    job = _maintenance(storage, SIGNALDB_RETENTION_HOURS="24", SIGNALDB_SNAPSHOT_MAX_AGE_SECS="0",
-                       SIGNALDB_ORPHAN_MIN_AGE_SECS="0")
+    job = _maintenance(
+        storage, SIGNALDB_RETENTION_HOURS="24", SIGNALDB_SNAPSHOT_MAX_AGE_SECS="0", SIGNALDB_ORPHAN_MIN_AGE_SECS="0"
+    )
     [report] = job.run_once()
     assert not report.errors and report.retention_files >= 1
     table = iceberg.load(storage, "traces")
@@ -323,7 +371,8 @@ def test_retention_drops_old_hours_only_and_their_folded_claims(
 
 
 def test_expiry_keeps_claims_so_a_resend_to_another_writer_is_still_dropped(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     storage = tmp_path / "data"
     a = _writer(procs, tmp_path / "a", storage, "--file-max-age-secs", "0.1").start()
     client = a.client()
@@ -338,8 +387,11 @@ def test_expiry_keeps_claims_so_a_resend_to_another_writer_is_still_dropped(
     assert not report.errors and report.expired_snapshots >= before - 1
     table = iceberg.load(storage, "traces")
     # No snapshot left carries the claims of entries 1..5: only the property does.
-    assert not any("signaldb.claims" in s.summary.additional_properties and
-                   "acc-1" in s.summary.additional_properties["signaldb.claims"] for s in table.snapshots())
+    assert not any(
+        "signaldb.claims" in s.summary.additional_properties
+        and "acc-1" in s.summary.additional_properties["signaldb.claims"]
+        for s in table.snapshots()
+    )
     claims = Claims()
     claims.add_json(decode_folded(table.properties[FOLDED_PROPERTY]))
     assert all(claims.holds(partition_name(T_HOUR // HOUR_NS), "acc-1", e) for e in range(1, 6))
@@ -359,8 +411,7 @@ def test_expiry_keeps_claims_so_a_resend_to_another_writer_is_still_dropped(
 # -- orphans ------------------------------------------------------------------------------
 
 
-def test_orphan_cleanup_deletes_old_unreferenced_files_only(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+def test_orphan_cleanup_deletes_old_unreferenced_files_only(procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
     storage = tmp_path / "data"
     w = _writer(procs, tmp_path / "w", storage, "--file-max-age-secs", "0.1").start()
     client = w.client()
@@ -415,8 +466,10 @@ def test_compaction_throughput(tmp_path: pathlib.Path) -> None:
     tables, store = Tables(cfg.catalog, cfg.storage_url), open_store(cfg.storage_url)
     uris, size = [], 0
     for i in range(files):
-        batch = convert("traces", traces_request(i, spans=spans, start_ns=T_HOUR + i, spacing_ns=1000,
-                                                 services=("checkout", "api", "db")))["traces"]
+        batch = convert(
+            "traces",
+            traces_request(i, spans=spans, start_ns=T_HOUR + i, spacing_ns=1000, services=("checkout", "api", "db")),
+        )["traces"]
         data, _ = parquet.build("traces", [batch], storage_types=True)
         path = f"traces/{partition_name(T_HOUR // HOUR_NS)}/w-{i}.parquet"
         store.put(path, data)
@@ -438,10 +491,12 @@ def test_compaction_throughput(tmp_path: pathlib.Path) -> None:
     arrow_bytes = tables.load("traces").scan().to_arrow().nbytes
     assert report.compacted_files == files and report.compacted_rows == files * spans
     assert len(tables.load("traces").scan().to_arrow()) == files * spans
-    print(f"\ncompaction: {files} files, {files * spans} rows, {size / 1e6:.1f} MB in -> "
-          f"{report.compacted_bytes_out / 1e6:.1f} MB out: {report.secs['compaction']:.2f} s "
-          f"({files * spans / report.secs['compaction']:,.0f} rows/s); whole run {secs:.2f} s; "
-          f"rows in Arrow {arrow_bytes / 1e6:.0f} MB, Arrow pool peak {peak / 1e6:.0f} MB")
+    print(
+        f"\ncompaction: {files} files, {files * spans} rows, {size / 1e6:.1f} MB in -> "
+        f"{report.compacted_bytes_out / 1e6:.1f} MB out: {report.secs['compaction']:.2f} s "
+        f"({files * spans / report.secs['compaction']:,.0f} rows/s); whole run {secs:.2f} s; "
+        f"rows in Arrow {arrow_bytes / 1e6:.0f} MB, Arrow pool peak {peak / 1e6:.0f} MB"
+    )
 
 
 # -- the stores' listing and deletion (orphan cleanup) on S3 -------------------------------
@@ -463,8 +518,11 @@ def test_s3_store_lists_and_deletes_objects_for_orphan_cleanup(weed) -> None:
         store.put("traces/metadata/v1.metadata.json", b"{}")
         store.put("traces_other/x.parquet", b"x")  # another prefix sharing the name's start
         found = {o.path: o for o in store.list("traces/")}
-        assert set(found) == {"traces/date=2026-11-24/hour=02/a.parquet", "traces/date=2026-11-24/hour=02/.b.parquet.tmp",
-                              "traces/metadata/v1.metadata.json"}
+        assert set(found) == {
+            "traces/date=2026-11-24/hour=02/a.parquet",
+            "traces/date=2026-11-24/hour=02/.b.parquet.tmp",
+            "traces/metadata/v1.metadata.json",
+        }
         a = found["traces/date=2026-11-24/hour=02/a.parquet"]
         assert a.size == 10 and before <= a.modified <= time.time() + 5
         store.delete(a.path)

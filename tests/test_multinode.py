@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import scaled
 from helpers.acceptor_proc import AcceptorProcess
 from helpers.load import ThreadedLoad
 from helpers.net import free_port, wait_until
@@ -26,26 +28,36 @@ from helpers.seaweed import BUCKET, S3_ENV
 from test_acceptor_bad_input import post
 from test_hostile_requests import spans_request
 
-from conftest import scaled
-
 
 class Cluster:
     """``writers`` writers and ``acceptors`` acceptors on fixed ports, one storage URL."""
 
-    def __init__(self, root: Path, writers: int = 3, acceptors: int = 2, storage_url: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        writers: int = 3,
+        acceptors: int = 2,
+        storage_url: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.storage_dir = root / "parquet"
         self.storage_url = storage_url or f"file://{self.storage_dir}"
         base = {"SIGNALDB_STORAGE_URL": self.storage_url, "WRITER_FILE_MAX_AGE_SECS": "0.3", **(env or {})}
         self.flight_ports = [free_port() for _ in range(writers)]
         endpoints = ",".join(f"grpc://127.0.0.1:{p}" for p in self.flight_ports)
-        self.writers = [WriterProcess(workdir=self._dir(f"w{i}"), env={
-            **base, "WRITER_FLIGHT_ADDR": f"127.0.0.1:{port}"}) for i, port in enumerate(self.flight_ports)]
+        self.writers = [
+            WriterProcess(workdir=self._dir(f"w{i}"), env={**base, "WRITER_FLIGHT_ADDR": f"127.0.0.1:{port}"})
+            for i, port in enumerate(self.flight_ports)
+        ]
         self.http_ports = [free_port() for _ in range(acceptors)]
-        self.acceptors = [AcceptorProcess(workdir=self._dir(f"a{i}"), env={
-            **base, "ACCEPTOR_WRITER_ENDPOINTS": endpoints, "ACCEPTOR_HTTP_ADDR": f"127.0.0.1:{port}"})
-            for i, port in enumerate(self.http_ports)]
+        self.acceptors = [
+            AcceptorProcess(
+                workdir=self._dir(f"a{i}"),
+                env={**base, "ACCEPTOR_WRITER_ENDPOINTS": endpoints, "ACCEPTOR_HTTP_ADDR": f"127.0.0.1:{port}"},
+            )
+            for i, port in enumerate(self.http_ports)
+        ]
 
     def _dir(self, name: str) -> Path:
         d = self.root / name
@@ -175,8 +187,9 @@ class Clients(ThreadedLoad):
             prefix, i = f"{self.tag}a{a}t{n}r{i}", i + 1
             now = time.time_ns()
             try:
-                status, _, _ = post(target, "/v1/traces", spans_request(prefix, [(now, now + 5)] * self.spans,
-                                                                       trace=a * 100 + n + 1))
+                status, _, _ = post(
+                    target, "/v1/traces", spans_request(prefix, [(now, now + 5)] * self.spans, trace=a * 100 + n + 1)
+                )
             except OSError:  # the acceptor is down for a moment
                 status = 0
             if status == 200:
@@ -231,8 +244,9 @@ def exercise(cluster: Cluster, cycles: int, list_objects) -> tuple[Clients, Obje
     return clients, watcher
 
 
-def assert_every_ack_once_and_nothing_overwritten(cluster: Cluster, clients: Clients,
-                                                  watcher: ObjectWatcher, view: Pipeline) -> None:
+def assert_every_ack_once_and_nothing_overwritten(
+    cluster: Cluster, clients: Clients, watcher: ObjectWatcher, view: Pipeline
+) -> None:
     wait_until(cluster.drained, timeout=120, what="cluster drained")
     got = view.counts_once_present(clients.acked)
     missing = clients.acked - set(got)
@@ -252,8 +266,10 @@ def test_three_writers_two_acceptors_one_directory_killed_and_replaced_under_loa
 
 def test_three_writers_two_acceptors_one_s3_bucket_killed_and_replaced_under_load(cluster_factory, weed, request):
     prefix = f"multinode/{request.node.name}"
-    cluster = cluster_factory(storage_url=f"s3://{BUCKET}/{prefix}",
-                              env={**S3_ENV, "AWS_ENDPOINT_URL": weed.endpoint, "WRITER_SHUTDOWN_TIMEOUT_SECS": "10"})
+    cluster = cluster_factory(
+        storage_url=f"s3://{BUCKET}/{prefix}",
+        env={**S3_ENV, "AWS_ENDPOINT_URL": weed.endpoint, "WRITER_SHUTDOWN_TIMEOUT_SECS": "10"},
+    )
     clients, watcher = exercise(cluster, 1, s3_objects(weed, prefix))
     wait_until(cluster.drained, timeout=120, what="cluster drained")
     weed.download(prefix, cluster.storage_dir)
@@ -277,16 +293,20 @@ def test_adding_and_removing_writers_as_the_docs_say_loses_and_duplicates_nothin
     with ObjectWatcher(local_objects(cluster.storage_dir)) as watcher, Clients(cluster) as clients:
         wait_until(lambda: len(clients.acked) > 200, timeout=30, what="load flowing")
         set_writers(cluster, [0, 1, 2])  # add writer 2
-        wait_until(lambda: cluster.writers[2].health()["writer"]["unprocessed_entries"] > 0
-                   or cluster.writers[2].metric("signaldb_writer_batches_received_total") > 0,
-                   timeout=30, what="the new writer receiving")
+        wait_until(
+            lambda: (
+                cluster.writers[2].health()["writer"]["unprocessed_entries"] > 0
+                or cluster.writers[2].metric("signaldb_writer_batches_received_total") > 0
+            ),
+            timeout=30,
+            what="the new writer receiving",
+        )
         set_writers(cluster, [1, 2])  # remove writer 0: off the lists first ...
         removed = cluster.writers[0]
         wait_until(lambda: removed.health()["drained"], timeout=60, what="writer 0 drained")  # ... then drained
         assert removed.stop() == 0
         time.sleep(1.0)
-    assert_every_ack_once_and_nothing_overwritten(
-        _without(cluster, removed), clients, watcher, cluster.view())
+    assert_every_ack_once_and_nothing_overwritten(_without(cluster, removed), clients, watcher, cluster.view())
 
 
 def _without(cluster: Cluster, gone: AcceptorProcess) -> Cluster:

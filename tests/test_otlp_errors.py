@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from test_otlp_logs import sdk_request as logs_request
-from test_otlp_traces import handmade_request
 
 from signaldb import otlp
+from test_otlp_logs import sdk_request as logs_request
+from test_otlp_traces import handmade_request
 
 GOOD = handmade_request().SerializeToString()
 
@@ -60,7 +60,7 @@ def span_request(**fields: object) -> bytes:
     ],
 )
 def test_errors_name_the_field(body: bytes, message: str) -> None:
-    with pytest.raises(otlp.OtlpDecodeError, match="^invalid ExportTraceServiceRequest: ") as e:
+    with pytest.raises(otlp.OtlpDecodeError, match=r"^invalid ExportTraceServiceRequest: ") as e:
         otlp.convert("traces", body)
     assert message in str(e.value)
     assert isinstance(e.value, ValueError)

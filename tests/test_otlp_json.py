@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
+
+from signaldb import otlp
 from test_otlp_logs import sdk_request as logs_request
 from test_otlp_metrics import sdk_request as metrics_request
 from test_otlp_reference import REQUESTS, assert_batches_equal
 from test_otlp_traces import handmade_request
 from test_otlp_traces import sdk_request as traces_request
-
-from signaldb import otlp
 
 ID_KEYS = {"traceId", "spanId", "parentSpanId"}
 

@@ -24,9 +24,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from test_otlp_reference import check_against_reference, plain_rows
 
 from signaldb import otlp
+from test_otlp_reference import check_against_reference, plain_rows
 
 
 def sdk_request() -> bytes:

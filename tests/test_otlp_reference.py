@@ -51,7 +51,9 @@ def any_json(av: AnyValue) -> str:
     if kind == "kvlist_value":
         return (
             "{"
-            + ",".join(json.dumps(kv.key, ensure_ascii=False) + ":" + any_json(kv.value) for kv in av.kvlist_value.values)
+            + ",".join(
+                json.dumps(kv.key, ensure_ascii=False) + ":" + any_json(kv.value) for kv in av.kvlist_value.values
+            )
             + "}"
         )
     return "null"
@@ -188,9 +190,21 @@ METRIC_TABLES = {
     ),
     "exponential_histogram": (
         "metrics_exponential_histogram",
-        ("count", "sum", "scale", "zero_count", "zero_threshold", "positive_offset", "positive_bucket_counts",
-         "negative_offset", "negative_bucket_counts", "min", "max", "aggregation_temporality"),
-    ),  # fmt: skip
+        (
+            "count",
+            "sum",
+            "scale",
+            "zero_count",
+            "zero_threshold",
+            "positive_offset",
+            "positive_bucket_counts",
+            "negative_offset",
+            "negative_bucket_counts",
+            "min",
+            "max",
+            "aggregation_temporality",
+        ),
+    ),
     "summary": ("metrics_summary", ("count", "sum", "quantile_values")),
 }
 
@@ -278,7 +292,9 @@ def to_batch(cols: dict[str, list[Any]], schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([pa.array(cols[f.name], type=f.type) for f in schema], schema=schema)
 
 
-def reference_tables(kind: str, body: bytes, schemas: dict[str, pa.Schema]) -> tuple[dict[str, pa.RecordBatch], dict[str, int]]:
+def reference_tables(
+    kind: str, body: bytes, schemas: dict[str, pa.Schema]
+) -> tuple[dict[str, pa.RecordBatch], dict[str, int]]:
     """The whole pure-Python conversion: upb parse, Python loops, pyarrow arrays."""
     req = REQUESTS[kind].FromString(body)
     if kind == "traces":

@@ -15,12 +15,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, StatusCode
-from test_otlp_reference import check_against_reference, plain_rows
 
 from signaldb import otlp
+from test_otlp_reference import check_against_reference, plain_rows
 
 EVERY_ATTRIBUTE_TYPE = {
-    "str": "text ünïcode \"quoted\"\n",
+    "str": 'text ünïcode "quoted"\n',
     "empty": "",
     "bool": True,
     "int": -42,
@@ -99,7 +99,7 @@ def every_any_value() -> list[KeyValue]:
         kv("neg0", double_value=-0.0),
         kv("hard", double_value=-3.713417603521818e187),  # needs exact float parsing in JSON
         kv("bytes", bytes_value=b"\x00\x01\xfe\xff"),
-        kv("arr", array_value=ArrayValue(values=[AnyValue(string_value="q\""), AnyValue(int_value=7)])),
+        kv("arr", array_value=ArrayValue(values=[AnyValue(string_value='q"'), AnyValue(int_value=7)])),
         kv("kv", kvlist_value=nested),
         KeyValue(key="unset"),
         kv("dup", string_value="first"),

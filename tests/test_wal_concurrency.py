@@ -42,10 +42,10 @@ def _run_threads(wal: Wal, n_threads: int, per_thread: int, results: dict, error
                 if s % 10 == 9:
                     seqs = [s * 1000 + j for j in range(3)]
                     ids = wal.append_batch([_payload(who, q) for q in seqs], kind=_kind(who, s))
-                    got.extend((q, i, _kind(who, s)) for q, i in zip(seqs, ids))
+                    got.extend((q, i, _kind(who, s)) for q, i in zip(seqs, ids, strict=True))
                 else:
                     got.append((s, wal.append(_payload(who, s), kind=_kind(who, s)), _kind(who, s)))
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
         results[who] = got
 
@@ -160,7 +160,7 @@ def test_max_buffer_entries_caps_a_group_commit(wal_dir):
             barrier.wait(timeout=30)
             for s in range(per):
                 ids.append(w.append(b"cap %d %d" % (t, s)))
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     try:
@@ -189,7 +189,7 @@ def test_two_event_loops_in_two_threads(wal_dir):
     def loop_thread(prefix: str) -> None:
         try:
             asyncio.run(asyncio.wait_for(_run_tasks(w, 50, 10, results, prefix=prefix), timeout=60))
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     try:
@@ -295,6 +295,7 @@ def test_append_async_of_a_large_payload_does_not_stall_the_loop(wal_dir):
     w = Wal(wal_dir, max_segment_size=1 << 20)
     big = tagged_payload("huge", 64 << 20)
     try:
+
         async def one() -> None:
             await w.append_async(big, kind="traces")
 
@@ -326,6 +327,7 @@ def test_sync_appends_in_threads_do_not_block_the_event_loop(wal_dir):
     w = Wal(wal_dir, max_segment_size=1 << 20)
     big = tagged_payload("tb", 64 << 20)  # made here: generating it holds the GIL
     try:
+
         async def work() -> None:
             threads = _run_threads(w, 4, 100, results, errors)
 
@@ -333,12 +335,13 @@ def test_sync_appends_in_threads_do_not_block_the_event_loop(wal_dir):
                 try:
                     for _ in range(3):
                         w.append(big)
-                except BaseException as e:  # noqa: BLE001
+                except BaseException as e:
                     errors.append(e)
 
             w_big = threading.Thread(target=big_writer)
             w_big.start()
-            while any(t.is_alive() for t in threads) or w_big.is_alive():
+            # Polled: threads cannot set an asyncio.Event, and these sleeps are the ticks measured.
+            while any(t.is_alive() for t in threads) or w_big.is_alive():  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             w_big.join()
 
@@ -363,7 +366,8 @@ def test_close_from_another_thread_wakes_pending_append_async(tmp_path):
         started = threading.Event()
         outcome: dict = {}
 
-        async def main() -> None:
+        # This round's WAL, event and outcome, bound now (the closures run in another thread).
+        async def main(w: Wal = w, started: threading.Event = started) -> None:
             async def appender(k: int) -> None:
                 while True:
                     try:
@@ -374,11 +378,11 @@ def test_close_from_another_thread_wakes_pending_append_async(tmp_path):
 
             await asyncio.gather(*(appender(k) for k in range(50)))
 
-        def loop_thread() -> None:
+        def loop_thread(outcome: dict = outcome) -> None:
             try:
                 asyncio.run(asyncio.wait_for(main(), timeout=5))  # the timer also wakes a stuck loop
                 outcome["ok"] = True
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 outcome["error"] = repr(e)
 
         t = threading.Thread(target=loop_thread, daemon=True)
@@ -397,6 +401,7 @@ def test_close_from_another_thread_wakes_pending_append_async(tmp_path):
 def test_cancelled_append_async_leaves_the_wal_usable(wal_dir):
     w = Wal(wal_dir)
     try:
+
         async def main() -> list[int]:
             tasks = [asyncio.create_task(w.append_async(b"c%d" % i)) for i in range(50)]
             await asyncio.sleep(0)

@@ -128,17 +128,27 @@ def _check_copy(
     """
     problems.cases += 1
     try:
-        _check_copy_inner(base, case, label, problems, may_lose, corrupt_if_lost, require_zero_corrupt, require_torn,
-                          clean_after_repair)
-    except Exception as e:  # noqa: BLE001
+        _check_copy_inner(
+            base,
+            case,
+            label,
+            problems,
+            may_lose,
+            corrupt_if_lost,
+            require_zero_corrupt,
+            require_torn,
+            clean_after_repair,
+        )
+    except Exception as e:
         problems.add("unexpected exception", f"{label}: {type(e).__name__}: {e}")
 
 
-def _check_copy_inner(base, case, label, problems, may_lose, corrupt_if_lost, require_zero_corrupt, require_torn,
-                      clean_after_repair):
+def _check_copy_inner(
+    base, case, label, problems, may_lose, corrupt_if_lost, require_zero_corrupt, require_torn, clean_after_repair
+):
     try:
         w = Wal(case, **OPTS)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         problems.add("open raised", f"{label}: {type(e).__name__}: {e}")
         return
     try:
@@ -163,7 +173,7 @@ def _check_copy_inner(base, case, label, problems, may_lose, corrupt_if_lost, re
             problems.add("torn tail not counted", f"{label}: torn_tails_truncated={st['torn_tails_truncated']}")
         try:
             new = w.append(b"after damage", kind="metrics")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             problems.add("append after recovery raised", f"{label}: {type(e).__name__}: {e}")
             return
         if new <= base.max_id:
@@ -175,10 +185,10 @@ def _check_copy_inner(base, case, label, problems, may_lose, corrupt_if_lost, re
             with Wal(case, **OPTS) as w2:
                 again = [(e.id, e.kind, e.payload) for e in w2.unprocessed()]
                 st2 = w2.stats()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             problems.add("reopen after recovery raised", f"{label} (reopen {attempt}): {type(e).__name__}: {e}")
             return
-        if again != got + [(new, "metrics", b"after damage")]:
+        if again != [*got, (new, "metrics", b"after damage")]:
             problems.add(
                 "entries changed on reopen",
                 f"{label} (reopen {attempt}): before {[g[0] for g in got]}+{new}, after {[a[0] for a in again]}",
@@ -220,7 +230,7 @@ def _flip_cases(base: Base, payload_stride: int):
         tail = list(range(seg.data_end, min(len(buf), seg.data_end + RECORD_HEADER_LEN + 2)))
         if len(buf) > seg.data_end:
             rng = random.Random(name)
-            tail += rng.sample(range(seg.data_end, len(buf)), min(12, len(buf) - seg.data_end)) + [len(buf) - 1]
+            tail += [*rng.sample(range(seg.data_end, len(buf)), min(12, len(buf) - seg.data_end)), len(buf) - 1]
         for off in sorted(set(tail)):
             yield rel, off, set(), True, "zero fill", si == last
     meta = (base.path / "metadata.json").read_bytes()
@@ -241,8 +251,15 @@ def test_every_flipped_byte(base, tmp_path):
             target.write_bytes(bytes(data))
             # metadata.json may lose the processed mark (the entry is replayed, at-least-once):
             # the processed entry may come back, but must come back intact (checked via base.entries).
-            _check_copy(base, case, f"{rel}@{off}^{mask:#04x} ({cat})", problems, may_lose, corrupt_if_lost,
-                        clean_after_repair=is_tail)
+            _check_copy(
+                base,
+                case,
+                f"{rel}@{off}^{mask:#04x} ({cat})",
+                problems,
+                may_lose,
+                corrupt_if_lost,
+                clean_after_repair=is_tail,
+            )
             counts[cat] = counts.get(cat, 0) + 1
             shutil.rmtree(case)
     assert counts.get("record", 0) > 300 and counts.get("metadata", 0) > 50, counts
@@ -358,7 +375,7 @@ def test_garbage_segment_in_the_middle(tmp_path, caplog):
     assert _corruption_logged(caplog)
     assert new > max(entries)
     with Wal(path, **OPTS) as w:
-        assert [e.id for e in w.unprocessed()] == sorted(got) + [new]
+        assert [e.id for e in w.unprocessed()] == [*sorted(got), new]
 
 
 @pytest.mark.parametrize("damage", ["deleted", "empty", "garbage", "truncated", "wrong checksum"])

@@ -141,7 +141,9 @@ def run_crash_cycles(wal_dir: pathlib.Path, cycles: int, mode: str, seed: int, m
                 f"e.g. {missing[:10]}; this cycle acked {len(acks)}"
             )
             wrong = sorted(i for i in known if got[i] != known[i])
-            assert not wrong, f"cycle {cycle}: {len(wrong)} entries came back with a different payload/kind: {wrong[:10]}"
+            assert not wrong, (
+                f"cycle {cycle}: {len(wrong)} entries came back with a different payload/kind: {wrong[:10]}"
+            )
             back = sorted(i for i in got if i in processed)
             assert not back, f"cycle {cycle}: entries processed before a clean close came back: {back[:10]}"
             for eid in sorted(set(got) - set(known)):

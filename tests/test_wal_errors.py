@@ -38,9 +38,13 @@ def test_the_tree() -> None:
         assert cls.__doc__, f"{cls.__name__} has no docstring"
     assert issubclass(WalIoError, OSError)
     assert not issubclass(WalFullError, OSError) and not issubclass(WalPoisonedError, OSError)
-    for cls, base in ((WalFileNotFoundError, FileNotFoundError), (WalPermissionError, PermissionError),
-                      (WalFileExistsError, FileExistsError), (WalNotADirectoryError, NotADirectoryError),
-                      (WalIsADirectoryError, IsADirectoryError)):
+    for cls, base in (
+        (WalFileNotFoundError, FileNotFoundError),
+        (WalPermissionError, PermissionError),
+        (WalFileExistsError, FileExistsError),
+        (WalNotADirectoryError, NotADirectoryError),
+        (WalIsADirectoryError, IsADirectoryError),
+    ):
         assert issubclass(cls, WalIoError) and issubclass(cls, base), cls
     assert set(wal_mod.__all__) >= {"WalPoisonedError", "WalClosedError", "WalIoError", "WalStats"}
 
@@ -69,8 +73,14 @@ def test_a_second_handle_gets_walinuseerror(tmp_path) -> None:
 def test_a_closed_wal_raises_walclosederror_for_every_call(tmp_path) -> None:
     w = Wal(tmp_path / "w")
     w.close()
-    for call in (lambda: w.append(b"x"), lambda: w.append_batch([b"x"]), w.flush, w.checkpoint,
-                 lambda: w.mark_processed(1), lambda: asyncio.run(w.append_async(b"x"))):
+    for call in (
+        lambda: w.append(b"x"),
+        lambda: w.append_batch([b"x"]),
+        w.flush,
+        w.checkpoint,
+        lambda: w.mark_processed(1),
+        lambda: asyncio.run(w.append_async(b"x")),
+    ):
         with pytest.raises(WalClosedError):
             call()
 
@@ -84,7 +94,7 @@ def test_waiters_pending_at_close_get_walclosederror_or_their_id(tmp_path) -> No
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(main())
-    assert all(isinstance(r, int) or isinstance(r, WalClosedError) for r in results), results
+    assert all(isinstance(r, (int, WalClosedError)) for r in results), results
 
 
 def test_stats_is_typed_and_reads_like_the_dict_it_was(tmp_path) -> None:

@@ -56,7 +56,7 @@ class WalMachine(RuleBasedStateMachine):
         assert len(ids) == len(batch)
         if ids:
             assert ids == list(range(ids[0], ids[0] + len(ids))), ids
-        for eid, p in zip(ids, batch):
+        for eid, p in zip(ids, batch, strict=True):
             self._record(eid, kind, p)
         return multiple(*ids)
 
@@ -68,7 +68,7 @@ class WalMachine(RuleBasedStateMachine):
         ids = asyncio.run(asyncio.wait_for(go(), timeout=30))
         assert len(set(ids)) == len(ids)
         # Concurrent appends may be ordered either way; record them in id order.
-        for eid, p in sorted(zip(ids, batch)):
+        for eid, p in sorted(zip(ids, batch, strict=True)):
             self._record(eid, kind, p)
         return multiple(*ids)
 
@@ -158,6 +158,4 @@ class _StressMachine(WalMachine):
 
 
 TestWalStatefulStress = pytest.mark.timeout(3600)(pytest.mark.stress(_StressMachine.TestCase))
-TestWalStatefulStress.settings = settings(
-    max_examples=500 if STRESS else 100, stateful_step_count=80, **_common
-)
+TestWalStatefulStress.settings = settings(max_examples=500 if STRESS else 100, stateful_step_count=80, **_common)

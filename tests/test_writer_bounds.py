@@ -17,10 +17,11 @@ import time
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+
 from helpers.net import http_get
 from helpers.procstat import memory
-from test_writer_process import wait_settled
 from helpers.writer import HOUR_NS, T0, WriterProcess, convert, duckdb_rows, parquet_files, put, traces_request
+from test_writer_process import wait_settled
 
 MIB = 1 << 20
 BASE_SPANS = 4000  # ~0.9 MB of Arrow per entry
@@ -54,8 +55,9 @@ def entry_batch(base: pa.RecordBatch, entry: int, hours: int, spread: int) -> pa
     start = pa.array([T0 + o for o in offsets], pa.int64())
     ts_type = base.schema.field("start_time").type
     batch = base.set_column(base.schema.get_field_index("trace_id"), base.schema.field("trace_id"), trace_ids)
-    batch = batch.set_column(batch.schema.get_field_index("start_time"), batch.schema.field("start_time"),
-                             start.cast(ts_type))
+    batch = batch.set_column(
+        batch.schema.get_field_index("start_time"), batch.schema.field("start_time"), start.cast(ts_type)
+    )
     end = pa.array([T0 + o + 500 for o in offsets], pa.int64()).cast(ts_type)
     return batch.set_column(batch.schema.get_field_index("end_time"), batch.schema.field("end_time"), end)
 
@@ -116,12 +118,12 @@ class Sampler(threading.Thread):
 
 
 def test_many_partitions_stay_under_the_memory_bound_and_land_once(
-        procs: list[WriterProcess], tmp_path: pathlib.Path, base: pa.RecordBatch) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path, base: pa.RecordBatch
+) -> None:
     """16 MiB bound, an hour-long file age, ~200 MB of Arrow over 48 hour partitions (each
     entry in 6 of them): files are written early, buffered bytes and RSS stay bounded."""
     limit, entries = 16 * MIB, 240
-    w = WriterProcess(tmp_path, args=["--file-max-age-secs", "3600"],
-                      env={"WRITER_MAX_BUFFERED_BYTES": str(limit)})
+    w = WriterProcess(tmp_path, args=["--file-max-age-secs", "3600"], env={"WRITER_MAX_BUFFERED_BYTES": str(limit)})
     procs.append(w)
     w.start()
     batches = {e: entry_batch(base, e, hours=48, spread=6) for e in range(1, entries + 1)}
@@ -139,9 +141,11 @@ def test_many_partitions_stay_under_the_memory_bound_and_land_once(
     sender.close()
     written_early = parquet_files(tmp_path / "data", "traces")
     growth = peak - baseline
-    print(f"limit {limit / MIB:.0f} MiB: sent {sent_bytes / MIB:.0f} MiB of Arrow; RSS peak grew "
-          f"{growth / MIB:.0f} MiB over {baseline / MIB:.0f} MiB; buffered max {sampler.max_buffered / MIB:.1f} MiB; "
-          f"refusals {sender.refusals}; files before stop {len(written_early)}")
+    print(
+        f"limit {limit / MIB:.0f} MiB: sent {sent_bytes / MIB:.0f} MiB of Arrow; RSS peak grew "
+        f"{growth / MIB:.0f} MiB over {baseline / MIB:.0f} MiB; buffered max {sampler.max_buffered / MIB:.1f} MiB; "
+        f"refusals {sender.refusals}; files before stop {len(written_early)}"
+    )
     assert metric(w, "signaldb_writer_buffered_bytes_limit") == limit
     assert metric(w, "signaldb_writer_early_files_total") > 0
     assert len(written_early) > 48, "files should be written early, long before their hour-long age"
@@ -180,10 +184,10 @@ def unblock_store(root: pathlib.Path, away: pathlib.Path) -> None:
 
 
 def test_store_down_pushes_back_at_the_bound_and_everything_lands_once_after(
-        procs: list[WriterProcess], tmp_path: pathlib.Path, base: pa.RecordBatch) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path, base: pa.RecordBatch
+) -> None:
     limit = 4 * MIB
-    w = WriterProcess(tmp_path, args=["--file-max-age-secs", "0.05"],
-                      env={"WRITER_MAX_BUFFERED_BYTES": str(limit)})
+    w = WriterProcess(tmp_path, args=["--file-max-age-secs", "0.05"], env={"WRITER_MAX_BUFFERED_BYTES": str(limit)})
     procs.append(w)
     w.start()
     root = tmp_path / "data"
@@ -225,9 +229,11 @@ def test_store_down_pushes_back_at_the_bound_and_everything_lands_once_after(
     sampler.stop()
     sender.close()
     wait_settled(w, timeout=60)
-    print(f"acked {acked_while_down} of {len(batches)} entries while the store was down; "
-          f"{sender.refusals} refusals; buffered max {sampler.max_buffered / MIB:.1f} MiB "
-          f"(limit {limit / MIB:.0f}); RSS {rss_down / MIB:.0f} MiB down, max {sampler.max_rss / MIB:.0f} MiB")
+    print(
+        f"acked {acked_while_down} of {len(batches)} entries while the store was down; "
+        f"{sender.refusals} refusals; buffered max {sampler.max_buffered / MIB:.1f} MiB "
+        f"(limit {limit / MIB:.0f}); RSS {rss_down / MIB:.0f} MiB down, max {sampler.max_rss / MIB:.0f} MiB"
+    )
     assert sampler.max_buffered <= limit + base.nbytes * 2
     assert w.stop() == 0
     assert_exactly_once(root, list(batches), BASE_SPANS)
@@ -268,13 +274,17 @@ def traces_rows(root: pathlib.Path) -> list[tuple]:
 
 
 def expected_rows(batches: dict[int, pa.RecordBatch]) -> list[tuple]:
-    return sorted((t, s) for b in batches.values()
-                  for t, s in zip(b.column("trace_id").to_pylist(), b.column("span_id").to_pylist(), strict=True))
+    return sorted(
+        (t, s)
+        for b in batches.values()
+        for t, s in zip(b.column("trace_id").to_pylist(), b.column("span_id").to_pylist(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("crash", [False, True], ids=["restart", "crash_after_dead_letter"])
 def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
-        procs: list[WriterProcess], tmp_path: pathlib.Path, crash: bool) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path, crash: bool
+) -> None:
     """Entry 4 has good rows in hour 0 and a bad row in hour 1; entry 5 shares hour 1's
     file. After 3 failed builds the file is split by entry: entry 5 is written, entry 4
     goes to dead-letter (its hour-0 rows stay in Parquet, as its .json says). Meanwhile
@@ -293,8 +303,8 @@ def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
     # The writer now refuses such a batch at its door (writer/validate.py). What still reaches
     # the Parquet build is an entry already in its WAL (taken by an older version): so the
     # entries are in the WAL before the start. 4 and 5 share hour 1's buffer on replay.
-    from signaldb.writer import payload
     from signaldb.wal import Wal
+    from signaldb.writer import payload
 
     with Wal(tmp_path / "wal") as wal:
         for e, batch in [(1, good[1]), (2, good[2]), (3, good[3]), (4, entry4), (5, good[5])]:
@@ -319,20 +329,23 @@ def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
     msgs = log_msgs(w) if not crash else first_run + log_msgs(w)
     order = [m["msg"] for m in msgs]
     gave_up = order.index("Parquet file could not be built; its entries moved to dead-letter")
-    written_6 = [i for i, m in enumerate(msgs) if m["msg"] == "file written" and "/date=2026-11-24/hour=03/" in m["path"]]
+    written_6 = [
+        i for i, m in enumerate(msgs) if m["msg"] == "file written" and "/date=2026-11-24/hour=03/" in m["path"]
+    ]
     assert written_6 and written_6[0] < gave_up, "hour 2's file waited behind the failing one"
     assert "building a Parquet file failed repeatedly; trying its entries one by one" in order
     [dead] = [m for m in msgs if m["msg"] == "Parquet file could not be built; its entries moved to dead-letter"][-1:]
     assert dead["level"] == "error" and dead["attempts"] == 3 and len(dead["wal_ids"]) == 1
 
     dl = tmp_path / "wal" / "dead-letter"
-    assert sorted(p.name for p in dl.iterdir()) == [f"{dead['wal_ids'][0]}.entry", f"{dead['wal_ids'][0]}.json"]
-    record = json.loads((dl / f"{dead['wal_ids'][0]}.json").read_text())
+    stem = f"{dead['wal_ids'][0]:020d}.traces"  # signaldb.service.dead_letters
+    assert sorted(p.name for p in dl.iterdir()) == [f"{stem}.entry", f"{stem}.json"]
+    record = json.loads((dl / f"{stem}.json").read_text())
     assert record["acceptor_entry_ids"] == [4] and record["acceptor_id"] == "acc-1"
     assert record["partitions_dead_lettered"] == ["date=2026-11-24/hour=02"]
     assert record["partitions_in_parquet"] == ["date=2026-11-24/hour=01"]
     assert "non-nullable but contains nulls" in record["reason"]
-    saved = payload.decode((dl / f"{dead['wal_ids'][0]}.entry").read_bytes())
+    saved = payload.decode((dl / f"{stem}.entry").read_bytes())
     assert saved.entries == ((4, entry4.num_rows),) and saved.batch.equals(entry4)
     # Parquet: every good row once, and entry 4's hour-0 rows (documented: also in its payload).
     assert traces_rows(root) == expected_rows({**good, 4: bad_hour0})
@@ -354,4 +367,4 @@ def test_a_file_that_cannot_be_built_dead_letters_only_its_entry(
     assert not [m for m in log_msgs(w) if "Parquet file" in m["msg"] and m["level"] != "debug"]
     assert w.stop() == 0
     assert traces_rows(root) == expected_rows({**good, 4: bad_hour0})
-    assert sorted(p.name for p in dl.iterdir()) == [f"{dead['wal_ids'][0]}.entry", f"{dead['wal_ids'][0]}.json"]
+    assert sorted(p.name for p in dl.iterdir()) == [f"{stem}.entry", f"{stem}.json"]

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+
 from helpers.writer import (
     HOUR_NS,
     T0,
@@ -45,10 +46,21 @@ class InProcessWriter:
     def __init__(self, tmp: pathlib.Path, *flags: str) -> None:
         parser = argparse.ArgumentParser()
         config.add_flags(parser, "writer")
-        args = parser.parse_args([
-            "--catalog-url", "none",
-            "--wal-dir", str(tmp / "wal"), "--storage-url", f"file://{tmp / 'data'}",
-            "--flight-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", *flags])
+        args = parser.parse_args(
+            [
+                "--catalog-url",
+                "none",
+                "--wal-dir",
+                str(tmp / "wal"),
+                "--storage-url",
+                f"file://{tmp / 'data'}",
+                "--flight-addr",
+                "127.0.0.1:0",
+                "--health-addr",
+                "127.0.0.1:0",
+                *flags,
+            ]
+        )
         self.root = tmp / "data"
         self.service = WriterService(config.load(args, "writer", environ={}))
         self.loop = asyncio.new_event_loop()
@@ -96,35 +108,62 @@ def test_every_table_round_trips_to_parquet(writer: InProcessWriter) -> None:
     sent = Sent()
     entry = 0
     for seed in range(4):
-        for kind, body in (("traces", traces_request(seed)), ("logs", logs_request(seed)),
-                           ("metrics", metrics_request(seed))):
+        for kind, body in (
+            ("traces", traces_request(seed)),
+            ("logs", logs_request(seed)),
+            ("metrics", metrics_request(seed)),
+        ):
             entry += 1
             assert put_request(writer.client, kind, body, entry, sent=sent) != {}
     writer.settled()
     for table in ("traces", "logs", "metrics_gauge", "metrics_sum", "metrics_histogram"):
         assert_same_rows(read_table(writer.root, table), sent.table(table), table)
     # DuckDB reads the same rows, with the hive partition columns (hour keeps its two digits).
-    rows = duckdb_rows(writer.root, "traces",
-                       "SELECT count(*), count(DISTINCT span_id), min(date)::VARCHAR, min(hour) FROM {src}")
+    rows = duckdb_rows(
+        writer.root, "traces", "SELECT count(*), count(DISTINCT span_id), min(date)::VARCHAR, min(hour) FROM {src}"
+    )
     assert rows == [(20, 20, "2026-11-24", "01")]
-    assert duckdb_rows(writer.root, "metrics_histogram", "SELECT sum(count), sum(bucket_counts[2]) FROM {src}") \
-        == [(36, 24)]
+    assert duckdb_rows(writer.root, "metrics_histogram", "SELECT sum(count), sum(bucket_counts[2]) FROM {src}") == [
+        (36, 24)
+    ]
     # Row by row through DuckDB too.
     want = sent.table("traces")
-    expected = sorted(zip(want.column("trace_id").to_pylist(), want.column("span_id").to_pylist(),
-                          want.column("name").to_pylist(), want.column("service_name").to_pylist(),
-                          want.column("start_time").cast(pa.int64()).to_pylist(),
-                          want.column("duration_ns").to_pylist(), strict=True))
-    assert duckdb_rows(writer.root, "traces", "SELECT trace_id, span_id, name, service_name, epoch_ns(start_time), "
-                       "duration_ns FROM {src} ORDER BY ALL") == expected
+    expected = sorted(
+        zip(
+            want.column("trace_id").to_pylist(),
+            want.column("span_id").to_pylist(),
+            want.column("name").to_pylist(),
+            want.column("service_name").to_pylist(),
+            want.column("start_time").cast(pa.int64()).to_pylist(),
+            want.column("duration_ns").to_pylist(),
+            strict=True,
+        )
+    )
+    assert (
+        duckdb_rows(
+            writer.root,
+            "traces",
+            "SELECT trace_id, span_id, name, service_name, epoch_ns(start_time), duration_ns FROM {src} ORDER BY ALL",
+        )
+        == expected
+    )
     want = sent.table("metrics_gauge")
-    expected = sorted(zip(want.column("metric_name").to_pylist(), want.column("time").cast(pa.int64()).to_pylist(),
-                          want.column("value").to_pylist(), strict=True))
-    assert duckdb_rows(writer.root, "metrics_gauge",
-                       "SELECT metric_name, epoch_ns(time), value FROM {src} ORDER BY ALL") == expected
+    expected = sorted(
+        zip(
+            want.column("metric_name").to_pylist(),
+            want.column("time").cast(pa.int64()).to_pylist(),
+            want.column("value").to_pylist(),
+            strict=True,
+        )
+    )
+    assert (
+        duckdb_rows(writer.root, "metrics_gauge", "SELECT metric_name, epoch_ns(time), value FROM {src} ORDER BY ALL")
+        == expected
+    )
     # A log without `time` is placed by its observed_time; none of them is lost.
-    assert duckdb_rows(writer.root, "logs", "SELECT count(*), count(*) FILTER (WHERE epoch_ns(time) = 0) FROM {src}") \
-        == [(16, 8)]
+    assert duckdb_rows(
+        writer.root, "logs", "SELECT count(*), count(*) FILTER (WHERE epoch_ns(time) = 0) FROM {src}"
+    ) == [(16, 8)]
     assert stray_files(writer.root) == []
 
 
@@ -139,8 +178,7 @@ def test_rows_are_grouped_by_service_in_time_order(writer: InProcessWriter) -> N
     assert keys == sorted(keys)
     meta = pq.ParquetFile(path).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
-    columns = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i)
-               for i in range(meta.num_columns)}
+    columns = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i) for i in range(meta.num_columns)}
     assert columns["service_name"].statistics is not None
     assert columns["start_time"].statistics is not None
     assert columns["trace_id"].statistics is None  # random ids: min/max would prune nothing
@@ -153,7 +191,9 @@ def test_an_entry_spanning_two_hours_lands_in_both_partitions(writer: InProcessW
     writer.settled()
     files = parquet_files(writer.root, "traces")
     assert [f.parent.relative_to(writer.root).as_posix() for f in files] == [
-        "traces/date=2026-11-24/hour=01", "traces/date=2026-11-24/hour=02"]
+        "traces/date=2026-11-24/hour=01",
+        "traces/date=2026-11-24/hour=02",
+    ]
     by_hour = duckdb_rows(writer.root, "traces", "SELECT hour::INTEGER, count(*) FROM {src} GROUP BY ALL ORDER BY ALL")
     assert by_hour == [(1, 3), (2, 3)]
     assert_same_rows(read_table(writer.root, "traces"), sent.table("traces"), "traces")
@@ -187,8 +227,9 @@ def test_duplicates_are_acked_and_not_written_again(writer: InProcessWriter) -> 
     assert state["files"] == {}
 
 
-def _refused(writer: InProcessWriter, descriptor: flight.FlightDescriptor, batch: pa.RecordBatch,
-             metadata: bytes | None) -> str:
+def _refused(
+    writer: InProcessWriter, descriptor: flight.FlightDescriptor, batch: pa.RecordBatch, metadata: bytes | None
+) -> str:
     w, r = writer.client.do_put(descriptor, batch.schema)
     with pytest.raises(pa.ArrowInvalid) as info:
         if metadata is None:
@@ -209,21 +250,37 @@ def test_invalid_batches_are_refused_and_the_server_keeps_serving(writer: InProc
         "rows do not add up": (good, traces, encode_batch_metadata([(1, 3)]), "entries account for 3 rows"),
         "no metadata": (good, traces, None, "without app_metadata"),
         "metadata not JSON": (good, traces, b"{nope", "not JSON"),
-        "wrong schema": (StreamHeader("logs", "acc-1").descriptor(), traces, encode_batch_metadata([(1, 4)]),
-                         "schema does not match table 'logs'"),
-        "unknown table": (flight.FlightDescriptor.for_command(b'{"v":1,"table":"spans","acceptor_id":"a"}'),
-                          traces, encode_batch_metadata([(1, 4)]), "unknown table 'spans'"),
-        "path descriptor": (flight.FlightDescriptor.for_path("traces"), traces, encode_batch_metadata([(1, 4)]),
-                            "must be a command"),
+        "wrong schema": (
+            StreamHeader("logs", "acc-1").descriptor(),
+            traces,
+            encode_batch_metadata([(1, 4)]),
+            "schema does not match table 'logs'",
+        ),
+        "unknown table": (
+            flight.FlightDescriptor.for_command(b'{"v":1,"table":"spans","acceptor_id":"a"}'),
+            traces,
+            encode_batch_metadata([(1, 4)]),
+            "unknown table 'spans'",
+        ),
+        "path descriptor": (
+            flight.FlightDescriptor.for_path("traces"),
+            traces,
+            encode_batch_metadata([(1, 4)]),
+            "must be a command",
+        ),
         "repeated id": (good, traces, encode_batch_metadata([(1, 2), (1, 2)]), "appears twice"),
     }
     for name, (descriptor, batch, metadata, message) in cases.items():
         assert message in _refused(writer, descriptor, batch, metadata), name
     # A retyped column is a schema mismatch too.
-    retyped = logs.set_column(logs.schema.get_field_index("severity_number"), "severity_number",
-                              logs.column("severity_number").cast(pa.int64()))
-    assert "severity_number" in _refused(writer, StreamHeader("logs", "acc-1").descriptor(), retyped,
-                                         encode_batch_metadata([(1, logs.num_rows)]))
+    retyped = logs.set_column(
+        logs.schema.get_field_index("severity_number"),
+        "severity_number",
+        logs.column("severity_number").cast(pa.int64()),
+    )
+    assert "severity_number" in _refused(
+        writer, StreamHeader("logs", "acc-1").descriptor(), retyped, encode_batch_metadata([(1, logs.num_rows)])
+    )
     # Nothing of the refused batches was kept; entry 1 is still new.
     assert put(writer.client, "traces", "acc-1", [(traces, [(1, 4)])]) == [([1], [])]
     writer.settled()
@@ -232,8 +289,13 @@ def test_invalid_batches_are_refused_and_the_server_keeps_serving(writer: InProc
     # Refusals are counted by reason (protocol, schema, acceptor_mismatch, null, utf8, ...): 8 in all.
     import re
 
-    assert sum(float(v) for v in re.findall(rb'^signaldb_writer_refused_batches_total\{reason="[^"]+"\} (\S+)$',
-                                            body, re.M)) == 8.0
+    assert (
+        sum(
+            float(v)
+            for v in re.findall(rb'^signaldb_writer_refused_batches_total\{reason="[^"]+"\} (\S+)$', body, re.M)
+        )
+        == 8.0
+    )
 
 
 def test_a_refused_batch_keeps_earlier_acks_of_its_stream(writer: InProcessWriter) -> None:
@@ -257,8 +319,7 @@ def test_concurrent_streams_share_the_wal(writer: InProcessWriter) -> None:
         client = flight.connect(f"grpc://127.0.0.1:{writer.service.flight_port}")
         for i in range(10):
             local = Sent()
-            put_request(client, "traces", traces_request(worker * 100 + i, spans=2), worker * 100 + i,
-                        sent=local)
+            put_request(client, "traces", traces_request(worker * 100 + i, spans=2), worker * 100 + i, sent=local)
             with lock:
                 for b in local.batches["traces"]:
                     sent.add("traces", b)
@@ -304,9 +365,29 @@ def test_bearer_token_is_required_when_configured(tmp_path: pathlib.Path) -> Non
 
 def test_flight_serves_tls_when_a_certificate_is_configured(tmp_path: pathlib.Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     w = InProcessWriter(tmp_path, "--file-max-age-secs", "0.1", "--tls-cert", str(cert), "--tls-key", str(key))
     try:
         batch = convert("logs", logs_request(1))["logs"]
@@ -333,8 +414,9 @@ def test_min_unprocessed_bounds_the_dedupe_index(writer: InProcessWriter) -> Non
     def put_with_floor(entry: int, floor: object) -> list[tuple[list[int], list[int]]]:
         w, r = writer.client.do_put(StreamHeader("traces", "acc-1").descriptor(), batches[entry].schema)
         try:
-            w.write_with_metadata(batches[entry], json.dumps({"entries": [[entry, 2]], "min_unprocessed": floor})
-                                  .encode())
+            w.write_with_metadata(
+                batches[entry], json.dumps({"entries": [[entry, 2]], "min_unprocessed": floor}).encode()
+            )
             return [decode_ack(r.read().to_pybytes())]
         finally:
             w.close()

@@ -17,6 +17,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from helpers.net import http_get
 from helpers.writer import (
     HOUR_NS,
@@ -30,14 +31,14 @@ from helpers.writer import (
     stray_files,
     traces_request,
 )
-from test_writer_process import _fill_wal, wait_settled
-
 from signaldb.writer.sink import file_path
 from signaldb.writer.storage import LocalStore, ObjectConflict
+from test_writer_process import _fill_wal, wait_settled
 
 
-def _writer(procs: list[WriterProcess], tmp: pathlib.Path, store: pathlib.Path, *args: str,
-            env: dict[str, str] | None = None) -> WriterProcess:
+def _writer(
+    procs: list[WriterProcess], tmp: pathlib.Path, store: pathlib.Path, *args: str, env: dict[str, str] | None = None
+) -> WriterProcess:
     tmp.mkdir(parents=True, exist_ok=True)
     w = WriterProcess(tmp, storage_url=f"file://{store}", args=args, env=env)
     procs.append(w)
@@ -62,7 +63,8 @@ def _metric(w: WriterProcess, name: str) -> float:
 
 
 def test_two_writers_on_one_store_write_distinct_objects_and_every_row_once(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     store = tmp_path / "data"
     a = _writer(procs, tmp_path / "a", store, "--file-max-age-secs", "0.05").start()
     b = _writer(procs, tmp_path / "b", store, "--file-max-age-secs", "0.05").start()
@@ -80,8 +82,9 @@ def test_two_writers_on_one_store_write_distinct_objects_and_every_row_once(
     files = parquet_files(store, "traces")
     by_writer = {wid: [f for f in files if f.name.startswith(wid + "-")] for wid in (_writer_id(a), _writer_id(b))}
     assert all(by_writer.values()) and sum(map(len, by_writer.values())) == len(files)
-    written = _metric(a, "signaldb_writer_files_written_total{table=\"traces\"}") + \
-        _metric(b, "signaldb_writer_files_written_total{table=\"traces\"}")
+    written = _metric(a, 'signaldb_writer_files_written_total{table="traces"}') + _metric(
+        b, 'signaldb_writer_files_written_total{table="traces"}'
+    )
     assert written == len(files)  # no object was written twice under one name
     assert _metric(a, "signaldb_writer_object_conflicts_total") == 0
     assert a.stop() == 0 and b.stop() == 0
@@ -90,7 +93,8 @@ def test_two_writers_on_one_store_write_distinct_objects_and_every_row_once(
 
 
 def test_a_restart_with_the_same_wal_dir_replays_to_the_same_names(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     store = tmp_path / "data"
     w = _writer(procs, tmp_path, store, "--file-max-age-secs", "0.3")
     w.start(env={"SIGNALDB_TEST_CRASH_AT": "after_put"})  # the object is there, its plan not marked written
@@ -118,7 +122,8 @@ def test_a_restart_with_the_same_wal_dir_replays_to_the_same_names(
 
 
 def test_a_new_empty_wal_dir_is_a_new_writer_and_overwrites_nothing(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     store = tmp_path / "data"
     w = _writer(procs, tmp_path, store, "--file-max-age-secs", "0.05").start()
     first_id = _writer_id(w)
@@ -149,10 +154,12 @@ def test_a_new_empty_wal_dir_is_a_new_writer_and_overwrites_nothing(
 
 
 def test_a_conflicting_object_is_never_overwritten_and_other_partitions_go_on(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     store = tmp_path / "data"
-    w = _writer(procs, tmp_path, store, "--file-max-age-secs", "0.05",
-                env={"WRITER_SHUTDOWN_TIMEOUT_SECS": "5"}).start()
+    w = _writer(
+        procs, tmp_path, store, "--file-max-age-secs", "0.05", env={"WRITER_SHUTDOWN_TIMEOUT_SECS": "5"}
+    ).start()
     wid = _writer_id(w)
     # Entry 1 (writer WAL id 1) alone in hour 01: its file's name is known in advance. Plant another object there.
     [life] = [line["life"] for line in w.log_lines() if line.get("msg") == "listening"]
@@ -210,10 +217,26 @@ def test_a_conflicting_object_is_never_overwritten_and_other_partitions_go_on(
 def test_a_bad_writer_id_file_fails_startup_naming_it(tmp_path: pathlib.Path) -> None:
     (tmp_path / "wal").mkdir()
     (tmp_path / "wal" / "writer-id").write_text("not-an-id\n")
-    result = subprocess.run([sys.executable, "-m", "signaldb.writer", "--wal-dir", str(tmp_path / "wal"),
-                             "--storage-url", f"file://{tmp_path / 'data'}",
-                             "--flight-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"],
-                            capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "signaldb.writer",
+            "--wal-dir",
+            str(tmp_path / "wal"),
+            "--storage-url",
+            f"file://{tmp_path / 'data'}",
+            "--flight-addr",
+            "127.0.0.1:0",
+            "--health-addr",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 1
     [failure] = [json.loads(line) for line in result.stderr.splitlines() if '"startup failed"' in line]
     assert str(tmp_path / "wal" / "writer-id") in failure["error"] and "invalid" in failure["error"]
@@ -221,13 +244,22 @@ def test_a_bad_writer_id_file_fails_startup_naming_it(tmp_path: pathlib.Path) ->
 
 
 def test_a_wal_dir_from_before_writer_ids_gets_one_and_keeps_its_planned_names(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     store = tmp_path / "data"
     want = _fill_wal(tmp_path / "wal", 3)
     old_name = "traces/date=2026-11-24/hour=01/1-3-0123456789ab.parquet"  # the previous version's naming
-    (tmp_path / "wal" / "writer-state.json").write_text(json.dumps({
-        "v": 1, "done": {}, "floors": {}, "committed": [],
-        "files": {old_name: {"table": "traces", "partition": "date=2026-11-24/hour=01", "wal_ids": [1, 2, 3]}}}))
+    (tmp_path / "wal" / "writer-state.json").write_text(
+        json.dumps(
+            {
+                "v": 1,
+                "done": {},
+                "floors": {},
+                "committed": [],
+                "files": {old_name: {"table": "traces", "partition": "date=2026-11-24/hour=01", "wal_ids": [1, 2, 3]}},
+            }
+        )
+    )
     w = _writer(procs, tmp_path, store, "--file-max-age-secs", "0.05").start()
     warnings = [line for line in w.log_lines() if line.get("msg", "").startswith("writer id created for a WAL")]
     assert [line["writer_id"] for line in warnings] == [_writer_id(w)]

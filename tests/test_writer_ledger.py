@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from signaldb.writer.ledger import Busy, IdSet, Ledger
 
-ops = st.lists(st.one_of(st.tuples(st.just("add"), st.integers(0, 60)),
-                         st.tuples(st.just("drop_below"), st.integers(0, 60))), max_size=80)
+from signaldb.writer.ledger import Busy, IdSet, Ledger, Reservation
+
+ops = st.lists(
+    st.one_of(st.tuples(st.just("add"), st.integers(0, 60)), st.tuples(st.just("drop_below"), st.integers(0, 60))),
+    max_size=80,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -27,7 +32,7 @@ def test_idset_behaves_like_a_set_and_stays_merged(script: list[tuple[str, int]]
         assert len(ids) == len(model)
         # Sorted, disjoint and never adjacent: the most compact form.
         assert all(lo <= hi for lo, hi in ranges)
-        assert all(a[1] + 1 < b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+        assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(ranges))
         assert IdSet(ranges).ranges() == ranges
 
 
@@ -68,3 +73,18 @@ def test_a_floor_forgets_done_ids_and_counts_everything_below_it_as_held() -> No
     again = Ledger.from_snapshot(*ledger.snapshot())
     assert again.snapshot() == ledger.snapshot()
     assert again.reserve(("acc", "logs"), [5, 6]) == ([6], [5])
+
+
+def test_a_reservation_makes_stored_ids_pending_and_frees_the_rest() -> None:
+    ledger = Ledger()
+    key = ("acc", "traces")
+    with Reservation(ledger, key, [1, 2, 3]) as res:
+        assert (res.new, res.duplicates) == ([1, 2, 3], [])
+        with pytest.raises(Busy):
+            Reservation(ledger, key, [3])  # in flight while the batch is appended
+        res.stored([1, 2])  # entry 3 had no rows: not in the WAL
+    assert ledger.reserve(key, [1, 2, 3]) == ([3], [1, 2])
+    ledger.release(key, [3], stored=False)
+    with pytest.raises(RuntimeError), Reservation(ledger, key, [3, 4]):
+        raise RuntimeError("the append failed")
+    assert ledger.reserve(key, [3, 4]) == ([3, 4], [])  # nothing stored: both new again

@@ -9,9 +9,10 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers.writer import T0, convert, logs_request, metrics_request, traces_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from helpers.writer import T0, convert, logs_request, metrics_request, traces_request
 from signaldb.writer import parquet, payload
 
 SERVICES = st.sampled_from(["api", "checkout", "db", None])
@@ -23,13 +24,18 @@ def _batch(runs: list[tuple[str | None, int, int]]) -> pa.RecordBatch:
     for service, rows, first in runs:
         services += [service] * rows
         times += [first + i for i in range(rows)]
-    return pa.record_batch({"service_name": pa.array(services, pa.string()),
-                            "start_time": pa.array(times, pa.timestamp("ns", "UTC"))})
+    return pa.record_batch(
+        {"service_name": pa.array(services, pa.string()), "start_time": pa.array(times, pa.timestamp("ns", "UTC"))}
+    )
 
 
 def _rows(batches: list[pa.RecordBatch] | pa.Table) -> list[tuple]:
     data = batches if isinstance(batches, pa.Table) else pa.Table.from_batches(batches)
-    return list(zip(data.column("service_name").to_pylist(), data.column("start_time").cast(pa.int64()).to_pylist(), strict=True))
+    return list(
+        zip(
+            data.column("service_name").to_pylist(), data.column("start_time").cast(pa.int64()).to_pylist(), strict=True
+        )
+    )
 
 
 def _key(row: tuple) -> tuple:

@@ -14,6 +14,7 @@ import time
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+
 from conftest import scaled
 from helpers.net import http_get, wait_until
 from helpers.writer import (
@@ -42,15 +43,15 @@ def wait_settled(w: WriterProcess, timeout: float = 30.0) -> dict:
     raise AssertionError(f"writer did not settle: {health}")
 
 
-def _writer(procs: list[WriterProcess], tmp: pathlib.Path, *args: str, env: dict[str, str] | None = None
-            ) -> WriterProcess:
+def _writer(
+    procs: list[WriterProcess], tmp: pathlib.Path, *args: str, env: dict[str, str] | None = None
+) -> WriterProcess:
     w = WriterProcess(tmp, args=args, env=env)
     procs.append(w)
     return w
 
 
-def test_sigterm_writes_open_files_and_exits_zero_in_time(procs: list[WriterProcess], tmp_path: pathlib.Path
-                                                          ) -> None:
+def test_sigterm_writes_open_files_and_exits_zero_in_time(procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
     w = _writer(procs, tmp_path, "--file-max-age-secs", "3600", env={"WRITER_SHUTDOWN_TIMEOUT_SECS": "5"}).start()
     sent = Sent()
     client = w.client()
@@ -94,7 +95,8 @@ def test_duplicates_are_recognised_after_a_restart(procs: list[WriterProcess], t
 
 @pytest.mark.parametrize("point", ["after_plan", "before_rename", "after_put", "after_commit"])
 def test_a_crash_at_each_step_of_a_file_write_loses_and_duplicates_nothing(
-        procs: list[WriterProcess], tmp_path: pathlib.Path, point: str) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path, point: str
+) -> None:
     # Two hours per entry, so an entry's rows span two files, and several entries per file.
     w = _writer(procs, tmp_path, "--file-max-age-secs", "0.3")
     w.start(env={"SIGNALDB_TEST_CRASH_AT": point})
@@ -128,8 +130,9 @@ def test_a_crash_at_each_step_of_a_file_write_loses_and_duplicates_nothing(
 
 
 @pytest.mark.parametrize("seed", range(scaled(1, 20)))
-def test_sigkill_while_writing_then_restart_and_resend(procs: list[WriterProcess], tmp_path: pathlib.Path,
-                                                       seed: int) -> None:
+def test_sigkill_while_writing_then_restart_and_resend(
+    procs: list[WriterProcess], tmp_path: pathlib.Path, seed: int
+) -> None:
     """Like an acceptor: send continuously, lose the writer mid-flight, restart it, resend everything
     that was not acked (and some that was). Every entry ends up in Parquet exactly once.
     (`make stress` runs 20 kill points.)"""
@@ -166,9 +169,10 @@ def test_sigkill_while_writing_then_restart_and_resend(procs: list[WriterProcess
     # Resend in batches of several entries, overlapping the acked ones.
     resend = list(range(max(1, len(acked) - 20), 401))
     for i in range(0, len(resend), 5):
-        chunk = resend[i:i + 5]
-        acks = put(client, "traces", "acc-1",
-                   [(pa.concat_batches([batches[e] for e in chunk]), [(e, 3) for e in chunk])])
+        chunk = resend[i : i + 5]
+        acks = put(
+            client, "traces", "acc-1", [(pa.concat_batches([batches[e] for e in chunk]), [(e, 3) for e in chunk])]
+        )
         assert all(e in acks[0][1] for e in chunk if e in acked)
     client.close()
     wait_settled(w, timeout=60)
@@ -192,22 +196,35 @@ def test_health_readiness_and_metrics_endpoints(procs: list[WriterProcess], tmp_
     status, body = http_get(w.url("/metrics"))
     text = body.decode()
     assert status == 200
-    for line in ('signaldb_writer_files_written_total{table="traces"} 1.0',
-                 'signaldb_writer_rows_written_total{table="traces"} 5.0',
-                 'signaldb_writer_duplicate_entries_total{table="traces"} 1.0',
-                 "signaldb_writer_object_put_duration_seconds_count 1.0",
-                 "signaldb_writer_object_put_errors_total 0.0",
-                 'signaldb_wal_unprocessed_entries{component="writer"} 0.0'):
+    for line in (
+        'signaldb_writer_files_written_total{table="traces"} 1.0',
+        'signaldb_writer_rows_written_total{table="traces"} 5.0',
+        'signaldb_writer_duplicate_entries_total{table="traces"} 1.0',
+        "signaldb_writer_object_put_duration_seconds_count 1.0",
+        "signaldb_writer_object_put_errors_total 0.0",
+        'signaldb_wal_unprocessed_entries{component="writer"} 0.0',
+    ):
         assert line in text, line
-    for name in ("signaldb_writer_bytes_written_total", "signaldb_wal_fsync_duration_seconds_bucket",
-                 "signaldb_wal_segments", "signaldb_wal_disk_usage_bytes", "signaldb_wal_corrupt_entries_total"):
+    for name in (
+        "signaldb_writer_bytes_written_total",
+        "signaldb_wal_fsync_duration_seconds_bucket",
+        "signaldb_wal_segments",
+        "signaldb_wal_disk_usage_bytes",
+        "signaldb_wal_corrupt_entries_total",
+    ):
         assert name in text, name
     assert w.stop() == 0
 
 
 def test_a_bad_configuration_exits_2_naming_the_key(tmp_path: pathlib.Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "signaldb.writer", "--storage-url", "ftp://x"],
-                            capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "signaldb.writer", "--storage-url", "ftp://x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 2
     assert "storage.url" in result.stderr
 
@@ -231,8 +248,9 @@ def _fill_wal(wal_dir: pathlib.Path, entries: int, spans: int = 2) -> pa.Table:
     return pa.Table.from_batches(batches)
 
 
-def test_replay_writes_every_unprocessed_entry_and_keeps_dedupe(procs: list[WriterProcess],
-                                                                tmp_path: pathlib.Path) -> None:
+def test_replay_writes_every_unprocessed_entry_and_keeps_dedupe(
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     want = _fill_wal(tmp_path / "wal", 3000, spans=1)
     w = _writer(procs, tmp_path, "--file-max-age-secs", "0.05").start(until="replay starting")
     [health_port] = [line["health_port"] for line in w.log_lines() if line.get("msg") == "health listening"]
@@ -250,8 +268,7 @@ def test_replay_writes_every_unprocessed_entry_and_keeps_dedupe(procs: list[Writ
     assert_same_rows(read_table(tmp_path / "data", "traces"), want, "traces")
 
 
-def test_sigterm_during_replay_exits_zero_and_loses_nothing(procs: list[WriterProcess],
-                                                            tmp_path: pathlib.Path) -> None:
+def test_sigterm_during_replay_exits_zero_and_loses_nothing(procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
     want = _fill_wal(tmp_path / "wal", 4000, spans=1)
     w = _writer(procs, tmp_path, "--file-max-age-secs", "3600", env={"WRITER_SHUTDOWN_TIMEOUT_SECS": "10"})
     w.start(until="replay starting")
@@ -267,7 +284,8 @@ def test_sigterm_during_replay_exits_zero_and_loses_nothing(procs: list[WriterPr
 
 
 def test_an_unreadable_wal_entry_goes_to_dead_letter_instead_of_a_crash_loop(
-        procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     want = _fill_wal(tmp_path / "wal", 3)
     from signaldb.wal import Wal
 
@@ -275,7 +293,9 @@ def test_an_unreadable_wal_entry_goes_to_dead_letter_instead_of_a_crash_loop(
         bad = wal.append(b"SDW9 not a writer payload", kind="traces")
     w = _writer(procs, tmp_path, "--file-max-age-secs", "0.05").start()
     wait_settled(w)
-    assert (tmp_path / "wal" / "dead-letter" / f"{bad}.entry").read_bytes() == b"SDW9 not a writer payload"
+    dl, stem = tmp_path / "wal" / "dead-letter", f"{bad:020d}.traces"  # signaldb.service.dead_letters
+    assert (dl / f"{stem}.entry").read_bytes() == b"SDW9 not a writer payload"
+    assert "cannot be read" in json.loads((dl / f"{stem}.json").read_text())["reason"]
     assert [line["wal_id"] for line in w.log_lines() if line.get("level") == "error"] == [bad]
     assert w.stop() == 0
     assert_same_rows(read_table(tmp_path / "data", "traces"), want, "traces")
@@ -284,9 +304,24 @@ def test_an_unreadable_wal_entry_goes_to_dead_letter_instead_of_a_crash_loop(
 def test_an_unwritable_wal_directory_fails_startup_with_one_clear_line(tmp_path: pathlib.Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    result = subprocess.run([sys.executable, "-m", "signaldb.writer", "--wal-dir", str(blocker / "wal"),
-                             "--flight-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"],
-                            capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "signaldb.writer",
+            "--wal-dir",
+            str(blocker / "wal"),
+            "--flight-addr",
+            "127.0.0.1:0",
+            "--health-addr",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 1
     [failure] = [json.loads(line) for line in result.stderr.splitlines() if '"startup failed"' in line]
     assert "WAL directory not writable" in failure["error"] and str(blocker) in failure["error"]

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+
 from helpers.seaweed import BUCKET, S3_ENV, Weed
 from helpers.writer import (
     Sent,
@@ -24,6 +25,7 @@ from helpers.writer import (
     read_table,
     traces_request,
 )
+
 
 def _http_json(url: str) -> dict:
     try:
@@ -55,15 +57,15 @@ def _metric(w: WriterProcess, name: str) -> float:
 def s3_writer(weed: Weed, tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[WriterProcess]:
     prefix = f"run/{request.node.name}"
     env = {**S3_ENV, "AWS_ENDPOINT_URL": weed.endpoint, "WRITER_SHUTDOWN_TIMEOUT_SECS": "10"}
-    w = WriterProcess(tmp_path, storage_url=f"s3://{BUCKET}/{prefix}", env=env,
-                      args=["--file-max-age-secs", "0.1"])
+    w = WriterProcess(tmp_path, storage_url=f"s3://{BUCKET}/{prefix}", env=env, args=["--file-max-age-secs", "0.1"])
     w.prefix = prefix  # type: ignore[attr-defined]
     yield w
     w.close()
 
 
-def test_parquet_objects_on_s3_hold_exactly_the_rows_sent(weed: Weed, s3_writer: WriterProcess,
-                                                          tmp_path: pathlib.Path) -> None:
+def test_parquet_objects_on_s3_hold_exactly_the_rows_sent(
+    weed: Weed, s3_writer: WriterProcess, tmp_path: pathlib.Path
+) -> None:
     s3_writer.start()
     sent = Sent()
     client = s3_writer.client()
@@ -83,8 +85,9 @@ def test_parquet_objects_on_s3_hold_exactly_the_rows_sent(weed: Weed, s3_writer:
     assert duckdb_rows(local, "traces", "SELECT count(*), count(DISTINCT span_id) FROM {src}") == [(25, 25)]
 
 
-def test_s3_down_for_a_while_acks_continue_and_files_arrive_once(weed: Weed, s3_writer: WriterProcess,
-                                                                 tmp_path: pathlib.Path) -> None:
+def test_s3_down_for_a_while_acks_continue_and_files_arrive_once(
+    weed: Weed, s3_writer: WriterProcess, tmp_path: pathlib.Path
+) -> None:
     s3_writer.start()
     weed.stop()
     try:
@@ -119,13 +122,16 @@ def test_s3_down_for_a_while_acks_continue_and_files_arrive_once(weed: Weed, s3_
 
 
 def test_sigterm_while_a_put_hangs_exits_in_time_and_the_next_start_delivers(
-        weed: Weed, s3_writer: WriterProcess, tmp_path: pathlib.Path) -> None:
+    weed: Weed, s3_writer: WriterProcess, tmp_path: pathlib.Path
+) -> None:
     # An endpoint that accepts connections and never answers: each PUT hangs.
     with socket.socket() as blackhole:
         blackhole.bind(("127.0.0.1", 0))
         blackhole.listen(64)
-        hung = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{blackhole.getsockname()[1]}",
-                "WRITER_SHUTDOWN_TIMEOUT_SECS": "2"}
+        hung = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{blackhole.getsockname()[1]}",
+            "WRITER_SHUTDOWN_TIMEOUT_SECS": "2",
+        }
         s3_writer.start(env=hung)
         sent = Sent()
         client = s3_writer.client()
@@ -170,15 +176,14 @@ def test_s3_puts_are_conditional_an_existing_object_is_never_overwritten(weed: W
     assert got == b"planned content"
 
 
-def test_a_conflicting_s3_object_is_counted_and_other_hours_are_written(
-        weed: Weed, s3_writer: WriterProcess) -> None:
+def test_a_conflicting_s3_object_is_counted_and_other_hours_are_written(weed: Weed, s3_writer: WriterProcess) -> None:
     from helpers.writer import HOUR_NS, T0
-
     from signaldb.writer.sink import file_path
 
     s3_writer.start()
-    [(wid, life)] = [(line["writer_id"], line["life"]) for line in s3_writer.log_lines()
-                     if line.get("msg") == "listening"]
+    [(wid, life)] = [
+        (line["writer_id"], line["life"]) for line in s3_writer.log_lines() if line.get("msg") == "listening"
+    ]
     key = f"{s3_writer.prefix}/{file_path(wid, 'traces', 'date=2026-11-24/hour=01', [1], life)}"  # type: ignore[attr-defined]
     weed.client().put_object(Bucket=BUCKET, Key=key, Body=b"someone else's object")
     client = s3_writer.client()
@@ -189,8 +194,11 @@ def test_a_conflicting_s3_object_is_counted_and_other_hours_are_written(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         health = _http_json(s3_writer.url("/health"))
-        if health["wal"]["unprocessed_entries"] == 1 and health["writer"]["conflicting_files"] == 1 \
-                and health["writer"]["open_files"] == 0:
+        if (
+            health["wal"]["unprocessed_entries"] == 1
+            and health["writer"]["conflicting_files"] == 1
+            and health["writer"]["open_files"] == 0
+        ):
             break
         time.sleep(0.1)
     assert health["wal"]["unprocessed_entries"] == 1 and health["writer"]["conflicting_files"] == 1, health

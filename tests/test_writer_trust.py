@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+
 from helpers.acceptor_proc import AcceptorProcess
 from helpers.pipeline import Pipeline
 from helpers.writer import WriterProcess, convert, duckdb_rows, parquet_files, put, read_table, traces_request
@@ -40,8 +41,10 @@ def wproc(tmp_path):
 def refused(w: WriterProcess) -> dict[str, float]:
     with urllib.request.urlopen(w.url("/metrics"), timeout=10) as resp:
         text = resp.read().decode()
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(r'^signaldb_writer_refused_batches_total\{reason="([^"]+)"\} (\S+)$', text, re.M)}
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^signaldb_writer_refused_batches_total\{reason="([^"]+)"\} (\S+)$', text, re.M)
+    }
 
 
 def traces_batch(seed: int = 1, spans: int = 5) -> pa.RecordBatch:
@@ -50,18 +53,20 @@ def traces_batch(seed: int = 1, spans: int = 5) -> pa.RecordBatch:
 
 def with_column(batch: pa.RecordBatch, name: str, array: pa.Array) -> pa.RecordBatch:
     i = batch.schema.get_field_index(name)
-    return pa.RecordBatch.from_arrays([array if j == i else c for j, c in enumerate(batch.columns)],
-                                      schema=batch.schema)
+    return pa.RecordBatch.from_arrays(
+        [array if j == i else c for j, c in enumerate(batch.columns)], schema=batch.schema
+    )
 
 
 def bad_utf8(column: pa.Array) -> pa.Array:
     """The same strings with the first byte of the first value replaced by 0xff."""
     validity, offsets, data = column.buffers()
     raw = bytearray(data.to_pybytes())
-    first = int.from_bytes(offsets.to_pybytes()[4 * column.offset: 4 * column.offset + 4], "little")
+    first = int.from_bytes(offsets.to_pybytes()[4 * column.offset : 4 * column.offset + 4], "little")
     raw[first] = 0xFF
-    return pa.Array.from_buffers(pa.string(), len(column), [validity, offsets, pa.py_buffer(bytes(raw))],
-                                 offset=column.offset)
+    return pa.Array.from_buffers(
+        pa.string(), len(column), [validity, offsets, pa.py_buffer(bytes(raw))], offset=column.offset
+    )
 
 
 def with_null(column: pa.Array, row: int = 0) -> pa.Array:
@@ -70,8 +75,9 @@ def with_null(column: pa.Array, row: int = 0) -> pa.Array:
     return pa.Array.from_buffers(column.type, len(column), [mask.buffers()[1], offsets, data], offset=column.offset)
 
 
-def assert_refused(w: WriterProcess, batch: pa.RecordBatch, reason: str, acceptor: str = "acc-1",
-                   metadata_acceptor: str | None = None) -> str:
+def assert_refused(
+    w: WriterProcess, batch: pa.RecordBatch, reason: str, acceptor: str = "acc-1", metadata_acceptor: str | None = None
+) -> str:
     before = refused(w).get(reason, 0)
     client = w.client()
     try:
@@ -136,15 +142,25 @@ def test_null_in_a_nested_non_nullable_field_is_refused(wproc):
 
     from helpers.writer import T0
 
-    spans = [Span(trace_id=bytes([1] * 16), span_id=bytes([2] * 7 + [i + 1]), name=f"op-{i}",
-                  start_time_unix_nano=T0, end_time_unix_nano=T0 + 1000,
-                  events=[Span.Event(time_unix_nano=T0 + 10, name=f"ev-{i}")]) for i in range(3)]
+    spans = [
+        Span(
+            trace_id=bytes([1] * 16),
+            span_id=bytes([2] * 7 + [i + 1]),
+            name=f"op-{i}",
+            start_time_unix_nano=T0,
+            end_time_unix_nano=T0 + 1000,
+            events=[Span.Event(time_unix_nano=T0 + 10, name=f"ev-{i}")],
+        )
+        for i in range(3)
+    ]
     body = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])])
     batch = convert("traces", body.SerializeToString())["traces"]
     events = batch.column("events")
     struct = events.values
-    struct = pa.StructArray.from_arrays([with_null(struct.field(f.name)) if f.name == "name" else struct.field(f.name)
-                                         for f in struct.type], fields=list(struct.type))
+    struct = pa.StructArray.from_arrays(
+        [with_null(struct.field(f.name)) if f.name == "name" else struct.field(f.name) for f in struct.type],
+        fields=list(struct.type),
+    )
     bad = pa.ListArray.from_arrays(events.offsets, struct, type=events.type)
     assert "events.item.name" in assert_refused(wproc, with_column(batch, "events", bad), "null")
     # The same null under a slice that leaves it out is fine: only stored rows count.
@@ -171,8 +187,9 @@ def test_schema_differences_inside_nested_types_are_refused(wproc):
 
 
 def test_batches_naming_another_acceptor_than_the_descriptor_are_refused(wproc):
-    message = assert_refused(wproc, traces_batch(), "acceptor_mismatch", acceptor="acceptor-A",
-                             metadata_acceptor="acceptor-B")
+    message = assert_refused(
+        wproc, traces_batch(), "acceptor_mismatch", acceptor="acceptor-A", metadata_acceptor="acceptor-B"
+    )
     assert "acceptor-B" in message and "acceptor-A" in message
     assert not parquet_files(wproc.tmp / "data")
 
@@ -235,13 +252,18 @@ def test_a_refusal_reaches_the_real_acceptor_which_dead_letters_only_that_entry(
 
 
 def _run(module: str, env: dict[str, str], tmp: Path, timeout: float = START_SECS) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module], env={**os.environ, **env}, cwd=tmp,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module], env={**os.environ, **env}, cwd=tmp, capture_output=True, timeout=timeout
+    )
 
 
 def test_writer_refuses_a_non_loopback_flight_port_without_a_token(tmp_path):
-    env = {"WRITER_WAL_DIR": str(tmp_path / "wal"), "WRITER_FLIGHT_ADDR": "0.0.0.0:0",
-           "WRITER_HEALTH_ADDR": "127.0.0.1:0", "SIGNALDB_STORAGE_URL": f"file://{tmp_path / 'data'}"}
+    env = {
+        "WRITER_WAL_DIR": str(tmp_path / "wal"),
+        "WRITER_FLIGHT_ADDR": "0.0.0.0:0",
+        "WRITER_HEALTH_ADDR": "127.0.0.1:0",
+        "SIGNALDB_STORAGE_URL": f"file://{tmp_path / 'data'}",
+    }
     env.pop("SIGNALDB_AUTH_TOKEN", None)
     result = _run("signaldb.writer.main", {**env, "SIGNALDB_AUTH_TOKEN": ""}, tmp_path)
     assert result.returncode == 2
@@ -258,9 +280,14 @@ def test_writer_refuses_a_non_loopback_flight_port_without_a_token(tmp_path):
 
 
 def test_acceptor_refuses_a_non_loopback_writer_endpoint_without_a_token(tmp_path):
-    env = {"ACCEPTOR_WAL_DIR": str(tmp_path / "wal"), "ACCEPTOR_WRITER_ENDPOINTS": "grpc://10.1.2.3:50061",
-           "ACCEPTOR_GRPC_ADDR": "127.0.0.1:0", "ACCEPTOR_HTTP_ADDR": "127.0.0.1:0",
-           "ACCEPTOR_HEALTH_ADDR": "127.0.0.1:0", "SIGNALDB_AUTH_TOKEN": ""}
+    env = {
+        "ACCEPTOR_WAL_DIR": str(tmp_path / "wal"),
+        "ACCEPTOR_WRITER_ENDPOINTS": "grpc://10.1.2.3:50061",
+        "ACCEPTOR_GRPC_ADDR": "127.0.0.1:0",
+        "ACCEPTOR_HTTP_ADDR": "127.0.0.1:0",
+        "ACCEPTOR_HEALTH_ADDR": "127.0.0.1:0",
+        "SIGNALDB_AUTH_TOKEN": "",
+    }
     result = _run("signaldb.acceptor.main", env, tmp_path)
     assert result.returncode == 2
     err = result.stderr.decode()
@@ -326,8 +353,19 @@ def _write_some(w: WriterProcess) -> None:
 
 def _start_fails(w: WriterProcess, needle: str) -> None:
     w.runs += 1
-    cmd = [sys.executable, "-m", "signaldb.writer", "--wal-dir", str(w.tmp / "wal"), "--storage-url",
-           w.storage_url, "--flight-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "signaldb.writer",
+        "--wal-dir",
+        str(w.tmp / "wal"),
+        "--storage-url",
+        w.storage_url,
+        "--flight-addr",
+        "127.0.0.1:0",
+        "--health-addr",
+        "127.0.0.1:0",
+    ]
     result = subprocess.run(cmd, cwd=w.tmp, env=w.env, capture_output=True, timeout=START_SECS)
     out = (result.stdout + result.stderr).decode()
     assert result.returncode == 1, out

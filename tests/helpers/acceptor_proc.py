@@ -6,16 +6,16 @@ log line; the log is kept in a file and shown when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import urllib.request
 
 
 @dataclass
@@ -47,10 +47,14 @@ class AcceptorProcess:
         # Most fixtures carry fixed 2023 timestamps, older than the default 7-day window:
         # no lower bound unless a test sets one (the time-window tests do).
         env.setdefault("ACCEPTOR_MAX_AGE_SECS", "0")
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", self.module, *self.args],
-                                     cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.log_path, "wb") as log:  # the child has its own descriptor
+            self.proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", self.module, *self.args],
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if wait:
             self.wait_listening(timeout)
         return self
@@ -73,10 +77,8 @@ class AcceptorProcess:
     def log_lines(self) -> list[dict]:
         lines = []
         for raw in self.log_text().splitlines():
-            try:
+            with contextlib.suppress(ValueError):
                 lines.append(json.loads(raw))
-            except ValueError:
-                pass
         return lines
 
     @property

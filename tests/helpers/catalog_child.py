@@ -23,22 +23,27 @@ from pyiceberg.catalog import load_catalog
 from pyiceberg.exceptions import CommitFailedException
 
 # The hour every row falls in: one partition, so one data file per commit.
-HOUR = dt.datetime(2026, 12, 1, 10, tzinfo=dt.timezone.utc)
+HOUR = dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
 
-ARROW_SCHEMA = pa.schema([
-    pa.field("id", pa.int64(), nullable=False),
-    pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("worker", pa.string(), nullable=False),
-])
+ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("worker", pa.string(), nullable=False),
+    ]
+)
 
 
 def rows(worker: str, seq: int, n: int) -> pa.Table:
     base = seq * n
-    return pa.table({
-        "id": [base + i for i in range(n)],
-        "ts": [HOUR + dt.timedelta(seconds=(base + i) % 3600) for i in range(n)],
-        "worker": [worker] * n,
-    }, schema=ARROW_SCHEMA)
+    return pa.table(
+        {
+            "id": [base + i for i in range(n)],
+            "ts": [HOUR + dt.timedelta(seconds=(base + i) % 3600) for i in range(n)],
+            "worker": [worker] * n,
+        },
+        schema=ARROW_SCHEMA,
+    )
 
 
 def main() -> None:

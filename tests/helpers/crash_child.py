@@ -58,7 +58,7 @@ def worker(wal: Wal, cycle: int, seed: int) -> None:
             # seqs not used are simply never written (gaps in seq are fine).
             ps = [payload_for(cycle, s) for s in seqs]
             ids = wal.append_batch(ps, kind=kind_for(0))
-            emit("".join(f"A {s} {i} {digest(p)}\n" for s, i, p in zip(seqs, ids, ps)))
+            emit("".join(f"A {s} {i} {digest(p)}\n" for s, i, p in zip(seqs, ids, ps, strict=True)))
 
 
 def processor(wal: Wal, ids: list[int], seed: int) -> None:

@@ -20,9 +20,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from helpers.net import wait_until
-from test_otlp_reference import plain_rows
-
 from signaldb.flight_protocol import StreamHeader, decode_batch_metadata, encode_ack
+from test_otlp_reference import plain_rows
 
 
 @dataclass
@@ -72,8 +71,9 @@ class FlightRecorder(flight.FlightServerBase):
     def _record(self, context, header, reader, writer):
         for chunk in reader:
             batch = chunk.data
-            entries = decode_batch_metadata(chunk.app_metadata.to_pybytes() if chunk.app_metadata else None,
-                                            batch.num_rows, header.acceptor_id).entries
+            entries = decode_batch_metadata(
+                chunk.app_metadata.to_pybytes() if chunk.app_metadata else None, batch.num_rows, header.acceptor_id
+            ).entries
             if self.refuse_if is not None and self.refuse_if(header.table, batch):
                 raise pa.ArrowInvalid("recorder refuses this batch")
             if self.ack_delay:
@@ -86,8 +86,15 @@ class FlightRecorder(flight.FlightServerBase):
                         dups.append(eid)
                     self.seen.add(key)
                 self.duplicates += len(dups)
-                self.received.append(Received(header.acceptor_id, header.table, entries, batch,
-                                              dict(context.headers if hasattr(context, "headers") else {})))
+                self.received.append(
+                    Received(
+                        header.acceptor_id,
+                        header.table,
+                        entries,
+                        batch,
+                        dict(context.headers if hasattr(context, "headers") else {}),
+                    )
+                )
             writer.write(pa.py_buffer(encode_ack([e for e, _ in entries], dups)))
 
     def list_actions(self, context):

@@ -62,15 +62,27 @@ class H2GrpcConnection:
         self.goaway: int | None = None
         self._flush()
 
-    def start_call(self, path: str, metadata: list[tuple[str, str]] | None = None, message_bytes: int = 0,
-                   send_bytes: int | None = None, end_stream: bool = True) -> int:
+    def start_call(
+        self,
+        path: str,
+        metadata: list[tuple[str, str]] | None = None,
+        message_bytes: int = 0,
+        send_bytes: int | None = None,
+        end_stream: bool = True,
+    ) -> int:
         """Sends the headers of a gRPC call whose one message declares ``message_bytes``
         of payload; ``send_bytes`` of body (prefix included) are then sent as flow
         control allows (default: all of it), the stream half-closed after if ``end_stream``."""
         sid = self.conn.get_next_available_stream_id()
-        headers = [(":method", "POST"), (":scheme", "http"), (":path", path),
-                   (":authority", f"{self.host}:{self.port}"), ("content-type", "application/grpc"),
-                   ("te", "trailers"), *(metadata or [])]
+        headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", f"{self.host}:{self.port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *(metadata or []),
+        ]
         self.conn.send_headers(sid, headers)
         self.streams[sid] = StreamResult(sid)
         self._started[sid] = time.monotonic()
@@ -92,7 +104,7 @@ class H2GrpcConnection:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(1 << 20)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return
         except OSError:
             self.closed = True

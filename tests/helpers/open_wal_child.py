@@ -16,7 +16,7 @@ def main() -> None:
     out: dict[str, object] = {"uid": os.getuid()}
     try:
         from signaldb.wal import Wal, WalError
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         out.update(ok=False, stage="import", type=type(e).__name__, message=str(e))
         print(json.dumps(out), flush=True)
         return
@@ -27,7 +27,7 @@ def main() -> None:
         finally:
             w.close()
         out.update(ok=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         out.update(ok=False, stage="wal", type=type(e).__name__, is_wal_error=isinstance(e, WalError), message=str(e))
     print(json.dumps(out), flush=True)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+
 from helpers import iceberg
 from helpers.acceptor_proc import AcceptorProcess
 from helpers.net import free_port
@@ -46,10 +47,12 @@ class Pipeline:
         if self.storage_url is None:
             self.storage_url = f"file://{self.storage_dir}"
         base = {"SIGNALDB_STORAGE_URL": self.storage_url, "WRITER_FILE_MAX_AGE_SECS": "0.5", **self.env}
-        self.writer = WriterProcess(workdir=self.workdir, env={
-            **base, "WRITER_FLIGHT_ADDR": f"127.0.0.1:{self.flight_port}"})
-        self.acceptor = AcceptorProcess(workdir=self.workdir, env={
-            **base, "ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{self.flight_port}"})
+        self.writer = WriterProcess(
+            workdir=self.workdir, env={**base, "WRITER_FLIGHT_ADDR": f"127.0.0.1:{self.flight_port}"}
+        )
+        self.acceptor = AcceptorProcess(
+            workdir=self.workdir, env={**base, "ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{self.flight_port}"}
+        )
 
     def start(self) -> Pipeline:
         self.writer.start()
@@ -100,8 +103,9 @@ class Pipeline:
         t = self.table(table)
         return Counter(t.column(column).to_pylist()) if t.num_rows else Counter()
 
-    def counts_once_present(self, want: set[str], table: str = "traces", column: str = "name",
-                            timeout: float = 30.0) -> Counter:
+    def counts_once_present(
+        self, want: set[str], table: str = "traces", column: str = "name", timeout: float = 30.0
+    ) -> Counter:
         """``count_by(table, column)`` once every value of ``want`` is there (files of the
         last rows may still be on their way), or after ``timeout`` seconds, whichever is first."""
         deadline = time.monotonic() + timeout

@@ -9,6 +9,7 @@ Authentication is ``trust``: the server is reachable from loopback only, for the
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -30,11 +31,15 @@ def _bin_dir() -> pathlib.Path:
 
     Not ``pg_ctl`` from PATH: Debian puts only wrappers there (pg_ctlcluster), and anything
     else found on PATH is an accident of the machine."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(pathlib.Path(p).parent.parent.name.split(".")[0]))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(pathlib.Path(p).parent.parent.name.split(".")[0]),
+    )
     if not found:
-        pytest.fail("PostgreSQL server binaries missing (/usr/lib/postgresql/*/bin/initdb): "
-                    "run `make system-deps` as root (Debian package postgresql)")
+        pytest.fail(
+            "PostgreSQL server binaries missing (/usr/lib/postgresql/*/bin/initdb): "
+            "run `make system-deps` as root (Debian package postgresql)"
+        )
     return pathlib.Path(found[-1]).parent
 
 
@@ -69,8 +74,7 @@ class Postgres:
         return self.bin.parent.name
 
     def _run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self._as_user + args, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.dir)
+        return subprocess.run(self._as_user + args, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
 
     def _chown(self, path: pathlib.Path) -> None:
         if self._as_user:
@@ -82,8 +86,10 @@ class Postgres:
         self.socket_dir.mkdir(exist_ok=True)
         for path in (self.dir, self.socket_dir):
             self._chown(path)
-        done = self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", SUPERUSER,
-                          "-E", "UTF8", "--no-sync"], timeout=120)
+        done = self._run(
+            [str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "--no-sync"],
+            timeout=120,
+        )
         if done.returncode != 0:
             pytest.fail(f"initdb failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
 
@@ -93,31 +99,52 @@ class Postgres:
         if not (self.data / "PG_VERSION").exists():
             self.init()
         # -w: pg_ctl waits for the server to accept connections (bounded by -t).
-        done = self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
-                          "-t", str(int(timeout)), "-o",
-                          f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
-                          # A test server: no fsync (its data is thrown away; a killed server keeps
-                          # what the OS has), but synchronous_commit stays on: with it off a commit
-                          # the client was told about is lost when the server is killed (kill()),
-                          # and SignalDB rightly trusts an acknowledged catalog commit.
-                          "-c fsync=off -c full_page_writes=off "
-                          "-c max_connections=100", "start"], timeout=timeout + 10)
+        done = self._run(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "-o",
+                f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
+                # A test server: no fsync (its data is thrown away; a killed server keeps
+                # what the OS has), but synchronous_commit stays on: with it off a commit
+                # the client was told about is lost when the server is killed (kill()),
+                # and SignalDB rightly trusts an acknowledged catalog commit.
+                "-c fsync=off -c full_page_writes=off "
+                "-c max_connections=100",
+                "start",
+            ],
+            timeout=timeout + 10,
+        )
         if done.returncode != 0:
-            pytest.fail(f"pg_ctl start failed ({done.returncode}): {done.stdout[-1000:]}{done.stderr[-1000:]}\n"
-                        f"{self.log_text()[-2000:]}")
+            pytest.fail(
+                f"pg_ctl start failed ({done.returncode}): {done.stdout[-1000:]}{done.stderr[-1000:]}\n"
+                f"{self.log_text()[-2000:]}"
+            )
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
-            done = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port),
-                                   "-U", SUPERUSER, "-t", "2"], capture_output=True, text=True, timeout=10)
+            done = subprocess.run(
+                [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-t", "2"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             if done.returncode == 0:
                 return
             last = done.stdout + done.stderr
             time.sleep(0.1)
-        pytest.fail(f"PostgreSQL not ready on 127.0.0.1:{self.port} after {timeout} s: {last}\n{self.log_text()[-2000:]}")
+        pytest.fail(
+            f"PostgreSQL not ready on 127.0.0.1:{self.port} after {timeout} s: {last}\n{self.log_text()[-2000:]}"
+        )
 
     def running(self) -> bool:
         return self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "status"], timeout=30).returncode == 0
@@ -128,8 +155,10 @@ class Postgres:
         if not (self.data / "postmaster.pid").exists():
             return
         try:
-            done = self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
-                              "-t", str(int(timeout)), "stop"], timeout=timeout + 10)
+            done = self._run(
+                [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", str(int(timeout)), "stop"],
+                timeout=timeout + 10,
+            )
             if done.returncode == 0:
                 return
         except subprocess.TimeoutExpired:
@@ -143,10 +172,8 @@ class Postgres:
             pid = int(pid_file.read_text().split()[0])
         except (FileNotFoundError, IndexError, ValueError):
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -160,9 +187,27 @@ class Postgres:
         return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        done = subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER,
-                               "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [
+                str(self.bin / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"psql failed: {done.stderr.strip()}")
         return done.stdout

@@ -65,7 +65,7 @@ def acked(lines: list[tuple[int, int, int]]) -> None:
     emit("".join(f"A {s} {eid} {k}\n" for s, eid, k in lines))
 
 
-def worker(wal, cycle: int, seed: int) -> None:  # noqa: ANN001 (signaldb.wal.Wal)
+def worker(wal, cycle: int, seed: int) -> None:
     rng = random.Random(seed)
     while True:
         k = rng.randrange(3)
@@ -76,10 +76,10 @@ def worker(wal, cycle: int, seed: int) -> None:  # noqa: ANN001 (signaldb.wal.Wa
         else:
             seqs = [next(_seq) for _ in range(rng.randint(2, 12))]
             ids = wal.append_batch([payload_for(cycle, s) for s in seqs], kind=KINDS[k])
-            acked([(s, eid, k) for s, eid in zip(seqs, ids)])
+            acked([(s, eid, k) for s, eid in zip(seqs, ids, strict=True)])
 
 
-def flusher(wal, seed: int) -> None:  # noqa: ANN001
+def flusher(wal, seed: int) -> None:
     rng = random.Random(seed)
     while True:
         with _state_lock:
@@ -89,7 +89,7 @@ def flusher(wal, seed: int) -> None:  # noqa: ANN001
         threading.Event().wait(rng.uniform(0, 0.03))
 
 
-def processor(wal, upto: int, seed: int) -> None:  # noqa: ANN001
+def processor(wal, upto: int, seed: int) -> None:
     threading.Event().wait(random.Random(seed).uniform(0, 0.05))
     ids = []
     for e in wal.unprocessed():
@@ -110,8 +110,13 @@ def unsynced_writes(wal_dir: str, n: int) -> None:
     """
     from signaldb.wal import Wal
 
-    wal = Wal(wal_dir, max_segment_size=SEGMENT_SIZE, sync_mode="batched",
-              max_buffer_entries=100_000, flush_interval_secs=3600.0)
+    wal = Wal(
+        wal_dir,
+        max_segment_size=SEGMENT_SIZE,
+        sync_mode="batched",
+        max_buffer_entries=100_000,
+        flush_interval_secs=3600.0,
+    )
     emit("R\n")
     acked([(0, wal.append(payload_for(1, 0), kind=KINDS[0]), 0)])
     wal.flush()
@@ -129,8 +134,9 @@ def main() -> None:
     from signaldb.wal import Wal
 
     wal_dir, cycle, seed, mode, upto = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-    wal = Wal(wal_dir, max_segment_size=SEGMENT_SIZE, sync_mode=mode,
-              max_buffer_entries=64 if mode == "batched" else 1000)
+    wal = Wal(
+        wal_dir, max_segment_size=SEGMENT_SIZE, sync_mode=mode, max_buffer_entries=64 if mode == "batched" else 1000
+    )
     emit("R\n")
     threads = [threading.Thread(target=worker, args=(wal, cycle, seed * 100 + t + 1), daemon=True) for t in range(3)]
     if mode == "batched":

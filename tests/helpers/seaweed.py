@@ -9,6 +9,7 @@ docs/iceberg-findings.md."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -67,17 +68,33 @@ class Weed:
 
     def client(self, service: str = "s3"):
         """A boto3 client with the test keys (``service="s3tables"`` for table buckets)."""
-        return boto3.client(service, endpoint_url=self.endpoint, aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"], region_name=S3_ENV["AWS_REGION"],
-                            config=BotoConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}))
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+            region_name=S3_ENV["AWS_REGION"],
+            config=BotoConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
+        )
 
     def _iam_config(self) -> pathlib.Path:
         """One identity holding the test keys with every right (the s3.json format of weed)."""
         path = self.dir / "s3-iam.json"
-        path.write_text(json.dumps({"identities": [{
-            "name": "admin",
-            "credentials": [{"accessKey": S3_ENV["AWS_ACCESS_KEY_ID"], "secretKey": S3_ENV["AWS_SECRET_ACCESS_KEY"]}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        path.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [
+                                {"accessKey": S3_ENV["AWS_ACCESS_KEY_ID"], "secretKey": S3_ENV["AWS_SECRET_ACCESS_KEY"]}
+                            ],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         return path
 
     def start(self, timeout: float = 60.0, fresh: bool = False) -> None:
@@ -88,24 +105,41 @@ class Weed:
         if fresh:
             self.dir = self.dir.with_name(self.dir.name + "-again")
         self.dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.dir / "weed.log", "ab")
         # Its Iceberg and Lance catalogs listen on fixed ports by default: off, or on a free
         # port (they would collide with any other weed on the machine).
-        iceberg = [f"-s3.port.iceberg={self.iceberg_port}", f"-s3.config={self._iam_config()}"] if self.iceberg \
+        iceberg = (
+            [f"-s3.port.iceberg={self.iceberg_port}", f"-s3.config={self._iam_config()}"]
+            if self.iceberg
             else ["-s3.port.iceberg=0"]
+        )
         # Every bucket (a table bucket too) is a weed collection that grows by 7 volumes at once:
         # with 8 the second table bucket gets no writable volume (INTERNAL_FAILURE on upload).
         # Volumes are sparse files, so a high cap costs nothing until written.
         max_volumes = 200 if self.iceberg else 8
-        self.proc = subprocess.Popen(
-            [self.binary, "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             f"-master.port={self.master}", f"-volume.port={self.volume}", "-master.volumeSizeLimitMB=64",
-             f"-volume.max={max_volumes}", "-filer", f"-filer.port={self.filer}", "-s3", f"-s3.port={self.s3}",
-             *iceberg, "-s3.port.lance=0",
-             # No telemetry: the tests are offline.
-             "-master.telemetry=false"],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.dir / "weed.log", "ab") as log:  # the child has its own descriptor
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "server",
+                    f"-dir={self.dir}",
+                    "-ip=127.0.0.1",
+                    "-ip.bind=127.0.0.1",
+                    f"-master.port={self.master}",
+                    f"-volume.port={self.volume}",
+                    "-master.volumeSizeLimitMB=64",
+                    f"-volume.max={max_volumes}",
+                    "-filer",
+                    f"-filer.port={self.filer}",
+                    "-s3",
+                    f"-s3.port={self.s3}",
+                    *iceberg,
+                    "-s3.port.lance=0",
+                    # No telemetry: the tests are offline.
+                    "-master.telemetry=false",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         error: Exception | None = None
         while time.monotonic() < deadline:
@@ -113,10 +147,8 @@ class Weed:
                 pytest.fail(f"weed exited with {self.proc.returncode}: {(self.dir / 'weed.log').read_text()[-2000:]}")
             try:
                 client = self.client()
-                try:
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):  # a restart over the same dir
                     client.create_bucket(Bucket=BUCKET)
-                except client.exceptions.BucketAlreadyOwnedByYou:
-                    pass  # a restart over the same directory
                 client.put_object(Bucket=BUCKET, Key="probe/ok", Body=b"ok")
                 client.delete_object(Bucket=BUCKET, Key="probe/ok")
                 if self.iceberg:
@@ -144,7 +176,7 @@ class Weed:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/"):
             keys += [obj["Key"] for obj in page.get("Contents", [])]
         for key in keys:
-            target = into / key[len(prefix) + 1:]
+            target = into / key[len(prefix) + 1 :]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
         return sorted(keys)

@@ -27,7 +27,7 @@ def main() -> None:
         t = time.perf_counter()
         end = w.unprocessed(after_id=last_id - 100, limit=500)
         out["tail_end_s"] = time.perf_counter() - t
-        out["tail_end_ids"] = [e.id for e in end][:3] + [len(end)]
+        out["tail_end_ids"] = [*[e.id for e in end][:3], len(end)]
         out["tail_start_n"] = len(first)
         n = 0
         for _ in w.unprocessed():

@@ -21,7 +21,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
-from helpers import iceberg
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -39,10 +38,12 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from helpers import iceberg
 from signaldb import otlp
+from signaldb.flight_protocol import StreamHeader, decode_ack, encode_batch_metadata
 from signaldb.writer.catalog import to_storage
 from signaldb.writer.tables import TABLES
-from signaldb.flight_protocol import StreamHeader, decode_ack, encode_batch_metadata
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HOUR_NS = 3_600_000_000_000
@@ -61,51 +62,84 @@ def _id(seed: int, size: int) -> bytes:
 # -- OTLP requests -------------------------------------------------------------
 
 
-def traces_request(seed: int, spans: int = 5, start_ns: int = T0, services: Sequence[str] = ("checkout", "api"),
-                   spacing_ns: int = 1_000_000) -> bytes:
+def traces_request(
+    seed: int,
+    spans: int = 5,
+    start_ns: int = T0,
+    services: Sequence[str] = ("checkout", "api"),
+    spacing_ns: int = 1_000_000,
+) -> bytes:
     """``spans`` spans with unique ids derived from ``seed``, spread over ``services``."""
     groups = []
     for s, service in enumerate(services):
         group = [
-            Span(trace_id=_id(seed * 1000 + i, 16), span_id=_id(seed * 1000 + i, 8), name=f"op-{seed}-{i}",
-                 kind=2, start_time_unix_nano=start_ns + i * spacing_ns,
-                 end_time_unix_nano=start_ns + i * spacing_ns + 500,
-                 attributes=[KeyValue(key="i", value=AnyValue(int_value=i))])
-            for i in range(spans) if i % len(services) == s
+            Span(
+                trace_id=_id(seed * 1000 + i, 16),
+                span_id=_id(seed * 1000 + i, 8),
+                name=f"op-{seed}-{i}",
+                kind=2,
+                start_time_unix_nano=start_ns + i * spacing_ns,
+                end_time_unix_nano=start_ns + i * spacing_ns + 500,
+                attributes=[KeyValue(key="i", value=AnyValue(int_value=i))],
+            )
+            for i in range(spans)
+            if i % len(services) == s
         ]
-        groups.append(ResourceSpans(resource=_resource(service),
-                                    scope_spans=[ScopeSpans(scope=InstrumentationScope(name="t", version="1"),
-                                                            spans=group)]))
+        groups.append(
+            ResourceSpans(
+                resource=_resource(service),
+                scope_spans=[ScopeSpans(scope=InstrumentationScope(name="t", version="1"), spans=group)],
+            )
+        )
     return ExportTraceServiceRequest(resource_spans=groups).SerializeToString()
 
 
 def logs_request(seed: int, records: int = 4, start_ns: int = T0) -> bytes:
     """Log records; every other one leaves ``time`` unset (the writer falls back to observed_time)."""
     logs = [
-        LogRecord(time_unix_nano=0 if i % 2 else start_ns + i, observed_time_unix_nano=start_ns + i + 7,
-                  severity_number=9, severity_text="INFO", body=AnyValue(string_value=f"log {seed}/{i}"),
-                  attributes=[KeyValue(key="seed", value=AnyValue(int_value=seed))])
+        LogRecord(
+            time_unix_nano=0 if i % 2 else start_ns + i,
+            observed_time_unix_nano=start_ns + i + 7,
+            severity_number=9,
+            severity_text="INFO",
+            body=AnyValue(string_value=f"log {seed}/{i}"),
+            attributes=[KeyValue(key="seed", value=AnyValue(int_value=seed))],
+        )
         for i in range(records)
     ]
-    return ExportLogsServiceRequest(resource_logs=[ResourceLogs(
-        resource=_resource("logger"), scope_logs=[ScopeLogs(log_records=logs)])]).SerializeToString()
+    return ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(resource=_resource("logger"), scope_logs=[ScopeLogs(log_records=logs)])]
+    ).SerializeToString()
 
 
 def metrics_request(seed: int, points: int = 3, start_ns: int = T0) -> bytes:
     """A gauge, a sum and a histogram metric, ``points`` points each."""
-    def numbers(offset: float) -> list[NumberDataPoint]:
-        return [NumberDataPoint(time_unix_nano=start_ns + i, start_time_unix_nano=start_ns,
-                                as_double=seed + offset + i) for i in range(points)]
 
-    histograms = [HistogramDataPoint(time_unix_nano=start_ns + i, start_time_unix_nano=start_ns, count=3,
-                                     sum=6.0, bucket_counts=[1, 2], explicit_bounds=[1.0]) for i in range(points)]
+    def numbers(offset: float) -> list[NumberDataPoint]:
+        return [
+            NumberDataPoint(time_unix_nano=start_ns + i, start_time_unix_nano=start_ns, as_double=seed + offset + i)
+            for i in range(points)
+        ]
+
+    histograms = [
+        HistogramDataPoint(
+            time_unix_nano=start_ns + i,
+            start_time_unix_nano=start_ns,
+            count=3,
+            sum=6.0,
+            bucket_counts=[1, 2],
+            explicit_bounds=[1.0],
+        )
+        for i in range(points)
+    ]
     metrics = [
         Metric(name=f"g{seed}", gauge=Gauge(data_points=numbers(0.5))),
         Metric(name=f"s{seed}", sum=Sum(data_points=numbers(0.25), is_monotonic=True, aggregation_temporality=2)),
         Metric(name=f"h{seed}", histogram=Histogram(data_points=histograms, aggregation_temporality=2)),
     ]
-    return ExportMetricsServiceRequest(resource_metrics=[ResourceMetrics(
-        resource=_resource("meter"), scope_metrics=[ScopeMetrics(metrics=metrics)])]).SerializeToString()
+    return ExportMetricsServiceRequest(
+        resource_metrics=[ResourceMetrics(resource=_resource("meter"), scope_metrics=[ScopeMetrics(metrics=metrics)])]
+    ).SerializeToString()
 
 
 def convert(kind: str, body: bytes) -> dict[str, pa.RecordBatch]:
@@ -129,12 +163,17 @@ class Sent:
 
     def _schema(self, table: str) -> pa.Schema:
         from signaldb.writer.tables import reference_schema
+
         return reference_schema(table)
 
 
-def put(client: flight.FlightClient, table: str, acceptor_id: str,
-        batches: Iterable[tuple[pa.RecordBatch, Sequence[tuple[int, int]]]],
-        token: str | None = None) -> list[tuple[list[int], list[int]]]:
+def put(
+    client: flight.FlightClient,
+    table: str,
+    acceptor_id: str,
+    batches: Iterable[tuple[pa.RecordBatch, Sequence[tuple[int, int]]]],
+    token: str | None = None,
+) -> list[tuple[list[int], list[int]]]:
     """Sends batches (each with its [(entry id, rows)]) on one stream; returns the acks."""
     from signaldb.flight_protocol import bearer_header
 
@@ -153,8 +192,14 @@ def put(client: flight.FlightClient, table: str, acceptor_id: str,
     return acks
 
 
-def put_request(client: flight.FlightClient, kind: str, body: bytes, entry_id: int, acceptor_id: str = "acc-1",
-                sent: Sent | None = None) -> dict[str, list[int]]:
+def put_request(
+    client: flight.FlightClient,
+    kind: str,
+    body: bytes,
+    entry_id: int,
+    acceptor_id: str = "acc-1",
+    sent: Sent | None = None,
+) -> dict[str, list[int]]:
     """Sends one OTLP request (one acceptor entry) like the acceptor would; returns duplicates per table."""
     duplicates = {}
     for table, batch in convert(kind, body).items():
@@ -186,8 +231,11 @@ def parquet_files(root: pathlib.Path, table: str | None = None) -> list[pathlib.
 def stray_files(root: pathlib.Path) -> list[pathlib.Path]:
     """Anything under the storage root that is not a complete Parquet file (temp files, leftovers);
     the catalog database and the tables' metadata are not strays."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and (p.name.startswith(".") or p.suffix != ".parquet")
-                  and not iceberg.is_catalog_file(root, p))
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and (p.name.startswith(".") or p.suffix != ".parquet") and not iceberg.is_catalog_file(root, p)
+    )
 
 
 def read_table(root: pathlib.Path, table: str) -> pa.Table:
@@ -225,7 +273,9 @@ def duckdb_rows(root: pathlib.Path, table: str, query: str) -> list[tuple]:
     partitioning on: ``date`` and ``hour`` are columns). With a catalog, the files its table
     references (a glob would also see uncommitted files)."""
     committed = iceberg.committed_files(root, table)
-    source = repr([str(f) for f in committed]) if committed is not None else repr(str(root / table / "**" / "*.parquet"))
+    source = (
+        repr([str(f) for f in committed]) if committed is not None else repr(str(root / table / "**" / "*.parquet"))
+    )
     with duckdb.connect() as con:
         return con.execute(query.format(src=f"read_parquet({source}, hive_partitioning = true)")).fetchall()
 
@@ -236,8 +286,13 @@ def duckdb_rows(root: pathlib.Path, table: str, query: str) -> list[tuple]:
 class WriterProcess:
     """``python -m signaldb.writer`` with its own WAL and storage, ports picked by the OS."""
 
-    def __init__(self, tmp: pathlib.Path, storage_url: str | None = None, env: dict[str, str] | None = None,
-                 args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        tmp: pathlib.Path,
+        storage_url: str | None = None,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         self.tmp = tmp
         self.storage_url = storage_url or f"file://{tmp / 'data'}"
         # Plain files unless the test names a catalog: these tests pin the file layout.
@@ -251,18 +306,31 @@ class WriterProcess:
     def log_path(self) -> pathlib.Path:
         return self.tmp / f"writer-{self.runs}.log"
 
-    def start(self, timeout: float = 60.0, env: dict[str, str] | None = None, until: str = "listening",
-              launch: bool = True) -> WriterProcess:
+    def start(
+        self, timeout: float = 60.0, env: dict[str, str] | None = None, until: str = "listening", launch: bool = True
+    ) -> WriterProcess:
         """Starts the process and waits for the log line ``until`` (``listening`` gives the ports);
         ``launch=False`` only waits, for a process already started."""
         if launch:
             self.runs += 1
-            cmd = [sys.executable, "-m", "signaldb.writer", "--wal-dir", str(self.tmp / "wal"),
-                   "--storage-url", self.storage_url, "--flight-addr", "127.0.0.1:0",
-                   "--health-addr", "127.0.0.1:0", *self.args]
+            cmd = [
+                sys.executable,
+                "-m",
+                "signaldb.writer",
+                "--wal-dir",
+                str(self.tmp / "wal"),
+                "--storage-url",
+                self.storage_url,
+                "--flight-addr",
+                "127.0.0.1:0",
+                "--health-addr",
+                "127.0.0.1:0",
+                *self.args,
+            ]
             with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
-                                             env={**self.env, **(env or {})})
+                self.proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env={**self.env, **(env or {})}
+                )
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -306,8 +374,11 @@ class WriterProcess:
         from helpers.net import http_get
 
         text = http_get(self.url("/metrics"))[1].decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name) and not line.startswith("#"))
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name) and not line.startswith("#")
+        )
 
     def client(self) -> flight.FlightClient:
         return flight.connect(f"grpc://127.0.0.1:{self.flight_port}")

@@ -76,17 +76,18 @@ class SyncFsMount:
         self.path.mkdir(parents=True, exist_ok=True)
         if os.path.ismount(self.path):
             raise RuntimeError(f"{self.path} is already a mount point")
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- open while mounted, closed in unmount
         self.proc = subprocess.Popen(
             [sys.executable, str(SYNCFS_PY), str(self.path)],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while not os.path.ismount(self.path):
             if self.proc.poll() is not None:
                 raise FuseUnavailable(
-                    f"SyncFS exited with status {self.proc.returncode} before mounting {self.path}:\n"
-                    + self.log_text()
+                    f"SyncFS exited with status {self.proc.returncode} before mounting {self.path}:\n" + self.log_text()
                 )
             if time.monotonic() > deadline:
                 self.stop()

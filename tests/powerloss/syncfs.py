@@ -110,13 +110,18 @@ class SyncFS(fuse.Operations):
         # A torn write is the one of these with the highest seq.
         self.unsynced_writes: dict[int, tuple[int, Node, int, bytes]] = {}
         self.counters = {
-            "writes": 0, "bytes_written": 0, "fsyncs": 0, "fdatasyncs": 0, "fsyncdirs": 0,
-            "cuts": 0, "torn_writes": 0,
+            "writes": 0,
+            "bytes_written": 0,
+            "fsyncs": 0,
+            "fdatasyncs": 0,
+            "fsyncdirs": 0,
+            "cuts": 0,
+            "torn_writes": 0,
         }
 
     # -- the mount's kernel settings ------------------------------------------
 
-    def init_with_config(self, conn_info, config) -> None:  # noqa: ANN001 (ctypes structs)
+    def init_with_config(self, conn_info, config) -> None:
         if config is not None:
             config.direct_io = 1  # no page cache: every read and write reaches us
             config.hard_remove = 1  # unlink means unlink, even for an open file
@@ -181,9 +186,16 @@ class SyncFS(fuse.Operations):
         size = len(node.data) if not node.is_dir else 4096
         nlink = 2 + sum(c.is_dir for c in node.entries.values()) if node.is_dir else 1
         return {
-            "st_mode": node.mode, "st_nlink": nlink, "st_size": size, "st_uid": node.uid,
-            "st_gid": node.gid, "st_atime": node.atime, "st_mtime": node.mtime,
-            "st_ctime": node.ctime, "st_blocks": (size + 511) // 512, "st_blksize": 4096,
+            "st_mode": node.mode,
+            "st_nlink": nlink,
+            "st_size": size,
+            "st_uid": node.uid,
+            "st_gid": node.gid,
+            "st_atime": node.atime,
+            "st_mtime": node.mtime,
+            "st_ctime": node.ctime,
+            "st_blocks": (size + 511) // 512,
+            "st_blksize": 4096,
         }
 
     def access(self, path: str, amode: int) -> int:
@@ -214,8 +226,16 @@ class SyncFS(fuse.Operations):
 
     def statfs(self, path: str) -> dict[str, int]:
         blocks = 1 << 20  # 4 GiB of 4 KiB blocks, nearly all free: the tests stay far below
-        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": blocks, "f_bfree": blocks - 1,
-                "f_bavail": blocks - 1, "f_files": 1 << 20, "f_ffree": 1 << 20, "f_namemax": 255}
+        return {
+            "f_bsize": 4096,
+            "f_frsize": 4096,
+            "f_blocks": blocks,
+            "f_bfree": blocks - 1,
+            "f_bavail": blocks - 1,
+            "f_files": 1 << 20,
+            "f_ffree": 1 << 20,
+            "f_namemax": 255,
+        }
 
     # -- directories (names change volatile entries; fsyncdir makes them durable) --
 

@@ -56,11 +56,11 @@ import pyarrow.flight as flight
 
 from signaldb import otlp
 from signaldb.acceptor import entry_format
-from signaldb.acceptor.dead_letter import DeadLetters
 from signaldb.acceptor.routing import RoutingTable, route
 from signaldb.acceptor.telemetry import AcceptorMetrics
 from signaldb.acceptor.writer_set import UNRESOLVED_RETRY_SECS, Resolver, Writer, WriterSet, system_resolve
 from signaldb.flight_protocol import StreamHeader, bearer_header, decode_ack, encode_batch_metadata
+from signaldb.service.dead_letters import DeadLetters
 from signaldb.wal import Entry, Wal
 
 log = logging.getLogger(__name__)
@@ -540,7 +540,6 @@ class Forwarder:
         self.endpoints = list(endpoints)
         self.metrics = metrics
         self._dead_letters = dead_letters
-        self._dead_letter_lock = threading.Lock()
         self.batch_entries = batch_entries
         self.batch_bytes = batch_bytes
         self.auth_token = auth_token
@@ -764,9 +763,27 @@ class Forwarder:
     # -- the rest -------------------------------------------------------------------
 
     def dead_letter(self, entry: Entry, reason: str) -> None:
-        with self._dead_letter_lock:
-            self._dead_letters.put(entry.id, entry.kind, entry.payload, reason)
-        self.metrics.dead_letters.inc()
+        """Sets ``entry`` aside (``signaldb.service.dead_letters``: the request body as taken,
+        replayable with any OTLP client) and marks it processed."""
+        try:
+            content_type, body, window = entry_format.decode(entry.payload)
+            data, ext = bytes(body), "otlp"
+        except entry_format.EntryFormatError:
+            content_type, data, window, ext = None, bytes(entry.payload), None, "raw"
+        fields = {
+            "content_type": content_type,
+            "acceptor_id": self.acceptor_id,
+            "window": None
+            if window is None
+            else {"min_ns": window.min_ns, "max_ns": window.max_ns, "now_ns": window.now_ns},
+        }
+        path, new = self._dead_letters.put(entry.id, entry.kind, data, ext, reason, fields)
+        if new:
+            self.metrics.dead_letters.inc()
+        log.error(
+            "entry moved to dead-letter directory",
+            extra={"entry_id": entry.id, "signal": entry.kind, "reason": reason, "path": str(path)},
+        )
         self.wal.mark_processed(entry.id)
         self.release([entry.id])
 

@@ -27,7 +27,6 @@ from typing import Any
 from signaldb.acceptor import identity
 from signaldb.acceptor.admission import Admission
 from signaldb.acceptor.cors import CorsPolicy
-from signaldb.acceptor.dead_letter import DeadLetters
 from signaldb.acceptor.forwarder import Forwarder
 from signaldb.acceptor.grpc_receiver import GrpcReceiver
 from signaldb.acceptor.http_receiver import HttpReceiver
@@ -37,6 +36,7 @@ from signaldb.config import Config
 from signaldb.service import metrics as service_metrics
 from signaldb.service import reload as reloading
 from signaldb.service.connections import HEALTH_MAX_CONNECTIONS, LATE_FDS, HttpLimits, plan_caps, raise_nofile_limit
+from signaldb.service.dead_letters import DeadLetters
 from signaldb.service.health import HealthServer, wal_fields
 from signaldb.service.logsetup import set_level
 from signaldb.service.security import read_pem_pair, server_ssl_context
@@ -118,7 +118,7 @@ class AcceptorService:
         # This life's entries carry it: a restored or copied directory that hands out
         # entry ids again can never collide with what the writers saw (identity.py).
         self.incarnation = identity.new_incarnation()
-        dead_letters = DeadLetters(cfg.acceptor.dead_letter_dir, acceptor_id)
+        dead_letters = DeadLetters(cfg.acceptor.dead_letter_dir, "acceptor")
         pem = read_pem_pair(cfg.security)
         self.forwarder = Forwarder(
             self.wal,

@@ -1,2 +1,3 @@
 """Pieces every SignalDB service shares: structured logging, Prometheus metrics,
-the health/metrics HTTP endpoints, TLS/auth helpers and the process lifecycle."""
+the health/metrics HTTP endpoints, TLS/auth helpers, the process lifecycle and the
+dead-letter format (``dead_letters``)."""

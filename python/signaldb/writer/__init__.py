@@ -3,7 +3,7 @@
 Modules, in the order data flows through them:
 
 - ``ingest``   Flight ``do_put``: validates, dedupes, appends to the WAL, acks.
-- ``ledger``   which (acceptor, table, entry id) the writer already holds.
+- ``ledger``   which (acceptor, table, entry id) the writer already holds (the sink owns it).
 - ``payload``  the bytes of one writer WAL entry (header + Arrow IPC stream).
 - ``tables``   reference schemas, WAL kinds, hour partitions.
 - ``sink``     buffers rows per table and hour, writes files, marks entries processed.

@@ -1,7 +1,7 @@
 """The Flight side of the writer: ``do_put`` per ``signaldb.flight_protocol``.
 
 For each batch of a stream: check the backlog, decode the entries, split them
-into new and duplicate (``Ledger``), append the new rows to the writer WAL as
+into new and duplicate (the sink's dedupe ledger: ``Sink.reserve``), append the new rows to the writer WAL as
 one entry, and ack once the append returned (durable in immediate mode).
 pyarrow runs each call on its own thread, so the blocking append is fine here
 and concurrent streams share the WAL's group commit.
@@ -32,7 +32,7 @@ from signaldb.flight_protocol import ProtocolError, StreamHeader, decode_batch_m
 from signaldb.service.security import bearer_ok
 from signaldb.wal import Wal, WalError, WalFullError
 from signaldb.writer import payload
-from signaldb.writer.ledger import Busy, Key, Ledger
+from signaldb.writer.ledger import Busy, Key
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.sink import Sink
 from signaldb.writer.tables import kind_of, reference_schema
@@ -72,7 +72,6 @@ class WriterFlightServer(flight.FlightServerBase):
         location: str,
         wal: Wal,
         sink: Sink,
-        ledger: Ledger,
         metrics: WriterMetrics,
         max_backlog_bytes: int,
         auth_token: str | None = None,
@@ -83,7 +82,6 @@ class WriterFlightServer(flight.FlightServerBase):
         super().__init__(location, tls_certificates=[tls_pair] if tls_pair else None, middleware=middleware)
         self._wal = wal
         self._sink = sink
-        self._ledger = ledger
         self._metrics = metrics
         self._max_backlog = max_backlog_bytes
         self._max_batch_bytes = max_batch_bytes
@@ -196,7 +194,7 @@ class WriterFlightServer(flight.FlightServerBase):
         # acceptor directory reuses ids, never an incarnation (flight_protocol.source_key).
         key: Key = (source_key(header.acceptor_id, metadata.incarnation), header.table)
         if metadata.min_unprocessed is not None:
-            self._ledger.raise_floor(key[0], metadata.min_unprocessed, [eid for eid, _ in metadata.entries])
+            self._sink.raise_floor(key[0], metadata.min_unprocessed, [eid for eid, _ in metadata.entries])
         ack = self._store(key, metadata.entries, batch)
         writer.write(pa.py_buffer(ack))
 
@@ -212,26 +210,25 @@ class WriterFlightServer(flight.FlightServerBase):
             )
         ids = [eid for eid, _ in entries]
         try:
-            new, duplicates = self._ledger.reserve(key, ids)
+            reservation = self._sink.reserve(key, ids)
         except Busy as err:
             raise self._unavailable("busy", f"{err}; retry") from None
-        fresh = set(new)
-        kept = tuple((eid, rows) for eid, rows in entries if eid in fresh and rows > 0)
-        kept_ids = [eid for eid, _ in kept]
+        duplicates = reservation.duplicates
         stored = False
-        try:
-            if kept:
-                record = payload.WalRecord(key[0], key[1], kept, _rows_of(entries, fresh, batch))
-                wal_id = self._wal.append(payload.encode(record), kind_of(key[1]))  # durable on return
-                stored = True
-        except WalFullError as err:
-            raise self._unavailable("wal_full", f"writer WAL full: {err}; retry later") from None
-        except WalError as err:
-            self._metrics.refused_batches.labels("wal_error").inc()
-            raise flight.FlightInternalError(f"writer WAL failed: {err}") from None
-        finally:
-            self._ledger.release(key, kept_ids, stored)
-            self._ledger.release(key, [i for i in new if i not in set(kept_ids)], False)
+        with reservation:  # at its end: the stored ids pending, every other new id free again
+            fresh = set(reservation.new)
+            kept = tuple((eid, rows) for eid, rows in entries if eid in fresh and rows > 0)
+            try:
+                if kept:
+                    record = payload.WalRecord(key[0], key[1], kept, _rows_of(entries, fresh, batch))
+                    wal_id = self._wal.append(payload.encode(record), kind_of(key[1]))  # durable on return
+                    stored = True
+                    reservation.stored(eid for eid, _ in kept)
+            except WalFullError as err:
+                raise self._unavailable("wal_full", f"writer WAL full: {err}; retry later") from None
+            except WalError as err:
+                self._metrics.refused_batches.labels("wal_error").inc()
+                raise flight.FlightInternalError(f"writer WAL failed: {err}") from None
         if stored:
             self._sink.add(wal_id, record)
             self._metrics.rows_received.labels(key[1]).inc(record.batch.num_rows)

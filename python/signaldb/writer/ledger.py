@@ -111,7 +111,12 @@ Key = tuple[str, str]  # (source: flight_protocol.source_key(acceptor id, incarn
 
 
 class Ledger:
-    """Thread-safe: Flight handler threads reserve, the sink thread completes."""
+    """Thread-safe: Flight handler threads reserve, the sink thread completes.
+
+    Owned by the ``Sink`` (``signaldb.writer.sink``), which builds it from the state file,
+    replays into it, completes and persists it; the Flight side reaches it only through
+    ``Sink.raise_floor`` and ``Sink.reserve``. Its lock is the innermost of the writer's
+    locks: nothing else is ever taken while it is held."""
 
     def __init__(self, done: dict[Key, IdSet] | None = None, floors: dict[str, int] | None = None) -> None:
         self._lock = threading.Lock()
@@ -130,10 +135,6 @@ class Ledger:
         top = max(entry_ids, default=-1)
         if top > self._max_stored.get(source, -1):
             self._max_stored[source] = top
-
-    def holds(self, key: Key, entry_id: int) -> bool:
-        with self._lock:
-            return self._holds(key, entry_id)
 
     def _holds(self, key: Key, entry_id: int) -> bool:
         if entry_id < self._floors.get(key[0], 0):
@@ -209,3 +210,29 @@ class Ledger:
     @classmethod
     def from_snapshot(cls, done: dict[str, dict[str, list[list[int]]]], floors: dict[str, int]) -> Ledger:
         return cls({(a, t): IdSet(r) for a, tables in done.items() for t, r in tables.items()}, dict(floors))
+
+
+class Reservation:
+    """One batch's hold on its acceptor entry ids while it is appended to the writer WAL.
+
+    Built by ``Sink.reserve`` (raises ``Busy``, nothing reserved); ``new`` are in flight
+    until the ``with`` block ends. ``stored(ids)`` says which of them the WAL now holds: at
+    the end those become pending, every other new id is released as still new (a failed
+    append, or rows dropped), so a resend of it is stored again."""
+
+    def __init__(self, ledger: Ledger, key: Key, entry_ids: Sequence[int]) -> None:
+        self.new, self.duplicates = ledger.reserve(key, entry_ids)
+        self._ledger = ledger
+        self._key = key
+        self._in_wal: list[int] = []
+
+    def stored(self, entry_ids: Iterable[int]) -> None:
+        self._in_wal = list(entry_ids)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        in_wal = set(self._in_wal)
+        self._ledger.release(self._key, self._in_wal, True)
+        self._ledger.release(self._key, [i for i in self.new if i not in in_wal], False)

@@ -57,9 +57,7 @@ async def _serve(args: argparse.Namespace, services: list[WriterService]) -> int
     start = asyncio.create_task(service.start())
     await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
     if stop.done():
-        service.stopping = True
-        if service.sink is not None:
-            service.sink.abort_replay()
+        service.cancel_start()
         await asyncio.gather(start, return_exceptions=True)
     elif start.exception() is not None:
         err = start.exception()

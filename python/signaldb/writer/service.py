@@ -25,7 +25,6 @@ from signaldb.writer import identity, state
 from signaldb.writer.catalog import Tables
 from signaldb.writer.committer import Committer
 from signaldb.writer.ingest import WriterFlightServer
-from signaldb.writer.ledger import Ledger
 from signaldb.writer.maintenance import Maintenance
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.sink import Sink
@@ -105,7 +104,6 @@ class WriterService:
         self.writer_id, _ = identity.load_or_create(wcfg.wal_dir, had_data)
         log.info("writer id", extra={"writer_id": self.writer_id, "wal_dir": str(wcfg.wal_dir)})
         saved = state.load(wcfg.wal_dir)
-        self.ledger = Ledger.from_snapshot(saved.done, saved.floors)
         self.committer = None
         if self.cfg.catalog.enabled:
             log.info("Iceberg catalog", extra={"catalog": self.cfg.catalog.redacted})
@@ -117,7 +115,6 @@ class WriterService:
             wcfg.wal_dir,
             self.writer_id,
             open_store(self.cfg.storage_url),
-            self.ledger,
             saved,
             self.metrics,
             self.cfg.writer.file_max_bytes,
@@ -144,7 +141,6 @@ class WriterService:
             f"{scheme}://{addr}",
             self.wal,
             self.sink,
-            self.ledger,
             self.metrics,
             self.cfg.writer_wal.max_backlog_bytes,
             security.auth_token,
@@ -152,14 +148,19 @@ class WriterService:
             self.cfg.writer.max_batch_bytes,
         )
 
+    def cancel_start(self) -> None:
+        """A stop asked for while ``start`` runs: the replay ends at its next entry (what it has
+        not re-read stays in the WAL) and Flight never opens. Safe from any thread."""
+        self.stopping = True
+        if self.sink is not None:
+            self.sink.abort_replay()
+
     async def stop(self) -> bool:
         """Stops accepting, writes out open files, closes the WAL; True when nothing was left behind."""
-        self.stopping = True
+        self.cancel_start()
         budget = self.cfg.writer.shutdown_timeout_secs
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        if self.sink is not None:
-            self.sink.abort_replay()
         if self.maintenance is not None:  # checks between files and steps; a cut run leaves only orphans
             await loop.run_in_executor(None, self.maintenance.stop, min(budget / 3, MAINTENANCE_STOP_SECS))
         if self.flight is not None:

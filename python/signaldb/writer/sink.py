@@ -48,9 +48,10 @@ take the others in its file down with it (only a plan made in this life: it was
 never built, so no object of its name exists; the old plan and the new ones
 swap in one state save; a plan re-read at replay may have been PUT before the
 crash and is never split). A single-entry plan (or a replayed one) that still
-fails is given up: each of its entries' whole WAL payload is copied to
-``<wal_dir>/dead-letter/<wal id>.entry`` with ``<wal id>.json`` beside it
-(reason, the partitions dead-lettered, the entry's other partitions), then the
+fails is given up: each of its entries' whole WAL payload is set aside in
+``<wal_dir>/dead-letter/`` (``signaldb.service.dead_letters``: ``.entry`` payload,
+``.json`` sidecar with the reason, the partitions dead-lettered and the
+entry's other partitions), then the
 plan is saved as ``dead_letter`` in the state file (from then on it counts as
 settled, like a written file, also after a restart), and the entries complete
 as usual. Other plans are written meanwhile: a failing plan waits
@@ -59,7 +60,7 @@ What ends where, for an entry with rows in several hours: the rows of the
 dead-lettered partition(s) are in dead-letter only; its rows in other
 partitions go to Parquet as usual (their files may hold other entries), so
 those rows are *also* in the dead-letter payload, which holds the whole entry.
-The ``.json`` lists both sets (``partitions_dead_lettered``,
+The sidecar lists both sets (``partitions_dead_lettered``,
 ``partitions_in_parquet``): re-ingest only the rows of the former. The entry's
 acceptor ids count as done: a resend is acked as a duplicate. A MemoryError
 while building is not counted (it is not the data's fault): the plan is retried.
@@ -67,36 +68,44 @@ while building is not counted (it is not the data's fault): the plan is retried.
 With a catalog (``committer``), a written file counts only once its commit
 landed (``_commit_files``): see docs/operations.md, "Iceberg tables".
 
+The dedupe ledger (``ledger.Ledger``: which acceptor entries this writer holds)
+is the sink's alone: built here from the state file, filled by the replay
+(pending ids), completed in step 3 and persisted with every state save. The
+Flight side asks it through two narrow calls, ``raise_floor`` and ``reserve``
+(a ``ledger.Reservation``: in flight while the batch is appended, then pending),
+and the service never touches it.
+
 Locks, in the only order they are ever nested: ``_state_lock`` (the state file
 and ``_committed``) before ``_cond`` (entries, buffers, retries, held bytes;
-``_room`` shares its lock). The committer's own lock is never taken while
-either is held (claims are checked outside them). The ledger has its own lock
-and is called with neither held, except ``snapshot`` from ``_save_state``
-(under ``_state_lock``).
+``_room`` shares its lock), and either of them before the ledger's own lock,
+the innermost (taken under ``_state_lock`` only by ``snapshot`` in
+``_save_state``; every other ledger call is made with neither held, and the
+ledger calls out to nothing). The committer's own lock is never taken while
+either is held (claims are checked outside them).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
-from signaldb.service.durable import fsync_dir, replace_durably, write_synced
-from signaldb.wal import Wal
+from signaldb.service.dead_letters import DeadLetters
+from signaldb.wal import Entry, Wal
 from signaldb.writer import crashpoints, parquet, payload, state
 from signaldb.writer.claims import ClaimMap, entries_by_partition
 from signaldb.writer.committer import Committer, FileToCommit
-from signaldb.writer.ledger import IdSet, Key, Ledger
+from signaldb.writer.ledger import IdSet, Key, Ledger, Reservation
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.storage import ObjectConflict, ObjectStore, StoreAborted, put_with_retry
-from signaldb.writer.tables import split_by_hour
+from signaldb.writer.tables import kind_of, split_by_hour
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +203,6 @@ class Sink:
         wal_dir: Path,
         writer_id: str,
         store: ObjectStore,
-        ledger: Ledger,
         saved: state.State,
         metrics: WriterMetrics,
         file_max_bytes: int,
@@ -210,9 +218,10 @@ class Sink:
         self._max_uncommitted_secs = max_uncommitted_secs  # see _commit_files
         self._replans = 0  # plans made again after a commit found rows claimed (see _replan)
         self._wal_dir = Path(wal_dir)
+        self._dead_letters = DeadLetters(self._wal_dir / DEAD_LETTER_DIR, "writer")
         self._writer_id = writer_id
         self._store = store
-        self._ledger = ledger
+        self._ledger = Ledger.from_snapshot(saved.done, saved.floors)  # owned here (module doc)
         self._state = saved
         self._metrics = metrics
         self._max_bytes = file_max_bytes
@@ -254,6 +263,17 @@ class Sink:
             if not parts:  # every row committed already (by another writer): nothing to write
                 self._instant.append(wal_id)
                 self._cond.notify()
+
+    # -- the dedupe ledger, for the Flight side ------------------------------------
+
+    def raise_floor(self, source: str, min_unprocessed: int, batch_ids: list[int]) -> None:
+        """A batch's ``min_unprocessed`` (``Ledger.raise_floor``: bounded by what was stored)."""
+        self._ledger.raise_floor(source, min_unprocessed, batch_ids)
+
+    def reserve(self, key: Key, entry_ids: list[int]) -> Reservation:
+        """Splits a batch's ids into new and duplicate and holds the new ones while the batch is
+        appended (``Reservation``); raises ``ledger.Busy`` when another stream holds one."""
+        return Reservation(self._ledger, key, entry_ids)
 
     def _unclaimed(self, record: payload.WalRecord) -> tuple[payload.WalRecord, dict[str, list[int]]]:
         """With a catalog: the record without rows already committed (``claims``), and the
@@ -341,7 +361,7 @@ class Sink:
                 record, part_ids = self._unclaimed(record)
                 parts = split_by_hour(record.table, record.batch)
             except Exception as err:  # CRC-valid but unreadable: a bug or version skew, never a crash loop
-                self._dead_letter(entry.id, entry.payload, err)
+                self._dead_letter(entry, err)
                 already_done.append(entry.id)
                 continue
             key = (record.acceptor_id, record.table)
@@ -436,17 +456,15 @@ class Sink:
         if stale:
             log.info("uncommitted files from the last run are planned again", extra={"files": len(stale)})
 
-    def _dead_letter(self, wal_id: int, data: bytes, err: Exception) -> None:
-        """Keeps an unreadable entry's payload in ``<wal_dir>/dead-letter/`` before it is marked."""
-        directory = self._wal_dir / DEAD_LETTER_DIR
-        directory.mkdir(mode=0o700, exist_ok=True)
-        target = directory / f"{wal_id}.entry"
-        replace_durably(target, data)
-        fsync_dir(self._wal_dir)  # the dead-letter directory may be new
-        self._metrics.dead_letter_entries.inc()
+    def _dead_letter(self, entry: Entry, err: Exception) -> None:
+        """Sets an unreadable entry's payload aside in ``<wal_dir>/dead-letter/`` before it is marked."""
+        reason = f"writer WAL entry cannot be read: {err!r}"
+        path, new = self._dead_letters.put(entry.id, entry.kind, bytes(entry.payload), "entry", reason)
+        if new:
+            self._metrics.dead_letter_entries.inc()
         log.error(
             "unreadable writer WAL entry moved to dead-letter",
-            extra={"wal_id": wal_id, "path": str(target), "error": repr(err)},
+            extra={"wal_id": entry.id, "path": str(path), "error": repr(err)},
         )
 
     # -- the flusher -----------------------------------------------------------
@@ -823,43 +841,36 @@ class Sink:
     def _dead_letter_plan(self, p: _Plan, err: Exception) -> None:
         """Gives ``p`` up: its entries' payloads go to dead-letter (durably), then the plan is
         saved as dead-lettered. A crash in between builds it again on restart, fails again and
-        rewrites the same dead-letter files (idempotent)."""
-        reason = f"Parquet build failed {p.build_failures} times: {err!r}"[:2000]
-        directory = self._wal_dir / DEAD_LETTER_DIR
-        directory.mkdir(mode=0o700, exist_ok=True)
+        meets the same dead letters again (same payload: only the sidecar is rewritten, nothing counted twice)."""
+        reason = f"Parquet build failed {p.build_failures} times: {err!r}"
         with self._cond:
             entries = {wid: self._entries.get(wid) for wid in p.wal_ids}
         new = 0
         for wid, entry in entries.items():
-            payload_file, record_file = directory / f"{wid}.entry", directory / f"{wid}.json"
-            try:
-                previous = json.loads(record_file.read_bytes())
-            except (FileNotFoundError, ValueError):
-                previous = {}
-            if not payload_file.exists():
-                data = self._read_payload(wid)
-                if data is not None:
-                    write_synced(payload_file, data)
-                    new += 1
-            dead = sorted({*previous.get("partitions_dead_lettered", []), p.partition})
-            partitions = list(entry.partitions) if entry is not None else previous.get("partitions", dead)
-            record = {
-                "wal_id": wid,
-                "reason": reason,
-                "table": p.table,
-                "file": p.path,
-                "acceptor_id": entry.key[0] if entry is not None else previous.get("acceptor_id"),
-                "acceptor_entry_ids": entry.acceptor_ids if entry is not None else previous.get("acceptor_entry_ids"),
-                "partitions": partitions,
-                "partitions_dead_lettered": dead,
-                "partitions_in_parquet": [x for x in partitions if x not in dead],
-                "note": "the .entry file holds the whole writer WAL entry; only its rows in "
-                "partitions_dead_lettered are missing from Parquet, its rows in "
-                "partitions_in_parquet are written to Parquet as usual (re-ingest only the former)",
-            }
-            write_synced(record_file, json.dumps(record, indent=1).encode())
-        fsync_dir(directory)
-        fsync_dir(self._wal_dir)  # the dead-letter directory may be new
+
+            def fields(previous: dict[str, Any] | None, entry: _Entry | None = entry) -> dict[str, Any]:
+                # The same entry dead-lettered before for another hour: the sidecar lists both.
+                previous = previous or {}
+                dead = sorted({*previous.get("partitions_dead_lettered", []), p.partition})
+                partitions = list(entry.partitions) if entry is not None else previous.get("partitions", dead)
+                return {
+                    "table": p.table,
+                    "file": p.path,
+                    "acceptor_id": entry.key[0] if entry is not None else previous.get("acceptor_id"),
+                    "acceptor_entry_ids": entry.acceptor_ids
+                    if entry is not None
+                    else previous.get("acceptor_entry_ids"),
+                    "partitions": partitions,
+                    "partitions_dead_lettered": dead,
+                    "partitions_in_parquet": [x for x in partitions if x not in dead],
+                    "note": "the .entry file holds the whole writer WAL entry; only its rows in "
+                    "partitions_dead_lettered are missing from Parquet, its rows in "
+                    "partitions_in_parquet are written to Parquet as usual (re-ingest only the former)",
+                }
+
+            _, fresh = self._dead_letters.put(wid, kind_of(p.table), self._read_payload(wid), "entry", reason, fields)
+            new += fresh
+        directory = self._dead_letters.directory
         self._metrics.dead_letter_entries.inc(new)
         log.error(
             "Parquet file could not be built; its entries moved to dead-letter",
