@@ -8,9 +8,11 @@ same acceptor entries (a failover) and commit them at the same time.
 
 from __future__ import annotations
 
+import base64
 import json
 import pathlib
 import threading
+import zlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,7 +32,7 @@ from helpers.writer import (
     put_request,
     traces_request,
 )
-from signaldb.writer.claims import Claims, entries_by_partition, without_claimed
+from signaldb.writer.claims import Claims, decode_claims, encode_claims, entries_by_partition, without_claimed
 from signaldb.writer.payload import WalRecord
 from signaldb.writer.tables import split_by_hour
 
@@ -107,6 +109,48 @@ def test_without_claimed_drops_exactly_the_claimed_partition_rows(entries, claim
 # -- one writer -----------------------------------------------------------------------
 
 
+id_ranges = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 4)), max_size=40).map(
+    lambda steps: [[lo, lo + n] for lo, n in _spaced(steps)]
+)
+
+
+def _spaced(steps: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Disjoint, sorted, non-adjacent ranges from (gap, length) steps."""
+    out, end = [], -2
+    for gap, n in steps:
+        lo = end + 2 + gap
+        out.append((lo, n))
+        end = lo + n
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ranges=st.dictionaries(
+        st.sampled_from(["date=2026-12-05/hour=07", "date=2026-12-05/hour=08"]),
+        st.dictionaries(st.sampled_from(["acc-1", "acc-2/life"]), id_ranges, max_size=2),
+        max_size=2,
+    )
+)
+def test_claims_encoding_round_trips_and_reads_the_older_forms(ranges) -> None:
+    ranges = {p: {s: r for s, r in sources.items() if r} for p, sources in ranges.items()}
+    ranges = {p: sources for p, sources in ranges.items() if sources}
+    assert decode_claims(encode_claims(ranges)) == ranges
+    plain = json.dumps(ranges)
+    assert decode_claims(plain) == ranges  # summaries written before the z2 encoding
+    assert decode_claims("z1:" + base64.b64encode(zlib.compress(plain.encode())).decode()) == ranges
+
+
+def test_claims_encoding_is_small_for_the_ranges_several_writers_make() -> None:
+    """One acceptor's ids spread over three writers and seven tables: a commit holds many
+    short ranges. Every commit rewrites the table metadata that holds every summary."""
+    spread = [[i, i + (i % 2)] for i in range(1_000_000, 1_000_000 + 4 * 400, 4)]
+    ranges = {"date=2026-12-05/hour=07": {"12154d06e5e34cbfa08593d9cc415d24/ca94fe9e7acbd9eb": spread}}
+    encoded = encode_claims(ranges)
+    assert decode_claims(encoded) == ranges
+    assert len(encoded) * 10 < len(json.dumps(ranges, separators=(",", ":")))
+
+
 def test_every_table_is_an_iceberg_table_with_partitions_sort_order_and_claims(
     procs: list[WriterProcess], tmp_path: pathlib.Path
 ) -> None:
@@ -134,7 +178,7 @@ def test_every_table_is_an_iceberg_table_with_partitions_sort_order_and_claims(
     claimed = {}
     for summary in summaries:
         assert summary["signaldb.writer"] == w.health()["writer_id"]
-        for partition, sources in json.loads(summary["signaldb.claims"]).items():
+        for partition, sources in decode_claims(summary["signaldb.claims"]).items():
             for source, ranges in sources.items():
                 assert source == "acc-1"
                 claimed.setdefault(partition, []).extend(ranges)
@@ -235,7 +279,7 @@ def test_two_writers_holding_the_same_entries_commit_each_row_once(
     # Every (partition, entry) is claimed by exactly one commit.
     seen: dict[tuple[str, int], int] = {}
     for snap in iceberg.load(storage, "traces").snapshots():
-        for partition, sources in json.loads(snap.summary.additional_properties["signaldb.claims"]).items():
+        for partition, sources in decode_claims(snap.summary.additional_properties["signaldb.claims"]).items():
             for lo, hi in sources["acc-1"]:
                 for i in range(lo, hi + 1):
                     seen[(partition, i)] = seen.get((partition, i), 0) + 1

@@ -39,7 +39,6 @@ from signaldb.writer.claims import (
     SUMMARY_KEY,
     ClaimMap,
     Claims,
-    decode_folded,
     encode_map,
     merge_maps,
     without_claimed,
@@ -88,13 +87,13 @@ class TableCommitter:
             return table
         with self._lock:
             if folded != self._folded:
-                self.claims.add_json(decode_folded(folded) if folded else "{}")
+                self.claims.add_encoded(folded)
                 self._folded = folded
             for snapshot in new:
                 summary = snapshot.summary.additional_properties if snapshot.summary else {}
                 text = summary.get(SUMMARY_KEY)
                 if text:
-                    self.claims.add_json(text)
+                    self.claims.add_encoded(text)
                 self._read.add(snapshot.snapshot_id)
         self._metrics.table_files.labels(self.table).set(_data_files(table))
         return table

@@ -71,7 +71,7 @@ import pyarrow.parquet as pq
 from signaldb.config import Config
 from signaldb.writer import parquet
 from signaldb.writer.catalog import Tables, storage_root_uri, storage_schema
-from signaldb.writer.claims import FOLDED_PROPERTY, SUMMARY_KEY, Claims, decode_folded, encode_folded
+from signaldb.writer.claims import FOLDED_PROPERTY, SUMMARY_KEY, Claims, encode_folded
 from signaldb.writer.metrics import WriterMetrics
 from signaldb.writer.storage import ObjectConflict, ObjectStore, StoreAborted, open_store, put_with_retry
 from signaldb.writer.tables import partition_name, time_column
@@ -593,11 +593,11 @@ class Maintenance:
             folded = table.properties.get(FOLDED_PROPERTY, "")
             claims = Claims()
             if folded:
-                claims.add_json(decode_folded(folded))
+                claims.add_encoded(folded)
             for s in expire:
                 text = s.summary.additional_properties.get(SUMMARY_KEY) if s.summary else None
                 if text:
-                    claims.add_json(text)
+                    claims.add_encoded(text)
             if keep_from is not None:
                 claims.drop_partitions_before(partition_name(keep_from))
             value = encode_folded(claims)
