@@ -19,6 +19,13 @@ same snapshot: two writers can never both commit one (partition, entry).
 A commit whose outcome is unknown (an error after the request left) is safe
 too: the next attempt finds its claims in the table and the rows are dropped
 as already committed.
+
+An attempt is kept short, since a commit landing inside it makes it fail: the
+files' Iceberg entries (statistics from each footer: a read per file, a GET on
+S3) are made once per call, not per attempt (again only if the table's schema
+or partition spec changed in between). A writer that keeps losing logs a
+warning every ``_CONFLICTS_WARN_EVERY`` attempts: more commits per second to a
+table than the catalog turns around (docs/operations.md, Iceberg tables).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ LIFE_KEY = "signaldb.life"
 WAL_KEY = "signaldb.wal"
 
 _CONFLICT_PAUSE_MAX_SECS = 0.5
+_CONFLICTS_WARN_EVERY = 20
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,7 @@ class TableCommitter:
         (the caller retries the whole cycle; nothing is marked processed)."""
         started = time.monotonic()
         attempt = 0
+        prepared = _DataFiles(self._tables)
         while True:
             try:
                 table = self.refresh()
@@ -125,13 +134,9 @@ class TableCommitter:
                 return taken
             props = self._summary(free)
             try:
+                entries = prepared.for_table(table, [f.path for f in free])
                 crashpoints.reached("before_catalog_commit")
-                with table.transaction() as tx:
-                    tx.add_files(
-                        [self._tables.data_file_uri(f.path) for f in free],
-                        snapshot_properties=props,
-                        check_duplicate_files=False,
-                    )
+                _append(table, entries, props)
             except Exception as err:
                 if _is_conflict(err):
                     attempt += 1
@@ -140,6 +145,16 @@ class TableCommitter:
                         "commit conflict; reading the other commit's claims and trying again",
                         extra={"table": self.table, "attempt": attempt},
                     )
+                    if attempt % _CONFLICTS_WARN_EVERY == 0:
+                        log.warning(
+                            "commit keeps meeting other commits; more commits to this table than the "
+                            "catalog turns around (fewer, larger files: writer.file_max_age_secs)",
+                            extra={
+                                "table": self.table,
+                                "attempts": attempt,
+                                "secs": round(time.monotonic() - started, 3),
+                            },
+                        )
                     if give_up():
                         raise
                     time.sleep(random.uniform(0, min(_CONFLICT_PAUSE_MAX_SECS, 0.01 * 2 ** min(attempt, 6))))
@@ -164,6 +179,46 @@ class TableCommitter:
             WAL_KEY: json.dumps(wal.ranges(), separators=(",", ":")),
             SUMMARY_KEY: encode_map(claim),
         }
+
+
+class _DataFiles:
+    """The Iceberg entries (``DataFile``: partition, statistics) of the files one ``commit``
+    call adds, read from their footers once and reused while the table's schema and spec stay."""
+
+    def __init__(self, tables: Tables) -> None:
+        self._tables = tables
+        self._made_for: tuple[int, int] | None = None
+        self._by_path: dict[str, Any] = {}
+
+    def for_table(self, table: Any, paths: Sequence[str]) -> list[Any]:
+        from pyiceberg.io.pyarrow import parquet_file_to_data_file
+
+        meta = table.metadata
+        layout = (meta.current_schema_id, meta.default_spec_id)
+        if layout != self._made_for:
+            self._by_path, self._made_for = {}, layout
+        for path in paths:
+            if path not in self._by_path:
+                uri = self._tables.data_file_uri(path)
+                self._by_path[path] = parquet_file_to_data_file(table.io, meta, uri)
+        return [self._by_path[p] for p in paths]
+
+
+def _append(table: Any, entries: list[Any], props: dict[str, str]) -> None:
+    """One snapshot adding ``entries``, as ``Transaction.add_files`` makes it (a merge append
+    when the table asks for manifest merging, the name mapping set on first use)."""
+    from pyiceberg.table import TableProperties
+
+    with table.transaction() as tx:
+        if table.metadata.name_mapping() is None:
+            tx.set_properties(
+                **{TableProperties.DEFAULT_NAME_MAPPING: table.metadata.schema().name_mapping.model_dump_json()}
+            )
+        merge = table.metadata.properties.get(TableProperties.MANIFEST_MERGE_ENABLED, "").lower() == "true"
+        update = tx.update_snapshot(snapshot_properties=props)
+        with update.merge_append() if merge else update.fast_append() as append:
+            for entry in entries:
+                append.append_data_file(entry)
 
 
 def _data_files(table: Any) -> int:
