@@ -376,31 +376,9 @@ def postgres():
 @pytest.fixture
 def tls_pair(tmp_path):
     """A self-signed certificate and key for localhost / 127.0.0.1 (openssl CLI)."""
-    import subprocess
+    from helpers.tls import self_signed
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path)
     return cert, key
 
 

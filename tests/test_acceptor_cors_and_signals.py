@@ -14,6 +14,7 @@ import urllib.request
 
 import grpc
 
+from helpers.tls import self_signed
 from test_acceptor_bad_input import post, trace_request
 
 TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -123,30 +124,7 @@ def wait_log(proc, predicate, timeout: float = 10.0) -> dict:
 
 
 def make_cert(tmp_path, name: str) -> tuple:
-    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={name}",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed(tmp_path, name, cn=name)
 
 
 def served_cert(port: int) -> str:

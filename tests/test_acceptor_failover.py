@@ -25,6 +25,7 @@ from conftest import scaled
 from helpers.acceptor_proc import AcceptorProcess
 from helpers.flight_recorder import FlightRecorder
 from helpers.net import free_port, wait_until
+from helpers.tls import self_signed
 from signaldb.acceptor.routing import RoutingTable, ranked, route
 from signaldb.config import ConfigError, load
 from test_acceptor_bad_input import post, trace_request
@@ -235,34 +236,11 @@ def test_dns_endpoint_with_tls_checks_the_certificate_against_the_name(tmp_path,
     writers.test (pods change addresses; their certificate names the Service). The same kind of
     writer listed by address (``grpc+tls://127.0.0.3``) fails: the certificate names no address."""
     import ssl
-    import subprocess
     import urllib.request
 
     import pyarrow.flight as flight
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=writers.test",
-            "-addext",
-            "subjectAltName=DNS:writers.test",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path, cn="writers.test", san="DNS:writers.test")
     pair = [flight.CertKeyPair(cert.read_bytes(), key.read_bytes())]
     port = free_port()
     by_name = FlightRecorder(port=port, host="127.0.0.2", scheme="grpc+tls", tls_certificates=pair)

@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from helpers.flight_recorder import FlightRecorder
 from helpers.net import free_port
+from helpers.tls import self_signed
 from signaldb import otlp
 from signaldb.loadgen import LoadConfig, Stamper, build_request, build_requests, run
 from signaldb.loadgen.payload import REQUEST_ID_KEY, parse_partial_success
@@ -236,29 +237,7 @@ def test_http_transport_gzip_and_auth_header(recorder, acceptor_factory):
 
 
 def test_tls_with_ca_file(recorder, acceptor_factory, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path)
     acceptor = acceptor_factory(
         {"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "SIGNALDB_TLS_CERT": str(cert), "SIGNALDB_TLS_KEY": str(key)}
     )
