@@ -95,3 +95,14 @@ def test_wal_payload_round_trips_every_table(kind: str, monkeypatch: pytest.Monk
         monkeypatch.setattr(payload, "_IPC_SLACK", -(len(encoded) // 2))
         assert payload.encode(record) == encoded
         monkeypatch.undo()
+
+
+def test_wal_payload_with_a_schema_other_than_the_tables_still_round_trips() -> None:
+    """The schema's serialized size is remembered per table; a batch whose schema is larger
+    (here: long metadata) takes the growing path and loses nothing."""
+    batch = convert("traces", traces_request(2, spans=20))["traces"]
+    payload.encode(payload.WalRecord("acc-1", "traces", ((1, batch.num_rows),), batch))  # remembered
+    wide = batch.replace_schema_metadata({"padding": "x" * 100_000})
+    record = payload.WalRecord("acc-1", "traces", ((2, wide.num_rows),), wide)
+    decoded = payload.decode(payload.encode(record))
+    assert decoded.batch.equals(wide) and decoded.entries == record.entries
