@@ -430,6 +430,8 @@ struct House {
 struct Readers {
     notify_fds: Mutex<Vec<RawFd>>,
     cursor: Mutex<Option<Cursor>>,
+    /// `read_unprocessed`'s read buffer, kept between calls (taken with try_lock: a leaf).
+    buf: Mutex<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -556,7 +558,7 @@ impl Wal {
                 id_reserved: AtomicU64::new(rec.next_id),
             },
             house: House { state: Mutex::new(HouseState::default()), cv: Condvar::new() },
-            readers: Readers { notify_fds: Mutex::new(Vec::new()), cursor: Mutex::new(None) },
+            readers: Readers { notify_fds: Mutex::new(Vec::new()), cursor: Mutex::new(None), buf: Mutex::new(Vec::new()) },
             stats,
             closed: AtomicBool::new(false),
             cfg,
