@@ -267,7 +267,7 @@ impl Walk<'_> {
         is_last: bool,
     ) -> Result<Option<SegmentInfo>> {
         let seg_name = crate::format::segment_file_name(index);
-        let header = decode_segment_header(&image);
+        let header = decode_segment_header(image);
         if let HeaderState::Valid(h) = header {
             self.prev_id = self.prev_id.max(h.base_id.saturating_sub(1));
             self.max_base_id = self.max_base_id.max(h.base_id);
@@ -275,7 +275,7 @@ impl Walk<'_> {
         let chain_start = self.prev_id;
         let (watermark, expected_id, processed, progress) =
             (self.watermark, &mut self.expected_id, &mut self.processed, &mut self.progress);
-        let scan = scan_records(&image, SEGMENT_HEADER_LEN, chain_start, is_last, |h, _| {
+        let scan = scan_records(image, SEGMENT_HEADER_LEN, chain_start, is_last, |h, _| {
             if h.id > watermark {
                 if h.id > *expected_id {
                     processed.add_gap(*expected_id, h.id - 1);
@@ -294,7 +294,7 @@ impl Walk<'_> {
             Verdict::Spare | Verdict::Empty => {
                 if header == HeaderState::Damaged {
                     let d = Damage { kind: DamageKind::Corrupt, offset: 0, len: SEGMENT_HEADER_LEN.min(image.len()) };
-                    report_corruption(self.dir, &seg_name, &image, &d, self.stats);
+                    report_corruption(self.dir, &seg_name, image, &d, self.stats);
                 }
                 self.remove(&path, "removing empty segment")?;
                 return Ok(None);
@@ -311,17 +311,17 @@ impl Walk<'_> {
             }
             Verdict::DamagedHeader if header == HeaderState::Damaged => {
                 let d = Damage { kind: DamageKind::Corrupt, offset: 0, len: SEGMENT_HEADER_LEN.min(image.len()) };
-                report_corruption(self.dir, &seg_name, &image, &d, self.stats);
+                report_corruption(self.dir, &seg_name, image, &d, self.stats);
             }
             Verdict::DamagedHeader | Verdict::Active | Verdict::Sealed => {}
         }
         let mut file_len = image.len() as u64;
         for d in &scan.damages {
             match d.kind {
-                DamageKind::Corrupt => report_corruption(self.dir, &seg_name, &image, d, self.stats),
+                DamageKind::Corrupt => report_corruption(self.dir, &seg_name, image, d, self.stats),
                 DamageKind::TornTail => {
                     // Keep a copy: a bit flip in the very last record reads the same as a torn write.
-                    let saved = quarantine(self.dir, &seg_name, &image, d);
+                    let saved = quarantine(self.dir, &seg_name, image, d);
                     log::warn!(
                         segment = seg_name.as_str(), offset = d.offset, bytes = d.len,
                         copy:% = saved.as_ref().map(|p| p.display().to_string()).unwrap_or_default();

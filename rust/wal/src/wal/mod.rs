@@ -54,7 +54,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{is_out_of_space, Result, WalError};
 use crate::faults::{FaultAction, FaultPoint};
-use crate::format::{encode_record, encode_record_header, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{
+    encode_record, encode_record_header, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 use crate::fsutil;
 use crate::metadata::{self, Metadata, SegmentMeta};
 use crate::processed::{Mark, Processed};
@@ -558,7 +560,11 @@ impl Wal {
                 id_reserved: AtomicU64::new(rec.next_id),
             },
             house: House { state: Mutex::new(HouseState::default()), cv: Condvar::new() },
-            readers: Readers { notify_fds: Mutex::new(Vec::new()), cursor: Mutex::new(None), buf: Mutex::new(Vec::new()) },
+            readers: Readers {
+                notify_fds: Mutex::new(Vec::new()),
+                cursor: Mutex::new(None),
+                buf: Mutex::new(Vec::new()),
+            },
             stats,
             closed: AtomicBool::new(false),
             cfg,

@@ -42,11 +42,12 @@ impl Inner {
             let resume = cursor.filter(|c| c.segment == seg.index && c.after_id < start_id);
             let start = resume.map_or(SEGMENT_HEADER_LEN as u64, |c| c.offset);
             let prev = resume.map_or(seg.prev_id, |c| c.after_id);
-            let mut reader = match SegmentReader::with_buffer(&seg.path, start, seg.data_end, prev, std::mem::take(&mut buf)) {
-                Ok(r) => r,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted: all processed
-                Err(e) => return Err(WalError::io(format!("reading {}", seg.path.display()), e)),
-            };
+            let mut reader =
+                match SegmentReader::with_buffer(&seg.path, start, seg.data_end, prev, std::mem::take(&mut buf)) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted: all processed
+                    Err(e) => return Err(WalError::io(format!("reading {}", seg.path.display()), e)),
+                };
             reader.trust_until(seg.verified_end);
             let done = loop {
                 let step =
