@@ -26,7 +26,8 @@
 //! return; the flusher fsyncs when `max_buffer_entries` entries are unsynced
 //! or `flush_interval` has passed.
 //!
-//! The *housekeeper* thread creates the next segment durably ahead of
+//! The *housekeeper* thread (in `SCHED_BATCH`: its wake-ups do not preempt
+//! an appender on its way to fdatasync) creates the next segment durably ahead of
 //! rotation (a *spare*: see `rotation.rs`), writes the checkpoint
 //! (`metadata.json`) at most every `CHECKPOINT_INTERVAL` when processed marks
 //! changed, and then deletes sealed segments whose entries are all processed:
