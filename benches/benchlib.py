@@ -71,10 +71,20 @@ CASES: dict[str, Case] = {
         (
             ("ours", f"signaldb Wal.append x {THREADS} threads (group commit)"),
             ("ours_1", "signaldb Wal.append, 1 thread (goal 2's reference)"),
+            ("ours_batched", f"signaldb Wal.append x {THREADS} threads, sync_mode=batched (goal 2b's reference)"),
             ("naive", f"naive Python WAL x {THREADS} threads, one lock"),
             ("rocksdb", f"RocksDB put sync=True x {THREADS} threads (info)"),
         ),
-        (("ours_1", 1), ("ours", 1), ("naive", 1), ("rocksdb", 1), ("ours", 2), ("ours_1", 2)),
+        (
+            ("ours_1", 1),
+            ("ours", 1),
+            ("ours_batched", 1),
+            ("naive", 1),
+            ("rocksdb", 1),
+            ("ours", 2),
+            ("ours_batched", 2),
+            ("ours_1", 2),
+        ),
     ),
     "batch": Case(
         f"3. batches of {BATCH_SIZE} x 200 B, one durable commit per batch",

@@ -221,6 +221,9 @@ class Goal:
 GOALS = [
     Goal("1", "single producer vs RocksDB put sync, per record", ("single", "ours"), ("single", "rocksdb"), 1.3),
     Goal("2", "64 threads (group commit) vs our single producer", ("threads", "ours"), ("threads", "ours_1"), 15.0),
+    Goal(
+        "2b", "64 threads immediate vs the same threads batched", ("threads", "ours"), ("threads", "ours_batched"), 0.9
+    ),
     Goal("3", "append_batch(1000) vs RocksDB WriteBatch(1000) sync", ("batch", "ours"), ("batch", "rocksdb"), 2.0),
     Goal(
         "4",

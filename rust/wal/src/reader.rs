@@ -45,7 +45,10 @@ pub struct SegmentReader {
     end: u64,
     pos: u64,
     prev_id: u64,
+    /// Holds `[buf_start, buf_start + filled)` of the file; longer than
+    /// `filled` when reused (see `with_buffer`): never zeroed again.
     buf: Vec<u8>,
+    filled: usize,
     buf_start: u64,
     /// Records ending at or before this offset were CRC-checked by recovery: not again.
     trusted_end: u64,
@@ -53,15 +56,27 @@ pub struct SegmentReader {
 
 impl SegmentReader {
     pub fn open(path: &Path, start: u64, end: u64, prev_id: u64) -> io::Result<SegmentReader> {
+        Self::with_buffer(path, start, end, prev_id, Vec::new())
+    }
+
+    /// `open` reading into `buf` (its contents are ignored): a reader per
+    /// segment per call would otherwise allocate and zero 1 MiB each time.
+    /// `into_buffer` gives it back.
+    pub fn with_buffer(path: &Path, start: u64, end: u64, prev_id: u64, buf: Vec<u8>) -> io::Result<SegmentReader> {
         Ok(SegmentReader {
             file: File::open(path)?,
             end,
             pos: start,
             prev_id,
-            buf: Vec::new(),
+            buf,
+            filled: 0,
             buf_start: start,
             trusted_end: 0,
         })
+    }
+
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 
     /// Records that end at or before `end` are taken as verified (recovery
@@ -82,20 +97,22 @@ impl SegmentReader {
     /// Makes `buf` hold `[at, at + len)` (clamped to `end`); returns false if it cannot.
     fn fill(&mut self, at: u64, len: usize) -> io::Result<bool> {
         let want_end = (at + len as u64).min(self.end);
-        if at >= self.buf_start && want_end <= self.buf_start + self.buf.len() as u64 {
+        if at >= self.buf_start && want_end <= self.buf_start + self.filled as u64 {
             return Ok(want_end == at + len as u64);
         }
         let read_len = (self.end - at).min(len.max(READ_CHUNK) as u64) as usize;
-        self.buf.resize(read_len, 0);
+        if self.buf.len() < read_len {
+            self.buf.resize(read_len, 0);
+        }
         let mut done = 0;
         while done < read_len {
-            let n = self.file.read_at(&mut self.buf[done..], at + done as u64)?;
+            let n = self.file.read_at(&mut self.buf[done..read_len], at + done as u64)?;
             if n == 0 {
                 break;
             }
             done += n;
         }
-        self.buf.truncate(done);
+        self.filled = done;
         self.buf_start = at;
         Ok(done >= (want_end - at) as usize && want_end == at + len as u64)
     }
@@ -106,7 +123,7 @@ impl SegmentReader {
             return Ok(Step::End);
         }
         let rel = (self.pos - self.buf_start) as usize;
-        let header = decode_record_header(&self.buf[rel..]);
+        let header = decode_record_header(&self.buf[rel..self.filled]);
         let rec_len = header.record_len();
         let offset = self.pos;
         if offset + rec_len as u64 <= self.end && self.fill(offset, rec_len)? {
@@ -126,11 +143,11 @@ impl SegmentReader {
         let region_len = (self.end - offset) as usize;
         self.fill(offset, region_len)?;
         let rel = (offset - self.buf_start) as usize;
-        if nonzero_end(&self.buf, rel).is_none() {
+        if nonzero_end(&self.buf[..self.filled], rel).is_none() {
             self.pos = self.end;
             return Ok(Step::End);
         }
-        let next = resync(&self.buf[rel..], 1, self.prev_id).map(|q| offset + q as u64);
+        let next = resync(&self.buf[rel..self.filled], 1, self.prev_id).map(|q| offset + q as u64);
         self.pos = next.unwrap_or(self.end);
         Ok(Step::Damaged { offset, next })
     }

@@ -61,6 +61,7 @@ impl Inner {
     }
 
     pub(super) fn housekeeper_loop(&self) {
+        batch_priority();
         loop {
             // A wanted checkpoint waits until CHECKPOINT_INTERVAL after the last one: sleep
             // until then (not spin: processed marks keep `checkpoint_wanted` set meanwhile).
@@ -179,5 +180,22 @@ impl Inner {
             }
         }
         self.sync_seg_dir()
+    }
+}
+
+/// Puts the calling thread in `SCHED_BATCH`: same share of the CPU, but its
+/// wake-ups do not preempt the running thread. An appender wakes the
+/// housekeeper (a spare is wanted) just before it calls fdatasync; with the
+/// default policy the housekeeper often took that CPU first (creating a
+/// file costs hundreds of microseconds here), delaying the fdatasync that
+/// acknowledges the record: 0.5-0.8 ms per 1 MiB record, measured with
+/// strace. Off the ack path, the housekeeper can wait for the appender to
+/// block in fdatasync. Best effort: a failure only costs that delay.
+fn batch_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc != 0 {
+        log::debug!("WAL housekeeper stays in the default scheduling policy: {}", std::io::Error::last_os_error());
     }
 }

@@ -149,7 +149,7 @@ impl Inner {
                 } else {
                     lock(&self.commit.queue).take_within(cap - unsynced)
                 };
-                let Some(last) = group.last().map(|r| r.id) else { break };
+                let Some(last) = group.last().map(Queued::last_id) else { break };
                 self.write_group(&mut io, group);
                 self.after_write(&io, last);
             }
@@ -174,7 +174,7 @@ impl Inner {
     pub(super) fn write_queued(&self) {
         let mut io = lock(&self.segments.io);
         let group = lock(&self.commit.queue).take(usize::MAX);
-        let Some(last) = group.last().map(|r| r.id) else { return };
+        let Some(last) = group.last().map(Queued::last_id) else { return };
         self.write_group(&mut io, group);
         // Publish while still holding `io`: an appender whose record another
         // thread wrote must find it acknowledged once it gets `io` itself.
@@ -212,36 +212,34 @@ impl Inner {
         }
     }
 
-    /// Writes `group` (in id order) to the active segment, rotating as needed.
+    /// Writes `group` (whole calls, in id order) to the active segment, rotating as needed.
     /// Returns false when something failed (failures recorded, or poisoned).
     pub(super) fn write_group(&self, io: &mut Io, group: Vec<Queued>) -> bool {
-        let calls = call_bounds(&group);
-        let bytes_of = |a: usize, b: usize| group[a..b].iter().map(|r| r.len()).sum::<u64>();
         let max = self.cfg.max_segment_size;
+        let mut bufs: Vec<&[u8]> = Vec::new();
         let mut c = 0;
-        while c < calls.len() {
+        while c < group.len() {
             // A call's records never span segments, so a failed rotation fails
             // whole calls: an append_batch is all or nothing. A call bigger than
             // a segment gets a fresh segment to itself (it grows past the preallocation).
-            let (first, _) = calls[c];
             let active = io.active.as_ref().expect("active segment");
-            if active.has_records() && active.write_offset + bytes_of(calls[c].0, calls[c].1) > max {
-                if let Err(e) = self.rotate(io, group[first].id, bytes_of(calls[c].0, calls[c].1)) {
-                    return self.fail_records(&group[first..], e);
+            if active.has_records() && active.write_offset + group[c].bytes > max {
+                if let Err(e) = self.rotate(io, group[c].first_id, group[c].bytes) {
+                    return self.fail_records(&group[c..], e);
                 }
             }
             // The run: this call and the following ones that still fit, in one pwritev.
             let active = io.active.as_mut().unwrap();
-            let mut run_bytes = bytes_of(calls[c].0, calls[c].1);
+            let mut run_bytes = group[c].bytes;
             let mut next = c + 1;
-            while next < calls.len() && active.write_offset + run_bytes + bytes_of(calls[next].0, calls[next].1) <= max
-            {
-                run_bytes += bytes_of(calls[next].0, calls[next].1);
+            while next < group.len() && active.write_offset + run_bytes + group[next].bytes <= max {
+                run_bytes += group[next].bytes;
                 next += 1;
             }
-            let last = calls[next - 1].1;
-            let bufs: Vec<&[u8]> =
-                group[first..last].iter().flat_map(|r| [&r.header[..], r.payload.as_slice()]).collect();
+            bufs.clear();
+            for call in &group[c..next] {
+                call.push_bufs(&mut bufs);
+            }
             let start = active.write_offset;
             if let Err(e) = self.write_run(&active.file, &bufs, start) {
                 let rolled_back = self.roll_back(active, start, run_bytes);
@@ -252,13 +250,13 @@ impl Inner {
                     self.poison(why.clone());
                     WalError::Poisoned(why)
                 };
-                return self.fail_records(&group[first..], err);
+                return self.fail_records(&group[c..], err);
             }
             active.write_offset += run_bytes;
             let avg = self.segments.group_bytes_avg.load(Relaxed);
             self.segments.group_bytes_avg.store((avg * 7 + run_bytes) / 8, Relaxed);
-            active.first_id.get_or_insert(group[first].id);
-            active.last_id = Some(group[last - 1].id);
+            active.first_id.get_or_insert(group[c].first_id);
+            active.last_id = Some(group[next - 1].last_id());
             c = next;
         }
         true
@@ -286,15 +284,15 @@ impl Inner {
     }
 
     /// Records that these appends failed; their ids become gaps.
-    pub(super) fn fail_records(&self, recs: &[Queued], err: WalError) -> bool {
-        let (first, last) = (recs[0].id, recs[recs.len() - 1].id);
-        self.stats.failed_appends.fetch_add(recs.len() as u64, Relaxed);
+    pub(super) fn fail_records(&self, calls: &[Queued], err: WalError) -> bool {
+        let (first, last) = (calls[0].first_id, calls[calls.len() - 1].last_id());
+        self.stats.failed_appends.fetch_add(last - first + 1, Relaxed);
         log::warn!(first_id = first, last_id = last, error:% = err; "WAL append of ids {first}..={last} failed: {err}");
         let failure = Failure::from_error(err);
         lock(&self.marks.processed).add_gap(first, last);
         let mut st = lock(&self.commit.state);
-        for r in recs {
-            st.failures.insert(r.id, failure.clone());
+        for id in first..=last {
+            st.failures.insert(id, failure.clone());
         }
         self.commit.has_failures.store(true, Release);
         false

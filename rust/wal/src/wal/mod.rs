@@ -26,7 +26,8 @@
 //! return; the flusher fsyncs when `max_buffer_entries` entries are unsynced
 //! or `flush_interval` has passed.
 //!
-//! The *housekeeper* thread creates the next segment durably ahead of
+//! The *housekeeper* thread (in `SCHED_BATCH`: its wake-ups do not preempt
+//! an appender on its way to fdatasync) creates the next segment durably ahead of
 //! rotation (a *spare*: see `rotation.rs`), writes the checkpoint
 //! (`metadata.json`) at most every `CHECKPOINT_INTERVAL` when processed marks
 //! changed, and then deletes sealed segments whose entries are all processed:
@@ -54,7 +55,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{is_out_of_space, Result, WalError};
 use crate::faults::{FaultAction, FaultPoint};
-use crate::format::{encode_record_header, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{
+    encode_record, encode_record_header, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 use crate::fsutil;
 use crate::metadata::{self, Metadata, SegmentMeta};
 use crate::processed::{Mark, Processed};
@@ -110,23 +113,54 @@ pub struct WalStats {
     pub sync_mode: SyncMode,
 }
 
-/// An encoded record waiting to be written.
+/// One append call waiting to be written: its records, encoded, with
+/// contiguous ids `first_id ..= last_id()`. Calls are the queue's unit: a
+/// group commit takes whole calls, so an `append_batch` is never split.
 struct Queued {
-    id: u64,
-    /// First record of an append call (one waiting caller per such record).
-    starts_call: bool,
-    header: [u8; RECORD_HEADER_LEN],
-    payload: Payload,
+    first_id: u64,
+    /// Number of records (at least one).
+    n: u64,
+    /// Bytes on disk: headers and payloads.
+    bytes: u64,
+    data: CallData,
 }
 
+/// A call's records as they go to the file.
+///
+/// Small records are copied, headers and payloads back to back, into one
+/// buffer written as one piece: the kernel then copies one run of bytes
+/// instead of two iovecs per record (2.2x faster for 1,000 records of 200 B
+/// here), and the CRC runs over each record in one pass. Large payloads are
+/// not copied (the copy would cost more than an iovec): each keeps its
+/// header beside it and is written in place.
+enum CallData {
+    Encoded(Vec<u8>),
+    Pieces(Vec<([u8; RECORD_HEADER_LEN], Payload)>),
+}
+
+/// Average payload size up to which a call's records are copied into one buffer.
+const ENCODE_MAX_AVG_PAYLOAD: usize = 4 << 10;
+
 impl Queued {
-    /// Bytes on disk.
-    fn len(&self) -> u64 {
-        (RECORD_HEADER_LEN + self.payload.as_slice().len()) as u64
+    fn last_id(&self) -> u64 {
+        self.first_id + self.n - 1
+    }
+
+    /// The pieces to write, in order.
+    fn push_bufs<'a>(&'a self, out: &mut Vec<&'a [u8]>) {
+        match &self.data {
+            CallData::Encoded(buf) => out.push(buf),
+            CallData::Pieces(pieces) => {
+                for (header, payload) in pieces {
+                    out.push(header);
+                    out.push(payload.as_slice());
+                }
+            }
+        }
     }
 }
 
-/// A queued record's payload: a copy (`Wal::enqueue`, whose caller returns
+/// A large record's payload: a copy (`Wal::enqueue`, whose caller returns
 /// at once), or the caller's own bytes (`append`, `append_batch`: no copy).
 enum Payload {
     Owned(Vec<u8>),
@@ -156,48 +190,32 @@ impl Payload {
 
 struct Queue {
     next_id: u64,
+    /// Append calls, in id order.
     items: VecDeque<Queued>,
 }
 
-/// `[start, end)` index ranges of the append calls in a group, in order.
-fn call_bounds(group: &[Queued]) -> Vec<(usize, usize)> {
-    let mut bounds: Vec<(usize, usize)> = Vec::new();
-    for (i, r) in group.iter().enumerate() {
-        match bounds.last_mut() {
-            Some(last) if !r.starts_call => last.1 = i + 1,
-            _ => bounds.push((i, i + 1)),
-        }
-    }
-    bounds
-}
-
 impl Queue {
-    /// Takes up to `max` records, oldest first, never splitting an append
-    /// call (a batch larger than `max` is a group of its own); returns them
+    /// Takes whole calls, oldest first, until they hold at least `max`
+    /// records or the queue is empty (so a batch larger than `max` is a
+    /// group of its own, and the last call taken may pass `max`).
     fn take(&mut self, max: usize) -> Vec<Queued> {
-        let mut n = self.items.len().min(max.max(1));
-        while n < self.items.len() && !self.items[n].starts_call {
-            n += 1;
+        let (mut calls, mut records) = (0, 0u64);
+        while calls < self.items.len() && (calls == 0 || records < max as u64) {
+            records += self.items[calls].n;
+            calls += 1;
         }
-        self.items.drain(..n).collect()
+        self.items.drain(..calls).collect()
     }
 
     /// Whole calls, oldest first, as many as fit in `room` records (none if
     /// the first does not fit: it waits for a group of its own).
     fn take_within(&mut self, room: usize) -> Vec<Queued> {
-        let mut n = 0;
-        let mut end = 0;
-        while end < self.items.len() {
-            end += 1;
-            while end < self.items.len() && !self.items[end].starts_call {
-                end += 1;
-            }
-            if end > room {
-                break;
-            }
-            n = end;
+        let (mut calls, mut records) = (0, 0u64);
+        while calls < self.items.len() && records + self.items[calls].n <= room as u64 {
+            records += self.items[calls].n;
+            calls += 1;
         }
-        self.items.drain(..n).collect()
+        self.items.drain(..calls).collect()
     }
 }
 
@@ -415,6 +433,8 @@ struct House {
 struct Readers {
     notify_fds: Mutex<Vec<RawFd>>,
     cursor: Mutex<Option<Cursor>>,
+    /// `read_unprocessed`'s read buffer, kept between calls (taken with try_lock: a leaf).
+    buf: Mutex<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -541,7 +561,11 @@ impl Wal {
                 id_reserved: AtomicU64::new(rec.next_id),
             },
             house: House { state: Mutex::new(HouseState::default()), cv: Condvar::new() },
-            readers: Readers { notify_fds: Mutex::new(Vec::new()), cursor: Mutex::new(None) },
+            readers: Readers {
+                notify_fds: Mutex::new(Vec::new()),
+                cursor: Mutex::new(None),
+                buf: Mutex::new(Vec::new()),
+            },
             stats,
             closed: AtomicBool::new(false),
             cfg,
@@ -849,23 +873,32 @@ impl Inner {
             q = lock(&self.commit.queue);
         }
         let first = q.next_id;
-        let mut bytes_total = 0;
-        for payload in payloads {
-            let id = q.next_id;
-            let header = encode_record_header(id, now, kind, payload);
-            bytes_total += payload.len() as u64;
-            let payload = if borrow {
-                Payload::Borrowed { ptr: payload.as_ptr(), len: payload.len() }
-            } else {
-                Payload::Owned(payload.to_vec())
-            };
-            q.items.push_back(Queued { id, starts_call: id == first, header, payload });
-            q.next_id += 1;
-        }
-        let n = q.next_id - first;
+        let n = payloads.len() as u64;
+        let payload_bytes: usize = payloads.iter().map(|p| p.len()).sum();
+        let bytes = (payload_bytes + payloads.len() * RECORD_HEADER_LEN) as u64;
+        let data = if payload_bytes <= payloads.len() * ENCODE_MAX_AVG_PAYLOAD {
+            let mut buf = Vec::with_capacity(bytes as usize);
+            for (id, payload) in (first..).zip(&payloads) {
+                encode_record(&mut buf, id, now, kind, payload);
+            }
+            CallData::Encoded(buf)
+        } else {
+            let pieces = (first..).zip(&payloads).map(|(id, payload)| {
+                let header = encode_record_header(id, now, kind, payload);
+                let payload = if borrow {
+                    Payload::Borrowed { ptr: payload.as_ptr(), len: payload.len() }
+                } else {
+                    Payload::Owned(payload.to_vec())
+                };
+                (header, payload)
+            });
+            CallData::Pieces(pieces.collect())
+        };
+        q.items.push_back(Queued { first_id: first, n, bytes, data });
+        q.next_id += n;
         drop(q);
         self.stats.appended_entries.fetch_add(n, Relaxed);
-        self.stats.appended_bytes.fetch_add(bytes_total, Relaxed);
+        self.stats.appended_bytes.fetch_add(payload_bytes as u64, Relaxed);
         Ok(first)
     }
 

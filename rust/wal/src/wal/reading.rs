@@ -35,21 +35,25 @@ impl Inner {
         let cursor = if use_cursor { *lock(&self.readers.cursor) } else { None };
         let mut bytes = 0usize;
         let mut last_pos = None;
-        'segments: for seg in &table {
+        // One read buffer for every segment and call (a fresh 1 MiB per
+        // segment was page faults and zeroing); a concurrent reader makes its own.
+        let mut buf = self.readers.buf.try_lock().map(|mut b| std::mem::take(&mut *b)).unwrap_or_default();
+        for seg in &table {
             let resume = cursor.filter(|c| c.segment == seg.index && c.after_id < start_id);
             let start = resume.map_or(SEGMENT_HEADER_LEN as u64, |c| c.offset);
             let prev = resume.map_or(seg.prev_id, |c| c.after_id);
-            let mut reader = match SegmentReader::open(&seg.path, start, seg.data_end, prev) {
-                Ok(r) => r,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted: all processed
-                Err(e) => return Err(WalError::io(format!("reading {}", seg.path.display()), e)),
-            };
+            let mut reader =
+                match SegmentReader::with_buffer(&seg.path, start, seg.data_end, prev, std::mem::take(&mut buf)) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted: all processed
+                    Err(e) => return Err(WalError::io(format!("reading {}", seg.path.display()), e)),
+                };
             reader.trust_until(seg.verified_end);
-            loop {
+            let done = loop {
                 let step =
                     reader.next_step().map_err(|e| WalError::io(format!("reading {}", seg.path.display()), e))?;
                 match step {
-                    Step::End => break,
+                    Step::End => break false,
                     Step::Damaged { offset, .. } if seg.known_damage.contains(&offset) => {}
                     Step::Damaged { offset, next } => {
                         self.stats.corrupt_entries.fetch_add(1, Relaxed);
@@ -62,7 +66,7 @@ impl Inner {
                     }
                     Step::Record { header, payload, .. } => {
                         if header.id > visible {
-                            break 'segments;
+                            break true;
                         }
                         if header.id < start_id || marked.binary_search(&header.id).is_ok() {
                             continue;
@@ -76,11 +80,18 @@ impl Inner {
                         });
                         last_pos = Some(Cursor { after_id: header.id, segment: seg.index, offset: reader.position() });
                         if out.len() >= limit || bytes >= max_bytes {
-                            break 'segments;
+                            break true;
                         }
                     }
                 }
+            };
+            buf = reader.into_buffer();
+            if done {
+                break;
             }
+        }
+        if let Ok(mut kept) = self.readers.buf.try_lock() {
+            *kept = buf;
         }
         if use_cursor {
             if let Some(c) = last_pos {
