@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import json
 import pathlib
-import subprocess
 import threading
 import time
 import urllib.error
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from helpers.tls import self_signed
 from helpers.writer import (
     HOUR_NS,
     T0,
@@ -364,30 +364,7 @@ def test_bearer_token_is_required_when_configured(tmp_path: pathlib.Path) -> Non
 
 
 def test_flight_serves_tls_when_a_certificate_is_configured(tmp_path: pathlib.Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cert, key = self_signed(tmp_path)
     w = InProcessWriter(tmp_path, "--file-max-age-secs", "0.1", "--tls-cert", str(cert), "--tls-key", str(key))
     try:
         batch = convert("logs", logs_request(1))["logs"]

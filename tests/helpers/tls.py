@@ -32,5 +32,6 @@ def self_signed(
         ],
         check=True,
         capture_output=True,
+        timeout=60,
     )
     return cert, key
