@@ -42,7 +42,12 @@ impl Processed {
 
     /// Records that ids `start..=end` do not exist in the log.
     pub fn add_gap(&mut self, start: u64, end: u64) {
-        let start = start.max(self.watermark + 1);
+        // A watermark at the top of the id space (only a damaged or hostile checkpoint puts
+        // it there) leaves nothing above it to be a gap.
+        let Some(first_open) = self.watermark.checked_add(1) else {
+            return;
+        };
+        let start = start.max(first_open);
         if start > end {
             return;
         }
@@ -83,8 +88,9 @@ impl Processed {
 
     fn advance(&mut self) {
         let before = self.watermark;
-        loop {
-            let next = self.watermark + 1;
+        // `checked_add`: a checkpoint may carry a watermark or marks up to u64::MAX (found by
+        // the `open_mutated` fuzz target); the top id has nothing above it to advance to.
+        while let Some(next) = self.watermark.checked_add(1) {
             if self.above.remove(&next) {
                 self.watermark = next;
             } else if let Some(end) = self.gaps.remove(&next) {
@@ -152,6 +158,19 @@ mod tests {
         p.mark(5);
         assert_eq!(p.watermark(), 7);
         assert_eq!(p.unprocessed_count(8), 0);
+    }
+
+    #[test]
+    fn a_watermark_at_the_top_of_the_id_space_neither_overflows_nor_moves() {
+        let mut p = Processed::new(u64::MAX - 1, [u64::MAX]);
+        assert_eq!(p.watermark(), u64::MAX);
+        p.add_gap(5, u64::MAX);
+        assert_eq!(p.mark(u64::MAX), Mark::Known);
+        assert_eq!(p.unprocessed_count(u64::MAX), 0);
+        let mut q = Processed::new(u64::MAX - 3, []);
+        q.add_gap(u64::MAX - 1, u64::MAX);
+        assert_eq!(q.mark(u64::MAX - 2), Mark::New);
+        assert_eq!(q.watermark(), u64::MAX);
     }
 
     #[test]

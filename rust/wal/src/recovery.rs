@@ -280,7 +280,7 @@ impl Walk<'_> {
                 if h.id > *expected_id {
                     processed.add_gap(*expected_id, h.id - 1);
                 }
-                *expected_id = h.id + 1;
+                *expected_id = h.id.saturating_add(1);
             }
             progress.tick();
         });
@@ -424,7 +424,7 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
         stats,
         watermark,
         processed,
-        expected_id: watermark + 1,
+        expected_id: watermark.saturating_add(1),
         prev_id: 0,
         max_base_id: 0,
         progress: Progress { started: Instant::now(), last_log: Instant::now(), expected: unprocessed_hint, seen: 0 },
@@ -445,7 +445,9 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
     let last_is_appendable = segments.last().is_some_and(|s| !s.sealed);
 
     let Walk { mut processed, expected_id, prev_id, max_base_id, progress, .. } = walk;
-    let next_id = meta.next_id.max(prev_id + 1).max(max_base_id).max(watermark + 1).max(1);
+    // Saturating: damaged or hostile metadata and records may carry ids up to u64::MAX (the
+    // `open_mutated` fuzz target); such a WAL must open, not panic or wrap around.
+    let next_id = meta.next_id.max(prev_id.saturating_add(1)).max(max_base_id).max(watermark.saturating_add(1)).max(1);
     if next_id > expected_id {
         // Ids handed out before the crash whose records never reached the disk.
         processed.add_gap(expected_id, next_id - 1);

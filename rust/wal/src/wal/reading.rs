@@ -20,9 +20,9 @@ impl Inner {
         let (watermark, marked) = {
             let p = lock(&self.marks.processed);
             let w = p.watermark();
-            (w, p.above_from(after_id.max(w) + 1))
+            (w, p.above_from(after_id.max(w).saturating_add(1)))
         };
-        let start_id = after_id.max(watermark) + 1;
+        let start_id = after_id.max(watermark).saturating_add(1); // ids up to u64::MAX: see recovery
         let table: Vec<SegmentInfo> = self
             .segments
             .table
