@@ -498,12 +498,12 @@ class Maintenance:
         uri = f"{self.root}{path}"
         props = {COMPACTION_KEY: json.dumps({"files": len(inputs), "rows": rows}), WRITER_KEY: self.writer_id}
 
-        from pyiceberg.table import _parquet_files_to_data_files
+        from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
-        # Private pyiceberg API (what add_files uses): the DataFile (partition, column statistics)
-        # of a Parquet file we wrote ourselves, so that our name and bloom filter stay. Built
-        # once: it depends on the schema and spec only, which maintenance never changes.
-        [new_file] = _parquet_files_to_data_files(table.metadata, [uri], table.io)
+        # The DataFile (partition, column statistics) of a Parquet file we wrote ourselves, so
+        # that our name and bloom filter stay: the public call add_files (and the committer)
+        # use. Built once: it depends on the schema and spec only, which maintenance never changes.
+        new_file = parquet_file_to_data_file(table.io, table.metadata, uri)
 
         def attempt(fresh: Any) -> bool:
             self._check_own_retry(fresh)
