@@ -165,6 +165,9 @@ mod tests {
         let mut p = Processed::new(u64::MAX - 1, [u64::MAX]);
         assert_eq!(p.watermark(), u64::MAX);
         p.add_gap(5, u64::MAX);
+        // Nothing lies above the top id: no gap is recorded (a wrapped `watermark + 1` would
+        // have recorded 5..=MAX below the watermark; release builds do not check overflow).
+        assert!(p.gaps.is_empty() && p.gap_ids == 0);
         assert_eq!(p.mark(u64::MAX), Mark::Known);
         assert_eq!(p.unprocessed_count(u64::MAX), 0);
         let mut q = Processed::new(u64::MAX - 3, []);
