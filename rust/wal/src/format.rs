@@ -27,8 +27,12 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Bytes before a record's payload.
 pub const RECORD_HEADER_LEN: usize = 28;
-/// Ids stay below this: `u64::MAX` is never an id, so `id + 1` never overflows.
-pub const MAX_ID: u64 = u64::MAX;
+/// Ids stay below this (2^63). Appending cannot get near it (at a million
+/// entries a second, 292,000 years), so an id, base id or checkpoint mark at or
+/// above it can only come from damage or a crafted file, and is treated as such:
+/// a record is not valid, a segment header is damaged, a checkpoint is unusable.
+/// The headroom also keeps `id + n` arithmetic far from overflow.
+pub const MAX_ID: u64 = 1 << 63;
 /// A payload must fit the u32 length field with its header.
 pub const MAX_PAYLOAD_LEN: usize = u32::MAX as usize - RECORD_HEADER_LEN;
 
@@ -189,7 +193,7 @@ pub fn decode_segment_header(buf: &[u8]) -> HeaderState {
         return HeaderState::UnsupportedVersion(version);
     }
     let base_id = u64::from_le_bytes(h[16..24].try_into().unwrap());
-    if base_id == 0 || base_id == MAX_ID {
+    if base_id == 0 || base_id >= MAX_ID {
         return HeaderState::Damaged;
     }
     HeaderState::Valid(SegmentHeader {

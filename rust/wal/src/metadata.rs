@@ -96,13 +96,30 @@ pub fn decode(bytes: &[u8]) -> Result<Metadata, LoadError> {
     }
     let meta: Metadata =
         serde_json::from_value(body.clone()).map_err(|e| LoadError::Invalid(format!("bad fields: {e}")))?;
-    if meta.next_id == 0 || meta.processed_watermark == crate::format::MAX_ID {
-        return Err(LoadError::Invalid(format!("next_id {} is out of range", meta.next_id)));
-    }
+    ids_in_range(&meta)?;
     if meta.format_version != FORMAT_VERSION {
         return Err(LoadError::Invalid(format!("format version {} is not {FORMAT_VERSION}", meta.format_version)));
     }
     Ok(meta)
+}
+
+/// Rejects a checkpoint whose ids no WAL could have written: ids are below
+/// `MAX_ID` (so `next_id` is at most `MAX_ID`), the watermark is below `next_id`,
+/// and no processed mark lies at or above `MAX_ID`. A checksum-valid file with
+/// such ids was crafted or written by a broken program; trusting it would mark
+/// entries processed that are not (or ask for ids past the end of the id space).
+fn ids_in_range(meta: &Metadata) -> Result<(), LoadError> {
+    let max = crate::format::MAX_ID;
+    if meta.next_id == 0 || meta.next_id > max {
+        return Err(LoadError::Invalid(format!("next_id {} is out of range", meta.next_id)));
+    }
+    if meta.processed_watermark >= max {
+        return Err(LoadError::Invalid(format!("processed_watermark {} is out of range", meta.processed_watermark)));
+    }
+    if let Some(bad) = meta.processed_ids.iter().find(|&&id| id == 0 || id >= max) {
+        return Err(LoadError::Invalid(format!("processed id {bad} is out of range")));
+    }
+    Ok(())
 }
 
 /// Reads `<dir>/metadata.json`; `Ok(None)` when there is none.
@@ -143,6 +160,25 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(METADATA_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn ids_outside_the_id_space_are_rejected() {
+        let max = crate::format::MAX_ID;
+        let bad = [
+            Metadata { next_id: max + 1, ..sample() },
+            Metadata { next_id: 0, ..sample() },
+            Metadata { processed_watermark: max, next_id: max, ..sample() },
+            Metadata { processed_ids: vec![502, max], ..sample() },
+            Metadata { processed_ids: vec![0], ..sample() },
+        ];
+        for m in bad {
+            let err = decode(&encode(&m)).expect_err("out-of-range checkpoint accepted");
+            assert!(matches!(err, LoadError::Invalid(ref why) if why.contains("out of range")), "{err}");
+        }
+        // The top of the id space itself is fine: no id is left to hand out.
+        let top = Metadata { next_id: max, processed_watermark: max - 1, processed_ids: vec![], ..sample() };
+        assert_eq!(decode(&encode(&top)).unwrap(), top);
     }
 
     #[test]

@@ -88,8 +88,9 @@ impl Processed {
 
     fn advance(&mut self) {
         let before = self.watermark;
-        // `checked_add`: a checkpoint may carry a watermark or marks up to u64::MAX (found by
-        // the `open_mutated` fuzz target); the top id has nothing above it to advance to.
+        // `checked_add`: a checkpoint carrying marks up to u64::MAX (found by the `open_mutated`
+        // fuzz target) is now refused on open (`metadata::ids_in_range`), but this arithmetic
+        // stays safe on its own: the top id has nothing above it to advance to.
         while let Some(next) = self.watermark.checked_add(1) {
             if self.above.remove(&next) {
                 self.watermark = next;

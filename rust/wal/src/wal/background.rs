@@ -137,7 +137,8 @@ impl Inner {
     /// A checkpoint that also reserves ids below `reserve` (if above the current reservation).
     pub(super) fn checkpoint_reserving(&self, reserve: u64) -> Result<()> {
         let mut last = lock(&self.marks.checkpoint_lock);
-        let next_id = self.marks.id_reserved.load(Acquire).max(reserve);
+        // Never past the id space: a checkpoint with next_id above MAX_ID is refused on open.
+        let next_id = self.marks.id_reserved.load(Acquire).max(reserve).min(MAX_ID);
         let (watermark, processed_ids) = {
             let mut p = lock(&self.marks.processed);
             p.dirty = false;
