@@ -306,6 +306,9 @@ struct CommitState {
 struct WaitSlot {
     /// Low 32 bits of the last sync of this parity that completed.
     completed: std::sync::atomic::AtomicU32,
+    /// Threads in (or about to enter) `wait`: a sync nobody waits for (a lone
+    /// appender that synced its own record) skips the FUTEX_WAKE syscall.
+    sleepers: std::sync::atomic::AtomicU32,
 }
 
 impl WaitSlot {
@@ -317,7 +320,15 @@ impl WaitSlot {
 
     /// Sleeps until sync `seq` completed, `timeout` passed, or a spurious wake-up.
     fn wait(&self, seq: u64, timeout: Duration) {
-        let word = self.completed.load(Acquire);
+        // SeqCst on both sides (here and in `complete`): either this thread
+        // sees the completed word, or `complete` sees it counted and wakes it.
+        self.sleepers.fetch_add(1, SeqCst);
+        self.wait_counted(seq, timeout);
+        self.sleepers.fetch_sub(1, SeqCst);
+    }
+
+    fn wait_counted(&self, seq: u64, timeout: Duration) {
+        let word = self.completed.load(SeqCst);
         if Self::reached(word, seq) {
             return;
         }
@@ -340,6 +351,9 @@ impl WaitSlot {
     /// Sync `seq` completed: wake everyone sleeping on this slot.
     fn complete(&self, seq: u64) {
         self.completed.fetch_max_wrapping(seq as u32);
+        if self.sleepers.load(SeqCst) == 0 {
+            return;
+        }
         // SAFETY: FUTEX_WAKE on a live u32 we own.
         unsafe {
             libc::syscall(
@@ -361,7 +375,7 @@ impl FetchMaxWrapping for std::sync::atomic::AtomicU32 {
     fn fetch_max_wrapping(&self, v: u32) {
         let mut cur = self.load(Acquire);
         while !WaitSlot::reached(cur, v as u64) {
-            match self.compare_exchange_weak(cur, v, AcqRel, Acquire) {
+            match self.compare_exchange_weak(cur, v, SeqCst, Acquire) {
                 Ok(_) => return,
                 Err(now) => cur = now,
             }
