@@ -298,10 +298,18 @@ struct CommitState {
     shutdown: bool,
 }
 
-/// Waiters for the syncs of one parity: sync `n` wakes exactly the callers
-/// whose records it made durable (`slots[n % 2]`), not the ones waiting for
-/// the next sync (no stampede). A futex word, not a mutex and condvar: the
-/// woken callers do not queue up again on a mutex to leave.
+/// Waiters for the syncs of one parity: sync `n` wakes the callers whose
+/// records it made durable (`slots[n % 2]`), not the ones waiting for the
+/// next sync. A futex word, not a mutex and condvar: the woken callers do not
+/// queue up again on a mutex to leave.
+///
+/// They are woken one after the other, not all at once: a completed sync
+/// wakes one, and each woken caller wakes the next as it leaves. Woken all
+/// at once, ~30 callers on a 2-vCPU machine crowd out the thread that drives
+/// the next fdatasync, and Python callers pile up on the GIL's mutex. With
+/// 64 producers the chain kept fdatasync in flight 88-89 % of the time
+/// instead of 72-80 % (Rust), at about the same records/s, and Python
+/// callers needed fewer context switches per append.
 #[derive(Default)]
 struct WaitSlot {
     /// Low 32 bits of the last sync of this parity that completed.
@@ -323,21 +331,32 @@ impl WaitSlot {
         // SeqCst on both sides (here and in `complete`): either this thread
         // sees the completed word, or `complete` sees it counted and wakes it.
         self.sleepers.fetch_add(1, SeqCst);
-        self.wait_counted(seq, timeout);
-        self.sleepers.fetch_sub(1, SeqCst);
+        let slept = self.wait_counted(seq, timeout);
+        let others = self.sleepers.fetch_sub(1, SeqCst) - 1;
+        // Acknowledged: pass the wake-up on to the next sleeper. A thread
+        // woken here for the sync after (same parity) does not: the chain
+        // ends there, so it never cycles among the ones still waiting. The
+        // kernel queues a futex's sleepers in order, so the acknowledged
+        // ones come first; should one be left behind, the next completion
+        // on this slot or WAIT_RECHECK picks it up.
+        if slept && others > 0 && Self::reached(self.completed.load(SeqCst), seq) {
+            self.wake_one();
+        }
     }
 
-    fn wait_counted(&self, seq: u64, timeout: Duration) {
+    /// True when this thread went to sleep (woken, timed out or interrupted),
+    /// false when the word had already moved.
+    fn wait_counted(&self, seq: u64, timeout: Duration) -> bool {
         let word = self.completed.load(SeqCst);
         if Self::reached(word, seq) {
-            return;
+            return false;
         }
         let ts = libc::timespec {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_nsec: timeout.subsec_nanos() as libc::c_long,
         };
         // SAFETY: FUTEX_WAIT on a live u32 we own; it returns at once if the word changed.
-        unsafe {
+        let r = unsafe {
             libc::syscall(
                 libc::SYS_futex,
                 self.completed.as_ptr(),
@@ -346,22 +365,22 @@ impl WaitSlot {
                 &ts as *const libc::timespec,
             )
         };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
     }
 
-    /// Sync `seq` completed: wake everyone sleeping on this slot.
+    /// Sync `seq` completed: wake the first sleeper on this slot (it wakes the next).
     fn complete(&self, seq: u64) {
         self.completed.fetch_max_wrapping(seq as u32);
         if self.sleepers.load(SeqCst) == 0 {
             return;
         }
+        self.wake_one();
+    }
+
+    fn wake_one(&self) {
         // SAFETY: FUTEX_WAKE on a live u32 we own.
         unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.completed.as_ptr(),
-                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                i32::MAX,
-            )
+            libc::syscall(libc::SYS_futex, self.completed.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1)
         };
     }
 }
