@@ -9,13 +9,14 @@
 //! that finds `io` taken leaves its records to the holder, which looks at the
 //! queue again after letting go (nothing is stranded).
 //!
-//! In `immediate` mode the commit is a two-stage pipeline: records are written
-//! (page cache) while the previous group's `fdatasync` is in flight, and one
-//! `fdatasync` at a time makes everything written before it started durable.
-//! An appender whose records are written starts that sync itself when none is
-//! in flight (a lone writer pays one write and one fdatasync, no hand-off);
-//! otherwise it waits for the sync that covers it, on the wait slot of that
-//! sync's parity, so a finished sync wakes exactly the callers it acknowledged.
+//! In `immediate` mode the commit is a two-stage pipeline: records queue while
+//! the previous group's `fdatasync` is in flight, and are written (page cache)
+//! in one piece by whoever starts the next; one `fdatasync` at a time makes
+//! everything written before it started durable. An appender that finds no
+//! sync in flight writes the queue and starts that sync itself (a lone writer
+//! pays one write and one fdatasync, no hand-off); otherwise it waits for the
+//! sync that covers it, on the wait slot of that sync's parity, so a finished
+//! sync wakes the callers it acknowledged (one after another, see `WaitSlot`).
 //! A sync that finds more records written behind it when it completes is
 //! followed at once by the next: the flusher thread drives those (an appender
 //! whose own records are durable hands over and returns), so under load the
