@@ -81,6 +81,21 @@ def test_bytearray_and_memoryview_payloads(wal_dir, open_wal):
     ]
 
 
+def test_append_batch_takes_any_iterable_and_names_a_bad_payload_type(wal_dir, open_wal):
+    # A list goes to the native call as it is (which checks each payload); other iterables are listed first.
+    w = open_wal(wal_dir)
+    ids = w.append_batch((b"t1", b"t2"))
+    ids += w.append_batch(p for p in [b"g1", bytearray(b"g2")])
+    ids += w.append_batch([memoryview(b"l1"), b"l2"])
+    with pytest.raises(TypeError, match="WAL payload must be bytes, not str"):
+        w.append_batch([b"ok", "text"])
+    with pytest.raises(TypeError, match="WAL payload must be bytes, not int"):
+        w.append(42)
+    assert ids == list(range(1, 7))
+    assert [e.payload for e in w.unprocessed()] == [b"t1", b"t2", b"g1", b"g2", b"l1", b"l2"]
+    w.close()
+
+
 def test_entry_bigger_than_a_segment_gets_its_own_segment(wal_dir, open_wal):
     big = filler("big", 64 << 20)
     w = open_wal(wal_dir, max_segment_size=1 << 20)

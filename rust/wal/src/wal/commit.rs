@@ -21,12 +21,25 @@ impl Inner {
     /// `target` is decided. `flusher`: the flusher thread, which keeps driving
     /// while records wait; an appender whose own records are durable hands
     /// the rest over to it instead of paying for another sync.
-    pub(super) fn commit_until(&self, target: u64, flusher: bool) {
+    pub(super) fn commit_until(&self, mut target: u64, flusher: bool) {
         loop {
             if self.commit.done_id.load(Acquire) >= target {
-                return;
+                // The flusher also drives records queued behind the last sync
+                // and not written yet (see below): they have callers waiting.
+                match if flusher { self.queued_tail() } else { None } {
+                    Some(tail) if tail > target => target = tail,
+                    _ => return,
+                }
             }
-            self.write_pending();
+            // While a sync is in flight, an appender leaves its records queued:
+            // whoever starts the next sync (the flusher, under load) writes
+            // them all in one piece just before it. Writing each caller's
+            // records as it arrives costs one pwritev per record with many
+            // threads (a syscall, the inode lock and the ext4 write path each
+            // time), and no sync can cover them sooner anyway.
+            if flusher || !self.sync_in_flight() {
+                self.write_pending();
+            }
             let st = lock(&self.commit.state);
             if st.poisoned.is_some() {
                 drop(st);
@@ -54,6 +67,17 @@ impl Inner {
             drop(st);
             self.wait_for_sync(seq);
         }
+    }
+
+    /// The last id queued and not yet written, if any.
+    fn queued_tail(&self) -> Option<u64> {
+        lock(&self.commit.queue).items.back().map(Queued::last_id)
+    }
+
+    /// A sync of the active segment is in flight: it will look at the queue
+    /// when it completes (`sync_round`), so nothing queued now is stranded.
+    fn sync_in_flight(&self) -> bool {
+        self.commit.sync_started.load(Acquire) > self.commit.synced_id.load(Acquire)
     }
 
     fn hand_to_flusher(&self, mut st: MutexGuard<'_, CommitState>) {
