@@ -13,6 +13,8 @@
 //! | header      | valid records | other bytes | position | verdict        | action |
 //! |-------------|---------------|-------------|----------|----------------|--------|
 //! | other version | any         | any         | any      | `Refuse`       | error, change nothing |
+//! | v2, SPARE   | not looked at | stale       | trailing / last | `Spare` | delete unread (a recycled file made into a spare, never used) |
+//! | v2, SPARE   | not looked at | stale       | older    | `Empty`        | delete unread (a recycled file marked before its rename) |
 //! | zero        | none          | all zero    | trailing | `Spare`        | delete (a spare made ahead, or a rotation cut before its first fdatasync) |
 //! | zero        | none          | all zero    | older    | `Empty`        | delete (never keep an empty segment) |
 //! | damaged     | none, no damage after it | | older | `Empty`       | report the header as corruption, delete |
@@ -26,6 +28,24 @@
 //! the file: so a spare cut by a power loss holds either nothing (all zero)
 //! or a torn tail after a valid header, never acknowledged data in a file
 //! whose name may vanish.
+//!
+//! Recycled segments (v2 header flag RECYCLED): their bytes after the data
+//! are stale records of the file's older use, which never verify (salted CRC,
+//! ids below the base id). A sealed one is checked up to the data end the
+//! next segment's header gives (`prev_data_end`: damage before it, even to
+//! its last records, is corruption; the rest is not looked at); the last one
+//! (or a sealed one whose successor does not say) ends at its zero record
+//! header (`scan::Tail::Stale`). Making a recycled spare, and what a crash
+//! between its steps leaves (all covered by the rows above):
+//!
+//! | crash after                                 | on disk                                      | recovery |
+//! |---------------------------------------------|----------------------------------------------|----------|
+//! | the checkpoint that dooms the segment       | a processed segment under its old name       | deleted as processed (next segment's base id), or kept and replayed if the checkpoint is lost |
+//! | the SPARE header write, before its fdatasync | old header, SPARE header, or a torn mix     | SPARE: `Empty`; old: as above; torn: `DamagedHeader` over the file's own (processed) records, or deleted as processed |
+//! | the fdatasync, before the rename            | SPARE header under the old name              | `Empty`: deleted unread |
+//! | the rename, before the directory fsync      | SPARE header under the old or the new name   | `Empty` or `Spare`: deleted unread |
+//! | the rotation's header + records, before their fdatasync | SPARE, RECYCLED or a torn mix of the two; stale bytes or some new records | SPARE: `Spare`; RECYCLED: `Active` (torn tail erased, nothing acknowledged); torn: `TornRotation`, or `DamagedHeader` if a whole new record landed (stale records never verify: salted with another segment number) |
+//! | the first fdatasync                         | RECYCLED header, records, terminator, stale  | `Active`, no torn tail |
 //!
 //! Memory: one segment image at a time, plus the segment table.
 //!
@@ -43,11 +63,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, WalError};
-use crate::format::{decode_segment_header, parse_segment_file_name, HeaderState, SEGMENT_HEADER_LEN};
+use crate::format::{
+    decode_segment_header, parse_segment_file_name, segment_salt, HeaderState, SEGMENT_HEADER_LEN,
+    SEGMENT_HEADER_LEN_V2,
+};
 use crate::fsutil;
 use crate::metadata::{self, Metadata};
 use crate::processed::Processed;
-use crate::scan::{scan_records, Damage, DamageKind};
+use crate::scan::{scan_records_with, Damage, DamageKind, Rules, Tail};
 use crate::segment::{SegmentInfo, SPARE_PREFIX};
 use crate::stats::Stats;
 
@@ -99,8 +122,9 @@ fn read_file(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-fn read_header(path: &Path) -> io::Result<HeaderState> {
-    let mut buf = [0u8; SEGMENT_HEADER_LEN];
+/// The header of segment file `path` (v1 or v2).
+pub fn read_header(path: &Path) -> io::Result<HeaderState> {
+    let mut buf = [0u8; SEGMENT_HEADER_LEN_V2];
     let n = File::open(path)?.read_at(&mut buf, 0)?;
     Ok(decode_segment_header(&buf[..n]))
 }
@@ -206,6 +230,14 @@ pub fn classify(
 ) -> Verdict {
     match header {
         HeaderState::UnsupportedVersion(_) => Verdict::Refuse,
+        // Stale contents, never scanned (`records` is 0 for it).
+        HeaderState::Valid(h) if h.spare() => {
+            if trailing || is_last {
+                Verdict::Spare
+            } else {
+                Verdict::Empty
+            }
+        }
         HeaderState::Zero if records == 0 && all_zero => {
             if trailing {
                 Verdict::Spare
@@ -265,17 +297,24 @@ impl Walk<'_> {
         path: PathBuf,
         image: &[u8],
         is_last: bool,
+        next_header: Option<HeaderState>,
     ) -> Result<Option<SegmentInfo>> {
         let seg_name = crate::format::segment_file_name(index);
         let header = decode_segment_header(image);
+        let spare = matches!(header, HeaderState::Valid(h) if h.spare());
         if let HeaderState::Valid(h) = header {
-            self.prev_id = self.prev_id.max(h.base_id.saturating_sub(1));
-            self.max_base_id = self.max_base_id.max(h.base_id);
+            if !spare {
+                self.prev_id = self.prev_id.max(h.base_id.saturating_sub(1));
+                self.max_base_id = self.max_base_id.max(h.base_id);
+            }
         }
         let chain_start = self.prev_id;
+        let (start, rules) = scan_rules(header, index, next_header, is_last);
+        // A SPARE file's contents are stale: never scanned.
+        let image_to_scan = if spare { &image[..0] } else { image };
         let (watermark, expected_id, processed, progress) =
             (self.watermark, &mut self.expected_id, &mut self.processed, &mut self.progress);
-        let scan = scan_records(image, SEGMENT_HEADER_LEN, chain_start, is_last, |h, _| {
+        let scan = scan_records_with(image_to_scan, start, chain_start, is_last, rules, |h, _| {
             if h.id > watermark {
                 if h.id > *expected_id {
                     processed.add_gap(*expected_id, h.id - 1);
@@ -290,6 +329,11 @@ impl Walk<'_> {
             Verdict::Refuse => {
                 let HeaderState::UnsupportedVersion(version) = header else { unreachable!() };
                 return Err(WalError::UnsupportedFormat { path, version });
+            }
+            Verdict::Spare | Verdict::Empty if spare => {
+                log::debug!("WAL removes recycled spare segment {seg_name} (stale contents, never used)");
+                self.remove(&path, "removing spare segment")?;
+                return Ok(None);
             }
             Verdict::Spare | Verdict::Empty => {
                 if header == HeaderState::Damaged {
@@ -354,7 +398,34 @@ impl Walk<'_> {
             verified_end: if known_damage.is_empty() { scan.data_end as u64 } else { 0 },
             known_damage,
             prev_id: chain_start,
+            data_start: start as u64,
+            // Readers stop at `data_end`; a recycled segment's stale bytes are past it.
+            rules: Rules { salts: rules.salts, tail: if rules.tail == Tail::Zeros { Tail::Zeros } else { Tail::Stale } },
+            recyclable: matches!(header, HeaderState::Valid(h) if h.version >= crate::format::FORMAT_VERSION),
         }))
+    }
+}
+
+/// Where a segment's records start and how they are checked, from its header
+/// (and, for a sealed recycled one, the next segment's header: the end of its data).
+pub fn scan_rules(header: HeaderState, index: u64, next: Option<HeaderState>, is_last: bool) -> (usize, Rules) {
+    match header {
+        HeaderState::Valid(h) => {
+            let salt = h.salt(index);
+            let tail = match next {
+                _ if !h.recycled() => Tail::Zeros,
+                Some(HeaderState::Valid(n))
+                    if !is_last && !n.spare() && n.prev_data_end >= h.data_start() as u64 =>
+                {
+                    Tail::KnownEnd(usize::try_from(n.prev_data_end).unwrap_or(usize::MAX))
+                }
+                _ => Tail::Stale,
+            };
+            (h.data_start(), Rules { salts: [salt; 2], tail })
+        }
+        // Unknown version: records start at the v1 offset (v2 header bytes after it
+        // read as damage), and verify under either version's salt.
+        _ => (SEGMENT_HEADER_LEN, Rules { salts: [segment_salt(index), 0], tail: Tail::Zeros }),
     }
 }
 
@@ -388,7 +459,8 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
     // Trailing spares (the `Spare` row): all-zero files after the last one with data.
     let mut spares = 0;
     while let Some((_, path)) = files.last() {
-        if !all_zero_file(path).map_err(|e| io_err("reading", path, e))? {
+        let spare_header = matches!(read_header(path), Ok(HeaderState::Valid(h)) if h.spare());
+        if !spare_header && !all_zero_file(path).map_err(|e| io_err("reading", path, e))? {
             break;
         }
         let (index, path) = files.pop().unwrap();
@@ -404,6 +476,12 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
     let mut skip = 0;
     while skip + 1 < files.len() {
         match read_header(&files[skip + 1].1).map_err(|e| io_err("reading", &files[skip + 1].1, e))? {
+            // A recycled file marked SPARE (stale contents): it says nothing of its neighbours; it goes.
+            HeaderState::Valid(h) if h.spare() => {
+                let (_, path) = files.remove(skip + 1);
+                fs::remove_file(&path).map_err(|e| io_err("removing spare segment", &path, e))?;
+                fsutil::fsync_dir(&seg_dir).map_err(|e| io_err("syncing", &seg_dir, e))?;
+            }
             HeaderState::Valid(h) if h.base_id.saturating_sub(1) <= watermark => skip += 1,
             _ => break,
         }
@@ -438,7 +516,14 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
         }
         let (index, path) = files[pos].clone();
         read_file(&path, &mut image).map_err(|e| io_err("reading", &path, e))?;
-        if let Some(info) = walk.recover_segment(index, path, &image, pos + 1 == count)? {
+        // The next segment's header says where a recycled segment's data ends.
+        let next_header = match files.get(pos + 1) {
+            Some((next_index, next)) if *next_index == index + 1 => {
+                Some(read_header(next).map_err(|e| io_err("reading", next, e))?)
+            }
+            _ => None,
+        };
+        if let Some(info) = walk.recover_segment(index, path, &image, pos + 1 == count, next_header)? {
             segments.push(info);
         }
     }
@@ -486,7 +571,8 @@ mod tests {
     use super::*;
     use crate::format::{encode_record, encode_segment_header, Kind, SegmentHeader};
 
-    const V: HeaderState = HeaderState::Valid(SegmentHeader { version: 1, flags: 0, base_id: 1 });
+    const V: HeaderState =
+        HeaderState::Valid(SegmentHeader { version: 1, flags: 0, base_id: 1, prev_last_id: 0, prev_data_end: 0 });
 
     #[test]
     fn decision_table() {

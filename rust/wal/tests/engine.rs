@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use signaldb_wal::format::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use signaldb_wal::format::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN_V2 as SEGMENT_HEADER_LEN};
 use signaldb_wal::{Config, Kind, SyncMode, Wal, WalError};
 
 fn cfg(seg: u64) -> Config {

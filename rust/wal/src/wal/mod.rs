@@ -123,6 +123,8 @@ struct Queued {
     /// Bytes on disk: headers and payloads.
     bytes: u64,
     data: CallData,
+    /// The CRC salt the records carry now (0 as encoded; set for the segment they are written to).
+    salt: u32,
 }
 
 /// A call's records as they go to the file.
@@ -144,6 +146,24 @@ const ENCODE_MAX_AVG_PAYLOAD: usize = 4 << 10;
 impl Queued {
     fn last_id(&self) -> u64 {
         self.first_id + self.n - 1
+    }
+
+    /// Salts the records' CRCs for the segment they go to (see
+    /// `format::segment_salt`): records are encoded before their segment is known.
+    fn set_salt(&mut self, salt: u32) {
+        let delta = self.salt ^ salt;
+        if delta == 0 {
+            return;
+        }
+        match &mut self.data {
+            CallData::Encoded(buf) => crate::format::salt_records(buf, delta),
+            CallData::Pieces(pieces) => {
+                for (header, _) in pieces.iter_mut() {
+                    crate::format::salt_record_header(header, delta);
+                }
+            }
+        }
+        self.salt = salt;
     }
 
     /// The pieces to write, in order.
@@ -787,6 +807,7 @@ impl Drop for Wal {
 }
 
 fn info_of(a: &ActiveSegment, seg_dir: &Path) -> SegmentInfo {
+    let tail = if a.recycled { crate::scan::Tail::Stale } else { crate::scan::Tail::Zeros };
     SegmentInfo {
         index: a.index,
         path: seg_dir.join(crate::format::segment_file_name(a.index)),
@@ -798,6 +819,9 @@ fn info_of(a: &ActiveSegment, seg_dir: &Path) -> SegmentInfo {
         verified_end: 0,
         known_damage: Vec::new(),
         prev_id: a.prev_id,
+        data_start: crate::format::header_len(a.version) as u64,
+        rules: crate::scan::Rules { salts: [a.salt; 2], tail },
+        recyclable: a.version >= crate::format::FORMAT_VERSION,
     }
 }
 
@@ -819,6 +843,9 @@ fn reopen_active(info: &mut SegmentInfo, max_segment_size: u64) -> Result<Active
         first_id: info.first_id,
         last_id: info.last_id,
         prev_id: info.prev_id,
+        salt: info.rules.salts[0],
+        recycled: info.rules.tail != crate::scan::Tail::Zeros,
+        version: if info.data_start == SEGMENT_HEADER_LEN as u64 { crate::format::FORMAT_VERSION_1 } else { crate::format::FORMAT_VERSION },
     })
 }
 
@@ -894,7 +921,7 @@ impl Inner {
             });
             CallData::Pieces(pieces.collect())
         };
-        q.items.push_back(Queued { first_id: first, n, bytes, data });
+        q.items.push_back(Queued { first_id: first, n, bytes, data, salt: 0 });
         q.next_id += n;
         drop(q);
         self.stats.appended_entries.fetch_add(n, Relaxed);

@@ -40,7 +40,7 @@ impl Inner {
         let mut buf = self.readers.buf.try_lock().map(|mut b| std::mem::take(&mut *b)).unwrap_or_default();
         for seg in &table {
             let resume = cursor.filter(|c| c.segment == seg.index && c.after_id < start_id);
-            let start = resume.map_or(SEGMENT_HEADER_LEN as u64, |c| c.offset);
+            let start = resume.map_or(seg.data_start, |c| c.offset);
             let prev = resume.map_or(seg.prev_id, |c| c.after_id);
             let mut reader =
                 match SegmentReader::with_buffer(&seg.path, start, seg.data_end, prev, std::mem::take(&mut buf)) {
@@ -49,6 +49,7 @@ impl Inner {
                     Err(e) => return Err(WalError::io(format!("reading {}", seg.path.display()), e)),
                 };
             reader.trust_until(seg.verified_end);
+            reader.set_rules(seg.rules);
             let done = loop {
                 let step =
                     reader.next_step().map_err(|e| WalError::io(format!("reading {}", seg.path.display()), e))?;
@@ -113,7 +114,7 @@ impl Inner {
         table
             .iter()
             .filter(|s| s.last_id.is_some_and(|l| l > watermark))
-            .map(|s| s.data_end.saturating_sub(SEGMENT_HEADER_LEN as u64))
+            .map(|s| s.data_end.saturating_sub(s.data_start))
             .sum()
     }
 

@@ -70,14 +70,14 @@ impl Inner {
                         let _ = std::fs::remove_file(&stale.path);
                     }
                     // A call that fills the segment by itself overwrites every byte: zeros first would be waste.
-                    let bare = call_bytes + SEGMENT_HEADER_LEN as u64 >= self.cfg.max_segment_size
+                    let bare = call_bytes + crate::format::SEGMENT_HEADER_LEN_V2 as u64 >= self.cfg.max_segment_size
                         || !self.preallocation_pays();
                     self.make_spare(index, bare).inspect_err(|_| {
                         *lock(&self.segments.spare_retry_at) = Instant::now() + SPARE_RETRY_BACKOFF;
                     })?
                 }
             };
-            let seg = self.start(spare, base_id)?;
+            let seg = self.start(spare, base_id, sealed_last.unwrap_or(0), sealed_end)?;
             self.segments.active_index.store(index, Release);
             seg
         };
@@ -113,7 +113,7 @@ impl Inner {
                 .fault_err(FaultPoint::SegmentPreallocate)
                 .and_then(|_| segment::create_bare(&path))
                 .map_err(|e| self.creation_error(e))?;
-            Spare { index, path, file, len: 0 }
+            Spare { index, path, file, len: 0, recycled: false }
         } else {
             let tmp = self
                 .fault_err(FaultPoint::SegmentPreallocate)
@@ -125,7 +125,7 @@ impl Inner {
                 let _ = std::fs::remove_file(&tmp.path);
                 return Err(WalError::io(format!("creating segment {}", path.display()), e));
             }
-            Spare { index, path, file: tmp.file, len: tmp.len }
+            Spare { index, path, file: tmp.file, len: tmp.len, recycled: false }
         };
         if let Err(e) = self.sync_seg_dir() {
             // Fail-stop (poisoned); the file goes so no one uses a name that may not be durable.
@@ -136,10 +136,10 @@ impl Inner {
     }
 
     /// Step 3: the spare gets its header and becomes the active segment.
-    fn start(&self, spare: Spare, base_id: u64) -> Result<ActiveSegment> {
+    fn start(&self, spare: Spare, base_id: u64, prev_last_id: u64, prev_data_end: u64) -> Result<ActiveSegment> {
         let path = spare.path.clone();
         let index = spare.index;
-        match segment::start_segment(spare, index, base_id) {
+        match segment::start_segment(spare, index, base_id, prev_last_id, prev_data_end) {
             Ok(seg) => {
                 self.stats.segments_created.fetch_add(1, Relaxed);
                 Ok(seg)
@@ -155,6 +155,7 @@ impl Inner {
     pub(super) fn create_segment(&self, index: u64, base_id: u64) -> Result<ActiveSegment> {
         let _creating = lock(&self.segments.spare_creation);
         let spare = self.make_spare(index, false)?;
-        self.start(spare, base_id)
+        // The segment before it (if any) was sealed by an earlier open: its end is not vouched for here.
+        self.start(spare, base_id, 0, 0)
     }
 }
