@@ -688,4 +688,210 @@ mod tests {
         assert_eq!(next, 3);
         assert_eq!(left, vec!["000001.wal", "000003.wal"]);
     }
+
+    // -- format v2: recycled segments, SPARE files (the module doc's second table) --
+
+    use crate::format::{
+        encode_segment_header_v2, salt_records, segment_salt, FLAG_RECYCLED, FLAG_SPARE, SEGMENT_HEADER_LEN_V2,
+    };
+
+    /// A v2 segment `index` (records salted for it), then a terminator when
+    /// `recycled`, then `stale` bytes, zero-padded to `len`.
+    fn v2_segment(index: u64, flags: u32, base_id: u64, prev: (u64, u64), ids: &[u64], stale: &[u8], len: usize) -> Vec<u8> {
+        let h = SegmentHeader { version: 2, flags, base_id, prev_last_id: prev.0, prev_data_end: prev.1 };
+        let mut buf = encode_segment_header_v2(&h).to_vec();
+        let mut recs = Vec::new();
+        for &id in ids {
+            encode_record(&mut recs, id, 0, Kind::Logs, &[id as u8; 40]);
+        }
+        salt_records(&mut recs, segment_salt(index));
+        buf.extend_from_slice(&recs);
+        if flags & FLAG_RECYCLED != 0 {
+            buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN_FOR_TEST]);
+        }
+        buf.extend_from_slice(stale);
+        buf.resize(len.max(buf.len()), 0);
+        buf
+    }
+
+    /// What an older use of a file leaves: valid records of segment `old_index` with low ids.
+    fn stale_bytes(old_index: u64, ids: &[u64]) -> Vec<u8> {
+        let mut v = v2_segment(old_index, 0, ids[0], (0, 0), ids, &[], 0);
+        v.drain(..SEGMENT_HEADER_LEN_V2);
+        v
+    }
+
+    fn end_of(index: u64, ids: &[u64]) -> u64 {
+        v2_segment(index, 0, 1, (0, 0), ids, &[], 0).len() as u64
+    }
+
+    /// Recovers `files` and also returns the corruption count and every id read back.
+    fn recover_and_read(files: &[(u64, Vec<u8>)]) -> (Vec<Kept>, u64, u64, u64, Vec<u64>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let seg_dir = dir.path().join(SEGMENTS_DIR);
+        fs::create_dir_all(&seg_dir).unwrap();
+        for (index, bytes) in files {
+            fs::write(seg_dir.join(crate::format::segment_file_name(*index)), bytes).unwrap();
+        }
+        let stats = Stats::default();
+        let rec = recover(dir.path(), 4096, &stats).unwrap();
+        let kept = rec.segments.iter().map(|s| (s.index, s.first_id, s.last_id, s.sealed)).collect();
+        let mut ids = Vec::new();
+        for s in &rec.segments {
+            let mut r = crate::reader::SegmentReader::open(&s.path, s.data_start, s.data_end, s.prev_id).unwrap();
+            r.set_rules(s.rules);
+            loop {
+                match r.next_step().unwrap() {
+                    crate::reader::Step::Record { header, .. } => ids.push(header.id),
+                    crate::reader::Step::Damaged { .. } => {}
+                    crate::reader::Step::End => break,
+                }
+            }
+        }
+        let mut left: Vec<String> =
+            fs::read_dir(&seg_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        (
+            kept,
+            rec.next_id,
+            stats.torn_tails_truncated.load(Relaxed),
+            stats.corrupt_entries.load(Relaxed),
+            ids,
+            left,
+        )
+    }
+
+    const SPARE_FLAGS: u32 = FLAG_RECYCLED | FLAG_SPARE;
+
+    #[test]
+    fn v2_decision_table_rows() {
+        let sp = |base| HeaderState::Valid(SegmentHeader { version: 2, flags: SPARE_FLAGS, base_id: base, prev_last_id: 0, prev_data_end: 0 });
+        let rc = HeaderState::Valid(SegmentHeader { version: 2, flags: FLAG_RECYCLED, base_id: 9, prev_last_id: 8, prev_data_end: 400 });
+        // (header, records, damaged, all_zero, is_last, trailing) -> verdict
+        assert_eq!(classify(sp(5), 0, false, false, true, false), Verdict::Spare);
+        assert_eq!(classify(sp(5), 0, false, false, false, true), Verdict::Spare);
+        assert_eq!(classify(sp(5), 0, false, false, false, false), Verdict::Empty);
+        assert_eq!(classify(rc, 3, false, false, true, false), Verdict::Active);
+        assert_eq!(classify(rc, 0, false, false, true, false), Verdict::Active);
+        assert_eq!(classify(rc, 3, true, false, false, false), Verdict::Sealed);
+    }
+
+    #[test]
+    fn recycled_last_segment_ends_at_its_terminator() {
+        // Clean reopen: records, terminator, stale records of an older use: no torn tail, no corruption.
+        let stale = stale_bytes(1, &[1, 2, 3, 4, 5, 6]);
+        let (kept, next, torn, corrupt, ids, _) =
+            recover_and_read(&[(7, v2_segment(7, FLAG_RECYCLED, 20, (0, 0), &[20, 21, 22], &stale, 4096))]);
+        assert_eq!(kept, vec![(7, Some(20), Some(22), false)]);
+        assert_eq!((next, torn, corrupt), (23, 0, 0));
+        assert_eq!(ids, vec![20, 21, 22]);
+        // No records yet: header, terminator, stale.
+        let (kept, next, torn, corrupt, ids, _) =
+            recover_and_read(&[(7, v2_segment(7, FLAG_RECYCLED, 20, (0, 0), &[], &stale, 4096))]);
+        assert_eq!((kept, next, torn, corrupt, ids), (vec![(7, None, None, false)], 20, 0, 0, vec![]));
+    }
+
+    #[test]
+    fn torn_tail_over_stale_records_is_a_torn_tail() {
+        // An unsynced write landed in part: the next record's header, not its payload (stale follows).
+        let mut torn = Vec::new();
+        encode_record(&mut torn, 23, 0, Kind::Logs, &[9u8; 300]);
+        salt_records(&mut torn, segment_salt(7));
+        torn.truncate(60);
+        let mut img = v2_segment(7, FLAG_RECYCLED, 20, (0, 0), &[20, 21, 22], &[], 0);
+        let at = img.len() - RECORD_HEADER_LEN_FOR_TEST;
+        img.truncate(at);
+        img.extend_from_slice(&torn);
+        img.extend_from_slice(&stale_bytes(1, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]));
+        img.resize(4096, 0);
+        let (kept, next, torn, corrupt, ids, _) = recover_and_read(&[(7, img)]);
+        assert_eq!(kept, vec![(7, Some(20), Some(22), false)]);
+        assert_eq!((next, torn, corrupt), (23, 1, 0));
+        assert_eq!(ids, vec![20, 21, 22]);
+    }
+
+    #[test]
+    fn sealed_recycled_segment_is_checked_up_to_the_end_its_successor_gives() {
+        let stale = stale_bytes(1, &[1, 2, 3, 4, 5]);
+        let a = v2_segment(7, FLAG_RECYCLED, 20, (0, 0), &[20, 21, 22], &stale, 4096);
+        let end = end_of(7, &[20, 21, 22]);
+        let b = v2_segment(8, FLAG_RECYCLED, 23, (22, end), &[23, 24], &stale, 4096);
+        // Intact: stale bytes after the end are not looked at.
+        let (kept, next, torn, corrupt, ids, _) = recover_and_read(&[(7, a.clone()), (8, b.clone())]);
+        assert_eq!(kept, vec![(7, Some(20), Some(22), true), (8, Some(23), Some(24), false)]);
+        assert_eq!((next, torn, corrupt, ids), (25, 0, 0, vec![20, 21, 22, 23, 24]));
+        // A bit flip in the last record of the sealed one: corruption, not a torn tail.
+        let mut flipped = a.clone();
+        flipped[end as usize - 3] ^= 0x40;
+        let (_, _, torn, corrupt, ids, left) = recover_and_read(&[(7, flipped), (8, b.clone())]);
+        assert_eq!((torn, corrupt), (0, 1));
+        assert_eq!(ids, vec![20, 21, 23, 24]);
+        assert_eq!(left, vec!["000007.wal", "000008.wal"]);
+        // The last record zeroed (it would read as a clean end): the successor's header says otherwise.
+        let mut zeroed = a.clone();
+        let last_start = end_of(7, &[20, 21]) as usize;
+        zeroed[last_start..end as usize].fill(0);
+        let (_, _, torn, corrupt, ids, _) = recover_and_read(&[(7, zeroed), (8, b)]);
+        assert_eq!((torn, corrupt), (0, 1));
+        assert_eq!(ids, vec![20, 21, 23, 24]);
+    }
+
+    #[test]
+    fn spare_files_are_deleted_unread() {
+        // Stale contents that would verify under the SPARE file's own number: never read.
+        let spare_body = |index| {
+            let mut v = v2_segment(index, SPARE_FLAGS, 30, (0, 0), &[], &[], 0);
+            v.truncate(SEGMENT_HEADER_LEN_V2);
+            v.extend_from_slice(&stale_bytes(index, &[1, 2, 3]));
+            v.resize(4096, 0);
+            v
+        };
+        let live = v2_segment(5, 0, 28, (0, 0), &[28, 29], &[], 4096);
+        // Trailing (made into a spare, never used) and older (marked under its old name).
+        let (kept, next, torn, corrupt, ids, left) =
+            recover_and_read(&[(3, spare_body(3)), (5, live.clone()), (6, spare_body(6))]);
+        assert_eq!(kept, vec![(5, Some(28), Some(29), false)]);
+        assert_eq!((next, torn, corrupt, ids), (30, 0, 0, vec![28, 29]));
+        assert_eq!(left, vec!["000005.wal"]);
+        // A SPARE file alone.
+        let (kept, _, torn, corrupt, _, left) = recover_and_read(&[(6, spare_body(6))]);
+        assert_eq!((kept.len(), torn, corrupt, left.len()), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn torn_header_over_a_spare_never_returns_stale_records() {
+        // The rotation's RECYCLED header torn over the SPARE header, nothing else
+        // landed, and no segment before it (deleted as processed): the stale
+        // records carry ids a chain from 0 would take, but they were written under
+        // another segment number and never verify.
+        let mut img = v2_segment(9, SPARE_FLAGS, 30, (0, 0), &[], &[], 0);
+        let good = v2_segment(9, FLAG_RECYCLED, 30, (29, 900), &[], &[], 0);
+        img[16..40].copy_from_slice(&good[16..40]); // half new, half old: the CRC fails
+        img.truncate(SEGMENT_HEADER_LEN_V2);
+        img.extend_from_slice(&stale_bytes(2, &[3, 4, 5, 6]));
+        img.resize(4096, 0);
+        let (kept, next, torn, corrupt, ids, left) = recover_and_read(&[(9, img.clone())]);
+        assert!(ids.is_empty(), "stale records returned: {ids:?}");
+        assert_eq!((kept.len(), torn, corrupt, left.len()), (0, 1, 0, 0), "a torn rotation, removed");
+        assert_eq!(next, 1);
+        // Same with a first new record that landed whole: kept (as a damaged header), stale still never read.
+        let mut rec = Vec::new();
+        encode_record(&mut rec, 30, 0, Kind::Logs, b"new");
+        salt_records(&mut rec, segment_salt(9));
+        let mut img2 = img;
+        img2[SEGMENT_HEADER_LEN_V2..SEGMENT_HEADER_LEN_V2 + rec.len()].copy_from_slice(&rec);
+        let (_, next, _, _, ids, _) = recover_and_read(&[(9, img2)]);
+        assert_eq!(ids, vec![30]);
+        assert_eq!(next, 31);
+    }
+
+    #[test]
+    fn v1_segments_still_read_as_before_next_to_v2_ones() {
+        let v1 = segment(1, &[1, 2, 3], 4096);
+        let end = v1.len() as u64; // not used by v1: its successor's prev_data_end is informative
+        let v2 = v2_segment(2, 0, 4, (3, end), &[4, 5], &[], 4096);
+        let (kept, next, torn, corrupt, ids, _) = recover_and_read(&[(1, v1), (2, v2)]);
+        assert_eq!(kept, vec![(1, Some(1), Some(3), true), (2, Some(4), Some(5), false)]);
+        assert_eq!((next, torn, corrupt, ids), (6, 0, 0, vec![1, 2, 3, 4, 5]));
+    }
 }

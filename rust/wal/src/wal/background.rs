@@ -170,7 +170,16 @@ impl Inner {
             return Ok(());
         }
         self.segments.table.write().unwrap().retain(|s| !doomed.iter().any(|d| d.index == s.index));
+        // Readers that start from now on do not see the doomed segments; one
+        // already reading may hold any of them: then none is recycled.
+        let recycling = *lock(&self.segments.reads_in_flight) == 0;
+        let mut deleted = false;
         for s in &doomed {
+            if recycling && self.pool_file(s) {
+                self.stats.segments_deleted.fetch_add(1, Relaxed);
+                continue;
+            }
+            deleted = true;
             if let Err(e) = std::fs::remove_file(&s.path) {
                 log::warn!(path:% = s.path.display(), error:% = e;
                     "WAL could not delete processed segment {}: {e}", s.path.display());
@@ -179,9 +188,44 @@ impl Inner {
                 log::debug!("WAL deleted processed segment {}", s.name());
             }
         }
-        self.sync_seg_dir()
+        if deleted {
+            self.sync_seg_dir()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a processed segment's file for reuse as a spare, if the pool has
+    /// room and the file qualifies: v2 (its records are salted, so they stay
+    /// stale in the next use whatever happens to the header) and
+    /// `max_segment_size` long, or a little longer (a record that filled a
+    /// segment alone), at most twice (allocated and cached: the whole point). It
+    /// moves to a temp name (no directory fsync: under either name it is a
+    /// processed segment recovery deletes). False: delete it instead.
+    fn pool_file(&self, s: &SegmentInfo) -> bool {
+        if !s.recyclable || lock(&self.segments.pool).len() >= RECYCLE_POOL || self.closed.load(Acquire) {
+            return false;
+        }
+        let max = self.cfg.max_segment_size;
+        if !std::fs::metadata(&s.path).is_ok_and(|m| (max..=2 * max).contains(&m.len())) {
+            return false;
+        }
+        let n = RECYCLE_COUNTER.fetch_add(1, Relaxed);
+        let pooled = self.seg_dir.join(format!("{RECYCLE_PREFIX}{}-{n}.wal", std::process::id()));
+        let moved =
+            self.fault_err(FaultPoint::SegmentRecycle).and_then(|_| fsutil::rename_noreplace(&s.path, &pooled));
+        if let Err(e) = moved {
+            log::debug!("WAL could not keep processed segment {} for reuse ({e}); deleting it", s.name());
+            return false;
+        }
+        log::debug!("WAL keeps processed segment {} for reuse as a spare", s.name());
+        lock(&self.segments.pool).push(pooled);
+        true
     }
 }
+
+/// Temp names of pooled files (recovery removes every file whose name starts with a dot).
+const RECYCLE_PREFIX: &str = ".recycled-";
+static RECYCLE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Puts the calling thread in `SCHED_BATCH`: same share of the CPU, but its
 /// wake-ups do not preempt the running thread. An appender wakes the

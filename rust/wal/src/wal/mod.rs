@@ -81,6 +81,8 @@ const LARGE_GROUP_BYTES: u64 = 64 << 10;
 const ID_RESERVATION_BLOCK: u64 = 1 << 20;
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(200);
 const SPARE_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// Processed segments' files kept for reuse as spares (the rest are deleted).
+const RECYCLE_POOL: usize = 2;
 /// An fsync slower than this is logged (etcd warns at one second too).
 const SLOW_FSYNC: Duration = Duration::from_secs(1);
 
@@ -432,6 +434,14 @@ struct Segments {
     spare_retry_at: Mutex<Instant>,
     /// Moving average of bytes per write run: decides whether preallocation pays.
     group_bytes_avg: AtomicU64,
+    /// Files of processed segments kept to be reused as spares (under temp
+    /// names), at most `RECYCLE_POOL`: see `rotation.rs`.
+    pool: Mutex<Vec<PathBuf>>,
+    /// `read_unprocessed` calls in flight. While any is, no file is recycled:
+    /// a reader may hold a segment file open, or open it by its path from its
+    /// snapshot of the table, and a recycled file gets new bytes (deleting is
+    /// safe for an open file; overwriting is not).
+    reads_in_flight: Mutex<u32>,
 }
 
 /// Processed marks, the checkpoint, and the id reservation.
@@ -478,7 +488,8 @@ struct Cursor {
 /// `segments.io` → `marks.processed` → `commit.state` → `commit.queue` / `commit.sync_target`;
 /// `segments.io` → `segments.spare_creation` → `segments.spare`;
 /// `segments.io` → `segments.table`; `marks.checkpoint_lock` → `marks.processed`, `segments.table`.
-/// `commit.slots[_]`, `house.state`, `readers.*` and `stats` are leaves.
+/// `commit.slots[_]`, `house.state`, `readers.*`, `segments.pool`, `segments.reads_in_flight`
+/// and `stats` are leaves.
 struct Inner {
     dir: PathBuf,
     seg_dir: PathBuf,
@@ -574,6 +585,8 @@ impl Wal {
                 spare_failing: AtomicBool::new(false),
                 spare_retry_at: Mutex::new(Instant::now()),
                 group_bytes_avg: AtomicU64::new(0),
+                pool: Mutex::new(Vec::new()),
+                reads_in_flight: Mutex::new(0),
             },
             marks: Marks {
                 processed: Mutex::new(rec.processed),
@@ -787,9 +800,16 @@ impl Wal {
             let _creating = lock(&self.inner.segments.spare_creation);
             lock(&self.inner.segments.spare).take()
         };
-        if let Some(spare) = spare {
+        let pool = std::mem::take(&mut *lock(&self.inner.segments.pool));
+        if let Some(spare) = &spare {
             // Not needed: a spare left behind (a crash) is removed by recovery just the same.
             let _ = std::fs::remove_file(&spare.path);
+        }
+        for path in &pool {
+            // Temp names: recovery would remove them too.
+            let _ = std::fs::remove_file(path);
+        }
+        if spare.is_some() || !pool.is_empty() {
             let _ = fsutil::fsync_dir(&self.inner.seg_dir);
         }
         lock(&self.inner.segments.io).active = None; // closes the segment file

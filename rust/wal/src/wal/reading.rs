@@ -23,6 +23,8 @@ impl Inner {
             (w, p.above_from(after_id.max(w).saturating_add(1)))
         };
         let start_id = after_id.max(watermark).saturating_add(1); // ids up to u64::MAX: see recovery
+        // Counted before the table is looked at: no file of this snapshot is recycled until we are done.
+        let _reading = ReadGuard::new(&self.segments.reads_in_flight);
         let table: Vec<SegmentInfo> = self
             .segments
             .table
@@ -135,7 +137,8 @@ impl Inner {
             (table.len() as u64, table.iter().map(|s| s.file_len.max(s.data_end)).sum::<u64>())
         };
         let unprocessed_bytes = self.unprocessed_bytes_above(watermark);
-        let spare = lock(&self.segments.spare).as_ref().map_or(0, |s| s.len);
+        let spare = lock(&self.segments.spare).as_ref().map_or(0, |s| s.len)
+            + lock(&self.segments.pool).len() as u64 * self.cfg.max_segment_size;
         let s = &self.stats;
         WalStats {
             unprocessed_entries: unprocessed,
@@ -163,5 +166,21 @@ impl Inner {
             poisoned: lock(&self.commit.state).poisoned.clone(),
             sync_mode: self.cfg.sync_mode,
         }
+    }
+}
+
+/// Counts a `read_unprocessed` call in flight (`Segments::reads_in_flight`) while it lives.
+struct ReadGuard<'a>(&'a Mutex<u32>);
+
+impl<'a> ReadGuard<'a> {
+    fn new(count: &'a Mutex<u32>) -> ReadGuard<'a> {
+        *lock(count) += 1;
+        ReadGuard(count)
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        *lock(self.0) -= 1;
     }
 }

@@ -105,8 +105,11 @@ impl Inner {
     }
 
     /// Makes segment file `index` durably, empty of records (steps 1 and 2 of
-    /// the module doc). The caller holds `spare_creation`.
+    /// the module doc; a recycled file when the pool has one). The caller holds `spare_creation`.
     pub(super) fn make_spare(&self, index: u64, bare: bool) -> Result<Spare> {
+        if let Some(spare) = self.recycled_spare(index)? {
+            return Ok(spare);
+        }
         let path = self.seg_dir.join(crate::format::segment_file_name(index));
         let spare = if bare {
             let file = self
@@ -133,6 +136,51 @@ impl Inner {
             return Err(e);
         }
         Ok(spare)
+    }
+
+    /// A spare made from a pooled file (recycling steps R1-R3 of the module
+    /// doc), or None when the pool is empty or a step failed (the file is
+    /// then deleted: it only held processed entries, so a failed write or
+    /// fdatasync there loses nothing and does not poison; the caller makes
+    /// a fresh spare). A failed directory fsync poisons, as for any spare.
+    fn recycled_spare(&self, index: u64) -> Result<Option<Spare>> {
+        let Some(pooled) = lock(&self.segments.pool).pop() else { return Ok(None) };
+        let path = self.seg_dir.join(crate::format::segment_file_name(index));
+        let header = crate::format::encode_segment_header_v2(&crate::format::SegmentHeader {
+            version: crate::format::FORMAT_VERSION,
+            flags: crate::format::FLAG_RECYCLED | crate::format::FLAG_SPARE,
+            // Informative: every id handed out so far (and so every stale one) is below it.
+            base_id: self.commit.handled_id.load(Acquire).saturating_add(1).clamp(1, MAX_ID - 1),
+            prev_last_id: 0,
+            prev_data_end: 0,
+        });
+        let marked = (|| -> std::io::Result<File> {
+            use std::os::unix::fs::FileExt;
+            self.fault_err(FaultPoint::SegmentRecycle)?;
+            let file = fsutil::open_rw(&pooled, false)?;
+            file.write_all_at(&header, 0)?;
+            // R1 durable before R2: under a segment name, the file must say SPARE.
+            self.fault_err(FaultPoint::SegmentRecycle)?;
+            fsutil::fdatasync(&file)?;
+            self.fault_err(FaultPoint::SegmentRecycle)?;
+            fsutil::rename_noreplace(&pooled, &path)?;
+            Ok(file)
+        })();
+        let file = match marked {
+            Ok(file) => file,
+            Err(e) => {
+                log::warn!("WAL could not reuse a processed segment's file as segment {index} ({e}); deleting it");
+                let _ = std::fs::remove_file(&pooled);
+                return Ok(None);
+            }
+        };
+        if let Err(e) = self.sync_seg_dir() {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        log::debug!("WAL made segment {index} from a processed segment's file");
+        let len = file.metadata().map_or(self.cfg.max_segment_size, |m| m.len());
+        Ok(Some(Spare { index, path, file, len, recycled: true }))
     }
 
     /// Step 3: the spare gets its header and becomes the active segment.
