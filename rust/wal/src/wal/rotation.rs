@@ -18,6 +18,24 @@
 //! (`recovery.rs`, decision table). Without a spare (the housekeeper was
 //! late, or its last attempt failed) the rotation makes one itself, the same
 //! way, on the ack path.
+//!
+//! Recycled spares. A checkpoint that dooms processed segments keeps up to
+//! `RECYCLE_POOL` of their files (v2, `max_segment_size` to twice that long,
+//! no read in flight) under temp names instead of deleting them
+//! (`background.rs`). A spare is then made from one of them instead of from
+//! zeros, so its writes land in allocated blocks and cached pages:
+//!
+//! - R1. overwrite the header with a SPARE header (flags RECYCLED|SPARE),
+//!   `fdatasync`: under a segment name the file must say its contents are stale;
+//! - R2. rename (no replace) to `NNNNNN.wal`, `fsync` the directory;
+//! - R3. at rotation, as for any spare: the RECYCLED header (with the sealed
+//!   segment's last id and data end) and a zero record header after it, then
+//!   records (each write followed by a zero record header: stale bytes
+//!   follow), the group's `fdatasync`, acknowledge.
+//!
+//! A failure in R1 or R2's rename deletes the file and falls back to a fresh
+//! spare (it held only processed entries: no poison). A crash between any
+//! two steps is a row of `recovery.rs`'s tables.
 
 use super::*;
 
