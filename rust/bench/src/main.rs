@@ -140,22 +140,64 @@ fn timed(
 
 // -- our engine -----------------------------------------------------------------
 
-struct Ours(signaldb_wal::Wal);
+/// Our engine, with a consumer that keeps up (workloads 1-4): it marks every
+/// acknowledged entry processed every few milliseconds, as the services do
+/// once an entry is forwarded, so checkpoints doom processed segments and
+/// their files are recycled. okaywal's checkpoints, which discard everything
+/// here, do the same for it.
+struct Ours {
+    wal: Arc<signaldb_wal::Wal>,
+    stop: Arc<AtomicBool>,
+    consumer: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Engine for Ours {
     fn append(&self, rec: &[u8]) {
-        self.0.append(rec, signaldb_wal::Kind::Traces).expect("append");
+        self.wal.append(rec, signaldb_wal::Kind::Traces).expect("append");
     }
     fn append_batch(&self, recs: &[Vec<u8>]) {
-        self.0.append_batch(recs.iter().map(|r| r.as_slice()), signaldb_wal::Kind::Traces).expect("append_batch");
+        self.wal.append_batch(recs.iter().map(|r| r.as_slice()), signaldb_wal::Kind::Traces).expect("append_batch");
     }
     fn wal_stats(&self) -> Option<signaldb_wal::WalStats> {
-        Some(self.0.stats())
+        Some(self.wal.stats())
     }
 }
 
+impl Drop for Ours {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.consumer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const CONSUMER_TICK: Duration = Duration::from_millis(5);
+
 fn open_ours(dir: &Path) -> Ours {
-    Ours(signaldb_wal::Wal::open(dir, signaldb_wal::Config::default()).expect("open signaldb WAL"))
+    let wal = Arc::new(signaldb_wal::Wal::open(dir, signaldb_wal::Config::default()).expect("open signaldb WAL"));
+    let stop = Arc::new(AtomicBool::new(false));
+    // SIGNALDB_BENCH_CONSUMER=0: no consumer (nothing processed, nothing recycled), as before.
+    let wanted = std::env::var("SIGNALDB_BENCH_CONSUMER").map_or(true, |v| v != "0");
+    let consumer = wanted.then(|| {
+        let (wal, stop) = (Arc::clone(&wal), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut marked = wal.processed_watermark();
+            let mut ids = Vec::new();
+            while !stop.load(Relaxed) {
+                std::thread::sleep(CONSUMER_TICK);
+                let done = wal.done_id();
+                if done > marked {
+                    ids.clear();
+                    ids.extend(marked + 1..=done);
+                    // Ids of failed appends are gaps: marking them is harmless.
+                    let _ = wal.mark_processed(&ids);
+                    marked = done;
+                }
+            }
+        })
+    });
+    Ours { wal, stop, consumer }
 }
 
 fn read_ours(dir: &Path) -> u64 {
