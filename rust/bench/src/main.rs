@@ -468,6 +468,14 @@ fn main() {
         for (ei, name) in o.engines.iter().enumerate() {
             rates[w][ei] = records[ei] / secs[ei];
             eprintln!("{name:12} workload {}: {:>12.0} records/s", w + 1, rates[w][ei]);
+            if let Some(st) = engines[ei].wal_stats() {
+                eprintln!(
+                    "{name:12} workload {}: {} segments created, {} of them recycled files",
+                    w + 1,
+                    st.segments_created,
+                    st.segments_recycled
+                );
+            }
             if name == "signaldb" {
                 counters[w] = Some(Counters {
                     records_per_sync: records[ei] / syncs.max(1) as f64,

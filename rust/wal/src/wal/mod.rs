@@ -109,6 +109,8 @@ pub struct WalStats {
     pub fsync_histogram: stats::FsyncHistogram,
     pub segments_created: u64,
     pub segments_deleted: u64,
+    /// Segments made from a processed segment's file (Rust-level counter; not in the Python stats).
+    pub segments_recycled: u64,
     pub metadata_writes: u64,
     pub oldest_unprocessed_timestamp_ns: Option<i64>,
     pub poisoned: Option<String>,

@@ -161,6 +161,7 @@ impl Inner {
             fsync_histogram: s.fsync_histogram(),
             segments_created: s.segments_created.load(Relaxed),
             segments_deleted: s.segments_deleted.load(Relaxed),
+            segments_recycled: s.segments_recycled.load(Relaxed),
             metadata_writes: s.metadata_writes.load(Relaxed),
             oldest_unprocessed_timestamp_ns: if unprocessed > 0 { self.oldest_unprocessed_timestamp() } else { None },
             poisoned: lock(&self.commit.state).poisoned.clone(),

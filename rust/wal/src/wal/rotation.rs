@@ -197,6 +197,7 @@ impl Inner {
             return Err(e);
         }
         log::debug!("WAL made segment {index} from a processed segment's file");
+        self.stats.segments_recycled.fetch_add(1, Relaxed);
         let len = file.metadata().map_or(self.cfg.max_segment_size, |m| m.len());
         Ok(Some(Spare { index, path, file, len, recycled: true }))
     }
