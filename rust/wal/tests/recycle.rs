@@ -100,7 +100,7 @@ fn processed_segments_are_reused_and_reopen_clean() {
     let files = numbered(dir.path());
     assert!(files.iter().any(|p| recycled(p)), "no segment was made from a recycled file: {files:?}");
     assert!(recycled(files.last().unwrap()), "the active segment should be a recycled file here");
-    assert!(pooled(dir.path()) <= 2);
+    assert!(pooled(dir.path()) <= 8, "the pool is bounded");
     assert_eq!(entries(&wal), expected);
 
     // A process crash now: the active segment ends at its terminator, stale bytes after it.

@@ -102,6 +102,17 @@ impl Inner {
 
     /// Makes the spare for the segment after the active one, if none is ready.
     pub(super) fn prepare_spare(&self) {
+        // A recycled file is worth a checkpoint: when few are kept but processed
+        // segments wait for the once-a-second checkpoint, write it now (at most
+        // every RECYCLE_CHECKPOINT_GAP), so their files are kept and reused.
+        if lock(&self.segments.pool).len() < RECYCLE_POOL / 2
+            && lock(&self.marks.checkpoint_lock).elapsed() >= RECYCLE_CHECKPOINT_GAP
+            && self.processed_segments_waiting()
+        {
+            if let Err(e) = self.checkpoint() {
+                log::warn!("WAL checkpoint failed (will retry): {e}");
+            }
+        }
         // Blocks while a rotation takes the spare and moves `active_index`.
         let _creating = lock(&self.segments.spare_creation);
         if lock(&self.segments.spare).is_some()
@@ -127,6 +138,12 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Whether a sealed segment's entries are all processed (in memory; not yet checkpointed).
+    fn processed_segments_waiting(&self) -> bool {
+        let watermark = lock(&self.marks.processed).watermark();
+        self.segments.table.read().unwrap().iter().any(|s| s.sealed && s.last_id.is_none_or(|l| l <= watermark))
     }
 
     /// Writes metadata.json durably, then deletes sealed segments it shows are processed.
@@ -196,9 +213,10 @@ impl Inner {
 
     /// Keeps a processed segment's file for reuse as a spare, if the pool has
     /// room and the file qualifies: v2 (its records are salted, so they stay
-    /// stale in the next use whatever happens to the header) and
-    /// `max_segment_size` long, or a little longer (a record that filled a
-    /// segment alone), at most twice (allocated and cached: the whole point). It
+    /// stale in the next use whatever happens to the header), and from half
+    /// to twice `max_segment_size` long (allocated and cached: the whole
+    /// point; a segment made bare for large groups ends a little short of
+    /// the size, one that took a record alone a little past it). It
     /// moves to a temp name (no directory fsync: under either name it is a
     /// processed segment recovery deletes). False: delete it instead.
     fn pool_file(&self, s: &SegmentInfo) -> bool {
@@ -206,7 +224,7 @@ impl Inner {
             return false;
         }
         let max = self.cfg.max_segment_size;
-        if !std::fs::metadata(&s.path).is_ok_and(|m| (max..=2 * max).contains(&m.len())) {
+        if !std::fs::metadata(&s.path).is_ok_and(|m| (max / 2..=2 * max).contains(&m.len())) {
             return false;
         }
         let n = RECYCLE_COUNTER.fetch_add(1, Relaxed);
@@ -222,6 +240,9 @@ impl Inner {
         true
     }
 }
+
+/// Shortest gap between two checkpoints written to refill the pool of recycled files.
+const RECYCLE_CHECKPOINT_GAP: Duration = Duration::from_millis(20);
 
 /// Temp names of pooled files (recovery removes every file whose name starts with a dot).
 const RECYCLE_PREFIX: &str = ".recycled-";
