@@ -82,6 +82,8 @@ const ID_RESERVATION_BLOCK: u64 = 1 << 20;
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(200);
 const SPARE_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 /// Processed segments' files kept for reuse as spares (the rest are deleted).
+/// Two were too few: with batches of 1,000 records a segment is sealed every
+/// few milliseconds, and only a third of them got a recycled file (wal-bench).
 const RECYCLE_POOL: usize = 8;
 /// An fsync slower than this is logged (etcd warns at one second too).
 const SLOW_FSYNC: Duration = Duration::from_secs(1);
