@@ -174,11 +174,12 @@ impl Drop for Ours {
 
 const CONSUMER_TICK: Duration = Duration::from_millis(5);
 
-fn open_ours(dir: &Path) -> Ours {
+/// `consume`: start the consumer (not for workload 5, which reads everything back).
+fn open_ours(dir: &Path, consume: bool) -> Ours {
     let wal = Arc::new(signaldb_wal::Wal::open(dir, signaldb_wal::Config::default()).expect("open signaldb WAL"));
     let stop = Arc::new(AtomicBool::new(false));
     // SIGNALDB_BENCH_CONSUMER=0: no consumer (nothing processed, nothing recycled), as before.
-    let wanted = std::env::var("SIGNALDB_BENCH_CONSUMER").map_or(true, |v| v != "0");
+    let wanted = consume && std::env::var("SIGNALDB_BENCH_CONSUMER").map_or(true, |v| v != "0");
     let consumer = wanted.then(|| {
         let (wal, stop) = (Arc::clone(&wal), Arc::clone(&stop));
         std::thread::spawn(move || {
@@ -395,7 +396,7 @@ fn open_engine(name: &str, dir: &Path, keep_all: bool) -> Box<dyn Engine> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     match name {
-        "signaldb" => Box::new(open_ours(dir)),
+        "signaldb" => Box::new(open_ours(dir, !keep_all)),
         "okaywal" => Box::new(open_okay(dir, keep_all)),
         "raft-engine" => Box::new(open_raft(dir, if keep_all { u64::MAX } else { 4096 })),
         "raw" => Box::new(open_raw(dir)),
