@@ -516,9 +516,11 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
         }
         let (index, path) = files[pos].clone();
         read_file(&path, &mut image).map_err(|e| io_err("reading", &path, e))?;
-        // The next segment's header says where a recycled segment's data ends.
+        // The next segment's header says where a recycled segment's data ends
+        // (read only then: on a cold open it would wait for the disk before the read-ahead).
+        let recycled = matches!(decode_segment_header(&image), HeaderState::Valid(h) if h.recycled());
         let next_header = match files.get(pos + 1) {
-            Some((next_index, next)) if *next_index == index + 1 => {
+            Some((next_index, next)) if recycled && *next_index == index + 1 => {
                 Some(read_header(next).map_err(|e| io_err("reading", next, e))?)
             }
             _ => None,
