@@ -296,3 +296,24 @@ fn readers_never_see_a_recycled_file_change_under_them() {
     let files = numbered(dir.path());
     assert!(files.iter().any(|p| recycled(p)), "no segment was made from a recycled file");
 }
+
+/// A full disk needs the space kept files hold: they are deleted at the first
+/// ENOSPC, and processed segments are deleted (not kept) for a while after.
+#[test]
+fn a_full_disk_gets_the_kept_files_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::new());
+    let wal = Wal::open(dir.path(), Config { faults: Some(Arc::clone(&faults)), ..cfg() }).unwrap();
+    let mut k = 0;
+    churn(&wal, 6, 40, &mut k);
+    wal.mark_processed(&entries(&wal).iter().map(|(id, _)| *id).collect::<Vec<_>>()).unwrap();
+    wal.checkpoint().unwrap();
+    assert!(pooled(dir.path()) > 0, "test setup: files are kept");
+    faults.arm(FaultPoint::SegmentWrite, FaultAction::Error(libc::ENOSPC), 0, Some(1));
+    assert!(matches!(wal.append(&payload(k), Kind::Logs), Err(signaldb_wal::WalError::Full(_))));
+    assert_eq!(pooled(dir.path()), 0, "kept files still hold space on a full disk");
+    let expected = churn(&wal, 6, 40, &mut k);
+    assert_eq!(pooled(dir.path()), 0, "files kept again right after the disk was full");
+    assert_eq!(entries(&wal), expected);
+    assert!(wal.poisoned().is_none());
+}

@@ -140,6 +140,21 @@ impl Inner {
         }
     }
 
+    /// The disk is full: kept files go (their space is what appends need
+    /// back), and none is kept for `RECYCLE_PAUSE_WHEN_FULL`, so processed
+    /// segments are deleted again as they were before recycling.
+    pub(super) fn out_of_space(&self) {
+        *lock(&self.segments.recycle_paused_until) = Instant::now() + RECYCLE_PAUSE_WHEN_FULL;
+        let pool = std::mem::take(&mut *lock(&self.segments.pool));
+        for path in &pool {
+            // A temp name: if the deletion is lost in a crash, recovery removes it.
+            let _ = std::fs::remove_file(path);
+        }
+        if !pool.is_empty() {
+            log::info!("WAL disk full: {} processed segment files kept for reuse deleted", pool.len());
+        }
+    }
+
     /// Whether a sealed segment's entries are all processed (in memory; not yet checkpointed).
     fn processed_segments_waiting(&self) -> bool {
         let watermark = lock(&self.marks.processed).watermark();
@@ -220,7 +235,11 @@ impl Inner {
     /// moves to a temp name (no directory fsync: under either name it is a
     /// processed segment recovery deletes). False: delete it instead.
     fn pool_file(&self, s: &SegmentInfo) -> bool {
-        if !s.recyclable || lock(&self.segments.pool).len() >= RECYCLE_POOL || self.closed.load(Acquire) {
+        if !s.recyclable
+            || lock(&self.segments.pool).len() >= RECYCLE_POOL
+            || self.closed.load(Acquire)
+            || Instant::now() < *lock(&self.segments.recycle_paused_until)
+        {
             return false;
         }
         let max = self.cfg.max_segment_size;

@@ -255,6 +255,9 @@ impl Inner {
             }
             if let Err(e) = self.write_run(&active.file, &bufs, start) {
                 let rolled_back = self.roll_back(active, start, run_bytes + terminator);
+                if is_out_of_space(&e) {
+                    self.out_of_space();
+                }
                 let err = if is_out_of_space(&e) && rolled_back {
                     WalError::Full(format!("no space left on the WAL disk ({e})"))
                 } else {

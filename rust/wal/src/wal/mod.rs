@@ -81,6 +81,8 @@ const LARGE_GROUP_BYTES: u64 = 64 << 10;
 const ID_RESERVATION_BLOCK: u64 = 1 << 20;
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(200);
 const SPARE_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// How long recycling stays off after the disk was full.
+const RECYCLE_PAUSE_WHEN_FULL: Duration = Duration::from_secs(60);
 /// Processed segments' files kept for reuse as spares (the rest are deleted).
 /// Two were too few: with batches of 1,000 records a segment is sealed every
 /// few milliseconds, and only a third of them got a recycled file (wal-bench).
@@ -446,6 +448,9 @@ struct Segments {
     /// snapshot of the table, and a recycled file gets new bytes (deleting is
     /// safe for an open file; overwriting is not).
     reads_in_flight: Mutex<u32>,
+    /// No file is kept for recycling before this: the disk was full lately
+    /// (kept files hold space that a full disk needs back).
+    recycle_paused_until: Mutex<Instant>,
 }
 
 /// Processed marks, the checkpoint, and the id reservation.
@@ -591,6 +596,7 @@ impl Wal {
                 group_bytes_avg: AtomicU64::new(0),
                 pool: Mutex::new(Vec::new()),
                 reads_in_flight: Mutex::new(0),
+                recycle_paused_until: Mutex::new(Instant::now()),
             },
             marks: Marks {
                 processed: Mutex::new(rec.processed),

@@ -52,6 +52,7 @@ impl Inner {
 
     fn creation_error(&self, e: std::io::Error) -> WalError {
         if is_out_of_space(&e) {
+            self.out_of_space();
             WalError::Full(format!("no space for a new segment ({e})"))
         } else {
             WalError::io("creating a WAL segment", e)
