@@ -843,7 +843,8 @@ def test_power_cut_between_a_spare_rename_and_the_directory_fsync(syncfs: SyncFs
 _RECYCLE_CHILD = """
 import sys, time
 from signaldb.wal import Wal
-wal_dir, rounds, per, mode, tail, seg = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+wal_dir, mode = sys.argv[1], sys.argv[4]
+rounds, per, tail, seg = (int(a) for a in (sys.argv[2], sys.argv[3], sys.argv[5], sys.argv[6]))
 w = Wal(wal_dir, max_segment_size=seg, sync_mode=mode, max_buffer_entries=100000, flush_interval_secs=3600.0)
 i, last = 0, []
 for r in range(rounds):
