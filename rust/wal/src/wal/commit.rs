@@ -238,9 +238,8 @@ impl Inner {
 
     /// Writes `group` (whole calls, in id order) to the active segment, rotating as needed.
     /// Returns false when something failed (failures recorded, or poisoned).
-    pub(super) fn write_group(&self, io: &mut Io, group: Vec<Queued>) -> bool {
+    pub(super) fn write_group(&self, io: &mut Io, mut group: Vec<Queued>) -> bool {
         let max = self.cfg.max_segment_size;
-        let mut bufs: Vec<&[u8]> = Vec::new();
         let mut c = 0;
         while c < group.len() {
             // A call's records never span segments, so a failed rotation fails
@@ -260,13 +259,29 @@ impl Inner {
                 run_bytes += group[next].bytes;
                 next += 1;
             }
-            bufs.clear();
+            for call in &mut group[c..next] {
+                call.set_salt(active.salt);
+            }
+            let mut bufs: Vec<&[u8]> = Vec::new();
             for call in &group[c..next] {
                 call.push_bufs(&mut bufs);
             }
             let start = active.write_offset;
+            // In a recycled segment stale records follow: a zero record header
+            // after the run marks the end of the data (overwritten by the next run).
+            let terminator = if active.recycled {
+                active.prealloc_len.saturating_sub(start + run_bytes).min(RECORD_HEADER_LEN as u64)
+            } else {
+                0
+            };
+            if terminator > 0 {
+                bufs.push(&TERMINATOR[..terminator as usize]);
+            }
             if let Err(e) = self.write_run(&active.file, &bufs, start) {
-                let rolled_back = self.roll_back(active, start, run_bytes);
+                let rolled_back = self.roll_back(active, start, run_bytes + terminator);
+                if is_out_of_space(&e) {
+                    self.out_of_space();
+                }
                 let err = if is_out_of_space(&e) && rolled_back {
                     WalError::Full(format!("no space left on the WAL disk ({e})"))
                 } else {
@@ -370,3 +385,6 @@ impl Inner {
         }
     }
 }
+
+/// The zero record header written after each run into a recycled segment.
+static TERMINATOR: [u8; RECORD_HEADER_LEN] = [0; RECORD_HEADER_LEN];

@@ -82,6 +82,12 @@ const LARGE_GROUP_BYTES: u64 = 64 << 10;
 const ID_RESERVATION_BLOCK: u64 = 1 << 20;
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(200);
 const SPARE_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// How long recycling stays off after the disk was full.
+const RECYCLE_PAUSE_WHEN_FULL: Duration = Duration::from_secs(60);
+/// Processed segments' files kept for reuse as spares (the rest are deleted).
+/// Two were too few: with batches of 1,000 records a segment is sealed every
+/// few milliseconds, and only a third of them got a recycled file (wal-bench).
+const RECYCLE_POOL: usize = 8;
 /// An fsync slower than this is logged (etcd warns at one second too).
 const SLOW_FSYNC: Duration = Duration::from_secs(1);
 
@@ -108,6 +114,8 @@ pub struct WalStats {
     pub fsync_histogram: stats::FsyncHistogram,
     pub segments_created: u64,
     pub segments_deleted: u64,
+    /// Segments made from a processed segment's file (Rust-level counter; not in the Python stats).
+    pub segments_recycled: u64,
     pub metadata_writes: u64,
     pub oldest_unprocessed_timestamp_ns: Option<i64>,
     pub poisoned: Option<String>,
@@ -124,6 +132,8 @@ struct Queued {
     /// Bytes on disk: headers and payloads.
     bytes: u64,
     data: CallData,
+    /// The CRC salt the records carry now (0 as encoded; set for the segment they are written to).
+    salt: u32,
 }
 
 /// A call's records as they go to the file.
@@ -145,6 +155,24 @@ const ENCODE_MAX_AVG_PAYLOAD: usize = 4 << 10;
 impl Queued {
     fn last_id(&self) -> u64 {
         self.first_id + self.n - 1
+    }
+
+    /// Salts the records' CRCs for the segment they go to (see
+    /// `format::segment_salt`): records are encoded before their segment is known.
+    fn set_salt(&mut self, salt: u32) {
+        let delta = self.salt ^ salt;
+        if delta == 0 {
+            return;
+        }
+        match &mut self.data {
+            CallData::Encoded(buf) => crate::format::salt_records(buf, delta),
+            CallData::Pieces(pieces) => {
+                for (header, _) in pieces.iter_mut() {
+                    crate::format::salt_record_header(header, delta);
+                }
+            }
+        }
+        self.salt = salt;
     }
 
     /// The pieces to write, in order.
@@ -446,6 +474,17 @@ struct Segments {
     spare_retry_at: Mutex<Instant>,
     /// Moving average of bytes per write run: decides whether preallocation pays.
     group_bytes_avg: AtomicU64,
+    /// Files of processed segments kept to be reused as spares (under temp
+    /// names), at most `RECYCLE_POOL`: see `rotation.rs`.
+    pool: Mutex<Vec<PathBuf>>,
+    /// `read_unprocessed` calls in flight. While any is, no file is recycled:
+    /// a reader may hold a segment file open, or open it by its path from its
+    /// snapshot of the table, and a recycled file gets new bytes (deleting is
+    /// safe for an open file; overwriting is not).
+    reads_in_flight: Mutex<u32>,
+    /// No file is kept for recycling before this: the disk was full lately
+    /// (kept files hold space that a full disk needs back).
+    recycle_paused_until: Mutex<Instant>,
 }
 
 /// Processed marks, the checkpoint, and the id reservation.
@@ -492,7 +531,8 @@ struct Cursor {
 /// `segments.io` → `marks.processed` → `commit.state` → `commit.queue` / `commit.sync_target`;
 /// `segments.io` → `segments.spare_creation` → `segments.spare`;
 /// `segments.io` → `segments.table`; `marks.checkpoint_lock` → `marks.processed`, `segments.table`.
-/// `commit.slots[_]`, `house.state`, `readers.*` and `stats` are leaves.
+/// `commit.slots[_]`, `house.state`, `readers.*`, `segments.pool`, `segments.reads_in_flight`
+/// and `stats` are leaves.
 struct Inner {
     dir: PathBuf,
     seg_dir: PathBuf,
@@ -588,6 +628,9 @@ impl Wal {
                 spare_failing: AtomicBool::new(false),
                 spare_retry_at: Mutex::new(Instant::now()),
                 group_bytes_avg: AtomicU64::new(0),
+                pool: Mutex::new(Vec::new()),
+                reads_in_flight: Mutex::new(0),
+                recycle_paused_until: Mutex::new(Instant::now()),
             },
             marks: Marks {
                 processed: Mutex::new(rec.processed),
@@ -801,9 +844,16 @@ impl Wal {
             let _creating = lock(&self.inner.segments.spare_creation);
             lock(&self.inner.segments.spare).take()
         };
-        if let Some(spare) = spare {
+        let pool = std::mem::take(&mut *lock(&self.inner.segments.pool));
+        if let Some(spare) = &spare {
             // Not needed: a spare left behind (a crash) is removed by recovery just the same.
             let _ = std::fs::remove_file(&spare.path);
+        }
+        for path in &pool {
+            // Temp names: recovery would remove them too.
+            let _ = std::fs::remove_file(path);
+        }
+        if spare.is_some() || !pool.is_empty() {
             let _ = fsutil::fsync_dir(&self.inner.seg_dir);
         }
         lock(&self.inner.segments.io).active = None; // closes the segment file
@@ -821,6 +871,7 @@ impl Drop for Wal {
 }
 
 fn info_of(a: &ActiveSegment, seg_dir: &Path) -> SegmentInfo {
+    let tail = if a.recycled { crate::scan::Tail::Stale } else { crate::scan::Tail::Zeros };
     SegmentInfo {
         index: a.index,
         path: seg_dir.join(crate::format::segment_file_name(a.index)),
@@ -832,6 +883,9 @@ fn info_of(a: &ActiveSegment, seg_dir: &Path) -> SegmentInfo {
         verified_end: 0,
         known_damage: Vec::new(),
         prev_id: a.prev_id,
+        data_start: crate::format::header_len(a.version) as u64,
+        rules: crate::scan::Rules { salts: [a.salt; 2], tail },
+        recyclable: a.version >= crate::format::FORMAT_VERSION,
     }
 }
 
@@ -853,6 +907,13 @@ fn reopen_active(info: &mut SegmentInfo, max_segment_size: u64) -> Result<Active
         first_id: info.first_id,
         last_id: info.last_id,
         prev_id: info.prev_id,
+        salt: info.rules.salts[0],
+        recycled: info.rules.tail != crate::scan::Tail::Zeros,
+        version: if info.data_start == SEGMENT_HEADER_LEN as u64 {
+            crate::format::FORMAT_VERSION_1
+        } else {
+            crate::format::FORMAT_VERSION
+        },
     })
 }
 
@@ -928,7 +989,7 @@ impl Inner {
             });
             CallData::Pieces(pieces.collect())
         };
-        q.items.push_back(Queued { first_id: first, n, bytes, data });
+        q.items.push_back(Queued { first_id: first, n, bytes, data, salt: 0 });
         q.next_id += n;
         drop(q);
         self.stats.appended_entries.fetch_add(n, Relaxed);
