@@ -110,8 +110,9 @@ pub const B3: usize = 2;
 pub const B4: usize = 3;
 pub const B5: usize = 4;
 pub const B6: usize = 5;
+pub const B8: usize = 6;
 
-pub const BUGS: [Bug; 6] = [
+pub const BUGS: [Bug; 7] = [
     Bug {
         name: "B1",
         open: false, // fixed in 34be8b9 ("reader finds records after a zeroed hole")
@@ -149,13 +150,29 @@ pub const BUGS: [Bug; 6] = [
         what: "read_unprocessed reads each segment from prev id 0, recovery from the header's base id - 1: with \
                records below the base id, the reader follows another chain and misses entries recovery counted",
     },
+    Bug {
+        name: "B8",
+        open: true,
+        what: "a sealed RECYCLED segment is scanned by recovery up to the end its successor's header gives \
+               (Tail::KnownEnd: a zero record header before it is corruption, records after it are found and \
+               counted), but SegmentInfo.rules hands readers Tail::Stale: read_unprocessed stops at that zero \
+               header, so entries recovery counted are never delivered; and once the open's checkpoint deletes \
+               the successor (sealed, no records left), the next open reads the segment under Tail::Stale and \
+               finds other entries than the first",
+    },
 ];
 
-static BUG_HITS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+static BUG_HITS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+
+thread_local! {
+    /// Set while a committed reproducer of an open bug is replayed: it must show the bug.
+    static FORCE_STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 fn strict() -> bool {
     static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var("SIGNALDB_FUZZ_STRICT").is_ok_and(|v| v != "0" && !v.is_empty()))
+    FORCE_STRICT.with(|f| f.get())
+        || *STRICT.get_or_init(|| std::env::var("SIGNALDB_FUZZ_STRICT").is_ok_and(|v| v != "0" && !v.is_empty()))
 }
 
 /// Whether checks of `bug` are relaxed (it is open and the run is not strict).
@@ -1583,7 +1600,12 @@ fn fuzz_corpus_replay() {
             files.sort();
             for path in files {
                 let data = fs::read(&path).unwrap();
+                // A reproducer of an open bug (b8-*) replays strictly: the test shows the bug until it is fixed.
+                let open_bug = sub == "regressions"
+                    && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("b8-"));
+                FORCE_STRICT.with(|f| f.set(open_bug));
                 let r = std::panic::catch_unwind(|| f(&data, with_wal));
+                FORCE_STRICT.with(|f| f.set(false));
                 assert!(r.is_ok(), "corpus input {} failed", path.display());
                 replayed += 1;
             }
@@ -1941,6 +1963,8 @@ fn check_dir_open(
         loaded.as_ref().map_or((0, vec![]), |m| (m.processed_watermark, m.processed_ids.clone()));
     let unprocessed = |id: u64| id > watermark && processed_ids.binary_search(&id).is_err();
 
+    let (b8_zero_before_end, b8_known_end) = b8_prone(segs, images);
+    let files_before = seg_files(&seg_dir);
     let wal = Wal::open(dir.path(), fuzz_config())
         .unwrap_or_else(|e| panic!("Wal::open failed on a directory of v1/v2 segments with damage: {e}"));
     let got = read_all(&wal);
@@ -1964,7 +1988,18 @@ fn check_dir_open(
     }
     V2_RETURNED.fetch_add(got.len() as u64, Relaxed);
     let stats = wal.stats();
-    assert_eq!(stats.unprocessed_entries, got.len() as u64, "unprocessed_entries vs what read_unprocessed delivers");
+    if verbose() {
+        eprintln!("first open: got {:?}, stats {stats:?}", ids(&got));
+    }
+    if stats.unprocessed_entries != got.len() as u64 {
+        assert!(
+            b8_zero_before_end && known_bug(B8),
+            "unprocessed_entries is {}, read_unprocessed delivers {} entries",
+            stats.unprocessed_entries,
+            got.len()
+        );
+        return;
+    }
 
     // No loss: every live record intact on disk comes back. In a recycled segment, a zero record
     // header ends the data unless the next header says otherwise: only records before the first
@@ -1981,6 +2016,9 @@ fn check_dir_open(
                 };
                 if intact && owed && unprocessed(id) {
                     INTACT_CHECKED.fetch_add(1, Relaxed);
+                    if returned.binary_search(&id).is_err() && b8_zero_before_end && known_bug(B8) {
+                        return;
+                    }
                     assert!(
                         returned.binary_search(&id).is_ok(),
                         "record {id} of segment {} ({:?}) is intact but was not returned (returned {returned:?})",
@@ -1998,6 +2036,29 @@ fn check_dir_open(
                 && images[hit][a..b] != h.gen.image[a..b]
                 && images[hit][a..b].iter().any(|&x| x != 0)
         });
+        // A sealed recycled segment whose successor's header gives its data end: a record changed
+        // or gone (zeroed, cut off by a truncation) before that end is corruption, never a clean end.
+        let known_end = h.kind == SegKind::Recycled
+            && images[hit].len() >= SEGMENT_HEADER_LEN_V2
+            && images[hit][..SEGMENT_HEADER_LEN_V2] == h.gen.image[..SEGMENT_HEADER_LEN_V2]
+            && segs.get(hit + 1).is_some_and(|n| {
+                n.kind != SegKind::Spare
+                    && n.kind != SegKind::V1
+                    && u64_at(&n.gen.image, 32) == h.data_end as u64
+                    && h.data_end > SEGMENT_HEADER_LEN_V2
+            });
+        let lost_before_end =
+            h.gen.spans.iter().any(|&(_, a, b)| b > images[hit].len() || images[hit][a..b] != h.gen.image[a..b]);
+        if matches!(meta, MetaChoice::None) && known_end && lost_before_end {
+            assert!(
+                stats.corrupt_entries > 0,
+                "sealed recycled segment {} lost records before the data end its successor gives ({}), \
+                 file now {} bytes: recovery counted no corruption",
+                h.index,
+                h.data_end,
+                images[hit].len()
+            );
+        }
         if matches!(meta, MetaChoice::None) && matches!(h.kind, SegKind::V1 | SegKind::V2) && changed {
             assert!(
                 stats.corrupt_entries + stats.torn_tails_truncated > 0,
@@ -2020,14 +2081,75 @@ fn check_dir_open(
     expected.push(Rec { id, kind: Kind::Metrics as u8, timestamp_ns: ts, payload });
     assert_eq!(ids(&after), ids(&expected), "entries after append");
     assert!(after == expected, "entries after append differ in content");
+    let listing = |when: &str| {
+        if verbose() {
+            let mut names: Vec<String> = fs::read_dir(&seg_dir)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let b = fs::read(e.path()).unwrap();
+                    format!("{} ({} bytes, header {:?})", e.file_name().to_string_lossy(), b.len(), decode_segment_header(&b))
+                })
+                .collect();
+            names.sort();
+            eprintln!("{when}: {names:#?}");
+        }
+    };
+    listing("after open + append");
+    let _ = &listing;
     wal.close().expect("close");
     drop(wal);
+    listing("after close");
+    let files_after = seg_files(&seg_dir);
     let wal = Wal::open(dir.path(), fuzz_config()).expect("reopen after append");
     let again = read_all(&wal);
+    if ids(&again) != ids(&expected) {
+        // B8: the open's checkpoint deleted a segment whose header gave its predecessor's data end.
+        let vanished = files_before.iter().any(|f| !files_after.contains(f));
+        if b8_known_end && vanished && known_bug(B8) {
+            return;
+        }
+    }
     assert_eq!(ids(&again), ids(&expected), "entries after append + reopen");
     assert!(again == expected, "entries after reopen differ in content");
     assert!(wal.stats().next_id > id, "next_id after reopen is not above the appended id {id}");
     wal.close().expect("close after reopen");
+}
+
+fn seg_files(seg_dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        fs::read_dir(seg_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// Model of B8's preconditions: (some sealed recycled segment whose successor's header gives its
+/// data end holds a zero record header before that end; some such segment exists at all).
+fn b8_prone(segs: &[DirSeg], images: &[Vec<u8>]) -> (bool, bool) {
+    let (mut zero_before_end, mut known_end) = (false, false);
+    for i in 0..segs.len().saturating_sub(1) {
+        if segs[i + 1].index != segs[i].index + 1 {
+            continue;
+        }
+        let (HeaderState::Valid(h), HeaderState::Valid(n)) =
+            (decode_segment_header(&images[i]), decode_segment_header(&images[i + 1]))
+        else {
+            continue;
+        };
+        if h.flags & FLAG_RECYCLED == 0 || h.flags & FLAG_SPARE != 0 || n.flags & FLAG_SPARE != 0 {
+            continue;
+        }
+        if n.prev_data_end < SEGMENT_HEADER_LEN_V2 as u64 {
+            continue;
+        }
+        known_end = true;
+        let img = &images[i];
+        let e = (n.prev_data_end as usize).min(img.len());
+        if (SEGMENT_HEADER_LEN_V2..e).any(|p| img[p..(p + RECORD_HEADER_LEN).min(e)].iter().all(|&b| b == 0)) {
+            zero_before_end = true;
+        }
+    }
+    (zero_before_end, known_end)
 }
 
 #[test]
@@ -2035,4 +2157,66 @@ fn salt_ref_agrees_with_the_crate() {
     for i in [1u64, 2, 7, 999_999, 1 << 32, u64::MAX] {
         assert_eq!(salt_ref(i), signaldb_wal::format::segment_salt(i));
     }
+}
+
+/// A v2 segment `index` holding `ids` (salted for it), then for a recycled one a terminator and
+/// stale records of segment 1; `prev` = (prev_last_id, prev_data_end). Returns it and its data end.
+fn v2_segment_of(index: u64, recycled: bool, base_id: u64, prev: (u64, u64), ids: &[u64]) -> (Vec<u8>, usize) {
+    let h = SegmentHeader {
+        version: 2,
+        flags: if recycled { FLAG_RECYCLED } else { 0 },
+        base_id,
+        prev_last_id: prev.0,
+        prev_data_end: prev.1,
+    };
+    let mut image = encode_segment_header_v2(&h).to_vec();
+    for &id in ids {
+        let at = image.len();
+        encode_record(&mut image, id, id as i64, Kind::Logs, format!("payload-{id}").as_bytes());
+        salt_records(&mut image[at..], salt_ref(index));
+    }
+    let end = image.len();
+    if recycled {
+        image.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+        for id in 1..6 {
+            let at = image.len();
+            encode_record(&mut image, id, 0, Kind::Logs, b"stale");
+            salt_records(&mut image[at..], salt_ref(1));
+        }
+    }
+    image.resize(image.len().max(600), 0);
+    (image, end)
+}
+
+#[test]
+#[ignore = "B8: open bug found by fuzzing (fuzz/regressions/open_mutated/b8-*.bin)"]
+fn b8_reader_delivers_what_recovery_counted_in_a_sealed_recycled_segment() {
+    // Sealed recycled segment 3 (ids 7, 8, 9) whose record 8 lost its header to zeros (a lost
+    // write-back: the only damage); segment 4, recycled and active, whose header gives segment
+    // 3's data end.
+    let (mut s3, end3) = v2_segment_of(3, true, 7, (0, 0), &[7, 8, 9]);
+    let (s4, _) = v2_segment_of(4, true, 10, (9, end3 as u64), &[10, 11]);
+    let rec8 = encode_segment_header_v2(&SegmentHeader {
+        version: 2,
+        flags: 0,
+        base_id: 1,
+        prev_last_id: 0,
+        prev_data_end: 0,
+    })
+    .len()
+        + RECORD_HEADER_LEN
+        + "payload-7".len();
+    s3[rec8..rec8 + RECORD_HEADER_LEN].fill(0);
+    let dir = scratch_dir();
+    fs::create_dir(dir.path().join("segments")).unwrap();
+    for (i, img) in [(3, &s3), (4, &s4)] {
+        fs::write(dir.path().join("segments").join(segment_file_name(i)), img).unwrap();
+    }
+    // Segment 4's header says segment 3's data goes on to its end: record 8 is corruption
+    // (counted), record 9 after it is found and counted as unprocessed...
+    let wal = Wal::open(dir.path(), fuzz_config()).unwrap();
+    let stats = wal.stats();
+    assert_eq!((stats.corrupt_entries, stats.unprocessed_entries), (1, 4));
+    // ...but the reader gets the segment with Tail::Stale and stops at the zeroed header.
+    assert_eq!(ids(&read_all(&wal)), [7, 9, 10, 11], "today: [7, 10, 11], entry 9 never delivered");
 }
