@@ -19,6 +19,13 @@
 //!   the segment), and what recovery counted is exactly what
 //!   `read_unprocessed` delivers, before and after an append and a reopen.
 //!
+//! - format v2 (a quarter of the mutated inputs: directories of v1, v2 fresh,
+//!   RECYCLED and SPARE files, `fuzz_dir`): each file is scanned under the
+//!   rules `model_rules` reads from docs/wal-format.md (salt of its number,
+//!   stale tail after the terminator); a full open never returns a stale
+//!   record or one whose CRC does not verify under its segment's salt,
+//!   returns every intact record, counts damage, and appends above it all.
+//!
 //! This file is both a test and the harness of the cargo-fuzz targets in
 //! `fuzz/` (they include it with `#[path]`), so the two run the same checks.
 //! As a test it replays the committed seeds in `fuzz/seeds/` and runs a
@@ -1897,8 +1904,21 @@ pub fn fuzz_dir(data: &[u8], with_wal: bool) {
     V2_SPARES.fetch_add(segs.iter().filter(|s| s.kind == SegKind::Spare).count() as u64, Relaxed);
     let hit = src.below(segs.len());
     let mut images: Vec<Vec<u8>> = segs.iter().map(|s| s.gen.image.clone()).collect();
-    let touched =
+    let mut touched =
         if segs[hit].own_stale { Some(vec![false; images[hit].len()]) } else { mutate(&mut src, &segs[hit].gen, &mut images[hit]) };
+    // At times, also one record header zeroed whole (a lost write-back): in a recycled segment that
+    // reads as the terminator, unless the next segment's header gives the data end.
+    let spans = &segs[hit].gen.spans;
+    if !segs[hit].own_stale && !spans.is_empty() && src.u8() % 4 == 0 {
+        let (_, a, _) = spans[src.below(spans.len())];
+        let img = &mut images[hit];
+        if a + RECORD_HEADER_LEN <= img.len() {
+            img[a..a + RECORD_HEADER_LEN].fill(0);
+            if let Some(t) = touched.as_mut() {
+                t[a..a + RECORD_HEADER_LEN].fill(true);
+            }
+        }
+    }
     // Every live record, and the live bytes (never the stale ones) a record may be copied from.
     let mut records = BTreeMap::new();
     let mut live = Vec::new();
@@ -2219,4 +2239,37 @@ fn b8_reader_delivers_what_recovery_counted_in_a_sealed_recycled_segment() {
     assert_eq!((stats.corrupt_entries, stats.unprocessed_entries), (1, 4));
     // ...but the reader gets the segment with Tail::Stale and stops at the zeroed header.
     assert_eq!(ids(&read_all(&wal)), [7, 9, 10, 11], "today: [7, 10, 11], entry 9 never delivered");
+}
+
+/// Writes candidate seeds for format v2 to `SIGNALDB_FUZZ_SEED_OUT/<target>/` (the committed ones in
+/// `fuzz/seeds/` were made so, then named by their SHA-1): `*_mutated` inputs that build v2
+/// directories (first byte 0xC0 or more), `*_arbitrary` v2 segment images.
+#[test]
+#[ignore = "tool: run by hand to make seeds"]
+fn write_v2_seeds() {
+    let Some(out) = std::env::var_os("SIGNALDB_FUZZ_SEED_OUT").map(PathBuf::from) else { return };
+    let mut rng = Rng(0x5EED_0002);
+    for target in ["scan_mutated", "open_mutated", "scan_arbitrary", "open_arbitrary"] {
+        let dir = out.join(target);
+        fs::create_dir_all(&dir).unwrap();
+        let mut n = 0;
+        while n < 6 {
+            let input = if target.ends_with("mutated") {
+                let mut v = random_mutated_input(&mut rng);
+                if v.len() < 40 {
+                    continue;
+                }
+                v[0] = 0xC0 | v[0];
+                v
+            } else {
+                let v = random_arbitrary_input(&mut rng);
+                if !matches!(decode_segment_header(&v), HeaderState::Valid(h) if h.version == 2) {
+                    continue;
+                }
+                v
+            };
+            fs::write(dir.join(format!("{n}")), &input).unwrap();
+            n += 1;
+        }
+    }
 }
