@@ -1807,12 +1807,12 @@ fn stale_records(src: &mut Source, old_index: u64, ids: std::ops::Range<u64>) ->
 
 pub fn generate_dir(src: &mut Source) -> Vec<DirSeg> {
     let count = 1 + src.below(3);
-    let mut index = 1 + src.below(6) as u64;
+    let first_index = 1 + src.below(6) as u64;
     // From 2: a base id of 1 would let a segment before it pass for processed (watermark 0).
     let mut id = 2 + src.below(500) as u64;
     let mut prev: Option<(u64, usize)> = None; // last id and data end of the previous live segment
     let mut segs = Vec::new();
-    for _ in 0..count {
+    for index in first_index..first_index + count as u64 {
         let kind = match src.u8() % 8 {
             0 => SegKind::V1,
             1 | 2 => SegKind::V2,
@@ -1890,7 +1890,6 @@ pub fn generate_dir(src: &mut Source) -> Vec<DirSeg> {
             prev = Some((id.saturating_sub(1), data_end));
         }
         segs.push(DirSeg { index, kind, gen: Generated { image, records, spans }, data_end, own_stale });
-        index += 1;
     }
     segs
 }
@@ -1909,7 +1908,7 @@ pub fn fuzz_dir(data: &[u8], with_wal: bool) {
     // At times, also one record header zeroed whole (a lost write-back): in a recycled segment that
     // reads as the terminator, unless the next segment's header gives the data end.
     let spans = &segs[hit].gen.spans;
-    if !segs[hit].own_stale && !spans.is_empty() && src.u8() % 4 == 0 {
+    if !segs[hit].own_stale && !spans.is_empty() && src.u8().is_multiple_of(4) {
         let (_, a, _) = spans[src.below(spans.len())];
         let img = &mut images[hit];
         if a + RECORD_HEADER_LEN <= img.len() {
@@ -2259,7 +2258,7 @@ fn write_v2_seeds() {
                 if v.len() < 40 {
                     continue;
                 }
-                v[0] = 0xC0 | v[0];
+                v[0] |= 0xC0;
                 v
             } else {
                 let v = random_arbitrary_input(&mut rng);
