@@ -152,7 +152,7 @@ impl SegmentReader {
         let region_len = (self.end - offset) as usize;
         self.fill(offset, region_len)?;
         let rel = (offset - self.buf_start) as usize;
-        let stale_after_zero = self.rules.tail != Tail::Zeros && zero_header_at(&self.buf[..self.filled], rel);
+        let stale_after_zero = self.rules.tail == Tail::Stale && zero_header_at(&self.buf[..self.filled], rel);
         if stale_after_zero || nonzero_end(&self.buf[..self.filled], rel).is_none() {
             self.pos = self.end;
             return Ok(Step::End);

@@ -400,10 +400,11 @@ impl Walk<'_> {
             prev_id: chain_start,
             data_start: start as u64,
             // Readers stop at `data_end`; a recycled segment's stale bytes are past it.
-            rules: Rules {
-                salts: rules.salts,
-                tail: if rules.tail == Tail::Zeros { Tail::Zeros } else { Tail::Stale },
-            },
+            // They keep the rules recovery used: under `KnownEnd` a zero record
+            // header before the end is damage recovery counted (found by fuzzing,
+            // B8: under `Stale` the reader stopped there and never delivered the
+            // records after it that recovery had counted as unprocessed).
+            rules,
             recyclable: matches!(header, HeaderState::Valid(h) if h.version >= crate::format::FORMAT_VERSION),
         }))
     }

@@ -197,8 +197,13 @@ impl Inner {
         self.marks.id_reserved.fetch_max(next_id, AcqRel);
         *last = Instant::now();
         // The checkpoint saying these are processed is durable: now they may go.
+        // Only the oldest ones, in order: a sealed segment left with no record
+        // (all damaged) counts as processed, but while an older segment stays,
+        // its header may be the one that gives that older recycled segment's
+        // data end (`prev_data_end`); deleting it first made the next open read
+        // the older segment by other rules (found by fuzzing, B8).
         let doomed: Vec<SegmentInfo> =
-            table.into_iter().filter(|s| s.sealed && s.last_id.is_none_or(|l| l <= watermark)).collect();
+            table.into_iter().take_while(|s| s.sealed && s.last_id.is_none_or(|l| l <= watermark)).collect();
         if doomed.is_empty() {
             return Ok(());
         }
