@@ -175,9 +175,23 @@ def assert_strictly_increasing(ids: list[int], what: str = "ids") -> None:
 # -- the on-disk format (docs/wal-format.md), parsed independently ------------
 
 SEGMENT_RE = re.compile(r"^\d{6,}\.wal$")
-SEGMENT_HEADER_LEN = 32
+SEGMENT_HEADER_LEN = 48  # format version 2, what the engine writes
+SEGMENT_HEADER_LEN_V1 = 32  # format version 1, still read
 RECORD_HEADER_LEN = 28
 MAGIC = b"SIGDBWAL"
+FLAG_RECYCLED = 1
+FLAG_SPARE = 2
+
+
+def segment_salt(index: int) -> int:
+    """The v2 record CRC salt of segment `index` (murmur3's 32-bit finalizer of index mod 2^32)."""
+    h = index & 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    h ^= h >> 16
+    return h
 
 
 def _crc32c_table() -> list[int]:
@@ -235,18 +249,33 @@ class ParsedSegment:
     records: list[Record]
     data_end: int
     size: int
+    prev_last_id: int = 0
+    prev_data_end: int = 0
+    # The record CRC salt (0 in v1; segment_salt(index) in v2 when the index is known).
+    salt: int = 0
 
 
-def parse_segment(buf: bytes) -> ParsedSegment:
+def parse_segment(buf: bytes, index: int | None = None) -> ParsedSegment:
     """Parses a clean segment image per docs/wal-format.md (no recovery logic).
 
-    Stops at the first all-zero record header or at a record that does not fit.
+    Version 1 (32-byte header) or 2 (48 bytes; `index`, the file's segment number,
+    gives the record CRC salt). Stops at the first all-zero record header (in a
+    recycled v2 segment, stale bytes follow it) or at a record that does not fit.
     """
-    hdr = buf[:SEGMENT_HEADER_LEN]
+    version = struct.unpack_from("<I", buf.ljust(12, b"\0"), 8)[0]
+    prev_last_id = prev_data_end = 0
+    if version == 1 or len(buf) < SEGMENT_HEADER_LEN:
+        header_len = SEGMENT_HEADER_LEN_V1
+        hdr = buf[:header_len]
+        _v, flags, base_id, _reserved, hcrc = struct.unpack_from("<IIQII", hdr.ljust(32, b"\0"), 8)
+    else:
+        header_len = SEGMENT_HEADER_LEN
+        hdr = buf[:header_len]
+        _v, flags, base_id, prev_last_id, prev_data_end, _reserved, hcrc = struct.unpack_from("<IIQQQII", hdr, 8)
     magic = hdr[:8]
-    version, flags, base_id, _reserved, hcrc = struct.unpack_from("<IIQII", hdr.ljust(32, b"\0"), 8)
+    salt = segment_salt(index) if version == 2 and index is not None else 0
     records = []
-    pos = SEGMENT_HEADER_LEN
+    pos = header_len
     while pos + RECORD_HEADER_LEN <= len(buf):
         rh = buf[pos : pos + RECORD_HEADER_LEN]
         if not any(rh):
@@ -257,15 +286,19 @@ def parse_segment(buf: bytes) -> ParsedSegment:
             break
         records.append(Record(pos, length, rid, ts, kind, crc, bytes(buf[pos + RECORD_HEADER_LEN : end])))
         pos = end
-    return ParsedSegment(magic, version, flags, base_id, hcrc, bytes(hdr), records, pos, len(buf))
+    return ParsedSegment(
+        magic, version, flags, base_id, hcrc, bytes(hdr), records, pos, len(buf), prev_last_id, prev_data_end, salt
+    )
 
 
 def parse_segment_file(path: os.PathLike[str] | str) -> ParsedSegment:
-    return parse_segment(pathlib.Path(path).read_bytes())
+    p = pathlib.Path(path)
+    return parse_segment(p.read_bytes(), int(p.stem) if p.stem.isdigit() else None)
 
 
-def record_crc_ok(seg_buf: bytes, rec: Record) -> bool:
-    return crc32c(seg_buf[rec.offset + 4 : rec.end]) == rec.crc
+def record_crc_ok(seg_buf: bytes, rec: Record, salt: int = 0) -> bool:
+    """The record's stored CRC is CRC32C of the bytes after it, XOR the segment's salt."""
+    return crc32c(seg_buf[rec.offset + 4 : rec.end]) ^ salt == rec.crc
 
 
 def dir_size(path: os.PathLike[str] | str) -> int:

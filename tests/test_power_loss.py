@@ -39,6 +39,7 @@ import pathlib
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import HELPERS_DIR
+from conftest import FLAG_RECYCLED, FLAG_SPARE, HELPERS_DIR, MAGIC, crc32c, parse_segment_file
 from helpers.powerloss_child import KINDS, MARKER_CYCLE, SEGMENT_SIZE, parse_payload, payload_for
 from powerloss import SyncFsMount, eatmydata_library, fuse_problems
 
@@ -577,7 +578,7 @@ def test_power_loss_keeps_every_acknowledged_entry(cycles: int, syncfs: SyncFsMo
     rng = random.Random(BASE_SEED)
     wal_dir = syncfs.path / "wal"
     ledger = Ledger()
-    torn = reverted = torn_tails = recovery_cuts = corrupt = 0
+    torn = reverted = torn_tails = recovery_cuts = corrupt = recycled_seen = 0
     history: list[str] = []
     for cycle in range(1, cycles + 1):
         mode = "batched" if rng.random() < 0.25 else "immediate"
@@ -596,6 +597,9 @@ def test_power_loss_keeps_every_acknowledged_entry(cycles: int, syncfs: SyncFsMo
         reverted += bool(cut["files_reverted"] or cut["names_reverted"])
         result = check_wal(wal_dir, ledger, append_marker=True)
         torn_tails += int(result.stats.get("torn_tails_truncated", 0) or 0)
+        # Segments written into recycled files (format v2): the cycles must exercise them too.
+        seg_dir = wal_dir / "segments"
+        recycled_seen += sum(_recycled(seg_dir / n) for n in _segment_names(seg_dir))
         corrupt = int(result.stats.get("corrupt_entries", 0) or 0)  # every open reports all regions again
         history.append(
             f"cycle {cycle}: {mode}, {run.plan}, {len(run.acks)} acks, ready={run.ready}, "
@@ -613,12 +617,14 @@ def test_power_loss_keeps_every_acknowledged_entry(cycles: int, syncfs: SyncFsMo
             )
     # The harness must have had something to drop, or the test proved nothing.
     assert reverted >= cycles // 4, f"only {reverted}/{cycles} cuts dropped anything:\n" + "\n".join(history)
+    assert recycled_seen > 0, "no cycle left a segment written into a recycled file:\n" + "\n".join(history)
     assert torn >= 1, "no cut tore a write"
     assert len(ledger.must_survive) > cycles, "too few acknowledged entries to check"
     print(
         f"\n{cycles} power cuts (seed {BASE_SEED}): {reverted} dropped unsynced state, {torn} tore a write, "
         f"{recovery_cuts} hit start-up/recovery, recovery truncated {torn_tails} torn tails, the last open "
-        f"reported {corrupt} corrupt regions; {len(ledger.must_survive)} acknowledged entries checked at the end"
+        f"reported {corrupt} corrupt regions; {len(ledger.must_survive)} acknowledged entries checked at the end; "
+        f"{recycled_seen} segments seen written into recycled files"
     )
     if ledger.reused_batched_ids:
         print("batched mode: " + "; ".join(ledger.reused_batched_ids[:3]))
@@ -830,3 +836,154 @@ def test_power_cut_between_a_spare_rename_and_the_directory_fsync(syncfs: SyncFs
     syncfs.power_cut(tear=True, seed=3)
     assert sorted(os.listdir(seg_dir)) == [".prealloc-99-0.wal", "000001.wal"]
     _check_after_cut(wal_dir, acked)
+
+
+# -- recycled segments (issue 17, format v2): the on-disk states they add ---------
+
+_RECYCLE_CHILD = """
+import sys, time
+from signaldb.wal import Wal
+wal_dir, mode = sys.argv[1], sys.argv[4]
+rounds, per, tail, seg = (int(a) for a in (sys.argv[2], sys.argv[3], sys.argv[5], sys.argv[6]))
+w = Wal(wal_dir, max_segment_size=seg, sync_mode=mode, max_buffer_entries=100000, flush_interval_secs=3600.0)
+i, last = 0, []
+for r in range(rounds):
+    # The previous round is processed and checkpointed: its sealed segments are doomed, two files are kept
+    # and made into spares, so the next rounds write into recycled files over stale records.
+    w.mark_processed([eid for eid, _ in last])
+    w.checkpoint()
+    last = []
+    for _ in range(per):
+        last.append((w.append(b"%06d:" % i + b"r" * 300, kind="logs"), i))
+        i += 1
+    w.flush()
+print("".join("A %d %d\\n" % pair for pair in last), end="", flush=True)
+for _ in range(tail):  # batched mode: written, never synced
+    print("U", w.append(b"%06d:" % i + b"r" * 300, kind="logs"), i, flush=True)
+    i += 1
+print("W", flush=True)
+time.sleep(120)
+"""
+
+
+def _recycle_child(
+    wal_dir: pathlib.Path, rounds: int, per: int, mode: str = "immediate", tail: int = 0, wait_for: object = None
+) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """Rounds of appends, each processing the round before it (so files are recycled); SIGKILLed once
+    `wait_for(seg_dir)` holds. Returns the unprocessed durable entries and the unsynced ones."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RECYCLE_CHILD, str(wal_dir), str(rounds), str(per), mode, str(tail), str(SEGMENT_SIZE)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
+    assert proc.stdout is not None
+    acked: dict[int, bytes] = {}
+    unsynced: dict[int, bytes] = {}
+    try:
+        for line in proc.stdout:
+            parts = line.split()
+            if parts[0] in (b"A", b"U"):
+                (acked if parts[0] == b"A" else unsynced)[int(parts[1])] = b"%06d:" % int(parts[2]) + b"r" * 300
+            elif parts[0] == b"W":
+                break
+        deadline = time.monotonic() + 10
+        while wait_for is not None and not wait_for(wal_dir / "segments"):  # type: ignore[operator]
+            assert time.monotonic() < deadline, f"never reached: {sorted(os.listdir(wal_dir / 'segments'))}"
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert len(acked) == per and len(unsynced) == tail
+    return acked, unsynced
+
+
+def _recycled(path: pathlib.Path) -> bool:
+    seg = parse_segment_file(path)
+    return seg.version == 2 and bool(seg.flags & FLAG_RECYCLED)
+
+
+def _last_is_recycled(seg_dir: pathlib.Path) -> bool:
+    names = _segment_names(seg_dir)
+    return bool(names) and _recycled(seg_dir / names[-1])
+
+
+def _spare_header(base_id: int) -> bytes:
+    """A v2 SPARE header (flags RECYCLED|SPARE), as the housekeeper writes over a kept file."""
+    body = struct.pack("<8sIIQQQI", MAGIC, 2, FLAG_RECYCLED | FLAG_SPARE, base_id, 0, 0, 0)
+    return body + struct.pack("<I", crc32c(body))
+
+
+def _check_recycled_after_cut(wal_dir: pathlib.Path, acked: dict[int, bytes], maybe: dict[int, bytes]) -> None:
+    """As `_check_after_cut`, and nothing else comes back: no stale record of a recycled file, no
+    processed entry; unsynced entries may or may not."""
+    from signaldb.wal import Wal
+
+    with Wal(wal_dir, max_segment_size=SEGMENT_SIZE) as w:
+        got = {e.id: e.payload for e in w.unprocessed()}
+    extra = {i: p for i, p in got.items() if i not in acked and maybe.get(i) != p}
+    assert not extra, f"entries that were never unprocessed and durable came back: {sorted(extra)[:10]}"
+    _check_after_cut(wal_dir, acked)
+
+
+def test_power_cut_with_a_recycled_spare_segment_holding_records(syncfs: SyncFsMount) -> None:
+    """The active segment is a recycled file: header, records and terminator over stale records."""
+    wal_dir = syncfs.path / "wal"
+    acked, _ = _recycle_child(wal_dir, 10, 150, wait_for=_last_is_recycled)
+    assert _last_is_recycled(wal_dir / "segments")
+    syncfs.power_cut(tear=True, seed=4)
+    _check_recycled_after_cut(wal_dir, acked, {})
+
+
+def test_power_cut_with_a_torn_tail_over_stale_records(syncfs: SyncFsMount) -> None:
+    """Batched appends in flight into a recycled active segment: the cut tears them over stale bytes."""
+    for seed in (5, 6, 7):
+        wal_dir = syncfs.path / f"wal-{seed}"
+        acked, unsynced = _recycle_child(wal_dir, 10, 150, mode="batched", tail=6, wait_for=_last_is_recycled)
+        cut = syncfs.power_cut(tear=True, seed=seed)
+        assert cut["files_reverted"] or cut["torn"], f"the cut dropped nothing: {cut}"
+        _check_recycled_after_cut(wal_dir, acked, unsynced)
+
+
+def test_power_cut_after_a_spare_header_before_the_rename(syncfs: SyncFsMount) -> None:
+    """A kept file got its SPARE header (fdatasynced) and the power went before the rename: under
+    its temp name, or, when the move into the pool was not durable either, under its old segment
+    number. Either way its stale contents (records that verify under that number) are never read."""
+    wal_dir = syncfs.path / "wal"
+    acked, _ = _recycle_child(wal_dir, 6, 150)
+    seg_dir = wal_dir / "segments"
+    names = _segment_names(seg_dir)
+    first, last = int(names[0].split(".")[0]), int(names[-1].split(".")[0])
+    live = (seg_dir / names[-1]).read_bytes()
+    stale_under_old_name = seg_dir / f"{first - 1:06d}.wal"
+    for path in (seg_dir / ".recycled-99-0.wal", stale_under_old_name):
+        # Stale records of segment `first - 1`, as that file held them before it was processed.
+        body = bytearray(live)
+        write_file(path, _spare_header(last * 1000) + bytes(body[48:]), sync=True)
+    fsync_path(seg_dir)
+    syncfs.power_cut(tear=True, seed=8)
+    assert stale_under_old_name.exists(), "test setup: the SPARE file is durable"
+    _check_recycled_after_cut(wal_dir, acked, {})
+    assert not stale_under_old_name.exists()
+
+
+def test_power_cut_after_a_recycled_spare_rename_before_the_directory_fsync(syncfs: SyncFsMount) -> None:
+    """R2 of a recycled spare, cut before (the rename is undone) and after (the spare is durable,
+    trailing, with a SPARE header over stale bytes) the directory fsync."""
+    for durable in (False, True):
+        wal_dir = syncfs.path / f"wal-{durable}"
+        acked, _ = _recycle_child(wal_dir, 6, 150)
+        seg_dir = wal_dir / "segments"
+        names = _segment_names(seg_dir)
+        last = int(names[-1].split(".")[0])
+        tmp = seg_dir / ".recycled-99-0.wal"
+        write_file(tmp, _spare_header(last * 1000) + (seg_dir / names[-1]).read_bytes()[48:], sync=True)
+        fsync_path(seg_dir)
+        os.rename(tmp, seg_dir / f"{last + 1:06d}.wal")
+        if durable:
+            fsync_path(seg_dir)
+        syncfs.power_cut(tear=True, seed=9)
+        want = [f"{last + 1:06d}.wal"] if durable else [".recycled-99-0.wal"]
+        assert [n for n in os.listdir(seg_dir) if n not in names] == want
+        _check_recycled_after_cut(wal_dir, acked, {})

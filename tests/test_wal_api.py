@@ -30,6 +30,7 @@ from conftest import (
     read_all,
     record_crc_ok,
     segment_files,
+    segment_salt,
     tagged_payload,
 )
 from signaldb import _native
@@ -79,6 +80,21 @@ def test_bytearray_and_memoryview_payloads(wal_dir, open_wal):
         (ids[0], "traces", b"b1"),
         (ids[1], "traces", b"b2"),
     ]
+
+
+def test_append_batch_takes_any_iterable_and_names_a_bad_payload_type(wal_dir, open_wal):
+    # A list goes to the native call as it is (which checks each payload); other iterables are listed first.
+    w = open_wal(wal_dir)
+    ids = w.append_batch((b"t1", b"t2"))
+    ids += w.append_batch(p for p in [b"g1", bytearray(b"g2")])
+    ids += w.append_batch([memoryview(b"l1"), b"l2"])
+    with pytest.raises(TypeError, match="WAL payload must be bytes, not str"):
+        w.append_batch([b"ok", "text"])
+    with pytest.raises(TypeError, match="WAL payload must be bytes, not int"):
+        w.append(42)
+    assert ids == list(range(1, 7))
+    assert [e.payload for e in w.unprocessed()] == [b"t1", b"t2", b"g1", b"g2", b"l1", b"l2"]
+    w.close()
 
 
 def test_entry_bigger_than_a_segment_gets_its_own_segment(wal_dir, open_wal):
@@ -295,7 +311,9 @@ def test_segments_are_deleted_once_processed(wal_dir, open_wal):
     assert end["unprocessed_entries"] == 0
     assert end["unprocessed_bytes"] == 0
     assert end["total_segments"] <= 2, ("fully processed WAL keeps segments", end)
-    assert end["disk_usage_bytes"] <= 4 * SMALL_SEG + 16 * 1024, end
+    # Up to 8 processed segments' files (each at most twice the size) are kept for reuse
+    # as spares (format v2, recycling); close deletes them (checked below).
+    assert end["disk_usage_bytes"] <= (4 + 16) * SMALL_SEG + 16 * 1024, end
     w.close()
     files = segment_files(wal_dir)
     assert len(files) <= 2, [p.name for p in files]
@@ -356,26 +374,31 @@ def test_segment_files_follow_the_documented_format(wal_dir, open_wal):
     names = [p.name for p in segment_files(wal_dir)]
     assert names and names[0] == "000001.wal" and all(len(n) == 10 for n in names), names
     seen = []
-    prev_last = 0
+    prev_last = prev_end = 0
     for p in segment_files(wal_dir):
         buf = p.read_bytes()
-        seg = parse_segment(buf)
+        seg = parse_segment(buf, int(p.stem))
         assert seg.magic == MAGIC
-        assert seg.version == 1 and seg.flags == 0
-        assert seg.header_bytes[24:28] == b"\0\0\0\0"
-        assert crc32c(buf[:28]) == seg.header_crc, f"{p.name}: header CRC is not CRC32C of bytes 0..28"
+        # Format version 2 (the v1 header was 32 bytes, unsalted): no flags on a fresh segment.
+        assert seg.version == 2 and seg.flags == 0
+        assert seg.header_bytes[40:44] == b"\0\0\0\0"
+        assert crc32c(buf[:44]) == seg.header_crc, f"{p.name}: header CRC is not CRC32C of bytes 0..44"
+        if prev_last:
+            # The header says where the segment before it ends (what a recycled one needs).
+            assert (seg.prev_last_id, seg.prev_data_end) == (prev_last, prev_end), f"{p.name}: prev fields"
         if seg.records:
             assert seg.base_id == seg.records[0].id, f"{p.name}: base id {seg.base_id} != first record id"
             assert seg.base_id > prev_last
             prev_last = seg.records[-1].id
+            prev_end = seg.data_end
         assert not any(buf[seg.data_end : seg.data_end + 28]), f"{p.name}: data not followed by a zero header"
         for r in seg.records:
-            assert record_crc_ok(buf, r), f"{p.name}@{r.offset}: record CRC mismatch"
+            assert record_crc_ok(buf, r, segment_salt(int(p.stem))), f"{p.name}@{r.offset}: record CRC mismatch"
             assert buf[r.offset + 25 : r.offset + 28] == b"\0\0\0"
             seen.append((r.id, {v: k for k, v in KIND_CODES.items()}[r.kind], r.payload))
         assert seg.records or p == segment_files(wal_dir)[-1], f"{p.name} is empty"
     assert seen == written
-    assert SEGMENT_HEADER_LEN == 32
+    assert SEGMENT_HEADER_LEN == 48
 
 
 # -- stats ----------------------------------------------------------------------

@@ -73,9 +73,11 @@ class NativeWal:
         flush_interval_secs: float,
         sync_mode: str,
     ) -> NativeWal: ...
-    def append(self, payload: bytes, kind: int) -> int: ...
+    def append(self, payload: bytes | bytearray | memoryview, kind: int) -> int:
+        """Appends one record; a payload that is not bytes, bytearray or memoryview is a TypeError."""
     def append_batch(self, payloads: list[bytes], kind: int) -> int:
-        """Appends all payloads as one group; returns the first id (ids are contiguous)."""
+        """Appends all payloads as one group; returns the first id (ids are contiguous).
+        Each payload is bytes, bytearray or memoryview (else TypeError)."""
     def enqueue(self, payload: bytes, kind: int) -> int:
         """Queues a record without waiting; the background flusher acknowledges it."""
     def done_id(self) -> int:

@@ -213,14 +213,17 @@ class Wal:
 
     def append(self, payload: bytes, kind: str = "traces") -> int:
         """Appends one record; returns its id once acknowledged (see class doc)."""
-        return self._native.append(_as_bytes(payload), _kind_code(kind))
+        # The native call checks the payload's type (bytes, bytearray, memoryview).
+        return self._native.append(payload, _kind_code(kind))
 
     def append_batch(self, payloads: Iterable[bytes], kind: str = "traces") -> list[int]:
         """Appends records as one group commit; returns their ids, in order."""
-        items = [_as_bytes(p) for p in payloads]
+        code = _kind_code(kind)
+        # A list goes to the native call as it is: it checks and borrows each payload.
+        items = payloads if type(payloads) is list else list(payloads)
         if not items:
             return []
-        first = self._native.append_batch(items, _kind_code(kind))
+        first = self._native.append_batch(items, code)
         return list(range(first, first + len(items)))
 
     async def append_async(self, payload: bytes, kind: str = "traces") -> int:

@@ -140,22 +140,65 @@ fn timed(
 
 // -- our engine -----------------------------------------------------------------
 
-struct Ours(signaldb_wal::Wal);
+/// Our engine, with a consumer that keeps up (workloads 1-4): it marks every
+/// acknowledged entry processed every few milliseconds, as the services do
+/// once an entry is forwarded, so checkpoints doom processed segments and
+/// their files are recycled. okaywal's checkpoints, which discard everything
+/// here, do the same for it.
+struct Ours {
+    wal: Arc<signaldb_wal::Wal>,
+    stop: Arc<AtomicBool>,
+    consumer: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Engine for Ours {
     fn append(&self, rec: &[u8]) {
-        self.0.append(rec, signaldb_wal::Kind::Traces).expect("append");
+        self.wal.append(rec, signaldb_wal::Kind::Traces).expect("append");
     }
     fn append_batch(&self, recs: &[Vec<u8>]) {
-        self.0.append_batch(recs.iter().map(|r| r.as_slice()), signaldb_wal::Kind::Traces).expect("append_batch");
+        self.wal.append_batch(recs.iter().map(|r| r.as_slice()), signaldb_wal::Kind::Traces).expect("append_batch");
     }
     fn wal_stats(&self) -> Option<signaldb_wal::WalStats> {
-        Some(self.0.stats())
+        Some(self.wal.stats())
     }
 }
 
-fn open_ours(dir: &Path) -> Ours {
-    Ours(signaldb_wal::Wal::open(dir, signaldb_wal::Config::default()).expect("open signaldb WAL"))
+impl Drop for Ours {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.consumer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const CONSUMER_TICK: Duration = Duration::from_millis(5);
+
+/// `consume`: start the consumer (not for workload 5, which reads everything back).
+fn open_ours(dir: &Path, consume: bool) -> Ours {
+    let wal = Arc::new(signaldb_wal::Wal::open(dir, signaldb_wal::Config::default()).expect("open signaldb WAL"));
+    let stop = Arc::new(AtomicBool::new(false));
+    // SIGNALDB_BENCH_CONSUMER=0: no consumer (nothing processed, nothing recycled), as before.
+    let wanted = consume && std::env::var("SIGNALDB_BENCH_CONSUMER").map_or(true, |v| v != "0");
+    let consumer = wanted.then(|| {
+        let (wal, stop) = (Arc::clone(&wal), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut marked = wal.processed_watermark();
+            let mut ids = Vec::new();
+            while !stop.load(Relaxed) {
+                std::thread::sleep(CONSUMER_TICK);
+                let done = wal.done_id();
+                if done > marked {
+                    ids.clear();
+                    ids.extend(marked + 1..=done);
+                    // Ids of failed appends are gaps: marking them is harmless.
+                    let _ = wal.mark_processed(&ids);
+                    marked = done;
+                }
+            }
+        })
+    });
+    Ours { wal, stop, consumer }
 }
 
 fn read_ours(dir: &Path) -> u64 {
@@ -353,7 +396,7 @@ fn open_engine(name: &str, dir: &Path, keep_all: bool) -> Box<dyn Engine> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     match name {
-        "signaldb" => Box::new(open_ours(dir)),
+        "signaldb" => Box::new(open_ours(dir, !keep_all)),
         "okaywal" => Box::new(open_okay(dir, keep_all)),
         "raft-engine" => Box::new(open_raft(dir, if keep_all { u64::MAX } else { 4096 })),
         "raw" => Box::new(open_raw(dir)),
@@ -426,6 +469,14 @@ fn main() {
         for (ei, name) in o.engines.iter().enumerate() {
             rates[w][ei] = records[ei] / secs[ei];
             eprintln!("{name:12} workload {}: {:>12.0} records/s", w + 1, rates[w][ei]);
+            if let Some(st) = engines[ei].wal_stats() {
+                eprintln!(
+                    "{name:12} workload {}: {} segments created, {} of them recycled files",
+                    w + 1,
+                    st.segments_created,
+                    st.segments_recycled
+                );
+            }
             if name == "signaldb" {
                 counters[w] = Some(Counters {
                     records_per_sync: records[ei] / syncs.max(1) as f64,

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pyo3::exceptions::PyBaseException;
-use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyDict, PyIterator, PyList};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyIterator, PyList, PyMemoryView};
 use pyo3::IntoPyObjectExt;
 use signaldb_wal::format::HeaderState;
 use signaldb_wal::scan::DamageKind;
@@ -27,6 +27,21 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan_segment, m)?)?;
     m.add_function(wrap_pyfunction!(read_segment, m)?)?;
     Ok(())
+}
+
+/// A payload for the engine: `bytes` is borrowed (the reference held keeps it
+/// alive and unchanged while the GIL is released), a `bytearray` or
+/// `memoryview` is copied; anything else is a `TypeError` naming its type.
+fn payload_arg(obj: &Bound<'_, PyAny>) -> PyResult<PyBackedBytes> {
+    if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
+        return obj.extract::<PyBackedBytes>().map_err(Into::into);
+    }
+    if obj.is_instance_of::<PyMemoryView>() {
+        let copy = obj.py().get_type::<PyBytes>().call1((obj,))?;
+        return copy.extract::<PyBackedBytes>().map_err(Into::into);
+    }
+    let name = obj.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string());
+    Err(PyTypeError::new_err(format!("WAL payload must be bytes, not {name}")))
 }
 
 fn kind_of(code: u8) -> PyResult<Kind> {
@@ -110,13 +125,17 @@ impl NativeWal {
         Ok(NativeWal { wal })
     }
 
-    fn append(&self, py: Python<'_>, payload: PyBackedBytes, kind: u8) -> PyResult<u64> {
+    fn append(&self, py: Python<'_>, payload: &Bound<'_, PyAny>, kind: u8) -> PyResult<u64> {
         let kind = kind_of(kind)?;
+        let payload = payload_arg(payload)?;
         without_gil(py, || self.wal.append(&payload, kind))
     }
 
-    fn append_batch(&self, py: Python<'_>, payloads: Vec<PyBackedBytes>, kind: u8) -> PyResult<u64> {
+    /// The payloads are checked and borrowed here, in one pass without
+    /// Python calls: a list comprehension in the wrapper cost ~40 us per 1,000.
+    fn append_batch(&self, py: Python<'_>, payloads: &Bound<'_, PyList>, kind: u8) -> PyResult<u64> {
         let kind = kind_of(kind)?;
+        let payloads = payloads.iter().map(|p| payload_arg(&p)).collect::<PyResult<Vec<_>>>()?;
         without_gil(py, || self.wal.append_batch(payloads.iter().map(|p| &p[..]), kind))
     }
 

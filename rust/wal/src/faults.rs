@@ -23,6 +23,10 @@ pub enum FaultPoint {
     DirSync,
     /// Writing `metadata.json`.
     MetadataWrite,
+    /// Recycling a processed segment's file, at each of its steps: the move
+    /// into the pool, the SPARE header write, its fdatasync, the rename to the
+    /// next segment number (the directory fsync after it is `DirSync`).
+    SegmentRecycle,
 }
 
 /// What happens at an armed point.

@@ -6,9 +6,10 @@
 use std::io;
 use std::path::Path;
 
-use crate::format::{decode_segment_header, HeaderState, SEGMENT_HEADER_LEN};
+use crate::format::{decode_segment_header, parse_segment_file_name, segment_file_name, HeaderState};
 use crate::reader::{Entry, SegmentReader, Step};
-use crate::scan::{scan_records, Damage};
+use crate::recovery::{read_header, scan_rules};
+use crate::scan::{scan_records_with, Damage, Rules};
 
 /// What a segment holds, as scanned.
 #[derive(Clone, Debug)]
@@ -27,6 +28,20 @@ pub struct SegmentReport {
     pub entries_above: u64,
 }
 
+/// Where `path`'s records start and how they are checked, as recovery
+/// decides it (version, salt from the file's segment number, stale tail of a
+/// recycled segment: the next segment's header gives its end). A SPARE file
+/// (stale contents only) reads as holding nothing.
+fn rules_of(path: &Path, header: HeaderState, is_last: bool, len: usize) -> (usize, Rules) {
+    let index = path.file_name().and_then(|n| n.to_str()).and_then(parse_segment_file_name).unwrap_or(0);
+    let next = (!is_last).then(|| path.with_file_name(segment_file_name(index + 1))).and_then(|p| read_header(&p).ok());
+    let (start, rules) = scan_rules(header, index, next, is_last);
+    if matches!(header, HeaderState::Valid(h) if h.spare()) {
+        return (len.max(start), rules);
+    }
+    (start, rules)
+}
+
 /// Scans one segment file, verifying every CRC. `is_last` decides whether
 /// undecodable trailing bytes count as a torn tail or as corruption.
 pub fn scan_segment_file(path: &Path, is_last: bool, above_id: u64) -> io::Result<SegmentReport> {
@@ -36,10 +51,11 @@ pub fn scan_segment_file(path: &Path, is_last: bool, above_id: u64) -> io::Resul
         HeaderState::Valid(h) => h.base_id.saturating_sub(1),
         _ => 0,
     };
+    let (start, rules) = rules_of(path, header, is_last, image.len());
     let mut payload_bytes = 0u64;
     let mut by_kind = [0u64; 3];
     let mut entries_above = 0;
-    let scan = scan_records(&image, SEGMENT_HEADER_LEN, prev, is_last, |h, _| {
+    let scan = scan_records_with(&image, start, prev, is_last, rules, |h, _| {
         payload_bytes += h.len as u64;
         by_kind[(h.kind - 1) as usize] += 1;
         entries_above += u64::from(h.id > above_id);
@@ -62,8 +78,14 @@ pub fn scan_segment_file(path: &Path, is_last: bool, above_id: u64) -> io::Resul
 /// the offset to continue from (damaged stretches are skipped).
 pub fn read_segment_entries(path: &Path, offset: u64, limit: usize) -> io::Result<(Vec<Entry>, u64)> {
     let len = std::fs::metadata(path)?.len();
-    let start = offset.max(SEGMENT_HEADER_LEN as u64);
+    let header = read_header(path)?;
+    let (data_start, rules) = rules_of(path, header, true, len as usize);
+    let start = offset.max(data_start as u64);
     let mut reader = SegmentReader::open(path, start, len, 0)?;
+    reader.set_rules(Rules {
+        salts: rules.salts,
+        tail: if rules.tail == crate::scan::Tail::Zeros { rules.tail } else { crate::scan::Tail::Stale },
+    });
     let mut out = Vec::new();
     while out.len() < limit {
         match reader.next_step()? {

@@ -18,10 +18,13 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::FORMAT_VERSION;
 use crate::fsutil;
 
 pub const METADATA_FILE: &str = "metadata.json";
+/// The layout of this file. Its own number, not the segments' (`format::FORMAT_VERSION`):
+/// segment format 2 left this file unchanged, and a checkpoint written before it must
+/// still count after an upgrade (refusing it would replay every entry).
+pub const METADATA_FORMAT_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentMeta {
@@ -47,7 +50,7 @@ pub struct Metadata {
 impl Default for Metadata {
     fn default() -> Self {
         Metadata {
-            format_version: FORMAT_VERSION,
+            format_version: METADATA_FORMAT_VERSION,
             next_id: 1,
             processed_watermark: 0,
             processed_ids: Vec::new(),
@@ -97,8 +100,9 @@ pub fn decode(bytes: &[u8]) -> Result<Metadata, LoadError> {
     let meta: Metadata =
         serde_json::from_value(body.clone()).map_err(|e| LoadError::Invalid(format!("bad fields: {e}")))?;
     ids_in_range(&meta)?;
-    if meta.format_version != FORMAT_VERSION {
-        return Err(LoadError::Invalid(format!("format version {} is not {FORMAT_VERSION}", meta.format_version)));
+    if meta.format_version != METADATA_FORMAT_VERSION {
+        let expected = METADATA_FORMAT_VERSION;
+        return Err(LoadError::Invalid(format!("format version {} is not {expected}", meta.format_version)));
     }
     Ok(meta)
 }

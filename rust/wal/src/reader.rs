@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::format::{decode_record_header, header_is_plausible, RecordHeader, RECORD_HEADER_LEN};
-use crate::scan::{nonzero_end, resync, valid_record_at};
+use crate::scan::{nonzero_end, resync_salted, valid_record_salted, zero_header_at, Rules, Tail};
 
 const READ_CHUNK: usize = 1 << 20;
 
@@ -52,6 +52,8 @@ pub struct SegmentReader {
     buf_start: u64,
     /// Records ending at or before this offset were CRC-checked by recovery: not again.
     trusted_end: u64,
+    /// The segment's record CRC salts, and whether stale bytes may follow a zero header.
+    rules: Rules,
 }
 
 impl SegmentReader {
@@ -72,6 +74,7 @@ impl SegmentReader {
             filled: 0,
             buf_start: start,
             trusted_end: 0,
+            rules: Rules::V1,
         })
     }
 
@@ -84,6 +87,12 @@ impl SegmentReader {
     /// order are still checked, the CRC is not computed again.
     pub fn trust_until(&mut self, end: u64) {
         self.trusted_end = end;
+    }
+
+    /// The segment's rules (salts; a recycled segment's data ends at a zero
+    /// header, with stale bytes after it). Default: format v1.
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
     }
 
     pub fn position(&self) -> u64 {
@@ -132,7 +141,7 @@ impl SegmentReader {
             let trusted = offset + rec_len as u64 <= self.trusted_end
                 && header.id > self.prev_id
                 && header_is_plausible(&header, rec_len);
-            if trusted || valid_record_at(rec, 0, self.prev_id).is_some() {
+            if trusted || valid_record_salted(rec, 0, self.prev_id, self.rules.salts).is_some() {
                 self.pos += rec_len as u64;
                 self.prev_id = header.id;
                 return Ok(Step::Record { header, offset, payload: &self.buf[rel + RECORD_HEADER_LEN..rel + rec_len] });
@@ -143,11 +152,13 @@ impl SegmentReader {
         let region_len = (self.end - offset) as usize;
         self.fill(offset, region_len)?;
         let rel = (offset - self.buf_start) as usize;
-        if nonzero_end(&self.buf[..self.filled], rel).is_none() {
+        let stale_after_zero = self.rules.tail == Tail::Stale && zero_header_at(&self.buf[..self.filled], rel);
+        if stale_after_zero || nonzero_end(&self.buf[..self.filled], rel).is_none() {
             self.pos = self.end;
             return Ok(Step::End);
         }
-        let next = resync(&self.buf[rel..self.filled], 1, self.prev_id).map(|q| offset + q as u64);
+        let next =
+            resync_salted(&self.buf[rel..self.filled], 1, self.prev_id, self.rules.salts).map(|q| offset + q as u64);
         self.pos = next.unwrap_or(self.end);
         Ok(Step::Damaged { offset, next })
     }

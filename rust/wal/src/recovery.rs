@@ -13,6 +13,8 @@
 //! | header      | valid records | other bytes | position | verdict        | action |
 //! |-------------|---------------|-------------|----------|----------------|--------|
 //! | other version | any         | any         | any      | `Refuse`       | error, change nothing |
+//! | v2, SPARE   | not looked at | stale       | trailing / last | `Spare` | delete unread (a recycled file made into a spare, never used) |
+//! | v2, SPARE   | not looked at | stale       | older    | `Empty`        | delete unread (a recycled file marked before its rename) |
 //! | zero        | none          | all zero    | trailing | `Spare`        | delete (a spare made ahead, or a rotation cut before its first fdatasync) |
 //! | zero        | none          | all zero    | older    | `Empty`        | delete (never keep an empty segment) |
 //! | damaged     | none, no damage after it | | older | `Empty`       | report the header as corruption, delete |
@@ -26,6 +28,24 @@
 //! the file: so a spare cut by a power loss holds either nothing (all zero)
 //! or a torn tail after a valid header, never acknowledged data in a file
 //! whose name may vanish.
+//!
+//! Recycled segments (v2 header flag RECYCLED): their bytes after the data
+//! are stale records of the file's older use, which never verify (salted CRC,
+//! ids below the base id). A sealed one is checked up to the data end the
+//! next segment's header gives (`prev_data_end`: damage before it, even to
+//! its last records, is corruption; the rest is not looked at); the last one
+//! (or a sealed one whose successor does not say) ends at its zero record
+//! header (`scan::Tail::Stale`). Making a recycled spare, and what a crash
+//! between its steps leaves (all covered by the rows above):
+//!
+//! | crash after                                 | on disk                                      | recovery |
+//! |---------------------------------------------|----------------------------------------------|----------|
+//! | the checkpoint that dooms the segment       | a processed segment under its old name       | deleted as processed (next segment's base id), or kept and replayed if the checkpoint is lost |
+//! | the SPARE header write, before its fdatasync | old header, SPARE header, or a torn mix     | SPARE: `Empty`; old: as above; torn: `DamagedHeader` over the file's own (processed) records, or deleted as processed |
+//! | the fdatasync, before the rename            | SPARE header under the old name              | `Empty`: deleted unread |
+//! | the rename, before the directory fsync      | SPARE header under the old or the new name   | `Empty` or `Spare`: deleted unread |
+//! | the rotation's header + records, before their fdatasync | SPARE, RECYCLED or a torn mix of the two; stale bytes or some new records | SPARE: `Spare`; RECYCLED: `Active` (torn tail erased, nothing acknowledged); torn: `TornRotation`, or `DamagedHeader` if a whole new record landed (stale records never verify: salted with another segment number) |
+//! | the first fdatasync                         | RECYCLED header, records, terminator, stale  | `Active`, no torn tail |
 //!
 //! Memory: one segment image at a time, plus the segment table.
 //!
@@ -43,11 +63,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, WalError};
-use crate::format::{decode_segment_header, parse_segment_file_name, HeaderState, SEGMENT_HEADER_LEN};
+use crate::format::{
+    decode_segment_header, parse_segment_file_name, segment_salt, HeaderState, SEGMENT_HEADER_LEN,
+    SEGMENT_HEADER_LEN_V2,
+};
 use crate::fsutil;
 use crate::metadata::{self, Metadata};
 use crate::processed::Processed;
-use crate::scan::{scan_records, Damage, DamageKind};
+use crate::scan::{scan_records_with, Damage, DamageKind, Rules, Tail};
 use crate::segment::{SegmentInfo, SPARE_PREFIX};
 use crate::stats::Stats;
 
@@ -99,8 +122,9 @@ fn read_file(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-fn read_header(path: &Path) -> io::Result<HeaderState> {
-    let mut buf = [0u8; SEGMENT_HEADER_LEN];
+/// The header of segment file `path` (v1 or v2).
+pub fn read_header(path: &Path) -> io::Result<HeaderState> {
+    let mut buf = [0u8; SEGMENT_HEADER_LEN_V2];
     let n = File::open(path)?.read_at(&mut buf, 0)?;
     Ok(decode_segment_header(&buf[..n]))
 }
@@ -206,6 +230,14 @@ pub fn classify(
 ) -> Verdict {
     match header {
         HeaderState::UnsupportedVersion(_) => Verdict::Refuse,
+        // Stale contents, never scanned (`records` is 0 for it).
+        HeaderState::Valid(h) if h.spare() => {
+            if trailing || is_last {
+                Verdict::Spare
+            } else {
+                Verdict::Empty
+            }
+        }
         HeaderState::Zero if records == 0 && all_zero => {
             if trailing {
                 Verdict::Spare
@@ -265,17 +297,24 @@ impl Walk<'_> {
         path: PathBuf,
         image: &[u8],
         is_last: bool,
+        next_header: Option<HeaderState>,
     ) -> Result<Option<SegmentInfo>> {
         let seg_name = crate::format::segment_file_name(index);
         let header = decode_segment_header(image);
+        let spare = matches!(header, HeaderState::Valid(h) if h.spare());
         if let HeaderState::Valid(h) = header {
-            self.prev_id = self.prev_id.max(h.base_id.saturating_sub(1));
-            self.max_base_id = self.max_base_id.max(h.base_id);
+            if !spare {
+                self.prev_id = self.prev_id.max(h.base_id.saturating_sub(1));
+                self.max_base_id = self.max_base_id.max(h.base_id);
+            }
         }
         let chain_start = self.prev_id;
+        let (start, rules) = scan_rules(header, index, next_header, is_last);
+        // A SPARE file's contents are stale: never scanned.
+        let image_to_scan = if spare { &image[..0] } else { image };
         let (watermark, expected_id, processed, progress) =
             (self.watermark, &mut self.expected_id, &mut self.processed, &mut self.progress);
-        let scan = scan_records(image, SEGMENT_HEADER_LEN, chain_start, is_last, |h, _| {
+        let scan = scan_records_with(image_to_scan, start, chain_start, is_last, rules, |h, _| {
             if h.id > watermark {
                 if h.id > *expected_id {
                     processed.add_gap(*expected_id, h.id - 1);
@@ -290,6 +329,11 @@ impl Walk<'_> {
             Verdict::Refuse => {
                 let HeaderState::UnsupportedVersion(version) = header else { unreachable!() };
                 return Err(WalError::UnsupportedFormat { path, version });
+            }
+            Verdict::Spare | Verdict::Empty if spare => {
+                log::debug!("WAL removes recycled spare segment {seg_name} (stale contents, never used)");
+                self.remove(&path, "removing spare segment")?;
+                return Ok(None);
             }
             Verdict::Spare | Verdict::Empty => {
                 if header == HeaderState::Damaged {
@@ -354,7 +398,36 @@ impl Walk<'_> {
             verified_end: if known_damage.is_empty() { scan.data_end as u64 } else { 0 },
             known_damage,
             prev_id: chain_start,
+            data_start: start as u64,
+            // Readers stop at `data_end`; a recycled segment's stale bytes are past it.
+            // They keep the rules recovery used: under `KnownEnd` a zero record
+            // header before the end is damage recovery counted (found by fuzzing,
+            // B8: under `Stale` the reader stopped there and never delivered the
+            // records after it that recovery had counted as unprocessed).
+            rules,
+            recyclable: matches!(header, HeaderState::Valid(h) if h.version >= crate::format::FORMAT_VERSION),
         }))
+    }
+}
+
+/// Where a segment's records start and how they are checked, from its header
+/// (and, for a sealed recycled one, the next segment's header: the end of its data).
+pub fn scan_rules(header: HeaderState, index: u64, next: Option<HeaderState>, is_last: bool) -> (usize, Rules) {
+    match header {
+        HeaderState::Valid(h) => {
+            let salt = h.salt(index);
+            let tail = match next {
+                _ if !h.recycled() => Tail::Zeros,
+                Some(HeaderState::Valid(n)) if !is_last && !n.spare() && n.prev_data_end >= h.data_start() as u64 => {
+                    Tail::KnownEnd(usize::try_from(n.prev_data_end).unwrap_or(usize::MAX))
+                }
+                _ => Tail::Stale,
+            };
+            (h.data_start(), Rules { salts: [salt; 2], tail })
+        }
+        // Unknown version: records start at the v1 offset (v2 header bytes after it
+        // read as damage), and verify under either version's salt.
+        _ => (SEGMENT_HEADER_LEN, Rules { salts: [segment_salt(index), 0], tail: Tail::Zeros }),
     }
 }
 
@@ -388,7 +461,8 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
     // Trailing spares (the `Spare` row): all-zero files after the last one with data.
     let mut spares = 0;
     while let Some((_, path)) = files.last() {
-        if !all_zero_file(path).map_err(|e| io_err("reading", path, e))? {
+        let spare_header = matches!(read_header(path), Ok(HeaderState::Valid(h)) if h.spare());
+        if !spare_header && !all_zero_file(path).map_err(|e| io_err("reading", path, e))? {
             break;
         }
         let (index, path) = files.pop().unwrap();
@@ -404,6 +478,12 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
     let mut skip = 0;
     while skip + 1 < files.len() {
         match read_header(&files[skip + 1].1).map_err(|e| io_err("reading", &files[skip + 1].1, e))? {
+            // A recycled file marked SPARE (stale contents): it says nothing of its neighbours; it goes.
+            HeaderState::Valid(h) if h.spare() => {
+                let (_, path) = files.remove(skip + 1);
+                fs::remove_file(&path).map_err(|e| io_err("removing spare segment", &path, e))?;
+                fsutil::fsync_dir(&seg_dir).map_err(|e| io_err("syncing", &seg_dir, e))?;
+            }
             HeaderState::Valid(h) if h.base_id.saturating_sub(1) <= watermark => skip += 1,
             _ => break,
         }
@@ -438,7 +518,16 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
         }
         let (index, path) = files[pos].clone();
         read_file(&path, &mut image).map_err(|e| io_err("reading", &path, e))?;
-        if let Some(info) = walk.recover_segment(index, path, &image, pos + 1 == count)? {
+        // The next segment's header says where a recycled segment's data ends
+        // (read only then: on a cold open it would wait for the disk before the read-ahead).
+        let recycled = matches!(decode_segment_header(&image), HeaderState::Valid(h) if h.recycled());
+        let next_header = match files.get(pos + 1) {
+            Some((next_index, next)) if recycled && *next_index == index + 1 => {
+                Some(read_header(next).map_err(|e| io_err("reading", next, e))?)
+            }
+            _ => None,
+        };
+        if let Some(info) = walk.recover_segment(index, path, &image, pos + 1 == count, next_header)? {
             segments.push(info);
         }
     }
@@ -486,7 +575,8 @@ mod tests {
     use super::*;
     use crate::format::{encode_record, encode_segment_header, Kind, SegmentHeader};
 
-    const V: HeaderState = HeaderState::Valid(SegmentHeader { version: 1, flags: 0, base_id: 1 });
+    const V: HeaderState =
+        HeaderState::Valid(SegmentHeader { version: 1, flags: 0, base_id: 1, prev_last_id: 0, prev_data_end: 0 });
 
     #[test]
     fn decision_table() {
@@ -601,5 +691,226 @@ mod tests {
         assert_eq!(kept, vec![(1, Some(1), Some(1), true), (3, Some(2), Some(2), false)]);
         assert_eq!(next, 3);
         assert_eq!(left, vec!["000001.wal", "000003.wal"]);
+    }
+
+    // -- format v2: recycled segments, SPARE files (the module doc's second table) --
+
+    use crate::format::{
+        encode_segment_header_v2, salt_records, segment_salt, FLAG_RECYCLED, FLAG_SPARE, SEGMENT_HEADER_LEN_V2,
+    };
+
+    /// A v2 segment `index` (records salted for it), then a terminator when
+    /// `recycled`, then `stale` bytes, zero-padded to `len`.
+    fn v2_segment(
+        index: u64,
+        flags: u32,
+        base_id: u64,
+        prev: (u64, u64),
+        ids: &[u64],
+        stale: &[u8],
+        len: usize,
+    ) -> Vec<u8> {
+        let h = SegmentHeader { version: 2, flags, base_id, prev_last_id: prev.0, prev_data_end: prev.1 };
+        let mut buf = encode_segment_header_v2(&h).to_vec();
+        let mut recs = Vec::new();
+        for &id in ids {
+            encode_record(&mut recs, id, 0, Kind::Logs, &[id as u8; 40]);
+        }
+        salt_records(&mut recs, segment_salt(index));
+        buf.extend_from_slice(&recs);
+        if flags & FLAG_RECYCLED != 0 {
+            buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN_FOR_TEST]);
+        }
+        buf.extend_from_slice(stale);
+        buf.resize(len.max(buf.len()), 0);
+        buf
+    }
+
+    /// What an older use of a file leaves: valid records of segment `old_index` with low ids.
+    fn stale_bytes(old_index: u64, ids: &[u64]) -> Vec<u8> {
+        let mut v = v2_segment(old_index, 0, ids[0], (0, 0), ids, &[], 0);
+        v.drain(..SEGMENT_HEADER_LEN_V2);
+        v
+    }
+
+    fn end_of(index: u64, ids: &[u64]) -> u64 {
+        v2_segment(index, 0, 1, (0, 0), ids, &[], 0).len() as u64
+    }
+
+    /// Recovers `files` and also returns the corruption count and every id read back.
+    fn recover_and_read(files: &[(u64, Vec<u8>)]) -> (Vec<Kept>, u64, u64, u64, Vec<u64>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let seg_dir = dir.path().join(SEGMENTS_DIR);
+        fs::create_dir_all(&seg_dir).unwrap();
+        for (index, bytes) in files {
+            fs::write(seg_dir.join(crate::format::segment_file_name(*index)), bytes).unwrap();
+        }
+        let stats = Stats::default();
+        let rec = recover(dir.path(), 4096, &stats).unwrap();
+        let kept = rec.segments.iter().map(|s| (s.index, s.first_id, s.last_id, s.sealed)).collect();
+        let mut ids = Vec::new();
+        for s in &rec.segments {
+            let mut r = crate::reader::SegmentReader::open(&s.path, s.data_start, s.data_end, s.prev_id).unwrap();
+            r.set_rules(s.rules);
+            loop {
+                match r.next_step().unwrap() {
+                    crate::reader::Step::Record { header, .. } => ids.push(header.id),
+                    crate::reader::Step::Damaged { .. } => {}
+                    crate::reader::Step::End => break,
+                }
+            }
+        }
+        let mut left: Vec<String> =
+            fs::read_dir(&seg_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        (kept, rec.next_id, stats.torn_tails_truncated.load(Relaxed), stats.corrupt_entries.load(Relaxed), ids, left)
+    }
+
+    const SPARE_FLAGS: u32 = FLAG_RECYCLED | FLAG_SPARE;
+
+    #[test]
+    fn v2_decision_table_rows() {
+        let sp = |base| {
+            HeaderState::Valid(SegmentHeader {
+                version: 2,
+                flags: SPARE_FLAGS,
+                base_id: base,
+                prev_last_id: 0,
+                prev_data_end: 0,
+            })
+        };
+        let rc = HeaderState::Valid(SegmentHeader {
+            version: 2,
+            flags: FLAG_RECYCLED,
+            base_id: 9,
+            prev_last_id: 8,
+            prev_data_end: 400,
+        });
+        // (header, records, damaged, all_zero, is_last, trailing) -> verdict
+        assert_eq!(classify(sp(5), 0, false, false, true, false), Verdict::Spare);
+        assert_eq!(classify(sp(5), 0, false, false, false, true), Verdict::Spare);
+        assert_eq!(classify(sp(5), 0, false, false, false, false), Verdict::Empty);
+        assert_eq!(classify(rc, 3, false, false, true, false), Verdict::Active);
+        assert_eq!(classify(rc, 0, false, false, true, false), Verdict::Active);
+        assert_eq!(classify(rc, 3, true, false, false, false), Verdict::Sealed);
+    }
+
+    #[test]
+    fn recycled_last_segment_ends_at_its_terminator() {
+        // Clean reopen: records, terminator, stale records of an older use: no torn tail, no corruption.
+        let stale = stale_bytes(1, &[1, 2, 3, 4, 5, 6]);
+        let (kept, next, torn, corrupt, ids, _) =
+            recover_and_read(&[(7, v2_segment(7, FLAG_RECYCLED, 20, (0, 0), &[20, 21, 22], &stale, 4096))]);
+        assert_eq!(kept, vec![(7, Some(20), Some(22), false)]);
+        assert_eq!((next, torn, corrupt), (23, 0, 0));
+        assert_eq!(ids, vec![20, 21, 22]);
+        // No records yet: header, terminator, stale.
+        let (kept, next, torn, corrupt, ids, _) =
+            recover_and_read(&[(7, v2_segment(7, FLAG_RECYCLED, 20, (0, 0), &[], &stale, 4096))]);
+        assert_eq!((kept, next, torn, corrupt, ids), (vec![(7, None, None, false)], 20, 0, 0, vec![]));
+    }
+
+    #[test]
+    fn torn_tail_over_stale_records_is_a_torn_tail() {
+        // An unsynced write landed in part: the next record's header, not its payload (stale follows).
+        let mut torn = Vec::new();
+        encode_record(&mut torn, 23, 0, Kind::Logs, &[9u8; 300]);
+        salt_records(&mut torn, segment_salt(7));
+        torn.truncate(60);
+        let mut img = v2_segment(7, FLAG_RECYCLED, 20, (0, 0), &[20, 21, 22], &[], 0);
+        let at = img.len() - RECORD_HEADER_LEN_FOR_TEST;
+        img.truncate(at);
+        img.extend_from_slice(&torn);
+        img.extend_from_slice(&stale_bytes(1, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]));
+        img.resize(4096, 0);
+        let (kept, next, torn, corrupt, ids, _) = recover_and_read(&[(7, img)]);
+        assert_eq!(kept, vec![(7, Some(20), Some(22), false)]);
+        assert_eq!((next, torn, corrupt), (23, 1, 0));
+        assert_eq!(ids, vec![20, 21, 22]);
+    }
+
+    #[test]
+    fn sealed_recycled_segment_is_checked_up_to_the_end_its_successor_gives() {
+        let stale = stale_bytes(1, &[1, 2, 3, 4, 5]);
+        let a = v2_segment(7, FLAG_RECYCLED, 20, (0, 0), &[20, 21, 22], &stale, 4096);
+        let end = end_of(7, &[20, 21, 22]);
+        let b = v2_segment(8, FLAG_RECYCLED, 23, (22, end), &[23, 24], &stale, 4096);
+        // Intact: stale bytes after the end are not looked at.
+        let (kept, next, torn, corrupt, ids, _) = recover_and_read(&[(7, a.clone()), (8, b.clone())]);
+        assert_eq!(kept, vec![(7, Some(20), Some(22), true), (8, Some(23), Some(24), false)]);
+        assert_eq!((next, torn, corrupt, ids), (25, 0, 0, vec![20, 21, 22, 23, 24]));
+        // A bit flip in the last record of the sealed one: corruption, not a torn tail.
+        let mut flipped = a.clone();
+        flipped[end as usize - 3] ^= 0x40;
+        let (_, _, torn, corrupt, ids, left) = recover_and_read(&[(7, flipped), (8, b.clone())]);
+        assert_eq!((torn, corrupt), (0, 1));
+        assert_eq!(ids, vec![20, 21, 23, 24]);
+        assert_eq!(left, vec!["000007.wal", "000008.wal"]);
+        // The last record zeroed (it would read as a clean end): the successor's header says otherwise.
+        let mut zeroed = a.clone();
+        let last_start = end_of(7, &[20, 21]) as usize;
+        zeroed[last_start..end as usize].fill(0);
+        let (_, _, torn, corrupt, ids, _) = recover_and_read(&[(7, zeroed), (8, b)]);
+        assert_eq!((torn, corrupt), (0, 1));
+        assert_eq!(ids, vec![20, 21, 23, 24]);
+    }
+
+    #[test]
+    fn spare_files_are_deleted_unread() {
+        // Stale contents that would verify under the SPARE file's own number: never read.
+        let spare_body = |index| {
+            let mut v = v2_segment(index, SPARE_FLAGS, 30, (0, 0), &[], &[], 0);
+            v.truncate(SEGMENT_HEADER_LEN_V2);
+            v.extend_from_slice(&stale_bytes(index, &[1, 2, 3]));
+            v.resize(4096, 0);
+            v
+        };
+        let live = v2_segment(5, 0, 28, (0, 0), &[28, 29], &[], 4096);
+        // Trailing (made into a spare, never used) and older (marked under its old name).
+        let (kept, next, torn, corrupt, ids, left) =
+            recover_and_read(&[(3, spare_body(3)), (5, live.clone()), (6, spare_body(6))]);
+        assert_eq!(kept, vec![(5, Some(28), Some(29), false)]);
+        assert_eq!((next, torn, corrupt, ids), (30, 0, 0, vec![28, 29]));
+        assert_eq!(left, vec!["000005.wal"]);
+        // A SPARE file alone.
+        let (kept, _, torn, corrupt, _, left) = recover_and_read(&[(6, spare_body(6))]);
+        assert_eq!((kept.len(), torn, corrupt, left.len()), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn torn_header_over_a_spare_never_returns_stale_records() {
+        // The rotation's RECYCLED header torn over the SPARE header, nothing else
+        // landed, and no segment before it (deleted as processed): the stale
+        // records carry ids a chain from 0 would take, but they were written under
+        // another segment number and never verify.
+        let mut img = v2_segment(9, SPARE_FLAGS, 30, (0, 0), &[], &[], 0);
+        let good = v2_segment(9, FLAG_RECYCLED, 30, (29, 900), &[], &[], 0);
+        img[16..40].copy_from_slice(&good[16..40]); // half new, half old: the CRC fails
+        img.truncate(SEGMENT_HEADER_LEN_V2);
+        img.extend_from_slice(&stale_bytes(2, &[3, 4, 5, 6]));
+        img.resize(4096, 0);
+        let (kept, next, torn, corrupt, ids, left) = recover_and_read(&[(9, img.clone())]);
+        assert!(ids.is_empty(), "stale records returned: {ids:?}");
+        assert_eq!((kept.len(), torn, corrupt, left.len()), (0, 1, 0, 0), "a torn rotation, removed");
+        assert_eq!(next, 1);
+        // Same with a first new record that landed whole: kept (as a damaged header), stale still never read.
+        let mut rec = Vec::new();
+        encode_record(&mut rec, 30, 0, Kind::Logs, b"new");
+        salt_records(&mut rec, segment_salt(9));
+        let mut img2 = img;
+        img2[SEGMENT_HEADER_LEN_V2..SEGMENT_HEADER_LEN_V2 + rec.len()].copy_from_slice(&rec);
+        let (_, next, _, _, ids, _) = recover_and_read(&[(9, img2)]);
+        assert_eq!(ids, vec![30]);
+        assert_eq!(next, 31);
+    }
+
+    #[test]
+    fn v1_segments_still_read_as_before_next_to_v2_ones() {
+        let v1 = segment(1, &[1, 2, 3], 4096);
+        let end = v1.len() as u64; // not used by v1: its successor's prev_data_end is informative
+        let v2 = v2_segment(2, 0, 4, (3, end), &[4, 5], &[], 4096);
+        let (kept, next, torn, corrupt, ids, _) = recover_and_read(&[(1, v1), (2, v2)]);
+        assert_eq!(kept, vec![(1, Some(1), Some(3), true), (2, Some(4), Some(5), false)]);
+        assert_eq!((next, torn, corrupt, ids), (6, 0, 0, vec![1, 2, 3, 4, 5]));
     }
 }

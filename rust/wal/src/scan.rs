@@ -17,8 +17,23 @@
 //! middle (or in a sealed segment, which was fsynced whole before the next one
 //! got its first byte) is damage to acknowledged data: the WAL copies it to
 //! quarantine, counts it and goes on. `tests` below mirror this table.
+//!
+//! Recycled segments (format v2, `Tail::Stale` and `Tail::KnownEnd`): the
+//! bytes after the data are stale records of the file's older use. Stale
+//! records never verify (their CRC is salted with another segment number, and
+//! their ids are below the segment's base id), and the data is followed by a
+//! zero record header (the terminator every write into a recycled segment
+//! carries). So:
+//!
+//! | bytes from `p` on                                  | tail rule  | verdict |
+//! |----------------------------------------------------|------------|---------|
+//! | a zero record header                               | `Stale`    | end of data; what follows is stale, not looked at |
+//! | non-zero, a valid record starts later at q         | any        | corruption `[p, q)`, go on at q |
+//! | non-zero, no valid record after                    | `Stale`, last | torn tail `[p, p + that record's length)` (at least a header) |
+//! | non-zero, no valid record after                    | `Stale`, not last | corruption, same range |
+//! | anything before `e`, the end the next segment's header gives | `KnownEnd(e)` | as `Zeros` on `[start, e)` (not last); zeros before `e` = corruption `[p, e)`; bytes after `e` are stale, not looked at |
 
-use crate::format::{decode_record_header, header_is_plausible, record_crc_ok, RecordHeader, RECORD_HEADER_LEN};
+use crate::format::{decode_record_header, header_is_plausible, record_crc_matches, RecordHeader, RECORD_HEADER_LEN};
 
 /// Which row of the decision table a damaged region falls in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +50,30 @@ pub struct Damage {
     pub len: usize,
 }
 
+/// What follows a segment's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// Zeros to the end of the file (v1, and v2 segments made from fresh files).
+    Zeros,
+    /// Stale bytes after a zero record header (a recycled segment whose end is not known).
+    Stale,
+    /// Stale bytes after this offset (a recycled segment: the next segment's header says where its data ends).
+    KnownEnd(usize),
+}
+
+/// How one segment's records are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// The record CRC salts accepted (the same twice when the header is known).
+    pub salts: [u32; 2],
+    pub tail: Tail,
+}
+
+impl Rules {
+    /// Format version 1: unsalted, zero fill after the data.
+    pub const V1: Rules = Rules { salts: [0, 0], tail: Tail::Zeros };
+}
+
 /// The outcome of scanning one segment's records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordScan {
@@ -46,8 +85,13 @@ pub struct RecordScan {
     pub damages: Vec<Damage>,
 }
 
-/// The record starting at `pos` if it is valid and its id follows `prev_id`.
+/// The record starting at `pos` if it is valid and its id follows `prev_id` (v1: unsalted).
 pub fn valid_record_at(buf: &[u8], pos: usize, prev_id: u64) -> Option<RecordHeader> {
+    valid_record_salted(buf, pos, prev_id, [0, 0])
+}
+
+/// `valid_record_at` for records whose CRC is salted with one of `salts`.
+pub fn valid_record_salted(buf: &[u8], pos: usize, prev_id: u64, salts: [u32; 2]) -> Option<RecordHeader> {
     let available = buf.len().checked_sub(pos)?;
     if available < RECORD_HEADER_LEN {
         return None;
@@ -56,17 +100,29 @@ pub fn valid_record_at(buf: &[u8], pos: usize, prev_id: u64) -> Option<RecordHea
     if h.id <= prev_id || !header_is_plausible(&h, available) {
         return None;
     }
-    record_crc_ok(&buf[pos..pos + h.record_len()]).then_some(h)
+    record_crc_matches(&buf[pos..pos + h.record_len()], salts).then_some(h)
 }
 
-/// The first position after `from` where a valid record starts.
+/// The first position after `from` where a valid record starts (v1: unsalted).
 pub fn resync(buf: &[u8], from: usize, prev_id: u64) -> Option<usize> {
+    resync_salted(buf, from, prev_id, [0, 0])
+}
+
+/// `resync` for records salted with one of `salts`.
+pub fn resync_salted(buf: &[u8], from: usize, prev_id: u64, salts: [u32; 2]) -> Option<usize> {
     let last_start = buf.len().checked_sub(RECORD_HEADER_LEN)?;
     (from..=last_start).find(|&q| {
         // Cheap filters first (kind byte and reserved bytes) so zero and
         // random regions cost one comparison per byte, not a CRC.
-        matches!(buf[q + 24], 1..=3) && buf[q + 25..q + 28] == [0, 0, 0] && valid_record_at(buf, q, prev_id).is_some()
+        matches!(buf[q + 24], 1..=3)
+            && buf[q + 25..q + 28] == [0, 0, 0]
+            && valid_record_salted(buf, q, prev_id, salts).is_some()
     })
+}
+
+/// Whether a zero record header (or fewer than a header's bytes, all zero) starts at `pos`.
+pub fn zero_header_at(buf: &[u8], pos: usize) -> bool {
+    buf[pos..buf.len().min(pos + RECORD_HEADER_LEN)].iter().all(|&b| b == 0)
 }
 
 /// End of the last non-zero byte in `buf[from..]`, or None when all zero.
@@ -81,14 +137,32 @@ pub fn nonzero_end(buf: &[u8], from: usize) -> Option<usize> {
 pub fn scan_records(
     buf: &[u8],
     start: usize,
+    prev_id: u64,
+    is_last: bool,
+    on_record: impl FnMut(&RecordHeader, usize),
+) -> RecordScan {
+    scan_records_with(buf, start, prev_id, is_last, Rules::V1, on_record)
+}
+
+/// `scan_records` under `rules` (salts and tail: the module doc's second table).
+pub fn scan_records_with(
+    buf: &[u8],
+    start: usize,
     mut prev_id: u64,
     is_last: bool,
+    rules: Rules,
     mut on_record: impl FnMut(&RecordHeader, usize),
 ) -> RecordScan {
+    // A known end: the records are checked up to it, the stale rest is not looked at.
+    let buf = match rules.tail {
+        Tail::KnownEnd(e) => &buf[..e.clamp(start.min(buf.len()), buf.len())],
+        _ => buf,
+    };
+    let salts = rules.salts;
     let mut scan = RecordScan { data_end: start.min(buf.len()), ..Default::default() };
     let mut pos = start;
     while pos < buf.len() {
-        if let Some(h) = valid_record_at(buf, pos, prev_id) {
+        if let Some(h) = valid_record_salted(buf, pos, prev_id, salts) {
             on_record(&h, pos);
             scan.records += 1;
             scan.first_id.get_or_insert(h.id);
@@ -98,15 +172,38 @@ pub fn scan_records(
             scan.data_end = pos;
             continue;
         }
-        let Some(end) = nonzero_end(buf, pos) else { break };
-        match resync(buf, pos + 1, prev_id) {
+        if rules.tail == Tail::Stale && zero_header_at(buf, pos) {
+            break; // the terminator: stale bytes follow
+        }
+        let Some(end) = nonzero_end(buf, pos) else {
+            if let Tail::KnownEnd(_) = rules.tail {
+                // The next segment's header says records went on to here: lost, not absent.
+                scan.damages.push(Damage { kind: DamageKind::Corrupt, offset: pos, len: buf.len() - pos });
+            }
+            break;
+        };
+        match resync_salted(buf, pos + 1, prev_id, salts) {
             Some(next) => {
                 scan.damages.push(Damage { kind: DamageKind::Corrupt, offset: pos, len: next - pos });
                 pos = next;
             }
             None => {
                 let kind = if is_last { DamageKind::TornTail } else { DamageKind::Corrupt };
-                scan.damages.push(Damage { kind, offset: pos, len: end - pos });
+                let len = match rules.tail {
+                    // Damage up to the last non-zero byte: the rest of the zero fill, or the known end.
+                    Tail::Zeros => end - pos,
+                    Tail::KnownEnd(_) => buf.len() - pos,
+                    // Stale bytes follow: only the record that starts here (at least its header).
+                    Tail::Stale => {
+                        let claimed = if buf.len() - pos >= RECORD_HEADER_LEN {
+                            decode_record_header(&buf[pos..]).record_len()
+                        } else {
+                            0
+                        };
+                        claimed.max(RECORD_HEADER_LEN).min(buf.len() - pos)
+                    }
+                };
+                scan.damages.push(Damage { kind, offset: pos, len });
                 break;
             }
         }

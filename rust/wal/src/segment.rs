@@ -8,6 +8,14 @@
 //! rename, directory fsync, header) is in `wal/rotation.rs`; a crash at any
 //! point leaves either a `.prealloc-*` temp file or a trailing segment with a
 //! zero header and no records, and recovery removes both.
+//!
+//! A spare may also be a *recycled* file: a processed segment's file, kept
+//! instead of deleted (its blocks are allocated and its pages cached, so
+//! writes into it update no extent and its fdatasyncs no inode). It is
+//! marked SPARE in its header (durably) before it is renamed to the next
+//! segment number; the header written at rotation marks it RECYCLED. The
+//! steps, and what a crash between each pair of them leaves, are in
+//! `wal/rotation.rs` and `recovery.rs`.
 
 use std::fs::{self, File};
 use std::io;
@@ -15,8 +23,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::format::{encode_segment_header, segment_file_name};
+use crate::format::{
+    encode_segment_header_v2, segment_file_name, segment_salt, SegmentHeader, FLAG_RECYCLED, FORMAT_VERSION,
+    SEGMENT_HEADER_LEN_V2,
+};
 use crate::fsutil;
+use crate::scan::Rules;
 
 /// Names of zero-filled segments prepared ahead of rotation start with this
 /// (a counter follows: the housekeeper and a rotation may prepare one each).
@@ -46,6 +58,13 @@ pub struct SegmentInfo {
     /// The id before this segment's first record, as recovery chained it:
     /// readers start their id chain here too, so they follow the same records.
     pub prev_id: u64,
+    /// Where the records start (the header's length: 32 in v1, 48 in v2).
+    pub data_start: u64,
+    /// CRC salts and tail rule for readers of this segment.
+    pub rules: Rules,
+    /// A v2 segment: its file may be recycled once processed (a v1 file's
+    /// unsalted records could verify again under a damaged header).
+    pub recyclable: bool,
 }
 
 impl SegmentInfo {
@@ -66,6 +85,12 @@ pub struct ActiveSegment {
     pub last_id: Option<u64>,
     /// The id before the first record this segment may hold.
     pub prev_id: u64,
+    /// XORed into each record's CRC (the segment number; 0 for a v1 segment).
+    pub salt: u32,
+    /// Stale bytes may follow the data: every write carries a zero record header after it.
+    pub recycled: bool,
+    /// The segment's format version (a reopened v1 segment stays v1).
+    pub version: u32,
 }
 
 impl ActiveSegment {
@@ -82,6 +107,8 @@ pub struct Spare {
     pub path: PathBuf,
     pub file: File,
     pub len: u64,
+    /// A processed segment's file: stale records follow whatever is written.
+    pub recycled: bool,
 }
 
 /// Writes a spare of `len` zero bytes into `seg_dir` under a temp name, fsynced.
@@ -95,7 +122,7 @@ pub fn prepare_spare(seg_dir: &Path, len: u64) -> io::Result<Spare> {
         let _ = fs::remove_file(&path);
         return Err(e);
     }
-    Ok(Spare { index: 0, path, file, len })
+    Ok(Spare { index: 0, path, file, len, recycled: false })
 }
 
 /// A segment created empty under its final name (no preallocation): for a
@@ -107,17 +134,39 @@ pub fn create_bare(path: &Path) -> io::Result<File> {
 }
 
 /// A spare already named segment `index` (and its directory fsynced) gets
-/// its header and becomes the active segment. The header reaches the disk
-/// with the first group's fdatasync.
-pub fn start_segment(spare: Spare, index: u64, base_id: u64) -> io::Result<ActiveSegment> {
-    spare.file.write_all_at(&encode_segment_header(base_id), 0)?;
+/// its (v2) header and becomes the active segment. The header reaches the
+/// disk with the first group's fdatasync. `prev_last_id` and `prev_data_end`
+/// describe the segment before it as the rotation sealed it (0: unknown).
+pub fn start_segment(
+    spare: Spare,
+    index: u64,
+    base_id: u64,
+    prev_last_id: u64,
+    prev_data_end: u64,
+) -> io::Result<ActiveSegment> {
+    let header = SegmentHeader {
+        version: FORMAT_VERSION,
+        flags: if spare.recycled { FLAG_RECYCLED } else { 0 },
+        base_id,
+        prev_last_id,
+        prev_data_end,
+    };
+    let mut bytes = encode_segment_header_v2(&header).to_vec();
+    if spare.recycled {
+        // The terminator: stale bytes follow, the data (none yet) ends here.
+        bytes.extend_from_slice(&[0u8; crate::format::RECORD_HEADER_LEN]);
+    }
+    spare.file.write_all_at(&bytes, 0)?;
     Ok(ActiveSegment {
         index,
         file: Arc::new(spare.file),
-        write_offset: crate::format::SEGMENT_HEADER_LEN as u64,
+        write_offset: SEGMENT_HEADER_LEN_V2 as u64,
         prealloc_len: spare.len,
         first_id: None,
         last_id: None,
         prev_id: base_id.saturating_sub(1),
+        salt: segment_salt(index),
+        recycled: spare.recycled,
+        version: FORMAT_VERSION,
     })
 }

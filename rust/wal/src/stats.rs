@@ -23,6 +23,8 @@ pub struct Stats {
     fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len() + 1],
     pub segments_created: AtomicU64,
     pub segments_deleted: AtomicU64,
+    /// Segments made from a processed segment's file (recycled) rather than a fresh one.
+    pub segments_recycled: AtomicU64,
     pub metadata_writes: AtomicU64,
     /// Unix nanoseconds of the last successful fsync of entries; 0 = never.
     pub last_flush_unix_nanos: AtomicU64,

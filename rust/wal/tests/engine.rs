@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use signaldb_wal::format::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use signaldb_wal::format::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN_V2 as SEGMENT_HEADER_LEN};
 use signaldb_wal::{Config, Kind, SyncMode, Wal, WalError};
 
 fn cfg(seg: u64) -> Config {
@@ -263,6 +263,50 @@ fn concurrent_appenders_share_fsyncs() {
     }
 }
 
+/// 64 appenders, single records and small batches mixed: records queued
+/// behind a sync in flight are written by whoever starts the next one, and
+/// the callers one sync acknowledged are woken one after another (a chain):
+/// every call returns, ids are unique and contiguous, and every record is
+/// there after reopen.
+#[test]
+fn many_appenders_queue_behind_the_sync_in_flight_and_are_all_woken() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path(), cfg(64 << 10)).unwrap());
+    let threads: Vec<_> = (0..64u64)
+        .map(|t| {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for i in 0..40u64 {
+                    let tag = t * 1000 + i;
+                    if i % 5 == 4 {
+                        let batch = [payload(tag, 40), payload(tag + 500, 40)];
+                        let first = wal.append_batch(batch.iter().map(|p| &p[..]), Kind::Logs).unwrap();
+                        got.push((first, tag));
+                        got.push((first + 1, tag + 500));
+                    } else {
+                        got.push((wal.append(&payload(tag, 40), Kind::Traces).unwrap(), tag));
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<(u64, u64)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    all.sort();
+    let n = 64 * 48;
+    assert_eq!(all.len(), n);
+    assert!(all.iter().enumerate().all(|(i, &(id, _))| id == i as u64 + 1), "ids unique and contiguous");
+    assert!(wal.stats().fsync_count < n as u64, "group commit shares fsyncs");
+    wal.close().unwrap();
+    let wal = Wal::open(dir.path(), cfg(64 << 10)).unwrap();
+    let by_id: std::collections::HashMap<u64, Vec<u8>> = all_entries(&wal).into_iter().collect();
+    assert_eq!(by_id.len(), n);
+    for (id, tag) in all {
+        assert_eq!(by_id[&id], payload(tag, 40));
+    }
+}
+
 #[test]
 fn batched_mode_acks_after_write_and_syncs_on_flush() {
     let dir = tempfile::tempdir().unwrap();
@@ -422,4 +466,37 @@ fn copied_and_in_place_calls_interleave_in_id_order() {
     assert_eq!(all_entries(&wal), before);
     let lens: std::collections::BTreeSet<usize> = before.iter().map(|e| e.1.len()).collect();
     assert_eq!(lens, [100, 9_000, 20_000, 30_000].into_iter().collect());
+}
+
+/// A WAL directory as the version 1 code left it (v1 segments, unsalted
+/// records, a checkpoint with `format_version` 1) opens under this code with
+/// its processed marks intact: only the unprocessed entries are replayed, and
+/// new appends go to v2 segments after it.
+#[test]
+fn a_version_1_directory_upgrades_without_replaying_processed_entries() {
+    use signaldb_wal::format::{encode_record, encode_segment_header};
+    use signaldb_wal::metadata::{self, Metadata};
+    let dir = tempfile::tempdir().unwrap();
+    let seg_dir = dir.path().join("segments");
+    fs::create_dir_all(&seg_dir).unwrap();
+    let mut image = encode_segment_header(1).to_vec();
+    for id in 1..=5u64 {
+        encode_record(&mut image, id, id as i64, Kind::Logs, &payload(id, 50));
+    }
+    image.resize(4096, 0);
+    fs::write(seg_dir.join("000001.wal"), &image).unwrap();
+    let checkpoint = Metadata { format_version: 1, next_id: 6, processed_watermark: 3, ..Metadata::default() };
+    metadata::store(dir.path(), &checkpoint).unwrap();
+
+    let wal = Wal::open(dir.path(), cfg(4096)).unwrap();
+    let ids: Vec<u64> = all_entries(&wal).iter().map(|e| e.0).collect();
+    assert_eq!(ids, vec![4, 5], "the v1 checkpoint's marks still count");
+    let stats = wal.stats();
+    assert_eq!((stats.corrupt_entries, stats.torn_tails_truncated), (0, 0));
+    let next = wal.append(b"after the upgrade", Kind::Traces).unwrap();
+    assert!(next >= 6);
+    wal.close().unwrap();
+    let wal = Wal::open(dir.path(), cfg(4096)).unwrap();
+    let ids: Vec<u64> = all_entries(&wal).iter().map(|e| e.0).collect();
+    assert_eq!(ids, vec![4, 5, next]);
 }

@@ -102,6 +102,17 @@ impl Inner {
 
     /// Makes the spare for the segment after the active one, if none is ready.
     pub(super) fn prepare_spare(&self) {
+        // A recycled file is worth a checkpoint: when few are kept but processed
+        // segments wait for the once-a-second checkpoint, write it now (at most
+        // every RECYCLE_CHECKPOINT_GAP), so their files are kept and reused.
+        if lock(&self.segments.pool).len() < RECYCLE_POOL / 2
+            && lock(&self.marks.checkpoint_lock).elapsed() >= RECYCLE_CHECKPOINT_GAP
+            && self.processed_segments_waiting()
+        {
+            if let Err(e) = self.checkpoint() {
+                log::warn!("WAL checkpoint failed (will retry): {e}");
+            }
+        }
         // Blocks while a rotation takes the spare and moves `active_index`.
         let _creating = lock(&self.segments.spare_creation);
         if lock(&self.segments.spare).is_some()
@@ -127,6 +138,27 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// The disk is full: kept files go (their space is what appends need
+    /// back), and none is kept for `RECYCLE_PAUSE_WHEN_FULL`, so processed
+    /// segments are deleted again as they were before recycling.
+    pub(super) fn out_of_space(&self) {
+        *lock(&self.segments.recycle_paused_until) = Instant::now() + RECYCLE_PAUSE_WHEN_FULL;
+        let pool = std::mem::take(&mut *lock(&self.segments.pool));
+        for path in &pool {
+            // A temp name: if the deletion is lost in a crash, recovery removes it.
+            let _ = std::fs::remove_file(path);
+        }
+        if !pool.is_empty() {
+            log::info!("WAL disk full: {} processed segment files kept for reuse deleted", pool.len());
+        }
+    }
+
+    /// Whether a sealed segment's entries are all processed (in memory; not yet checkpointed).
+    fn processed_segments_waiting(&self) -> bool {
+        let watermark = lock(&self.marks.processed).watermark();
+        self.segments.table.read().unwrap().iter().any(|s| s.sealed && s.last_id.is_none_or(|l| l <= watermark))
     }
 
     /// Writes metadata.json durably, then deletes sealed segments it shows are processed.
@@ -165,13 +197,27 @@ impl Inner {
         self.marks.id_reserved.fetch_max(next_id, AcqRel);
         *last = Instant::now();
         // The checkpoint saying these are processed is durable: now they may go.
+        // Only the oldest ones, in order: a sealed segment left with no record
+        // (all damaged) counts as processed, but while an older segment stays,
+        // its header may be the one that gives that older recycled segment's
+        // data end (`prev_data_end`); deleting it first made the next open read
+        // the older segment by other rules (found by fuzzing, B8).
         let doomed: Vec<SegmentInfo> =
-            table.into_iter().filter(|s| s.sealed && s.last_id.is_none_or(|l| l <= watermark)).collect();
+            table.into_iter().take_while(|s| s.sealed && s.last_id.is_none_or(|l| l <= watermark)).collect();
         if doomed.is_empty() {
             return Ok(());
         }
         self.segments.table.write().unwrap().retain(|s| !doomed.iter().any(|d| d.index == s.index));
+        // Readers that start from now on do not see the doomed segments; one
+        // already reading may hold any of them: then none is recycled.
+        let recycling = *lock(&self.segments.reads_in_flight) == 0;
+        let mut deleted = false;
         for s in &doomed {
+            if recycling && self.pool_file(s) {
+                self.stats.segments_deleted.fetch_add(1, Relaxed);
+                continue;
+            }
+            deleted = true;
             if let Err(e) = std::fs::remove_file(&s.path) {
                 log::warn!(path:% = s.path.display(), error:% = e;
                     "WAL could not delete processed segment {}: {e}", s.path.display());
@@ -180,9 +226,51 @@ impl Inner {
                 log::debug!("WAL deleted processed segment {}", s.name());
             }
         }
-        self.sync_seg_dir()
+        if deleted {
+            self.sync_seg_dir()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a processed segment's file for reuse as a spare, if the pool has
+    /// room and the file qualifies: v2 (its records are salted, so they stay
+    /// stale in the next use whatever happens to the header), and from half
+    /// to twice `max_segment_size` long (allocated and cached: the whole
+    /// point; a segment made bare for large groups ends a little short of
+    /// the size, one that took a record alone a little past it). It
+    /// moves to a temp name (no directory fsync: under either name it is a
+    /// processed segment recovery deletes). False: delete it instead.
+    fn pool_file(&self, s: &SegmentInfo) -> bool {
+        if !s.recyclable
+            || lock(&self.segments.pool).len() >= RECYCLE_POOL
+            || self.closed.load(Acquire)
+            || Instant::now() < *lock(&self.segments.recycle_paused_until)
+        {
+            return false;
+        }
+        let max = self.cfg.max_segment_size;
+        if !std::fs::metadata(&s.path).is_ok_and(|m| (max / 2..=2 * max).contains(&m.len())) {
+            return false;
+        }
+        let n = RECYCLE_COUNTER.fetch_add(1, Relaxed);
+        let pooled = self.seg_dir.join(format!("{RECYCLE_PREFIX}{}-{n}.wal", std::process::id()));
+        let moved = self.fault_err(FaultPoint::SegmentRecycle).and_then(|_| fsutil::rename_noreplace(&s.path, &pooled));
+        if let Err(e) = moved {
+            log::debug!("WAL could not keep processed segment {} for reuse ({e}); deleting it", s.name());
+            return false;
+        }
+        log::debug!("WAL keeps processed segment {} for reuse as a spare", s.name());
+        lock(&self.segments.pool).push(pooled);
+        true
     }
 }
+
+/// Shortest gap between two checkpoints written to refill the pool of recycled files.
+const RECYCLE_CHECKPOINT_GAP: Duration = Duration::from_millis(20);
+
+/// Temp names of pooled files (recovery removes every file whose name starts with a dot).
+const RECYCLE_PREFIX: &str = ".recycled-";
+static RECYCLE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Puts the calling thread in `SCHED_BATCH`: same share of the CPU, but its
 /// wake-ups do not preempt the running thread. An appender wakes the

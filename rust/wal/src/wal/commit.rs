@@ -21,12 +21,25 @@ impl Inner {
     /// `target` is decided. `flusher`: the flusher thread, which keeps driving
     /// while records wait; an appender whose own records are durable hands
     /// the rest over to it instead of paying for another sync.
-    pub(super) fn commit_until(&self, target: u64, flusher: bool) {
+    pub(super) fn commit_until(&self, mut target: u64, flusher: bool) {
         loop {
             if self.commit.done_id.load(Acquire) >= target {
-                return;
+                // The flusher also drives records queued behind the last sync
+                // and not written yet (see below): they have callers waiting.
+                match if flusher { self.queued_tail() } else { None } {
+                    Some(tail) if tail > target => target = tail,
+                    _ => return,
+                }
             }
-            self.write_pending();
+            // While a sync is in flight, an appender leaves its records queued:
+            // whoever starts the next sync (the flusher, under load) writes
+            // them all in one piece just before it. Writing each caller's
+            // records as it arrives costs one pwritev per record with many
+            // threads (a syscall, the inode lock and the ext4 write path each
+            // time), and no sync can cover them sooner anyway.
+            if flusher || !self.sync_in_flight() {
+                self.write_pending();
+            }
             let st = lock(&self.commit.state);
             if st.poisoned.is_some() {
                 drop(st);
@@ -54,6 +67,17 @@ impl Inner {
             drop(st);
             self.wait_for_sync(seq);
         }
+    }
+
+    /// The last id queued and not yet written, if any.
+    fn queued_tail(&self) -> Option<u64> {
+        lock(&self.commit.queue).items.back().map(Queued::last_id)
+    }
+
+    /// A sync of the active segment is in flight: it will look at the queue
+    /// when it completes (`sync_round`), so nothing queued now is stranded.
+    fn sync_in_flight(&self) -> bool {
+        self.commit.sync_started.load(Acquire) > self.commit.synced_id.load(Acquire)
     }
 
     fn hand_to_flusher(&self, mut st: MutexGuard<'_, CommitState>) {
@@ -214,9 +238,8 @@ impl Inner {
 
     /// Writes `group` (whole calls, in id order) to the active segment, rotating as needed.
     /// Returns false when something failed (failures recorded, or poisoned).
-    pub(super) fn write_group(&self, io: &mut Io, group: Vec<Queued>) -> bool {
+    pub(super) fn write_group(&self, io: &mut Io, mut group: Vec<Queued>) -> bool {
         let max = self.cfg.max_segment_size;
-        let mut bufs: Vec<&[u8]> = Vec::new();
         let mut c = 0;
         while c < group.len() {
             // A call's records never span segments, so a failed rotation fails
@@ -236,13 +259,29 @@ impl Inner {
                 run_bytes += group[next].bytes;
                 next += 1;
             }
-            bufs.clear();
+            for call in &mut group[c..next] {
+                call.set_salt(active.salt);
+            }
+            let mut bufs: Vec<&[u8]> = Vec::new();
             for call in &group[c..next] {
                 call.push_bufs(&mut bufs);
             }
             let start = active.write_offset;
+            // In a recycled segment stale records follow: a zero record header
+            // after the run marks the end of the data (overwritten by the next run).
+            let terminator = if active.recycled {
+                active.prealloc_len.saturating_sub(start + run_bytes).min(RECORD_HEADER_LEN as u64)
+            } else {
+                0
+            };
+            if terminator > 0 {
+                bufs.push(&TERMINATOR[..terminator as usize]);
+            }
             if let Err(e) = self.write_run(&active.file, &bufs, start) {
-                let rolled_back = self.roll_back(active, start, run_bytes);
+                let rolled_back = self.roll_back(active, start, run_bytes + terminator);
+                if is_out_of_space(&e) {
+                    self.out_of_space();
+                }
                 let err = if is_out_of_space(&e) && rolled_back {
                     WalError::Full(format!("no space left on the WAL disk ({e})"))
                 } else {
@@ -346,3 +385,6 @@ impl Inner {
         }
     }
 }
+
+/// The zero record header written after each run into a recycled segment.
+static TERMINATOR: [u8; RECORD_HEADER_LEN] = [0; RECORD_HEADER_LEN];

@@ -23,6 +23,8 @@ impl Inner {
             (w, p.above_from(after_id.max(w).saturating_add(1)))
         };
         let start_id = after_id.max(watermark).saturating_add(1); // ids up to u64::MAX: see recovery
+                                                                  // Counted before the table is looked at: no file of this snapshot is recycled until we are done.
+        let _reading = ReadGuard::new(&self.segments.reads_in_flight);
         let table: Vec<SegmentInfo> = self
             .segments
             .table
@@ -40,7 +42,7 @@ impl Inner {
         let mut buf = self.readers.buf.try_lock().map(|mut b| std::mem::take(&mut *b)).unwrap_or_default();
         for seg in &table {
             let resume = cursor.filter(|c| c.segment == seg.index && c.after_id < start_id);
-            let start = resume.map_or(SEGMENT_HEADER_LEN as u64, |c| c.offset);
+            let start = resume.map_or(seg.data_start, |c| c.offset);
             let prev = resume.map_or(seg.prev_id, |c| c.after_id);
             let mut reader =
                 match SegmentReader::with_buffer(&seg.path, start, seg.data_end, prev, std::mem::take(&mut buf)) {
@@ -49,6 +51,7 @@ impl Inner {
                     Err(e) => return Err(WalError::io(format!("reading {}", seg.path.display()), e)),
                 };
             reader.trust_until(seg.verified_end);
+            reader.set_rules(seg.rules);
             let done = loop {
                 let step =
                     reader.next_step().map_err(|e| WalError::io(format!("reading {}", seg.path.display()), e))?;
@@ -113,7 +116,7 @@ impl Inner {
         table
             .iter()
             .filter(|s| s.last_id.is_some_and(|l| l > watermark))
-            .map(|s| s.data_end.saturating_sub(SEGMENT_HEADER_LEN as u64))
+            .map(|s| s.data_end.saturating_sub(s.data_start))
             .sum()
     }
 
@@ -134,7 +137,8 @@ impl Inner {
             (table.len() as u64, table.iter().map(|s| s.file_len.max(s.data_end)).sum::<u64>())
         };
         let unprocessed_bytes = self.unprocessed_bytes_above(watermark);
-        let spare = lock(&self.segments.spare).as_ref().map_or(0, |s| s.len);
+        let spare = lock(&self.segments.spare).as_ref().map_or(0, |s| s.len)
+            + lock(&self.segments.pool).len() as u64 * self.cfg.max_segment_size;
         let s = &self.stats;
         WalStats {
             unprocessed_entries: unprocessed,
@@ -157,10 +161,27 @@ impl Inner {
             fsync_histogram: s.fsync_histogram(),
             segments_created: s.segments_created.load(Relaxed),
             segments_deleted: s.segments_deleted.load(Relaxed),
+            segments_recycled: s.segments_recycled.load(Relaxed),
             metadata_writes: s.metadata_writes.load(Relaxed),
             oldest_unprocessed_timestamp_ns: if unprocessed > 0 { self.oldest_unprocessed_timestamp() } else { None },
             poisoned: lock(&self.commit.state).poisoned.clone(),
             sync_mode: self.cfg.sync_mode,
         }
+    }
+}
+
+/// Counts a `read_unprocessed` call in flight (`Segments::reads_in_flight`) while it lives.
+struct ReadGuard<'a>(&'a Mutex<u32>);
+
+impl<'a> ReadGuard<'a> {
+    fn new(count: &'a Mutex<u32>) -> ReadGuard<'a> {
+        *lock(count) += 1;
+        ReadGuard(count)
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        *lock(self.0) -= 1;
     }
 }

@@ -18,6 +18,24 @@
 //! (`recovery.rs`, decision table). Without a spare (the housekeeper was
 //! late, or its last attempt failed) the rotation makes one itself, the same
 //! way, on the ack path.
+//!
+//! Recycled spares. A checkpoint that dooms processed segments keeps up to
+//! `RECYCLE_POOL` of their files (v2, half to twice `max_segment_size` long,
+//! no read in flight) under temp names instead of deleting them
+//! (`background.rs`). A spare is then made from one of them instead of from
+//! zeros, so its writes land in allocated blocks and cached pages:
+//!
+//! - R1. overwrite the header with a SPARE header (flags RECYCLED|SPARE),
+//!   `fdatasync`: under a segment name the file must say its contents are stale;
+//! - R2. rename (no replace) to `NNNNNN.wal`, `fsync` the directory;
+//! - R3. at rotation, as for any spare: the RECYCLED header (with the sealed
+//!   segment's last id and data end) and a zero record header after it, then
+//!   records (each write followed by a zero record header: stale bytes
+//!   follow), the group's `fdatasync`, acknowledge.
+//!
+//! A failure in R1 or R2's rename deletes the file and falls back to a fresh
+//! spare (it held only processed entries: no poison). A crash between any
+//! two steps is a row of `recovery.rs`'s tables.
 
 use super::*;
 
@@ -34,6 +52,7 @@ impl Inner {
 
     fn creation_error(&self, e: std::io::Error) -> WalError {
         if is_out_of_space(&e) {
+            self.out_of_space();
             WalError::Full(format!("no space for a new segment ({e})"))
         } else {
             WalError::io("creating a WAL segment", e)
@@ -70,14 +89,14 @@ impl Inner {
                         let _ = std::fs::remove_file(&stale.path);
                     }
                     // A call that fills the segment by itself overwrites every byte: zeros first would be waste.
-                    let bare = call_bytes + SEGMENT_HEADER_LEN as u64 >= self.cfg.max_segment_size
+                    let bare = call_bytes + crate::format::SEGMENT_HEADER_LEN_V2 as u64 >= self.cfg.max_segment_size
                         || !self.preallocation_pays();
                     self.make_spare(index, bare).inspect_err(|_| {
                         *lock(&self.segments.spare_retry_at) = Instant::now() + SPARE_RETRY_BACKOFF;
                     })?
                 }
             };
-            let seg = self.start(spare, base_id)?;
+            let seg = self.start(spare, base_id, sealed_last.unwrap_or(0), sealed_end)?;
             self.segments.active_index.store(index, Release);
             seg
         };
@@ -105,15 +124,18 @@ impl Inner {
     }
 
     /// Makes segment file `index` durably, empty of records (steps 1 and 2 of
-    /// the module doc). The caller holds `spare_creation`.
+    /// the module doc; a recycled file when the pool has one). The caller holds `spare_creation`.
     pub(super) fn make_spare(&self, index: u64, bare: bool) -> Result<Spare> {
+        if let Some(spare) = self.recycled_spare(index)? {
+            return Ok(spare);
+        }
         let path = self.seg_dir.join(crate::format::segment_file_name(index));
         let spare = if bare {
             let file = self
                 .fault_err(FaultPoint::SegmentPreallocate)
                 .and_then(|_| segment::create_bare(&path))
                 .map_err(|e| self.creation_error(e))?;
-            Spare { index, path, file, len: 0 }
+            Spare { index, path, file, len: 0, recycled: false }
         } else {
             let tmp = self
                 .fault_err(FaultPoint::SegmentPreallocate)
@@ -125,7 +147,7 @@ impl Inner {
                 let _ = std::fs::remove_file(&tmp.path);
                 return Err(WalError::io(format!("creating segment {}", path.display()), e));
             }
-            Spare { index, path, file: tmp.file, len: tmp.len }
+            Spare { index, path, file: tmp.file, len: tmp.len, recycled: false }
         };
         if let Err(e) = self.sync_seg_dir() {
             // Fail-stop (poisoned); the file goes so no one uses a name that may not be durable.
@@ -135,11 +157,57 @@ impl Inner {
         Ok(spare)
     }
 
+    /// A spare made from a pooled file (recycling steps R1-R3 of the module
+    /// doc), or None when the pool is empty or a step failed (the file is
+    /// then deleted: it only held processed entries, so a failed write or
+    /// fdatasync there loses nothing and does not poison; the caller makes
+    /// a fresh spare). A failed directory fsync poisons, as for any spare.
+    fn recycled_spare(&self, index: u64) -> Result<Option<Spare>> {
+        let Some(pooled) = lock(&self.segments.pool).pop() else { return Ok(None) };
+        let path = self.seg_dir.join(crate::format::segment_file_name(index));
+        let header = crate::format::encode_segment_header_v2(&crate::format::SegmentHeader {
+            version: crate::format::FORMAT_VERSION,
+            flags: crate::format::FLAG_RECYCLED | crate::format::FLAG_SPARE,
+            // Informative: every id handed out so far (and so every stale one) is below it.
+            base_id: self.commit.handled_id.load(Acquire).saturating_add(1).clamp(1, MAX_ID - 1),
+            prev_last_id: 0,
+            prev_data_end: 0,
+        });
+        let marked = (|| -> std::io::Result<File> {
+            use std::os::unix::fs::FileExt;
+            self.fault_err(FaultPoint::SegmentRecycle)?;
+            let file = fsutil::open_rw(&pooled, false)?;
+            file.write_all_at(&header, 0)?;
+            // R1 durable before R2: under a segment name, the file must say SPARE.
+            self.fault_err(FaultPoint::SegmentRecycle)?;
+            fsutil::fdatasync(&file)?;
+            self.fault_err(FaultPoint::SegmentRecycle)?;
+            fsutil::rename_noreplace(&pooled, &path)?;
+            Ok(file)
+        })();
+        let file = match marked {
+            Ok(file) => file,
+            Err(e) => {
+                log::warn!("WAL could not reuse a processed segment's file as segment {index} ({e}); deleting it");
+                let _ = std::fs::remove_file(&pooled);
+                return Ok(None);
+            }
+        };
+        if let Err(e) = self.sync_seg_dir() {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        log::debug!("WAL made segment {index} from a processed segment's file");
+        self.stats.segments_recycled.fetch_add(1, Relaxed);
+        let len = file.metadata().map_or(self.cfg.max_segment_size, |m| m.len());
+        Ok(Some(Spare { index, path, file, len, recycled: true }))
+    }
+
     /// Step 3: the spare gets its header and becomes the active segment.
-    fn start(&self, spare: Spare, base_id: u64) -> Result<ActiveSegment> {
+    fn start(&self, spare: Spare, base_id: u64, prev_last_id: u64, prev_data_end: u64) -> Result<ActiveSegment> {
         let path = spare.path.clone();
         let index = spare.index;
-        match segment::start_segment(spare, index, base_id) {
+        match segment::start_segment(spare, index, base_id, prev_last_id, prev_data_end) {
             Ok(seg) => {
                 self.stats.segments_created.fetch_add(1, Relaxed);
                 Ok(seg)
@@ -155,6 +223,7 @@ impl Inner {
     pub(super) fn create_segment(&self, index: u64, base_id: u64) -> Result<ActiveSegment> {
         let _creating = lock(&self.segments.spare_creation);
         let spare = self.make_spare(index, false)?;
-        self.start(spare, base_id)
+        // The segment before it (if any) was sealed by an earlier open: its end is not vouched for here.
+        self.start(spare, base_id, 0, 0)
     }
 }
