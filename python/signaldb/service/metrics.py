@@ -162,6 +162,11 @@ class WalCollector(Collector):
         yield counter("signaldb_wal_failed_appends", "Appends that failed (disk full, I/O error).", s.failed_appends)
         yield counter("signaldb_wal_segments_created", "Segment files created.", s.segments_created)
         yield counter("signaldb_wal_segments_deleted", "Processed segment files deleted.", s.segments_deleted)
+        yield counter(
+            "signaldb_wal_segments_recycled",
+            "Segments started in a processed segment's file (recycled) instead of a new file.",
+            s.segments_recycled,
+        )
         hist = HistogramMetricFamily(
             "signaldb_wal_fsync_duration_seconds", "Time each WAL fsync/fdatasync took.", labels=labels
         )

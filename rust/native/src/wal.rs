@@ -299,6 +299,8 @@ wal_stats! {
     segments_created: u64 = |s| s.segments_created;
     /// Processed segment files deleted since open.
     segments_deleted: u64 = |s| s.segments_deleted;
+    /// Segments started in a processed segment's file (recycled) instead of a new one.
+    segments_recycled: u64 = |s| s.segments_recycled;
     /// `metadata.json` checkpoints written since open.
     metadata_writes: u64 = |s| s.metadata_writes;
     /// Append time (ns since the epoch) of the oldest unprocessed entry, or None.
