@@ -620,19 +620,8 @@ mod tests {
     /// Files (index, bytes) as a crash left them -> (segments kept, next id,
     /// torn tails counted, files left in segments/).
     fn recover_files(files: &[(u64, Vec<u8>)]) -> (Vec<Kept>, u64, u64, Vec<String>) {
-        let dir = tempfile::tempdir().unwrap();
-        let seg_dir = dir.path().join(SEGMENTS_DIR);
-        fs::create_dir_all(&seg_dir).unwrap();
-        for (index, bytes) in files {
-            fs::write(seg_dir.join(crate::format::segment_file_name(*index)), bytes).unwrap();
-        }
-        let stats = Stats::default();
-        let rec = recover(dir.path(), 4096, &stats).unwrap();
-        let kept = rec.segments.iter().map(|s| (s.index, s.first_id, s.last_id, s.sealed)).collect();
-        let mut left: Vec<String> =
-            fs::read_dir(&seg_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        left.sort();
-        (kept, rec.next_id, stats.torn_tails_truncated.load(Relaxed), left)
+        let (kept, next, torn, _, _, left) = recover_and_read(files);
+        (kept, next, torn, left)
     }
 
     #[test]
