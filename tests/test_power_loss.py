@@ -739,22 +739,25 @@ time.sleep(120)
 """
 
 
-def _spare_child(wal_dir: pathlib.Path, n: int, wait_for: object = None) -> dict[int, bytes]:
-    """Appends `n` entries (immediate mode) in a child, waits until `wait_for(seg_dir)` holds
-    (the housekeeper works in the background), SIGKILLs it; returns the acknowledged entries."""
+def _run_child(script: str, args: list[str], wal_dir: pathlib.Path, filler: bytes, wait_for: object):
+    """Runs a child script that appends entries and reports them on stdout (`A id seq`:
+    acknowledged, `U id seq`: written, not synced, `W`: done), waits until `wait_for(seg_dir)`
+    holds (the housekeeper works in the background), SIGKILLs it. Returns (acknowledged,
+    unsynced) entries with their payloads (`seq:` then 300 filler bytes)."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SPARE_CHILD, str(wal_dir), str(n), str(SEGMENT_SIZE)],
+        [sys.executable, "-c", script, *args],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
     )
     assert proc.stdout is not None
     acked: dict[int, bytes] = {}
+    unsynced: dict[int, bytes] = {}
     try:
         for line in proc.stdout:
             parts = line.split()
-            if parts[0] == b"A":
-                acked[int(parts[1])] = b"%06d:" % int(parts[2]) + b"s" * 300
+            if parts[0] in (b"A", b"U"):
+                (acked if parts[0] == b"A" else unsynced)[int(parts[1])] = b"%06d:" % int(parts[2]) + filler * 300
             elif parts[0] == b"W":
                 break
         deadline = time.monotonic() + 10
@@ -765,6 +768,13 @@ def _spare_child(wal_dir: pathlib.Path, n: int, wait_for: object = None) -> dict
         proc.kill()
         proc.wait()
         proc.stdout.close()
+    return acked, unsynced
+
+
+def _spare_child(wal_dir: pathlib.Path, n: int, wait_for: object = None) -> dict[int, bytes]:
+    """Appends `n` entries (immediate mode) in a child, SIGKILLed once `wait_for(seg_dir)`
+    holds; returns the acknowledged entries."""
+    acked, _ = _run_child(_SPARE_CHILD, [str(wal_dir), str(n), str(SEGMENT_SIZE)], wal_dir, b"s", wait_for)
     assert len(acked) == n
     return acked
 
@@ -871,30 +881,8 @@ def _recycle_child(
 ) -> tuple[dict[int, bytes], dict[int, bytes]]:
     """Rounds of appends, each processing the round before it (so files are recycled); SIGKILLed once
     `wait_for(seg_dir)` holds. Returns the unprocessed durable entries and the unsynced ones."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _RECYCLE_CHILD, str(wal_dir), str(rounds), str(per), mode, str(tail), str(SEGMENT_SIZE)],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
-    )
-    assert proc.stdout is not None
-    acked: dict[int, bytes] = {}
-    unsynced: dict[int, bytes] = {}
-    try:
-        for line in proc.stdout:
-            parts = line.split()
-            if parts[0] in (b"A", b"U"):
-                (acked if parts[0] == b"A" else unsynced)[int(parts[1])] = b"%06d:" % int(parts[2]) + b"r" * 300
-            elif parts[0] == b"W":
-                break
-        deadline = time.monotonic() + 10
-        while wait_for is not None and not wait_for(wal_dir / "segments"):  # type: ignore[operator]
-            assert time.monotonic() < deadline, f"never reached: {sorted(os.listdir(wal_dir / 'segments'))}"
-            time.sleep(0.01)
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+    args = [str(wal_dir), str(rounds), str(per), mode, str(tail), str(SEGMENT_SIZE)]
+    acked, unsynced = _run_child(_RECYCLE_CHILD, args, wal_dir, b"r", wait_for)
     assert len(acked) == per and len(unsynced) == tail
     return acked, unsynced
 
