@@ -791,6 +791,18 @@ fn read_all(wal: &Wal) -> Vec<Rec> {
         .collect()
 }
 
+/// Writes `meta` as `<dir>/metadata.json` (nothing for `MetaChoice::None`); returns the
+/// checkpoint as recovery will use it, or None when recovery must ignore it.
+fn write_checkpoint(dir: &Path, meta: &MetaChoice) -> Option<Metadata> {
+    let bytes = match meta {
+        MetaChoice::None => return None,
+        MetaChoice::Raw(b) => b.clone(),
+        MetaChoice::Valid(m) => metadata::encode(m),
+    };
+    fs::write(dir.join("metadata.json"), &bytes).unwrap();
+    metadata::decode(&bytes).ok()
+}
+
 /// Opens a WAL directory holding `image` as `segments/000001.wal` and `meta`.
 /// `scanned`: what `scan_records` finds in `image` with the header's prev id (as `check_inspect` returns).
 pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&Origin>, scanned: &[(usize, Rec)]) {
@@ -800,16 +812,7 @@ pub fn check_wal_open(image: &[u8], meta: &MetaChoice, origin: Option<&Origin>, 
     fs::create_dir(&seg_dir).unwrap();
     let seg_path = seg_dir.join("000001.wal");
     fs::write(&seg_path, image).unwrap();
-    let meta_bytes = match meta {
-        MetaChoice::None => None,
-        MetaChoice::Raw(b) => Some(b.clone()),
-        MetaChoice::Valid(m) => Some(metadata::encode(m)),
-    };
-    if let Some(b) = &meta_bytes {
-        fs::write(dir.path().join("metadata.json"), b).unwrap();
-    }
-    // What the checkpoint says, if recovery can use it.
-    let loaded = meta_bytes.as_deref().and_then(|b| metadata::decode(b).ok());
+    let loaded = write_checkpoint(dir.path(), meta);
     let (watermark, processed_ids) =
         loaded.as_ref().map_or((0, vec![]), |m| (m.processed_watermark, m.processed_ids.clone()));
 
@@ -1985,15 +1988,7 @@ fn check_dir_open(
     for (s, img) in segs.iter().zip(images) {
         fs::write(seg_dir.join(segment_file_name(s.index)), img).unwrap();
     }
-    let meta_bytes = match meta {
-        MetaChoice::None => None,
-        MetaChoice::Raw(b) => Some(b.clone()),
-        MetaChoice::Valid(m) => Some(metadata::encode(m)),
-    };
-    if let Some(b) = &meta_bytes {
-        fs::write(dir.path().join("metadata.json"), b).unwrap();
-    }
-    let loaded = meta_bytes.as_deref().and_then(|b| metadata::decode(b).ok());
+    let loaded = write_checkpoint(dir.path(), meta);
     let (watermark, processed_ids) =
         loaded.as_ref().map_or((0, vec![]), |m| (m.processed_watermark, m.processed_ids.clone()));
     let unprocessed = |id: u64| id > watermark && processed_ids.binary_search(&id).is_err();
