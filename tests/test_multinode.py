@@ -25,6 +25,7 @@ from helpers.load import ThreadedLoad
 from helpers.net import free_port, wait_until
 from helpers.pipeline import Pipeline, WriterProcess
 from helpers.seaweed import BUCKET, S3_ENV
+from signaldb.service.lifecycle import EXIT_UNDRAINED
 from test_acceptor_bad_input import post
 from test_hostile_requests import spans_request
 
@@ -77,11 +78,20 @@ class Cluster:
             if proc.proc is not None and proc.proc.poll() is None:
                 proc.kill()
 
-    def replace_writer(self, i: int) -> None:
+    def replace_writer(self, i: int, attempts: int = 5) -> None:
         """Stops writer ``i`` and starts a new one on its port with a new, empty WAL directory
-        (a fresh pod with a fresh volume)."""
+        (a fresh pod with a fresh volume). As docs/operations.md says, a volume is only thrown
+        away after a drained stop (exit status 0): a writer that stops with entries left (exit
+        EXIT_UNDRAINED) is started again on its volume to write them, then stopped again."""
         old = self.writers[i]
-        assert old.stop() == 0
+        for _ in range(attempts):
+            code = old.stop()
+            if code == 0:
+                break
+            assert code == EXIT_UNDRAINED, f"writer {i} exited {code}:\n{old.log_text()}"
+            old.start()
+        else:
+            raise AssertionError(f"writer {i} never stopped drained in {attempts} attempts")
         wal = old.workdir / "writer-wal"
         shutil.move(str(wal), str(old.workdir / f"writer-wal.old{old.starts}"))
         old.start()

@@ -69,13 +69,14 @@ class InProcessWriter:
         asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(60)
         self.client = flight.connect(f"grpc://127.0.0.1:{self.service.flight_port}")
 
-    def stop(self) -> bool:
+    def stop(self) -> int:
+        """Stops the service; returns the entries it left unprocessed in its WAL."""
         self.client.close()
-        clean = asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(60)
+        left = asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
-        return clean
+        return left
 
     def settled(self, timeout: float = 20.0) -> None:
         """Waits until every acked row is in Parquet and marked processed."""
@@ -344,7 +345,7 @@ def test_backlog_limit_refuses_with_unavailable(tmp_path: pathlib.Path) -> None:
         status, body = w.get("/readyz")
         assert status == 503 and b"backlog" in body
     finally:
-        assert w.stop()  # SIGTERM-style stop writes the open file out
+        assert w.stop() == 0  # SIGTERM-style stop writes the open file out: nothing left
     assert read_table(tmp_path / "data", "traces").num_rows == batch.num_rows
 
 

@@ -31,6 +31,7 @@ from helpers.writer import (
     stray_files,
     traces_request,
 )
+from signaldb.service.lifecycle import EXIT_UNDRAINED
 from signaldb.writer.sink import file_path
 from signaldb.writer.storage import LocalStore, ObjectConflict
 from test_writer_process import _fill_wal, wait_settled
@@ -196,7 +197,7 @@ def test_a_conflicting_object_is_never_overwritten_and_other_partitions_go_on(
 
     # A stop does not spin on it either; the rows stay in the WAL for the next start.
     started = time.monotonic()
-    assert w.stop(timeout=15) == 0
+    assert w.stop(timeout=15) == EXIT_UNDRAINED  # the rows wait in this volume
     assert time.monotonic() - started < 5
     assert [line["clean"] for line in w.log_lines() if line.get("msg") == "stopped"] == [False]
     assert planted.read_bytes() == b"someone else's object"

@@ -29,6 +29,8 @@ from helpers.writer import (
     stray_files,
     traces_request,
 )
+from signaldb.service.lifecycle import EXIT_UNDRAINED
+from signaldb.wal import Wal
 
 
 def wait_settled(w: WriterProcess, timeout: float = 30.0) -> dict:
@@ -232,7 +234,6 @@ def test_a_bad_configuration_exits_2_naming_the_key(tmp_path: pathlib.Path) -> N
 def _fill_wal(wal_dir: pathlib.Path, entries: int, spans: int = 2) -> pa.Table:
     """Writes ``entries`` writer WAL entries as ``do_put`` would have (acceptor ids 1..entries);
     returns their rows. The writer then finds them unprocessed: a crash before any file."""
-    from signaldb.wal import Wal
     from signaldb.writer import payload
 
     batches = []
@@ -268,13 +269,21 @@ def test_replay_writes_every_unprocessed_entry_and_keeps_dedupe(
     assert_same_rows(read_table(tmp_path / "data", "traces"), want, "traces")
 
 
-def test_sigterm_during_replay_exits_zero_and_loses_nothing(procs: list[WriterProcess], tmp_path: pathlib.Path) -> None:
+def test_sigterm_during_replay_says_keep_the_volume_and_loses_nothing(
+    procs: list[WriterProcess], tmp_path: pathlib.Path
+) -> None:
     want = _fill_wal(tmp_path / "wal", 4000, spans=1)
     w = _writer(procs, tmp_path, "--file-max-age-secs", "3600", env={"WRITER_SHUTDOWN_TIMEOUT_SECS": "10"})
     w.start(until="replay starting")
-    assert w.stop(timeout=15) == 0
+    # An orderly stop, but not a drained one: the status tells whoever scales writers down
+    # that this volume must be kept.
+    assert w.stop(timeout=15) == EXIT_UNDRAINED
     msgs = [line.get("msg") for line in w.log_lines()]
     assert "listening" not in msgs and "stopped" in msgs
+    (stopped,) = [line for line in w.log_lines() if line.get("msg") == "stopped"]
+    assert stopped["clean"] is False and stopped["unprocessed_entries"] > 0
+    with Wal(tmp_path / "wal") as wal:
+        assert wal.stats().unprocessed_entries == stopped["unprocessed_entries"]
     # The next start writes whatever the interrupted one did not.
     w.args = ["--file-max-age-secs", "0.05"]
     w.start()
@@ -287,7 +296,6 @@ def test_an_unreadable_wal_entry_goes_to_dead_letter_instead_of_a_crash_loop(
     procs: list[WriterProcess], tmp_path: pathlib.Path
 ) -> None:
     want = _fill_wal(tmp_path / "wal", 3)
-    from signaldb.wal import Wal
 
     with Wal(tmp_path / "wal") as wal:
         bad = wal.append(b"SDW9 not a writer payload", kind="traces")

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from signaldb.config import FLAGS, Config, ConfigError, add_flags, flag_dest, load
-from signaldb.service.lifecycle import EXIT_CONFIG
+from signaldb.service.lifecycle import EXIT_CONFIG, EXIT_UNDRAINED
 from signaldb.service.logsetup import render_text, resolve_format, setup_logging
 
 _text_logs = False  # set in main(): render the children's JSON lines as text
@@ -204,7 +204,9 @@ class Supervisor:
     def _stop_all(self) -> None:
         # Order matters: the acceptor stops forwarding before the writer goes away.
         self.acceptor.terminate(self.config.acceptor.shutdown_timeout_secs + 5)
-        self.writer.terminate(self.config.writer.shutdown_timeout_secs + 5)
+        if self.writer.terminate(self.config.writer.shutdown_timeout_secs + 5) == EXIT_UNDRAINED:
+            # Nothing is lost, but the data directory now holds the only copy: say so on the way out.
+            log.warning("the writer stopped with entries in its WAL; the next `signaldb run` writes them")
         log.info("signaldb stopped")
 
 

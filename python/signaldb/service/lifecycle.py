@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2  # bad configuration: do not restart in a loop
 EXIT_FAILURE = 1
+# Stopped in order, but the WAL still holds entries this service acknowledged and has not passed
+# on: its volume must be kept (the next start on it replays them), never deleted or replaced.
+EXIT_UNDRAINED = 3
 
 
 async def wait_for_stop_signal(on_reload: Callable[[], Awaitable[None]] | None = None) -> str:

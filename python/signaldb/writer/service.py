@@ -155,8 +155,10 @@ class WriterService:
         if self.sink is not None:
             self.sink.abort_replay()
 
-    async def stop(self) -> bool:
-        """Stops accepting, writes out open files, closes the WAL; True when nothing was left behind."""
+    async def stop(self) -> int:
+        """Stops accepting, writes out open files, closes the WAL. Returns how many entries the WAL
+        still holds unprocessed (0: drained, its volume may go; otherwise the next start on this
+        volume writes them)."""
         self.cancel_start()
         budget = self.cfg.writer.shutdown_timeout_secs
         loop = asyncio.get_running_loop()
@@ -168,12 +170,23 @@ class WriterService:
         clean = True
         if self.sink is not None:
             clean = await loop.run_in_executor(None, self.sink.close, max(0.1, deadline - loop.time() - 0.5))
+        left = 0
         if self.wal is not None:
+            left = self._unprocessed_at_close()
             await loop.run_in_executor(None, self.wal.close)
         if self.health is not None:
             await self.health.stop()
-        log.info("stopped", extra={"clean": clean})
-        return clean
+        log.info("stopped", extra={"clean": clean and left == 0, "unprocessed_entries": left})
+        return left
+
+    def _unprocessed_at_close(self) -> int:
+        """Entries left in the WAL; a WAL that cannot say (it failed) counts as holding one."""
+        assert self.wal is not None
+        try:
+            return self.wal.stats().unprocessed_entries
+        except Exception as err:
+            log.error("WAL state unknown at shutdown; keep its volume", extra={"error": str(err)})
+            return 1
 
     async def _stop_flight(self, wait: float) -> None:
         """Stops taking batches: new calls are refused, running streams end (UNAVAILABLE) at their
