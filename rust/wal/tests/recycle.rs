@@ -100,7 +100,7 @@ fn processed_segments_are_reused_and_reopen_clean() {
     let files = numbered(dir.path());
     assert!(files.iter().any(|p| recycled(p)), "no segment was made from a recycled file: {files:?}");
     assert!(recycled(files.last().unwrap()), "the active segment should be a recycled file here");
-    assert!(pooled(dir.path()) <= 8, "the pool is bounded");
+    assert!(pooled(dir.path()) <= 32, "the pool is bounded");
     assert_eq!(entries(&wal), expected);
 
     // A process crash now: the active segment ends at its terminator, stale bytes after it.
@@ -130,6 +130,37 @@ fn processed_segments_are_reused_and_reopen_clean() {
     let st = wal.stats();
     assert_eq!((st.torn_tails_truncated, st.corrupt_entries), (0, 0));
     assert_eq!(entries(&wal), more);
+}
+
+/// Marks everything appended so far processed and checkpoints: every sealed
+/// segment is doomed at once.
+fn process_all(wal: &Wal, upto: u64) {
+    wal.mark_processed(&(1..=upto).collect::<Vec<_>>()).unwrap();
+    wal.checkpoint().unwrap();
+}
+
+#[test]
+fn the_pool_keeps_32_mib_of_segment_size_in_2_to_32_files() {
+    // Small segments: 32 files (the upper bound), the rest of the doomed ones deleted.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), cfg()).unwrap();
+    let ids: Vec<u64> = (0..60 * SEG / 230).map(|k| wal.append(&payload(k), Kind::Logs).unwrap()).collect();
+    assert!(numbered(dir.path()).len() > 40, "enough sealed segments to overflow the pool");
+    process_all(&wal, *ids.last().unwrap());
+    // The housekeeper may already have turned one kept file into the next spare.
+    assert!((31..=32).contains(&pooled(dir.path())), "{} files kept", pooled(dir.path()));
+    wal.close().unwrap();
+
+    // 16 MiB segments: 32 MiB keeps two of them (the lower bound); a third doomed one is deleted.
+    let dir = tempfile::tempdir().unwrap();
+    let big = Config { max_segment_size: 16 << 20, ..Config::default() };
+    let wal = Wal::open(dir.path(), big.clone()).unwrap();
+    let record = vec![7u8; 1 << 20];
+    let last = (0..60).map(|_| wal.append(&record, Kind::Logs).unwrap()).last().unwrap();
+    assert!(numbered(dir.path()).len() >= 4);
+    process_all(&wal, last);
+    assert!((1..=2).contains(&pooled(dir.path())), "{} files kept", pooled(dir.path()));
+    wal.close().unwrap();
 }
 
 /// The last record of a sealed recycled segment, and where it starts.

@@ -105,7 +105,7 @@ impl Inner {
         // A recycled file is worth a checkpoint: when few are kept but processed
         // segments wait for the once-a-second checkpoint, write it now (at most
         // every RECYCLE_CHECKPOINT_GAP), so their files are kept and reused.
-        if lock(&self.segments.pool).len() < RECYCLE_POOL / 2
+        if lock(&self.segments.pool).len() < self.recycle_pool_cap() / 2
             && lock(&self.marks.checkpoint_lock).elapsed() >= RECYCLE_CHECKPOINT_GAP
             && self.processed_segments_waiting()
         {
@@ -232,6 +232,15 @@ impl Inner {
         Ok(())
     }
 
+    /// How many processed segments' files the pool keeps: `RECYCLE_POOL_BYTES`
+    /// of segment size (32 at the default 1 MiB; 2 from 16 MiB up, where
+    /// segments are sealed seldom), so at most 64 MiB of disk, or four
+    /// segments' worth for larger segments (a kept file is up to twice the size).
+    pub(super) fn recycle_pool_cap(&self) -> usize {
+        let files = RECYCLE_POOL_BYTES / self.cfg.max_segment_size.max(1);
+        files.clamp(*RECYCLE_POOL_FILES.start(), *RECYCLE_POOL_FILES.end()) as usize
+    }
+
     /// Keeps a processed segment's file for reuse as a spare, if the pool has
     /// room and the file qualifies: v2 (its records are salted, so they stay
     /// stale in the next use whatever happens to the header), and from half
@@ -242,7 +251,7 @@ impl Inner {
     /// processed segment recovery deletes). False: delete it instead.
     fn pool_file(&self, s: &SegmentInfo) -> bool {
         if !s.recyclable
-            || lock(&self.segments.pool).len() >= RECYCLE_POOL
+            || lock(&self.segments.pool).len() >= self.recycle_pool_cap()
             || self.closed.load(Acquire)
             || Instant::now() < *lock(&self.segments.recycle_paused_until)
         {

@@ -20,7 +20,7 @@
 //! way, on the ack path.
 //!
 //! Recycled spares. A checkpoint that dooms processed segments keeps up to
-//! `RECYCLE_POOL` of their files (v2, half to twice `max_segment_size` long,
+//! `recycle_pool_cap()` of their files (v2, half to twice `max_segment_size` long,
 //! no read in flight) under temp names instead of deleting them
 //! (`background.rs`). A spare is then made from one of them instead of from
 //! zeros, so its writes land in allocated blocks and cached pages:
