@@ -311,9 +311,10 @@ def test_segments_are_deleted_once_processed(wal_dir, open_wal):
     assert end["unprocessed_entries"] == 0
     assert end["unprocessed_bytes"] == 0
     assert end["total_segments"] <= 2, ("fully processed WAL keeps segments", end)
-    # Up to 8 processed segments' files (each at most twice the size) are kept for reuse
-    # as spares (format v2, recycling); close deletes them (checked below).
-    assert end["disk_usage_bytes"] <= (4 + 16) * SMALL_SEG + 16 * 1024, end
+    # Up to 32 processed segments' files (32 MiB of segment size, at most 32 files, each at
+    # most twice the size) are kept for reuse as spares (format v2, recycling); close deletes
+    # them (checked below).
+    assert end["disk_usage_bytes"] <= (4 + 64) * SMALL_SEG + 16 * 1024, end
     w.close()
     files = segment_files(wal_dir)
     assert len(files) <= 2, [p.name for p in files]
