@@ -202,8 +202,9 @@ def read_metadata(wal_dir: str) -> WalMetadata | None:
 def scan_segment(path: str, is_last: bool = False, above_id: int = 0) -> SegmentScan:
     """Read-only scan of one segment file, verifying every CRC."""
 
-def read_segment(path: str, offset: int, limit: int) -> tuple[list[Entry], int]:
-    """Read-only: up to `limit` valid entries from `offset`; returns (entries, next offset)."""
+def read_segment(path: str, offset: int, after_id: int, limit: int) -> tuple[list[Entry], int, int]:
+    """Read-only: up to `limit` valid entries from `offset` with ids above `after_id` (0 at the
+    start); returns (entries, next offset, next after_id) for the next page."""
 
 # --- OTLP → Arrow (rust/native/src/otlp.rs); the public face is signaldb.otlp ---
 

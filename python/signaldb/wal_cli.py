@@ -210,14 +210,11 @@ def cmd_dump(view: WalView, show_all: bool, limit: int | None, payload_mode: str
     for s in view.segments:
         offset, last_id = 0, 0
         while True:
-            entries, offset = _native.read_segment(str(s.path), offset, 1024)
+            # Each page goes on from the last one's id: ids increase, as recovery reads them.
+            entries, offset, last_id = _native.read_segment(str(s.path), offset, last_id, 1024)
             if not entries:
                 break
             for e in entries:
-                # Each page restarts the id chain at its offset: keep ids increasing, as recovery does.
-                if e.id <= last_id:
-                    continue
-                last_id = e.id
                 done = e.id <= view.watermark or e.id in processed
                 if done and not show_all:
                     continue

@@ -74,14 +74,26 @@ pub fn scan_segment_file(path: &Path, is_last: bool, above_id: u64) -> io::Resul
     })
 }
 
-/// Up to `limit` valid entries of a segment from `offset`; returns them and
-/// the offset to continue from (damaged stretches are skipped).
-pub fn read_segment_entries(path: &Path, offset: u64, limit: usize) -> io::Result<(Vec<Entry>, u64)> {
+/// Where a paged read of one segment goes on: the offset to read from and the
+/// id of the last entry returned. A record counts only above the one before
+/// it (the id chain recovery follows), so a page must start from the
+/// previous page's last id, not from 0: otherwise a replayed copy of an
+/// earlier record right after the cut would be returned again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentCursor {
+    pub offset: u64,
+    pub after_id: u64,
+}
+
+/// Up to `limit` valid entries of a segment from `from` (`SegmentCursor::default()`:
+/// the start); returns them and the cursor to continue from (damaged
+/// stretches are skipped). Pages read this way give exactly one read's entries.
+pub fn read_segment_entries(path: &Path, from: SegmentCursor, limit: usize) -> io::Result<(Vec<Entry>, SegmentCursor)> {
     let len = std::fs::metadata(path)?.len();
     let header = read_header(path)?;
     let (data_start, rules) = rules_of(path, header, true, len as usize);
-    let start = offset.max(data_start as u64);
-    let mut reader = SegmentReader::open(path, start, len, 0)?;
+    let start = from.offset.max(data_start as u64);
+    let mut reader = SegmentReader::open(path, start, len, from.after_id)?;
     reader.set_rules(Rules {
         salts: rules.salts,
         tail: if rules.tail == crate::scan::Tail::Zeros { rules.tail } else { crate::scan::Tail::Stale },
@@ -99,5 +111,5 @@ pub fn read_segment_entries(path: &Path, offset: u64, limit: usize) -> io::Resul
             }),
         }
     }
-    Ok((out, reader.position()))
+    Ok((out, SegmentCursor { offset: reader.position(), after_id: reader.prev_id() }))
 }

@@ -155,7 +155,9 @@ fn quarantine(dir: &Path, seg_name: &str, image: &[u8], d: &Damage) -> Option<Pa
     let attempt = || -> io::Result<()> {
         fsutil::ensure_dir(&qdir)?;
         if !path.exists() {
-            fsutil::write_atomic(&path, &image[d.offset..d.offset + d.len])?;
+            // A range past the end of the file (a truncated segment, see `scan`) has no bytes left.
+            let end = (d.offset + d.len).min(image.len());
+            fsutil::write_atomic(&path, &image[d.offset.min(end)..end])?;
         }
         Ok(())
     };

@@ -32,6 +32,7 @@
 //! | non-zero, no valid record after                    | `Stale`, last | torn tail `[p, p + that record's length)` (at least a header) |
 //! | non-zero, no valid record after                    | `Stale`, not last | corruption, same range |
 //! | anything before `e`, the end the next segment's header gives | `KnownEnd(e)` | as `Zeros` on `[start, e)` (not last); zeros before `e` = corruption `[p, e)`; bytes after `e` are stale, not looked at |
+//! | the end of the file, at a record boundary before `e` | `KnownEnd(e)` | corruption `[file length, e)` (truncated: records lost, no bytes left to copy) |
 
 use crate::format::{decode_record_header, header_is_plausible, record_crc_matches, RecordHeader, RECORD_HEADER_LEN};
 
@@ -154,6 +155,7 @@ pub fn scan_records_with(
     mut on_record: impl FnMut(&RecordHeader, usize),
 ) -> RecordScan {
     // A known end: the records are checked up to it, the stale rest is not looked at.
+    let file_len = buf.len();
     let buf = match rules.tail {
         Tail::KnownEnd(e) => &buf[..e.clamp(start.min(buf.len()), buf.len())],
         _ => buf,
@@ -206,6 +208,14 @@ pub fn scan_records_with(
                 scan.damages.push(Damage { kind, offset: pos, len });
                 break;
             }
+        }
+    }
+    if let Tail::KnownEnd(e) = rules.tail {
+        // The file ends, at a record boundary, before the end the next segment's
+        // header gives (a truncation): the records that were there are lost, not
+        // absent. Nothing of them is left to copy (found by fuzzing).
+        if pos >= buf.len() && e > file_len {
+            scan.damages.push(Damage { kind: DamageKind::Corrupt, offset: file_len, len: e - file_len });
         }
     }
     scan

@@ -180,7 +180,14 @@ fn last_record_of_sealed_recycled(dir: &Path) -> (PathBuf, u64, u64) {
 
 #[test]
 fn damage_to_the_last_record_of_a_sealed_recycled_segment_is_corruption() {
-    for zero in [false, true] {
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Damage {
+        Flip,
+        Zero,
+        /// The file cut where the last record starts: a clean record boundary.
+        Truncate,
+    }
+    for damage in [Damage::Flip, Damage::Zero, Damage::Truncate] {
         let dir = tempfile::tempdir().unwrap();
         let mut k = 0;
         let wal = Wal::open(dir.path(), cfg()).unwrap();
@@ -195,23 +202,29 @@ fn damage_to_the_last_record_of_a_sealed_recycled_segment_is_corruption() {
         wal.close().unwrap();
         let (path, last_id, data_end) = last_record_of_sealed_recycled(dir.path());
         let mut bytes = fs::read(&path).unwrap();
-        if zero {
-            // Reads like a clean end of data: the next segment's header says where the data really ends.
-            let len = payload(0).len().max(1);
-            let from = data_end as usize - RECORD_HEADER_LEN - 50.min(len);
-            bytes[from..data_end as usize].fill(0);
-        } else {
-            bytes[data_end as usize - 5] ^= 0x20;
+        match damage {
+            Damage::Zero => {
+                // Reads like a clean end of data: the next segment's header says where the data really ends.
+                let len = payload(0).len().max(1);
+                let from = data_end as usize - RECORD_HEADER_LEN - 50.min(len);
+                bytes[from..data_end as usize].fill(0);
+            }
+            Damage::Flip => bytes[data_end as usize - 5] ^= 0x20,
+            Damage::Truncate => {
+                // Ends like a segment whose records stop there; the next header says they went on.
+                let (_, last) = expected.iter().find(|(id, _)| *id == last_id).unwrap();
+                bytes.truncate(data_end as usize - RECORD_HEADER_LEN - last.len());
+            }
         }
         fs::write(&path, &bytes).unwrap();
         let wal = Wal::open(dir.path(), cfg()).unwrap();
         let st = wal.stats();
-        assert!(st.corrupt_entries >= 1, "damage went unnoticed (zeroed: {zero})");
+        assert!(st.corrupt_entries >= 1, "damage went unnoticed ({damage:?})");
         assert_eq!(st.torn_tails_truncated, 0);
         let got = entries(&wal);
         assert!(!got.iter().any(|(id, _)| *id == last_id));
         let want: Vec<_> = expected.iter().filter(|(id, _)| *id != last_id).cloned().collect();
-        if !zero {
+        if damage != Damage::Zero {
             assert_eq!(got, want);
         }
         assert!(fs::read_dir(dir.path().join("quarantine")).unwrap().count() >= 1);
