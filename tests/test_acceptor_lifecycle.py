@@ -154,6 +154,8 @@ def test_health_endpoints(recorder, acceptor_factory):
         "signaldb_wal_segments",
         "signaldb_wal_disk_usage_bytes",
         "signaldb_wal_corrupt_entries_total",
+        "signaldb_wal_checkpoints_refused_total",
+        "signaldb_wal_recycle_failures_total",
         "signaldb_receiver_accepted_spans_total",
         "signaldb_receiver_refused_spans_total",
         "signaldb_receiver_accepted_log_records_total",

@@ -167,6 +167,16 @@ class WalCollector(Collector):
             "Segments started in a processed segment's file (recycled) instead of a new file.",
             s.segments_recycled,
         )
+        yield counter(
+            "signaldb_wal_recycle_failures",
+            "Processed segments' files that could not be kept or reused (deleted; a fresh segment made instead).",
+            s.recycle_failures,
+        )
+        yield counter(
+            "signaldb_wal_checkpoints_refused",
+            "Checkpoints (metadata.json) refused as unusable at open: every entry was replayed.",
+            s.checkpoints_refused,
+        )
         hist = HistogramMetricFamily(
             "signaldb_wal_fsync_duration_seconds", "Time each WAL fsync/fdatasync took.", labels=labels
         )

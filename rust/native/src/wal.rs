@@ -301,6 +301,10 @@ wal_stats! {
     segments_deleted: u64 = |s| s.segments_deleted;
     /// Segments started in a processed segment's file (recycled) instead of a new one.
     segments_recycled: u64 = |s| s.segments_recycled;
+    /// Processed segments' files that could not be kept or reused (deleted; a fresh segment made instead).
+    recycle_failures: u64 = |s| s.recycle_failures;
+    /// 1 when this open refused `metadata.json` as unusable (every entry replayed), else 0.
+    checkpoints_refused: u64 = |s| s.checkpoints_refused;
     /// `metadata.json` checkpoints written since open.
     metadata_writes: u64 = |s| s.metadata_writes;
     /// Append time (ns since the epoch) of the oldest unprocessed entry, or None.

@@ -131,7 +131,7 @@ pub fn read_header(path: &Path) -> io::Result<HeaderState> {
 
 /// Loads the checkpoint; a damaged one is reported and replaced by defaults
 /// (every entry is then replayed: at-least-once, never lost).
-fn load_metadata(dir: &Path) -> Result<(Metadata, bool)> {
+fn load_metadata(dir: &Path, stats: &Stats) -> Result<(Metadata, bool)> {
     match metadata::load(dir) {
         Ok(Some(m)) => Ok((m, true)),
         Ok(None) => Ok((Metadata::default(), false)),
@@ -142,6 +142,7 @@ fn load_metadata(dir: &Path) -> Result<(Metadata, bool)> {
                 "WAL metadata {} is unusable ({why}); replaying every entry in the segments",
                 file.display()
             );
+            stats.checkpoints_refused.fetch_add(1, Relaxed);
             Ok((Metadata::default(), false))
         }
         Err(metadata::LoadError::Io(e)) => Err(WalError::io(format!("reading {}", dir.display()), e)),
@@ -451,7 +452,7 @@ fn all_zero_file(path: &Path) -> io::Result<bool> {
 /// Recovers `dir` (which exists and is locked by the caller).
 pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recovered> {
     let seg_dir = dir.join(SEGMENTS_DIR);
-    let (mut meta, metadata_found) = load_metadata(dir)?;
+    let (mut meta, metadata_found) = load_metadata(dir, stats)?;
     // New ids start above every processed mark, even one a checkpoint put at or
     // beyond its own reservation: an entry must never be born processed.
     let highest_mark = meta.processed_ids.iter().copied().max().unwrap_or(0).max(meta.processed_watermark);

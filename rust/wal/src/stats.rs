@@ -25,6 +25,12 @@ pub struct Stats {
     pub segments_deleted: AtomicU64,
     /// Segments made from a processed segment's file (recycled) rather than a fresh one.
     pub segments_recycled: AtomicU64,
+    /// Processed segments' files that could not be kept or reused (a rename,
+    /// write or fdatasync failed): deleted instead, and a fresh spare made.
+    pub recycle_failures: AtomicU64,
+    /// Checkpoints (`metadata.json`) refused at open as unusable: every
+    /// entry in the segments was then replayed (at-least-once).
+    pub checkpoints_refused: AtomicU64,
     pub metadata_writes: AtomicU64,
     /// Unix nanoseconds of the last successful fsync of entries; 0 = never.
     pub last_flush_unix_nanos: AtomicU64,

@@ -275,6 +275,8 @@ fn a_failing_recycle_step_falls_back_to_a_fresh_spare() {
         let expected = churn(&wal, 8, 40, &mut k);
         assert!(wal.poisoned().is_none(), "a failed recycle step is no reason to stop");
         assert!(faults.hits(FaultPoint::SegmentRecycle) > skip);
+        // Each failed step is counted (and logged), for the operator.
+        assert!(wal.stats().recycle_failures >= 1, "{:?}", wal.stats());
         assert_eq!(entries(&wal), expected);
         wal.close().unwrap();
         let wal = Wal::open(dir.path(), cfg()).unwrap();

@@ -265,7 +265,8 @@ impl Inner {
         let pooled = self.seg_dir.join(format!("{RECYCLE_PREFIX}{}-{n}.wal", std::process::id()));
         let moved = self.fault_err(FaultPoint::SegmentRecycle).and_then(|_| fsutil::rename_noreplace(&s.path, &pooled));
         if let Err(e) = moved {
-            log::debug!("WAL could not keep processed segment {} for reuse ({e}); deleting it", s.name());
+            log::warn!("WAL could not keep processed segment {} for reuse ({e}); deleting it", s.name());
+            self.stats.recycle_failures.fetch_add(1, Relaxed);
             return false;
         }
         log::debug!("WAL keeps processed segment {} for reuse as a spare", s.name());

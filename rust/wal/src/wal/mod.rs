@@ -122,6 +122,8 @@ pub struct WalStats {
     pub segments_deleted: u64,
     /// Segments made from a processed segment's file (Rust-level counter; not in the Python stats).
     pub segments_recycled: u64,
+    pub recycle_failures: u64,
+    pub checkpoints_refused: u64,
     pub metadata_writes: u64,
     pub oldest_unprocessed_timestamp_ns: Option<i64>,
     pub poisoned: Option<String>,

@@ -162,6 +162,8 @@ impl Inner {
             segments_created: s.segments_created.load(Relaxed),
             segments_deleted: s.segments_deleted.load(Relaxed),
             segments_recycled: s.segments_recycled.load(Relaxed),
+            recycle_failures: s.recycle_failures.load(Relaxed),
+            checkpoints_refused: s.checkpoints_refused.load(Relaxed),
             metadata_writes: s.metadata_writes.load(Relaxed),
             oldest_unprocessed_timestamp_ns: if unprocessed > 0 { self.oldest_unprocessed_timestamp() } else { None },
             poisoned: lock(&self.commit.state).poisoned.clone(),

@@ -189,6 +189,7 @@ impl Inner {
             Ok(file) => file,
             Err(e) => {
                 log::warn!("WAL could not reuse a processed segment's file as segment {index} ({e}); deleting it");
+                self.stats.recycle_failures.fetch_add(1, Relaxed);
                 let _ = std::fs::remove_file(&pooled);
                 return Ok(None);
             }
