@@ -90,6 +90,7 @@ CASES: dict[str, Case] = {
         f"3. batches of {BATCH_SIZE} x 200 B, one durable commit per batch",
         (
             ("ours", f"signaldb Wal.append_batch({BATCH_SIZE})"),
+            ("ours_consumed", f"signaldb Wal.append_batch({BATCH_SIZE}), marked processed as it goes"),
             ("ours_seg64", f"signaldb Wal.append_batch({BATCH_SIZE}), 64 MiB segments (info)"),
             ("rocksdb", f"RocksDB WriteBatch({BATCH_SIZE}), sync=True"),
             ("sqlite", f"SQLite WAL FULL, one transaction of {BATCH_SIZE} rows"),
@@ -99,11 +100,13 @@ CASES: dict[str, Case] = {
         (
             ("ours", 1),
             ("rocksdb", 1),
+            ("ours_consumed", 1),
             ("sqlite", 1),
             ("naive", 1),
             ("raw", 1),
             ("ours_seg64", 1),
             ("rocksdb", 2),
+            ("ours_consumed", 2),
             ("ours", 2),
         ),
     ),
