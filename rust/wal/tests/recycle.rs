@@ -154,7 +154,7 @@ fn the_pool_keeps_32_mib_of_segment_size_in_2_to_32_files() {
     // 16 MiB segments: 32 MiB keeps two of them (the lower bound); a third doomed one is deleted.
     let dir = tempfile::tempdir().unwrap();
     let big = Config { max_segment_size: 16 << 20, ..Config::default() };
-    let wal = Wal::open(dir.path(), big.clone()).unwrap();
+    let wal = Wal::open(dir.path(), big).unwrap();
     let record = vec![7u8; 1 << 20];
     let last = (0..60).map(|_| wal.append(&record, Kind::Logs).unwrap()).last().unwrap();
     assert!(numbered(dir.path()).len() >= 4);

@@ -120,9 +120,11 @@ pub struct WalStats {
     pub fsync_histogram: stats::FsyncHistogram,
     pub segments_created: u64,
     pub segments_deleted: u64,
-    /// Segments made from a processed segment's file (Rust-level counter; not in the Python stats).
+    /// Segments made from a processed segment's file.
     pub segments_recycled: u64,
+    /// Processed segments' files that could not be kept or reused (deleted instead).
     pub recycle_failures: u64,
+    /// `metadata.json` refused at open as unusable (every entry replayed).
     pub checkpoints_refused: u64,
     pub metadata_writes: u64,
     pub oldest_unprocessed_timestamp_ns: Option<i64>,
