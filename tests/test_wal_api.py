@@ -914,3 +914,45 @@ def test_cli_leaves_the_spare_out_of_a_live_wal(tmp_path, capsys) -> None:
         assert wal_cli.cmd_verify(view, as_json=False) == wal_cli.EXIT_OK
         wal_cli.cmd_inspect(view, as_json=False)
         assert "spare (next segment, made ahead): 000002.wal" in capsys.readouterr().out
+
+
+def test_cli_dump_shows_what_the_wal_replays_from_a_sealed_recycled_segment(wal_dir, open_wal, capsys) -> None:
+    """`signaldb-wal dump` reads a sealed recycled segment as recovery does: up to the end the
+    next segment's header gives, not up to its first zero record header. A record header
+    zeroed in the middle (a lost write-back) is corruption there, and the records after it
+    are still entries: dump shows them, and the WAL replays them."""
+    from signaldb import wal_cli
+
+    w = open_wal(wal_dir, max_segment_size=SMALL_SEG)
+    for b in range(300):
+        new = w.append_batch([tagged_payload(f"d{b}.{i}", 100) for i in range(10)], kind="logs")
+        if b < 270:
+            w.mark_processed(new)
+        if b % 10 == 9:
+            w.checkpoint()  # processed segments go to the pool; the next spares come from it
+    assert w.stats()["segments_recycled"] > 0
+    w.close()
+    files = segment_files(wal_dir)
+    sealed_recycled = [
+        (p, seg)
+        for p, seg in ((p, parse_segment_file(p)) for p in files[:-1])
+        if seg.flags & 1 and len(seg.records) >= 4
+    ]
+    assert sealed_recycled, "no sealed recycled segment with records to damage"
+    path, seg = sealed_recycled[-1]
+    hole = seg.records[1]  # its header zeroed: a terminator, as far as the bytes go
+    data = bytearray(path.read_bytes())
+    data[hole.offset : hole.offset + 28] = bytes(28)
+    path.write_bytes(bytes(data))
+    after_hole = [r.id for r in seg.records[2:]]
+
+    view = wal_cli.load_view(wal_dir)
+    capsys.readouterr()
+    assert wal_cli.cmd_dump(view, show_all=False, limit=None, payload_mode="none", width=0) == wal_cli.EXIT_OK
+    dumped = [int(line.split("\t")[0]) for line in capsys.readouterr().out.splitlines()]
+    assert set(after_hole) <= set(dumped), f"dump hides entries after the zeroed header: {after_hole}"
+
+    snap = read_all(wal_dir, max_segment_size=SMALL_SEG)
+    assert snap.stats["corrupt_entries"] >= 1, snap.stats
+    assert set(after_hole) <= set(snap.ids)
+    assert dumped == [i for i in snap.ids if i != hole.id], "dump shows what the WAL replays, but the lost one"

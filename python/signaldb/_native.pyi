@@ -206,9 +206,12 @@ def read_metadata(wal_dir: str) -> WalMetadata | None:
 def scan_segment(path: str, is_last: bool = False, above_id: int = 0) -> SegmentScan:
     """Read-only scan of one segment file, verifying every CRC."""
 
-def read_segment(path: str, offset: int, after_id: int, limit: int) -> tuple[list[Entry], int, int]:
+def read_segment(
+    path: str, offset: int, after_id: int, limit: int, is_last: bool = True
+) -> tuple[list[Entry], int, int]:
     """Read-only: up to `limit` valid entries from `offset` with ids above `after_id` (0 at the
-    start); returns (entries, next offset, next after_id) for the next page."""
+    start); returns (entries, next offset, next after_id) for the next page. `is_last`: no
+    segment follows (otherwise the next one's header may say where this one's data ends)."""
 
 # --- OTLP → Arrow (rust/native/src/otlp.rs); the public face is signaldb.otlp ---
 

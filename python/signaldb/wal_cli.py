@@ -207,11 +207,13 @@ def _payload_text(payload: bytes, mode: str, width: int) -> str:
 def cmd_dump(view: WalView, show_all: bool, limit: int | None, payload_mode: str, width: int) -> int:
     processed = set(view.metadata["processed_ids"]) if view.metadata else set()
     printed = 0
-    for s in view.segments:
+    for i, s in enumerate(view.segments):
         offset, last_id = 0, 0
+        # Not the last: the next segment's header may say where this one's data ends.
+        is_last = i == len(view.segments) - 1
         while True:
             # Each page goes on from the last one's id: ids increase, as recovery reads them.
-            entries, offset, last_id = _native.read_segment(str(s.path), offset, last_id, 1024)
+            entries, offset, last_id = _native.read_segment(str(s.path), offset, last_id, 1024, is_last)
             if not entries:
                 break
             for e in entries:

@@ -425,18 +425,21 @@ fn scan_segment<'py>(py: Python<'py>, path: PathBuf, is_last: bool, above_id: u6
 
 /// Read-only: up to `limit` valid entries of a segment file from `offset`,
 /// above `after_id` (the last id of the page before; 0 at the start).
-/// Returns them, the offset and the id to pass for the next page.
+/// Returns them, the offset and the id to pass for the next page. `is_last`:
+/// no segment follows (else the next one's header may bound this one's data).
 #[pyfunction]
+#[pyo3(signature = (path, offset, after_id, limit, is_last = true))]
 fn read_segment(
     py: Python<'_>,
     path: PathBuf,
     offset: u64,
     after_id: u64,
     limit: usize,
+    is_last: bool,
 ) -> PyResult<(Vec<Py<PyEntry>>, u64, u64)> {
     let from = inspect::SegmentCursor { offset, after_id };
     let (entries, next) = without_gil(py, || {
-        inspect::read_segment_entries(&path, from, limit)
+        inspect::read_segment_entries(&path, is_last, from, limit)
             .map_err(|e| EngineError::io(format!("reading {}", path.display()), e))
     })?;
     Ok((to_py_entries(py, entries)?, next.offset, next.after_id))

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::format::{decode_segment_header, parse_segment_file_name, segment_file_name, HeaderState};
 use crate::reader::{Entry, SegmentReader, Step};
 use crate::recovery::{read_header, scan_rules};
-use crate::scan::{scan_records_with, Damage, Rules};
+use crate::scan::{scan_records_with, Damage, Rules, Tail};
 
 /// What a segment holds, as scanned.
 #[derive(Clone, Debug)]
@@ -88,16 +88,25 @@ pub struct SegmentCursor {
 /// Up to `limit` valid entries of a segment from `from` (`SegmentCursor::default()`:
 /// the start); returns them and the cursor to continue from (damaged
 /// stretches are skipped). Pages read this way give exactly one read's entries.
-pub fn read_segment_entries(path: &Path, from: SegmentCursor, limit: usize) -> io::Result<(Vec<Entry>, SegmentCursor)> {
+/// `is_last`: no segment follows. Otherwise the next segment's header may
+/// give where this one's data ends (a sealed recycled segment): the records
+/// are read up to there, as recovery reads them, not up to a terminator.
+pub fn read_segment_entries(
+    path: &Path,
+    is_last: bool,
+    from: SegmentCursor,
+    limit: usize,
+) -> io::Result<(Vec<Entry>, SegmentCursor)> {
     let len = std::fs::metadata(path)?.len();
     let header = read_header(path)?;
-    let (data_start, rules) = rules_of(path, header, true, len as usize);
+    let (data_start, rules) = rules_of(path, header, is_last, len as usize);
+    let end = match rules.tail {
+        Tail::KnownEnd(e) => len.min(e as u64),
+        Tail::Zeros | Tail::Stale => len,
+    };
     let start = from.offset.max(data_start as u64);
-    let mut reader = SegmentReader::open(path, start, len, from.after_id)?;
-    reader.set_rules(Rules {
-        salts: rules.salts,
-        tail: if rules.tail == crate::scan::Tail::Zeros { rules.tail } else { crate::scan::Tail::Stale },
-    });
+    let mut reader = SegmentReader::open(path, start, end, from.after_id)?;
+    reader.set_rules(rules);
     let mut out = Vec::new();
     while out.len() < limit {
         match reader.next_step()? {

@@ -119,8 +119,9 @@ pub const B5: usize = 4;
 pub const B6: usize = 5;
 pub const B8: usize = 6;
 pub const B9: usize = 7;
+pub const B10: usize = 8;
 
-pub const BUGS: [Bug; 8] = [
+pub const BUGS: [Bug; 9] = [
     Bug {
         name: "B1",
         open: false, // fixed in 34be8b9 ("reader finds records after a zeroed hole")
@@ -175,9 +176,16 @@ pub const BUGS: [Bug; 8] = [
                (Tail::KnownEnd past the end of the file): the scan ended cleanly at the cut, so the records \
                lost with the cut were not counted or logged as corruption",
     },
+    Bug {
+        name: "B10",
+        open: false, // fixed: read_segment_entries takes is_last and bounds a sealed recycled segment by KnownEnd
+        what: "inspect.rs read_segment_entries (signaldb-wal dump) read every segment as the last one, so a \
+               sealed RECYCLED segment ended at its first zero record header (Tail::Stale) where recovery reads \
+               on to the end its successor's header gives: dump hid entries the WAL replays",
+    },
 ];
 
-static BUG_HITS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static BUG_HITS: [AtomicU64; 9] = [const { AtomicU64::new(0) }; 9];
 
 thread_local! {
     /// Set while a committed reproducer of an open bug is replayed: it must show the bug.
@@ -584,7 +592,8 @@ pub fn check_inspect_at(image: &[u8], index: u64, origin: Option<&Origin>, pagin
     let scanned =
         if prev == 0 { by_header.clone() } else { checked_scan_rules(image, start, 0, true, rules, origin).0 };
     let want: Vec<Rec> = scanned.iter().map(|r| r.1.clone()).collect();
-    let (got, next) = read_segment_entries(&path, SegmentCursor::default(), usize::MAX).expect("read_segment_entries");
+    let (got, next) =
+        read_segment_entries(&path, true, SegmentCursor::default(), usize::MAX).expect("read_segment_entries");
     assert!(next.offset <= image.len().max(start) as u64);
     let got: Vec<Rec> = got.into_iter().map(rec_of).collect();
     let mut last = 0;
@@ -615,7 +624,7 @@ pub fn check_inspect_at(image: &[u8], index: u64, origin: Option<&Origin>, pagin
         for k in 0..image.len() / RECORD_HEADER_LEN + 2 {
             // A few small pages, then the rest at once (a bounded cost per input).
             let size = if k < 8 { paging } else { usize::MAX };
-            let (page, next) = read_segment_entries(&path, cursor, size).expect("read_segment_entries page");
+            let (page, next) = read_segment_entries(&path, true, cursor, size).expect("read_segment_entries page");
             let page: Vec<Rec> = page.into_iter().map(rec_of).collect();
             let slice: Vec<Rec> = got.iter().skip(paged.len()).take(size).cloned().collect();
             assert!(
@@ -1611,12 +1620,12 @@ fn fuzz_corpus_replay() {
             files.sort();
             for path in files {
                 let data = fs::read(&path).unwrap();
-                // Reproducers of bugs found since the BUGS list (b8-*, b9-*) replay strictly.
+                // Reproducers of bugs found since the BUGS list (b8-*, b9-*, b10-*) replay strictly.
                 let open_bug = sub == "regressions"
                     && path
                         .file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("b8-") || n.starts_with("b9-"));
+                        .is_some_and(|n| n.starts_with("b8-") || n.starts_with("b9-") || n.starts_with("b10-"));
                 FORCE_STRICT.with(|f| f.set(open_bug));
                 let r = std::panic::catch_unwind(|| f(&data, with_wal));
                 FORCE_STRICT.with(|f| f.set(false));
@@ -1689,7 +1698,8 @@ fn b1_zeroed_record_header_does_not_end_the_segment() {
     image[second..second + RECORD_HEADER_LEN].fill(0); // a zeroed hole where record 2's header was
     let dir = wal_dir_with(&image, None);
     let (entries, _) =
-        read_segment_entries(&dir.path().join("segments/000001.wal"), SegmentCursor::default(), usize::MAX).unwrap();
+        read_segment_entries(&dir.path().join("segments/000001.wal"), true, SegmentCursor::default(), usize::MAX)
+            .unwrap();
     assert_eq!(entries.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 3], "read_segment_entries");
     let wal = Wal::open(dir.path(), fuzz_config()).unwrap();
     assert_eq!(ids(&read_all(&wal)), [1, 3], "read_unprocessed");
@@ -1705,11 +1715,11 @@ fn b2_paged_read_segment_entries_never_goes_back() {
     }
     let dir = wal_dir_with(&image, None);
     let path = dir.path().join("segments/000001.wal");
-    let (all, _) = read_segment_entries(&path, SegmentCursor::default(), usize::MAX).unwrap();
+    let (all, _) = read_segment_entries(&path, true, SegmentCursor::default(), usize::MAX).unwrap();
     assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
-    let (page1, next) = read_segment_entries(&path, SegmentCursor::default(), 2).unwrap();
+    let (page1, next) = read_segment_entries(&path, true, SegmentCursor::default(), 2).unwrap();
     assert_eq!(next.after_id, 2);
-    let (page2, _) = read_segment_entries(&path, next, 2).unwrap();
+    let (page2, _) = read_segment_entries(&path, true, next, 2).unwrap();
     let paged: Vec<u64> = page1.iter().chain(&page2).map(|e| e.id).collect();
     assert_eq!(paged, [1, 2, 3], "pages of 2 (before the fix: [1, 2, 2, 3])");
 }
@@ -1994,9 +2004,30 @@ fn check_dir_open(
 
     let (b8_zero_before_end, b8_known_end) = b8_prone(segs, images);
     let files_before = seg_files(&seg_dir);
+    // What `signaldb-wal dump` shows, read before the open changes anything.
+    let dumped: Vec<Rec> = segs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            let path = seg_dir.join(segment_file_name(s.index));
+            let is_last = i == segs.len() - 1;
+            let (entries, _) = read_segment_entries(&path, is_last, SegmentCursor::default(), usize::MAX)
+                .expect("read_segment_entries");
+            entries.into_iter().map(rec_of)
+        })
+        .collect();
     let wal = Wal::open(dir.path(), fuzz_config())
         .unwrap_or_else(|e| panic!("Wal::open failed on a directory of v1/v2 segments with damage: {e}"));
     let got = read_all(&wal);
+    // The dump tool reads each segment by the rules recovery uses: it never hides an entry the WAL replays.
+    for r in &got {
+        assert!(
+            dumped.contains(r),
+            "read_unprocessed returns entry {} that dump does not show (dump shows ids {:?})",
+            r.id,
+            ids(&dumped)
+        );
+    }
     let origin = Origin { records, image: live, salts: [0, 0] };
     let mut last = 0;
     let mut embedded = false;
