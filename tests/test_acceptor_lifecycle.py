@@ -43,7 +43,9 @@ def test_sigkill_then_restart_replays_everything_acknowledged(acceptor_factory, 
         recorder.shutdown()
 
 
-def test_sigterm_under_load_exits_cleanly_and_keeps_every_ack(recorder, acceptor_factory):
+def test_sigterm_under_load_with_no_writer_says_keep_the_volume_and_keeps_every_ack(recorder, acceptor_factory):
+    """No writer listens: the stop gives up forwarding after a short stall, exits with status 3
+    (its WAL holds acknowledged entries: keep the volume), and the next start forwards them."""
     port = free_port()
     env = {"ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{port}", "ACCEPTOR_SHUTDOWN_TIMEOUT_SECS": "10"}
     acceptor = acceptor_factory(env)
@@ -72,9 +74,12 @@ def test_sigterm_under_load_exits_cleanly_and_keeps_every_ack(recorder, acceptor
     stop.set()
     for t in threads:
         t.join(10)
-    assert code == 0 and took < 12, (code, took)
+    assert code == 3 and took < 12, (code, took)
     assert len(acked) > 20
-    assert any(line.get("msg") == "stopped" for line in acceptor.log_lines())
+    lines = acceptor.log_lines()
+    stopped = [line for line in lines if line.get("msg") == "stopped"]
+    assert stopped and stopped[0]["unprocessed_entries"] > 0, stopped
+    assert any(line.get("msg", "").startswith("stopped with entries not forwarded; keep this volume") for line in lines)
 
     late = FlightRecorder(port=port)
     try:
@@ -82,6 +87,22 @@ def test_sigterm_under_load_exits_cleanly_and_keeps_every_ack(recorder, acceptor
         late.wait_for(lambda: {r["name"] for r in late.rows("traces")} >= set(acked), timeout=60)
     finally:
         late.shutdown()
+
+
+def test_sigterm_forwards_what_the_wal_holds_then_exits_0(recorder, acceptor_factory):
+    """A stop (a scale-down, `signaldb run` ending) first passes on what the WAL holds while the
+    writer takes it, so the volume it leaves is empty: exit status 0, nothing left behind."""
+    recorder.ack_delay = 0.2  # a slow writer: the WAL still holds most entries at the SIGTERM
+    acceptor = acceptor_factory({"ACCEPTOR_WRITER_ENDPOINTS": recorder.url, "ACCEPTOR_FORWARD_BATCH_ENTRIES": "4"})
+    names = set()
+    for i in range(40):
+        assert post(acceptor, "/v1/traces", trace_request(1, f"d{i}"))[0] == 200
+        names.add(f"d{i}-0")
+    assert acceptor.health()["wal"]["unprocessed_entries"] > 0, "forwarded before the stop: the test shows nothing"
+    assert acceptor.stop(signal.SIGTERM, timeout=30) == 0
+    assert {r["name"] for r in recorder.rows("traces")} >= names
+    stopped = [line for line in acceptor.log_lines() if line.get("msg") == "stopped"]
+    assert stopped and stopped[0]["unprocessed_entries"] == 0, stopped
 
 
 def run_acceptor(args: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:

@@ -203,7 +203,8 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         # Order matters: the acceptor stops forwarding before the writer goes away.
-        self.acceptor.terminate(self.config.acceptor.shutdown_timeout_secs + 5)
+        if self.acceptor.terminate(self.config.acceptor.shutdown_timeout_secs + 5) == EXIT_UNDRAINED:
+            log.warning("the acceptor stopped with entries in its WAL; the next `signaldb run` forwards them")
         if self.writer.terminate(self.config.writer.shutdown_timeout_secs + 5) == EXIT_UNDRAINED:
             # Nothing is lost, but the data directory now holds the only copy: say so on the way out.
             log.warning("the writer stopped with entries in its WAL; the next `signaldb run` writes them")

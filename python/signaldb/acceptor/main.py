@@ -10,7 +10,7 @@ import sys
 from signaldb.acceptor import identity
 from signaldb.acceptor.service import AcceptorService
 from signaldb.config import Config, ConfigError, add_flags, load
-from signaldb.service.lifecycle import EXIT_FAILURE, run_main, wait_for_stop_signal
+from signaldb.service.lifecycle import EXIT_FAILURE, EXIT_UNDRAINED, run_main, wait_for_stop_signal
 from signaldb.service.logsetup import setup_logging
 from signaldb.service.statefiles import StartupFileError
 from signaldb.wal import WalError
@@ -63,7 +63,13 @@ async def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         log.info("stopping", extra={"signal": stop_signal.result()})
     for task in (stop_signal, fatal):
         task.cancel()
-    await service.stop()
+    left = await service.stop()
+    if code == 0 and left:
+        log.warning(
+            "stopped with entries not forwarded; keep this volume: the next start on it forwards them",
+            extra={"unprocessed_entries": left, "exit_status": EXIT_UNDRAINED},
+        )
+        code = EXIT_UNDRAINED
     return code
 
 

@@ -45,6 +45,11 @@ from signaldb.wal import Wal
 
 log = logging.getLogger(__name__)
 
+# While stopping, the forwarder goes on passing what the WAL holds to the writers: until it is
+# empty, or no entry went out for this long (writers down or refusing), within half the grace.
+DRAIN_STALL_SECS = 2.0
+DRAIN_POLL_SECS = 0.05
+
 
 def failover_secs(cfg: Config) -> float:
     """``acceptor.writer_failover_secs``, or 0 (never) without a catalog: only a catalog's commit
@@ -210,8 +215,10 @@ class AcceptorService:
             },
         )
 
-    async def stop(self) -> None:
-        """Graceful stop; bounded by ``acceptor.shutdown_timeout_secs`` overall."""
+    async def stop(self) -> int:
+        """Graceful stop; bounded by ``acceptor.shutdown_timeout_secs`` overall. Returns how many
+        entries the WAL still holds unforwarded (0: drained, its volume may go; otherwise the
+        next start on this volume forwards them)."""
         self.state = "stopping"
         grace = self.config.acceptor.shutdown_timeout_secs
         deadline = time.monotonic() + grace
@@ -223,16 +230,54 @@ class AcceptorService:
             stops.append(self.http.stop())
         await asyncio.gather(*stops, return_exceptions=True)
         if self.forwarder is not None:
+            if self.wal is not None and not self.wal.closed:
+                # Half of what is left of the grace: the rest is for the last round and the WAL.
+                await asyncio.to_thread(self._drain, time.monotonic() + (deadline - time.monotonic()) / 2)
             await asyncio.to_thread(self.forwarder.stop, max(0.1, deadline - time.monotonic()))
+        left = 0
         if self.wal is not None and not self.wal.closed:
             try:
                 await asyncio.to_thread(self.wal.flush)
             except Exception as err:  # a poisoned WAL cannot flush; closing still releases it
                 log.error("WAL flush at shutdown failed", extra={"error": str(err)})
+            left = self._unprocessed_at_close()
             await asyncio.to_thread(self.wal.close)
         await self.health.stop()
         self.state = "stopped"
-        log.info("stopped", extra={"took_secs": round(grace - (deadline - time.monotonic()), 3)})
+        took = round(grace - (deadline - time.monotonic()), 3)
+        log.info("stopped", extra={"took_secs": took, "unprocessed_entries": left})
+        return left
+
+    def _drain(self, until: float) -> None:
+        """Lets the forwarder pass on what the WAL holds before it stops (no new requests come
+        in now): returns once the WAL is empty, at ``until``, or when no entry went out for
+        ``DRAIN_STALL_SECS`` (writers down or refusing: waiting longer gains nothing)."""
+        assert self.wal is not None and self.forwarder is not None
+        started = best_at = time.monotonic()
+        best: int | None = None
+        while True:
+            left = self._unprocessed_at_close()
+            now = time.monotonic()
+            if left == 0:
+                return
+            if best is None or left < best:
+                best, best_at = left, now
+            if now >= until or now - best_at >= DRAIN_STALL_SECS:
+                log.info(
+                    "stopping with entries not forwarded yet",
+                    extra={"unprocessed_entries": left, "waited_secs": round(now - started, 3)},
+                )
+                return
+            self.forwarder.notify()
+            time.sleep(DRAIN_POLL_SECS)
+
+    def _unprocessed_at_close(self) -> int:
+        """Entries the WAL holds unforwarded; a WAL that cannot say (it failed) counts as holding one."""
+        assert self.wal is not None
+        try:
+            return self.wal.stats().unprocessed_entries
+        except Exception:
+            return 1
 
     async def reload(self, new: Config) -> None:
         """SIGHUP: applies what can change while running; logs the rest (docs/operations.md, Signals).
