@@ -33,7 +33,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// alive and unchanged while the GIL is released), a `bytearray` or
 /// `memoryview` is copied; anything else is a `TypeError` naming its type.
 fn payload_arg(obj: &Bound<'_, PyAny>) -> PyResult<PyBackedBytes> {
-    if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
+    // `bytes`, the common case, first: one type check and a reference, no copy.
+    if let Ok(bytes) = obj.cast::<PyBytes>() {
+        return Ok(PyBackedBytes::from(bytes.clone()));
+    }
+    if obj.is_instance_of::<PyByteArray>() {
         return obj.extract::<PyBackedBytes>().map_err(Into::into);
     }
     if obj.is_instance_of::<PyMemoryView>() {

@@ -141,6 +141,41 @@ pub fn encode_record(out: &mut Vec<u8>, id: u64, timestamp_ns: i64, kind: Kind, 
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Appends one framed record per payload to `out`, with ids from `first_id`:
+/// the bytes `encode_record` gives for each, with the CRCs computed three
+/// records at a time (`crc::crc32c_x3`).
+pub fn encode_records(out: &mut Vec<u8>, first_id: u64, timestamp_ns: i64, kind: Kind, payloads: &[&[u8]]) {
+    assert!(first_id != 0, "record ids start at 1");
+    let mut starts = Vec::with_capacity(payloads.len() + 1);
+    for (id, payload) in (first_id..).zip(payloads) {
+        assert!(payload.len() <= MAX_PAYLOAD_LEN, "payload length checked by the caller");
+        starts.push(out.len());
+        out.extend_from_slice(&[0u8; 4]); // crc, filled in below
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&timestamp_ns.to_le_bytes());
+        out.push(kind as u8);
+        out.extend_from_slice(&[0u8; 3]);
+        out.extend_from_slice(payload);
+    }
+    starts.push(out.len());
+    // Record j's CRC covers its bytes after the crc field.
+    let covered = |j: usize| starts[j] + 4..starts[j + 1];
+    let n = payloads.len();
+    let mut i = 0;
+    while i + 3 <= n {
+        let crcs = crate::crc::crc32c_x3(&out[covered(i)], &out[covered(i + 1)], &out[covered(i + 2)]);
+        for (j, crc) in (i..).zip(crcs) {
+            out[starts[j]..starts[j] + 4].copy_from_slice(&crc.to_le_bytes());
+        }
+        i += 3;
+    }
+    for j in i..n {
+        let crc = crc32c::crc32c(&out[covered(j)]);
+        out[starts[j]..starts[j] + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
 /// Decodes the 28 header bytes at the start of `buf` (which must hold them).
 pub fn decode_record_header(buf: &[u8]) -> RecordHeader {
     let u32_at = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().unwrap());
@@ -359,6 +394,25 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn encode_records_gives_the_bytes_of_encode_record_each(
+            payloads in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0..12),
+            first_id in 1u64..u64::MAX / 2,
+            ts in proptest::prelude::any::<i64>(),
+            prefix in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..9),
+        ) {
+            let slices: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+            let mut batch = prefix.clone();
+            encode_records(&mut batch, first_id, ts, Kind::Logs, &slices);
+            let mut one_by_one = prefix;
+            for (id, p) in (first_id..).zip(&slices) {
+                encode_record(&mut one_by_one, id, ts, Kind::Logs, p);
+            }
+            proptest::prop_assert_eq!(batch, one_by_one);
+        }
+    }
 
     #[test]
     fn record_round_trip() {

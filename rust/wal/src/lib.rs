@@ -23,6 +23,7 @@
 //! it; never retry a failed fsync (the WAL is poisoned instead); never trust a
 //! file's size over its checksums. `docs/wal-format.md` documents the bytes.
 
+mod crc;
 pub mod error;
 pub mod faults;
 pub mod format;

@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use crate::error::{is_out_of_space, Result, WalError};
 use crate::faults::{FaultAction, FaultPoint};
 use crate::format::{
-    encode_record, encode_record_header, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    encode_record_header, encode_records, Kind, MAX_ID, MAX_PAYLOAD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fsutil;
 use crate::metadata::{self, Metadata, SegmentMeta};
@@ -983,9 +983,7 @@ impl Inner {
         let bytes = (payload_bytes + payloads.len() * RECORD_HEADER_LEN) as u64;
         let data = if payload_bytes <= payloads.len() * ENCODE_MAX_AVG_PAYLOAD {
             let mut buf = Vec::with_capacity(bytes as usize);
-            for (id, payload) in (first..).zip(&payloads) {
-                encode_record(&mut buf, id, now, kind, payload);
-            }
+            encode_records(&mut buf, first, now, kind, &payloads);
             CallData::Encoded(buf)
         } else {
             let pieces = (first..).zip(&payloads).map(|(id, payload)| {
