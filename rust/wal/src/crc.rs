@@ -22,13 +22,14 @@ pub fn crc32c_x3(a: &[u8], b: &[u8], c: &[u8]) -> [u32; 3] {
 unsafe fn crc32c_x3_sse42(a: &[u8], b: &[u8], c: &[u8]) -> [u32; 3] {
     use std::arch::x86_64::_mm_crc32_u64;
     // The words all three have, interleaved; then each one's rest on its own.
-    let words = a.len().min(b.len()).min(c.len()) / 8;
-    let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i * 8..i * 8 + 8].try_into().unwrap());
+    let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap());
     let (mut x, mut y, mut z) = (u64::from(u32::MAX), u64::from(u32::MAX), u64::from(u32::MAX));
-    for i in 0..words {
-        x = _mm_crc32_u64(x, word(a, i));
-        y = _mm_crc32_u64(y, word(b, i));
-        z = _mm_crc32_u64(z, word(c, i));
+    let mut words = 0;
+    for ((wa, wb), wc) in a.chunks_exact(8).zip(b.chunks_exact(8)).zip(c.chunks_exact(8)) {
+        x = _mm_crc32_u64(x, word(wa));
+        y = _mm_crc32_u64(y, word(wb));
+        z = _mm_crc32_u64(z, word(wc));
+        words += 1;
     }
     let done = words * 8;
     // The register holds the CRC before its final inversion; `crc32c_append`
