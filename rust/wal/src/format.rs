@@ -126,37 +126,34 @@ pub fn encode_record_header(id: u64, timestamp_ns: i64, kind: Kind, payload: &[u
 
 /// Appends one framed record to `out`.
 pub fn encode_record(out: &mut Vec<u8>, id: u64, timestamp_ns: i64, kind: Kind, payload: &[u8]) {
-    assert!(payload.len() <= MAX_PAYLOAD_LEN, "payload length checked by the caller");
-    assert!(id != 0, "record ids start at 1");
     let start = out.len();
     out.reserve(RECORD_HEADER_LEN + payload.len());
-    out.extend_from_slice(&[0u8; 4]); // crc, filled in below
+    push_record_without_crc(out, id, timestamp_ns, kind, payload);
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends one record to `out` with its crc field zero (the caller fills it in).
+fn push_record_without_crc(out: &mut Vec<u8>, id: u64, timestamp_ns: i64, kind: Kind, payload: &[u8]) {
+    assert!(payload.len() <= MAX_PAYLOAD_LEN, "payload length checked by the caller");
+    assert!(id != 0, "record ids start at 1");
+    out.extend_from_slice(&[0u8; 4]);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&timestamp_ns.to_le_bytes());
     out.push(kind as u8);
     out.extend_from_slice(&[0u8; 3]);
     out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out[start + 4..]);
-    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Appends one framed record per payload to `out`, with ids from `first_id`:
 /// the bytes `encode_record` gives for each, with the CRCs computed three
 /// records at a time (`crc::crc32c_x3`).
 pub fn encode_records(out: &mut Vec<u8>, first_id: u64, timestamp_ns: i64, kind: Kind, payloads: &[&[u8]]) {
-    assert!(first_id != 0, "record ids start at 1");
     let mut starts = Vec::with_capacity(payloads.len() + 1);
     for (id, payload) in (first_id..).zip(payloads) {
-        assert!(payload.len() <= MAX_PAYLOAD_LEN, "payload length checked by the caller");
         starts.push(out.len());
-        out.extend_from_slice(&[0u8; 4]); // crc, filled in below
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&timestamp_ns.to_le_bytes());
-        out.push(kind as u8);
-        out.extend_from_slice(&[0u8; 3]);
-        out.extend_from_slice(payload);
+        push_record_without_crc(out, id, timestamp_ns, kind, payload);
     }
     starts.push(out.len());
     // Record j's CRC covers its bytes after the crc field.
