@@ -10,7 +10,7 @@ import sys
 from signaldb.acceptor import identity
 from signaldb.acceptor.service import AcceptorService
 from signaldb.config import Config, ConfigError, add_flags, load
-from signaldb.service.lifecycle import EXIT_FAILURE, EXIT_UNDRAINED, run_main, wait_for_stop_signal
+from signaldb.service.lifecycle import EXIT_FAILURE, exit_status_after_stop, run_main, wait_for_stop_signal
 from signaldb.service.logsetup import setup_logging
 from signaldb.service.statefiles import StartupFileError
 from signaldb.wal import WalError
@@ -64,13 +64,11 @@ async def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     for task in (stop_signal, fatal):
         task.cancel()
     left = await service.stop()
-    if code == 0 and left:
-        log.warning(
-            "stopped with entries not forwarded; keep this volume: the next start on it forwards them",
-            extra={"unprocessed_entries": left, "exit_status": EXIT_UNDRAINED},
-        )
-        code = EXIT_UNDRAINED
-    return code
+    if code != 0:
+        return code
+    return exit_status_after_stop(
+        left, "stopped with entries not forwarded; keep this volume: the next start on it forwards them"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

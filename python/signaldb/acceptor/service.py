@@ -38,6 +38,7 @@ from signaldb.service import reload as reloading
 from signaldb.service.connections import HEALTH_MAX_CONNECTIONS, LATE_FDS, HttpLimits, plan_caps, raise_nofile_limit
 from signaldb.service.dead_letters import DeadLetters
 from signaldb.service.health import HealthServer, wal_fields
+from signaldb.service.lifecycle import entries_left_at_stop
 from signaldb.service.logsetup import set_level
 from signaldb.service.security import read_pem_pair, server_ssl_context
 from signaldb.service.statefiles import check_regular_files
@@ -240,7 +241,7 @@ class AcceptorService:
                 await asyncio.to_thread(self.wal.flush)
             except Exception as err:  # a poisoned WAL cannot flush; closing still releases it
                 log.error("WAL flush at shutdown failed", extra={"error": str(err)})
-            left = self._unprocessed_at_close()
+            left = entries_left_at_stop(self.wal)
             await asyncio.to_thread(self.wal.close)
         await self.health.stop()
         self.state = "stopped"
@@ -256,7 +257,10 @@ class AcceptorService:
         started = best_at = time.monotonic()
         best: int | None = None
         while True:
-            left = self._unprocessed_at_close()
+            try:
+                left = self.wal.stats().unprocessed_entries
+            except Exception:  # a failed WAL: nothing more goes out of it (the stop says so at close)
+                return
             now = time.monotonic()
             if left == 0:
                 return
@@ -270,14 +274,6 @@ class AcceptorService:
                 return
             self.forwarder.notify()
             time.sleep(DRAIN_POLL_SECS)
-
-    def _unprocessed_at_close(self) -> int:
-        """Entries the WAL holds unforwarded; a WAL that cannot say (it failed) counts as holding one."""
-        assert self.wal is not None
-        try:
-            return self.wal.stats().unprocessed_entries
-        except Exception:
-            return 1
 
     async def reload(self, new: Config) -> None:
         """SIGHUP: applies what can change while running; logs the rest (docs/operations.md, Signals).

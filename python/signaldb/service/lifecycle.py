@@ -7,10 +7,13 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from signaldb.config import ConfigError
 from signaldb.service.memory import keep_large_buffers
+
+if TYPE_CHECKING:
+    from signaldb.wal import Wal
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +22,26 @@ EXIT_FAILURE = 1
 # Stopped in order, but the WAL still holds entries this service acknowledged and has not passed
 # on: its volume must be kept (the next start on it replays them), never deleted or replaced.
 EXIT_UNDRAINED = 3
+
+
+def entries_left_at_stop(wal: Wal) -> int:
+    """Entries ``wal`` still holds unprocessed as the service stops; a WAL that cannot say (it
+    failed) counts as holding one: its volume must be kept."""
+    try:
+        return wal.stats().unprocessed_entries
+    except Exception as err:
+        log.error("WAL state unknown at shutdown; keep its volume", extra={"error": str(err)})
+        return 1
+
+
+def exit_status_after_stop(entries_left: int, keep_volume_message: str) -> int:
+    """0 only when the WAL is drained: an operator (or a script scaling a service down) may
+    delete its volume only then. Otherwise EXIT_UNDRAINED, with ``keep_volume_message`` logged:
+    those entries were acknowledged upstream, and the next start on this volume passes them on."""
+    if entries_left == 0:
+        return 0
+    log.warning(keep_volume_message, extra={"unprocessed_entries": entries_left, "exit_status": EXIT_UNDRAINED})
+    return EXIT_UNDRAINED
 
 
 async def wait_for_stop_signal(on_reload: Callable[[], Awaitable[None]] | None = None) -> str:

@@ -15,7 +15,7 @@ import sys
 
 from signaldb.config import ConfigError, add_flags, load
 from signaldb.service import reload as reloading
-from signaldb.service.lifecycle import EXIT_FAILURE, EXIT_UNDRAINED, run_main, wait_for_stop_signal
+from signaldb.service.lifecycle import EXIT_FAILURE, exit_status_after_stop, run_main, wait_for_stop_signal
 from signaldb.service.logsetup import set_level, setup_logging
 from signaldb.service.statefiles import StartupFileError
 from signaldb.wal import WalError
@@ -70,20 +70,10 @@ async def _serve(args: argparse.Namespace, services: list[WriterService]) -> int
         return EXIT_FAILURE
     signame = await stop
     log.info("stopping", extra={"signal": signame})
-    return _exit_status(await service.stop())
-
-
-def _exit_status(unprocessed_entries: int) -> int:
-    """0 only when the WAL is drained: an operator (or a script scaling writers down) may delete
-    this volume only then. Otherwise its entries were acknowledged to acceptors, which no
-    longer hold them: the volume must be kept, and the next start on it writes them."""
-    if unprocessed_entries == 0:
-        return 0
-    log.warning(
-        "stopped with entries left in the WAL; keep this volume: the next start on it writes them",
-        extra={"unprocessed_entries": unprocessed_entries, "exit_status": EXIT_UNDRAINED},
+    # Entries left were acknowledged to acceptors, which no longer hold them.
+    return exit_status_after_stop(
+        await service.stop(), "stopped with entries left in the WAL; keep this volume: the next start on it writes them"
     )
-    return EXIT_UNDRAINED
 
 
 async def _reload(args: argparse.Namespace, service: WriterService) -> None:

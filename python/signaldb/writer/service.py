@@ -17,6 +17,7 @@ from typing import Any
 from signaldb.config import Config
 from signaldb.service.connections import raise_nofile_limit
 from signaldb.service.health import HealthServer, wal_fields
+from signaldb.service.lifecycle import entries_left_at_stop
 from signaldb.service.metrics import WalCollector, new_registry
 from signaldb.service.security import read_pem_pair
 from signaldb.service.statefiles import check_regular_files
@@ -172,21 +173,12 @@ class WriterService:
             clean = await loop.run_in_executor(None, self.sink.close, max(0.1, deadline - loop.time() - 0.5))
         left = 0
         if self.wal is not None:
-            left = self._unprocessed_at_close()
+            left = entries_left_at_stop(self.wal)
             await loop.run_in_executor(None, self.wal.close)
         if self.health is not None:
             await self.health.stop()
         log.info("stopped", extra={"clean": clean and left == 0, "unprocessed_entries": left})
         return left
-
-    def _unprocessed_at_close(self) -> int:
-        """Entries left in the WAL; a WAL that cannot say (it failed) counts as holding one."""
-        assert self.wal is not None
-        try:
-            return self.wal.stats().unprocessed_entries
-        except Exception as err:
-            log.error("WAL state unknown at shutdown; keep its volume", extra={"error": str(err)})
-            return 1
 
     async def _stop_flight(self, wait: float) -> None:
         """Stops taking batches: new calls are refused, running streams end (UNAVAILABLE) at their
