@@ -18,6 +18,7 @@ from conftest import (
     KIND_CODES,
     KINDS,
     MAGIC,
+    RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN,
     STATS_KEYS,
     assert_strictly_increasing,
@@ -942,7 +943,7 @@ def test_cli_dump_shows_what_the_wal_replays_from_a_sealed_recycled_segment(wal_
     path, seg = sealed_recycled[-1]
     hole = seg.records[1]  # its header zeroed: a terminator, as far as the bytes go
     data = bytearray(path.read_bytes())
-    data[hole.offset : hole.offset + 28] = bytes(28)
+    data[hole.offset : hole.offset + RECORD_HEADER_LEN] = bytes(RECORD_HEADER_LEN)
     path.write_bytes(bytes(data))
     after_hole = [r.id for r in seg.records[2:]]
 
