@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 
 use crate::format::{decode_segment_header, parse_segment_file_name, segment_file_name, HeaderState};
-use crate::reader::{Entry, SegmentReader, Step};
+use crate::reader::{EntriesBuilder, Entry, SegmentReader, Step};
 use crate::recovery::{read_header, scan_rules};
 use crate::scan::{scan_records_with, Damage, Rules, Tail};
 
@@ -107,18 +107,13 @@ pub fn read_segment_entries(
     let start = from.offset.max(data_start as u64);
     let mut reader = SegmentReader::open(path, start, end, from.after_id)?;
     reader.set_rules(rules);
-    let mut out = Vec::new();
+    let mut out = EntriesBuilder::default();
     while out.len() < limit {
         match reader.next_step()? {
             Step::End => break,
             Step::Damaged { .. } => continue,
-            Step::Record { header, payload, .. } => out.push(Entry {
-                id: header.id,
-                kind: header.kind,
-                timestamp_ns: header.timestamp_ns,
-                payload: payload.to_vec(),
-            }),
+            Step::Record { header, payload, .. } => out.push(&header, payload),
         }
     }
-    Ok((out, SegmentCursor { offset: reader.position(), after_id: reader.prev_id() }))
+    Ok((out.finish(), SegmentCursor { offset: reader.position(), after_id: reader.prev_id() }))
 }

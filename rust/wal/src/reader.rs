@@ -10,18 +10,61 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use bytes::Bytes;
+
 use crate::format::{decode_record_header, header_is_plausible, RecordHeader, RECORD_HEADER_LEN};
 use crate::scan::{nonzero_end, resync_salted, valid_record_salted, zero_header_at, Rules, Tail};
 
 const READ_CHUNK: usize = 1 << 20;
 
-/// An entry as read back.
+/// An entry as read back. The entries of one read share one buffer for
+/// their payloads (see `EntriesBuilder`): keeping one alive keeps that buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub id: u64,
     pub kind: u8,
     pub timestamp_ns: i64,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
+}
+
+/// Builds the entries of one read: their payloads are copied into one
+/// buffer, and each entry's payload is a slice of it.
+///
+/// One allocation per read instead of one per entry. A million small
+/// payloads, each its own allocation and all freed together, also left
+/// glibc's heap with more free memory at its top than its trim threshold:
+/// it gave the pages back and faulted them in again on the next read. A
+/// first read of 1M 200-byte entries in a fresh process took 0.17-0.19 s
+/// instead of 0.06-0.08 s (55,000 page faults against 1,000).
+#[derive(Default)]
+pub(crate) struct EntriesBuilder {
+    payloads: Vec<u8>,
+    /// id, kind, timestamp, end of the payload in `payloads`.
+    entries: Vec<(u64, u8, i64, usize)>,
+}
+
+impl EntriesBuilder {
+    pub fn push(&mut self, header: &RecordHeader, payload: &[u8]) {
+        self.payloads.extend_from_slice(payload);
+        self.entries.push((header.id, header.kind, header.timestamp_ns, self.payloads.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn finish(self) -> Vec<Entry> {
+        let payloads = Bytes::from(self.payloads);
+        let mut start = 0;
+        self.entries
+            .into_iter()
+            .map(|(id, kind, timestamp_ns, end)| {
+                let payload = payloads.slice(start..end);
+                start = end;
+                Entry { id, kind, timestamp_ns, payload }
+            })
+            .collect()
+    }
 }
 
 /// What `SegmentReader::next` found.
@@ -161,5 +204,38 @@ impl SegmentReader {
             resync_salted(&self.buf[rel..self.filled], 1, self.prev_id, self.rules.salts).map(|q| offset + q as u64);
         self.pos = next.unwrap_or(self.end);
         Ok(Step::Damaged { offset, next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(id: u64, len: usize) -> RecordHeader {
+        RecordHeader { crc: 0, len: len as u32, id, timestamp_ns: id as i64 * 10, kind: 2, reserved: [0; 3] }
+    }
+
+    #[test]
+    fn entries_of_one_read_share_one_payload_buffer() {
+        let payloads: [&[u8]; 4] = [b"first", b"", b"third one", b"x"];
+        let mut b = EntriesBuilder::default();
+        for (i, p) in payloads.iter().enumerate() {
+            b.push(&header(i as u64 + 7, p.len()), p);
+        }
+        assert_eq!(b.len(), 4);
+        let entries = b.finish();
+        for (i, (e, p)) in entries.iter().zip(payloads).enumerate() {
+            assert_eq!((e.id, e.kind, e.timestamp_ns), (i as u64 + 7, 2, (i as i64 + 7) * 10));
+            assert_eq!(&e.payload[..], p);
+        }
+        // One allocation: each payload starts where the one before ends.
+        let base = entries[0].payload.as_ptr() as usize;
+        assert_eq!(entries[2].payload.as_ptr() as usize, base + 5);
+        assert_eq!(entries[3].payload.as_ptr() as usize, base + 14);
+    }
+
+    #[test]
+    fn an_empty_read_builds_no_entries() {
+        assert!(EntriesBuilder::default().finish().is_empty());
     }
 }

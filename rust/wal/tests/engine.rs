@@ -20,7 +20,7 @@ fn payload(i: u64, len: usize) -> Vec<u8> {
 }
 
 fn all_entries(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
-    wal.read_unprocessed(0, usize::MAX, usize::MAX).unwrap().into_iter().map(|e| (e.id, e.payload)).collect()
+    wal.read_unprocessed(0, usize::MAX, usize::MAX).unwrap().into_iter().map(|e| (e.id, e.payload.to_vec())).collect()
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {

@@ -21,7 +21,7 @@ fn reopen_clean(dir: &std::path::Path, seg: u64) -> Wal {
 }
 
 fn entries(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
-    wal.read_unprocessed(0, usize::MAX, usize::MAX).unwrap().into_iter().map(|e| (e.id, e.payload)).collect()
+    wal.read_unprocessed(0, usize::MAX, usize::MAX).unwrap().into_iter().map(|e| (e.id, e.payload.to_vec())).collect()
 }
 
 fn append_n(wal: &Wal, n: usize, size: usize) -> Vec<(u64, Vec<u8>)> {

@@ -653,7 +653,7 @@ pub fn check_inspect_at(image: &[u8], index: u64, origin: Option<&Origin>, pagin
 }
 
 fn rec_of(e: signaldb_wal::Entry) -> Rec {
-    Rec { id: e.id, kind: e.kind, timestamp_ns: e.timestamp_ns, payload: e.payload }
+    Rec { id: e.id, kind: e.kind, timestamp_ns: e.timestamp_ns, payload: e.payload.to_vec() }
 }
 
 /// Model of bug B1: `SegmentReader` ends at any position it visits whose
@@ -791,7 +791,7 @@ fn read_all(wal: &Wal) -> Vec<Rec> {
     wal.read_unprocessed(0, usize::MAX, usize::MAX)
         .expect("read_unprocessed")
         .into_iter()
-        .map(|e| Rec { id: e.id, kind: e.kind, timestamp_ns: e.timestamp_ns, payload: e.payload })
+        .map(|e| Rec { id: e.id, kind: e.kind, timestamp_ns: e.timestamp_ns, payload: e.payload.to_vec() })
         .collect()
 }
 

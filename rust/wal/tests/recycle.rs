@@ -28,7 +28,7 @@ fn payload(k: u64) -> Vec<u8> {
 }
 
 fn entries(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
-    wal.read_unprocessed(0, usize::MAX, usize::MAX).unwrap().into_iter().map(|e| (e.id, e.payload)).collect()
+    wal.read_unprocessed(0, usize::MAX, usize::MAX).unwrap().into_iter().map(|e| (e.id, e.payload.to_vec())).collect()
 }
 
 fn numbered(dir: &Path) -> Vec<PathBuf> {

@@ -62,7 +62,7 @@ use crate::format::{
 use crate::fsutil;
 use crate::metadata::{self, Metadata, SegmentMeta};
 use crate::processed::{Mark, Processed};
-use crate::reader::{Entry, SegmentReader, Step};
+use crate::reader::{EntriesBuilder, Entry, SegmentReader, Step};
 use crate::recovery::{self, SEGMENTS_DIR};
 use crate::segment::{self, ActiveSegment, SegmentInfo, Spare};
 use crate::stats::{self, Stats};

@@ -10,9 +10,9 @@ impl Inner {
         max_bytes: usize,
         use_cursor: bool,
     ) -> Result<Vec<Entry>> {
-        let mut out = Vec::new();
+        let mut out = EntriesBuilder::default();
         if limit == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let visible = self.commit.done_id.load(Acquire);
         // One look at the marks per call, not one lock per record: an entry
@@ -75,12 +75,7 @@ impl Inner {
                             continue;
                         }
                         bytes += payload.len();
-                        out.push(Entry {
-                            id: header.id,
-                            kind: header.kind,
-                            timestamp_ns: header.timestamp_ns,
-                            payload: payload.to_vec(),
-                        });
+                        out.push(&header, payload);
                         last_pos = Some(Cursor { after_id: header.id, segment: seg.index, offset: reader.position() });
                         if out.len() >= limit || bytes >= max_bytes {
                             break true;
@@ -101,7 +96,7 @@ impl Inner {
                 *lock(&self.readers.cursor) = Some(c);
             }
         }
-        Ok(out)
+        Ok(out.finish())
     }
 
     /// Timestamp of the oldest unprocessed entry (one header read).
