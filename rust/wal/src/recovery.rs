@@ -52,7 +52,7 @@
 //! One pass: each record's CRC is checked once here; the segments recovery
 //! verified are marked so (`SegmentInfo::verified_end`), and the first read
 //! of the unprocessed entries trusts those bytes instead of checking them
-//! again. The next file is read ahead (`posix_fadvise(WILLNEED)`) while the
+//! again. The next files (8 MiB of them) are read ahead (`posix_fadvise(WILLNEED)`) while the
 //! current one is checked.
 
 use std::fs::{self, File};
@@ -276,6 +276,17 @@ struct Walk<'a> {
 
 fn io_err(what: &str, p: &Path, e: io::Error) -> WalError {
     WalError::io(format!("{what} {}", p.display()), e)
+}
+
+/// How far recovery reads ahead of the file it checks: several requests in
+/// flight keep a virtual disk busier than one. With 1 MiB segments, 8 files
+/// ahead instead of 1 took a cold recovery of 1M 200-byte entries from
+/// 0.17-0.18 s to 0.15-0.17 s here.
+const READ_AHEAD_BYTES: u64 = 8 << 20;
+
+/// Files to read ahead (at least the next one).
+fn read_ahead_window(max_segment_size: u64) -> usize {
+    (READ_AHEAD_BYTES / max_segment_size.max(1)).max(1) as usize
 }
 
 /// Hints the kernel to read `path` now, so the disk works while we check the current file.
@@ -515,8 +526,13 @@ pub fn recover(dir: &Path, max_segment_size: u64, stats: &Stats) -> Result<Recov
     let mut segments: Vec<SegmentInfo> = Vec::new();
     let count = files.len();
     let mut image = Vec::new();
+    // The disk reads `window` files ahead while the current one is checked.
+    let window = read_ahead_window(max_segment_size);
+    for (_, path) in files.iter().skip(1).take(window - 1) {
+        read_ahead(path);
+    }
     for pos in 0..count {
-        if let Some((_, next)) = files.get(pos + 1) {
+        if let Some((_, next)) = files.get(pos + window) {
             read_ahead(next);
         }
         let (index, path) = files[pos].clone();
