@@ -52,8 +52,8 @@
 //! One pass: each record's CRC is checked once here; the segments recovery
 //! verified are marked so (`SegmentInfo::verified_end`), and the first read
 //! of the unprocessed entries trusts those bytes instead of checking them
-//! again. The next files (8 MiB of them) are read ahead (`posix_fadvise(WILLNEED)`) while the
-//! current one is checked.
+//! again. The next files (8 MiB of them) are read ahead
+//! (`posix_fadvise(WILLNEED)`) while the current one is checked.
 
 use std::fs::{self, File};
 use std::io::{self, Read};

@@ -10,10 +10,10 @@ impl Inner {
         max_bytes: usize,
         use_cursor: bool,
     ) -> Result<Vec<Entry>> {
-        let mut out = EntriesBuilder::default();
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let mut out = EntriesBuilder::default();
         let visible = self.commit.done_id.load(Acquire);
         // One look at the marks per call, not one lock per record: an entry
         // marked while we read may still be returned (it was unprocessed when asked).
