@@ -534,7 +534,7 @@ fn main() {
         match &counters[w] {
             Some(c) => {
                 let ceiling = match (ours, SYNC_PER_CALL[w]) {
-                    (Some(oi), true) => lead_ceiling(c, rates[w][oi], best_peer(&rates[w], oi)),
+                    (Some(oi), true) => lead_ceiling(c, rates[w][oi], best_peer(&rates[w], &o.engines)),
                     _ => None,
                 };
                 let ceiling = ceiling.map_or("–".to_owned(), |x| format!("{x:.2}"));
@@ -558,8 +558,14 @@ fn main() {
 /// (one producer, durable per call): the disk's sync time is a floor shared by all.
 const SYNC_PER_CALL: [bool; 5] = [true, false, true, true, false];
 
-fn best_peer(rates: &[f64], ours: usize) -> Option<f64> {
-    rates.iter().enumerate().filter(|&(ei, _)| ei != ours).map(|(_, &r)| r).reduce(f64::max)
+/// The fastest peer's rate: neither ours nor the raw write+fdatasync baseline.
+fn best_peer(rates: &[f64], engines: &[String]) -> Option<f64> {
+    rates
+        .iter()
+        .zip(engines)
+        .filter(|(_, name)| !matches!(name.as_str(), "signaldb" | "raw"))
+        .map(|(&r, _)| r)
+        .reduce(f64::max)
 }
 
 /// Our rate with only the fdatasync time left, over the best peer's rate.
