@@ -268,7 +268,7 @@ def test_two_acceptors_from_copies_of_one_directory_both_deliver(pipeline: Pipel
     backup(acceptor_wal(p), tmp_path / "copy")
     second = AcceptorProcess(
         workdir=tmp_path,
-        env={**p.acceptor.env, "ACCEPTOR_WAL_DIR": str(tmp_path / "copy"), "ACCEPTOR_HTTP_ADDR": "127.0.0.1:0"},
+        env={**p.acceptor.env, **AcceptorProcess.ephemeral_addrs(), "ACCEPTOR_WAL_DIR": str(tmp_path / "copy")},
     )
     second.name = "acceptor2"
     try:
@@ -450,6 +450,7 @@ def test_two_writers_from_copies_of_one_drained_directory_both_write(pipeline: P
         workdir=tmp_path,
         env={
             **p.writer.env,
+            **WriterProcess.ephemeral_addrs(),
             "WRITER_WAL_DIR": str(tmp_path / "writer-copy"),
             "WRITER_FLIGHT_ADDR": f"127.0.0.1:{second_port}",
         },

@@ -37,6 +37,11 @@ class AcceptorProcess:
     starts: int = 0
     prefix: list[str] = field(default_factory=list)  # e.g. ["prlimit", "--nofile=512:512", "--"]
 
+    @classmethod
+    def ephemeral_addrs(cls) -> dict[str, str]:
+        """Port 0 for every listener: for a second process made from another's env."""
+        return {key: "127.0.0.1:0" for key in cls.addr_env}
+
     def start(self, wait: bool = True, timeout: float = 30.0) -> AcceptorProcess:
         self.starts += 1
         self.log_path = self.workdir / f"{self.name}-{self.starts}.log"

@@ -46,12 +46,22 @@ class Pipeline:
         self.storage_dir = self.workdir / "parquet"
         if self.storage_url is None:
             self.storage_url = f"file://{self.storage_dir}"
+
+        # Every listener gets a fixed port for the pipeline's life, not port 0 at each start: the
+        # crash tests restart one service while the other's port is free, and a port-0 bind may be
+        # handed exactly that port (a restarted writer's health server once took its own Flight
+        # port, and the writer could not start).
+        def fixed(proc: type[AcceptorProcess]) -> dict[str, str]:
+            return {key: f"127.0.0.1:{free_port()}" for key in proc.addr_env}
+
         base = {"SIGNALDB_STORAGE_URL": self.storage_url, "WRITER_FILE_MAX_AGE_SECS": "0.5", **self.env}
         self.writer = WriterProcess(
-            workdir=self.workdir, env={**base, "WRITER_FLIGHT_ADDR": f"127.0.0.1:{self.flight_port}"}
+            workdir=self.workdir,
+            env={**fixed(WriterProcess), **base, "WRITER_FLIGHT_ADDR": f"127.0.0.1:{self.flight_port}"},
         )
         self.acceptor = AcceptorProcess(
-            workdir=self.workdir, env={**base, "ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{self.flight_port}"}
+            workdir=self.workdir,
+            env={**fixed(AcceptorProcess), **base, "ACCEPTOR_WRITER_ENDPOINTS": f"grpc://127.0.0.1:{self.flight_port}"},
         )
 
     def start(self) -> Pipeline:
